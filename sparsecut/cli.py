@@ -1,0 +1,316 @@
+"""The `sparsecut` command line: parses arguments, calls the library, renders reports with rich.
+
+Every error a user can cause is a `SparsecutError`; it becomes one line on stderr and exit code 2 (the
+traceback only with `--verbose`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sparsecut.errors import NotYetAvailableError, SparsecutError
+
+__all__ = ["app", "main"]
+
+console = Console()
+error_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="sparsecut",
+    help="Turn pruned PyTorch checkpoints into lean, verified ONNX and measure their real latency.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="List the reference architectures and pruning recipes, or make a pruned example.")
+app.add_typer(models_app, name="models")
+
+
+@dataclasses.dataclass
+class _Session:
+    verbose: bool = False
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress and show tracebacks.")] = False,
+) -> None:
+    if isinstance(ctx.obj, _Session):
+        ctx.obj.verbose = verbose
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")]
+
+
+# --------------------------------------------------------------------------------------------------- export
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help=".pt/.pth state_dict, .safetensors, or torch.export .pt2")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
+    arch: Annotated[str | None, typer.Option(help="Reference architecture (see `sparsecut models`).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="MODULE:FACTORY returning the nn.Module.")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="Input shape, e.g. 1,3,224,224.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 18,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance of the PyTorch-vs-ONNX check.")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance of the PyTorch-vs-ONNX check.")] = 1e-5,
+    trust_checkpoint: Annotated[
+        bool, typer.Option(help="Allow unpickling (runs code from the file): only for checkpoints you trust.")
+    ] = False,
+    json_path: JsonOption = None,
+) -> None:
+    """Export a pruned checkpoint to ONNX, verified against PyTorch in onnxruntime."""
+    from sparsecut.exporter import ExportOptions, export_checkpoint, parse_input_shape
+
+    options = ExportOptions(
+        input_shape=parse_input_shape(input_shape) if input_shape else None,
+        opset=opset,
+        rtol=rtol,
+        atol=atol,
+        trust_checkpoint=trust_checkpoint,
+    )
+    with console.status(f"exporting {checkpoint} …"):
+        report = export_checkpoint(checkpoint, output, arch=arch, model_factory=model, options=options)
+    _render_export(report)
+    _write_json(report, json_path)
+
+
+def _render_export(report: object) -> None:
+    from sparsecut.report import ExportReport
+
+    assert isinstance(report, ExportReport)
+    table = Table(title=f"export: {report.checkpoint} → {report.output}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    exporter = report.exporter + (f" ({report.exporter_note})" if report.exporter_note else "")
+    rows = [
+        ("architecture", report.architecture),
+        ("exporter", exporter),
+        ("opset", str(report.opset)),
+        ("input shape", "×".join(map(str, report.input_shape)) + " (batch dynamic)"),
+        ("parameters", f"{report.parameters:,} ({report.zero_parameters:,} exactly zero)"),
+        ("masks folded", str(len(report.folded_masks))),
+        ("layers resized", str(len(report.resized_layers))),
+        ("sha256", report.checkpoint_sha256[:16] + "…" if report.checkpoint_sha256 else "-"),
+        ("export time", f"{report.export_seconds:.1f} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    for check in report.checks:
+        verdict = "[green]ok[/green]" if check.passed else "[red]FAILED[/red]"
+        table.add_row(
+            f"check batch {check.batch_size}",
+            f"{verdict}  max abs {check.max_abs_error:.2e}, rel {check.max_rel_error:.2e} (rtol {report.rtol:g})",
+        )
+    console.print(table)
+
+
+# --------------------------------------------------------------------------------------------------- models
+@models_app.callback(invoke_without_command=True)
+def models_list(ctx: typer.Context) -> None:
+    """List reference architectures and recipes (no subcommand), or `models make` an example checkpoint."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sparsecut.models import ARCHITECTURES, RECIPES
+
+    table = Table(title="reference architectures (--arch)", title_justify="left")
+    for column in ("name", "input shape", "description"):
+        table.add_column(column)
+    for arch in ARCHITECTURES.values():
+        table.add_row(arch.name, "×".join(map(str, arch.input_shape)), arch.description)
+    console.print(table)
+    recipes = Table(title="pruning recipes (sparsecut models make ARCH --recipe NAME)", title_justify="left")
+    recipes.add_column("recipe")
+    recipes.add_column("what it does")
+    for recipe in RECIPES.values():
+        recipes.add_row(recipe.name, recipe.description)
+    console.print(recipes)
+
+
+@models_app.command("make")
+def models_make(
+    arch: Annotated[str, typer.Argument(help="Reference architecture.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint (.pt) to write.")],
+    recipe: Annotated[str, typer.Option(help="Pruning recipe.")] = "l1-filter",
+    amount: Annotated[float, typer.Option(help="Share of channels pruned per group (ignored by 2:4).")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the reference weights.")] = 0,
+) -> None:
+    """Make an example pruned checkpoint (a state_dict, with prune masks where the recipe leaves them)."""
+    from sparsecut.models import make_pruned_model, save_state_dict
+
+    model = make_pruned_model(arch, recipe, amount, seed)
+    save_state_dict(model, output)
+    console.print(f"wrote {output}: {arch} pruned by {recipe} (amount {amount})")
+
+
+# --------------------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the demo's files.")] = Path("sparsecut-demo"),
+    arch: Annotated[str, typer.Option(help="Reference architecture.")] = "resnet18",
+    recipe: Annotated[str, typer.Option(help="Pruning recipe.")] = "l1-filter",
+    amount: Annotated[float, typer.Option(help="Share of channels pruned.")] = 0.5,
+) -> None:
+    """The main job end to end on a reference model: prune, export, verify."""
+    from sparsecut.exporter import export_checkpoint
+    from sparsecut.models import make_pruned_model, save_state_dict
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / f"{arch}-{recipe}.pt"
+    with console.status(f"pruning {arch} with {recipe} …"):
+        save_state_dict(make_pruned_model(arch, recipe, amount), checkpoint)
+    console.print(f"[bold]1.[/bold] pruned {arch} with {recipe} (amount {amount}) → {checkpoint}")
+    with console.status(f"exporting {checkpoint} …"):
+        report = export_checkpoint(checkpoint, out_dir / f"{arch}-{recipe}.onnx", arch=arch)
+    console.print(f"[bold]2.[/bold] exported and verified against PyTorch → {report.output}")
+    _render_export(report)
+    _write_json(report, out_dir / "export.json")
+
+
+# ----------------------------------------------------------------------- commands whose capability is to come
+def _not_yet(command: str, issue: str) -> NotYetAvailableError:
+    return NotYetAvailableError(f"`sparsecut {command}` is not available yet: it lands with the {issue} work")
+
+
+@app.command()
+def optimize(
+    model: Annotated[Path, typer.Argument(help="ONNX file to optimize.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Lean ONNX file to write.")],
+    passes: Annotated[str, typer.Option(help="Comma-separated pipeline.")] = (
+        "fold-batchnorm,remove-dead-channels,cleanup,annotate-2to4"
+    ),
+    align: Annotated[int, typer.Option(help="Keep channel counts at multiples of N (1: off).")] = 8,
+    data: Annotated[Path | None, typer.Option(help=".npz of real inputs for the equivalence gate.")] = None,
+    enforce_2to4: Annotated[bool, typer.Option("--enforce-2to4", help="Prune to 2:4 (changes the model).")] = False,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
+    calibration: Annotated[Path | None, typer.Option(help="Calibration inputs for int8 (.npz or folder).")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the equivalence gate (loudly).")] = False,
+    json_path: JsonOption = None,
+) -> None:
+    """Remove dead channels, fold BatchNorm, annotate 2:4; verified equal to the input graph."""
+    raise _not_yet("optimize", "dead-channel removal")
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX file to analyse.")],
+    json_path: JsonOption = None,
+) -> None:
+    """Dead channels, 2:4 eligibility and MACs per layer, without changing anything."""
+    raise _not_yet("inspect", "dead-channel removal")
+
+
+@app.command()
+def build(
+    model: Annotated[Path, typer.Argument(help="ONNX file to build.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Engine / optimized model to write.")] = None,
+    target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="fp32, fp16, int8 or best.")] = "fp32",
+    sparsity: Annotated[bool, typer.Option("--sparsity", help="Enable 2:4 sparse kernels (TensorRT).")] = False,
+    batch: Annotated[str, typer.Option(help="Batch sizes min,opt,max for the optimization profile.")] = "1,1,1",
+    surgery: Annotated[str | None, typer.Option(help="MODULE:FUNCTION on a gs.Graph, applied before build.")] = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs)."""
+    raise _not_yet("build", "targets")
+
+
+@app.command()
+def profile(
+    model: Annotated[Path, typer.Argument(help="ONNX file or engine to time.")],
+    target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    warmup: Annotated[int, typer.Option(help="Warm-up iterations.")] = 10,
+    iterations: Annotated[int, typer.Option(help="Timed iterations.")] = 100,
+    duration: Annotated[float | None, typer.Option(help="Time for this many seconds instead.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads (CPU).")] = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Measure latency (p50/p90/p99, throughput) and per-layer time beside MACs."""
+    raise _not_yet("profile", "targets")
+
+
+@app.command()
+def compare(
+    models: Annotated[list[Path], typer.Argument(help="ONNX files to compare; the first is the reference.")],
+    target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
+    plot: Annotated[Path | None, typer.Option(help="PNG plot of MACs vs latency.")] = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Measure variants interleaved; params, MACs, latency and speedup side by side."""
+    raise _not_yet("compare", "targets")
+
+
+@app.command()
+def run(
+    checkpoint: Annotated[Path, typer.Argument(help="Pruned checkpoint.")],
+    out_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for every artifact and the report.")],
+    arch: Annotated[str | None, typer.Option(help="Reference architecture.")] = None,
+    target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
+    sparsity: Annotated[bool, typer.Option("--sparsity", help="Enable 2:4 sparse kernels.")] = False,
+) -> None:
+    """Export → optimize → build → compare dense vs lean, in one go, one report."""
+    raise _not_yet("run", "targets")
+
+
+@app.command()
+def view(
+    model: Annotated[Path, typer.Argument(help="ONNX file to open in netron.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the URL instead of opening it.")] = False,
+) -> None:
+    """Open a model in netron."""
+    raise _not_yet("view", "targets")
+
+
+# --------------------------------------------------------------------------------------------------- plumbing
+def _write_json(report: object, path: Path | None) -> None:
+    from sparsecut.report import Report, write_json
+
+    if path is not None and isinstance(report, Report):
+        write_json(report, path)
+        console.print(f"report → {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code (0 ok, 2 a SparsecutError, 1 an unexpected failure)."""
+    session = _Session()
+    try:
+        app(args=argv, obj=session, prog_name="sparsecut")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except SparsecutError as exc:
+        if session.verbose:
+            error_console.print_exception()
+        error_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        error_console.print("interrupted", markup=False)
+        return 130
+    except Exception as exc:
+        if session.verbose:
+            raise
+        error_console.print(
+            f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

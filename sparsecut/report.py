@@ -1,0 +1,119 @@
+"""The result types every sparsecut step returns, and their JSON form.
+
+A report is a frozen dataclass of plain values (and nested reports). `to_dict` / `from_dict` round-trip
+through JSON exactly; the CLI renders the same objects as rich tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["ExportReport", "OutputCheck", "Report", "write_json"]
+
+SCHEMA_VERSION = 1
+
+R = TypeVar("R", bound="Report")
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Base of all reports: JSON conversion driven by the dataclass fields and their type hints."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": type(self).__name__, "schema": SCHEMA_VERSION, **_plain(self)}
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        data = {k: v for k, v in data.items() if k not in ("kind", "schema")}
+        return typing.cast(R, _build(cls, data))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _build(hint: Any, value: Any) -> Any:
+    """Rebuild `value` (plain JSON) into the type `hint` names."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _build(options[0], value) if len(options) == 1 else value
+    if origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1]
+        built = [_build(item, v) for v in value]
+        return tuple(built) if origin is tuple else built
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        return {k: _build(item, v) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        names = {f.name for f in dataclasses.fields(hint)}
+        factory: Any = hint
+        return factory(**{k: _build(hints[k], v) for k, v in value.items() if k in names})
+    return value
+
+
+def write_json(report: Report, path: Path) -> None:
+    """Write a report as JSON, atomically (a reader never sees half a file)."""
+    from sparsecut.modelfile import atomic_write_text
+
+    atomic_write_text(path, report.to_json() + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputCheck(Report):
+    """One comparison of a reference against a candidate on one seeded input batch."""
+
+    batch_size: int
+    max_abs_error: float
+    max_rel_error: float  # max |a - b| / max |reference|
+    passed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport(Report):
+    """What `sparsecut export` did: from which checkpoint, how, and how closely ONNX matches PyTorch."""
+
+    checkpoint: str
+    checkpoint_sha256: str
+    output: str
+    architecture: str
+    exporter: str  # "dynamo" or "torchscript"
+    exporter_note: str | None
+    opset: int
+    input_shape: list[int]
+    parameters: int
+    zero_parameters: int
+    folded_masks: list[str]
+    resized_layers: list[str]
+    checks: list[OutputCheck]
+    rtol: float
+    atol: float
+    external_data: bool
+    export_seconds: float
+    verify_seconds: float
+    versions: dict[str, str]
+
+    @property
+    def max_abs_error(self) -> float:
+        return max(c.max_abs_error for c in self.checks)
+
+    @property
+    def max_rel_error(self) -> float:
+        return max(c.max_rel_error for c in self.checks)

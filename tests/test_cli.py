@@ -1,0 +1,142 @@
+"""The CLI: reports as tables and JSON; every bad input is one line on stderr, exit code 2, no file left behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsecut.cli import main
+from sparsecut.report import ExportReport
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_export_writes_onnx_and_json_report(tmp_path, capsys, checkpoint_factory):
+    out, report_path = tmp_path / "m.onnx", tmp_path / "r.json"
+    code, stdout, _ = _run(
+        capsys,
+        "export",
+        str(checkpoint_factory("resnet-tiny")),
+        "--arch",
+        "resnet-tiny",
+        "-o",
+        str(out),
+        "--json",
+        str(report_path),
+    )
+    assert code == 0
+    assert "check batch 2" in stdout
+    data = json.loads(report_path.read_text())
+    assert data["kind"] == "ExportReport"
+    report = ExportReport.from_dict(data)
+    assert report.to_dict() == data
+    assert report.output == str(out) and out.exists()
+
+
+def test_models_lists_architectures_and_recipes(capsys):
+    code, stdout, _ = _run(capsys, "models")
+    assert code == 0
+    for name in ("resnet50", "mobilenetv2-tiny", "vit-tiny", "densenet-tiny", "resnext-tiny", "se-resnet-tiny"):
+        assert name in stdout
+    for recipe in ("l1-filter", "slimming", "2:4", "torch-pruning"):
+        assert recipe in stdout
+
+
+def test_models_make(tmp_path, capsys):
+    out = tmp_path / "ck.pt"
+    code, _, _ = _run(capsys, "models", "make", "resnet-tiny", "--recipe", "slimming", "-o", str(out))
+    assert code == 0
+    assert "fc.weight" in torch.load(out, weights_only=True)
+
+
+def _bad(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str], str]]:
+    out = str(tmp_path / "out.onnx")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(checkpoint.read_bytes()[:1000])
+    pickled = tmp_path / "pickled.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    return {
+        "missing file": (
+            ["export", str(tmp_path / "nope.pt"), "--arch", "resnet-tiny", "-o", out],
+            "nope.pt: no such file",
+        ),
+        "truncated": (
+            ["export", str(garbage), "--arch", "resnet-tiny", "-o", out],
+            "garbage.pt: truncated or not a PyTorch checkpoint",
+        ),
+        "needs trust": (["export", str(pickled), "-o", out], "pass --trust-checkpoint"),
+        "wrong arch": (
+            ["export", str(checkpoint), "--arch", "vit-tiny", "-o", out],
+            "does not fit architecture vit-tiny",
+        ),
+        "unknown arch": (["export", str(checkpoint), "--arch", "nope", "-o", out], "unknown architecture 'nope'"),
+        "factory import": (["export", str(checkpoint), "--model", "nosuchmod:f", "-o", out], "cannot import nosuchmod"),
+        "input shape": (
+            ["export", str(checkpoint), "--arch", "resnet-tiny", "--input-shape", "1,3,a", "-o", out],
+            "bad --input-shape '1,3,a'",
+        ),
+        "missing dir": (
+            ["export", str(checkpoint), "--arch", "resnet-tiny", "-o", str(tmp_path / "nodir" / "m.onnx")],
+            "does not exist",
+        ),
+        "output is input": (
+            ["export", str(checkpoint), "--arch", "resnet-tiny", "-o", str(checkpoint)],
+            "output is the input file",
+        ),
+        "not yet": (["optimize", str(checkpoint), "-o", out], "`sparsecut optimize` is not available yet"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "truncated",
+        "needs trust",
+        "wrong arch",
+        "unknown arch",
+        "factory import",
+        "input shape",
+        "missing dir",
+        "output is input",
+        "not yet",
+    ],
+)
+def test_bad_input_is_one_line_exit_2_no_output(tmp_path, capsys, checkpoint_factory, case):
+    source = tmp_path / "ck.pt"
+    source.write_bytes(checkpoint_factory("resnet-tiny").read_bytes())
+    argv, message = _bad(tmp_path, source)[case]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    code, _, stderr = _run(capsys, *argv)
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("error: ") and message in stderr
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert after == before, "a failed command must leave no file behind and change none"
+
+
+def test_verbose_shows_traceback(tmp_path, capsys):
+    code, _, stderr = _run(
+        capsys,
+        "--verbose",
+        "export",
+        str(tmp_path / "nope.pt"),
+        "--arch",
+        "resnet-tiny",
+        "-o",
+        str(tmp_path / "o.onnx"),
+    )
+    assert code == 2
+    assert "Traceback" in stderr and "no such file" in stderr
+
+
+def test_usage_error_exit_code(capsys):
+    code, _, _ = _run(capsys, "export")
+    assert code == 2
