@@ -1,0 +1,23 @@
+"""fold-constants: compute subgraphs that depend only on constants (e.g. the zero bias `Expand(CastLike(0),
+Shape(W))` that torch.onnx's dynamo exporter builds for a conv without bias), so that weights and biases are plain
+initializers the other passes can read. onnxscript's constant folder does the work; a Transpose of a weight is left
+alone so the weight keeps its PyTorch name."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript.optimizer import fold_constants
+
+__all__ = ["FoldConstantsPass"]
+
+
+def _keep_weight_transposes(node: ir.Node) -> bool | None:
+    if node.op_type == "Transpose" and node.inputs and node.inputs[0] is not None and node.inputs[0].is_initializer():
+        return False
+    return None
+
+
+class FoldConstantsPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        result = fold_constants(model, should_fold=_keep_weight_transposes)
+        return ir.passes.PassResult(model, modified=bool(result.modified))

@@ -1,0 +1,274 @@
+"""remove-dead-channels: physically remove channels that are zero or constant everywhere they are coupled.
+
+Which channels go is decided by `DeadChannelAnalysis` (see `channels.py` for the math). The rewrite, per node:
+
+- producers (Conv, Gemm, MatMul): keep output rows W[kept], b[kept]; a depthwise conv also its `group`.
+- reducing consumers: keep input columns W[:, kept] (per group for grouped convs). A removed channel that carried
+  a constant c is folded into the bias first — conv without padding: b_j += Σ_rs W[j,k,r,s]·c;
+  Gemm: C_j += α·Σ_k B[k,j]·c_k; MatMul: the following bias Add gets Σ_k B[k,j]·c_k.
+- per-channel parameters: BatchNorm γ/β/μ/σ², constant operands of elementwise ops (broadcast along channels).
+- shape constants: Reshape targets and Split sizes.
+Then every intermediate shape is re-inferred.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+from sparsecut.passes.channels import DeadChannelAnalysis, _shape_element, constant_array, weight_array
+from sparsecut.passes.constants import FoldConstantsPass
+
+__all__ = ["RemoveDeadChannelsPass", "infer_shapes"]
+
+log = logging.getLogger(__name__)
+
+
+def infer_shapes(model: ir.Model, *, reset: bool = False) -> None:
+    """Re-infer intermediate shapes; with `reset`, forget the old ones first (they may be stale)."""
+    if reset:
+        outputs = set(model.graph.outputs)
+        for node in model.graph:
+            for value in node.outputs:
+                if value not in outputs:
+                    value.shape = None
+    ShapeInferencePass()(model)
+
+
+class RemoveDeadChannelsPass(ir.passes.InPlacePass):
+    """Remove dead channels (zero, or constant where every consumer absorbs the constant exactly)."""
+
+    def __init__(self, align: int = 8, enabled_groups: set[int] | None = None) -> None:
+        super().__init__()
+        self.align = align
+        self.enabled_groups = enabled_groups
+        self.analysis: DeadChannelAnalysis | None = None
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        folded = FoldConstantsPass()(model).modified  # weights and biases must be plain constants to be read
+        infer_shapes(model)
+        analysis = DeadChannelAnalysis(model, self.align, self.enabled_groups)
+        self.analysis = analysis
+        if analysis.total_removed == 0:
+            return ir.passes.PassResult(model, modified=folded)
+        _Rewriter(model, analysis).run()
+        infer_shapes(model, reset=True)
+        log.info("removed %d channels", analysis.total_removed)
+        return ir.passes.PassResult(model, modified=True)
+
+
+class _Rewriter:
+    def __init__(self, model: ir.Model, analysis: DeadChannelAnalysis) -> None:
+        self.graph = model.graph
+        self.a = analysis
+        self.names = {v.name for n in self.graph for v in (*n.inputs, *n.outputs) if v is not None}
+        self.names |= set(self.graph.initializers) | {v.name for v in self.graph.inputs}
+
+    def run(self) -> None:
+        for node in list(self.graph):
+            kind = self.a.rules.get(node)
+            touched = any(self.a.has_removals(v) for v in (*node.inputs, *node.outputs))
+            if not touched or kind is None:
+                continue
+            handler = getattr(self, f"_{kind}", None)
+            if handler is not None:
+                handler(node)
+
+    # --------------------------------------------------------------------------------------------- node kinds
+    def _conv(self, node: ir.Node) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        assert x is not None and node.inputs[1] is not None
+        weight = weight_array(node.inputs[1])
+        assert weight is not None
+        groups = _attr_int(node, "group", 1)
+        out_ch, per_group = weight.shape[:2]
+        bias = self._bias(node, 2, out_ch)
+        if self.a.has_removals(x):
+            removed = self.a.removed(x).reshape(groups, per_group)
+            const = np.where(self.a.live[x], 0.0, self.a.const[x]).reshape(groups, per_group)
+            w_sum = weight.astype(np.float64).sum(axis=tuple(range(2, weight.ndim)))
+            rows_per_group = out_ch // groups
+            for g in range(groups):
+                rows = slice(g * rows_per_group, (g + 1) * rows_per_group)
+                bias[rows] += w_sum[rows][:, removed[g]] @ const[g][removed[g]]
+            weight = np.concatenate(
+                [weight[g * rows_per_group : (g + 1) * rows_per_group][:, ~removed[g]] for g in range(groups)]
+            )
+        kept = self.a.kept(y)
+        self._set_constant(node, 1, weight[kept])
+        self._set_bias(node, 2, bias[kept], weight.dtype)
+
+    def _depthwise(self, node: ir.Node) -> None:
+        y = node.outputs[0]
+        assert node.inputs[1] is not None
+        weight = weight_array(node.inputs[1])
+        assert weight is not None
+        bias = self._bias(node, 2, weight.shape[0])
+        kept = self.a.kept(y)
+        self._set_constant(node, 1, weight[kept])
+        self._set_bias(node, 2, bias[kept], weight.dtype)
+        node.attributes["group"] = ir.AttrInt64("group", len(kept))
+
+    def _gemm(self, node: ir.Node) -> None:
+        a, y = node.inputs[0], node.outputs[0]
+        assert a is not None and node.inputs[1] is not None
+        trans_b = _attr_int(node, "transB", 0)
+        b = weight_array(node.inputs[1])
+        assert b is not None
+        b = b.T if trans_b else b  # [K, N]
+        alpha, beta = _attr_float(node, "alpha", 1.0), _attr_float(node, "beta", 1.0)
+        c = self._bias(node, 2, b.shape[1])
+        if self.a.has_removals(a):
+            removed = self.a.removed(a)
+            const = np.where(self.a.live[a], 0.0, self.a.const[a])
+            c += alpha * (const[removed] @ b[removed].astype(np.float64)) / beta
+            b = b[~removed]
+        kept = self.a.kept(y)
+        b = b[:, kept]
+        self._set_constant(node, 1, b.T if trans_b else b)
+        self._set_bias(node, 2, c[kept], b.dtype)
+
+    def _matmul(self, node: ir.Node) -> None:
+        a, y = node.inputs[0], node.outputs[0]
+        assert a is not None and node.inputs[1] is not None
+        b = weight_array(node.inputs[1])
+        assert b is not None
+        if self.a.has_removals(a):
+            removed = self.a.removed(a)
+            const = np.where(self.a.live[a], 0.0, self.a.const[a])
+            shift = const[removed] @ b[removed].astype(np.float64)
+            if np.any(shift != 0):
+                add = self.a.matmul_bias[node]
+                index = 1 if add.inputs[0] is y else 0
+                bias = constant_array(add.inputs[index])
+                assert bias is not None
+                self._set_constant(add, index, (bias.astype(np.float64) + shift).astype(bias.dtype))
+            b = b[~removed]
+        self._set_constant(node, 1, b[:, self.a.kept(y)])
+
+    def _batchnorm(self, node: ir.Node) -> None:
+        kept = self.a.kept(node.outputs[0])
+        for index in range(1, 5):
+            array = constant_array(node.inputs[index])
+            assert array is not None
+            self._set_constant(node, index, array.reshape(-1)[kept])
+
+    def _elementwise(self, node: ir.Node) -> None:
+        y = node.outputs[0]
+        if not self.a.has_removals(y) or y.shape is None:
+            return
+        axis, count, kept = self.a.axis[y], self.a.spaces[self.a.space_of[y]].count, self.a.kept(y)
+        rank = len(y.shape)
+        for index, value in enumerate(node.inputs):
+            array = constant_array(value)
+            if array is None or value is None or value.shape is None:
+                continue
+            operand_axis = axis - (rank - len(value.shape))
+            if operand_axis >= 0 and array.ndim > operand_axis and array.shape[operand_axis] == count:
+                self._set_constant(node, index, np.take(array, kept, axis=operand_axis))
+
+    def _reshape(self, node: ir.Node) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        assert x is not None and node.inputs[1] is not None
+        axis = self.a.axis[x]
+        source = _shape_element(node.inputs[1], axis)
+        assert source is not None
+        holder, position = source[1]
+        array = constant_array(holder)
+        assert array is not None
+        if int(array[position]) in (-1, 0):
+            return  # inferred or copied: follows the new channel count by itself
+        new = array.copy()
+        new[position] = len(self.a.kept(y))
+        shape_value = node.inputs[1]
+        if holder is shape_value:
+            self._set_constant(node, 1, new)
+            return
+        concat = shape_value.producer()  # the shape is assembled by a Concat of 1-D pieces
+        assert concat is not None
+        self._set_constant(concat, next(i for i, v in enumerate(concat.inputs) if v is holder), new)
+
+    def _split(self, node: ir.Node) -> None:
+        sizes = np.array([len(self.a.kept(out)) for out in node.outputs], np.int64)
+        if len(node.inputs) > 1 and node.inputs[1] is not None:
+            self._set_constant(node, 1, sizes)
+        else:
+            node.attributes.pop("num_outputs", None)
+            node.resize_inputs(2)
+            self._set_constant(node, 1, sizes)
+
+    # --------------------------------------------------------------------------------------------- constants
+    def _bias(self, node: ir.Node, index: int, count: int) -> np.ndarray:
+        array = constant_array(node.inputs[index]) if len(node.inputs) > index else None
+        if array is None:
+            return np.zeros(count)
+        return np.broadcast_to(np.asarray(array, np.float64).reshape(-1), (count,)).copy()
+
+    def _set_bias(self, node: ir.Node, index: int, bias: np.ndarray, dtype: np.dtype) -> None:
+        present = len(node.inputs) > index and node.inputs[index] is not None
+        if not present and not np.any(bias != 0):
+            return
+        if not present:
+            node.resize_inputs(index + 1)
+        self._set_constant(node, index, bias.astype(dtype))
+
+    def _set_constant(self, node: ir.Node, index: int, array: np.ndarray) -> None:
+        """Give input `index` of `node` the tensor `array`: in place when nobody else reads the initializer (the
+        PyTorch name stays), through the Transpose that dynamo puts before Linear weights, else a fresh one."""
+        array = np.ascontiguousarray(array)
+        value = node.inputs[index]
+        if value is not None and _only_user(value, node) and value.const_value is not None and value.is_initializer():
+            value.const_value = ir.tensor(array, name=value.name)
+            value.shape = ir.Shape(array.shape)
+            return
+        producer = value.producer() if value is not None else None
+        if value is not None and producer is not None and producer.op_type == "Transpose" and _only_user(value, node):
+            inner = producer.inputs[0]
+            if (
+                inner is not None
+                and inner.const_value is not None
+                and inner.is_initializer()
+                and _only_user(inner, producer)
+            ):
+                perm = _attr_ints(producer, "perm") or list(reversed(range(array.ndim)))
+                stored = np.ascontiguousarray(np.transpose(array, np.argsort(perm)))
+                inner.const_value = ir.tensor(stored, name=inner.name)
+                inner.shape = ir.Shape(stored.shape)
+                return
+        base = value.name if value is not None and value.name else f"{node.name or node.op_type}_input{index}"
+        name = self._unique(f"{base}_lean")
+        fresh = ir.Value(
+            name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype))
+        )
+        fresh.const_value = ir.tensor(array, name=name)
+        self.graph.register_initializer(fresh)
+        node.replace_input_with(index, fresh)
+
+    def _unique(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+
+def _only_user(value: ir.Value, node: ir.Node) -> bool:
+    return not value.is_graph_output() and all(use.node is node for use in value.uses())
+
+
+def _attr_int(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.as_int()
+
+
+def _attr_float(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.as_float()
+
+
+def _attr_ints(node: ir.Node, name: str) -> list[int] | None:
+    attr = node.attributes.get(name)
+    return None if attr is None else list(attr.as_ints())

@@ -1,0 +1,28 @@
+"""fold-batchnorm: fold inference BatchNormalization into the Conv or Gemm that feeds it.
+
+With σ = √(var + ε):  W' = W · γ/σ (per output channel),  b' = (b − μ) · γ/σ + β.
+onnxscript's rewrite rules do the algebra; only these two rules run (its default rule set is quadratic on big
+graphs). A BatchNormalization that follows anything else (a Concat, an Add) stays: remove-dead-channels reads it.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript.rewriter import RewriteRuleSet
+from onnxscript.rewriter.rules.common import fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_gemm_rule
+
+from sparsecut.passes.constants import FoldConstantsPass
+
+__all__ = ["FoldBatchNormPass"]
+
+
+class FoldBatchNormPass(ir.passes.InPlacePass):
+    def __init__(self) -> None:
+        super().__init__()
+        self.folded = 0
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        FoldConstantsPass()(model)  # a dynamo-exported conv without bias gets a computed zero bias: make it constant
+        rules = RewriteRuleSet([fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_gemm_rule])
+        self.folded = rules.apply_to_model(model)
+        return ir.passes.PassResult(model, modified=self.folded > 0)
