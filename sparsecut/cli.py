@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sparsecut.errors import NotYetAvailableError, SparsecutError
+from sparsecut.passes.pipeline import DEFAULT_PASSES
 
 __all__ = ["app", "main"]
 
@@ -162,7 +163,7 @@ def demo(
     recipe: Annotated[str, typer.Option(help="Pruning recipe.")] = "l1-filter",
     amount: Annotated[float, typer.Option(help="Share of channels pruned.")] = 0.5,
 ) -> None:
-    """The main job end to end on a reference model: prune, export, verify."""
+    """The main job end to end on a reference model: prune, export, remove dead channels, inspect."""
     from sparsecut.exporter import export_checkpoint
     from sparsecut.models import make_pruned_model, save_state_dict
 
@@ -177,6 +178,19 @@ def demo(
     _render_export(report)
     _write_json(report, out_dir / "export.json")
 
+    from sparsecut.passes import inspect_model, optimize_model
+
+    lean = out_dir / f"{arch}-{recipe}.lean.onnx"
+    with console.status("removing dead channels …"):
+        optimized = optimize_model(Path(report.output), lean)
+    console.print(f"[bold]3.[/bold] dead channels removed, verified equal to the exported graph → {lean}")
+    _render_optimize(optimized)
+    _write_json(optimized, out_dir / "optimize.json")
+    with console.status(f"inspecting {lean} …"):
+        remaining = inspect_model(lean)
+    dead_left = sum(g.dead for p in remaining.passes for g in p.groups)
+    console.print(f"[bold]4.[/bold] inspect {lean}: {dead_left} dead channel(s) left (kept on purpose, see above)")
+
 
 # ----------------------------------------------------------------------- commands whose capability is to come
 def _not_yet(command: str, issue: str) -> NotYetAvailableError:
@@ -187,28 +201,93 @@ def _not_yet(command: str, issue: str) -> NotYetAvailableError:
 def optimize(
     model: Annotated[Path, typer.Argument(help="ONNX file to optimize.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Lean ONNX file to write.")],
-    passes: Annotated[str, typer.Option(help="Comma-separated pipeline.")] = (
-        "fold-batchnorm,remove-dead-channels,cleanup,annotate-2to4"
+    passes: Annotated[str, typer.Option(help="Comma-separated pipeline (see --help of `sparsecut inspect`).")] = (
+        ",".join(DEFAULT_PASSES)
     ),
     align: Annotated[int, typer.Option(help="Keep channel counts at multiples of N (1: off).")] = 8,
     data: Annotated[Path | None, typer.Option(help=".npz of real inputs for the equivalence gate.")] = None,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance of the equivalence gate.")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance of the equivalence gate.")] = 1e-5,
     enforce_2to4: Annotated[bool, typer.Option("--enforce-2to4", help="Prune to 2:4 (changes the model).")] = False,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
     calibration: Annotated[Path | None, typer.Option(help="Calibration inputs for int8 (.npz or folder).")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the equivalence gate (loudly).")] = False,
     json_path: JsonOption = None,
 ) -> None:
-    """Remove dead channels, fold BatchNorm, annotate 2:4; verified equal to the input graph."""
-    raise _not_yet("optimize", "dead-channel removal")
+    """Fold BatchNorm and remove dead channels; written only if verified equal to the input graph."""
+    from sparsecut.passes import OptimizeOptions, optimize_model
+
+    if enforce_2to4 or precision != "fp32" or calibration is not None:
+        raise _not_yet("optimize --enforce-2to4/--precision/--calibration", "2:4 and INT8/FP16")
+    options = OptimizeOptions(
+        passes=tuple(p.strip() for p in passes.split(",") if p.strip()),
+        align=align,
+        rtol=rtol,
+        atol=atol,
+        verify=not no_verify,
+        data=data,
+    )
+    if no_verify:
+        error_console.print(
+            "[bold red]warning:[/bold red] --no-verify: the output is NOT checked against the input graph"
+        )
+    with console.status(f"optimizing {model} …"):
+        report = optimize_model(model, output, options)
+    _render_optimize(report)
+    _write_json(report, json_path)
 
 
 @app.command()
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX file to analyse.")],
+    align: Annotated[int, typer.Option(help="Channel alignment `optimize` would use.")] = 8,
     json_path: JsonOption = None,
 ) -> None:
-    """Dead channels, 2:4 eligibility and MACs per layer, without changing anything."""
-    raise _not_yet("inspect", "dead-channel removal")
+    """Dead channels per coupled group and MACs, without changing anything."""
+    from sparsecut.passes import inspect_model
+
+    with console.status(f"analysing {model} …"):
+        report = inspect_model(model, align)
+    _render_optimize(report)
+    _write_json(report, json_path)
+
+
+def _render_optimize(report: object) -> None:
+    from sparsecut.report import OptimizeReport
+
+    assert isinstance(report, OptimizeReport)
+    for step in report.passes:
+        console.print(f"[bold]{step.name}[/bold]: {step.summary} ({step.seconds:.2f} s)")
+        if step.groups:
+            table = Table(title_justify="left")
+            for column in ("group", "channels", "dead", "kept dead: why"):
+                table.add_column(column)
+            for group in step.groups:
+                why = "; ".join(f"{n}× {reason}" for reason, n in group.kept_dead.items()) or "-"
+                table.add_row(group.location, f"{group.channels_before} → {group.channels_after}", str(group.dead), why)
+            console.print(table)
+        if step.barriers:
+            stops = ", ".join(f"{op} ×{n}" for op, n in sorted(step.barriers.items()))
+            console.print(f"  channels stopped at ops without a rule: {stops}")
+    totals = Table(title="totals (per sample)", title_justify="left")
+    for column in ("", "before", "after", "after/before"):
+        totals.add_column(column)
+    for name, b, a in (
+        ("params", report.before.params, report.after.params),
+        ("MACs", report.before.macs, report.after.macs),
+    ):
+        totals.add_row(name, f"{b:,}", f"{a:,}", f"{a / b:.3f}" if b else "-")
+    console.print(totals)
+    if report.output is None:
+        console.print("inspect only: nothing written")
+    elif report.verified:
+        worst = max(report.checks, key=lambda c: c.max_rel_error)
+        console.print(
+            f"[green]verified[/green] on {len(report.checks)} input set(s): max abs {worst.max_abs_error:.2e}, "
+            f"rel {worst.max_rel_error:.2e} (rtol {report.rtol:g}, atol {report.atol:g}) → {report.output}"
+        )
+    else:
+        console.print(f"[bold red]NOT verified[/bold red] (--no-verify) → {report.output}")
 
 
 @app.command()

@@ -13,7 +13,17 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["ExportReport", "OutputCheck", "Report", "write_json"]
+__all__ = [
+    "ChannelGroupReport",
+    "ExportReport",
+    "LayerCost",
+    "ModelCost",
+    "OptimizeReport",
+    "OutputCheck",
+    "PassReport",
+    "Report",
+    "write_json",
+]
 
 SCHEMA_VERSION = 1
 
@@ -117,3 +127,60 @@ class ExportReport(Report):
     @property
     def max_rel_error(self) -> float:
         return max(c.max_rel_error for c in self.checks)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost(Report):
+    """Multiply-accumulates and weights of one node (per sample: symbolic batch counts as 1)."""
+
+    node: str
+    op_type: str
+    macs: int
+    params: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCost(Report):
+    macs: int
+    params: int
+    layers: list[LayerCost]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelGroupReport(Report):
+    """One coupled channel group: where it lives, channels before → after, and why dead channels were kept."""
+
+    group: int
+    location: str
+    tensors: int
+    channels_before: int
+    channels_after: int
+    dead: int
+    kept_dead: dict[str, int]  # reason → how many dead channels it kept
+    kept_for_alignment: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PassReport(Report):
+    name: str
+    modified: bool
+    seconds: float
+    summary: str
+    groups: list[ChannelGroupReport] = dataclasses.field(default_factory=list)
+    barriers: dict[str, int] = dataclasses.field(default_factory=dict)  # op type → nodes that stopped channels
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizeReport(Report):
+    """What `sparsecut optimize` (or `inspect`, with `output=None`) found and did."""
+
+    input: str
+    output: str | None
+    passes: list[PassReport]
+    before: ModelCost
+    after: ModelCost
+    checks: list[OutputCheck]
+    verified: bool
+    rtol: float
+    atol: float
+    seconds: float

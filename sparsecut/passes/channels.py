@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from sparsecut.report import ChannelGroupReport
+
 __all__ = ["ChannelGroupReport", "DeadChannelAnalysis", "analyze_dead_channels"]
 
 _UNARY: dict[str, Callable[..., np.ndarray]] = {
@@ -70,21 +72,6 @@ class _Space:
     count: int
     values: list[ir.Value] = dataclasses.field(default_factory=list)
     reasons: dict[int, str] = dataclasses.field(default_factory=dict)  # channel → why it must stay (first reason)
-
-
-@dataclasses.dataclass(frozen=True)
-class ChannelGroupReport:
-    """One coupled group, as the user sees it: where it lives, how many channels before and after, and why dead
-    channels were kept."""
-
-    group: int
-    location: str
-    tensors: int
-    channels_before: int
-    channels_after: int
-    dead: int
-    kept_dead: dict[str, int]  # reason → number of dead channels kept for it
-    kept_for_alignment: int
 
 
 class DeadChannelAnalysis:

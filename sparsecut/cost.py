@@ -1,0 +1,78 @@
+"""MACs and parameters per layer, from the graph's shapes — one counter for every report in sparsecut.
+
+Per sample: a symbolic batch dimension counts as 1.
+- Conv: N·K·Ho·Wo (· more spatial dims) · (C/g) · R·S   (groups, stride and dilation enter through the output
+  shape and C/g)
+- ConvTranspose: N·C·Hi·Wi · (K/g) · R·S
+- Gemm: M·N·K;  MatMul (incl. attention's QKᵀ and AV): (product of the output shape) · K
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+from sparsecut.report import LayerCost, ModelCost
+
+__all__ = ["count_costs"]
+
+_FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+
+
+def count_costs(model: ir.Model, *, infer: bool = True) -> ModelCost:
+    """Count MACs and parameters of every node; `infer` runs shape inference first (it only adds shapes)."""
+    if infer:
+        ShapeInferencePass()(model)
+    layers = []
+    for node in model.graph:
+        macs = _macs(node)
+        params = sum(_weight_elements(v) for v in node.inputs if v is not None)
+        if macs or node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            layers.append(LayerCost(node.name or node.op_type, node.op_type, macs, params))
+    params = sum(
+        v.const_value.size
+        for v in model.graph.initializers.values()
+        if v.const_value is not None and v.const_value.dtype in _FLOAT_TYPES
+    )
+    return ModelCost(macs=sum(layer.macs for layer in layers), params=params, layers=layers)
+
+
+def _dims(value: ir.Value | None) -> list[int] | None:
+    if value is None or value.shape is None:
+        return None
+    return [d if isinstance(d, int) else 1 for d in value.shape]
+
+
+def _macs(node: ir.Node) -> int:
+    op = node.op_type
+    if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
+        return 0
+    x, w, y = _dims(node.inputs[0]), _dims(node.inputs[1]), _dims(node.outputs[0])
+    if x is None or w is None or y is None:
+        return 0
+    if op == "Conv":
+        return math.prod(y) * math.prod(w[1:])
+    if op == "ConvTranspose":
+        return math.prod(x) * math.prod(w[1:])
+    if op == "Gemm":
+        trans_a = node.attributes.get("transA")
+        k = x[0] if trans_a is not None and trans_a.as_int() else x[-1]
+        return math.prod(y) * k
+    return math.prod(y) * x[-1]  # MatMul
+
+
+def _weight_elements(value: ir.Value) -> int:
+    producer = value.producer()
+    if (
+        value.const_value is None
+        and producer is not None
+        and producer.op_type in ("Transpose", "DequantizeLinear", "Cast")
+    ):
+        source = producer.inputs[0]
+        return _weight_elements(source) if source is not None else 0
+    tensor = value.const_value
+    if tensor is None or not value.is_initializer() or tensor.dtype not in (*_FLOAT_TYPES, ir.DataType.INT8):
+        return 0
+    return tensor.size

@@ -1,0 +1,317 @@
+"""`optimize` and `inspect`: run a pipeline of passes, then the equivalence gate, then write — or refuse.
+
+The gate runs the input file and the staged output in onnxruntime on seeded random inputs (batch 1 and 2) and on
+the user's `--data`; every output must satisfy max |after − before| ≤ atol + rtol · max |before|. If not, nothing
+is written, and the error names the pass that broke it and, for remove-dead-channels, the channel group (found
+by bisecting over the groups applied).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from sparsecut.checking import checking_session, compare_outputs
+from sparsecut.cost import count_costs
+from sparsecut.errors import GraphError, VerificationError
+from sparsecut.modelfile import check_output_path, load_model, save_model
+from sparsecut.passes.channels import DeadChannelAnalysis
+from sparsecut.passes.cleanup import CleanupPass
+from sparsecut.passes.constants import FoldConstantsPass
+from sparsecut.passes.dead_channels import RemoveDeadChannelsPass, infer_shapes
+from sparsecut.passes.fold_batchnorm import FoldBatchNormPass
+from sparsecut.report import OptimizeReport, OutputCheck, PassReport
+
+__all__ = ["DEFAULT_PASSES", "PASSES", "OptimizeOptions", "inspect_model", "optimize_model"]
+
+log = logging.getLogger(__name__)
+
+PASSES: dict[str, str] = {
+    "fold-constants": "compute constant subgraphs (dynamo's computed zero biases) into initializers",
+    "fold-batchnorm": "fold BatchNormalization into the preceding Conv/Gemm",
+    "remove-dead-channels": "physically remove zero/constant channels across coupled groups",
+    "cleanup": "remove identities and unused nodes, sort topologically",
+}
+DEFAULT_PASSES = ("fold-constants", "fold-batchnorm", "remove-dead-channels", "cleanup")
+METADATA_PREFIX = "pkg.sparsecut."
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizeOptions:
+    passes: tuple[str, ...] = DEFAULT_PASSES
+    align: int = 8
+    rtol: float = 1e-4
+    atol: float = 1e-5
+    verify: bool = True
+    data: Path | None = None  # .npz of real inputs, checked in addition to the random ones
+    seed: int = 0
+
+
+def _parse_passes(names: Sequence[str]) -> list[str]:
+    unknown = [n for n in names if n not in PASSES]
+    if unknown:
+        raise GraphError(f"unknown pass {unknown[0]!r}; known: {', '.join(PASSES)}")
+    return list(names)
+
+
+def _make_pass(name: str, options: OptimizeOptions, enabled_groups: set[int] | None = None) -> ir.passes.PassBase:
+    if name == "fold-constants":
+        return FoldConstantsPass()
+    if name == "fold-batchnorm":
+        return FoldBatchNormPass()
+    if name == "remove-dead-channels":
+        return RemoveDeadChannelsPass(options.align, enabled_groups)
+    return CleanupPass()
+
+
+def _run_passes(model: ir.Model, names: Sequence[str], options: OptimizeOptions) -> list[PassReport]:
+    reports = []
+    for name in names:
+        step = _make_pass(name, options)
+        start = time.perf_counter()
+        result = step(model)
+        reports.append(_pass_report(name, step, result.modified, time.perf_counter() - start))
+    return reports
+
+
+def _pass_report(name: str, step: ir.passes.PassBase, modified: bool, seconds: float) -> PassReport:
+    if isinstance(step, RemoveDeadChannelsPass) and step.analysis is not None:
+        analysis = step.analysis
+        groups = analysis.group_reports()
+        dead = sum(g.dead for g in groups)
+        summary = f"{analysis.total_removed} channel(s) removed of {dead} dead, in {sum(1 for g in groups if g.channels_after < g.channels_before)} group(s)"
+        return PassReport(name, modified, seconds, summary, groups, dict(analysis.barriers))
+    if isinstance(step, FoldBatchNormPass):
+        return PassReport(name, modified, seconds, f"{step.folded} BatchNormalization folded")
+    return PassReport(name, modified, seconds, "changed the graph" if modified else "nothing to do")
+
+
+def _load_checked(path: Path) -> ir.Model:
+    model = load_model(path)
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        raise GraphError(f"{path}: fails the ONNX checker ({first[:200]})") from exc
+    return model
+
+
+def optimize_model(source: Path, output: Path, options: OptimizeOptions = OptimizeOptions()) -> OptimizeReport:
+    """Run the pipeline on `source` and write `output` — only if the equivalence gate passes (or is off)."""
+    source, output = Path(source), Path(output)
+    check_output_path(output, source)
+    names = _parse_passes(options.passes)
+    start = time.perf_counter()
+    model = _load_checked(source)
+    feeds = gate_inputs(model, options, source)
+    before = count_costs(model)
+    reports = _run_passes(model, names, options)
+    after = count_costs(model)
+    model.metadata_props[METADATA_PREFIX + "optimize.passes"] = ",".join(names)
+    model.metadata_props[METADATA_PREFIX + "optimize.align"] = str(options.align)
+    checks: list[OutputCheck] = []
+
+    def gate(staged: Path) -> None:
+        checks.extend(_compare_files(source, staged, feeds, options))
+        if not all(c.passed for c in checks):
+            raise VerificationError(_diagnose(source, output, names, feeds, options, checks))
+
+    if options.verify:
+        model.metadata_props[METADATA_PREFIX + "optimize.verified"] = f"rtol={options.rtol:g},atol={options.atol:g}"
+    else:
+        log.warning("equivalence gate skipped (--no-verify): %s is NOT checked against %s", output, source)
+        model.metadata_props[METADATA_PREFIX + "optimize.verified"] = "no (--no-verify)"
+    save_model(model, output, check=gate if options.verify else None)
+    return OptimizeReport(
+        input=str(source),
+        output=str(output),
+        passes=reports,
+        before=before,
+        after=after,
+        checks=checks,
+        verified=options.verify,
+        rtol=options.rtol,
+        atol=options.atol,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def inspect_model(source: Path, align: int = 8) -> OptimizeReport:
+    """What `optimize` would remove, without changing or writing anything."""
+    source = Path(source)
+    start = time.perf_counter()
+    model = _load_checked(source)
+    before = count_costs(model)
+    names = ["fold-constants", "fold-batchnorm"]
+    reports = _run_passes(model, names, OptimizeOptions(align=align))
+    infer_shapes(model)
+    t0 = time.perf_counter()
+    analysis = DeadChannelAnalysis(model, align)
+    groups = analysis.group_reports()
+    reports.append(
+        PassReport(
+            "remove-dead-channels (analysis only)",
+            False,
+            time.perf_counter() - t0,
+            f"{analysis.total_removed} channel(s) removable of {sum(g.dead for g in groups)} dead",
+            groups,
+            dict(analysis.barriers),
+        )
+    )
+    return OptimizeReport(
+        input=str(source),
+        output=None,
+        passes=reports,
+        before=before,
+        after=before,
+        checks=[],
+        verified=False,
+        rtol=0.0,
+        atol=0.0,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the gate
+Feeds = list[tuple[str, dict[str, np.ndarray]]]  # (label, inputs by name)
+
+
+def gate_inputs(model: ir.Model, options: OptimizeOptions, source: Path) -> Feeds:
+    """Seeded random inputs at batch 1 and 2 (symbolic first axis), plus the user's data file."""
+    feeds: Feeds = []
+    rng = np.random.default_rng(options.seed)
+    for batch in (1, 2):
+        inputs = {}
+        for value in model.graph.inputs:
+            if value.name in model.graph.initializers:
+                continue
+            inputs[value.name] = _random_input(value, batch, rng, source, options.data is not None)
+        if all(v is not None for v in inputs.values()):
+            feeds.append((f"random batch {batch}", {k: v for k, v in inputs.items() if v is not None}))
+    if options.data is not None:
+        feeds.append((f"data {options.data.name}", _load_data(options.data, model)))
+    return feeds
+
+
+def _random_input(
+    value: ir.Value, batch: int, rng: np.random.Generator, source: Path, have_data: bool
+) -> np.ndarray | None:
+    if value.shape is None or value.dtype is None:
+        raise GraphError(f"{source}: input {value.name!r} has no shape; pass --data FILE.npz with real inputs")
+    dims = []
+    for axis, dim in enumerate(value.shape):
+        if isinstance(dim, int):
+            dims.append(dim)
+        elif axis == 0:
+            dims.append(batch)
+        elif have_data:
+            return None
+        else:
+            raise GraphError(
+                f"{source}: input {value.name!r} has symbolic dimension {dim} at axis {axis}; pass --data FILE.npz"
+            )
+    dtype = value.dtype.numpy()
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(dims).astype(dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, dims).astype(bool)
+    return rng.integers(0, 8, dims).astype(dtype)
+
+
+def _load_data(path: Path, model: ir.Model) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise GraphError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise GraphError(f"{path}: not a readable .npz file ({exc})") from exc
+    names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+    if len(names) == 1 and len(arrays) == 1:
+        return {names[0]: next(iter(arrays.values()))}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise GraphError(f"{path}: no array for input(s) {', '.join(missing)} (arrays: {', '.join(arrays)})")
+    return {n: arrays[n] for n in names}
+
+
+def _run(model: ir.Model | Path, feeds: Feeds) -> list[list[np.ndarray]]:
+    with checking_session(model) as session:
+        return [session.run(None, inputs) for _, inputs in feeds]  # type: ignore[attr-defined]
+
+
+def _checks(
+    reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]], feeds: Feeds, options: OptimizeOptions
+) -> list[OutputCheck]:
+    return [
+        compare_outputs(
+            ref, got, options.rtol, options.atol, batch=int(next(iter(inputs.values())).shape[0]) if inputs else 0
+        )
+        for ref, got, (_, inputs) in zip(reference, candidate, feeds, strict=True)
+    ]
+
+
+def _compare_files(source: Path, staged: Path, feeds: Feeds, options: OptimizeOptions) -> list[OutputCheck]:
+    return _checks(_run(source, feeds), _run(staged, feeds), feeds, options)
+
+
+def _diagnose(
+    source: Path, output: Path, names: list[str], feeds: Feeds, options: OptimizeOptions, checks: list[OutputCheck]
+) -> str:
+    """Find the first pass (and dead-channel group) whose result differs; return the one-line error."""
+    worst = max(checks, key=lambda c: c.max_rel_error)
+    head = (
+        f"{output}: not written: the optimized graph differs from {source.name} "
+        f"(max abs {worst.max_abs_error:.3g}, rel {worst.max_rel_error:.3g} > rtol {options.rtol:g})"
+    )
+    reference = _run(source, feeds)
+
+    def differs(model: ir.Model) -> bool:
+        return not all(c.passed for c in _checks(reference, _run(model, feeds), feeds, options))
+
+    model = load_model(source)
+    for index, name in enumerate(names):
+        _make_pass(name, options)(model)
+        if differs(model):
+            if name != "remove-dead-channels":
+                return f"{head}; pass {name!r} broke it"
+            group = _bisect_groups(source, names[:index], options, differs)
+            return f"{head}; pass 'remove-dead-channels' broke it{group}"
+    return f"{head}; no single pass reproduces it"
+
+
+def _bisect_groups(
+    source: Path, prefix: list[str], options: OptimizeOptions, differs: Callable[[ir.Model], bool]
+) -> str:
+    """Smallest prefix of the groups that, applied alone, changes the outputs: its last group is the culprit."""
+
+    def prepared() -> ir.Model:
+        model = load_model(source)
+        for name in prefix:
+            _make_pass(name, options)(model)
+        return model
+
+    probe = RemoveDeadChannelsPass(options.align)
+    probe(prepared())
+    assert probe.analysis is not None
+    groups = [g for g in probe.analysis.group_reports() if g.channels_after < g.channels_before]
+    lo, hi = 1, len(groups)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        model = prepared()
+        RemoveDeadChannelsPass(options.align, {g.group for g in groups[:mid]})(model)
+        if differs(model):
+            hi = mid
+        else:
+            lo = mid + 1
+    if not groups:
+        return ""
+    culprit = groups[lo - 1]
+    return f", in channel group {culprit.location} ({culprit.channels_before} → {culprit.channels_after} channels)"
