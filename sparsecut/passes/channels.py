@@ -88,6 +88,8 @@ class DeadChannelAnalysis:
         self.live: dict[ir.Value, np.ndarray] = {}
         self.const: dict[ir.Value, np.ndarray] = {}
         self._maps: list[tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]] = []
+        self._node_maps: dict[ir.Node, list[tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]]] = {}
+        self._gates: dict[ir.Node, list[np.ndarray]] = {}  # Mul: per input, channels some *other* input zeroes
         self._pending_vetoes: list[tuple[ir.Value, np.ndarray | None, str]] = []
         self._sinks: list[tuple[ir.Value, ir.Node, str]] = []  # (tensor, reducing consumer, kind)
         self.rules: dict[ir.Node, str] = {}
@@ -117,6 +119,10 @@ class DeadChannelAnalysis:
     def _register(self, value: ir.Value, axis: int, count: int, space: int | None = None) -> None:
         self.axis[value] = axis
         self.space_of[value] = self._new_space(count) if space is None else space
+
+    def _add_map(self, node: ir.Node, a: ir.Value, ia: np.ndarray, b: ir.Value, ib: np.ndarray) -> None:
+        self._maps.append((a, ia, b, ib))
+        self._node_maps.setdefault(node, []).append((a, ia, b, ib))
 
     def _link(self, a: ir.Value, b: ir.Value) -> None:
         self._union(self.space_of[a], self.space_of[b])
@@ -275,6 +281,8 @@ class DeadChannelAnalysis:
                 return None
         live, const = _combine(node.op_type, lives, consts, zeros)
         self._set_state(y, live, const)
+        if node.op_type == "Mul":  # x · 0 = 0: a channel zeroed by one factor is not needed from the others
+            self._gates[node] = [np.any([z for j, z in enumerate(zeros) if j != i], axis=0) for i in range(len(zeros))]
         return "elementwise"
 
     def _conv(self, node: ir.Node) -> str | None:
@@ -498,7 +506,7 @@ class DeadChannelAnalysis:
         offset = 0
         for v in inputs:
             n = self._spaces[self.space_of[v]].count
-            self._maps.append((v, np.arange(n), y, np.arange(offset, offset + n)))
+            self._add_map(node, v, np.arange(n), y, np.arange(offset, offset + n))
             offset += n
         self._set_state(
             y, np.concatenate([self.live[v] for v in inputs]), np.concatenate([self.const[v] for v in inputs])
@@ -526,7 +534,7 @@ class DeadChannelAnalysis:
         for out, n in zip(node.outputs, counts, strict=True):
             assert n is not None
             self._register(out, axis, n)
-            self._maps.append((x, np.arange(offset, offset + n), out, np.arange(n)))
+            self._add_map(node, x, np.arange(offset, offset + n), out, np.arange(n))
             self._set_state(out, self.live[x][offset : offset + n].copy(), self.const[x][offset : offset + n].copy())
             offset += n
         return "split"
@@ -539,9 +547,9 @@ class DeadChannelAnalysis:
         axis = _attr_int(node, "axis", 1) % (rank + 1) if rank else 0
         if axis != self.axis[x]:
             return None
-        return self._expand_channels(x, y, axis, "flatten")
+        return self._expand_channels(node, x, y, axis, "flatten")
 
-    def _expand_channels(self, x: ir.Value, y: ir.Value, axis: int, kind: str) -> str | None:
+    def _expand_channels(self, node: ir.Node, x: ir.Value, y: ir.Value, axis: int, kind: str) -> str | None:
         """y[..., k·inner + i] = x[..., k, i…]: channel k of x becomes `inner` features of y."""
         assert x.shape is not None
         trailing = list(x.shape)[axis + 1 :]
@@ -554,7 +562,7 @@ class DeadChannelAnalysis:
             self._set_state(y, self.live[x].copy(), self.const[x].copy())
             return kind
         self._register(y, axis, count * inner)
-        self._maps.append((x, np.repeat(np.arange(count), inner), y, np.arange(count * inner)))
+        self._add_map(node, x, np.repeat(np.arange(count), inner), y, np.arange(count * inner))
         self._set_state(y, np.repeat(self.live[x], inner), np.repeat(self.const[x], inner))
         return kind
 
@@ -576,7 +584,7 @@ class DeadChannelAnalysis:
             self._set_state(y, self.live[x].copy(), self.const[x].copy())
             return "reshape"
         if len(out_dims) == axis + 1:
-            return self._expand_channels(x, y, axis, "reshape")
+            return self._expand_channels(node, x, y, axis, "reshape")
         return None
 
     # ------------------------------------------------------------------------------------------ resolution
@@ -610,9 +618,57 @@ class DeadChannelAnalysis:
         for k in indices:
             sp.reasons.setdefault(int(k), reason)
 
+    def _needed(self) -> dict[ir.Value, np.ndarray]:
+        """Backward: which channels can influence a graph output at all. A LIVE channel that cannot (read only
+        by zero weights, or gated by a Mul with a ZERO factor — an SE gate on a dead channel) may go too."""
+        needed = {v: np.zeros(self.spaces[s].count, bool) for v, s in self.space_of.items()}
+        for value in self.graph.outputs:
+            if value in needed:
+                needed[value][:] = True
+        for node in reversed(list(self.graph)):
+            kind = self.rules.get(node)
+            inputs = [(i, v) for i, v in enumerate(node.inputs) if v is not None and v in needed]
+            if not inputs or kind in ("shape", "constant"):
+                continue
+            if kind is None:  # a barrier reads everything
+                for _, v in inputs:
+                    needed[v][:] = True
+            elif kind in ("conv", "gemm", "matmul"):
+                needed[inputs[0][1]] |= self._needed_by_sink(node, kind, needed[node.outputs[0]])
+            elif node in self._node_maps:
+                for a, ia, b, ib in self._node_maps[node]:
+                    np.logical_or.at(needed[a], ia, needed[b][ib])
+            else:
+                out = np.any([needed[o] for o in node.outputs if o in needed], axis=0)
+                gates = self._gates.get(node)
+                for i, v in inputs:
+                    if self.space_of[v] == self.space_of[node.outputs[0]]:
+                        needed[v] |= out & ~gates[i] if gates is not None else out
+                    elif out.any():
+                        needed[v][:] = True  # broadcast over channels
+        return needed
+
+    def _needed_by_sink(self, node: ir.Node, kind: str, needed_out: np.ndarray) -> np.ndarray:
+        weight = weight_array(node.inputs[1])  # type: ignore[arg-type]
+        assert weight is not None
+        if kind == "conv":
+            groups = _attr_int(node, "group", 1)
+            reads = np.any(weight != 0, axis=tuple(range(2, weight.ndim)))  # [K, C/g]
+            rows = reads.shape[0] // groups
+            return np.concatenate(
+                [
+                    np.any(reads[g * rows : (g + 1) * rows][needed_out[g * rows : (g + 1) * rows]], axis=0)
+                    for g in range(groups)
+                ]
+            )
+        if kind == "gemm" and _attr_int(node, "transB", 0):
+            weight = weight.T
+        return np.any(weight[:, needed_out] != 0, axis=1)
+
     def _check_removability(self) -> None:
+        self.needed = self._needed()
         for value, s in self.space_of.items():
-            live = self.live[value]
+            live = self.live[value] & self.needed[value]
             if live.any():
                 self._add_reason(s, live, "live")
         for value, node, kind in self._sinks:
@@ -682,9 +738,8 @@ class DeadChannelAnalysis:
             for s, sp in enumerate(self.spaces):
                 mask = removable[self.offsets[s] : self.offsets[s + 1]]
                 kept = sp.count - int(mask.sum())
-                target = min(sp.count, -(-kept // self.align) * self.align) if kept else 0
-                if self.align > 1 and kept == 0 and mask.any():
-                    target = min(sp.count, self.align)
+                # never remove every channel of a tensor (an unused branch is cleanup's job, not ours)
+                target = min(sp.count, max(-(-kept // self.align) * self.align, self.align))
                 if target > kept:
                     restore = np.flatnonzero(mask)[-(target - kept) :]
                     self._add_reason(s, restore, "kept for alignment")
@@ -767,7 +822,7 @@ class DeadChannelAnalysis:
         sp = self.spaces[s]
         dead = np.ones(sp.count, bool)
         for value in sp.values:
-            dead &= ~self.live[value]
+            dead &= ~(self.live[value] & self.needed[value])
         return dead
 
     def _reason_of(self, s: int, k: int) -> str:
