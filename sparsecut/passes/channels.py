@@ -89,7 +89,9 @@ class DeadChannelAnalysis:
         self.const: dict[ir.Value, np.ndarray] = {}
         self._maps: list[tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]] = []
         self._node_maps: dict[ir.Node, list[tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]]] = {}
-        self._gates: dict[ir.Node, list[np.ndarray]] = {}  # Mul: per input, channels some *other* input zeroes
+        # per input position: channels whose value cannot reach the output (a Mul whose other factor is ZERO,
+        # BatchNorm with γ = 0, an all-zero depthwise filter)
+        self._gates: dict[ir.Node, list[np.ndarray]] = {}
         self._pending_vetoes: list[tuple[ir.Value, np.ndarray | None, str]] = []
         self._sinks: list[tuple[ir.Value, ir.Node, str]] = []  # (tensor, reducing consumer, kind)
         self.rules: dict[ir.Node, str] = {}
@@ -308,6 +310,7 @@ class DeadChannelAnalysis:
             c = self.const[x]
             live = (self.live[x] & w_nonzero) | (padded & (c != 0) & w_nonzero)
             self._set_state(y, live, bias + w_sum * c)
+            self._gates[node] = [~w_nonzero]  # an all-zero filter does not need its input channel
             return "depthwise"
         self._register(y, 1, out_ch)
         self._sinks.append((x, node, "conv-padded" if padded else "conv"))
@@ -380,6 +383,7 @@ class DeadChannelAnalysis:
         self._register(y, 1, self._spaces[self.space_of[x]].count, self.space_of[x])
         scale = gamma / np.sqrt(var + eps)
         self._set_state(y, self.live[x] & (gamma != 0), scale * (self.const[x] - mean) + beta)
+        self._gates[node] = [gamma == 0]  # γ = 0 outputs β whatever the input: the input channel is not needed
         return "batchnorm"
 
     def _pool(self, node: ir.Node) -> str | None:

@@ -1,0 +1,89 @@
+"""A small builder of ONNX graphs for pass tests, and helpers to optimize them and read the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsecut.passes import OptimizeOptions, optimize_model
+from sparsecut.report import OptimizeReport
+
+
+class GraphBuilder:
+    """Nodes and float32 initializers with generated names; the input is `x` with a symbolic batch."""
+
+    def __init__(self, shape: tuple[int, ...] = (4, 6, 6), seed: int = 0) -> None:
+        self.shape = shape
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.rng = np.random.default_rng(seed)
+        self._count = 0
+
+    def name(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+    def const(self, array: np.ndarray | list, prefix: str = "c") -> str:
+        array = np.asarray(array)
+        array = array.astype(np.int64 if np.issubdtype(array.dtype, np.integer) else np.float32)
+        name = self.name(prefix)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attrs) -> str | list[str]:
+        names = [self.name(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.name(f"{op_type}_"), **attrs))
+        return names[0] if outputs == 1 else names
+
+    def weight(self, *shape: int, dead_rows: tuple[int, ...] = ()) -> np.ndarray:
+        w = self.rng.standard_normal(shape).astype(np.float32)
+        w[list(dead_rows)] = 0.0
+        return w
+
+    def conv(
+        self,
+        x: str,
+        w: np.ndarray,
+        b: np.ndarray | None = None,
+        pad: int = 0,
+        group: int = 1,
+    ) -> str:
+        inputs = [x, self.const(w, "w")] + ([self.const(b, "b")] if b is not None else [])
+        return self.op("Conv", inputs, pads=[pad] * 4, group=group)  # type: ignore[return-value]
+
+    def model(self, *outputs: str) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *self.shape])],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+            self.initializers,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model = onnx.shape_inference.infer_shapes(model)  # fills in the outputs' shapes
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def optimize(tmp: Path, model: onnx.ModelProto, **options) -> tuple[OptimizeReport, ir.Model]:
+    source, target = tmp / "in.onnx", tmp / "out.onnx"
+    onnx.save(model, source)
+    options.setdefault("align", 1)
+    report = optimize_model(source, target, OptimizeOptions(**options))
+    assert report.verified and all(c.passed for c in report.checks)
+    return report, ir.load(target)
+
+
+def weights(model: ir.Model, op_type: str) -> list[np.ndarray]:
+    """The weight (input 1) of every `op_type` node, in graph order, as the node sees it."""
+    from sparsecut.passes.channels import weight_array
+
+    return [weight_array(n.inputs[1]) for n in model.graph if n.op_type == op_type]
+
+
+def removal(report: OptimizeReport) -> list:
+    return [p for p in report.passes if p.name == "remove-dead-channels"][0].groups

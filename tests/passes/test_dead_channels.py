@@ -1,0 +1,212 @@
+"""remove-dead-channels on tiny graphs built in code: exact channel counts, and outputs equal (the optimize gate
+checks every graph here at rtol 1e-4 / atol 1e-5 on batch 1 and 2 before anything is written)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from sparsecut.errors import VerificationError
+from sparsecut.passes import DeadChannelAnalysis
+from tests.passes.graphs import GraphBuilder, optimize, removal, weights
+
+RDC_ONLY = ("fold-constants", "remove-dead-channels", "cleanup")  # keeps BatchNorm explicit
+
+
+def test_zero_filters_are_removed_from_producer_and_consumer(tmp_path):
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(8, 4, 3, 3, dead_rows=(2, 5)), np.zeros(8), pad=1)])
+    w2 = g.weight(3, 8, 1, 1)
+    y = g.conv(h, w2, np.ones(3))
+    report, lean = optimize(tmp_path, g.model(y))
+    first, second = weights(lean, "Conv")
+    assert first.shape == (6, 4, 3, 3)
+    np.testing.assert_array_equal(second, w2[:, [0, 1, 3, 4, 6, 7]])
+    assert [(r.channels_before, r.channels_after, r.dead) for r in removal(report)] == [(8, 6, 2)]
+    assert report.after.params < report.before.params and report.after.macs < report.before.macs
+
+
+@pytest.mark.parametrize(("kernel", "removed"), [(1, True), (3, False)])
+def test_sigmoid_of_a_dead_channel_is_one_half(tmp_path, kernel, removed):
+    """Sigmoid(0) = 0.5: the channel is a constant, not zero. A 1×1 conv absorbs it into its bias; a padded 3×3
+    conv cannot (border pixels see part of the constant), so there it must stay."""
+    g = GraphBuilder()
+    h = g.op("Sigmoid", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(3,)), np.zeros(8))])
+    w2 = g.weight(2, 8, kernel, kernel)
+    y = g.conv(h, w2, np.zeros(2), pad=kernel // 2)
+    report, lean = optimize(tmp_path, g.model(y))
+    assert weights(lean, "Conv")[0].shape[0] == (7 if removed else 8)
+    if not removed:
+        (group,) = removal(report)
+        assert group.kept_dead == {"constant read by padded conv 'Conv_10'": 1}
+    else:  # the 0.5 went into the consumer's bias: b += Σ W[:, 3] · 0.5
+        bias = lean.graph.node(2).inputs[2].const_value.numpy()
+        np.testing.assert_allclose(bias, 0.5 * w2[:, 3].sum(axis=(1, 2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("kernel", "removed"), [(1, True), (3, False)])
+def test_batchnorm_gamma_zero_beta_nonzero_is_a_constant_channel(tmp_path, kernel, removed):
+    g = GraphBuilder()
+    gamma = np.ones(8, np.float32)
+    gamma[[1, 6]] = 0.0
+    beta = np.full(8, 0.7, np.float32)
+    bn = g.op(
+        "BatchNormalization",
+        [g.conv("x", g.weight(8, 4, 1, 1)), g.const(gamma), g.const(beta), g.const(np.zeros(8)), g.const(np.ones(8))],
+    )
+    y = g.conv(g.op("Relu", [bn]), g.weight(2, 8, kernel, kernel), pad=kernel // 2)
+    report, lean = optimize(tmp_path, g.model(y), passes=RDC_ONLY)
+    assert weights(lean, "Conv")[0].shape[0] == (6 if removed else 8)
+    bn_scale = [n for n in lean.graph if n.op_type == "BatchNormalization"][0].inputs[1].const_value
+    assert bn_scale.shape[0] == (6 if removed else 8)
+
+
+def test_residual_add_dead_on_one_branch_only_is_kept(tmp_path):
+    g = GraphBuilder()
+    a = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1))])
+    b = g.conv(a, g.weight(8, 8, 3, 3, dead_rows=(2,)), pad=1)
+    y = g.conv(g.op("Relu", [g.op("Add", [a, b])]), g.weight(3, 8, 1, 1))
+    report, lean = optimize(tmp_path, g.model(y))
+    assert [w.shape[0] for w in weights(lean, "Conv")] == [8, 8, 3]
+    assert removal(report) == []  # no channel is dead in every tensor of the group
+
+
+def test_residual_add_dead_on_both_branches_is_removed_everywhere(tmp_path):
+    g = GraphBuilder()
+    a = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(2,)))])
+    b = g.conv(a, g.weight(8, 8, 3, 3, dead_rows=(2,)), pad=1)
+    y = g.conv(g.op("Relu", [g.op("Add", [a, b])]), g.weight(3, 8, 1, 1))
+    _, lean = optimize(tmp_path, g.model(y))
+    assert [w.shape[:2] for w in weights(lean, "Conv")] == [(7, 4), (7, 7), (3, 7)]
+
+
+def test_concat_moves_channels_by_offsets(tmp_path):
+    g = GraphBuilder()
+    a = g.conv("x", g.weight(4, 4, 1, 1, dead_rows=(1,)))
+    b = g.conv("x", g.weight(6, 4, 1, 1, dead_rows=(0, 5)))
+    w = g.weight(3, 10, 1, 1)
+    y = g.conv(g.op("Concat", [a, b], axis=1), w)
+    _, lean = optimize(tmp_path, g.model(y))
+    first, second, consumer = weights(lean, "Conv")
+    assert (first.shape[0], second.shape[0]) == (3, 4)
+    np.testing.assert_array_equal(consumer, w[:, [0, 2, 3, 5, 6, 7, 8]])
+
+
+def test_depthwise_after_a_dead_channel(tmp_path):
+    g = GraphBuilder()
+    h = g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(3,)))
+    dw = g.conv(h, g.weight(8, 1, 3, 3), g.rng.standard_normal(8), pad=1, group=8)  # bias: channel 3 → CONST(b3)
+    y = g.conv(g.op("Relu", [dw]), g.weight(2, 8, 1, 1))
+    _, lean = optimize(tmp_path, g.model(y))
+    assert [w.shape for w in weights(lean, "Conv")] == [(7, 4, 1, 1), (7, 1, 3, 3), (2, 7, 1, 1)]
+    assert [n.attributes["group"].as_int() for n in lean.graph if n.op_type == "Conv"][1] == 7
+
+
+@pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
+def test_flatten_into_gemm_removes_hw_features_per_channel(tmp_path, flatten):
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(8, 4, 3, 3, dead_rows=(2,)))])  # → [N, 8, 4, 4]
+    flat = g.op("Flatten", [h], axis=1) if flatten == "Flatten" else g.op("Reshape", [h, g.const([0, 128])])
+    w = g.weight(5, 128)
+    y = g.op("Gemm", [flat, g.const(w), g.const(np.zeros(5))], transB=1)
+    _, lean = optimize(tmp_path, g.model(y))
+    gemm = weights(lean, "Gemm")[0]
+    keep = [i for i in range(128) if not 32 <= i < 48]
+    np.testing.assert_array_equal(gemm, w[:, keep])
+
+
+def test_squeeze_excitation_on_a_dead_channel(tmp_path):
+    """x[k] = 0 ⇒ x[k] · s[k] = 0 whatever the gate s[k]: the SE block's fc2 row k goes too."""
+    g = GraphBuilder()
+    x = g.op("Relu", [g.conv("x", g.weight(8, 4, 3, 3, dead_rows=(1,)), pad=1)])
+    s = g.op("GlobalAveragePool", [x])
+    s = g.op("Relu", [g.conv(s, g.weight(4, 8, 1, 1), np.zeros(4))])
+    s = g.op("Sigmoid", [g.conv(s, g.weight(8, 4, 1, 1), g.rng.standard_normal(8))])
+    y = g.conv(g.op("Mul", [x, s]), g.weight(3, 8, 1, 1))
+    _, lean = optimize(tmp_path, g.model(y))
+    assert [w.shape[:2] for w in weights(lean, "Conv")] == [(7, 4), (4, 7), (7, 4), (3, 7)]
+
+
+def test_grouped_conv_loses_equal_counts_per_group(tmp_path):
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(0, 1, 4)))])
+    y = g.conv(h, g.weight(8, 4, 3, 3), pad=1, group=2)
+    report, lean = optimize(tmp_path, g.model(y))
+    first, grouped = weights(lean, "Conv")
+    assert first.shape[0] == 6 and grouped.shape[1] == 3
+    (group, *_) = removal(report)
+    assert group.kept_dead == {"grouped conv 'Conv_8' needs equal counts per group": 1}
+
+
+def test_graph_output_keeps_its_channels(tmp_path):
+    g = GraphBuilder()
+    y = g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(0,)))
+    report, lean = optimize(tmp_path, g.model(y))
+    assert weights(lean, "Conv")[0].shape[0] == 8
+    assert removal(report)[0].kept_dead == {"graph output": 1}
+
+
+def test_op_without_a_rule_is_a_barrier_and_named(tmp_path):
+    g = GraphBuilder()
+    h = g.op("LRN", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(0,)))], size=3)
+    report, lean = optimize(tmp_path, g.model(g.conv(h, g.weight(2, 8, 1, 1))))
+    assert weights(lean, "Conv")[0].shape[0] == 8
+    step = [p for p in report.passes if p.name == "remove-dead-channels"][0]
+    assert step.barriers == {"LRN": 1}
+    assert step.groups[0].kept_dead == {"read by LRN (no rule)": 1}
+
+
+@pytest.mark.parametrize(("dead", "kept"), [(5, 16), (9, 8), (16, 8)])
+def test_align_keeps_multiples(tmp_path, dead, kept):
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(16, 4, 1, 1, dead_rows=tuple(range(dead))))])
+    report, lean = optimize(tmp_path, g.model(g.conv(h, g.weight(2, 16, 1, 1))), align=8)
+    assert weights(lean, "Conv")[0].shape[0] == kept
+    (group,) = [g for g in removal(report) if g.channels_before == 16]
+    assert group.kept_for_alignment == kept - (16 - dead)
+
+
+@pytest.mark.parametrize("bias_value", [0.0, 0.3])
+def test_transformer_mlp_hidden_neurons(tmp_path, bias_value):
+    """MatMul + Add(bias) on [B, N, D]: the channel axis is the last one. A dead hidden neuron with bias b gives
+    GELU(b), which the next MatMul's bias Add absorbs."""
+    g = GraphBuilder(shape=(5, 8))
+    w1 = g.weight(8, 16)
+    w1[:, [3, 9]] = 0.0
+    b1 = g.rng.standard_normal(16).astype(np.float32)
+    b1[[3, 9]] = bias_value
+    h = g.op("Add", [g.op("MatMul", ["x", g.const(w1)]), g.const(b1)])
+    # GELU as exported: x · 0.5 · (1 + erf(x / √2))
+    erf = g.op("Erf", [g.op("Div", [h, g.const(np.float32(np.sqrt(2)))])])
+    act = g.op("Mul", [g.op("Mul", [h, g.op("Add", [erf, g.const(np.float32(1.0))])]), g.const(np.float32(0.5))])
+    y = g.op("Add", [g.op("MatMul", [act, g.const(g.weight(16, 8))]), g.const(np.zeros(8))])
+    _, lean = optimize(tmp_path, g.model(y))
+    assert [w.shape for w in weights(lean, "MatMul")] == [(8, 14), (14, 8)]
+
+
+def test_gate_refuses_a_broken_rewrite_and_names_pass_and_group(tmp_path, monkeypatch):
+    g = GraphBuilder()
+    live = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1), np.zeros(8))])
+    h = g.op("Sigmoid", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(3,)), np.zeros(8))])
+    y = g.op("Add", [g.conv(live, g.weight(2, 8, 1, 1)), g.conv(h, g.weight(2, 8, 3, 3), pad=1)])
+    source = tmp_path / "in.onnx"
+    onnx.save(g.model(y), source)
+    # an analysis bug: forget that a padded conv cannot absorb the constant Sigmoid(0) = 0.5
+    monkeypatch.setattr(DeadChannelAnalysis, "_check_removability", _without_padding_veto)
+    from sparsecut.passes import OptimizeOptions, optimize_model
+
+    with pytest.raises(VerificationError) as info:
+        optimize_model(source, tmp_path / "out.onnx", OptimizeOptions(align=1))
+    message = str(info.value)
+    assert "out.onnx: not written: the optimized graph differs from in.onnx" in message
+    assert "pass 'remove-dead-channels' broke it, in channel group w7 (8 → 7 channels)" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
+
+
+_original_check = DeadChannelAnalysis._check_removability
+
+
+def _without_padding_veto(self):
+    self._sinks = [(v, n, "conv" if kind == "conv-padded" else kind) for v, n, kind in self._sinks]
+    _original_check(self)
