@@ -378,7 +378,7 @@ class DeadChannelAnalysis:
             return None
         if any(p is None for p in params) or not self._ensure(x, 1):
             return None
-        gamma, beta, mean, var = (np.asarray(p, np.float64).reshape(-1) for p in params)  # type: ignore[arg-type]
+        gamma, beta, mean, var = (np.asarray(p, np.float64).reshape(-1) for p in params)
         eps = _attr_float(node, "epsilon", 1e-5)
         self._register(y, 1, self._spaces[self.space_of[x]].count, self.space_of[x])
         scale = gamma / np.sqrt(var + eps)
@@ -416,7 +416,7 @@ class DeadChannelAnalysis:
         if node.op_type == "ReduceSum":
             sizes = [x.shape[a] for a in axes]
             if all(isinstance(s, int) for s in sizes):
-                const = const * math.prod(sizes)  # type: ignore[arg-type]
+                const = const * math.prod(sizes)
             else:
                 live |= const != 0
         self._set_state(y, live, const)
@@ -559,7 +559,7 @@ class DeadChannelAnalysis:
         trailing = list(x.shape)[axis + 1 :]
         if not all(isinstance(d, int) for d in trailing):
             return None
-        inner = math.prod(trailing)  # type: ignore[arg-type]
+        inner = math.prod(trailing)
         count = self._spaces[self.space_of[x]].count
         if inner == 1:
             self._register(y, axis, count, self.space_of[x])
@@ -839,8 +839,8 @@ class DeadChannelAnalysis:
                 for j, reason in sp.reasons.items():
                     if reason != "live":
                         self._component_reason.setdefault(int(self.label[self.offsets[other] + j]), reason)
-        reason = self._component_reason.get(int(self.label[self.offsets[s] + k]))
-        return f"coupled: {reason}" if reason else "coupled to a live channel"
+        coupled = self._component_reason.get(int(self.label[self.offsets[s] + k]))
+        return f"coupled: {coupled}" if coupled else "coupled to a live channel"
 
     def _location(self, members: list[int]) -> str:
         names = []
@@ -995,8 +995,8 @@ def _conv_padded(node: ir.Node) -> bool:
     auto_pad = node.attributes.get("auto_pad")
     if auto_pad is not None and auto_pad.as_string() not in ("NOTSET", "VALID"):
         return True
-    pads = _attr_ints(node, "pads")
-    return bool(pads) and any(p != 0 for p in pads)
+    pads = _attr_ints(node, "pads") or []
+    return any(p != 0 for p in pads)
 
 
 def _reduce_axes(node: ir.Node, rank: int) -> set[int] | None:

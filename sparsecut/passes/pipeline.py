@@ -190,7 +190,7 @@ def gate_inputs(model: ir.Model, options: OptimizeOptions, source: Path) -> Feed
     for batch in (1, 2):
         inputs = {}
         for value in model.graph.inputs:
-            if value.name in model.graph.initializers:
+            if value.name is None or value.name in model.graph.initializers:
                 continue
             inputs[value.name] = _random_input(value, batch, rng, source, options.data is not None)
         if all(v is not None for v in inputs.values()):
@@ -233,7 +233,7 @@ def _load_data(path: Path, model: ir.Model) -> dict[str, np.ndarray]:
             arrays = {k: data[k] for k in data.files}
     except Exception as exc:
         raise GraphError(f"{path}: not a readable .npz file ({exc})") from exc
-    names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+    names = [v.name for v in model.graph.inputs if v.name is not None and v.name not in model.graph.initializers]
     if len(names) == 1 and len(arrays) == 1:
         return {names[0]: next(iter(arrays.values()))}
     missing = [n for n in names if n not in arrays]

@@ -86,4 +86,4 @@ def weights(model: ir.Model, op_type: str) -> list[np.ndarray]:
 
 
 def removal(report: OptimizeReport) -> list:
-    return [p for p in report.passes if p.name == "remove-dead-channels"][0].groups
+    return next(p for p in report.passes if p.name == "remove-dead-channels").groups

@@ -56,9 +56,9 @@ def test_batchnorm_gamma_zero_beta_nonzero_is_a_constant_channel(tmp_path, kerne
         [g.conv("x", g.weight(8, 4, 1, 1)), g.const(gamma), g.const(beta), g.const(np.zeros(8)), g.const(np.ones(8))],
     )
     y = g.conv(g.op("Relu", [bn]), g.weight(2, 8, kernel, kernel), pad=kernel // 2)
-    report, lean = optimize(tmp_path, g.model(y), passes=RDC_ONLY)
+    _report, lean = optimize(tmp_path, g.model(y), passes=RDC_ONLY)
     assert weights(lean, "Conv")[0].shape[0] == (6 if removed else 8)
-    bn_scale = [n for n in lean.graph if n.op_type == "BatchNormalization"][0].inputs[1].const_value
+    bn_scale = next(n for n in lean.graph if n.op_type == "BatchNormalization").inputs[1].const_value
     assert bn_scale.shape[0] == (6 if removed else 8)
 
 
@@ -152,7 +152,7 @@ def test_op_without_a_rule_is_a_barrier_and_named(tmp_path):
     h = g.op("LRN", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(0,)))], size=3)
     report, lean = optimize(tmp_path, g.model(g.conv(h, g.weight(2, 8, 1, 1))))
     assert weights(lean, "Conv")[0].shape[0] == 8
-    step = [p for p in report.passes if p.name == "remove-dead-channels"][0]
+    step = next(p for p in report.passes if p.name == "remove-dead-channels")
     assert step.barriers == {"LRN": 1}
     assert step.groups[0].kept_dead == {"read by LRN (no rule)": 1}
 
