@@ -556,9 +556,9 @@ class DeadChannelAnalysis:
     def _expand_channels(self, node: ir.Node, x: ir.Value, y: ir.Value, axis: int, kind: str) -> str | None:
         """y[..., k·inner + i] = x[..., k, i…]: channel k of x becomes `inner` features of y."""
         assert x.shape is not None
-        trailing = list(x.shape)[axis + 1 :]
-        if not all(isinstance(d, int) for d in trailing):
-            return None
+        trailing = [d for d in list(x.shape)[axis + 1 :] if isinstance(d, int)]
+        if len(trailing) != len(x.shape) - axis - 1:
+            return None  # a symbolic trailing dim: the feature count is unknown
         inner = math.prod(trailing)
         count = self._spaces[self.space_of[x]].count
         if inner == 1:
