@@ -27,14 +27,7 @@ __all__ = ["RemoveDeadChannelsPass", "infer_shapes"]
 log = logging.getLogger(__name__)
 
 
-def infer_shapes(model: ir.Model, *, reset: bool = False) -> None:
-    """Re-infer intermediate shapes; with `reset`, forget the old ones first (they may be stale)."""
-    if reset:
-        outputs = set(model.graph.outputs)
-        for node in model.graph:
-            for value in node.outputs:
-                if value not in outputs:
-                    value.shape = None
+def infer_shapes(model: ir.Model) -> None:
     ShapeInferencePass()(model)
 
 
@@ -55,7 +48,14 @@ class RemoveDeadChannelsPass(ir.passes.InPlacePass):
         if analysis.total_removed == 0:
             return ir.passes.PassResult(model, modified=folded)
         _Rewriter(model, analysis).run()
-        infer_shapes(model, reset=True)
+        # Every tensor whose channel count changed is in a space: set its new shape exactly, rather than forget
+        # shapes and hope inference finds them again (it cannot see through computed Reshape targets).
+        for value, axis in analysis.axis.items():
+            if analysis.has_removals(value) and value.shape is not None:
+                dims = list(value.shape)
+                dims[axis] = len(analysis.kept(value))
+                value.shape = ir.Shape(dims)
+        infer_shapes(model)
         log.info("removed %d channels", analysis.total_removed)
         return ir.passes.PassResult(model, modified=True)
 
