@@ -12,19 +12,18 @@ from __future__ import annotations
 import math
 
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
 from sparsecut.report import LayerCost, ModelCost
+from sparsecut.shapes import infer_shapes
 
 __all__ = ["count_costs"]
 
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 
 
-def count_costs(model: ir.Model, *, infer: bool = True) -> ModelCost:
-    """Count MACs and parameters of every node; `infer` runs shape inference first (it only adds shapes)."""
-    if infer:
-        ShapeInferencePass()(model)
+def count_costs(model: ir.Model) -> ModelCost:
+    """Count MACs and parameters of every node (shapes are inferred first where missing; that only adds shapes)."""
+    infer_shapes(model)
     layers = []
     for node in model.graph:
         macs = _macs(node)

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,6 +32,8 @@ import onnx_ir as ir
 from sparsecut.report import ChannelGroupReport
 
 __all__ = ["ChannelGroupReport", "DeadChannelAnalysis", "analyze_dead_channels"]
+
+log = logging.getLogger(__name__)
 
 _UNARY: dict[str, Callable[..., np.ndarray]] = {
     "Relu": lambda x: np.maximum(x, 0.0),
@@ -732,13 +735,19 @@ class DeadChannelAnalysis:
     def _apply_constraints(self) -> None:
         """Veto channels until grouped convs lose equal counts per group and every tensor keeps a multiple of
         `align` channels. Vetoes only grow, so this ends."""
-        for _ in range(100):
+        order = np.argsort(self.label, kind="stable")
+        starts = np.searchsorted(self.label[order], np.arange(self.n_components + 1))
+
+        def keep(removable: np.ndarray, nodes: np.ndarray) -> None:
+            """Veto whole components at once, so later decisions in the same sweep see them."""
+            for component in np.unique(self.label[nodes]):
+                removable[order[starts[component] : starts[component + 1]]] = False
+
+        for _ in range(1000):
             removable = ~self._bad_nodes()
             changed = False
             for node in self.grouped_convs:
-                changed |= self._equalize_groups(node, removable)
-            if changed:
-                continue
+                changed |= self._equalize_groups(node, removable, keep)
             for s, sp in enumerate(self.spaces):
                 mask = removable[self.offsets[s] : self.offsets[s + 1]]
                 kept = sp.count - int(mask.sum())
@@ -748,14 +757,17 @@ class DeadChannelAnalysis:
                     restore = np.flatnonzero(mask)[-(target - kept) :]
                     self._add_reason(s, restore, "kept for alignment")
                     self.kept_for_alignment[s] = self.kept_for_alignment.get(s, 0) + len(restore)
+                    keep(removable, self.offsets[s] + restore)
                     changed = True
-                    break  # the vetoes may spread through couplings: recompute before the next space
             if not changed:
                 self.removable = removable
                 return
-        self.removable = ~self._bad_nodes()
+        log.warning("channel constraints did not settle; removing no channel")
+        self.removable = np.zeros(int(self.offsets[-1]), bool)
 
-    def _equalize_groups(self, node: ir.Node, removable: np.ndarray) -> bool:
+    def _equalize_groups(
+        self, node: ir.Node, removable: np.ndarray, keep: Callable[[np.ndarray, np.ndarray], None]
+    ) -> bool:
         groups = _attr_int(node, "group", 1)
         changed = False
         for value in (node.inputs[0], node.outputs[0]):
@@ -770,6 +782,7 @@ class DeadChannelAnalysis:
                     self._add_reason(
                         s, g * per_group + extra, f"grouped conv {node.name!r} needs equal counts per group"
                     )
+                    keep(removable, self.offsets[s] + g * per_group + extra)
                     changed = True
         return changed
 

@@ -17,18 +17,14 @@ import logging
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
 from sparsecut.passes.channels import DeadChannelAnalysis, _shape_element, constant_array, weight_array
 from sparsecut.passes.constants import FoldConstantsPass
+from sparsecut.shapes import infer_shapes
 
-__all__ = ["RemoveDeadChannelsPass", "infer_shapes"]
+__all__ = ["RemoveDeadChannelsPass"]
 
 log = logging.getLogger(__name__)
-
-
-def infer_shapes(model: ir.Model) -> None:
-    ShapeInferencePass()(model)
 
 
 class RemoveDeadChannelsPass(ir.passes.InPlacePass):
@@ -55,7 +51,6 @@ class RemoveDeadChannelsPass(ir.passes.InPlacePass):
                 dims = list(value.shape)
                 dims[axis] = len(analysis.kept(value))
                 value.shape = ir.Shape(dims)
-        infer_shapes(model)
         log.info("removed %d channels", analysis.total_removed)
         return ir.passes.PassResult(model, modified=True)
 

@@ -25,9 +25,10 @@ from sparsecut.modelfile import check_output_path, load_model, save_model
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.cleanup import CleanupPass
 from sparsecut.passes.constants import FoldConstantsPass
-from sparsecut.passes.dead_channels import RemoveDeadChannelsPass, infer_shapes
+from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
 from sparsecut.passes.fold_batchnorm import FoldBatchNormPass
 from sparsecut.report import OptimizeReport, OutputCheck, PassReport
+from sparsecut.shapes import infer_shapes
 
 __all__ = ["DEFAULT_PASSES", "PASSES", "OptimizeOptions", "inspect_model", "optimize_model"]
 
