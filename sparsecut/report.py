@@ -14,14 +14,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
+    "BuildReport",
     "ChannelGroupReport",
+    "CompareReport",
     "ExportReport",
+    "LatencyReport",
     "LayerCost",
+    "LayerTime",
     "ModelCost",
     "OptimizeReport",
     "OutputCheck",
     "PassReport",
     "Report",
+    "Variant",
     "write_json",
 ]
 
@@ -184,3 +189,74 @@ class OptimizeReport(Report):
     rtol: float
     atol: float
     seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerTime(Report):
+    """One kernel of a profiled run beside the MACs of the graph node(s) it ran."""
+
+    name: str
+    op_type: str
+    ms: float  # mean per inference
+    time_pct: float
+    macs: int
+    macs_pct: float
+    gmacs_per_s: float  # achieved: macs / time
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyReport(Report):
+    """Latency of one model on one device, measured — never estimated."""
+
+    model: str
+    target: str
+    device: str
+    batch: int
+    precision: str
+    threads: int | None
+    warmup: int
+    iterations: int
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+    throughput: float  # samples per second: batch · iterations / total time
+    environment: dict[str, str]
+    layers: list[LayerTime] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildReport(Report):
+    target: str
+    source: str
+    artifact: str
+    precision: str
+    sparsity: bool
+    seconds: float
+    environment: dict[str, str]
+    notes: list[str] = dataclasses.field(default_factory=list)
+    sparse_layers: list[str] = dataclasses.field(default_factory=list)  # TensorRT: layers run with sparse kernels
+    expected_sparse: list[str] = dataclasses.field(default_factory=list)  # weights that were 2:4 before the build
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant(Report):
+    """One model of a comparison."""
+
+    model: str
+    params: int
+    macs: int
+    latency: LatencyReport
+    speedup: float  # p50 of the first variant / p50 of this one
+    macs_ratio: float  # MACs of this one / MACs of the first
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareReport(Report):
+    target: str
+    device: str
+    rounds: int
+    variants: list[Variant]
+    plot: str | None = None

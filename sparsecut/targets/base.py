@@ -1,0 +1,82 @@
+"""The target interface: turn an ONNX file into something that runs on a named device, run it, measure it.
+
+Targets are found by name (`get_target`); heavy backends are imported only when their target is asked for, so a
+missing TensorRT makes only the TensorRT commands fail, with an install hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from sparsecut.errors import TargetError
+from sparsecut.report import BuildReport, LatencyReport
+
+__all__ = ["TARGETS", "Artifact", "BuildOptions", "ProfileOptions", "Target", "get_target"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "fp32"  # fp32 | fp16 | int8 | best
+    sparsity: bool = False  # TensorRT: enable 2:4 sparse kernels
+    batch: tuple[int, int, int] = (1, 1, 1)  # min, opt, max of the dynamic batch axis
+    workspace_mb: int | None = None
+    provider: str = "cpu"  # onnxruntime: cpu | cuda | tensorrt
+    threads: int | None = None
+    optimization: str = "all"  # onnxruntime graph optimization level: disable | basic | extended | all
+    surgery: str | None = None  # MODULE:FUNCTION on a gs.Graph, applied just before the build
+    timing_cache: Path | None = None  # TensorRT
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileOptions:
+    batch: int = 1
+    warmup: int = 10
+    iterations: int = 100
+    duration: float | None = None
+    threads: int | None = None
+    per_layer: bool = True
+    provider: str = "cpu"
+    optimization: str = "all"
+    cuda_graph: bool = False  # TensorRT
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """What a build produced: a file the target can load, and where it came from."""
+
+    path: Path
+    target: str
+    source: Path
+
+
+class Target(Protocol):
+    name: str
+
+    def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]: ...
+
+    def load(self, path: Path) -> Artifact: ...
+
+    def run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+    def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport: ...
+
+
+TARGETS = {
+    "onnxruntime": "sparsecut.targets.onnxruntime:OnnxRuntimeTarget",
+    "tensorrt": "sparsecut.targets.tensorrt:TensorRTTarget",
+}
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise TargetError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    module_name, _, cls = TARGETS[name].partition(":")
+    module = importlib.import_module(module_name)  # the module imports its backend lazily, in the target's methods
+    target: Target = getattr(module, cls)()
+    return target

@@ -1,0 +1,302 @@
+"""The onnxruntime target — the embedded default, on every machine: CPU, and CUDA/TensorRT execution providers
+where the installed onnxruntime has them.
+
+- build: onnxruntime optimizes the graph at the chosen level and serializes the result (`<name>.ort.onnx`), with
+  a JSON build report beside it.
+- profile: inputs bound once (IOBinding), `perf_counter_ns` around `run_with_iobinding`, spinning threads off
+  (idle spinning of one session slows the next one timed); per-layer times from onnxruntime's profiler, joined by
+  node name with the MACs of the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsecut.errors import TargetError
+from sparsecut.report import BuildReport, LatencyReport, LayerTime
+from sparsecut.targets.base import Artifact, BuildOptions, ProfileOptions
+from sparsecut.targets.environment import cpu_name, host_environment
+from sparsecut.targets.timing import measure, summarize
+
+__all__ = ["OnnxRuntimeTarget", "random_inputs"]
+
+log = logging.getLogger(__name__)
+
+_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def _session(path: Path, provider: str, threads: int | None, optimization: str, **extra: Any) -> Any:
+    import onnxruntime as ort
+
+    if provider not in _PROVIDERS:
+        raise TargetError(f"unknown --provider {provider!r}; known: {', '.join(_PROVIDERS)}")
+    wanted = _PROVIDERS[provider][0]
+    if wanted not in ort.get_available_providers():
+        raise TargetError(
+            f"this onnxruntime ({ort.__version__}) has no {wanted} (available: {', '.join(ort.get_available_providers())}); "
+            "install onnxruntime-gpu for CUDA/TensorRT"
+        )
+    if optimization not in _LEVELS:
+        raise TargetError(f"unknown optimization level {optimization!r}; known: {', '.join(_LEVELS)}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[optimization])
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    for key, value in extra.items():
+        setattr(options, key, value)
+    try:
+        return ort.InferenceSession(str(path), options, providers=_PROVIDERS[provider])
+    except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NoSuchFile
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TargetError(f"{path}: onnxruntime cannot load it ({first[:300]})") from exc
+
+
+def random_inputs(session: Any, batch: int, seed: int, source: Path) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input; the symbolic first axis is the batch."""
+    if batch < 1:
+        raise TargetError(f"--batch {batch}: the batch size must be at least 1")
+    inputs = session.get_inputs()
+    if not inputs:
+        raise TargetError(f"{source}: the model has no inputs; nothing to feed or time")
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for meta in inputs:
+        dims = []
+        for axis, dim in enumerate(meta.shape):
+            if isinstance(dim, int) and dim > 0:
+                if axis == 0 and dim != batch:
+                    raise TargetError(
+                        f"{source}: input {meta.name!r} has a fixed batch of {dim}; --batch {batch} does not fit"
+                    )
+                dims.append(dim)
+            elif axis == 0:
+                dims.append(batch)
+            else:
+                raise TargetError(f"{source}: input {meta.name!r} has a symbolic dimension {dim!r} at axis {axis}")
+        dtype = _numpy_dtype(meta.type)
+        feeds[meta.name] = (
+            rng.standard_normal(dims).astype(dtype) if np.issubdtype(dtype, np.floating) else np.zeros(dims, dtype)
+        )
+    return feeds
+
+
+def _numpy_dtype(ort_type: str) -> np.dtype:
+    names = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+             "tensor(bool)": np.bool_}  # fmt: skip
+    if ort_type not in names:
+        raise TargetError(f"input type {ort_type} is not supported for random inputs")
+    return np.dtype(names[ort_type])
+
+
+class OnnxRuntimeTarget:
+    name = "onnxruntime"
+
+    def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]:
+        from sparsecut.modelfile import check_output_path
+        from sparsecut.targets.surgery import apply_surgery
+
+        model, output = Path(model), Path(output)
+        if not model.exists():
+            raise TargetError(f"{model}: no such file")
+        check_output_path(output, model)
+        if options.precision not in ("fp32", "fp16", "int8"):
+            raise TargetError(
+                f"--precision {options.precision}: onnxruntime builds fp32 graphs as they are; fp16/int8 need the graph converted first"
+            )
+        notes = []
+        source = model
+        if options.surgery:
+            source = apply_surgery(model, options.surgery, output.with_name(f"{output.stem}.surgery.onnx"))
+            notes.append(f"surgery {options.surgery} applied; edited graph saved as {source.name}")
+        if options.sparsity:
+            notes.append("onnxruntime on CPU has no 2:4 sparse kernels; --sparsity changes nothing here")
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
+            staged = Path(tmp) / output.name
+            _session(
+                source, options.provider, options.threads, options.optimization, optimized_model_filepath=str(staged)
+            )
+            os.replace(staged, output)
+        report = BuildReport(
+            target=self.name,
+            source=str(model),
+            artifact=str(output),
+            precision=options.precision,
+            sparsity=options.sparsity,
+            seconds=time.perf_counter() - start,
+            environment={
+                **host_environment(),
+                "onnxruntime": _ort_version(),
+                "provider": options.provider,
+                "optimization": options.optimization,
+            },
+            notes=notes,
+        )
+        return Artifact(output, self.name, model), report
+
+    def load(self, path: Path) -> Artifact:
+        if not Path(path).exists():
+            raise TargetError(f"{path}: no such file")
+        return Artifact(Path(path), self.name, Path(path))
+
+    def run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        session = _session(artifact.path, "cpu", None, "all")
+        return list(session.run(None, inputs))
+
+    def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport:
+        session = _session(artifact.path, options.provider, options.threads, options.optimization)
+        feeds = random_inputs(session, options.batch, options.seed, artifact.path)
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for out in session.get_outputs():
+            binding.bind_output(out.name, "cpu")
+        samples = measure(
+            lambda: session.run_with_iobinding(binding),
+            warmup=options.warmup,
+            iterations=options.iterations,
+            duration=options.duration,
+        )
+        stats = summarize(samples, options.batch)
+        layers = self.layer_times(artifact, options, feeds) if options.per_layer else []
+        return LatencyReport(
+            model=str(artifact.path),
+            target=self.name,
+            device=cpu_name() if options.provider == "cpu" else options.provider,
+            batch=options.batch,
+            precision=_precision_of(artifact.path),
+            threads=options.threads,
+            warmup=options.warmup,
+            iterations=stats.iterations,
+            min_ms=stats.min_ms,
+            p50_ms=stats.p50_ms,
+            p90_ms=stats.p90_ms,
+            p99_ms=stats.p99_ms,
+            mean_ms=stats.mean_ms,
+            max_ms=stats.max_ms,
+            throughput=stats.throughput,
+            environment={
+                **host_environment(),
+                "onnxruntime": _ort_version(),
+                "provider": options.provider,
+                "optimization": options.optimization,
+                "threads": str(options.threads or "default"),
+            },
+            layers=layers,
+        )
+
+    def layer_times(self, artifact: Artifact, options: ProfileOptions, feeds: dict[str, np.ndarray]) -> list[LayerTime]:
+        """onnxruntime's profiler, joined by node name with the graph's MACs. A node fused into another kernel
+        reports no time of its own; its MACs are listed so that they still add up to the model's total."""
+        import onnx_ir as ir
+
+        from sparsecut.cost import count_costs
+
+        runs = max(5, min(options.iterations, 30))
+        with tempfile.TemporaryDirectory(prefix="sparsecut-profile-") as tmp:
+            session = _session(
+                artifact.path, options.provider, options.threads, options.optimization,
+                enable_profiling=True, profile_file_prefix=str(Path(tmp) / "ort"),
+            )  # fmt: skip
+            for _ in range(runs + 2):  # the first runs allocate: they are not what steady state costs
+                session.run(None, feeds)
+            trace = json.loads(Path(session.end_profiling()).read_text())
+        totals: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        ops: dict[str, str] = {}
+        for event in trace:
+            if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+                continue
+            node = event["name"][: -len("_kernel_time")]
+            totals[node] += event["dur"] / 1000.0
+            counts[node] += 1
+            ops[node] = event.get("args", {}).get("op_name", "?")
+        per_run = {node: totals[node] / max(1, counts[node]) for node in totals}
+        graph = ir.load(artifact.source)
+        cost = count_costs(graph)
+        owner = _kernel_owners(graph)
+        macs = {layer.node: layer.macs for layer in cost.layers}
+        total_ms = sum(per_run.values()) or 1.0
+        total_macs = cost.macs or 1
+        rows, claimed = [], set()
+        for kernel, ms in per_run.items():
+            node = owner(kernel)
+            m = macs.get(node, 0) if node is not None and node not in claimed else 0
+            if m:
+                claimed.add(node)
+            name = kernel if node is None or node == kernel else f"{kernel} ({node})"
+            achieved = m / (ms * 1e6) if ms > 0 else 0.0
+            rows.append(LayerTime(name, ops[kernel], ms, 100 * ms / total_ms, m, 100 * m / total_macs, achieved))
+        for node, m in macs.items():
+            if node not in claimed and m:
+                rows.append(LayerTime(node, "(no kernel of its own)", 0.0, 0.0, m, 100 * m / total_macs, 0.0))
+        return sorted(rows, key=lambda r: r.ms, reverse=True)
+
+
+_FUSABLE = {"Relu", "Clip", "Add", "Sigmoid", "Mul", "HardSigmoid", "LeakyRelu", "BatchNormalization", "Sum"}
+
+
+def _kernel_owners(graph: Any) -> Any:
+    """Map an onnxruntime kernel name to the graph node whose MACs it computes. onnxruntime names a kernel after
+    its node, or — for fused and layout-transformed kernels (`relu_nchwc`: Conv + Add + Relu in NCHWc) — after
+    the value the fused chain produces; follow such chains back to the Conv/Gemm/MatMul that starts them."""
+    names = {node.name: node.name for node in graph.graph if node.name}
+    for node in graph.graph:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        value = node.outputs[0]
+        for _ in range(4):  # a fused chain is short: Conv → Add → Relu at most, in practice
+            names.setdefault(value.name, node.name)
+            uses = list(value.uses())
+            if len(uses) != 1 or uses[0].node.op_type not in _FUSABLE:
+                break
+            value = uses[0].node.outputs[0]
+
+    def owner(kernel: str) -> str | None:
+        for candidate in (kernel, kernel.removesuffix("_nchwc"), kernel.rsplit("_token_", 1)[0]):
+            if candidate in names:
+                return names[candidate]
+        return None
+
+    return owner
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def _precision_of(path: Path) -> str:
+    """What the graph computes in: int8 when it has Q/DQ, fp16 when its weights are half, else fp32."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    if {"QuantizeLinear", "DequantizeLinear"} & ops or any(o.startswith("QLinear") for o in ops):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
