@@ -14,9 +14,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sparsecut.errors import NotYetAvailableError, SparsecutError
+from sparsecut.errors import NotYetAvailableError, SparsecutError, TargetError
 from sparsecut.passes.pipeline import DEFAULT_PASSES
 
 __all__ = ["app", "main"]
@@ -163,7 +164,7 @@ def demo(
     recipe: Annotated[str, typer.Option(help="Pruning recipe.")] = "l1-filter",
     amount: Annotated[float, typer.Option(help="Share of channels pruned.")] = 0.5,
 ) -> None:
-    """The main job end to end on a reference model: prune, export, remove dead channels, inspect."""
+    """The main job end to end on a reference model: prune, export, remove dead channels, inspect, measure."""
     from sparsecut.exporter import export_checkpoint
     from sparsecut.models import make_pruned_model, save_state_dict
 
@@ -190,6 +191,21 @@ def demo(
         remaining = inspect_model(lean)
     dead_left = sum(g.dead for p in remaining.passes for g in p.groups)
     console.print(f"[bold]4.[/bold] inspect {lean}: {dead_left} dead channel(s) left (kept on purpose, see above)")
+
+    from sparsecut.targets import ProfileOptions, compare_models
+
+    console.print("[bold]5.[/bold] measuring exported vs lean on this machine (onnxruntime CPU, interleaved) …")
+    with _progress() as bar:
+        task = bar.add_task("timing, interleaved", total=10)
+        compared = compare_models(
+            [Path(report.output), lean],
+            options=ProfileOptions(iterations=60, warmup=5, per_layer=False),
+            rounds=10,
+            plot=out_dir / "compare.png",
+            progress=lambda done, total: bar.update(task, completed=done),
+        )
+    _render_compare(compared)
+    _write_json(compared, out_dir / "compare.json")
 
 
 # ----------------------------------------------------------------------- commands whose capability is to come
@@ -293,42 +309,159 @@ def _render_optimize(report: object) -> None:
 @app.command()
 def build(
     model: Annotated[Path, typer.Argument(help="ONNX file to build.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Engine / optimized model to write.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Engine (.plan) or optimized model to write.")],
     target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="fp32, fp16, int8 or best.")] = "fp32",
     sparsity: Annotated[bool, typer.Option("--sparsity", help="Enable 2:4 sparse kernels (TensorRT).")] = False,
     batch: Annotated[str, typer.Option(help="Batch sizes min,opt,max for the optimization profile.")] = "1,1,1",
+    workspace: Annotated[int | None, typer.Option(help="TensorRT workspace limit, MiB.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache file (read and updated).")] = None,
+    provider: Annotated[str, typer.Option(help="onnxruntime execution provider: cpu, cuda, tensorrt.")] = "cpu",
     surgery: Annotated[str | None, typer.Option(help="MODULE:FUNCTION on a gs.Graph, applied before build.")] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs)."""
-    raise _not_yet("build", "targets")
+    from sparsecut.targets import BuildOptions, get_target
+
+    options = BuildOptions(
+        precision=precision,
+        sparsity=sparsity,
+        batch=_batch_range(batch),
+        workspace_mb=workspace,
+        provider=provider,
+        surgery=surgery,
+        timing_cache=timing_cache,
+    )
+    with console.status(f"building {model} for {target} …"):
+        _, report = get_target(target).build(model, output, options)
+    table = Table(title=f"build: {report.source} → {report.artifact}", show_header=False, title_justify="left")
+    for name, value in (("target", report.target), ("precision", report.precision), ("sparsity", str(report.sparsity)),
+                        ("build time", f"{report.seconds:.1f} s"), *(("note", n) for n in report.notes),
+                        ("sparse layers", ", ".join(report.sparse_layers) or "-")):  # fmt: skip
+        table.add_row(name, value)
+    console.print(table)
+    _write_json(report, json_path)
+
+
+def _batch_range(text: str) -> tuple[int, int, int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise TargetError(f"bad --batch {text!r}: expected MIN,OPT,MAX like 1,8,32") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise TargetError(f"bad --batch {text!r}: expected 1 ≤ MIN ≤ OPT ≤ MAX")
+    return values[0], values[1], values[2]
 
 
 @app.command()
 def profile(
-    model: Annotated[Path, typer.Argument(help="ONNX file or engine to time.")],
+    model: Annotated[Path, typer.Argument(help="ONNX file (onnxruntime) or engine (tensorrt) to time.")],
     target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     warmup: Annotated[int, typer.Option(help="Warm-up iterations.")] = 10,
     iterations: Annotated[int, typer.Option(help="Timed iterations.")] = 100,
     duration: Annotated[float | None, typer.Option(help="Time for this many seconds instead.")] = None,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads (CPU).")] = None,
+    provider: Annotated[str, typer.Option(help="onnxruntime execution provider: cpu, cuda, tensorrt.")] = "cpu",
+    per_layer: Annotated[bool, typer.Option("--per-layer/--no-per-layer", help="Per-layer time vs MACs.")] = True,
+    top: Annotated[int, typer.Option(help="Layers shown in the per-layer table.")] = 15,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: time a captured CUDA graph.")] = False,
     json_path: JsonOption = None,
 ) -> None:
     """Measure latency (p50/p90/p99, throughput) and per-layer time beside MACs."""
-    raise _not_yet("profile", "targets")
+    from sparsecut.targets import ProfileOptions, get_target
+
+    if batch < 1:
+        raise TargetError(f"--batch {batch}: the batch size must be at least 1")
+    backend = get_target(target)
+    options = ProfileOptions(
+        batch=batch,
+        warmup=warmup,
+        iterations=iterations,
+        duration=duration,
+        threads=threads,
+        per_layer=per_layer,
+        provider=provider,
+        cuda_graph=cuda_graph,
+    )
+    with console.status(f"timing {model} on {target} …"):
+        report = backend.profile(backend.load(model), options)
+    _render_latency(report, top)
+    _write_json(report, json_path)
+
+
+def _render_latency(report: object, top: int) -> None:
+    from sparsecut.report import LatencyReport
+
+    assert isinstance(report, LatencyReport)
+    table = Table(
+        title=f"{report.model} on {report.device} ({report.target}, batch {report.batch})", title_justify="left"
+    )
+    for column in ("min", "p50", "p90", "p99", "mean", "max", "throughput", "iterations"):
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{v:.3f} ms" for v in (report.min_ms, report.p50_ms, report.p90_ms, report.p99_ms,
+                   report.mean_ms, report.max_ms)), f"{report.throughput:.1f}/s", str(report.iterations))  # fmt: skip
+    console.print(table)
+    if report.layers:
+        layers = Table(title=f"per layer (top {top} by time): where MACs and time disagree", title_justify="left")
+        for column in ("layer", "op", "ms", "time %", "MACs %", "GMAC/s"):
+            layers.add_column(column, justify="left" if column in ("layer", "op") else "right")
+        for layer in report.layers[:top]:
+            layers.add_row(layer.name[:60], layer.op_type, f"{layer.ms:.3f}", f"{layer.time_pct:.1f}",
+                           f"{layer.macs_pct:.1f}", f"{layer.gmacs_per_s:.1f}" if layer.macs else "-")  # fmt: skip
+        console.print(layers)
 
 
 @app.command()
 def compare(
     models: Annotated[list[Path], typer.Argument(help="ONNX files to compare; the first is the reference.")],
     target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    iterations: Annotated[int, typer.Option(help="Timed iterations per model, spread over the rounds.")] = 100,
+    rounds: Annotated[int, typer.Option(help="Round-robin rounds (interleaving cancels machine noise).")] = 10,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads (CPU).")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG plot of MACs vs latency.")] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Measure variants interleaved; params, MACs, latency and speedup side by side."""
-    raise _not_yet("compare", "targets")
+    from sparsecut.targets import ProfileOptions, compare_models
+
+    if batch < 1:
+        raise TargetError(f"--batch {batch}: the batch size must be at least 1")
+    options = ProfileOptions(batch=batch, iterations=iterations, threads=threads, per_layer=False)
+    with _progress() as bar:
+        task = bar.add_task("timing, interleaved", total=rounds)
+        report = compare_models(
+            models, target=target, options=options, rounds=rounds, plot=plot,
+            progress=lambda done, total: bar.update(task, completed=done),
+        )  # fmt: skip
+    _render_compare(report)
+    _write_json(report, json_path)
+
+
+def _render_compare(report: object) -> None:
+    from sparsecut.report import CompareReport
+
+    assert isinstance(report, CompareReport)
+    table = Table(
+        title=f"compare on {report.device} ({report.target}, {report.rounds} interleaved rounds)", title_justify="left"
+    )
+    for column in ("model", "params", "MACs", "p50 ms", "p90 ms", "speedup", "MACs ratio"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for v in report.variants:
+        table.add_row(Path(v.model).name, f"{v.params:,}", f"{v.macs:,}", f"{v.latency.p50_ms:.3f}",
+                      f"{v.latency.p90_ms:.3f}", f"{v.speedup:.2f}×", f"{v.macs_ratio:.3f}")  # fmt: skip
+    console.print(table)
+    if report.plot:
+        console.print(f"plot → {report.plot}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    )
 
 
 @app.command()
@@ -336,12 +469,43 @@ def run(
     checkpoint: Annotated[Path, typer.Argument(help="Pruned checkpoint.")],
     out_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for every artifact and the report.")],
     arch: Annotated[str | None, typer.Option(help="Reference architecture.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="MODULE:FACTORY returning the nn.Module.")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="Input shape, e.g. 1,3,224,224.")] = None,
     target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
     sparsity: Annotated[bool, typer.Option("--sparsity", help="Enable 2:4 sparse kernels.")] = False,
+    align: Annotated[int, typer.Option(help="Keep channel counts at multiples of N (1: off).")] = 8,
+    iterations: Annotated[int, typer.Option(help="Timed iterations per variant.")] = 100,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads (CPU).")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(help="Allow unpickling (runs code from the file).")] = False,
 ) -> None:
     """Export → optimize → build → compare dense vs lean, in one go, one report."""
-    raise _not_yet("run", "targets")
+    from sparsecut.exporter import ExportOptions, parse_input_shape
+    from sparsecut.passes import OptimizeOptions
+    from sparsecut.targets import ProfileOptions
+    from sparsecut.workflow import STEPS, RunOptions, run_workflow
+
+    options = RunOptions(
+        target=target,
+        precision=precision,
+        sparsity=sparsity,
+        export=ExportOptions(
+            input_shape=parse_input_shape(input_shape) if input_shape else None, trust_checkpoint=trust_checkpoint
+        ),
+        optimize=OptimizeOptions(align=align),
+        profile=ProfileOptions(iterations=iterations, threads=threads, per_layer=False),
+    )
+    with _progress() as bar:
+        task = bar.add_task("starting", total=len(STEPS))
+
+        def step(name: str) -> None:
+            bar.update(task, description=name, completed=STEPS.index(name))
+
+        report = run_workflow(checkpoint, out_dir, arch=arch, model_factory=model, options=options, step=step)
+        bar.update(task, description="done", completed=len(STEPS))
+    _render_optimize(report.optimize)
+    _render_compare(report.compare)
+    console.print(f"report → {out_dir / 'report.json'}, {out_dir / 'report.md'}")
 
 
 @app.command()
@@ -350,8 +514,14 @@ def view(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the URL instead of opening it.")] = False,
 ) -> None:
-    """Open a model in netron."""
-    raise _not_yet("view", "targets")
+    """Open a model in netron (until Ctrl-C)."""
+    import netron
+
+    from sparsecut.viewer import serve_model
+
+    url = serve_model(model, port, browse=not no_browser)
+    console.print(f"netron serves {model} at {url} (Ctrl-C to stop)")
+    netron.wait()
 
 
 # --------------------------------------------------------------------------------------------------- plumbing

@@ -26,6 +26,7 @@ __all__ = [
     "OutputCheck",
     "PassReport",
     "Report",
+    "RunReport",
     "Variant",
     "write_json",
 ]
@@ -260,3 +261,13 @@ class CompareReport(Report):
     rounds: int
     variants: list[Variant]
     plot: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunReport(Report):
+    """`sparsecut run`: export → optimize → build → compare, in one report."""
+
+    export: ExportReport
+    optimize: OptimizeReport
+    builds: list[BuildReport]
+    compare: CompareReport
