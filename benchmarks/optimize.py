@@ -144,7 +144,7 @@ def synthetic_graph(nodes: int, channels: int = 16, seed: int = 0) -> onnx.Model
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-_CHILD = """
+_CHILD = r"""
 import json, re, sys, time
 from pathlib import Path
 from sparsecut.passes import OptimizeOptions, optimize_model

@@ -7,6 +7,7 @@ p-th percentile = sorted[max(n − 1 − ⌊(1 − p/100)·n⌋, 0)] (a measured
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -17,7 +18,8 @@ __all__ = ["LatencyStats", "measure", "percentile", "summarize"]
 
 def percentile(sorted_samples: Sequence[float], p: float) -> float:
     n = len(sorted_samples)
-    return sorted_samples[max(n - 1 - int((1 - p / 100) * n), 0)]
+    above = math.floor((100 - p) * n / 100 + 1e-9)  # (1 − p/100)·n, without 1 − 0.9 = 0.0999… in binary
+    return sorted_samples[max(n - 1 - above, 0)]
 
 
 @dataclasses.dataclass(frozen=True)

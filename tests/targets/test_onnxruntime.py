@@ -1,0 +1,110 @@
+"""The onnxruntime target: build, profile with per-layer time joined to MACs, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+from sparsecut.cli import main
+from sparsecut.cost import count_costs
+from sparsecut.errors import TargetError
+from sparsecut.report import LatencyReport
+from sparsecut.targets import BuildOptions, ProfileOptions, get_target
+from tests.passes.graphs import GraphBuilder
+
+
+@pytest.fixture
+def small_model(tmp_path):
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(16, 4, 3, 3), np.zeros(16), pad=1)])
+    h = g.op("Relu", [g.conv(h, g.weight(16, 16, 3, 3), np.zeros(16), pad=1)])
+    flat = g.op("Flatten", [g.op("GlobalAveragePool", [h])], axis=1)
+    y = g.op("Gemm", [flat, g.const(g.weight(5, 16)), g.const(np.zeros(5))], transB=1)
+    path = tmp_path / "small.onnx"
+    onnx.save(g.model(y), path)
+    return path
+
+
+def test_per_layer_join_covers_every_node_and_all_macs(small_model):
+    target = get_target("onnxruntime")
+    report = target.profile(target.load(small_model), ProfileOptions(iterations=5, warmup=1, optimization="disable"))
+    graph = ir.load(small_model)
+    names = [layer.name for layer in report.layers]
+    assert sorted(names) == sorted(n.name for n in graph.graph)  # every node once, nothing invented
+    assert sum(layer.macs for layer in report.layers) == count_costs(graph).macs
+    assert abs(sum(layer.time_pct for layer in report.layers) - 100) < 1e-6
+    assert report.p50_ms >= report.min_ms > 0 and report.p99_ms <= report.max_ms
+    assert report.environment["onnxruntime"] and report.device
+
+
+def test_fused_kernels_still_account_for_all_macs(small_model):
+    target = get_target("onnxruntime")
+    report = target.profile(target.load(small_model), ProfileOptions(iterations=5, warmup=1))  # fusions on
+    assert sum(layer.macs for layer in report.layers) == count_costs(ir.load(small_model)).macs
+
+
+def test_build_writes_an_optimized_model_that_computes_the_same(tmp_path, small_model):
+    target = get_target("onnxruntime")
+    artifact, report = target.build(small_model, tmp_path / "small.ort.onnx", BuildOptions())
+    assert artifact.path.exists() and report.artifact == str(artifact.path)
+    x = {"x": np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(np.float32)}
+    np.testing.assert_allclose(
+        target.run(artifact, x)[0], target.run(target.load(small_model), x)[0], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_surgery_is_applied_checked_and_saved(tmp_path, small_model):
+    _, report = get_target("onnxruntime").build(
+        small_model, tmp_path / "s.ort.onnx", BuildOptions(surgery="tests.targets.surgeries:relu_to_leaky")
+    )
+    edited = onnx.load(str(tmp_path / "s.ort.surgery.onnx"))
+    assert [n.op_type for n in edited.graph.node].count("LeakyRelu") == 2
+    assert "surgery tests.targets.surgeries:relu_to_leaky applied" in report.notes[0]
+    with pytest.raises(TargetError, match="returned str, not a gs.Graph"):
+        get_target("onnxruntime").build(
+            small_model, tmp_path / "t.ort.onnx", BuildOptions(surgery="tests.targets.surgeries:broken")
+        )
+
+
+def test_profile_cli_json_round_trip(tmp_path, small_model, capsys):
+    out = tmp_path / "latency.json"
+    assert main(["profile", str(small_model), "--iterations", "5", "--warmup", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert LatencyReport.from_dict(data).to_dict() == data
+    assert "per layer" in capsys.readouterr().out
+
+
+def _no_inputs(path):
+    const = helper.make_node("Constant", [], ["y"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
+    graph = helper.make_graph([const], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch", "0"], "--batch 0: the batch size must be at least 1"),
+        (["--provider", "cuda"], "has no CUDAExecutionProvider"),
+        (["--target", "nope"], "unknown target 'nope'"),
+    ],
+)
+def test_profile_bad_options(small_model, capsys, argv, message):
+    assert main(["profile", str(small_model), "--iterations", "2", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_model_with_no_inputs(tmp_path, capsys):
+    _no_inputs(tmp_path / "empty.onnx")
+    assert main(["profile", str(tmp_path / "empty.onnx")]) == 2
+    assert "the model has no inputs" in capsys.readouterr().err
+
+
+def test_missing_model(tmp_path, capsys):
+    assert main(["profile", str(tmp_path / "nope.onnx")]) == 2
+    assert "nope.onnx: no such file" in capsys.readouterr().err
