@@ -65,7 +65,7 @@ def test_surgery_is_applied_checked_and_saved(tmp_path, small_model):
     edited = onnx.load(str(tmp_path / "s.ort.surgery.onnx"))
     assert [n.op_type for n in edited.graph.node].count("LeakyRelu") == 2
     assert "surgery tests.targets.surgeries:relu_to_leaky applied" in report.notes[0]
-    with pytest.raises(TargetError, match="returned str, not a gs.Graph"):
+    with pytest.raises(TargetError, match=r"returned str, not a gs\.Graph"):
         get_target("onnxruntime").build(
             small_model, tmp_path / "t.ort.onnx", BuildOptions(surgery="tests.targets.surgeries:broken")
         )
