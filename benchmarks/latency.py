@@ -1,0 +1,85 @@
+"""Does sparsecut's harness add overhead, and how stable are its numbers? On the ResNet-50-sized reference model
+and its pruned (lean) variant, in one run:
+
+- sparsecut's p50 (IOBinding, perf_counter_ns around run_with_iobinding) vs a bare `InferenceSession.run` loop
+  timed the same way — the ratio should stay within 5 %;
+- stability: the p50 spread (max/min) over 5 repeats of each.
+
+    .venv/bin/python benchmarks/latency.py [--arch resnet50] [--iterations 40] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from sparsecut.exporter import export_checkpoint
+from sparsecut.models import make_pruned_model, save_state_dict
+from sparsecut.passes import optimize_model
+from sparsecut.targets import ProfileOptions, get_target
+from sparsecut.targets.onnxruntime import _session
+
+
+def bare_p50(path: Path, iterations: int, threads: int) -> float:
+    session = _session(path, "cpu", threads, "all")
+    x = np.random.default_rng(0).standard_normal((1, *session.get_inputs()[0].shape[1:])).astype(np.float32)
+    name = session.get_inputs()[0].name
+    for _ in range(5):
+        session.run(None, {name: x})
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter_ns()
+        session.run(None, {name: x})
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    console = Console()
+    target = get_target("onnxruntime")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        save_state_dict(make_pruned_model(args.arch, "l1-filter", 0.5), folder / "ckpt.pt")
+        export_checkpoint(folder / "ckpt.pt", folder / "dense.onnx", arch=args.arch)
+        optimize_model(folder / "dense.onnx", folder / "lean.onnx")
+        options = ProfileOptions(iterations=args.iterations, warmup=5, threads=args.threads, per_layer=False)
+        ours: dict[str, list[float]] = {"dense": [], "lean": []}
+        bare: dict[str, list[float]] = {"dense": [], "lean": []}
+        for _ in range(args.repeats):  # interleaved: ours and bare alternate, so drift hits both alike
+            for name in ours:
+                path = folder / f"{name}.onnx"
+                ours[name].append(target.profile(target.load(path), options).p50_ms)
+                bare[name].append(bare_p50(path, args.iterations, args.threads))
+
+    table = Table(title=f"{args.arch}: sparsecut profile vs bare InferenceSession.run, {args.repeats} repeats")
+    for column in ("model", "sparsecut p50 ms", "bare p50 ms", "ratio", "sparsecut spread", "bare spread"):
+        table.add_column(column, justify="right")
+    for name in ours:
+        a, b = statistics.median(ours[name]), statistics.median(bare[name])
+        table.add_row(
+            name,
+            f"{a:.2f}",
+            f"{b:.2f}",
+            f"{a / b:.3f}",
+            f"{max(ours[name]) / min(ours[name]):.3f}",
+            f"{max(bare[name]) / min(bare[name]):.3f}",
+        )
+    console.print(table)
+    console.print("ratio = median of sparsecut's p50s / median of the bare loop's p50s; spread = max p50 / min p50")
+
+
+if __name__ == "__main__":
+    main()
