@@ -202,6 +202,7 @@ class DeadChannelAnalysis:
             "BatchNormalization": self._batchnorm,
             "Concat": self._concat,
             "Split": self._split,
+            "Slice": self._slice,
             "Flatten": self._flatten,
             "Reshape": self._reshape,
             "Transpose": self._transpose,
@@ -545,6 +546,27 @@ class DeadChannelAnalysis:
             self._set_state(out, self.live[x][offset : offset + n].copy(), self.const[x][offset : offset + n].copy())
             offset += n
         return "split"
+
+    def _slice(self, node: ir.Node) -> str | None:
+        """Slice with step 1 on the channel axis: out[k] ↔ x[start + k]; on other axes channels pass through."""
+        x, y = node.inputs[0], node.outputs[0]
+        if x is None or x.shape is None or not self._ensure(x, self._default_axis(x)):
+            return None
+        bounds = _slice_bounds(node, len(x.shape), self.axis[x])
+        if bounds is None:
+            return None
+        count = self._spaces[self.space_of[x]].count
+        if bounds == "untouched":
+            self._register(y, self.axis[x], count, self.space_of[x])
+            self._set_state(y, self.live[x].copy(), self.const[x].copy())
+            return "passthrough"
+        start, end = max(0, min(bounds[0], count)), max(0, min(bounds[1], count))
+        if end <= start or self._count(y, self.axis[x]) != end - start:
+            return None
+        self._register(y, self.axis[x], end - start)
+        self._add_map(node, x, np.arange(start, end), y, np.arange(end - start))
+        self._set_state(y, self.live[x][start:end].copy(), self.const[x][start:end].copy())
+        return "slice"
 
     def _flatten(self, node: ir.Node) -> str | None:
         x, y = node.inputs[0], node.outputs[0]
@@ -1023,6 +1045,28 @@ def _reduce_axes(node: ir.Node, rank: int) -> set[int] | None:
     if not axes:
         return None if _attr_int(node, "noop_with_empty_axes", 0) else set(range(rank))
     return {a % rank for a in axes}
+
+
+def _slice_bounds(node: ir.Node, rank: int, axis: int) -> tuple[int, int] | str | None:
+    """(start, end) of a step-1 Slice on `axis`, "untouched" when it slices other axes only, None otherwise."""
+    arrays = [constant_array(v) if v is not None else None for v in node.inputs[1:5]]
+    if len(arrays) < 2 or arrays[0] is None or arrays[1] is None:
+        return None
+    if any(v is not None and a is None for v, a in zip(node.inputs[3:5], arrays[2:4], strict=False)):
+        return None
+    starts, ends = arrays[0].reshape(-1), arrays[1].reshape(-1)
+    axes_array = arrays[2] if len(arrays) > 2 else None
+    steps_array = arrays[3] if len(arrays) > 3 else None
+    axes = [int(a) % rank for a in (axes_array.reshape(-1) if axes_array is not None else range(len(starts)))]
+    if axis not in axes:
+        return "untouched"
+    i = axes.index(axis)
+    if steps_array is not None and int(steps_array.reshape(-1)[i]) != 1:
+        return None
+    start, end = int(starts[i]), int(ends[i])
+    if start < 0 or end < 0:
+        return None  # counted from the end: fine to compute, but not worth the risk of an off-by-one
+    return start, min(end, 2**62)
 
 
 def _single_bias_add(y: ir.Value, n: int) -> ir.Node | None:

@@ -18,7 +18,13 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.channels import DeadChannelAnalysis, _shape_element, constant_array, weight_array
+from sparsecut.passes.channels import (
+    DeadChannelAnalysis,
+    _shape_element,
+    _slice_bounds,
+    constant_array,
+    weight_array,
+)
 from sparsecut.passes.constants import FoldConstantsPass
 from sparsecut.shapes import infer_shapes
 
@@ -185,6 +191,28 @@ class _Rewriter:
         concat = shape_value.producer()  # the shape is assembled by a Concat of 1-D pieces
         assert concat is not None
         self._set_constant(concat, next(i for i, v in enumerate(concat.inputs) if v is holder), new)
+
+    def _slice(self, node: ir.Node) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        assert x is not None
+        axis, count = self.a.axis[x], self.a.spaces[self.a.space_of[x]].count
+        bounds = _slice_bounds(node, len(x.shape or ()), axis)
+        assert isinstance(bounds, tuple)
+        start, end = max(0, min(bounds[0], count)), max(0, min(bounds[1], count))
+        kept = ~self.a.removed(x)
+        new_start = int(kept[:start].sum())
+        new_end = new_start + int(kept[start:end].sum())
+        assert new_end - new_start == len(self.a.kept(y))
+        rank = len(x.shape or ())
+        axes_value = node.inputs[3] if len(node.inputs) > 3 else None
+        axes = constant_array(axes_value) if axes_value is not None else None
+        position = [int(a) % rank for a in axes.reshape(-1)].index(axis) if axes is not None else axis
+        for index, value in ((1, new_start), (2, new_end)):
+            array = constant_array(node.inputs[index])
+            assert array is not None
+            array = array.reshape(-1).copy()
+            array[position] = value
+            self._set_constant(node, index, array)
 
     def _split(self, node: ir.Node) -> None:
         sizes = np.array([len(self.a.kept(out)) for out in node.outputs], np.int64)

@@ -210,3 +210,53 @@ _original_check = DeadChannelAnalysis._check_removability
 def _without_padding_veto(self):
     self._sinks = [(v, n, "conv" if kind == "conv-padded" else kind) for v, n, kind in self._sinks]
     _original_check(self)
+
+
+def test_split_into_unequal_parts_then_concat(tmp_path):
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(10, 4, 1, 1, dead_rows=(1, 7, 8)))])
+    a, b = g.op("Split", [h, g.const([4, 6])], outputs=2, axis=1)
+    a = g.conv(a, g.weight(3, 4, 1, 1))
+    b = g.conv(b, g.weight(5, 6, 3, 3), pad=1)
+    y = g.conv(g.op("Concat", [a, b], axis=1), g.weight(2, 8, 1, 1))
+    _, lean = optimize(tmp_path, g.model(y))
+    assert [w.shape[:2] for w in weights(lean, "Conv")] == [(7, 4), (3, 3), (5, 4), (2, 8)]
+
+
+def test_slice_on_the_channel_axis(tmp_path):
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(10, 4, 1, 1, dead_rows=(0, 3, 8)))])
+    part = g.op("Slice", [h, g.const([2]), g.const([9]), g.const([1]), g.const([1])])  # channels 2…8
+    y = g.op("Add", [g.conv(part, g.weight(3, 7, 1, 1)), g.conv(h, g.weight(3, 10, 1, 1))])
+    _, lean = optimize(tmp_path, g.model(y))
+    first, sliced_reader, full_reader = weights(lean, "Conv")
+    assert first.shape[0] == 7 and sliced_reader.shape[1] == 5 and full_reader.shape[1] == 7
+
+
+@pytest.mark.parametrize(("include_pad", "removed"), [(0, True), (1, False)])
+def test_average_pool_counting_padding_breaks_constants(tmp_path, include_pad, removed):
+    """A constant channel stays constant through average pooling unless the padding is counted (then border
+    windows average in zeros)."""
+    g = GraphBuilder()
+    h = g.op("Sigmoid", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(2,)))])
+    pooled = g.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=include_pad)
+    _, lean = optimize(tmp_path, g.model(g.conv(pooled, g.weight(2, 8, 1, 1))))
+    assert weights(lean, "Conv")[0].shape[0] == (7 if removed else 8)
+
+
+def test_resize_keeps_channels_coupled(tmp_path):
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(5,)))])
+    up = g.op("Resize", [h, "", g.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    _, lean = optimize(tmp_path, g.model(g.conv(up, g.weight(2, 8, 3, 3), pad=1)))
+    assert [w.shape[:2] for w in weights(lean, "Conv")] == [(7, 4), (2, 7)]
+
+
+def test_hardswish_prelu_and_division_by_a_constant(tmp_path):
+    g = GraphBuilder()
+    h = g.op("HardSwish", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(0, 4)), g.rng.standard_normal(8))])
+    h = g.op("PRelu", [h, g.const(np.full((8, 1, 1), 0.1, np.float32))])
+    h = g.op("Div", [h, g.const(np.linspace(1, 2, 8).astype(np.float32).reshape(8, 1, 1))])
+    _, lean = optimize(tmp_path, g.model(g.conv(h, g.weight(2, 8, 1, 1))))
+    assert [w.shape[:2] for w in weights(lean, "Conv")] == [(6, 4), (2, 6)]
+    assert [n.inputs[1].const_value.shape for n in lean.graph if n.op_type in ("PRelu", "Div")] == [(6, 1, 1)] * 2

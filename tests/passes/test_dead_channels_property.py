@@ -45,7 +45,9 @@ def architectures(draw: st.DrawFn) -> tuple[object, int]:
 
     x, c = "x", channels
     for _ in range(draw(st.integers(1, 4))):
-        block = draw(st.sampled_from(["conv", "residual", "concat", "depthwise", "grouped", "se", "bn"]))
+        block = draw(
+            st.sampled_from(["conv", "residual", "concat", "depthwise", "grouped", "se", "bn", "split", "slice"])
+        )
         if block == "conv":
             out = draw(st.sampled_from([4, 8, 12]))
             x, c = act(conv(x, c, out, draw(st.sampled_from([1, 3])))), out
@@ -57,13 +59,23 @@ def architectures(draw: st.DrawFn) -> tuple[object, int]:
             x, c = g.op("Concat", [act(conv(x, c, a)), act(conv(x, c, b, 3))], axis=1), a + b  # type: ignore[assignment]
         elif block == "depthwise":
             x = act(conv(x, c, c, 3, group=c))
-        elif block == "grouped":
+        elif block == "grouped" and c % 2 == 0:
             x = act(conv(x, c, c, 3, group=2))
         elif block == "se":
             s = g.op("GlobalAveragePool", [x])
             s = g.op("Sigmoid", [conv(act(conv(s, c, 4)), 4, c)])  # type: ignore[arg-type]
             x = g.op("Mul", [x, s])  # type: ignore[assignment]
-        else:
+        elif block == "split" and c >= 2:
+            first = draw(st.integers(1, c - 1))
+            a, b = g.op("Split", [x, g.const([first, c - first])], outputs=2, axis=1)
+            x = g.op("Concat", [act(conv(a, first, 4)), act(conv(b, c - first, 4, 3))], axis=1)  # type: ignore[assignment]
+            c = 8
+        elif block == "slice" and c >= 2:
+            start = draw(st.integers(0, c - 2))
+            end = draw(st.integers(start + 1, c))
+            x = g.op("Slice", [x, g.const([start]), g.const([end]), g.const([1]), g.const([1])])  # type: ignore[assignment]
+            c = end - start
+        elif block == "bn":
             x = act(batchnorm(x, c))
     if draw(st.booleans()):
         pooled = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)  # type: ignore[list-item]
