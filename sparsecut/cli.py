@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from sparsecut.errors import NotYetAvailableError, SparsecutError, TargetError
-from sparsecut.passes.pipeline import DEFAULT_PASSES
+from sparsecut.passes.pipeline import DEFAULT_PASSES, PASSES
 
 __all__ = ["app", "main"]
 
@@ -217,7 +217,7 @@ def _not_yet(command: str, issue: str) -> NotYetAvailableError:
 def optimize(
     model: Annotated[Path, typer.Argument(help="ONNX file to optimize.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Lean ONNX file to write.")],
-    passes: Annotated[str, typer.Option(help="Comma-separated pipeline (see --help of `sparsecut inspect`).")] = (
+    passes: Annotated[str, typer.Option(help="Comma-separated pipeline of: " + ", ".join(PASSES))] = (
         ",".join(DEFAULT_PASSES)
     ),
     align: Annotated[int, typer.Option(help="Keep channel counts at multiples of N (1: off).")] = 8,
@@ -282,6 +282,15 @@ def _render_optimize(report: object) -> None:
                 why = "; ".join(f"{n}× {reason}" for reason, n in group.kept_dead.items()) or "-"
                 table.add_row(group.location, f"{group.channels_before} → {group.channels_after}", str(group.dead), why)
             console.print(table)
+        if step.sparsity:
+            sparse = Table(title_justify="left")
+            for column in ("layer", "weight", "reduction", "2:4", "violating", "note"):
+                sparse.add_column(column)
+            for layer in step.sparsity[:40]:
+                notes = [n for n, on in (("padded to ×4", layer.padded), ("< 256 ch", layer.too_small)) if on]
+                sparse.add_row(layer.node[:40], layer.weight[:40], str(layer.reduction), "yes" if layer.is_2to4 else "no",
+                               f"{100 * layer.violating_share:.0f} %", "; ".join(notes))  # fmt: skip
+            console.print(sparse)
         if step.barriers:
             stops = ", ".join(f"{op} ×{n}" for op, n in sorted(step.barriers.items()))
             console.print(f"  channels stopped at ops without a rule: {stops}")

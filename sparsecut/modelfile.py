@@ -95,12 +95,38 @@ def save_model(
     with _staging_dir(path) as tmp:
         staged = tmp / path.name
         ir.save(model, staged, external_data=data_name if external_data else None)
+        if external_data:
+            _restore_tensor_labels(model, staged)
         if check is not None:
             check(staged)
         if external_data:
             os.replace(tmp / data_name, path.parent / data_name)
         os.replace(staged, path)
     return external_data
+
+
+def _restore_tensor_labels(model: ir.Model, path: Path) -> None:
+    """onnx-ir drops a tensor's doc string and metadata when it moves the data to an external file; put back the
+    ones we set (the 2:4 labels), editing only the small graph file."""
+    import onnx
+
+    labels = {}
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if tensor is not None and (tensor.doc_string or tensor.metadata_props):
+            labels[name] = (tensor.doc_string, dict(tensor.metadata_props))
+    if not labels:
+        return
+    proto = onnx.load(str(path), load_external_data=False)
+    for initializer in proto.graph.initializer:
+        if initializer.name in labels:
+            doc, metadata = labels[initializer.name]
+            initializer.doc_string = doc or ""
+            del initializer.metadata_props[:]
+            for key, text in metadata.items():
+                entry = initializer.metadata_props.add()
+                entry.key, entry.value = key, text
+    onnx.save(proto, str(path))
 
 
 def load_model(path: Path) -> ir.Model:

@@ -27,6 +27,7 @@ __all__ = [
     "PassReport",
     "Report",
     "RunReport",
+    "SparsityLayer",
     "Variant",
     "write_json",
 ]
@@ -174,6 +175,7 @@ class PassReport(Report):
     summary: str
     groups: list[ChannelGroupReport] = dataclasses.field(default_factory=list)
     barriers: dict[str, int] = dataclasses.field(default_factory=dict)  # op type → nodes that stopped channels
+    sparsity: list[SparsityLayer] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,3 +273,18 @@ class RunReport(Report):
     optimize: OptimizeReport
     builds: list[BuildReport]
     compare: CompareReport
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityLayer(Report):
+    """2:4 status of one weight along its reduction axis."""
+
+    node: str
+    weight: str
+    op_type: str
+    reduction: int  # length of the reduction axis (C/g for a conv, K for a Gemm/MatMul)
+    outputs: int
+    is_2to4: bool
+    violating_share: float  # groups of 4 with fewer than 2 zeros
+    padded: bool  # reduction length not a multiple of 4: the last group is padded with zeros conceptually
+    too_small: bool  # TensorRT mostly picks sparse kernels from ~256 channels on

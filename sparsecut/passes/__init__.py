@@ -7,10 +7,12 @@ from sparsecut.passes.constants import FoldConstantsPass
 from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
 from sparsecut.passes.fold_batchnorm import FoldBatchNormPass
 from sparsecut.passes.pipeline import DEFAULT_PASSES, PASSES, OptimizeOptions, inspect_model, optimize_model
+from sparsecut.passes.two_four import AnnotateTwoFourPass
 
 __all__ = [
     "DEFAULT_PASSES",
     "PASSES",
+    "AnnotateTwoFourPass",
     "CleanupPass",
     "DeadChannelAnalysis",
     "FoldBatchNormPass",

@@ -556,7 +556,7 @@ class DeadChannelAnalysis:
         if bounds is None:
             return None
         count = self._spaces[self.space_of[x]].count
-        if bounds == "untouched":
+        if not isinstance(bounds, tuple):  # "untouched": sliced along other axes only
             self._register(y, self.axis[x], count, self.space_of[x])
             self._set_state(y, self.live[x].copy(), self.const[x].copy())
             return "passthrough"

@@ -27,6 +27,7 @@ from sparsecut.passes.cleanup import CleanupPass
 from sparsecut.passes.constants import FoldConstantsPass
 from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
 from sparsecut.passes.fold_batchnorm import FoldBatchNormPass
+from sparsecut.passes.two_four import AnnotateTwoFourPass
 from sparsecut.report import OptimizeReport, OutputCheck, PassReport
 from sparsecut.shapes import infer_shapes
 
@@ -39,8 +40,9 @@ PASSES: dict[str, str] = {
     "fold-batchnorm": "fold BatchNormalization into the preceding Conv/Gemm",
     "remove-dead-channels": "physically remove zero/constant channels across coupled groups",
     "cleanup": "remove identities and unused nodes, sort topologically",
+    "annotate-2to4": "label 2:4-sparse weights for TensorRT (metadata and SPARSE_2_4 doc string)",
 }
-DEFAULT_PASSES = ("fold-constants", "fold-batchnorm", "remove-dead-channels", "cleanup")
+DEFAULT_PASSES = ("fold-constants", "fold-batchnorm", "remove-dead-channels", "cleanup", "annotate-2to4")
 METADATA_PREFIX = "pkg.sparsecut."
 
 
@@ -69,6 +71,8 @@ def _make_pass(name: str, options: OptimizeOptions, enabled_groups: set[int] | N
         return FoldBatchNormPass()
     if name == "remove-dead-channels":
         return RemoveDeadChannelsPass(options.align, enabled_groups)
+    if name == "annotate-2to4":
+        return AnnotateTwoFourPass()
     return CleanupPass()
 
 
@@ -89,6 +93,10 @@ def _pass_report(name: str, step: ir.passes.PassBase, modified: bool, seconds: f
         dead = sum(g.dead for g in groups)
         summary = f"{analysis.total_removed} channel(s) removed of {dead} dead, in {sum(1 for g in groups if g.channels_after < g.channels_before)} group(s)"
         return PassReport(name, modified, seconds, summary, groups, dict(analysis.barriers))
+    if isinstance(step, AnnotateTwoFourPass):
+        sparse = [layer for layer in step.layers if layer.is_2to4]
+        summary = f"{len(sparse)} of {len(step.layers)} weight(s) are 2:4 along their reduction axis"
+        return PassReport(name, modified, seconds, summary, sparsity=step.layers)
     if isinstance(step, FoldBatchNormPass):
         return PassReport(name, modified, seconds, f"{step.folded} BatchNormalization folded")
     return PassReport(name, modified, seconds, "changed the graph" if modified else "nothing to do")
@@ -153,6 +161,7 @@ def inspect_model(source: Path, align: int = 8) -> OptimizeReport:
     names = ["fold-constants", "fold-batchnorm"]
     reports = _run_passes(model, names, OptimizeOptions(align=align))
     infer_shapes(model)
+    reports += _run_passes(model, ["annotate-2to4"], OptimizeOptions())
     t0 = time.perf_counter()
     analysis = DeadChannelAnalysis(model, align)
     groups = analysis.group_reports()

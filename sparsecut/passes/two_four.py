@@ -1,0 +1,163 @@
+"""annotate-2to4: find weights that are 2:4 sparse along their reduction axis, and label them for TensorRT.
+
+A weight is 2:4 when every group of 4 consecutive elements along the reduction axis holds at least 2 zeros:
+Conv W[K, C/g, R, S] along C/g for each (k, r, s); Gemm B along K (axis 1 of the stored B when transB = 1, else 0);
+MatMul with a constant B along its first axis. The weight is followed back through Transpose (dynamo's nn.Linear),
+Cast and DequantizeLinear (a quantized zero is the zero point). A reduction length that is not a multiple of 4 is
+padded with zeros conceptually (and reported). Each 2:4 initializer gets `pkg.sparsecut.sparsity = "2:4"` and the
+doc string `SPARSE_2_4` that TensorRT tooling (Polygraphy) reads; the model gets a summary. Changes no value.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsecut.passes.channels import constant_array
+from sparsecut.report import SparsityLayer
+
+__all__ = ["AnnotateTwoFourPass", "two_four_violations"]
+
+SPARSE_DOC = "SPARSE_2_4"
+METADATA_KEY = "pkg.sparsecut.sparsity"
+SMALL_CHANNELS = 256
+
+
+def two_four_violations(weight: np.ndarray, axis: int) -> tuple[float, bool]:
+    """Share of groups of 4 along `axis` with fewer than 2 zeros, and whether the axis had to be padded."""
+    moved = np.moveaxis(weight != 0, axis, -1)
+    length = moved.shape[-1]
+    padded = length % 4 != 0
+    if padded:
+        pad = [(0, 0)] * (moved.ndim - 1) + [(0, 4 - length % 4)]
+        moved = np.pad(moved, pad)  # padding is zeros: it can only help a group
+    groups = moved.reshape(-1, 4)
+    if groups.shape[0] == 0:
+        return 0.0, padded
+    return float(np.mean(groups.sum(axis=1) > 2)), padded
+
+
+class AnnotateTwoFourPass(ir.passes.InPlacePass):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers: list[SparsityLayer] = []
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.layers = []
+        modified = False
+        macs_total = macs_sparse = 0
+        for node in model.graph:
+            found = _reduction_weight(node)
+            if found is None:
+                continue
+            source, stored, axis, outputs = found
+            share, padded = two_four_violations(stored, axis)
+            reduction = stored.shape[axis]
+            is_2to4 = share == 0.0
+            self.layers.append(
+                SparsityLayer(
+                    node=node.name or node.op_type,
+                    weight=source.name or "?",
+                    op_type=node.op_type,
+                    reduction=reduction,
+                    outputs=outputs,
+                    is_2to4=is_2to4,
+                    violating_share=share,
+                    padded=padded,
+                    too_small=min(reduction, outputs) < SMALL_CHANNELS,
+                )
+            )
+            macs = int(stored.size)  # per output position: MACs ∝ weight size
+            macs_total += macs
+            if is_2to4:
+                macs_sparse += macs
+                if source.metadata_props.get(METADATA_KEY) != "2:4":
+                    _label(source)
+                    modified = True
+        summary = {
+            "layers": len(self.layers),
+            "layers_2to4": sum(layer.is_2to4 for layer in self.layers),
+            "weight_share_2to4": round(macs_sparse / macs_total, 4) if macs_total else 0.0,
+        }
+        encoded = json.dumps(summary, sort_keys=True)
+        if model.metadata_props.get("pkg.sparsecut.sparsity.summary") != encoded:
+            model.metadata_props["pkg.sparsecut.sparsity.summary"] = encoded
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+
+def _label(value: ir.Value) -> None:
+    """Mark an initializer 2:4. What gets saved is its tensor's doc string and metadata; a tensor read from a file
+    keeps them in its TensorProto (`raw`)."""
+    value.metadata_props[METADATA_KEY] = "2:4"
+    tensor = value.const_value
+    if tensor is None:
+        return
+    tensor.metadata_props[METADATA_KEY] = "2:4"
+    try:
+        tensor.doc_string = SPARSE_DOC
+    except AttributeError:
+        proto = getattr(tensor, "raw", None)
+        if proto is not None and hasattr(proto, "doc_string"):
+            proto.doc_string = SPARSE_DOC
+
+
+def _reduction_weight(node: ir.Node) -> tuple[ir.Value, np.ndarray, int, int] | None:
+    """(initializer, its zero pattern as stored, reduction axis in it, number of outputs) for Conv/Gemm/MatMul."""
+    if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2 or node.inputs[1] is None:
+        return None
+    source, stored, perm = _follow(node.inputs[1])
+    if source is None or stored is None or stored.ndim < 2:
+        return None
+    if node.op_type == "Conv":
+        axis, out_axis = 1, 0
+    elif node.op_type == "Gemm":
+        trans_b = node.attributes.get("transB")
+        axis, out_axis = (1, 0) if trans_b is not None and trans_b.as_int() else (0, 1)
+    else:
+        if stored.ndim != 2:
+            return None
+        axis, out_axis = 0, 1
+    if perm is not None:  # the node sees transpose(stored, perm): its axis a is the stored axis perm[a]
+        axis, out_axis = perm[axis], perm[out_axis]
+    return source, stored, axis, stored.shape[out_axis]
+
+
+def _follow(value: ir.Value) -> tuple[ir.Value | None, np.ndarray | None, list[int] | None]:
+    """Walk back through Transpose, Cast and DequantizeLinear to the initializer; return its zero pattern."""
+    perm: list[int] | None = None
+    zero_point: np.ndarray | None = None
+    for _ in range(4):
+        if value.const_value is not None:
+            array = value.const_value.numpy()
+            if zero_point is not None:
+                array = array.astype(np.int32) - zero_point  # a quantized zero is the zero point
+            return value, array, perm
+        producer = value.producer()
+        if producer is None or not producer.inputs or producer.inputs[0] is None:
+            return None, None, None
+        if producer.op_type == "Transpose":
+            attr = producer.attributes.get("perm")
+            inner = list(attr.as_ints()) if attr is not None else None
+            if perm is not None:
+                return None, None, None
+            perm = inner if inner is not None else [1, 0]
+        elif producer.op_type == "DequantizeLinear":
+            zp = (
+                constant_array(producer.inputs[2])
+                if len(producer.inputs) > 2 and producer.inputs[2] is not None
+                else None
+            )
+            zero_point = np.asarray(0 if zp is None else zp).astype(np.int32)
+            axis_attr = producer.attributes.get("axis")
+            if zero_point.ndim == 1 and zero_point.size > 1:
+                axis = axis_attr.as_int() if axis_attr is not None else 1
+                shape = [1] * len(producer.inputs[0].shape or [0, 0])
+                shape[axis] = -1
+                zero_point = zero_point.reshape(shape)
+        elif producer.op_type != "Cast":
+            return None, None, None
+        value = producer.inputs[0]
+    return None, None, None
