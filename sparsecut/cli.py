@@ -233,8 +233,13 @@ def optimize(
     """Fold BatchNorm and remove dead channels; written only if verified equal to the input graph."""
     from sparsecut.passes import OptimizeOptions, optimize_model
 
-    if enforce_2to4 or precision != "fp32" or calibration is not None:
-        raise _not_yet("optimize --enforce-2to4/--precision/--calibration", "2:4 and INT8/FP16")
+    if enforce_2to4:
+        raise _not_yet("optimize --enforce-2to4", "2:4 enforcement")
+    if precision != "fp32":
+        error_console.print(
+            f"[bold yellow]note:[/bold yellow] --precision {precision} changes what the model computes: it is applied "
+            "after the equivalence gate and its drift is reported, not gated"
+        )
     options = OptimizeOptions(
         passes=tuple(p.strip() for p in passes.split(",") if p.strip()),
         align=align,
@@ -242,6 +247,8 @@ def optimize(
         atol=atol,
         verify=not no_verify,
         data=data,
+        precision=precision,
+        calibration=calibration,
     )
     if no_verify:
         error_console.print(
@@ -303,6 +310,15 @@ def _render_optimize(report: object) -> None:
     ):
         totals.add_row(name, f"{b:,}", f"{a:,}", f"{a / b:.3f}" if b else "-")
     console.print(totals)
+    if report.precision is not None:
+        p = report.precision
+        agreement = f", top-1 agreement {100 * p.top1_agreement:.1f} %" if p.top1_agreement is not None else ""
+        console.print(
+            f"[bold]{p.precision}[/bold] on {p.calibration}: drift vs fp32 max abs {p.max_abs_error:.3g}, "
+            f"mean abs {p.mean_abs_error:.3g}{agreement} (not gated: precision changes the numbers by design)"
+        )
+        for note in p.notes:
+            console.print(f"  [yellow]{note}[/yellow]")
     if report.output is None:
         console.print("inspect only: nothing written")
     elif report.verified:

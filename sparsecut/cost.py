@@ -30,10 +30,10 @@ def count_costs(model: ir.Model) -> ModelCost:
         params = sum(_weight_elements(v) for v in node.inputs if v is not None)
         if macs or node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             layers.append(LayerCost(node.name or node.op_type, node.op_type, macs, params))
-    params = sum(
+    params = sum(  # weights: float, or int8 behind a DequantizeLinear
         v.const_value.size
         for v in model.graph.initializers.values()
-        if v.const_value is not None and v.const_value.dtype in _FLOAT_TYPES
+        if v.const_value is not None and v.const_value.dtype in (*_FLOAT_TYPES, ir.DataType.INT8, ir.DataType.UINT8)
     )
     return ModelCost(macs=sum(layer.macs for layer in layers), params=params, layers=layers)
 

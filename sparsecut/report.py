@@ -25,6 +25,7 @@ __all__ = [
     "OptimizeReport",
     "OutputCheck",
     "PassReport",
+    "PrecisionReport",
     "Report",
     "RunReport",
     "SparsityLayer",
@@ -179,6 +180,19 @@ class PassReport(Report):
 
 
 @dataclasses.dataclass(frozen=True)
+class PrecisionReport(Report):
+    """A precision conversion (exempt from the equivalence gate by design) and the drift it caused."""
+
+    precision: str
+    calibration: str
+    samples: int
+    max_abs_error: float
+    mean_abs_error: float
+    top1_agreement: float | None  # share of samples whose argmax survived (classifiers)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimizeReport(Report):
     """What `sparsecut optimize` (or `inspect`, with `output=None`) found and did."""
 
@@ -192,6 +206,7 @@ class OptimizeReport(Report):
     rtol: float
     atol: float
     seconds: float
+    precision: PrecisionReport | None = None
 
 
 @dataclasses.dataclass(frozen=True)

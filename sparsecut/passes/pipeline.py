@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from sparsecut.passes.cleanup import CleanupPass
 from sparsecut.passes.constants import FoldConstantsPass
 from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
 from sparsecut.passes.fold_batchnorm import FoldBatchNormPass
+from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionOptions, convert_precision
 from sparsecut.passes.two_four import AnnotateTwoFourPass
 from sparsecut.report import OptimizeReport, OutputCheck, PassReport
 from sparsecut.shapes import infer_shapes
@@ -55,6 +57,8 @@ class OptimizeOptions:
     verify: bool = True
     data: Path | None = None  # .npz of real inputs, checked in addition to the random ones
     seed: int = 0
+    precision: str = "fp32"  # fp16 / int8: converted after the gate, drift reported (see precision.py)
+    calibration: Path | None = None
 
 
 def _parse_passes(names: Sequence[str]) -> list[str]:
@@ -119,6 +123,10 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     names = _parse_passes(options.passes)
     start = time.perf_counter()
     model = _load_checked(source)
+    if options.precision == "int8" and QUANTIZED_OPS & {node.op_type for node in model.graph}:
+        raise GraphError(
+            f"{source}: the model is already quantized (it has Q/DQ or integer ops); refusing to quantize twice"
+        )
     feeds = gate_inputs(model, options, source)
     before = count_costs(model)
     reports = _run_passes(model, names, options)
@@ -137,7 +145,18 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     else:
         log.warning("equivalence gate skipped (--no-verify): %s is NOT checked against %s", output, source)
         model.metadata_props[METADATA_PREFIX + "optimize.verified"] = "no (--no-verify)"
-    save_model(model, output, check=gate if options.verify else None)
+    precision = None
+    if options.precision == "fp32":
+        save_model(model, output, check=gate if options.verify else None)
+    else:
+        if options.precision not in ("fp16", "int8"):
+            raise GraphError(f"unknown --precision {options.precision!r}; known: fp32, fp16, int8")
+        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
+            lean = Path(tmp) / "lean-fp32.onnx"  # the lossless result, gated like any other
+            save_model(model, lean, check=gate if options.verify else None)
+            precision = convert_precision(
+                lean, output, PrecisionOptions(options.precision, options.calibration, seed=options.seed)
+            )
     return OptimizeReport(
         input=str(source),
         output=str(output),
@@ -149,6 +168,7 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         rtol=options.rtol,
         atol=options.atol,
         seconds=time.perf_counter() - start,
+        precision=precision,
     )
 
 
