@@ -235,11 +235,6 @@ def optimize(
 
     if enforce_2to4:
         raise _not_yet("optimize --enforce-2to4", "2:4 enforcement")
-    if precision != "fp32":
-        error_console.print(
-            f"[bold yellow]note:[/bold yellow] --precision {precision} changes what the model computes: it is applied "
-            "after the equivalence gate and its drift is reported, not gated"
-        )
     options = OptimizeOptions(
         passes=tuple(p.strip() for p in passes.split(",") if p.strip()),
         align=align,

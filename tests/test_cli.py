@@ -90,7 +90,7 @@ def _bad(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str], str]]:
             ["export", str(checkpoint), "--arch", "resnet-tiny", "-o", str(checkpoint)],
             "output is the input file",
         ),
-        "not yet": (["optimize", str(checkpoint), "-o", out, "--precision", "int8"], "is not available yet"),
+        "not yet": (["optimize", str(checkpoint), "-o", out, "--enforce-2to4"], "is not available yet"),
     }
 
 
