@@ -225,6 +225,7 @@ def optimize(
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the equivalence gate.")] = 1e-4,
     atol: Annotated[float, typer.Option(help="Absolute tolerance of the equivalence gate.")] = 1e-5,
     enforce_2to4: Annotated[bool, typer.Option("--enforce-2to4", help="Prune to 2:4 (changes the model).")] = False,
+    min_channels: Annotated[int, typer.Option(help="--enforce-2to4 skips layers with fewer channels.")] = 64,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
     calibration: Annotated[Path | None, typer.Option(help="Calibration inputs for int8 (.npz or folder).")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the equivalence gate (loudly).")] = False,
@@ -234,7 +235,10 @@ def optimize(
     from sparsecut.passes import OptimizeOptions, optimize_model
 
     if enforce_2to4:
-        raise _not_yet("optimize --enforce-2to4", "2:4 enforcement")
+        error_console.print(
+            "[bold red]warning:[/bold red] --enforce-2to4 prunes weights to 2:4: the output does NOT compute what the "
+            "input computes (the lossless part is still verified before it)"
+        )
     options = OptimizeOptions(
         passes=tuple(p.strip() for p in passes.split(",") if p.strip()),
         align=align,
@@ -244,6 +248,8 @@ def optimize(
         data=data,
         precision=precision,
         calibration=calibration,
+        enforce_2to4=enforce_2to4,
+        min_channels=min_channels,
     )
     if no_verify:
         error_console.print(
@@ -305,6 +311,20 @@ def _render_optimize(report: object) -> None:
     ):
         totals.add_row(name, f"{b:,}", f"{a:,}", f"{a / b:.3f}" if b else "-")
     console.print(totals)
+    if report.lost_two_four:
+        console.print(
+            f"[yellow]{len(report.lost_two_four)} weight(s) were 2:4 in the input and lost it to channel removal "
+            f"(permutation restore is not implemented yet): {', '.join(report.lost_two_four[:5])}[/yellow]"
+        )
+    if report.enforced:
+        pruned = [e for e in report.enforced if e.pruned]
+        console.print(
+            f"[bold red]enforce-2to4[/bold red]: pruned {len(pruned)} of {len(report.enforced)} weights to 2:4 (model changed)"
+        )
+        for enforced in pruned[:20]:
+            console.print(f"  {enforced.weight}: kept {100 * enforced.magnitude_kept:.1f} % of |w|")
+        if not pruned:
+            console.print("  [yellow]no layer was eligible; nothing pruned[/yellow]")
     if report.precision is not None:
         p = report.precision
         agreement = f", top-1 agreement {100 * p.top1_agreement:.1f} %" if p.top1_agreement is not None else ""

@@ -17,6 +17,7 @@ __all__ = [
     "BuildReport",
     "ChannelGroupReport",
     "CompareReport",
+    "EnforcedLayer",
     "ExportReport",
     "LatencyReport",
     "LayerCost",
@@ -180,6 +181,17 @@ class PassReport(Report):
 
 
 @dataclasses.dataclass(frozen=True)
+class EnforcedLayer(Report):
+    """What enforce-2to4 did to one weight."""
+
+    node: str
+    weight: str
+    pruned: bool
+    magnitude_kept: float  # Σ|w| after / Σ|w| before
+    skipped_because: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class PrecisionReport(Report):
     """A precision conversion (exempt from the equivalence gate by design) and the drift it caused."""
 
@@ -207,6 +219,8 @@ class OptimizeReport(Report):
     atol: float
     seconds: float
     precision: PrecisionReport | None = None
+    enforced: list[EnforcedLayer] = dataclasses.field(default_factory=list)  # --enforce-2to4: changes the model
+    lost_two_four: list[str] = dataclasses.field(default_factory=list)  # weights 2:4 in the input, not in the output
 
 
 @dataclasses.dataclass(frozen=True)

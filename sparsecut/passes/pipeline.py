@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.cleanup import CleanupPass
 from sparsecut.passes.constants import FoldConstantsPass
 from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
+from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
 from sparsecut.passes.fold_batchnorm import FoldBatchNormPass
 from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionOptions, convert_precision
 from sparsecut.passes.two_four import AnnotateTwoFourPass
@@ -58,6 +60,8 @@ class OptimizeOptions:
     data: Path | None = None  # .npz of real inputs, checked in addition to the random ones
     seed: int = 0
     precision: str = "fp32"  # fp16 / int8: converted after the gate, drift reported (see precision.py)
+    enforce_2to4: bool = False  # after the gate: changes the model (see enforce_two_four.py)
+    min_channels: int = 64
     calibration: Path | None = None
 
 
@@ -129,7 +133,13 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         )
     feeds = gate_inputs(model, options, source)
     before = count_costs(model)
+    sparse_before = _two_four_weights(model)
     reports = _run_passes(model, names, options)
+    lost = sorted(sparse_before - _two_four_weights(model))
+    if lost:
+        log.warning(
+            "%d weight(s) were 2:4 before and are not after channel removal: %s", len(lost), ", ".join(lost[:5])
+        )
     after = count_costs(model)
     model.metadata_props[METADATA_PREFIX + "optimize.passes"] = ",".join(names)
     model.metadata_props[METADATA_PREFIX + "optimize.align"] = str(options.align)
@@ -146,17 +156,33 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         log.warning("equivalence gate skipped (--no-verify): %s is NOT checked against %s", output, source)
         model.metadata_props[METADATA_PREFIX + "optimize.verified"] = "no (--no-verify)"
     precision = None
-    if options.precision == "fp32":
+    enforced = []
+    if options.precision not in ("fp32", "fp16", "int8"):
+        raise GraphError(f"unknown --precision {options.precision!r}; known: fp32, fp16, int8")
+    if options.precision == "fp32" and not options.enforce_2to4:
         save_model(model, output, check=gate if options.verify else None)
-    else:
-        if options.precision not in ("fp16", "int8"):
-            raise GraphError(f"unknown --precision {options.precision!r}; known: fp32, fp16, int8")
+    else:  # lossless first, gated like any other; then the steps that change the numbers by design
         with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
-            lean = Path(tmp) / "lean-fp32.onnx"  # the lossless result, gated like any other
+            lean = Path(tmp) / "lean-fp32.onnx"
             save_model(model, lean, check=gate if options.verify else None)
-            precision = convert_precision(
-                lean, output, PrecisionOptions(options.precision, options.calibration, seed=options.seed)
-            )
+            if options.enforce_2to4:
+                enforcer = EnforceTwoFourPass(options.min_channels)
+                sparse = load_model(lean)
+                enforcer(sparse)
+                AnnotateTwoFourPass()(sparse)
+                enforced = enforcer.layers
+                if not any(layer.pruned for layer in enforced):
+                    log.warning(
+                        "--enforce-2to4: no layer is eligible (min channels %d); nothing pruned", options.min_channels
+                    )
+                lean = Path(tmp) / "lean-2to4.onnx"
+                save_model(sparse, lean)
+            if options.precision == "fp32":
+                os.replace(lean, output)
+            else:
+                precision = convert_precision(
+                    lean, output, PrecisionOptions(options.precision, options.calibration, seed=options.seed)
+                )
     return OptimizeReport(
         input=str(source),
         output=str(output),
@@ -169,7 +195,23 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         atol=options.atol,
         seconds=time.perf_counter() - start,
         precision=precision,
+        enforced=enforced,
+        lost_two_four=lost,
     )
+
+
+def _two_four_weights(model: ir.Model) -> set[str]:
+    """Names of the weights that are 2:4 along their reduction axis (changes nothing)."""
+    from sparsecut.passes.two_four import _reduction_weight, two_four_violations
+
+    names = set()
+    for node in model.graph:
+        found = _reduction_weight(node)
+        if found is None or not found[0].name or found[1].shape[found[2]] < 4:
+            continue  # a reduction shorter than one group is trivially "2:4": not worth tracking
+        if two_four_violations(found[1], found[2])[0] == 0.0:
+            names.add(found[0].name)
+    return names
 
 
 def inspect_model(source: Path, align: int = 8) -> OptimizeReport:
