@@ -358,10 +358,14 @@ def build(
     timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache file (read and updated).")] = None,
     provider: Annotated[str, typer.Option(help="onnxruntime execution provider: cpu, cuda, tensorrt.")] = "cpu",
     surgery: Annotated[str | None, typer.Option(help="MODULE:FUNCTION on a gs.Graph, applied before build.")] = None,
+    calibration: Annotated[
+        Path | None, typer.Option(help="Calibration inputs when int8 needs the graph quantized.")
+    ] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs)."""
-    from sparsecut.targets import BuildOptions, get_target
+    from sparsecut.targets import BuildOptions
+    from sparsecut.workflow import build_for_target
 
     options = BuildOptions(
         precision=precision,
@@ -373,7 +377,12 @@ def build(
         timing_cache=timing_cache,
     )
     with console.status(f"building {model} for {target} …"):
-        _, report = get_target(target).build(model, output, options)
+        report, converted = build_for_target(model, output, target, options, calibration)
+    if converted is not None:
+        console.print(
+            f"the graph was converted to {converted.precision} first (on {converted.calibration}): drift vs fp32 "
+            f"max abs {converted.max_abs_error:.3g}, mean abs {converted.mean_abs_error:.3g}"
+        )
     table = Table(title=f"build: {report.source} → {report.artifact}", show_header=False, title_justify="left")
     for name, value in (("target", report.target), ("precision", report.precision), ("sparsity", str(report.sparsity)),
                         ("build time", f"{report.seconds:.1f} s"), *(("note", n) for n in report.notes),

@@ -11,10 +11,10 @@ from sparsecut.errors import NotYetAvailableError
 from sparsecut.exporter import ExportOptions, export_checkpoint
 from sparsecut.modelfile import atomic_write_text
 from sparsecut.passes import OptimizeOptions, optimize_model
-from sparsecut.report import RunReport, write_json
+from sparsecut.report import BuildReport, PrecisionReport, RunReport, write_json
 from sparsecut.targets import BuildOptions, ProfileOptions, compare_models, get_target
 
-__all__ = ["RunOptions", "markdown_summary", "run_workflow"]
+__all__ = ["RunOptions", "build_for_target", "markdown_summary", "run_workflow"]
 
 STEPS = ("export", "optimize", "build", "compare")
 
@@ -52,10 +52,11 @@ def run_workflow(
     step("optimize")
     optimized = optimize_model(dense, lean, options.optimize)
     step("build")
-    target = get_target(options.target)
     suffix = ".plan" if options.target == "tensorrt" else ".ort.onnx"
     build_options = BuildOptions(precision=options.precision, sparsity=options.sparsity)
-    builds = [target.build(m, out_dir / f"{m.stem}{suffix}", build_options)[1] for m in (dense, lean)]
+    builds = [
+        build_for_target(m, out_dir / f"{m.stem}{suffix}", options.target, build_options)[0] for m in (dense, lean)
+    ]
     step("compare")
     compared = compare_models(
         [dense, lean],
@@ -68,6 +69,43 @@ def run_workflow(
     write_json(report, out_dir / "report.json")
     atomic_write_text(out_dir / "report.md", markdown_summary(report))
     return report
+
+
+def build_for_target(
+    model: Path, output: Path, target_name: str, options: BuildOptions, calibration: Path | None = None
+) -> tuple[BuildReport, PrecisionReport | None]:
+    """Build `model` for a target; when the target needs the precision in the graph (onnxruntime always,
+    TensorRT 11's strongly typed networks) and the graph lacks it, the to-fp16 / quantize-int8 pass runs first and
+    its graph is saved beside the artifact (`<name>.fp16.onnx` / `<name>.int8.onnx`)."""
+    from sparsecut.passes.precision import PrecisionOptions, convert_precision
+    from sparsecut.targets.onnxruntime import _precision_of
+
+    model, output = Path(model), Path(output)
+    target = get_target(target_name)
+    converted = None
+    wanted = options.precision
+    if (
+        wanted in ("fp16", "int8")
+        and model.exists()
+        and _precision_of(model) != wanted
+        and _graph_needs_it(target_name)
+    ):
+        prepared = output.with_name(f"{output.name.split('.')[0]}.{wanted}.onnx")
+        converted = convert_precision(model, prepared, PrecisionOptions(wanted, calibration))
+        model = prepared
+    _, report = target.build(model, output, options)
+    return report, converted
+
+
+def _graph_needs_it(target_name: str) -> bool:
+    """onnxruntime runs what the graph says; TensorRT ≤ 10 can still be told by builder flags."""
+    if target_name != "tensorrt":
+        return True
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return False  # the build itself will say that TensorRT is missing
+    return not hasattr(trt.BuilderFlag, "FP16")
 
 
 def markdown_summary(report: RunReport) -> str:

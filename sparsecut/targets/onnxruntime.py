@@ -121,9 +121,12 @@ class OnnxRuntimeTarget:
         if not model.exists():
             raise TargetError(f"{model}: no such file")
         check_output_path(output, model)
-        if options.precision not in ("fp32", "fp16", "int8"):
+        graph_precision = _precision_of(model)
+        if options.precision not in ("best", graph_precision):
             raise TargetError(
-                f"--precision {options.precision}: onnxruntime builds fp32 graphs as they are; fp16/int8 need the graph converted first"
+                f"{model}: the graph is {graph_precision}, not {options.precision}; onnxruntime runs the precision the "
+                f"graph carries: run `sparsecut optimize --precision {options.precision}` (or `sparsecut build "
+                f"--precision {options.precision}`, which does it for you) first"
             )
         notes = []
         source = model

@@ -108,3 +108,17 @@ def test_model_with_no_inputs(tmp_path, capsys):
 def test_missing_model(tmp_path, capsys):
     assert main(["profile", str(tmp_path / "nope.onnx")]) == 2
     assert "nope.onnx: no such file" in capsys.readouterr().err
+
+
+def test_build_int8_quantizes_the_graph_first(tmp_path, small_model, capsys):
+    out = tmp_path / "small.ort.onnx"
+    assert main(["build", str(small_model), "-o", str(out), "--precision", "int8", "--json", str(tmp_path / "b.json")]) == 0
+    assert "converted to int8 first" in capsys.readouterr().out
+    quantized = onnx.load(str(tmp_path / "small.int8.onnx"))
+    assert "DequantizeLinear" in {n.op_type for n in quantized.graph.node}
+    assert out.exists() and json.loads((tmp_path / "b.json").read_text())["precision"] == "int8"
+
+
+def test_onnxruntime_build_refuses_a_precision_the_graph_lacks(tmp_path, small_model):
+    with pytest.raises(TargetError, match="the graph is fp32, not fp16; onnxruntime runs the precision the graph carries"):
+        get_target("onnxruntime").build(small_model, tmp_path / "x.ort.onnx", BuildOptions(precision="fp16"))
