@@ -12,9 +12,11 @@ The 2:4 labels are applied again afterwards (annotate-2to4 looks through Dequant
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -175,17 +177,29 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
 def _quantize(source: Path, staged: Path, samples: list[dict[str, np.ndarray]]) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    quantize_static(
-        str(source),
-        str(staged),
-        _Reader(samples),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-    )
+    with _quiet_root_logger():  # onnxruntime's quantizer logs advice on the root logger; we report ourselves
+        quantize_static(
+            str(source),
+            str(staged),
+            _Reader(samples),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        )
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _relabel_two_four(path: Path) -> None:
