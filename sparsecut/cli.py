@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sparsecut.errors import NotYetAvailableError, SparsecutError, TargetError
+from sparsecut.errors import SparsecutError, TargetError
 from sparsecut.passes.pipeline import DEFAULT_PASSES, PASSES
 
 __all__ = ["app", "main"]
@@ -209,10 +209,6 @@ def demo(
 
 
 # ----------------------------------------------------------------------- commands whose capability is to come
-def _not_yet(command: str, issue: str) -> NotYetAvailableError:
-    return NotYetAvailableError(f"`sparsecut {command}` is not available yet: it lands with the {issue} work")
-
-
 @app.command()
 def optimize(
     model: Annotated[Path, typer.Argument(help="ONNX file to optimize.")],
@@ -234,11 +230,6 @@ def optimize(
     """Fold BatchNorm and remove dead channels; written only if verified equal to the input graph."""
     from sparsecut.passes import OptimizeOptions, optimize_model
 
-    if enforce_2to4:
-        error_console.print(
-            "[bold red]warning:[/bold red] --enforce-2to4 prunes weights to 2:4: the output does NOT compute what the "
-            "input computes (the lossless part is still verified before it)"
-        )
     options = OptimizeOptions(
         passes=tuple(p.strip() for p in passes.split(",") if p.strip()),
         align=align,
@@ -319,7 +310,8 @@ def _render_optimize(report: object) -> None:
     if report.enforced:
         pruned = [e for e in report.enforced if e.pruned]
         console.print(
-            f"[bold red]enforce-2to4[/bold red]: pruned {len(pruned)} of {len(report.enforced)} weights to 2:4 (model changed)"
+            f"[bold red]enforce-2to4[/bold red]: pruned {len(pruned)} of {len(report.enforced)} weights to 2:4: the "
+            "output does NOT compute what the input computes (the lossless steps before it were verified)"
         )
         for enforced in pruned[:20]:
             console.print(f"  {enforced.weight}: kept {100 * enforced.magnitude_kept:.1f} % of |w|")

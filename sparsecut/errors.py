@@ -6,7 +6,6 @@ __all__ = [
     "CheckpointError",
     "ExportError",
     "GraphError",
-    "NotYetAvailableError",
     "OutputPathError",
     "SparsecutError",
     "TargetError",
@@ -40,7 +39,3 @@ class OutputPathError(SparsecutError):
 
 class TargetError(SparsecutError):
     """A backend (onnxruntime, TensorRT) is missing, or failed to build or run a model."""
-
-
-class NotYetAvailableError(SparsecutError):
-    """A command whose capability has not landed yet."""

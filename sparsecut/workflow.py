@@ -7,7 +7,6 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from sparsecut.errors import NotYetAvailableError
 from sparsecut.exporter import ExportOptions, export_checkpoint
 from sparsecut.modelfile import atomic_write_text
 from sparsecut.passes import OptimizeOptions, optimize_model
@@ -41,8 +40,6 @@ def run_workflow(
 ) -> RunReport:
     """Run every step; `step(name)` is called as each one starts (for progress displays)."""
     options = options or RunOptions()
-    if options.precision != "fp32":
-        raise NotYetAvailableError(f"`sparsecut run --precision {options.precision}` lands with the INT8/FP16 work")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dense, lean = out_dir / "dense.onnx", out_dir / "lean.onnx"
@@ -50,12 +47,15 @@ def run_workflow(
     step("export")
     exported = export_checkpoint(checkpoint, dense, arch=arch, model_factory=model_factory, options=options.export)
     step("optimize")
-    optimized = optimize_model(dense, lean, options.optimize)
+    optimized = optimize_model(dense, lean, dataclasses.replace(options.optimize, precision=options.precision))
     step("build")
     suffix = ".plan" if options.target == "tensorrt" else ".ort.onnx"
-    build_options = BuildOptions(precision=options.precision, sparsity=options.sparsity)
+    # the lean graph carries its precision now; the dense one is the reference, built as exported
     builds = [
-        build_for_target(m, out_dir / f"{m.stem}{suffix}", options.target, build_options)[0] for m in (dense, lean)
+        build_for_target(dense, out_dir / f"dense{suffix}", options.target, BuildOptions(sparsity=options.sparsity))[0],
+        build_for_target(
+            lean, out_dir / f"lean{suffix}", options.target, BuildOptions(precision="best", sparsity=options.sparsity)
+        )[0],
     ]
     step("compare")
     compared = compare_models(

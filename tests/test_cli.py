@@ -90,7 +90,6 @@ def _bad(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str], str]]:
             ["export", str(checkpoint), "--arch", "resnet-tiny", "-o", str(checkpoint)],
             "output is the input file",
         ),
-        "not yet": (["optimize", str(checkpoint), "-o", out, "--enforce-2to4"], "is not available yet"),
     }
 
 
@@ -106,7 +105,6 @@ def _bad(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str], str]]:
         "input shape",
         "missing dir",
         "output is input",
-        "not yet",
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_output(tmp_path, capsys, checkpoint_factory, case):

@@ -112,7 +112,10 @@ def test_missing_model(tmp_path, capsys):
 
 def test_build_int8_quantizes_the_graph_first(tmp_path, small_model, capsys):
     out = tmp_path / "small.ort.onnx"
-    assert main(["build", str(small_model), "-o", str(out), "--precision", "int8", "--json", str(tmp_path / "b.json")]) == 0
+    assert (
+        main(["build", str(small_model), "-o", str(out), "--precision", "int8", "--json", str(tmp_path / "b.json")])
+        == 0
+    )
     assert "converted to int8 first" in capsys.readouterr().out
     quantized = onnx.load(str(tmp_path / "small.int8.onnx"))
     assert "DequantizeLinear" in {n.op_type for n in quantized.graph.node}
@@ -120,5 +123,7 @@ def test_build_int8_quantizes_the_graph_first(tmp_path, small_model, capsys):
 
 
 def test_onnxruntime_build_refuses_a_precision_the_graph_lacks(tmp_path, small_model):
-    with pytest.raises(TargetError, match="the graph is fp32, not fp16; onnxruntime runs the precision the graph carries"):
+    with pytest.raises(
+        TargetError, match="the graph is fp32, not fp16; onnxruntime runs the precision the graph carries"
+    ):
         get_target("onnxruntime").build(small_model, tmp_path / "x.ort.onnx", BuildOptions(precision="fp16"))
