@@ -23,6 +23,7 @@ __all__ = [
     "check_output_path",
     "initializer_bytes",
     "load_model",
+    "reads_external_data",
     "save_model",
 ]
 
@@ -70,6 +71,11 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         os.replace(staged, path)
 
 
+def reads_external_data(model: ir.Model) -> bool:
+    """Whether any weight of the model lives in an external data file (so its output should too)."""
+    return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+
+
 def initializer_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
@@ -89,12 +95,13 @@ def save_model(
     """
     path = Path(path)
     check_output_path(path)
-    if external_data is None:
+    if external_data is None:  # near protobuf's limit, weights go to a file of their own
         external_data = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
     data_name = f"{path.name}.data"
     with _staging_dir(path) as tmp:
         staged = tmp / path.name
-        ir.save(model, staged, external_data=data_name if external_data else None)
+        # a small in-flight budget: tensors are written one after another instead of being held all at once
+        ir.save(model, staged, external_data=data_name if external_data else None, max_in_flight_bytes=64 << 20)
         if external_data:
             _restore_tensor_labels(model, staged)
         if check is not None:

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from sparsecut.checking import checking_session, compare_outputs
 from sparsecut.cost import count_costs
 from sparsecut.errors import GraphError, VerificationError
-from sparsecut.modelfile import check_output_path, load_model, save_model
+from sparsecut.modelfile import check_output_path, load_model, reads_external_data, save_model
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.cleanup import CleanupPass
 from sparsecut.passes.constants import FoldConstantsPass
@@ -127,6 +127,7 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     names = _parse_passes(options.passes)
     start = time.perf_counter()
     model = _load_checked(source)
+    external = reads_external_data(model) or None  # weights that came external stay external
     if options.precision == "int8" and QUANTIZED_OPS & {node.op_type for node in model.graph}:
         raise GraphError(
             f"{source}: the model is already quantized (it has Q/DQ or integer ops); refusing to quantize twice"
@@ -160,11 +161,11 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     if options.precision not in ("fp32", "fp16", "int8"):
         raise GraphError(f"unknown --precision {options.precision!r}; known: fp32, fp16, int8")
     if options.precision == "fp32" and not options.enforce_2to4:
-        save_model(model, output, check=gate if options.verify else None)
+        save_model(model, output, external_data=external, check=gate if options.verify else None)
     else:  # lossless first, gated like any other; then the steps that change the numbers by design
         with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
             lean = Path(tmp) / "lean-fp32.onnx"
-            save_model(model, lean, check=gate if options.verify else None)
+            save_model(model, lean, external_data=external, check=gate if options.verify else None)
             if options.enforce_2to4:
                 enforcer = EnforceTwoFourPass(options.min_channels)
                 sparse = load_model(lean)
