@@ -20,6 +20,9 @@ import onnx_ir as ir
 
 from sparsecut.passes.channels import (
     DeadChannelAnalysis,
+    _attr_float,
+    _attr_int,
+    _attr_ints,
     _shape_element,
     _slice_bounds,
     constant_array,
@@ -280,18 +283,3 @@ class _Rewriter:
 
 def _only_user(value: ir.Value, node: ir.Node) -> bool:
     return not value.is_graph_output() and all(use.node is node for use in value.uses())
-
-
-def _attr_int(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.as_int()
-
-
-def _attr_float(node: ir.Node, name: str, default: float) -> float:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.as_float()
-
-
-def _attr_ints(node: ir.Node, name: str) -> list[int] | None:
-    attr = node.attributes.get(name)
-    return None if attr is None else list(attr.as_ints())

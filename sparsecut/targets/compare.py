@@ -3,6 +3,7 @@ neighbour process, thermal drift — hits every variant alike. Prints params, MA
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import tempfile
@@ -116,14 +117,7 @@ def _interleaved_onnxruntime(
                 precision=_precision_of(m),
                 threads=options.threads,
                 warmup=options.warmup,
-                iterations=stats.iterations,
-                min_ms=stats.min_ms,
-                p50_ms=stats.p50_ms,
-                p90_ms=stats.p90_ms,
-                p99_ms=stats.p99_ms,
-                mean_ms=stats.mean_ms,
-                max_ms=stats.max_ms,
-                throughput=stats.throughput,
+                **dataclasses.asdict(stats),
                 environment={**host_environment(), "onnxruntime": _ort_version(), "interleaved_rounds": str(rounds)},
             )
         )

@@ -10,6 +10,7 @@ where the installed onnxruntime has them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -192,14 +193,7 @@ class OnnxRuntimeTarget:
             precision=_precision_of(artifact.path),
             threads=options.threads,
             warmup=options.warmup,
-            iterations=stats.iterations,
-            min_ms=stats.min_ms,
-            p50_ms=stats.p50_ms,
-            p90_ms=stats.p90_ms,
-            p99_ms=stats.p99_ms,
-            mean_ms=stats.mean_ms,
-            max_ms=stats.max_ms,
-            throughput=stats.throughput,
+            **dataclasses.asdict(stats),
             environment={
                 **host_environment(),
                 "onnxruntime": _ort_version(),

@@ -12,6 +12,7 @@ Everything TensorRT or CUDA is imported inside the methods: without TensorRT, on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -270,14 +271,7 @@ class TensorRTTarget:
             precision="engine",
             threads=None,
             warmup=options.warmup,
-            iterations=stats.iterations,
-            min_ms=stats.min_ms,
-            p50_ms=stats.p50_ms,
-            p90_ms=stats.p90_ms,
-            p99_ms=stats.p99_ms,
-            mean_ms=stats.mean_ms,
-            max_ms=stats.max_ms,
-            throughput=stats.throughput,
+            **dataclasses.asdict(stats),
             environment={**host_environment(), "tensorrt": trt.__version__, "cuda_graph": str(options.cuda_graph)},
             layers=layers,
         )
