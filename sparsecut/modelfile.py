@@ -23,6 +23,7 @@ __all__ = [
     "check_output_path",
     "initializer_bytes",
     "load_model",
+    "publish",
     "reads_external_data",
     "save_model",
 ]
@@ -110,6 +111,18 @@ def save_model(
             os.replace(tmp / data_name, path.parent / data_name)
         os.replace(staged, path)
     return external_data
+
+
+def publish(staged: Path, output: Path) -> None:
+    """Move a staged model (and its `.data` file) into place: the data first, so the model never points at
+    nothing. The staged file bears the output's name, so its external data reference stays right."""
+    staged, output = Path(staged), Path(output)
+    if staged.name != output.name:
+        raise ValueError(f"staged file {staged.name} must bear the output's name {output.name}")
+    data = staged.with_name(f"{staged.name}.data")
+    if data.exists():
+        os.replace(data, output.with_name(f"{output.name}.data"))
+    os.replace(staged, output)
 
 
 def _restore_tensor_labels(model: ir.Model, path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 from onnxscript.rewriter import RewriteRuleSet
-from onnxscript.rewriter.rules.common import fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_gemm_rule
+from onnxscript.rewriter.rules.common._fuse_batchnorm import FuseBatchNormIntoConv, FuseBatchNormIntoGemm
 
 from sparsecut.passes.constants import FoldConstantsPass
 
@@ -23,6 +23,8 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         FoldConstantsPass()(model)  # a dynamo-exported conv without bias gets a computed zero bias: make it constant
-        rules = RewriteRuleSet([fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_gemm_rule])
+        # fresh rule objects each time: onnxscript's module-level rules keep their last match, and with it the whole
+        # graph and its weights, alive after the pass
+        rules = RewriteRuleSet([FuseBatchNormIntoConv().rule(), FuseBatchNormIntoGemm().rule()])
         self.folded = rules.apply_to_model(model)
         return ir.passes.PassResult(model, modified=self.folded > 0)

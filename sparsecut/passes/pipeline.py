@@ -9,8 +9,8 @@ by bisecting over the groups applied).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +23,7 @@ import onnx_ir as ir
 from sparsecut.checking import checking_session, compare_outputs
 from sparsecut.cost import count_costs
 from sparsecut.errors import GraphError, VerificationError
-from sparsecut.modelfile import check_output_path, load_model, reads_external_data, save_model
+from sparsecut.modelfile import check_output_path, load_model, publish, reads_external_data, save_model
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.cleanup import CleanupPass
 from sparsecut.passes.constants import FoldConstantsPass
@@ -32,7 +32,7 @@ from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
 from sparsecut.passes.fold_batchnorm import FoldBatchNormPass
 from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionOptions, convert_precision
 from sparsecut.passes.two_four import AnnotateTwoFourPass
-from sparsecut.report import OptimizeReport, OutputCheck, PassReport
+from sparsecut.report import EnforcedLayer, ModelCost, OptimizeReport, OutputCheck, PassReport
 from sparsecut.shapes import infer_shapes
 
 __all__ = ["DEFAULT_PASSES", "PASSES", "OptimizeOptions", "inspect_model", "optimize_model"]
@@ -121,11 +121,66 @@ def _load_checked(path: Path) -> ir.Model:
 
 
 def optimize_model(source: Path, output: Path, options: OptimizeOptions = OptimizeOptions()) -> OptimizeReport:
-    """Run the pipeline on `source` and write `output` — only if the equivalence gate passes (or is off)."""
+    """Run the pipeline on `source` and write `output` — only if the equivalence gate passes (or is off).
+
+    Every step writes into a staging folder beside `output`; only the last result is moved into place. The
+    in-memory graph is dropped before the gate runs, so the gate's onnxruntime sessions do not add to it.
+    """
     source, output = Path(source), Path(output)
     check_output_path(output, source)
     names = _parse_passes(options.passes)
+    if options.precision not in ("fp32", "fp16", "int8"):
+        raise GraphError(f"unknown --precision {options.precision!r}; known: fp32, fp16, int8")
     start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
+        lossless = _stage(Path(tmp), "lossless", output)
+        feeds, before, after, reports, lost = _transform(source, lossless, names, options)
+        gc.collect()  # onnx-ir graphs hold reference cycles: free the weights before the gate loads its own
+        checks: list[OutputCheck] = []
+        if options.verify:
+            checks = _compare_files(source, lossless, feeds, options)
+            if not all(c.passed for c in checks):
+                raise VerificationError(_diagnose(source, output, names, feeds, options, checks))
+        else:
+            log.warning("equivalence gate skipped (--no-verify): %s is NOT checked against %s", output, source)
+        current, precision = lossless, None
+        enforced: list[EnforcedLayer] = []
+        if options.enforce_2to4:  # the steps that change the numbers by design come after the gate
+            current, enforced = _enforce_two_four(current, _stage(Path(tmp), "sparse", output), options)
+        if options.precision != "fp32":
+            converted = _stage(Path(tmp), "precision", output)
+            precision = convert_precision(
+                current, converted, PrecisionOptions(options.precision, options.calibration, seed=options.seed)
+            )
+            current = converted
+        publish(current, output)
+    return OptimizeReport(
+        input=str(source),
+        output=str(output),
+        passes=reports,
+        before=before,
+        after=after,
+        checks=checks,
+        verified=options.verify,
+        rtol=options.rtol,
+        atol=options.atol,
+        seconds=time.perf_counter() - start,
+        precision=precision,
+        enforced=enforced,
+        lost_two_four=lost,
+    )
+
+
+def _stage(folder: Path, step: str, output: Path) -> Path:
+    """A staging path for one step; it bears the output's name so that external data references stay right."""
+    (folder / step).mkdir()
+    return folder / step / output.name
+
+
+def _transform(
+    source: Path, staged: Path, names: list[str], options: OptimizeOptions
+) -> tuple[Feeds, ModelCost, ModelCost, list[PassReport], list[str]]:
+    """Load, run the lossless passes, write `staged`. The graph is local: it is gone when this returns."""
     model = _load_checked(source)
     external = reads_external_data(model) or None  # weights that came external stay external
     if options.precision == "int8" and QUANTIZED_OPS & {node.op_type for node in model.graph}:
@@ -144,61 +199,22 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     after = count_costs(model)
     model.metadata_props[METADATA_PREFIX + "optimize.passes"] = ",".join(names)
     model.metadata_props[METADATA_PREFIX + "optimize.align"] = str(options.align)
-    checks: list[OutputCheck] = []
+    verified = f"rtol={options.rtol:g},atol={options.atol:g}" if options.verify else "no (--no-verify)"
+    model.metadata_props[METADATA_PREFIX + "optimize.verified"] = verified
+    save_model(model, staged, external_data=external)
+    return feeds, before, after, reports, lost
 
-    def gate(staged: Path) -> None:
-        checks.extend(_compare_files(source, staged, feeds, options))
-        if not all(c.passed for c in checks):
-            raise VerificationError(_diagnose(source, output, names, feeds, options, checks))
 
-    if options.verify:
-        model.metadata_props[METADATA_PREFIX + "optimize.verified"] = f"rtol={options.rtol:g},atol={options.atol:g}"
-    else:
-        log.warning("equivalence gate skipped (--no-verify): %s is NOT checked against %s", output, source)
-        model.metadata_props[METADATA_PREFIX + "optimize.verified"] = "no (--no-verify)"
-    precision = None
-    enforced = []
-    if options.precision not in ("fp32", "fp16", "int8"):
-        raise GraphError(f"unknown --precision {options.precision!r}; known: fp32, fp16, int8")
-    if options.precision == "fp32" and not options.enforce_2to4:
-        save_model(model, output, external_data=external, check=gate if options.verify else None)
-    else:  # lossless first, gated like any other; then the steps that change the numbers by design
-        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
-            lean = Path(tmp) / "lean-fp32.onnx"
-            save_model(model, lean, external_data=external, check=gate if options.verify else None)
-            if options.enforce_2to4:
-                enforcer = EnforceTwoFourPass(options.min_channels)
-                sparse = load_model(lean)
-                enforcer(sparse)
-                AnnotateTwoFourPass()(sparse)
-                enforced = enforcer.layers
-                if not any(layer.pruned for layer in enforced):
-                    log.warning(
-                        "--enforce-2to4: no layer is eligible (min channels %d); nothing pruned", options.min_channels
-                    )
-                lean = Path(tmp) / "lean-2to4.onnx"
-                save_model(sparse, lean)
-            if options.precision == "fp32":
-                os.replace(lean, output)
-            else:
-                precision = convert_precision(
-                    lean, output, PrecisionOptions(options.precision, options.calibration, seed=options.seed)
-                )
-    return OptimizeReport(
-        input=str(source),
-        output=str(output),
-        passes=reports,
-        before=before,
-        after=after,
-        checks=checks,
-        verified=options.verify,
-        rtol=options.rtol,
-        atol=options.atol,
-        seconds=time.perf_counter() - start,
-        precision=precision,
-        enforced=enforced,
-        lost_two_four=lost,
-    )
+def _enforce_two_four(current: Path, staged: Path, options: OptimizeOptions) -> tuple[Path, list[EnforcedLayer]]:
+    enforcer = EnforceTwoFourPass(options.min_channels)
+    model = load_model(current)
+    external = reads_external_data(model) or None
+    enforcer(model)
+    AnnotateTwoFourPass()(model)
+    if not any(layer.pruned for layer in enforcer.layers):
+        log.warning("--enforce-2to4: no layer is eligible (min channels %d); nothing pruned", options.min_channels)
+    save_model(model, staged, external_data=external)
+    return staged, enforcer.layers
 
 
 def _two_four_weights(model: ir.Model) -> set[str]:
