@@ -55,12 +55,7 @@ def _staging_dir(destination: Path) -> Iterator[Path]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    check_output_path(path)
-    with _staging_dir(path) as tmp:
-        staged = tmp / path.name
-        staged.write_text(text)
-        os.replace(staged, path)
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

@@ -31,7 +31,7 @@ import onnx_ir as ir
 
 from sparsecut.report import ChannelGroupReport
 
-__all__ = ["ChannelGroupReport", "DeadChannelAnalysis", "analyze_dead_channels"]
+__all__ = ["DeadChannelAnalysis", "constant_array", "weight_array"]
 
 log = logging.getLogger(__name__)
 
@@ -889,10 +889,6 @@ class DeadChannelAnalysis:
             names = [self.spaces[members[0]].values[0].name or "?"]
         shown = ", ".join(dict.fromkeys(names))
         return shown if len(shown) < 80 else shown[:77] + "…"
-
-
-def analyze_dead_channels(model: ir.Model, align: int = 8) -> DeadChannelAnalysis:
-    return DeadChannelAnalysis(model, align)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
