@@ -222,6 +222,9 @@ def optimize(
     atol: Annotated[float, typer.Option(help="Absolute tolerance of the equivalence gate.")] = 1e-5,
     enforce_2to4: Annotated[bool, typer.Option("--enforce-2to4", help="Prune to 2:4 (changes the model).")] = False,
     min_channels: Annotated[int, typer.Option(help="--enforce-2to4 skips layers with fewer channels.")] = 64,
+    permutation_budget: Annotated[
+        float, typer.Option(help="--enforce-2to4: seconds per channel group to search a reorder (0: off).")
+    ] = 0.5,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
     calibration: Annotated[Path | None, typer.Option(help="Calibration inputs for int8 (.npz or folder).")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the equivalence gate (loudly).")] = False,
@@ -241,6 +244,7 @@ def optimize(
         calibration=calibration,
         enforce_2to4=enforce_2to4,
         min_channels=min_channels,
+        permutation_budget=permutation_budget,
     )
     if no_verify:
         error_console.print(
@@ -302,19 +306,40 @@ def _render_optimize(report: object) -> None:
     ):
         totals.add_row(name, f"{b:,}", f"{a:,}", f"{a / b:.3f}" if b else "-")
     console.print(totals)
-    if report.lost_two_four:
+    restores = [r for p in report.passes for r in p.two_four]
+    reordered = [w for r in restores if r.restored and r.reordered for w in r.weights]
+    if reordered:
         console.print(
-            f"[yellow]{len(report.lost_two_four)} weight(s) were 2:4 in the input and lost it to channel removal "
-            f"(permutation restore is not implemented yet): {', '.join(report.lost_two_four[:5])}[/yellow]"
+            f"2:4 kept by reordering channels (outputs unchanged) for {len(reordered)} weight(s): "
+            f"{', '.join(reordered[:5])}{' …' if len(reordered) > 5 else ''}"
         )
+    if report.lost_two_four:
+        reasons = {w: r.reason for r in restores if not r.restored for w in r.weights}
+        console.print(
+            f"[yellow]{len(report.lost_two_four)} weight(s) were 2:4 in the input and lost it to channel removal:[/yellow]"
+        )
+        for weight in report.lost_two_four[:10]:
+            console.print(
+                f"  [yellow]{weight}: {reasons.get(weight) or 'its channels could not be reordered'}[/yellow]"
+            )
     if report.enforced:
         pruned = [e for e in report.enforced if e.pruned]
         console.print(
             f"[bold red]enforce-2to4[/bold red]: pruned {len(pruned)} of {len(report.enforced)} weights to 2:4: the "
             "output does NOT compute what the input computes (the lossless steps before it were verified)"
         )
-        for enforced in pruned[:20]:
-            console.print(f"  {enforced.weight}: kept {100 * enforced.magnitude_kept:.1f} % of |w|")
+        if pruned:
+            table = Table(title="enforce-2to4: share of |w| kept", title_justify="left")
+            for column in ("weight", "kept", "without reorder", "channel reorder"):
+                table.add_column(column)
+            for enforced in pruned:
+                table.add_row(
+                    enforced.weight,
+                    f"{100 * enforced.magnitude_kept:.2f} %",
+                    f"{100 * enforced.magnitude_kept_without_permutation:.2f} %",
+                    enforced.permutation,
+                )
+            console.print(table)
         if not pruned:
             console.print("  [yellow]no layer was eligible; nothing pruned[/yellow]")
     if report.precision is not None:

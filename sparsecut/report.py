@@ -30,6 +30,7 @@ __all__ = [
     "Report",
     "RunReport",
     "SparsityLayer",
+    "TwoFourRestore",
     "Variant",
     "write_json",
 ]
@@ -170,6 +171,19 @@ class ChannelGroupReport(Report):
 
 
 @dataclasses.dataclass(frozen=True)
+class TwoFourRestore(Report):
+    """Weights that were 2:4 and whose input channels lost members: could a channel order restore 2:4?"""
+
+    weights: list[str]  # every 2:4 weight reading the same channels (one order serves them all)
+    channels_before: int
+    channels_after: int
+    restored: bool
+    reordered: bool  # False when the kept channels already form valid groups of 4 in place
+    reason: str | None  # why not restored
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
 class PassReport(Report):
     name: str
     modified: bool
@@ -178,6 +192,7 @@ class PassReport(Report):
     groups: list[ChannelGroupReport] = dataclasses.field(default_factory=list)
     barriers: dict[str, int] = dataclasses.field(default_factory=dict)  # op type → nodes that stopped channels
     sparsity: list[SparsityLayer] = dataclasses.field(default_factory=list)
+    two_four: list[TwoFourRestore] = dataclasses.field(default_factory=list)  # remove-dead-channels: 2:4 kept?
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +204,8 @@ class EnforcedLayer(Report):
     pruned: bool
     magnitude_kept: float  # Σ|w| after / Σ|w| before
     skipped_because: str | None
+    magnitude_kept_without_permutation: float = 1.0  # what pruning in the original channel order would keep
+    permutation: str = "not searched"  # "reordered", "no better order found", or why the channels stay in place
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,8 @@
    A channel is removed only with every channel it is coupled to (connected components over the index maps).
 4. **Constraints**: grouped convs lose channels in equal numbers per group; with `align = N` each tensor keeps a
    multiple of N channels (a few dead channels are kept; reported as kept for alignment).
+5. **Orders**: the kept channels of a space may be given a new order (`orders`; see `permutation.py`) when no
+   index map, grouped conv, graph input/output or op without a rule ties its channels to their positions.
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "Max": np.maximum,
     "Min": np.minimum,
     "PRelu": lambda x, slope: np.where(x < 0, slope * x, x),
+}
+# node kinds whose result does not depend on the order of the channels they carry (when the rewrite follows it)
+_ORDER_FREE = {
+    "passthrough",
+    "elementwise",
+    "batchnorm",
+    "depthwise",
+    "shape",
+    "reshape",
+    "flatten",
+    "conv",
+    "gemm",
+    "matmul",
 }
 _POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"}
 _REDUCES = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"}
@@ -634,6 +649,7 @@ class DeadChannelAnalysis:
         self.enabled_groups = enabled_groups
         self.kept_for_alignment: dict[int, int] = {}
         self._apply_constraints()
+        self.orders: dict[int, np.ndarray] = {}  # space → new order of its kept channels, where it changes
 
     def _add_reason(self, space: int, channels: np.ndarray | None, reason: str) -> None:
         """Channels (all, a boolean mask, or indices) of `space` must stay, for `reason` (the first one sticks)."""
@@ -815,10 +831,48 @@ class DeadChannelAnalysis:
         return self.removable[self.offsets[s] : self.offsets[s + 1]]
 
     def kept(self, value: ir.Value) -> np.ndarray:
-        return np.flatnonzero(~self.removed(value))
+        """Indices of the channels of `value` that stay, in their new order (see `orders`)."""
+        order = self.orders.get(self.space_of[value])
+        return order if order is not None else np.flatnonzero(~self.removed(value))
 
     def has_removals(self, value: ir.Value | None) -> bool:
         return value is not None and value in self.space_of and bool(self.removed(value).any())
+
+    def changed(self, value: ir.Value | None) -> bool:
+        """Whether the channels of `value` lose members or change order."""
+        return self.has_removals(value) or (value is not None and self.space_of.get(value) in self.orders)
+
+    def readers(self, s: int) -> list[ir.Node]:
+        """Conv (not grouped), Gemm and MatMul nodes that reduce over the channels of space `s`."""
+        found = []
+        for value in self.spaces[s].values:
+            for use in value.uses():
+                kind = self.rules.get(use.node)
+                if use.idx == 0 and kind in ("conv", "gemm", "matmul") and _attr_int(use.node, "group", 1) == 1:
+                    found.append(use.node)
+        return list(dict.fromkeys(found))
+
+    def why_not_permutable(self, s: int) -> str | None:
+        """Why the channels of space `s` cannot be reordered (None when they can): the order of a graph input or
+        output is the user's; index maps (Concat, Split, Slice, Flatten) and grouped convs tie channels to
+        positions; an op without a rule might depend on the order."""
+        if len(self.groups[self.group_of_space[s]]) > 1:
+            return "coupled to other channels by Concat/Split/Slice/Flatten"
+        inputs, outputs = set(self.graph.inputs), set(self.graph.outputs)
+        for value in self.spaces[s].values:
+            if value in inputs or value in outputs:
+                return "a graph input or output"
+            nodes = [use.node for use in value.uses()]
+            producer = value.producer()
+            if producer is not None:
+                nodes.append(producer)
+            for node in nodes:
+                kind = self.rules.get(node)
+                if kind not in _ORDER_FREE:
+                    return f"{node.op_type} {node.name!r} " + ("has no rule" if kind is None else "ties channels")
+                if kind == "conv" and _attr_int(node, "group", 1) > 1:
+                    return f"grouped conv {node.name!r}"
+        return None
 
     @property
     def total_removed(self) -> int:

@@ -9,11 +9,17 @@ Which channels go is decided by `DeadChannelAnalysis` (see `channels.py` for the
 - per-channel parameters: BatchNorm γ/β/μ/σ², constant operands of elementwise ops (broadcast along channels).
 - shape constants: Reshape targets and Split sizes.
 Then every intermediate shape is re-inferred.
+
+2:4 weights: removing input channels shifts the groups of 4 along the reduction axis. Where a weight was 2:4 and
+its kept channels no longer are in place, the kept channels of its space are reordered — producers' rows,
+per-channel parameters and every reader's columns alike, which changes nothing computed — so that every group of 4
+is valid again (`permutation.restore_order`); what cannot be restored is reported with the reason.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import onnx_ir as ir
@@ -25,13 +31,17 @@ from sparsecut.passes.channels import (
     _attr_ints,
     _shape_element,
     _slice_bounds,
+    _source_name,
     constant_array,
     weight_array,
 )
 from sparsecut.passes.constants import FoldConstantsPass
+from sparsecut.passes.permutation import restore_order
+from sparsecut.passes.two_four import two_four_violations
+from sparsecut.report import TwoFourRestore
 from sparsecut.shapes import infer_shapes
 
-__all__ = ["RemoveDeadChannelsPass"]
+__all__ = ["RemoveDeadChannelsPass", "reduction_matrix", "rewrite_channels"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,7 @@ class RemoveDeadChannelsPass(ir.passes.InPlacePass):
         self.align = align
         self.enabled_groups = enabled_groups
         self.analysis: DeadChannelAnalysis | None = None
+        self.two_four: list[TwoFourRestore] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = FoldConstantsPass()(model).modified  # weights and biases must be plain constants to be read
@@ -52,7 +63,8 @@ class RemoveDeadChannelsPass(ir.passes.InPlacePass):
         self.analysis = analysis
         if analysis.total_removed == 0:
             return ir.passes.PassResult(model, modified=folded)
-        _Rewriter(model, analysis).run()
+        self.two_four = plan_two_four_restores(analysis)
+        rewrite_channels(model, analysis)
         # Every tensor whose channel count changed is in a space: set its new shape exactly, rather than forget
         # shapes and hope inference finds them again (it cannot see through computed Reshape targets).
         for value, axis in analysis.axis.items():
@@ -62,6 +74,74 @@ class RemoveDeadChannelsPass(ir.passes.InPlacePass):
                 value.shape = ir.Shape(dims)
         log.info("removed %d channels", analysis.total_removed)
         return ir.passes.PassResult(model, modified=True)
+
+
+def plan_two_four_restores(analysis: DeadChannelAnalysis) -> list[TwoFourRestore]:
+    """For every space losing channels that a 2:4 weight reduces over: when the kept channels no longer form
+    valid groups of 4 in place, search an order that does (`permutation.restore_order`) and record it in
+    `analysis.orders`. One order serves every reader of the space, so their patterns are searched together."""
+    reports = []
+    for s, space in enumerate(analysis.spaces):
+        if not space.values or not analysis.has_removals(space.values[0]):
+            continue
+        patterns, names = [], []
+        for node in analysis.readers(s):
+            matrix = reduction_matrix(node, analysis)
+            if matrix is None:
+                continue
+            full, kept_rows = matrix
+            if full.shape[0] >= 4 and two_four_violations(full, 0)[0] == 0.0:
+                patterns.append(kept_rows != 0)
+                names.append(_source_name(node.inputs[1]))  # type: ignore[arg-type]
+        if not patterns:
+            continue
+        start = time.perf_counter()
+        removed = analysis.removed(space.values[0])
+        pattern = np.concatenate(patterns, axis=1)
+        natural = np.flatnonzero(~removed)
+        if two_four_violations(pattern[natural], 0)[0] == 0.0:
+            continue  # still 2:4 in place: nothing was lost
+        reason = analysis.why_not_permutable(s)
+        order = restore_order(pattern, removed) if reason is None else None
+        if reason is None and order is None:
+            reason = "no order of the kept channels makes every group of 4 valid"
+        if order is not None:
+            analysis.orders[s] = order
+        reports.append(
+            TwoFourRestore(
+                weights=names,
+                channels_before=space.count,
+                channels_after=len(natural),
+                restored=order is not None,
+                reordered=order is not None and not np.array_equal(order, natural),
+                reason=reason,
+                seconds=time.perf_counter() - start,
+            )
+        )
+        if order is None:
+            log.warning("2:4 of %s lost to channel removal: %s", ", ".join(names), reason)
+    return reports
+
+
+def reduction_matrix(node: ir.Node, analysis: DeadChannelAnalysis) -> tuple[np.ndarray, np.ndarray] | None:
+    """A reader's weight as [input channel, row] — all rows, and the rows of the outputs that stay."""
+    weight = weight_array(node.inputs[1]) if node.inputs[1] is not None else None
+    if weight is None:
+        return None
+    kind = analysis.rules[node]
+    if kind == "conv":
+        full = np.moveaxis(weight, 1, 0)  # [C, K, R, S]
+    elif kind == "gemm":
+        full = weight if _attr_int(node, "transB", 0) == 0 else weight.T  # [K, N]
+    else:
+        full = weight
+    kept_out = analysis.kept(node.outputs[0])
+    return full.reshape(full.shape[0], -1), full[:, kept_out].reshape(full.shape[0], -1)
+
+
+def rewrite_channels(model: ir.Model, analysis: DeadChannelAnalysis) -> None:
+    """Drop the removable channels of `analysis` and put the kept ones in `analysis.orders`, in every tensor."""
+    _Rewriter(model, analysis).run()
 
 
 class _Rewriter:
@@ -74,7 +154,7 @@ class _Rewriter:
     def run(self) -> None:
         for node in list(self.graph):
             kind = self.a.rules.get(node)
-            touched = any(self.a.has_removals(v) for v in (*node.inputs, *node.outputs))
+            touched = any(self.a.changed(v) for v in (*node.inputs, *node.outputs))
             if not touched or kind is None:
                 continue
             handler = getattr(self, f"_{kind}", None)
@@ -98,9 +178,12 @@ class _Rewriter:
             for g in range(groups):
                 rows = slice(g * rows_per_group, (g + 1) * rows_per_group)
                 bias[rows] += w_sum[rows][:, removed[g]] @ const[g][removed[g]]
-            weight = np.concatenate(
-                [weight[g * rows_per_group : (g + 1) * rows_per_group][:, ~removed[g]] for g in range(groups)]
-            )
+            if groups > 1:
+                weight = np.concatenate(
+                    [weight[g * rows_per_group : (g + 1) * rows_per_group][:, ~removed[g]] for g in range(groups)]
+                )
+        if groups == 1 and self.a.changed(x):
+            weight = weight[:, self.a.kept(x)]  # in the new order (a grouped conv's channels are never reordered)
         kept = self.a.kept(y)
         self._set_constant(node, 1, weight[kept])
         self._set_bias(node, 2, bias[kept], weight.dtype)
@@ -129,7 +212,7 @@ class _Rewriter:
             removed = self.a.removed(a)
             const = np.where(self.a.live[a], 0.0, self.a.const[a])
             c += alpha * (const[removed] @ b[removed].astype(np.float64)) / beta
-            b = b[~removed]
+        b = b[self.a.kept(a)] if self.a.changed(a) else b
         kept = self.a.kept(y)
         b = b[:, kept]
         self._set_constant(node, 1, b.T if trans_b else b)
@@ -150,7 +233,7 @@ class _Rewriter:
                 bias = constant_array(add.inputs[index])
                 assert bias is not None
                 self._set_constant(add, index, (bias.astype(np.float64) + shift).astype(bias.dtype))
-            b = b[~removed]
+        b = b[self.a.kept(a)] if self.a.changed(a) else b
         self._set_constant(node, 1, b[:, self.a.kept(y)])
 
     def _batchnorm(self, node: ir.Node) -> None:
@@ -162,7 +245,7 @@ class _Rewriter:
 
     def _elementwise(self, node: ir.Node) -> None:
         y = node.outputs[0]
-        if not self.a.has_removals(y) or y.shape is None:
+        if not self.a.changed(y) or y.shape is None:
             return
         axis, count, kept = self.a.axis[y], self.a.spaces[self.a.space_of[y]].count, self.a.kept(y)
         rank = len(y.shape)

@@ -30,6 +30,7 @@ from sparsecut.passes.constants import FoldConstantsPass
 from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
 from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
 from sparsecut.passes.fold_batchnorm import FoldBatchNormPass
+from sparsecut.passes.permute_two_four import PermuteForTwoFourPass
 from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionOptions, convert_precision
 from sparsecut.passes.two_four import AnnotateTwoFourPass
 from sparsecut.report import EnforcedLayer, ModelCost, OptimizeReport, OutputCheck, PassReport
@@ -63,6 +64,7 @@ class OptimizeOptions:
     precision: str = "fp32"  # fp16 / int8: converted after the gate, drift reported (see precision.py)
     enforce_2to4: bool = False  # after the gate: changes the model (see enforce_two_four.py)
     min_channels: int = 64
+    permutation_budget: float = 0.5  # seconds per channel space for enforce-2to4's reorder search; 0 turns it off
     calibration: Path | None = None
 
 
@@ -101,7 +103,10 @@ def _pass_report(name: str, step: ir.passes.PassBase, modified: bool, seconds: f
         groups = analysis.group_reports()
         dead = sum(g.dead for g in groups)
         summary = f"{analysis.total_removed} channel(s) removed of {dead} dead, in {sum(1 for g in groups if g.channels_after < g.channels_before)} group(s)"
-        return PassReport(name, modified, seconds, summary, groups, dict(analysis.barriers))
+        restored = [r for r in step.two_four if r.restored]
+        if step.two_four:
+            summary += f"; 2:4 kept by reordering channels for {len(restored)} of {len(step.two_four)} weight group(s)"
+        return PassReport(name, modified, seconds, summary, groups, dict(analysis.barriers), two_four=step.two_four)
     if isinstance(step, AnnotateTwoFourPass):
         sparse = [layer for layer in step.layers if layer.is_2to4]
         summary = f"{len(sparse)} of {len(step.layers)} weight(s) are 2:4 along their reduction axis"
@@ -148,7 +153,7 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         current, precision = lossless, None
         enforced: list[EnforcedLayer] = []
         if options.enforce_2to4:  # the steps that change the numbers by design come after the gate
-            current, enforced = _enforce_two_four(current, _stage(Path(tmp), "sparse", output), options)
+            current, enforced = _enforce_two_four(current, Path(tmp), output, feeds, options)
         if options.precision != "fp32":
             converted = _stage(Path(tmp), "precision", output)
             precision = convert_precision(
@@ -207,14 +212,29 @@ def _transform(
     return feeds, before, after, reports, lost
 
 
-def _enforce_two_four(current: Path, staged: Path, options: OptimizeOptions) -> tuple[Path, list[EnforcedLayer]]:
-    enforcer = EnforceTwoFourPass(options.min_channels)
+def _enforce_two_four(
+    current: Path, folder: Path, output: Path, feeds: Feeds, options: OptimizeOptions
+) -> tuple[Path, list[EnforcedLayer]]:
+    """permute-2to4 (exact: checked like any lossless step), then enforce-2to4 (changes the model by design)."""
     model = load_model(current)
     external = reads_external_data(model) or None
+    permuter = PermuteForTwoFourPass(options.min_channels, options.permutation_budget, options.seed)
+    if permuter(model).modified and options.verify:
+        permuted = _stage(folder, "permuted", output)
+        save_model(model, permuted, external_data=external)
+        checks = _compare_files(current, permuted, feeds, options)
+        if not all(c.passed for c in checks):
+            worst = max(checks, key=lambda c: c.max_rel_error)
+            raise VerificationError(
+                f"{output}: not written: the channel reorder for 2:4 changed the outputs "
+                f"(max abs {worst.max_abs_error:.3g}, rel {worst.max_rel_error:.3g}); this is a sparsecut bug"
+            )
+    enforcer = EnforceTwoFourPass(options.min_channels, permuter.before)
     enforcer(model)
     AnnotateTwoFourPass()(model)
     if not any(layer.pruned for layer in enforcer.layers):
         log.warning("--enforce-2to4: no layer is eligible (min channels %d); nothing pruned", options.min_channels)
+    staged = _stage(folder, "sparse", output)
     save_model(model, staged, external_data=external)
     return staged, enforcer.layers
 

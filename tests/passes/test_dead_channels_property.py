@@ -1,6 +1,7 @@
 """Property: on random architectures built from the blocks sparsecut must handle (residual, concat, depthwise,
-grouped, SE, BatchNorm, elementwise activations, Flatten→Gemm) with random zero and constant channels, `optimize`
-always passes its equivalence gate (rtol 1e-4, atol 1e-5, batch 1 and 2) and never makes the graph larger."""
+grouped, SE, BatchNorm, elementwise activations, Flatten→Gemm) with random zero and constant channels and random
+2:4 weights, `optimize` always passes its equivalence gate (rtol 1e-4, atol 1e-5, batch 1 and 2) — channel
+reorders for 2:4 included — never makes the graph larger, and every weight it says it kept 2:4 is 2:4."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sparsecut.passes.enforce_two_four import two_four_mask
 from tests.passes.graphs import GraphBuilder, optimize
 
 ACTIVATIONS = ["Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Clip", None]
@@ -25,6 +27,9 @@ def architectures(draw: st.DrawFn) -> tuple[object, int]:
     def conv(x: str, cin: int, cout: int, kernel: int = 1, group: int = 1) -> str:
         dead = draw(st.lists(st.integers(0, cout - 1), unique=True, max_size=cout))
         w = g.weight(cout, cin // group, kernel, kernel, dead_rows=tuple(dead))
+        sparsity = draw(st.sampled_from(["dense", "2:4", "2:4+"])) if (cin // group) % 4 == 0 else "dense"
+        if sparsity != "dense":  # removal may break 2:4 and a reorder restore it; sparser weights leave more room
+            w *= two_four_mask(w, 1) & (g.rng.random(w.shape) < (1.0 if sparsity == "2:4" else 0.4))
         bias_kind = draw(st.sampled_from(["none", "zero", "random"]))
         bias = None if bias_kind == "none" else np.zeros(cout) if bias_kind == "zero" else g.rng.standard_normal(cout)
         return g.conv(x, w, bias, pad=kernel // 2, group=group)
@@ -90,6 +95,9 @@ def _check(example: tuple[object, int]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report, _ = optimize(Path(tmp), model, align=align)  # raises unless the gate passed
     assert report.after.params <= report.before.params
+    restored = {w for p in report.passes for r in p.two_four if r.restored for w in r.weights}
+    labels = {layer.weight: layer.is_2to4 for layer in report.passes[-1].sparsity}
+    assert all(labels[w] for w in restored)
     assert report.after.macs <= report.before.macs
 
 

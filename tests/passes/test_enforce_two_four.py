@@ -22,6 +22,7 @@ def test_eligible_layers_become_2to4_and_others_are_untouched(tmp_path):
     g = GraphBuilder(shape=(64, 4, 4))
     first = g.weight(64, 64, 3, 3)  # reads the graph input: skipped
     big = g.weight(64, 64, 1, 1)
+    big[:, :16] *= 4  # large inputs crowded into the same groups of 4: a channel reorder keeps more of them
     small = g.weight(8, 64, 1, 1)  # 8 outputs < 64 channels: skipped
     y = g.conv(g.op("Relu", [g.conv(g.op("Relu", [g.conv("x", first, pad=1)]), big)]), small)
     onnx.save(g.model(y), tmp_path / "in.onnx")
@@ -33,11 +34,31 @@ def test_eligible_layers_become_2to4_and_others_are_untouched(tmp_path):
     assert [by_name[n].pruned for n in names] == [False, True, False]
     assert by_name[first_name].skipped_because == "first conv (reads the graph input)"
     assert by_name[small_name].skipped_because == "fewer than 64 channels"
+    # the channels between first and big were reordered (first's rows, big's columns alike), nothing else changed
+    order = np.array([int(np.flatnonzero((first == row).all(axis=(1, 2, 3)))[0]) for row in saved[first_name]])
+    assert sorted(order.tolist()) == list(range(64)) and order.tolist() != list(range(64))
+    reordered = big[:, order]
+    np.testing.assert_array_equal(saved[big_name], np.where(two_four_mask(reordered, 1), reordered, 0))
     assert two_four_violations(saved[big_name], 1) == (0.0, False)
-    np.testing.assert_array_equal(saved[first_name], first)
     np.testing.assert_array_equal(saved[small_name], small)
-    assert 0.5 < by_name[big_name].magnitude_kept < 1.0
-    assert saved[big_name][two_four_mask(big, 1)].tolist() == big[two_four_mask(big, 1)].tolist()
+    layer = by_name[big_name]
+    assert layer.permutation == "reordered 64 channels"
+    assert 0.5 < layer.magnitude_kept_without_permutation < layer.magnitude_kept < 1.0
+    without = np.where(two_four_mask(big, 1), big, 0)
+    assert layer.magnitude_kept_without_permutation == pytest.approx(np.abs(without).sum() / np.abs(big).sum())
+
+
+def test_reorder_search_can_be_turned_off(tmp_path):
+    g = GraphBuilder(shape=(64, 4, 4))
+    first, big = g.weight(64, 64, 3, 3), g.weight(64, 64, 1, 1)
+    onnx.save(g.model(g.conv(g.op("Relu", [g.conv("x", first, pad=1)]), big)), tmp_path / "in.onnx")
+    options = OptimizeOptions(enforce_2to4=True, align=1, permutation_budget=0)
+    report = optimize_model(tmp_path / "in.onnx", tmp_path / "out.onnx", options)
+    saved = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "out.onnx")).graph.initializer]
+    np.testing.assert_array_equal(saved[0], first)
+    layer = report.enforced[1]
+    assert layer.permutation == "channels stay in place: search off"
+    assert layer.magnitude_kept == pytest.approx(layer.magnitude_kept_without_permutation, rel=1e-6)  # f32 vs f64 sums
 
 
 def test_nothing_eligible_warns_and_succeeds(tmp_path, caplog):
