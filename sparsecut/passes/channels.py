@@ -116,8 +116,15 @@ class DeadChannelAnalysis:
         self.barriers: dict[str, int] = {}
         self.matmul_bias: dict[ir.Node, ir.Node] = {}
         self.grouped_convs: list[ir.Node] = []
+        self._weights: dict[ir.Value, np.ndarray | None] = {}
         self._run()
         self._resolve(enabled_groups)
+
+    def weight(self, value: ir.Value) -> np.ndarray | None:
+        """`weight_array(value)`, read once (a TensorProto → numpy conversion is not free at 15k nodes)."""
+        if value not in self._weights:
+            self._weights[value] = weight_array(value)
+        return self._weights[value]
 
     # ------------------------------------------------------------------------------------------ space bookkeeping
     def _new_space(self, count: int) -> int:
@@ -309,7 +316,7 @@ class DeadChannelAnalysis:
     def _conv(self, node: ir.Node) -> str | None:
         x, w_value = node.inputs[0], node.inputs[1]
         y = node.outputs[0]
-        weight = weight_array(w_value) if w_value is not None else None
+        weight = self.weight(w_value) if w_value is not None else None
         if x is None or weight is None or weight.ndim < 3 or not self._ensure(x, 1):
             return None
         bias = _bias(node, 2, weight.shape[0])
@@ -356,7 +363,7 @@ class DeadChannelAnalysis:
         a, y = node.inputs[0], node.outputs[0]
         if a is None or len(node.inputs) < 2 or node.inputs[1] is None or _attr_int(node, "transA", 0):
             return None
-        b = weight_array(node.inputs[1])
+        b = self.weight(node.inputs[1])
         if b is None or b.ndim != 2 or not self._ensure(a, 1):
             return None
         b = b.T if _attr_int(node, "transB", 0) else b  # [K, N]
@@ -376,7 +383,7 @@ class DeadChannelAnalysis:
         a, b_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
         if a is None or b_value is None or y.shape is None or a.shape is None:
             return None
-        b = weight_array(b_value)
+        b = self.weight(b_value)
         if b is None or b.ndim != 2 or constant_array(a) is not None or not self._ensure(a, -1):
             return None
         if self._spaces[self.space_of[a]].count != b.shape[0] or self._count(y, -1) != b.shape[1]:
@@ -694,7 +701,7 @@ class DeadChannelAnalysis:
         return needed
 
     def _needed_by_sink(self, node: ir.Node, kind: str, needed_out: np.ndarray) -> np.ndarray:
-        weight = weight_array(node.inputs[1])  # type: ignore[arg-type]
+        weight = self.weight(node.inputs[1])  # type: ignore[arg-type]
         assert weight is not None
         if kind == "conv":
             groups = _attr_int(node, "group", 1)
@@ -712,8 +719,14 @@ class DeadChannelAnalysis:
 
     def _check_removability(self) -> None:
         self.needed = self._needed()
+        live_in: dict[int, np.ndarray] = {}  # per space: LIVE (and needed) in some tensor of it
         for value, s in self.space_of.items():
             live = self.live[value] & self.needed[value]
+            if s in live_in:
+                live_in[s] |= live
+            else:
+                live_in[s] = live
+        for s, live in live_in.items():
             if live.any():
                 self._add_reason(s, live, "live")
         for value, node, kind in self._sinks:
@@ -726,10 +739,13 @@ class DeadChannelAnalysis:
                 self._add_reason(self.space_of[value], nonzero, f"constant read by MatMul {node.name!r} with no bias")
 
     def _components(self) -> None:
+        total = int(self.offsets[-1])
+        if not self._maps:  # no Concat/Split/Flatten: every channel is its own component (and scipy stays unloaded)
+            self.n_components, self.label = total, np.arange(total)
+            return
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        total = int(self.offsets[-1])
         rows = [np.zeros(0, np.int64)]
         cols = [np.zeros(0, np.int64)]
         for a, ia, b, ib in self._maps:

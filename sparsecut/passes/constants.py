@@ -17,7 +17,20 @@ def _keep_weight_transposes(node: ir.Node) -> bool | None:
     return None
 
 
+# ops onnxscript folds from static shapes alone, even when their input is computed
+_SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape"})
+
+
 class FoldConstantsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if not any(_foldable(node) for node in model.graph):
+            return ir.passes.PassResult(model, modified=False)  # the folder visits every node: 0.1 s at 15k
         result = fold_constants(model, should_fold=_keep_weight_transposes)
         return ir.passes.PassResult(model, modified=bool(result.modified))
+
+
+def _foldable(node: ir.Node) -> bool:
+    if node.op_type in _SHAPE_OPS or node.op_type == "Constant":
+        return True
+    inputs = [v for v in node.inputs if v is not None]
+    return bool(inputs) and all(v.const_value is not None for v in inputs) and _keep_weight_transposes(node) is None

@@ -33,7 +33,6 @@ from sparsecut.passes.channels import (
     _slice_bounds,
     _source_name,
     constant_array,
-    weight_array,
 )
 from sparsecut.passes.constants import FoldConstantsPass
 from sparsecut.passes.permutation import restore_order
@@ -49,15 +48,16 @@ log = logging.getLogger(__name__)
 class RemoveDeadChannelsPass(ir.passes.InPlacePass):
     """Remove dead channels (zero, or constant where every consumer absorbs the constant exactly)."""
 
-    def __init__(self, align: int = 8, enabled_groups: set[int] | None = None) -> None:
+    def __init__(self, align: int = 8, enabled_groups: set[int] | None = None, fold: bool = True) -> None:
         super().__init__()
         self.align = align
         self.enabled_groups = enabled_groups
+        self.fold = fold  # False when fold-constants just ran
         self.analysis: DeadChannelAnalysis | None = None
         self.two_four: list[TwoFourRestore] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        folded = FoldConstantsPass()(model).modified  # weights and biases must be plain constants to be read
+        folded = self.fold and FoldConstantsPass()(model).modified  # weights and biases must be constants to be read
         infer_shapes(model)
         analysis = DeadChannelAnalysis(model, self.align, self.enabled_groups)
         self.analysis = analysis
@@ -90,6 +90,8 @@ def plan_two_four_restores(analysis: DeadChannelAnalysis) -> list[TwoFourRestore
             if matrix is None:
                 continue
             full, kept_rows = matrix
+            if full.shape[0] % 4 == 0 and np.count_nonzero(full) > full.size // 2:
+                continue  # more than half nonzero, no padding: not 2:4 (the cheap test first)
             if full.shape[0] >= 4 and two_four_violations(full, 0)[0] == 0.0:
                 patterns.append(kept_rows != 0)
                 names.append(_source_name(node.inputs[1]))  # type: ignore[arg-type]
@@ -125,7 +127,7 @@ def plan_two_four_restores(analysis: DeadChannelAnalysis) -> list[TwoFourRestore
 
 def reduction_matrix(node: ir.Node, analysis: DeadChannelAnalysis) -> tuple[np.ndarray, np.ndarray] | None:
     """A reader's weight as [input channel, row] — all rows, and the rows of the outputs that stay."""
-    weight = weight_array(node.inputs[1]) if node.inputs[1] is not None else None
+    weight = analysis.weight(node.inputs[1]) if node.inputs[1] is not None else None
     if weight is None:
         return None
     kind = analysis.rules[node]
@@ -165,7 +167,7 @@ class _Rewriter:
     def _conv(self, node: ir.Node) -> None:
         x, y = node.inputs[0], node.outputs[0]
         assert x is not None and node.inputs[1] is not None
-        weight = weight_array(node.inputs[1])
+        weight = self.a.weight(node.inputs[1])
         assert weight is not None
         groups = _attr_int(node, "group", 1)
         out_ch, per_group = weight.shape[:2]
@@ -191,7 +193,7 @@ class _Rewriter:
     def _depthwise(self, node: ir.Node) -> None:
         y = node.outputs[0]
         assert node.inputs[1] is not None
-        weight = weight_array(node.inputs[1])
+        weight = self.a.weight(node.inputs[1])
         assert weight is not None
         bias = self._bias(node, 2, weight.shape[0])
         kept = self.a.kept(y)
@@ -203,7 +205,7 @@ class _Rewriter:
         a, y = node.inputs[0], node.outputs[0]
         assert a is not None and node.inputs[1] is not None
         trans_b = _attr_int(node, "transB", 0)
-        b = weight_array(node.inputs[1])
+        b = self.a.weight(node.inputs[1])
         assert b is not None
         b = b.T if trans_b else b  # [K, N]
         alpha, beta = _attr_float(node, "alpha", 1.0), _attr_float(node, "beta", 1.0)
@@ -221,7 +223,7 @@ class _Rewriter:
     def _matmul(self, node: ir.Node) -> None:
         a, y = node.inputs[0], node.outputs[0]
         assert a is not None and node.inputs[1] is not None
-        b = weight_array(node.inputs[1])
+        b = self.a.weight(node.inputs[1])
         assert b is not None
         if self.a.has_removals(a):
             removed = self.a.removed(a)
@@ -330,8 +332,8 @@ class _Rewriter:
         array = np.ascontiguousarray(array)
         value = node.inputs[index]
         if value is not None and _only_user(value, node) and value.const_value is not None and value.is_initializer():
-            value.const_value = ir.tensor(array, name=value.name)
-            value.shape = ir.Shape(array.shape)
+            value.const_value = ir.Tensor(array, name=value.name)
+            value.shape = value.const_value.shape  # the tensor's own (frozen) shape: one Shape built, not two
             return
         producer = value.producer() if value is not None else None
         if value is not None and producer is not None and producer.op_type == "Transpose" and _only_user(value, node):
@@ -344,15 +346,15 @@ class _Rewriter:
             ):
                 perm = _attr_ints(producer, "perm") or list(reversed(range(array.ndim)))
                 stored = np.ascontiguousarray(np.transpose(array, np.argsort(perm)))
-                inner.const_value = ir.tensor(stored, name=inner.name)
-                inner.shape = ir.Shape(stored.shape)
+                inner.const_value = ir.Tensor(stored, name=inner.name)
+                inner.shape = inner.const_value.shape
                 return
         base = value.name if value is not None and value.name else f"{node.name or node.op_type}_input{index}"
         name = self._unique(f"{base}_lean")
         fresh = ir.Value(
             name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype))
         )
-        fresh.const_value = ir.tensor(array, name=name)
+        fresh.const_value = ir.Tensor(array, name=name)
         self.graph.register_initializer(fresh)
         node.replace_input_with(index, fresh)
 

@@ -84,7 +84,7 @@ class EnforceTwoFourPass(ir.passes.InPlacePass):
             total = float(np.abs(weight).sum())
             kept = float(np.abs(pruned).sum()) / total if total else 1.0
             without, permutation = self.before.get(name, (kept, "not searched"))
-            source.const_value = ir.tensor(pruned, name=source.name)
+            source.const_value = ir.Tensor(pruned, name=source.name)
             done.add(source)
             self.layers.append(EnforcedLayer(node.name or node.op_type, name, True, kept, None, without, permutation))
         return ir.passes.PassResult(model, modified=bool(done))

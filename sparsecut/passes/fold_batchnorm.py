@@ -22,6 +22,8 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         self.folded = 0
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if not any(node.op_type == "BatchNormalization" for node in model.graph):
+            return ir.passes.PassResult(model, modified=False)
         FoldConstantsPass()(model)  # a dynamo-exported conv without bias gets a computed zero bias: make it constant
         # fresh rule objects each time: onnxscript's module-level rules keep their last match, and with it the whole
         # graph and its weights, alive after the pass

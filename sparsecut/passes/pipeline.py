@@ -8,9 +8,11 @@ by bisecting over the groups applied).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import gc
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +52,8 @@ PASSES: dict[str, str] = {
 DEFAULT_PASSES = ("fold-constants", "fold-batchnorm", "remove-dead-channels", "cleanup", "annotate-2to4")
 METADATA_PREFIX = "pkg.sparsecut."
 LARGE_MODEL_PARAMS = 64_000_000  # ≈ 256 MB of fp32 weights
+PARALLEL_GATE_BYTES = 256 << 20  # below, the gate runs both graphs at once
+Reference = concurrent.futures.Future  # the input graph's outputs on the gate's feeds, computed in the background
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +79,16 @@ def _parse_passes(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
-def _make_pass(name: str, options: OptimizeOptions, enabled_groups: set[int] | None = None) -> ir.passes.PassBase:
+def _make_pass(
+    name: str, options: OptimizeOptions, enabled_groups: set[int] | None = None, folded: bool = False
+) -> ir.passes.PassBase:
+    """`folded`: fold-constants ran earlier in this pipeline (remove-dead-channels need not fold again)."""
     if name == "fold-constants":
         return FoldConstantsPass()
     if name == "fold-batchnorm":
         return FoldBatchNormPass()
     if name == "remove-dead-channels":
-        return RemoveDeadChannelsPass(options.align, enabled_groups)
+        return RemoveDeadChannelsPass(options.align, enabled_groups, fold=not folded)
     if name == "annotate-2to4":
         return AnnotateTwoFourPass()
     return CleanupPass()
@@ -89,8 +96,8 @@ def _make_pass(name: str, options: OptimizeOptions, enabled_groups: set[int] | N
 
 def _run_passes(model: ir.Model, names: Sequence[str], options: OptimizeOptions) -> list[PassReport]:
     reports = []
-    for name in names:
-        step = _make_pass(name, options)
+    for index, name in enumerate(names):
+        step = _make_pass(name, options, folded="fold-constants" in names[:index])
         start = time.perf_counter()
         result = step(model)
         reports.append(_pass_report(name, step, result.modified, time.perf_counter() - start))
@@ -117,7 +124,7 @@ def _pass_report(name: str, step: ir.passes.PassBase, modified: bool, seconds: f
 
 
 def _load_checked(path: Path) -> ir.Model:
-    model = load_model(path)
+    model = load_model(path, infer_shapes=True)
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
@@ -138,14 +145,17 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     if options.precision not in ("fp32", "fp16", "int8"):
         raise GraphError(f"unknown --precision {options.precision!r}; known: fp32, fp16, int8")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
         lossless = _stage(Path(tmp), "lossless", output)
-        feeds, before, after, reports, lost = _transform(source, lossless, names, options)
+        feeds, before, after, reports, lost, reference = _transform(source, lossless, names, options, pool)
         if before.params > LARGE_MODEL_PARAMS:  # onnx-ir graphs hold reference cycles: free big weights before
             gc.collect()  # the gate loads its own copy (a full collection costs ~0.5 s, so only where it pays)
         checks: list[OutputCheck] = []
         if options.verify:
-            checks = _compare_files(source, lossless, feeds, options)
+            checks = _compare_files(source, lossless, feeds, options, reference)
             if not all(c.passed for c in checks):
                 raise VerificationError(_diagnose(source, output, names, feeds, options, checks))
         else:
@@ -185,9 +195,12 @@ def _stage(folder: Path, step: str, output: Path) -> Path:
 
 
 def _transform(
-    source: Path, staged: Path, names: list[str], options: OptimizeOptions
-) -> tuple[Feeds, ModelCost, ModelCost, list[PassReport], list[str]]:
-    """Load, run the lossless passes, write `staged`. The graph is local: it is gone when this returns."""
+    source: Path, staged: Path, names: list[str], options: OptimizeOptions, pool: concurrent.futures.Executor
+) -> tuple[Feeds, ModelCost, ModelCost, list[PassReport], list[str], Reference | None]:
+    """Load, run the lossless passes, write `staged`. The graph is local: it is gone when this returns.
+
+    For a small model the gate's reference outputs are computed in `pool` meanwhile (onnxruntime releases the
+    GIL); for a big one they wait, so that only one copy of the weights is in memory at a time."""
     model = _load_checked(source)
     external = reads_external_data(model) or None  # weights that came external stay external
     if options.precision == "int8" and QUANTIZED_OPS & {node.op_type for node in model.graph}:
@@ -195,6 +208,9 @@ def _transform(
             f"{source}: the model is already quantized (it has Q/DQ or integer ops); refusing to quantize twice"
         )
     feeds = gate_inputs(model, options, source)
+    reference = None
+    if options.verify and _file_bytes(source) <= PARALLEL_GATE_BYTES:
+        reference = pool.submit(_run, source, feeds)
     before = count_costs(model)
     sparse_before = _two_four_weights(model)
     reports = _run_passes(model, names, options)
@@ -209,7 +225,7 @@ def _transform(
     verified = f"rtol={options.rtol:g},atol={options.atol:g}" if options.verify else "no (--no-verify)"
     model.metadata_props[METADATA_PREFIX + "optimize.verified"] = verified
     save_model(model, staged, external_data=external)
-    return feeds, before, after, reports, lost
+    return feeds, before, after, reports, lost, reference
 
 
 def _enforce_two_four(
@@ -248,6 +264,8 @@ def _two_four_weights(model: ir.Model) -> set[str]:
         found = _reduction_weight(node)
         if found is None or not found[0].name or found[1].shape[found[2]] < 4:
             continue  # a reduction shorter than one group is trivially "2:4": not worth tracking
+        if found[1].shape[found[2]] % 4 == 0 and np.count_nonzero(found[1]) > found[1].size // 2:
+            continue  # more than half nonzero and no padding: some group of 4 has 3 (the cheap test first)
         if two_four_violations(found[1], found[2])[0] == 0.0:
             names.add(found[0].name)
     return names
@@ -381,8 +399,32 @@ def _checks(
     ]
 
 
-def _compare_files(source: Path, staged: Path, feeds: Feeds, options: OptimizeOptions) -> list[OutputCheck]:
-    return _checks(_run(source, feeds), _run(staged, feeds), feeds, options)
+def _compare_files(
+    source: Path, staged: Path, feeds: Feeds, options: OptimizeOptions, reference: Reference | None = None
+) -> list[OutputCheck]:
+    """Both graphs at once in two threads (onnxruntime releases the GIL) when they are small; one after the other
+    when they are big, so that only one model's weights are in memory at a time. `reference`: the source's
+    outputs, already on their way."""
+    if reference is not None:
+        return _checks(reference.result(), _run(staged, feeds), feeds, options)
+    if max(_file_bytes(source), _file_bytes(staged)) > PARALLEL_GATE_BYTES:
+        return _checks(_run(source, feeds), _run(staged, feeds), feeds, options)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        reference, candidate = pool.submit(_run, source, feeds), pool.submit(_run, staged, feeds)
+        return _checks(reference.result(), candidate.result(), feeds, options)
+
+
+def _file_bytes(path: Path) -> int:
+    """Bytes of the model's weights, external data included (the graph file alone is read to count them)."""
+    size = path.stat().st_size
+    if size > PARALLEL_GATE_BYTES:
+        return size
+    proto = onnx.load(str(path), load_external_data=False)
+    return size + sum(
+        math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        for t in proto.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    )
 
 
 def _diagnose(
