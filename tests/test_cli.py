@@ -138,3 +138,32 @@ def test_verbose_shows_traceback(tmp_path, capsys):
 def test_usage_error_exit_code(capsys):
     code, _, _ = _run(capsys, "export")
     assert code == 2
+
+
+def test_optimize_says_which_weights_kept_2to4_by_a_reorder_and_which_lost_it(tmp_path, capsys):
+    import onnx
+
+    from tests.passes.graphs import GraphBuilder
+    from tests.passes.test_permutation import DEAD, _consumer
+
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(16, 4, 1, 1, dead_rows=DEAD))])
+    onnx.save(g.model(g.conv(h, _consumer())), tmp_path / "restorable.onnx")
+    code, stdout, _ = _run(capsys, "optimize", str(tmp_path / "restorable.onnx"), "-o", str(tmp_path / "a.onnx"))
+    assert code == 0
+    assert "2:4 kept by reordering channels (outputs unchanged) for 1 weight(s): w6" in " ".join(stdout.split())
+
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(16, 4, 1, 1, dead_rows=DEAD))])
+    both = g.op("Concat", [h, g.op("Relu", [g.conv("x", g.weight(4, 4, 1, 1))])], axis=1)
+    consumer = torch.zeros(2, 20, 1, 1).numpy()
+    consumer[:, :16] = _consumer()
+    consumer[0, [16, 18]], consumer[1, [17, 19]] = 1.0, 1.0
+    onnx.save(g.model(g.conv(both, consumer)), tmp_path / "tied.onnx")
+    code, stdout, _ = _run(
+        capsys, "optimize", str(tmp_path / "tied.onnx"), "-o", str(tmp_path / "b.onnx"), "--align", "1"
+    )
+    assert code == 0
+    flat = " ".join(stdout.split())
+    assert "1 weight(s) were 2:4 in the input and lost it to channel removal:" in flat
+    assert "w13: coupled to other channels by Concat/Split/Slice/Flatten" in flat
