@@ -121,10 +121,14 @@ class DeadChannelAnalysis:
         self._resolve(enabled_groups)
 
     def weight(self, value: ir.Value) -> np.ndarray | None:
-        """`weight_array(value)`, read once (a TensorProto → numpy conversion is not free at 15k nodes)."""
-        if value not in self._weights:
-            self._weights[value] = weight_array(value)
-        return self._weights[value]
+        """`weight_array(value)`, small ones read once (a TensorProto → numpy conversion is not free at 15k
+        nodes); big ones are read each time, so that no memory-mapped weight stays resident for the whole pass."""
+        if value in self._weights:
+            return self._weights[value]
+        array = weight_array(value)
+        if array is None or array.nbytes <= 1 << 20:
+            self._weights[value] = array
+        return array
 
     # ------------------------------------------------------------------------------------------ space bookkeeping
     def _new_space(self, count: int) -> int:
