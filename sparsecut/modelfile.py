@@ -32,6 +32,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+INFER_AT_LOAD_BYTES = 256 << 20
+
 # protobuf cannot serialize a message over 2 GiB; stay clear of it with some headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 
@@ -152,7 +154,8 @@ def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
 
     With `infer_shapes`, onnx's C++ shape inference runs on the protobuf as read, before onnx-ir builds its graph:
     the same shapes as `shapes.infer_shapes` later, without serializing the graph back out of Python (0.9 s of
-    the 15k-node benchmark)."""
+    the 15k-node benchmark). Not for a file whose weights are inside it and big: the C++ call copies the whole
+    message; `shapes.infer_shapes` (which leaves weights out) does it later instead."""
     path = Path(path)
     if not path.exists():
         raise GraphError(f"{path}: no such file")
@@ -162,7 +165,7 @@ def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
         proto = onnx.load(str(path), load_external_data=False)  # external data stays on disk, memory-mapped later
     except Exception as exc:  # protobuf's DecodeError and friends: the file is not an ONNX model
         raise GraphError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
-    if infer_shapes:
+    if infer_shapes and path.stat().st_size <= INFER_AT_LOAD_BYTES:
         try:
             proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
         except Exception as exc:
