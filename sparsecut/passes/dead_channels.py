@@ -36,7 +36,7 @@ from sparsecut.passes.channels import (
 )
 from sparsecut.passes.constants import FoldConstantsPass
 from sparsecut.passes.permutation import restore_order
-from sparsecut.passes.two_four import two_four_violations
+from sparsecut.passes.two_four import is_two_four, two_four_violations
 from sparsecut.report import TwoFourRestore
 from sparsecut.shapes import infer_shapes
 
@@ -90,9 +90,7 @@ def plan_two_four_restores(analysis: DeadChannelAnalysis) -> list[TwoFourRestore
             if matrix is None:
                 continue
             full, kept_rows = matrix
-            if full.shape[0] % 4 == 0 and np.count_nonzero(full) > full.size // 2:
-                continue  # more than half nonzero, no padding: not 2:4 (the cheap test first)
-            if full.shape[0] >= 4 and two_four_violations(full, 0)[0] == 0.0:
+            if is_two_four(full, 0):
                 patterns.append(kept_rows != 0)
                 names.append(_source_name(node.inputs[1]))  # type: ignore[arg-type]
         if not patterns:

@@ -18,7 +18,7 @@ from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.dead_channels import reduction_matrix, rewrite_channels
 from sparsecut.passes.enforce_two_four import ineligible_because
 from sparsecut.passes.permutation import kept_magnitude, search_order
-from sparsecut.passes.two_four import _reduction_weight, two_four_violations
+from sparsecut.passes.two_four import _reduction_weight, is_two_four
 from sparsecut.shapes import infer_shapes
 
 __all__ = ["PermuteForTwoFourPass"]
@@ -72,4 +72,4 @@ class PermuteForTwoFourPass(ir.passes.InPlacePass):
 
 def _is_two_four(node: ir.Node, analysis: DeadChannelAnalysis) -> bool:
     matrix = reduction_matrix(node, analysis)
-    return matrix is not None and matrix[0].shape[0] >= 4 and two_four_violations(matrix[0], 0)[0] == 0.0
+    return matrix is not None and is_two_four(matrix[0], 0)

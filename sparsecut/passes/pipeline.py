@@ -12,7 +12,6 @@ import concurrent.futures
 import dataclasses
 import gc
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,14 @@ import onnx_ir as ir
 from sparsecut.checking import checking_session, compare_outputs
 from sparsecut.cost import count_costs
 from sparsecut.errors import GraphError, VerificationError
-from sparsecut.modelfile import check_output_path, load_model, publish, reads_external_data, save_model
+from sparsecut.modelfile import (
+    check_output_path,
+    initializer_bytes,
+    load_model,
+    publish,
+    reads_external_data,
+    save_model,
+)
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.cleanup import CleanupPass
 from sparsecut.passes.constants import FoldConstantsPass
@@ -52,7 +58,7 @@ PASSES: dict[str, str] = {
 DEFAULT_PASSES = ("fold-constants", "fold-batchnorm", "remove-dead-channels", "cleanup", "annotate-2to4")
 METADATA_PREFIX = "pkg.sparsecut."
 LARGE_MODEL_PARAMS = 64_000_000  # ≈ 256 MB of fp32 weights
-PARALLEL_GATE_BYTES = 256 << 20  # below, the gate runs both graphs at once
+PARALLEL_GATE_BYTES = 256 << 20  # weights up to this size: the gate runs both graphs at once
 Reference = concurrent.futures.Future  # the input graph's outputs on the gate's feeds, computed in the background
 
 
@@ -209,7 +215,7 @@ def _transform(
         )
     feeds = gate_inputs(model, options, source)
     reference = None
-    if options.verify and _file_bytes(source) <= PARALLEL_GATE_BYTES:
+    if options.verify and initializer_bytes(model) <= PARALLEL_GATE_BYTES:
         reference = pool.submit(_run, source, feeds)
     before = count_costs(model)
     sparse_before = _two_four_weights(model)
@@ -238,7 +244,9 @@ def _enforce_two_four(
     if permuter(model).modified and options.verify:
         permuted = _stage(folder, "permuted", output)
         save_model(model, permuted, external_data=external)
-        checks = _compare_files(current, permuted, feeds, options)
+        checks = _compare_files(
+            current, permuted, feeds, options, parallel=initializer_bytes(model) <= PARALLEL_GATE_BYTES
+        )
         if not all(c.passed for c in checks):
             worst = max(checks, key=lambda c: c.max_rel_error)
             raise VerificationError(
@@ -257,16 +265,12 @@ def _enforce_two_four(
 
 def _two_four_weights(model: ir.Model) -> set[str]:
     """Names of the weights that are 2:4 along their reduction axis (changes nothing)."""
-    from sparsecut.passes.two_four import _reduction_weight, two_four_violations
+    from sparsecut.passes.two_four import _reduction_weight, is_two_four
 
     names = set()
     for node in model.graph:
         found = _reduction_weight(node)
-        if found is None or not found[0].name or found[1].shape[found[2]] < 4:
-            continue  # a reduction shorter than one group is trivially "2:4": not worth tracking
-        if found[1].shape[found[2]] % 4 == 0 and np.count_nonzero(found[1]) > found[1].size // 2:
-            continue  # more than half nonzero and no padding: some group of 4 has 3 (the cheap test first)
-        if two_four_violations(found[1], found[2])[0] == 0.0:
+        if found is not None and found[0].name and is_two_four(found[1], found[2]):
             names.add(found[0].name)
     return names
 
@@ -400,31 +404,23 @@ def _checks(
 
 
 def _compare_files(
-    source: Path, staged: Path, feeds: Feeds, options: OptimizeOptions, reference: Reference | None = None
+    source: Path,
+    staged: Path,
+    feeds: Feeds,
+    options: OptimizeOptions,
+    reference: Reference | None = None,
+    parallel: bool = False,
 ) -> list[OutputCheck]:
-    """Both graphs at once in two threads (onnxruntime releases the GIL) when they are small; one after the other
-    when they are big, so that only one model's weights are in memory at a time. `reference`: the source's
-    outputs, already on their way."""
+    """Run both graphs and compare. `reference`: the source's outputs, already on their way; `parallel`: both at
+    once in two threads (onnxruntime releases the GIL) — for small models only, so that a big one never has two
+    copies of its weights in memory."""
     if reference is not None:
         return _checks(reference.result(), _run(staged, feeds), feeds, options)
-    if max(_file_bytes(source), _file_bytes(staged)) > PARALLEL_GATE_BYTES:
+    if not parallel:
         return _checks(_run(source, feeds), _run(staged, feeds), feeds, options)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         reference, candidate = pool.submit(_run, source, feeds), pool.submit(_run, staged, feeds)
         return _checks(reference.result(), candidate.result(), feeds, options)
-
-
-def _file_bytes(path: Path) -> int:
-    """Bytes of the model's weights, external data included (the graph file alone is read to count them)."""
-    size = path.stat().st_size
-    if size > PARALLEL_GATE_BYTES:
-        return size
-    proto = onnx.load(str(path), load_external_data=False)
-    return size + sum(
-        math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        for t in proto.graph.initializer
-        if t.data_location == onnx.TensorProto.EXTERNAL
-    )
 
 
 def _diagnose(

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from sparsecut.passes.channels import constant_array
 from sparsecut.report import SparsityLayer
 
-__all__ = ["AnnotateTwoFourPass", "two_four_violations"]
+__all__ = ["AnnotateTwoFourPass", "is_two_four", "two_four_violations"]
 
 SPARSE_DOC = "SPARSE_2_4"
 METADATA_KEY = "pkg.sparsecut.sparsity"
@@ -37,6 +37,17 @@ def two_four_violations(weight: np.ndarray, axis: int) -> tuple[float, bool]:
     if groups.shape[0] == 0:
         return 0.0, padded
     return float(np.mean(groups.sum(axis=1) > 2)), padded
+
+
+def is_two_four(weight: np.ndarray, axis: int) -> bool:
+    """Whether `weight` is 2:4 along `axis` — and worth tracking: a reduction shorter than one group of 4 is
+    trivially "2:4" and does not count. More than half nonzero without padding is rejected without grouping."""
+    length = weight.shape[axis]
+    if length < 4:
+        return False
+    if length % 4 == 0 and np.count_nonzero(weight) > weight.size // 2:
+        return False  # some group of 4 holds 3 nonzeros
+    return two_four_violations(weight, axis)[0] == 0.0
 
 
 class AnnotateTwoFourPass(ir.passes.InPlacePass):
