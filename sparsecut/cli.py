@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
+import shutil
+import signal
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer._click.exceptions import MissingParameter, NoSuchOption, UsageError  # typer ships click inside
 
-from sparsecut.errors import SparsecutError, TargetError
+from sparsecut.errors import InputError, SparsecutError, TargetError
+from sparsecut.opsets import MAX_OPSET, MIN_OPSET
+from sparsecut.outputs import OutputPlan
 from sparsecut.passes.pipeline import DEFAULT_PASSES, PASSES
+from sparsecut.report import Report, write_json
 
 __all__ = ["app", "main"]
 
@@ -53,6 +63,33 @@ def _root(
     )
 
 
+def _positive(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a positive number of seconds")
+    return value
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _target_name(value: str) -> str:
+    from sparsecut.targets import TARGETS
+
+    return _one_of(*TARGETS)(value)
+
+
+def _tolerance(value: float) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"{value} is not a finite number ≥ 0")
+    return value
+
+
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")]
 
 
@@ -64,9 +101,15 @@ def export(
     arch: Annotated[str | None, typer.Option(help="Reference architecture (see `sparsecut models`).")] = None,
     model: Annotated[str | None, typer.Option("--model", help="MODULE:FACTORY returning the nn.Module.")] = None,
     input_shape: Annotated[str | None, typer.Option(help="Input shape, e.g. 1,3,224,224.")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 18,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance of the PyTorch-vs-ONNX check.")] = 1e-4,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance of the PyTorch-vs-ONNX check.")] = 1e-5,
+    opset: Annotated[
+        int, typer.Option(min=MIN_OPSET, max=MAX_OPSET, help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET}).")
+    ] = MIN_OPSET,
+    rtol: Annotated[
+        float, typer.Option(callback=_tolerance, help="Relative tolerance of the PyTorch-vs-ONNX check.")
+    ] = 1e-4,
+    atol: Annotated[
+        float, typer.Option(callback=_tolerance, help="Absolute tolerance of the PyTorch-vs-ONNX check.")
+    ] = 1e-5,
     trust_checkpoint: Annotated[
         bool, typer.Option(help="Allow unpickling (runs code from the file): only for checkpoints you trust.")
     ] = False,
@@ -82,10 +125,15 @@ def export(
         atol=atol,
         trust_checkpoint=trust_checkpoint,
     )
-    with console.status(f"exporting {checkpoint} …"):
-        report = export_checkpoint(checkpoint, output, arch=arch, model_factory=model, options=options)
+    _require(checkpoint)
+    with OutputPlan([checkpoint]) as plan:
+        staged = plan.file(output, "--output", model=True)
+        staged_json = plan.file(json_path, "--json") if json_path else None
+        with console.status(f"exporting {checkpoint} …"):
+            report = export_checkpoint(checkpoint, staged, arch=arch, model_factory=model, options=options)
+        report = _finish(plan, report, staged_json)
     _render_export(report)
-    _write_json(report, json_path)
+    _announce_json(json_path)
 
 
 def _render_export(report: object) -> None:
@@ -100,6 +148,7 @@ def _render_export(report: object) -> None:
         ("architecture", report.architecture),
         ("exporter", exporter),
         ("opset", str(report.opset)),
+        ("graph nodes", f"{report.nodes_exported} as torch.onnx wrote them → {report.nodes} after folding constants"),
         ("input shape", "×".join(map(str, report.input_shape)) + " (batch dynamic)"),
         ("parameters", f"{report.parameters:,} ({report.zero_parameters:,} exactly zero)"),
         ("masks folded", str(len(report.folded_masks))),
@@ -145,14 +194,18 @@ def models_make(
     arch: Annotated[str, typer.Argument(help="Reference architecture.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint (.pt) to write.")],
     recipe: Annotated[str, typer.Option(help="Pruning recipe.")] = "l1-filter",
-    amount: Annotated[float, typer.Option(help="Share of channels pruned per group (ignored by 2:4).")] = 0.5,
+    amount: Annotated[
+        float, typer.Option(min=0.0, max=0.95, help="Share of channels pruned per group (ignored by 2:4).")
+    ] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the reference weights.")] = 0,
 ) -> None:
     """Make an example pruned checkpoint (a state_dict, with prune masks where the recipe leaves them)."""
     from sparsecut.models import make_pruned_model, save_state_dict
 
-    model = make_pruned_model(arch, recipe, amount, seed)
-    save_state_dict(model, output)
+    with OutputPlan() as plan:
+        staged = plan.file(output, "--output")
+        save_state_dict(make_pruned_model(arch, recipe, amount, seed), staged)
+        plan.commit()
     console.print(f"wrote {output}: {arch} pruned by {recipe} (amount {amount})")
 
 
@@ -162,53 +215,24 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the demo's files.")] = Path("sparsecut-demo"),
     arch: Annotated[str, typer.Option(help="Reference architecture.")] = "resnet18",
     recipe: Annotated[str, typer.Option(help="Pruning recipe.")] = "l1-filter",
-    amount: Annotated[float, typer.Option(help="Share of channels pruned.")] = 0.5,
+    amount: Annotated[float, typer.Option(min=0.0, max=0.95, help="Share of channels pruned.")] = 0.5,
+    budget: Annotated[
+        float | None, typer.Option(callback=_positive, help="Seconds of timing (more rounds, tighter interval).")
+    ] = None,
 ) -> None:
-    """The main job end to end on a reference model: prune, export, remove dead channels, inspect, measure."""
-    from sparsecut.exporter import export_checkpoint
+    """The main job end to end on a reference model: prune, export, remove dead channels, measure like for like."""
     from sparsecut.models import make_pruned_model, save_state_dict
+    from sparsecut.workflow import RunOptions
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = out_dir / f"{arch}-{recipe}.pt"
-    with console.status(f"pruning {arch} with {recipe} …"):
-        save_state_dict(make_pruned_model(arch, recipe, amount), checkpoint)
-    console.print(f"[bold]1.[/bold] pruned {arch} with {recipe} (amount {amount}) → {checkpoint}")
-    with console.status(f"exporting {checkpoint} …"):
-        report = export_checkpoint(checkpoint, out_dir / f"{arch}-{recipe}.onnx", arch=arch)
-    console.print(f"[bold]2.[/bold] exported and verified against PyTorch → {report.output}")
-    _render_export(report)
-    _write_json(report, out_dir / "export.json")
-
-    from sparsecut.passes import inspect_model, optimize_model
-
-    lean = out_dir / f"{arch}-{recipe}.lean.onnx"
-    with console.status("removing dead channels …"):
-        optimized = optimize_model(Path(report.output), lean)
-    console.print(f"[bold]3.[/bold] dead channels removed, verified equal to the exported graph → {lean}")
-    _render_optimize(optimized)
-    _write_json(optimized, out_dir / "optimize.json")
-    with console.status(f"inspecting {lean} …"):
-        remaining = inspect_model(lean)
-    dead_left = sum(g.dead for p in remaining.passes for g in p.groups)
-    console.print(f"[bold]4.[/bold] inspect {lean}: {dead_left} dead channel(s) left (kept on purpose, see above)")
-
-    from sparsecut.targets import ProfileOptions, compare_models
-
-    console.print("[bold]5.[/bold] measuring exported vs lean on this machine (onnxruntime CPU, interleaved) …")
-    with _progress() as bar:
-        task = bar.add_task("timing, interleaved", total=10)
-        compared = compare_models(
-            [Path(report.output), lean],
-            options=ProfileOptions(iterations=60, warmup=5, per_layer=False),
-            rounds=10,
-            plot=out_dir / "compare.png",
-            progress=lambda done, total: bar.update(task, completed=done),
-        )
-    _render_compare(compared)
-    _write_json(compared, out_dir / "compare.json")
+    with tempfile.TemporaryDirectory(prefix="sparsecut-demo-") as tmp:
+        checkpoint = Path(tmp) / f"{arch}-{recipe}.pt"
+        with console.status(f"pruning {arch} with {recipe} …"):
+            save_state_dict(make_pruned_model(arch, recipe, amount), checkpoint)
+        console.print(f"pruned {arch} with {recipe} (amount {amount}) → timing exported, dense baseline and lean")
+        _run(checkpoint, out_dir, "--out-dir", arch, None, RunOptions(budget=budget))
 
 
-# ----------------------------------------------------------------------- commands whose capability is to come
+# --------------------------------------------------------------------------------------------------- optimize
 @app.command()
 def optimize(
     model: Annotated[Path, typer.Argument(help="ONNX file to optimize.")],
@@ -216,16 +240,25 @@ def optimize(
     passes: Annotated[str, typer.Option(help="Comma-separated pipeline of: " + ", ".join(PASSES))] = (
         ",".join(DEFAULT_PASSES)
     ),
-    align: Annotated[int, typer.Option(help="Keep channel counts at multiples of N (1: off).")] = 8,
+    align: Annotated[int, typer.Option(min=1, help="Keep channel counts at multiples of N (1: off).")] = 8,
     data: Annotated[Path | None, typer.Option(help=".npz of real inputs for the equivalence gate.")] = None,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance of the equivalence gate.")] = 1e-4,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance of the equivalence gate.")] = 1e-5,
+    rtol: Annotated[
+        float, typer.Option(callback=_tolerance, help="Relative tolerance of the equivalence gate.")
+    ] = 1e-4,
+    atol: Annotated[
+        float, typer.Option(callback=_tolerance, help="Absolute tolerance of the equivalence gate.")
+    ] = 1e-5,
     enforce_2to4: Annotated[bool, typer.Option("--enforce-2to4", help="Prune to 2:4 (changes the model).")] = False,
-    min_channels: Annotated[int, typer.Option(help="--enforce-2to4 skips layers with fewer channels.")] = 64,
+    min_channels: Annotated[int, typer.Option(min=1, help="--enforce-2to4 skips layers with fewer channels.")] = 64,
     permutation_budget: Annotated[
-        float, typer.Option(help="--enforce-2to4: seconds per channel group to search a reorder (0: off).")
+        float,
+        typer.Option(
+            callback=_tolerance, help="--enforce-2to4: seconds per channel group to search a reorder (0: off)."
+        ),
     ] = 0.5,
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(callback=_one_of("fp32", "fp16", "int8"), help="fp32, fp16 or int8.")
+    ] = "fp32",
     calibration: Annotated[Path | None, typer.Option(help="Calibration inputs for int8 (.npz or folder).")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the equivalence gate (loudly).")] = False,
     json_path: JsonOption = None,
@@ -246,35 +279,49 @@ def optimize(
         min_channels=min_channels,
         permutation_budget=permutation_budget,
     )
+    if calibration is not None and precision != "int8":
+        raise UsageError("--calibration: only used with --precision int8")
+    _require(model, data, calibration)
     if no_verify:
         error_console.print(
             "[bold red]warning:[/bold red] --no-verify: the output is NOT checked against the input graph"
         )
-    with console.status(f"optimizing {model} …"):
-        report = optimize_model(model, output, options)
+    with OutputPlan([model, data, calibration]) as plan:
+        staged = plan.file(output, "--output", model=True)
+        staged_json = plan.file(json_path, "--json") if json_path else None
+        with console.status(f"optimizing {model} …"):
+            report = optimize_model(model, staged, options)
+        report = _finish(plan, report, staged_json)
     _render_optimize(report)
-    _write_json(report, json_path)
+    _announce_json(json_path)
 
 
 @app.command()
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX file to analyse.")],
-    align: Annotated[int, typer.Option(help="Channel alignment `optimize` would use.")] = 8,
+    align: Annotated[int, typer.Option(min=1, help="Channel alignment `optimize` would use.")] = 8,
     json_path: JsonOption = None,
 ) -> None:
     """Dead channels per coupled group and MACs, without changing anything."""
     from sparsecut.passes import inspect_model
 
-    with console.status(f"analysing {model} …"):
-        report = inspect_model(model, align)
-    _render_optimize(report)
-    _write_json(report, json_path)
+    _require(model)
+    with OutputPlan([model]) as plan:
+        staged_json = plan.file(json_path, "--json") if json_path else None
+        with console.status(f"analysing {model} …"):
+            report = inspect_model(model, align)
+        report = _finish(plan, report, staged_json)
+    _render_optimize(report, inspecting=True)
+    _announce_json(json_path)
 
 
-def _render_optimize(report: object) -> None:
+def _render_optimize(report: object, inspecting: bool = False) -> None:
+    """`inspecting` (or --verbose) shows the 2:4 table in full; otherwise it is shown only when some weight is
+    2:4 (a table of "no" says nothing the summary line does not)."""
     from sparsecut.report import OptimizeReport
 
     assert isinstance(report, OptimizeReport)
+    full = inspecting or logging.getLogger().isEnabledFor(logging.INFO)
     for step in report.passes:
         console.print(f"[bold]{step.name}[/bold]: {step.summary} ({step.seconds:.2f} s)")
         if step.groups:
@@ -285,13 +332,13 @@ def _render_optimize(report: object) -> None:
                 why = "; ".join(f"{n}× {reason}" for reason, n in group.kept_dead.items()) or "-"
                 table.add_row(group.location, f"{group.channels_before} → {group.channels_after}", str(group.dead), why)
             console.print(table)
-        if step.sparsity:
+        if step.sparsity and (full or any(layer.is_2to4 for layer in step.sparsity)):
             sparse = Table(title_justify="left")
             for column in ("layer", "weight", "reduction", "2:4", "violating", "note"):
                 sparse.add_column(column)
-            for layer in step.sparsity[:40]:
+            for layer in step.sparsity[: None if full else 40]:
                 notes = [n for n, on in (("padded to ×4", layer.padded), ("< 256 ch", layer.too_small)) if on]
-                sparse.add_row(layer.node[:40], layer.weight[:40], str(layer.reduction), "yes" if layer.is_2to4 else "no",
+                sparse.add_row(layer.node, layer.weight, str(layer.reduction), "yes" if layer.is_2to4 else "no",
                                f"{100 * layer.violating_share:.0f} %", "; ".join(notes))  # fmt: skip
             console.print(sparse)
         if step.barriers:
@@ -367,13 +414,17 @@ def _render_optimize(report: object) -> None:
 def build(
     model: Annotated[Path, typer.Argument(help="ONNX file to build.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Engine (.plan) or optimized model to write.")],
-    target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
-    precision: Annotated[str, typer.Option(help="fp32, fp16, int8 or best.")] = "fp32",
+    target: Annotated[str, typer.Option(callback=_target_name, help="onnxruntime or tensorrt.")] = "onnxruntime",
+    precision: Annotated[
+        str, typer.Option(callback=_one_of("fp32", "fp16", "int8", "best"), help="fp32, fp16, int8 or best.")
+    ] = "fp32",
     sparsity: Annotated[bool, typer.Option("--sparsity", help="Enable 2:4 sparse kernels (TensorRT).")] = False,
     batch: Annotated[str, typer.Option(help="Batch sizes min,opt,max for the optimization profile.")] = "1,1,1",
-    workspace: Annotated[int | None, typer.Option(help="TensorRT workspace limit, MiB.")] = None,
+    workspace: Annotated[int | None, typer.Option(min=1, help="TensorRT workspace limit, MiB.")] = None,
     timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache file (read and updated).")] = None,
-    provider: Annotated[str, typer.Option(help="onnxruntime execution provider: cpu, cuda, tensorrt.")] = "cpu",
+    provider: Annotated[
+        str, typer.Option(callback=_one_of("cpu", "cuda", "tensorrt"), help="onnxruntime execution provider.")
+    ] = "cpu",
     surgery: Annotated[str | None, typer.Option(help="MODULE:FUNCTION on a gs.Graph, applied before build.")] = None,
     calibration: Annotated[
         Path | None, typer.Option(help="Calibration inputs when int8 needs the graph quantized.")
@@ -384,17 +435,35 @@ def build(
     from sparsecut.targets import BuildOptions
     from sparsecut.workflow import build_for_target
 
-    options = BuildOptions(
-        precision=precision,
-        sparsity=sparsity,
-        batch=_batch_range(batch),
-        workspace_mb=workspace,
-        provider=provider,
-        surgery=surgery,
-        timing_cache=timing_cache,
-    )
-    with console.status(f"building {model} for {target} …"):
-        report, converted = build_for_target(model, output, target, options, calibration)
+    if calibration is not None and precision != "int8":
+        raise UsageError("--calibration: only used with --precision int8")
+    batches = _batch_range(batch)
+    _require(model, calibration)
+    with OutputPlan([model, calibration]) as plan:
+        staged = plan.file(output, "--output", model=output.suffix == ".onnx")
+        # written beside the artifact when they happen: the graph converted to the precision, the surgery's graph
+        if precision in ("fp16", "int8"):
+            plan.file(output.with_name(f"{output.name.split('.')[0]}.{precision}.onnx"), "--precision", optional=True)
+        if surgery:
+            plan.file(output.with_name(f"{output.stem}.surgery.onnx"), "--surgery", optional=True)
+        staged_cache = None
+        if timing_cache is not None:  # read and updated: the staged copy starts from the current one
+            staged_cache = plan.file(timing_cache, "--timing-cache", optional=True)
+            if timing_cache.is_file():
+                shutil.copyfile(timing_cache, staged_cache)
+        staged_json = plan.file(json_path, "--json") if json_path else None
+        options = BuildOptions(
+            precision=precision,
+            sparsity=sparsity,
+            batch=batches,
+            workspace_mb=workspace,
+            provider=provider,
+            surgery=surgery,
+            timing_cache=staged_cache,
+        )
+        with console.status(f"building {model} for {target} …"):
+            report, converted = build_for_target(model, staged, target, options, calibration)
+        report = _finish(plan, report, staged_json)
     if converted is not None:
         console.print(
             f"the graph was converted to {converted.precision} first (on {converted.calibration}): drift vs fp32 "
@@ -406,7 +475,7 @@ def build(
                         ("sparse layers", ", ".join(report.sparse_layers) or "-")):  # fmt: skip
         table.add_row(name, value)
     console.print(table)
-    _write_json(report, json_path)
+    _announce_json(json_path)
 
 
 def _batch_range(text: str) -> tuple[int, int, int]:
@@ -424,38 +493,46 @@ def _batch_range(text: str) -> tuple[int, int, int]:
 @app.command()
 def profile(
     model: Annotated[Path, typer.Argument(help="ONNX file (onnxruntime) or engine (tensorrt) to time.")],
-    target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    warmup: Annotated[int, typer.Option(help="Warm-up iterations.")] = 10,
-    iterations: Annotated[int, typer.Option(help="Timed iterations.")] = 100,
-    duration: Annotated[float | None, typer.Option(help="Time for this many seconds instead.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Intra-op threads (CPU).")] = None,
-    provider: Annotated[str, typer.Option(help="onnxruntime execution provider: cpu, cuda, tensorrt.")] = "cpu",
+    target: Annotated[str, typer.Option(callback=_target_name, help="onnxruntime or tensorrt.")] = "onnxruntime",
+    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up iterations.")] = 10,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed iterations.")] = 100,
+    duration: Annotated[
+        float | None, typer.Option(callback=_positive, help="Time for this many seconds instead.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=0, help="Intra-op threads (CPU; 0: onnxruntime's default).")
+    ] = None,
+    provider: Annotated[
+        str, typer.Option(callback=_one_of("cpu", "cuda", "tensorrt"), help="onnxruntime execution provider.")
+    ] = "cpu",
     per_layer: Annotated[bool, typer.Option("--per-layer/--no-per-layer", help="Per-layer time vs MACs.")] = True,
-    top: Annotated[int, typer.Option(help="Layers shown in the per-layer table.")] = 15,
+    top: Annotated[int, typer.Option(min=1, help="Layers shown in the per-layer table.")] = 15,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: time a captured CUDA graph.")] = False,
     json_path: JsonOption = None,
 ) -> None:
     """Measure latency (p50/p90/p99, throughput) and per-layer time beside MACs."""
     from sparsecut.targets import ProfileOptions, get_target
 
-    if batch < 1:
-        raise TargetError(f"--batch {batch}: the batch size must be at least 1")
+    _require(model)
     backend = get_target(target)
     options = ProfileOptions(
         batch=batch,
         warmup=warmup,
         iterations=iterations,
         duration=duration,
-        threads=threads,
+        threads=threads or None,
         per_layer=per_layer,
         provider=provider,
         cuda_graph=cuda_graph,
     )
-    with console.status(f"timing {model} on {target} …"):
-        report = backend.profile(backend.load(model), options)
+    with OutputPlan([model]) as plan:
+        staged_json = plan.file(json_path, "--json") if json_path else None
+        with console.status(f"timing {model} on {target} …"):
+            report = backend.profile(backend.load(model), options)
+        report = _finish(plan, report, staged_json)
     _render_latency(report, top)
-    _write_json(report, json_path)
+    _announce_json(json_path)
 
 
 def _render_latency(report: object, top: int) -> None:
@@ -475,50 +552,78 @@ def _render_latency(report: object, top: int) -> None:
         for column in ("layer", "op", "ms", "time %", "MACs %", "GMAC/s"):
             layers.add_column(column, justify="left" if column in ("layer", "op") else "right")
         for layer in report.layers[:top]:
-            layers.add_row(layer.name[:60], layer.op_type, f"{layer.ms:.3f}", f"{layer.time_pct:.1f}",
+            layers.add_row(layer.name, layer.op_type, f"{layer.ms:.3f}", f"{layer.time_pct:.1f}",
                            f"{layer.macs_pct:.1f}", f"{layer.gmacs_per_s:.1f}" if layer.macs else "-")  # fmt: skip
         console.print(layers)
 
 
 @app.command()
 def compare(
-    models: Annotated[list[Path], typer.Argument(help="ONNX files to compare; the first is the reference.")],
-    target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    iterations: Annotated[int, typer.Option(help="Timed iterations per model, spread over the rounds.")] = 100,
-    rounds: Annotated[int, typer.Option(help="Round-robin rounds (interleaving cancels machine noise).")] = 10,
-    threads: Annotated[int | None, typer.Option(help="Intra-op threads (CPU).")] = None,
+    models: Annotated[list[Path], typer.Argument(help="ONNX files (or built artifacts) to compare, two or more.")],
+    baseline: Annotated[
+        Path | None, typer.Option(help="The model every ratio is taken against (default: the first).")
+    ] = None,
+    target: Annotated[str, typer.Option(callback=_target_name, help="onnxruntime or tensorrt.")] = "onnxruntime",
+    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed iterations per model, spread over the rounds.")] = 200,
+    rounds: Annotated[int, typer.Option(min=3, help="Round-robin rounds (at least 3: the interval needs them).")] = 20,
+    budget: Annotated[
+        float | None, typer.Option(callback=_positive, help="Seconds of timing (more rounds, tighter interval).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=0, help="Intra-op threads (CPU; 0: onnxruntime's default).")
+    ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(callback=_one_of("fp32", "fp16", "int8", "best"), help="TensorRT builds: fp32, fp16, int8, best."),
+    ] = "fp32",
+    sparsity: Annotated[bool, typer.Option("--sparsity", help="TensorRT builds: 2:4 sparse kernels.")] = False,
+    allow_different_inputs: Annotated[
+        bool,
+        typer.Option("--allow-different-inputs", help="Time models whose inputs differ (their ratio means little)."),
+    ] = False,
     plot: Annotated[Path | None, typer.Option(help="PNG plot of MACs vs latency.")] = None,
     json_path: JsonOption = None,
 ) -> None:
-    """Measure variants interleaved; params, MACs, latency and speedup side by side."""
-    from sparsecut.targets import ProfileOptions, compare_models
+    """Measure variants interleaved; params, MACs, latency and speedup vs a baseline, with its interval."""
+    from sparsecut.targets import BuildOptions, ProfileOptions, compare_models
 
-    if batch < 1:
-        raise TargetError(f"--batch {batch}: the batch size must be at least 1")
-    options = ProfileOptions(batch=batch, iterations=iterations, threads=threads, per_layer=False)
-    with _progress() as bar:
-        task = bar.add_task("timing, interleaved", total=rounds)
-        report = compare_models(
-            models, target=target, options=options, rounds=rounds, plot=plot,
-            progress=lambda done, total: bar.update(task, completed=done),
-        )  # fmt: skip
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise UsageError(f"--plot {plot}: the plot is a PNG file; name it *.png")
+    _require(*models)
+    options = ProfileOptions(batch=batch, iterations=iterations, threads=threads or None, per_layer=False)
+    with OutputPlan(models) as plan:
+        staged_plot = plan.file(plot, "--plot") if plot else None
+        staged_json = plan.file(json_path, "--json") if json_path else None
+        with _progress() as bar:
+            task = bar.add_task("timing, interleaved", total=rounds)
+            report = compare_models(
+                models, target=target, options=options, build=BuildOptions(precision=precision, sparsity=sparsity),
+                rounds=rounds, budget=budget, baseline=baseline, allow_different_inputs=allow_different_inputs,
+                plot=staged_plot, progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )  # fmt: skip
+        report = _finish(plan, report, staged_json)
     _render_compare(report)
-    _write_json(report, json_path)
+    _announce_json(json_path)
 
 
 def _render_compare(report: object) -> None:
     from sparsecut.report import CompareReport
 
     assert isinstance(report, CompareReport)
+    base = report.variants[report.baseline]
     table = Table(
-        title=f"compare on {report.device} ({report.target}, {report.rounds} interleaved rounds)", title_justify="left"
+        title=f"compare on {report.device} ({report.target}, {report.rounds} interleaved rounds); ratios vs "
+        f"{base.label or Path(base.model).name}",
+        title_justify="left",
     )
-    for column in ("model", "params", "MACs", "p50 ms", "p90 ms", "speedup", "MACs ratio"):
+    for column in ("model", "params", "MACs", "p50 ms", "p90 ms", "speedup (95 % interval)", "MACs ratio"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    for v in report.variants:
-        table.add_row(Path(v.model).name, f"{v.params:,}", f"{v.macs:,}", f"{v.latency.p50_ms:.3f}",
-                      f"{v.latency.p90_ms:.3f}", f"{v.speedup:.2f}×", f"{v.macs_ratio:.3f}")  # fmt: skip
+    for i, v in enumerate(report.variants):
+        name = f"{v.label} ({Path(v.model).name})" if v.label else Path(v.model).name
+        ratio = "baseline" if i == report.baseline else v.speedup.describe()
+        table.add_row(name, f"{v.params:,}", f"{v.macs:,}", f"{v.latency.p50_ms:.3f}", f"{v.latency.p90_ms:.3f}",
+                      ratio, f"{v.macs_ratio:.3f}")  # fmt: skip
     console.print(table)
     if report.plot:
         console.print(f"plot → {report.plot}")
@@ -537,19 +642,27 @@ def run(
     arch: Annotated[str | None, typer.Option(help="Reference architecture.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="MODULE:FACTORY returning the nn.Module.")] = None,
     input_shape: Annotated[str | None, typer.Option(help="Input shape, e.g. 1,3,224,224.")] = None,
-    target: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
+    target: Annotated[str, typer.Option(callback=_target_name, help="onnxruntime or tensorrt.")] = "onnxruntime",
+    precision: Annotated[
+        str, typer.Option(callback=_one_of("fp32", "fp16", "int8"), help="fp32, fp16 or int8.")
+    ] = "fp32",
     sparsity: Annotated[bool, typer.Option("--sparsity", help="Enable 2:4 sparse kernels.")] = False,
-    align: Annotated[int, typer.Option(help="Keep channel counts at multiples of N (1: off).")] = 8,
-    iterations: Annotated[int, typer.Option(help="Timed iterations per variant.")] = 100,
-    threads: Annotated[int | None, typer.Option(help="Intra-op threads (CPU).")] = None,
+    align: Annotated[int, typer.Option(min=1, help="Keep channel counts at multiples of N (1: off).")] = 8,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed iterations per variant, spread over the rounds.")] = 300,
+    rounds: Annotated[int, typer.Option(min=3, help="Interleaved rounds (at least 3: the interval needs them).")] = 30,
+    budget: Annotated[
+        float | None, typer.Option(callback=_positive, help="Seconds of timing (more rounds, tighter interval).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=0, help="Intra-op threads (CPU; 0: onnxruntime's default).")
+    ] = None,
     trust_checkpoint: Annotated[bool, typer.Option(help="Allow unpickling (runs code from the file).")] = False,
 ) -> None:
-    """Export → optimize → build → compare dense vs lean, in one go, one report."""
+    """Export → optimize → build → time exported, dense baseline and lean interleaved, in one go, one report."""
     from sparsecut.exporter import ExportOptions, parse_input_shape
     from sparsecut.passes import OptimizeOptions
     from sparsecut.targets import ProfileOptions
-    from sparsecut.workflow import STEPS, RunOptions, run_workflow
+    from sparsecut.workflow import RunOptions
 
     options = RunOptions(
         target=target,
@@ -559,25 +672,49 @@ def run(
             input_shape=parse_input_shape(input_shape) if input_shape else None, trust_checkpoint=trust_checkpoint
         ),
         optimize=OptimizeOptions(align=align),
-        profile=ProfileOptions(iterations=iterations, threads=threads, per_layer=False),
+        profile=ProfileOptions(iterations=iterations, warmup=5, threads=threads or None, per_layer=False),
+        rounds=rounds,
+        budget=budget,
     )
-    with _progress() as bar:
-        task = bar.add_task("starting", total=len(STEPS))
+    _require(checkpoint)
+    _run(checkpoint, out_dir, "--output", arch, model, options)
 
-        def step(name: str) -> None:
-            bar.update(task, description=name, completed=STEPS.index(name))
 
-        report = run_workflow(checkpoint, out_dir, arch=arch, model_factory=model, options=options, step=step)
-        bar.update(task, description="done", completed=len(STEPS))
+def _run(checkpoint: Path, out_dir: Path, option: str, arch: str | None, model: str | None, options: object) -> None:
+    from sparsecut.targets import get_target
+    from sparsecut.workflow import STEPS, RunOptions, run_files, run_workflow, speedup_lines
+
+    assert isinstance(options, RunOptions)
+    with OutputPlan([checkpoint]) as plan:
+        staged = plan.folder(out_dir, option, run_files(get_target(options.target).artifact_suffix))
+        with _progress() as bar:
+            task = bar.add_task("starting", total=len(STEPS))
+            timing = bar.add_task("timing, interleaved", total=options.rounds, visible=False)
+
+            def step(name: str) -> None:
+                bar.update(task, description=name, completed=STEPS.index(name))
+
+            def rounds(done: int, total: int) -> None:
+                bar.update(timing, visible=True, completed=done, total=total)
+
+            report = run_workflow(
+                checkpoint, staged, arch=arch, model_factory=model, options=options, step=step, progress=rounds,
+                publish_as=out_dir,
+            )  # fmt: skip
+            bar.update(task, description="done", completed=len(STEPS))
+        plan.commit()
+    _render_export(report.export)
     _render_optimize(report.optimize)
     _render_compare(report.compare)
-    console.print(f"report → {out_dir / 'report.json'}, {out_dir / 'report.md'}")
+    for line in speedup_lines(report):
+        console.print(line.removeprefix("- ").replace("**", ""))
+    console.print(f"report → {out_dir / 'report.json'}, {out_dir / 'report.md'}, plot → {out_dir / 'compare.png'}")
 
 
 @app.command()
 def view(
     model: Annotated[Path, typer.Argument(help="ONNX file to open in netron.")],
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 8080,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the URL instead of opening it.")] = False,
 ) -> None:
     """Open a model in netron (until Ctrl-C)."""
@@ -591,31 +728,61 @@ def view(
 
 
 # --------------------------------------------------------------------------------------------------- plumbing
-def _write_json(report: object, path: Path | None) -> None:
-    from sparsecut.report import Report, write_json
+R = TypeVar("R", bound=Report)
 
-    if path is not None and isinstance(report, Report):
-        write_json(report, path)
+
+def _require(*paths: Path | None) -> None:
+    """Inputs exist and are files, before anything is planned or written."""
+    for path in paths:
+        if path is None:
+            continue
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        if path.is_dir() and path.suffix in (".onnx", ".pt", ".pth", ".pt2", ".safetensors", ".plan"):
+            raise InputError(f"{path}: is a directory, not a model file")
+
+
+def _finish(plan: OutputPlan, report: R, staged_json: Path | None) -> R:
+    """The report as it names the files once in place; its JSON staged; then everything moved into place."""
+    report = report.map_strings(plan.relocate)
+    if staged_json is not None:
+        write_json(report, staged_json)
+    plan.commit()
+    return report
+
+
+def _announce_json(path: Path | None) -> None:
+    if path is not None:
         console.print(f"report → {path}")
 
 
+VERBOSE_FLAGS = ("--verbose", "-v")
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the exit code (0 ok, 2 a SparsecutError, 1 an unexpected failure)."""
+    """Console-script entry point; returns the exit code: 0 ok, 2 a bad input or a failure it caused (one line
+    `error: <file or option>: <problem>`), 130 Ctrl-C, 1 a bug in sparsecut ("internal error")."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in VERBOSE_FLAGS for a in args)  # accepted anywhere, also after the subcommand
+    if verbose:
+        args = ["--verbose", *(a for a in args if a not in VERBOSE_FLAGS)]
+    _fit_to_output()
     session = _Session()
+    sigint = signal.getsignal(signal.SIGINT)
     try:
-        app(args=argv, obj=session, prog_name="sparsecut")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = app(args=args, obj=session, prog_name="sparsecut", standalone_mode=False)
+    except UsageError as exc:
+        return _fail(_usage_message(exc), verbose)
     except SparsecutError as exc:
-        if session.verbose:
-            error_console.print_exception()
-        error_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        error_console.print("interrupted", markup=False)
-        return 130
+        return _fail(str(exc), verbose)
+    except KeyboardInterrupt:  # outside the command (typer turns one inside it into exit code 130)
+        code = INTERRUPTED
+    except OSError as exc:  # a file the library did not expect to fail: name it
+        where = exc.filename if exc.filename is not None else "i/o"
+        return _fail(f"{where}: {exc.strerror or exc}", verbose)
     except Exception as exc:
-        if session.verbose:
+        if verbose:
             raise
         error_console.print(
             f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)",
@@ -624,7 +791,44 @@ def main(argv: list[str] | None = None) -> int:
             soft_wrap=True,
         )
         return 1
-    return 0
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # a commit ignores Ctrl-C (outputs.py); the caller gets it back
+    if code == INTERRUPTED:
+        error_console.print("error: interrupted; nothing written", markup=False, highlight=False)
+        return INTERRUPTED
+    return code if isinstance(code, int) else 0
+
+
+def _fail(message: str, verbose: bool) -> int:
+    if verbose:
+        error_console.print_exception()
+    error_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return 2
+
+
+def _usage_message(exc: UsageError) -> str:
+    """One line naming the option: `--align: 0 is not in the range x>=1`."""
+    text = " ".join(exc.format_message().split())
+    if isinstance(exc, NoSuchOption):
+        return f"{exc.option_name}: no such option" + (
+            f" (did you mean {', '.join(exc.possibilities)}?)" if exc.possibilities else ""
+        )
+    param = getattr(exc, "param", None)
+    if param is not None:
+        name = (param.opts or [param.name or "?"])[0]
+        name = name if name.startswith("-") else name.upper()
+        if isinstance(exc, MissingParameter):
+            return f"{name}: missing"
+        return f"{name}: {' '.join(exc.message.split())}"
+    return text
+
+
+def _fit_to_output() -> None:
+    """Piped into a file or another program, rich would cut tables at 80 columns: give them room instead
+    (`COLUMNS` still wins, as rich reads it itself)."""
+    for c in (console, error_console):
+        if not c.is_terminal and "COLUMNS" not in os.environ:
+            c.width = 1000
 
 
 if __name__ == "__main__":

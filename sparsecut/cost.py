@@ -30,10 +30,12 @@ def count_costs(model: ir.Model) -> ModelCost:
         params = sum(_weight_elements(v) for v in node.inputs if v is not None)
         if macs or node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             layers.append(LayerCost(node.name or node.op_type, node.op_type, macs, params))
-    params = sum(  # weights: float, or int8 behind a DequantizeLinear
+    params = sum(  # weights: float, or int8 behind a DequantizeLinear; a 0-d scalar (a Clip bound) is no weight
         v.const_value.size
         for v in model.graph.initializers.values()
-        if v.const_value is not None and v.const_value.dtype in (*_FLOAT_TYPES, ir.DataType.INT8, ir.DataType.UINT8)
+        if v.const_value is not None
+        and v.const_value.dtype in (*_FLOAT_TYPES, ir.DataType.INT8, ir.DataType.UINT8)
+        and len(v.const_value.shape) > 0
     )
     return ModelCost(macs=sum(layer.macs for layer in layers), params=params, layers=layers)
 

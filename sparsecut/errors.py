@@ -6,6 +6,7 @@ __all__ = [
     "CheckpointError",
     "ExportError",
     "GraphError",
+    "InputError",
     "OutputPathError",
     "SparsecutError",
     "TargetError",
@@ -31,6 +32,10 @@ class VerificationError(SparsecutError):
 
 class GraphError(SparsecutError):
     """An ONNX file is unreadable, invalid, or unsafe (external data escaping its folder)."""
+
+
+class InputError(SparsecutError):
+    """An input file or array is missing, unreadable, or does not fit the model (names, shapes, dtypes, NaN)."""
 
 
 class OutputPathError(SparsecutError):

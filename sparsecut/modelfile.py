@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,10 +24,14 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_output_path",
+    "edit_model_file",
+    "graph_precision",
     "initializer_bytes",
+    "input_sidecars",
     "load_model",
     "publish",
     "reads_external_data",
+    "same_file",
     "save_model",
 ]
 
@@ -39,18 +44,60 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 
 
 def check_output_path(output: Path, *inputs: Path) -> None:
-    """Refuse an output that cannot be written or would overwrite an input. Raises `OutputPathError`."""
+    """Refuse an output that cannot be written, is not a plain file, or shares a file with an input or with a
+    file an input reads (its external data). Raises `OutputPathError`."""
     output = Path(output)
-    if output.exists() and output.is_dir():
-        raise OutputPathError(f"{output}: is a directory; give a file name")
     parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
+    if not parent.exists():
         raise OutputPathError(f"{output}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise OutputPathError(f"{output}: {parent} is not a folder")
     if not os.access(parent, os.W_OK):
         raise OutputPathError(f"{output}: folder {parent} is not writable")
-    for source in inputs:
-        if Path(source).exists() and output.resolve() == Path(source).resolve():
-            raise OutputPathError(f"{output}: output is the input file; sparsecut never overwrites its input")
+    # an ONNX file may put its weights into `<name>.data` beside it: that file is written too
+    written = [output, *([output.with_name(f"{output.name}.data")] if output.suffix == ".onnx" else [])]
+    for path in written:
+        if path.is_symlink():
+            raise OutputPathError(f"{path}: is a symbolic link; sparsecut replaces only regular files")
+        if path.exists():
+            if path.is_dir():
+                raise OutputPathError(f"{path}: is a directory; give a file name")
+            if not stat.S_ISREG(path.stat().st_mode):
+                raise OutputPathError(f"{path}: is not a regular file (a device, FIFO or socket); give a file name")
+        for source in inputs:
+            for used in (Path(source), *input_sidecars(Path(source))):
+                if same_file(path, used):
+                    what = "the input" if used == Path(source) else f"external data of the input {source}"
+                    raise OutputPathError(f"{path}: is {what}; sparsecut never overwrites its input")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """The same file: one real path, or one inode (hard links)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        sa, sb = Path(a).stat(), Path(b).stat()
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def input_sidecars(path: Path) -> list[Path]:
+    """The files an ONNX input reads besides itself (external data), as its own header names them."""
+    if path.suffix != ".onnx" or not path.is_file():
+        return []
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not readable: the command reading it will say so
+        return []
+    locations = {
+        entry.value
+        for tensor in proto.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [path.parent / location for location in sorted(locations)]
 
 
 @contextlib.contextmanager
@@ -126,6 +173,14 @@ def publish(staged: Path, output: Path) -> None:
     os.replace(staged, output)
 
 
+def edit_model_file(path: Path, edit: Callable[[onnx.ModelProto], None]) -> None:
+    """Apply `edit` to the graph file at `path` in place, leaving its external data file as it is (for small
+    edits to a staged file: metadata, doc strings)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    edit(proto)
+    onnx.save(proto, str(path))
+
+
 def _restore_tensor_labels(model: ir.Model, path: Path) -> None:
     """onnx-ir drops a tensor's doc string and metadata when it moves the data to an external file; put back the
     ones we set (the 2:4 labels), editing only the small graph file."""
@@ -137,16 +192,18 @@ def _restore_tensor_labels(model: ir.Model, path: Path) -> None:
             labels[name] = (tensor.doc_string, dict(tensor.metadata_props))
     if not labels:
         return
-    proto = onnx.load(str(path), load_external_data=False)
-    for initializer in proto.graph.initializer:
-        if initializer.name in labels:
-            doc, metadata = labels[initializer.name]
-            initializer.doc_string = doc or ""
-            del initializer.metadata_props[:]
-            for key, text in metadata.items():
-                entry = initializer.metadata_props.add()
-                entry.key, entry.value = key, text
-    onnx.save(proto, str(path))
+
+    def relabel(proto: onnx.ModelProto) -> None:
+        for initializer in proto.graph.initializer:
+            if initializer.name in labels:
+                doc, metadata = labels[initializer.name]
+                initializer.doc_string = doc or ""
+                del initializer.metadata_props[:]
+                for key, text in metadata.items():
+                    entry = initializer.metadata_props.add()
+                    entry.key, entry.value = key, text
+
+    edit_model_file(path, relabel)
 
 
 def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
@@ -181,6 +238,7 @@ def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
 
 def _check_external_data(model: ir.Model, path: Path) -> None:
     base = path.resolve().parent
+    sizes: dict[Path, int] = {}
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if isinstance(tensor, ir.ExternalTensor):
@@ -192,8 +250,28 @@ def _check_external_data(model: ir.Model, path: Path) -> None:
                 )
             if not location.exists():
                 raise GraphError(f"{path}: external data file {tensor.location!r} is missing")
+            end = (tensor.offset or 0) + (tensor.length if tensor.length is not None else tensor.nbytes)
+            if (tensor.offset or 0) < 0 or end > sizes.setdefault(location, location.stat().st_size):
+                raise GraphError(
+                    f"{path}: external data file {tensor.location!r} is truncated or does not match the model "
+                    f"(initializer {value.name!r} needs bytes up to {end:,}, the file has {sizes[location]:,})"
+                )
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def graph_precision(path: Path) -> str:
+    """What the graph computes in: int8 when it has Q/DQ, fp16 when its weights are half, else fp32."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise GraphError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+    ops = {n.op_type for n in model.graph.node}
+    if {"QuantizeLinear", "DequantizeLinear"} & ops or any(o.startswith("QLinear") for o in ops):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ __all__ = [
     "Report",
     "RunReport",
     "SparsityLayer",
+    "Speedup",
     "TwoFourRestore",
     "Variant",
     "write_json",
@@ -54,6 +56,20 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def map_strings(self: R, change: Callable[[str], str]) -> R:
+        """The same report with `change` applied to every string in it (paths moved from staging into place)."""
+        return type(self).from_dict(_map_strings(self.to_dict(), change))
+
+
+def _map_strings(obj: Any, change: Callable[[str], str]) -> Any:
+    if isinstance(obj, str):
+        return change(obj)
+    if isinstance(obj, list):
+        return [_map_strings(v, change) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _map_strings(v, change) for k, v in obj.items()}
+    return obj
 
 
 def _plain(obj: Any) -> Any:
@@ -129,6 +145,8 @@ class ExportReport(Report):
     export_seconds: float
     verify_seconds: float
     versions: dict[str, str]
+    nodes_exported: int = 0  # as torch.onnx wrote the graph
+    nodes: int = 0  # after cleaning: what the file holds
 
     @property
     def max_abs_error(self) -> float:
@@ -291,6 +309,25 @@ class BuildReport(Report):
 
 
 @dataclasses.dataclass(frozen=True)
+class Speedup(Report):
+    """p50 of a reference / p50 of a candidate, timed interleaved, with its bootstrap interval over the rounds."""
+
+    value: float
+    low: float
+    high: float
+    confidence: float = 0.95
+
+    @property
+    def within_noise(self) -> bool:
+        return self.low <= 1.0 <= self.high
+
+    def describe(self) -> str:
+        """`1.93× (95 % interval 1.88–1.97)`, and `, within noise` when the interval holds 1."""
+        text = f"{self.value:.2f}× ({100 * self.confidence:.0f} % interval {self.low:.2f}–{self.high:.2f})"
+        return text + (", within noise" if self.within_noise else "")
+
+
+@dataclasses.dataclass(frozen=True)
 class Variant(Report):
     """One model of a comparison."""
 
@@ -298,8 +335,10 @@ class Variant(Report):
     params: int
     macs: int
     latency: LatencyReport
-    speedup: float  # p50 of the first variant / p50 of this one
-    macs_ratio: float  # MACs of this one / MACs of the first
+    speedup: Speedup  # p50 of the baseline / p50 of this one
+    macs_ratio: float  # MACs of this one / MACs of the baseline
+    rounds_ms: list[list[float]] = dataclasses.field(default_factory=list)  # the samples, round by round
+    label: str = ""  # its role where the caller gave one: "exported", "baseline", "lean"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,17 +347,29 @@ class CompareReport(Report):
     device: str
     rounds: int
     variants: list[Variant]
+    baseline: int = 0  # index of the variant every ratio is taken against
     plot: str | None = None
+
+    def variant(self, label: str) -> Variant:
+        return next(v for v in self.variants if v.label == label)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunReport(Report):
-    """`sparsecut run`: export → optimize → build → compare, in one report."""
+    """`sparsecut run`: export → optimize → build → compare, in one report.
+
+    Three variants are timed together: the exported file, the dense baseline (every pass but channel removal)
+    and lean. `pruning` = baseline / lean is what channel removal bought; `cleanup` = exported / baseline is what
+    graph cleanup (and a precision change, if asked) bought; `total` = exported / lean = cleanup × pruning."""
 
     export: ExportReport
     optimize: OptimizeReport
+    baseline: OptimizeReport
     builds: list[BuildReport]
     compare: CompareReport
+    pruning: Speedup
+    cleanup: Speedup
+    total: Speedup
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,21 +1,38 @@
-"""`sparsecut run`: checkpoint → verified ONNX → lean ONNX → built artifacts → dense vs lean measured interleaved,
-with every file and one report (JSON, Markdown, plot) in one folder."""
+"""`sparsecut run`: checkpoint → verified ONNX → dense baseline and lean ONNX → built artifacts → the three
+measured interleaved, with every file and one report (JSON, Markdown, plot) in one folder."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sparsecut.exporter import ExportOptions, export_checkpoint
-from sparsecut.modelfile import atomic_write_text
+from sparsecut.modelfile import atomic_write_text, graph_precision
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.report import BuildReport, PrecisionReport, RunReport, write_json
-from sparsecut.targets import BuildOptions, ProfileOptions, compare_models, get_target
+from sparsecut.targets import BuildOptions, ProfileOptions, compare_artifacts, get_target
+from sparsecut.targets.noise import speedup
 
-__all__ = ["RunOptions", "build_for_target", "markdown_summary", "run_workflow"]
+__all__ = [
+    "VARIANTS",
+    "RunOptions",
+    "baseline_passes",
+    "build_for_target",
+    "markdown_summary",
+    "run_workflow",
+    "speedup_lines",
+]
 
-STEPS = ("export", "optimize", "build", "compare")
+STEPS = ("export", "baseline", "optimize", "build", "compare")
+VARIANTS = ("exported", "baseline", "lean")
+REPORT_FILES = ("report.json", "report.md", "compare.png")
+
+
+def run_files(target_suffix: str) -> tuple[str, ...]:
+    """Every file `run_workflow` writes into its folder, for a target whose artifacts end in `target_suffix`."""
+    models = [f"{name}{ext}" for name in VARIANTS for ext in (".onnx", ".onnx.data", target_suffix)]
+    return (*models, *REPORT_FILES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +42,11 @@ class RunOptions:
     sparsity: bool = False
     export: ExportOptions = dataclasses.field(default_factory=ExportOptions)
     optimize: OptimizeOptions = dataclasses.field(default_factory=OptimizeOptions)
-    profile: ProfileOptions = dataclasses.field(default_factory=ProfileOptions)
-    rounds: int = 10
+    profile: ProfileOptions = dataclasses.field(
+        default_factory=lambda: ProfileOptions(iterations=300, warmup=5, per_layer=False)
+    )
+    rounds: int = 30
+    budget: float | None = None  # seconds of timing: more rounds for a tighter interval
 
 
 def run_workflow(
@@ -37,38 +57,75 @@ def run_workflow(
     model_factory: str | None = None,
     options: RunOptions | None = None,
     step: Callable[[str], None] = lambda name: None,
+    progress: Callable[[int, int], None] | None = None,
+    publish_as: Path | None = None,
 ) -> RunReport:
-    """Run every step; `step(name)` is called as each one starts (for progress displays)."""
+    """Run every step; `step(name)` is called as each one starts, `progress(round, rounds)` while timing.
+    `publish_as`: where `out_dir` will be moved once everything succeeded (the report names the files there).
+
+    Three variants are built and timed interleaved: the exported file, the dense baseline (the same pipeline
+    without channel removal: every other pass, the same precision) and lean, so that what channel removal bought
+    is told apart from what graph cleanup bought."""
     options = options or RunOptions()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dense, lean = out_dir / "dense.onnx", out_dir / "lean.onnx"
+    exported_path, baseline_path, lean_path = (out_dir / f"{name}.onnx" for name in VARIANTS)
 
     step("export")
-    exported = export_checkpoint(checkpoint, dense, arch=arch, model_factory=model_factory, options=options.export)
+    exported = export_checkpoint(
+        checkpoint, exported_path, arch=arch, model_factory=model_factory, options=options.export
+    )
+    step("baseline")
+    lean_options = dataclasses.replace(options.optimize, precision=options.precision)
+    baseline_options = dataclasses.replace(lean_options, passes=baseline_passes(lean_options.passes))
+    baseline = optimize_model(exported_path, baseline_path, baseline_options)
     step("optimize")
-    optimized = optimize_model(dense, lean, dataclasses.replace(options.optimize, precision=options.precision))
+    optimized = optimize_model(exported_path, lean_path, lean_options)
     step("build")
-    suffix = ".plan" if options.target == "tensorrt" else ".ort.onnx"
-    # the lean graph carries its precision now; the dense one is the reference, built as exported
-    builds = [
-        build_for_target(dense, out_dir / f"dense{suffix}", options.target, BuildOptions(sparsity=options.sparsity))[0],
-        build_for_target(
-            lean, out_dir / f"lean{suffix}", options.target, BuildOptions(precision="best", sparsity=options.sparsity)
-        )[0],
-    ]
+    backend = get_target(options.target)
+    artifacts, builds = [], []
+    for name, path in zip(VARIANTS, (exported_path, baseline_path, lean_path), strict=True):
+        # each engine computes what its graph carries: the exported file its own precision, the other two the
+        # precision optimize put into them
+        build = BuildOptions(
+            precision=graph_precision(path), sparsity=options.sparsity, threads=options.profile.threads
+        )
+        artifact, report = backend.build(path, out_dir / f"{name}{backend.artifact_suffix}", build)
+        artifacts.append(artifact)
+        builds.append(report)
     step("compare")
-    compared = compare_models(
-        [dense, lean],
-        target=options.target,
+    compared = compare_artifacts(
+        artifacts,
+        backend,
         options=options.profile,
         rounds=options.rounds,
+        budget=options.budget,
+        baseline=VARIANTS.index("baseline"),
+        labels=VARIANTS,
         plot=out_dir / "compare.png",
+        progress=progress,
     )
-    report = RunReport(export=exported, optimize=optimized, builds=builds, compare=compared)
+    rounds = {v.label: v.rounds_ms for v in compared.variants}
+    report = RunReport(
+        export=exported,
+        optimize=optimized,
+        baseline=baseline,
+        builds=builds,
+        compare=compared,
+        pruning=compared.variant("lean").speedup,
+        cleanup=speedup(rounds["exported"], rounds["baseline"], seed=options.profile.seed),
+        total=speedup(rounds["exported"], rounds["lean"], seed=options.profile.seed),
+    )
+    if publish_as is not None:
+        report = report.map_strings(lambda text: text.replace(str(out_dir), str(publish_as)))
     write_json(report, out_dir / "report.json")
     atomic_write_text(out_dir / "report.md", markdown_summary(report))
     return report
+
+
+def baseline_passes(passes: Sequence[str]) -> tuple[str, ...]:
+    """The like-for-like baseline of a pipeline: every pass but channel removal."""
+    return tuple(p for p in passes if p != "remove-dead-channels")
 
 
 def build_for_target(
@@ -78,7 +135,6 @@ def build_for_target(
     TensorRT 11's strongly typed networks) and the graph lacks it, the to-fp16 / quantize-int8 pass runs first and
     its graph is saved beside the artifact (`<name>.fp16.onnx` / `<name>.int8.onnx`)."""
     from sparsecut.passes.precision import PrecisionOptions, convert_precision
-    from sparsecut.targets.onnxruntime import _precision_of
 
     model, output = Path(model), Path(output)
     target = get_target(target_name)
@@ -87,25 +143,14 @@ def build_for_target(
     if (
         wanted in ("fp16", "int8")
         and model.exists()
-        and _precision_of(model) != wanted
-        and _graph_needs_it(target_name)
+        and graph_precision(model) != wanted
+        and target.precision_in_graph()
     ):
         prepared = output.with_name(f"{output.name.split('.')[0]}.{wanted}.onnx")
         converted = convert_precision(model, prepared, PrecisionOptions(wanted, calibration))
         model = prepared
     _, report = target.build(model, output, options)
     return report, converted
-
-
-def _graph_needs_it(target_name: str) -> bool:
-    """onnxruntime runs what the graph says; TensorRT ≤ 10 can still be told by builder flags."""
-    if target_name != "tensorrt":
-        return True
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return False  # the build itself will say that TensorRT is missing
-    return not hasattr(trt.BuilderFlag, "FP16")
 
 
 def markdown_summary(report: RunReport) -> str:
@@ -119,13 +164,25 @@ def markdown_summary(report: RunReport) -> str:
         f"- measured on **{c.device}** with {c.target}, batch {c.variants[0].latency.batch}, "
         f"{c.rounds} interleaved rounds",
         "",
-        "| variant | params | MACs | p50 ms | p90 ms | speedup | MACs ratio |",
+        *(f"{line}" for line in speedup_lines(report)),
+        "",
+        "| variant | params | MACs | p50 ms | p90 ms | speedup vs baseline | MACs ratio |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for v in c.variants:
         lines.append(
-            f"| {Path(v.model).name} | {v.params:,} | {v.macs:,} | {v.latency.p50_ms:.3f} | {v.latency.p90_ms:.3f} "
-            f"| {v.speedup:.2f}× | {v.macs_ratio:.3f} |"
+            f"| {v.label} ({Path(v.model).name}) | {v.params:,} | {v.macs:,} | {v.latency.p50_ms:.3f} "
+            f"| {v.latency.p90_ms:.3f} | {v.speedup.describe()} | {v.macs_ratio:.3f} |"
         )
     lines += ["", "![MACs vs latency](compare.png)", ""]
     return "\n".join(lines)
+
+
+def speedup_lines(report: RunReport) -> list[str]:
+    """The three ratios of a run, in words: what channel removal bought, what cleanup bought, and both."""
+    precision = f" and the {report.optimize.precision.precision} conversion" if report.optimize.precision else ""
+    return [
+        f"- **pruning speedup** (dense baseline / lean, channel removal alone): {report.pruning.describe()}",
+        f"- graph cleanup{precision} (exported / dense baseline): {report.cleanup.describe()}",
+        f"- total (exported / lean = cleanup × pruning): {report.total.describe()}",
+    ]

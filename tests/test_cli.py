@@ -88,7 +88,7 @@ def _bad(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "output is input": (
             ["export", str(checkpoint), "--arch", "resnet-tiny", "-o", str(checkpoint)],
-            "output is the input file",
+            "is the input; sparsecut never overwrites its input",
         ),
     }
 

@@ -1,32 +1,54 @@
-"""`sparsecut run`: one folder with every artifact and one report."""
+"""`sparsecut run`: one folder with every artifact and one report, three variants timed like for like."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from sparsecut.cli import main
 from sparsecut.report import RunReport
+from sparsecut.targets.noise import speedup
 
 
 def test_run_end_to_end(tmp_path, checkpoint_factory, capsys):
     out = tmp_path / "run"
     code = main(
-        ["run", str(checkpoint_factory("resnet-tiny")), "--arch", "resnet-tiny", "-o", str(out), "--iterations", "10"]
-    )
+        ["run", str(checkpoint_factory("resnet-tiny")), "--arch", "resnet-tiny", "-o", str(out), "--iterations", "30",
+         "--rounds", "3"]
+    )  # fmt: skip
     assert code == 0
-    assert {p.name for p in out.iterdir()} >= {
-        "dense.onnx",
+    assert {p.name for p in out.iterdir()} == {
+        "exported.onnx",
+        "baseline.onnx",
         "lean.onnx",
-        "dense.ort.onnx",
+        "exported.ort.onnx",
+        "baseline.ort.onnx",
         "lean.ort.onnx",
         "report.json",
         "report.md",
         "compare.png",
     }
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging left beside it
     data = json.loads((out / "report.json").read_text())
     report = RunReport.from_dict(data)
     assert report.to_dict() == data
-    dense, lean = report.compare.variants
-    assert lean.macs < dense.macs
-    assert "| lean.onnx |" in (out / "report.md").read_text()
-    assert "speedup" in capsys.readouterr().out
+    exported, baseline, lean = report.compare.variants
+    assert [v.label for v in report.compare.variants] == ["exported", "baseline", "lean"]
+    assert report.compare.baseline == 1
+    # the baseline is the same dense model: the exported file's MACs, every pass but channel removal
+    assert baseline.macs == exported.macs and lean.macs < baseline.macs
+    assert "remove-dead-channels" not in [p.name for p in report.baseline.passes]
+    # the pruning speedup is baseline p50 / lean p50 as reported, with the interval of its rounds
+    assert report.pruning.value == pytest.approx(baseline.latency.p50_ms / lean.latency.p50_ms)
+    again = speedup(baseline.rounds_ms, lean.rounds_ms)  # the same rounds, in ms instead of ns
+    assert (report.pruning.low, report.pruning.high) == (pytest.approx(again.low), pytest.approx(again.high))
+    assert report.total.value == pytest.approx(exported.latency.p50_ms / lean.latency.p50_ms)
+    assert report.cleanup.value == pytest.approx(exported.latency.p50_ms / baseline.latency.p50_ms)
+    # every path in the report is where the file is now, not where it was staged
+    assert lean.model == str(out / "lean.onnx") and report.compare.plot == str(out / "compare.png")
+    markdown = (out / "report.md").read_text()
+    assert "**pruning speedup** (dense baseline / lean, channel removal alone)" in markdown
+    assert "| lean (lean.onnx) |" in markdown
+    printed = capsys.readouterr().out
+    assert "pruning speedup (dense baseline / lean, channel removal alone): " in printed

@@ -3,9 +3,15 @@ when the user trusts the file — whole pickled modules."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
+import logging
 import pickle
+import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,24 +82,43 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_program(path: Path) -> torch.export.ExportedProgram:
+    # torch's loader logs and warns at length about a file it cannot read: keep that out of the one-line error
+    with warnings.catch_warnings(), _quiet_torch_logs(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            return torch.export.load(str(path))
+        except Exception as exc:
+            raise CheckpointError(
+                f"{path}: not a readable torch.export program, truncated or corrupt ({_one_line(exc)})"
+            ) from exc
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    torch_logger = logging.getLogger("torch")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.CRITICAL)
     try:
-        return torch.export.load(str(path))
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path}: not a readable torch.export program, truncated or corrupt ({_one_line(exc)})"
-        ) from exc
+        yield
+    finally:
+        torch_logger.setLevel(level)
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "pickle protocol 5 …" on garbage: the error below says it all
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint, or corrupt ({_one_line(exc)})") from exc
+        # only a real pickle refused for the Python objects it names deserves the advice to trust it
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused is None:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (truncated, corrupt or another format)") from exc
         if not trust:
             raise CheckpointError(
-                f"{path}: holds Python objects that only unpickling can restore, and unpickling runs code from the "
-                "file; if you trust its source, pass --trust-checkpoint (or save a state_dict instead)"
+                f"{path}: holds Python objects ({refused.group(1)}) that only unpickling can restore, and unpickling "
+                "runs code from the file; if you trust its source, pass --trust-checkpoint (or save a state_dict "
+                "instead)"
             ) from exc
     except Exception as exc:  # zip reader errors, EOF: a truncated or foreign file
         raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({_one_line(exc)})") from exc

@@ -24,9 +24,11 @@ import sparsecut
 from sparsecut.checking import checking_session, compare_outputs
 from sparsecut.errors import CheckpointError, ExportError, VerificationError
 from sparsecut.exporter.checkpoint import Checkpoint, load_checkpoint
+from sparsecut.exporter.clean import clean_exported_graph
 from sparsecut.exporter.masks import fold_mask_keys, remove_prune_reparametrizations
 from sparsecut.exporter.resize import fit_to_state_dict
-from sparsecut.modelfile import check_output_path, save_model
+from sparsecut.modelfile import check_output_path, edit_model_file, save_model
+from sparsecut.opsets import MAX_OPSET, MIN_OPSET
 from sparsecut.report import ExportReport, OutputCheck
 
 __all__ = ["ExportOptions", "export_checkpoint", "export_module", "load_factory", "parse_input_shape"]
@@ -34,7 +36,6 @@ __all__ = ["ExportOptions", "export_checkpoint", "export_module", "load_factory"
 log = logging.getLogger(__name__)
 
 METADATA_PREFIX = "pkg.sparsecut."
-MIN_OPSET = 18  # torch.onnx's dynamo exporter emits 18 for CNNs even when asked for less
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +88,8 @@ def export_checkpoint(
     """Export a pruned checkpoint to verified ONNX at `output`. Nothing is written unless verification passes."""
     checkpoint, output = Path(checkpoint), Path(output)
     check_output_path(output, checkpoint)
-    if options.opset < MIN_OPSET:
-        raise ExportError(f"--opset {options.opset}: sparsecut exports opset {MIN_OPSET} or newer")
+    if not MIN_OPSET <= options.opset <= MAX_OPSET:
+        raise ExportError(f"--opset {options.opset}: sparsecut exports opsets {MIN_OPSET} to {MAX_OPSET}")
     if arch is not None and model_factory is not None:
         raise ExportError("give either --arch or --model, not both")
     loaded = load_checkpoint(checkpoint, trust=options.trust_checkpoint)
@@ -162,21 +163,28 @@ def _export(
 
     start = time.perf_counter()
     onnx_model, exporter, note = _to_onnx(model, shape, options.opset, loaded.path)
+    nodes_exported, nodes_clean = clean_exported_graph(onnx_model)
     export_seconds = time.perf_counter() - start
 
     parameters, zeros = _count_parameters(onnx_model)
+    checks: list[OutputCheck] = []
+
+    def verify_then_stamp(staged: Path) -> None:
+        """The check runs on the file as written; its result goes into that file's metadata."""
+        checks.extend(_verify_against_torch(runnable, staged, shape, options, dynamic=exporter != "program-static"))
+        if not all(c.passed for c in checks):
+            worst = max(checks, key=lambda c: c.max_rel_error)
+            raise VerificationError(
+                f"{output}: ONNX differs from PyTorch on batch {worst.batch_size}: max abs error "
+                f"{worst.max_abs_error:.3g}, relative {worst.max_rel_error:.3g} > rtol {options.rtol:g}; nothing "
+                "written (raise --rtol only if you accept that drift)"
+            )
+        stamp = _metadata(loaded, description, exporter, checks, options)
+        edit_model_file(staged, lambda proto: _set_metadata(proto, stamp))
+
     start = time.perf_counter()
-    checks = _verify_against_torch(runnable, onnx_model, shape, options, dynamic=exporter != "program-static")
+    external = save_model(onnx_model, output, check=verify_then_stamp)
     verify_seconds = time.perf_counter() - start
-    if not all(c.passed for c in checks):
-        worst = max(checks, key=lambda c: c.max_rel_error)
-        raise VerificationError(
-            f"{output}: ONNX differs from PyTorch on batch {worst.batch_size}: max abs error "
-            f"{worst.max_abs_error:.3g}, relative {worst.max_rel_error:.3g} > rtol {options.rtol:g}; nothing "
-            "written (raise --rtol only if you accept that drift)"
-        )
-    _stamp_metadata(onnx_model, loaded, description, exporter, checks, options)
-    external = save_model(onnx_model, output)
     log.info("exported %s to %s", loaded.path, output)
     return ExportReport(
         checkpoint=str(loaded.path),
@@ -195,6 +203,8 @@ def _export(
         rtol=options.rtol,
         atol=options.atol,
         external_data=external,
+        nodes_exported=nodes_exported,
+        nodes=nodes_clean,
         export_seconds=export_seconds,
         verify_seconds=verify_seconds,
         versions=_versions(),
@@ -296,7 +306,7 @@ def _flatten_outputs(obj: Any) -> list[np.ndarray]:
 
 
 def _verify_against_torch(
-    runnable: Any, model: ir.Model, shape: tuple[int, ...], options: ExportOptions, dynamic: bool
+    runnable: Any, model: Path, shape: tuple[int, ...], options: ExportOptions, dynamic: bool
 ) -> list[OutputCheck]:
     """Seeded random inputs at batch 1 and 2 (and the given batch), PyTorch vs onnxruntime."""
     batches = sorted({1, 2, shape[0]}) if dynamic else [shape[0]]
@@ -318,6 +328,8 @@ def _count_parameters(model: ir.Model) -> tuple[int, int]:
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
+            continue
+        if len(tensor.shape) == 0:  # a scalar constant (a Clip bound, an epsilon), not a parameter
             continue
         array = tensor.numpy()
         total += array.size
@@ -341,14 +353,9 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _stamp_metadata(
-    model: ir.Model,
-    loaded: Checkpoint,
-    description: str,
-    exporter: str,
-    checks: list[OutputCheck],
-    options: ExportOptions,
-) -> None:
+def _metadata(
+    loaded: Checkpoint, description: str, exporter: str, checks: list[OutputCheck], options: ExportOptions
+) -> dict[str, str]:
     stamp = {
         "checkpoint": loaded.path.name,
         "checkpoint_sha256": loaded.sha256,
@@ -361,5 +368,8 @@ def _stamp_metadata(
         "export.batches": ",".join(str(c.batch_size) for c in checks),
         **{f"version.{k}": v for k, v in _versions().items()},
     }
-    for key, value in stamp.items():
-        model.metadata_props[METADATA_PREFIX + key] = value
+    return {METADATA_PREFIX + key: value for key, value in stamp.items()}
+
+
+def _set_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **entries})

@@ -23,7 +23,8 @@ import onnx_ir as ir
 
 from sparsecut.checking import checking_session, compare_outputs
 from sparsecut.cost import count_costs
-from sparsecut.errors import GraphError, VerificationError
+from sparsecut.errors import GraphError, InputError, VerificationError
+from sparsecut.feeds import model_input_specs, read_arrays, synthetic_inputs
 from sparsecut.modelfile import (
     check_output_path,
     initializer_bytes,
@@ -208,6 +209,14 @@ def _transform(
     For a small model the gate's reference outputs are computed in `pool` meanwhile (onnxruntime releases the
     GIL); for a big one they wait, so that only one copy of the weights is in memory at a time."""
     model = _load_checked(source)
+    overridable = [v.name for v in model.graph.inputs if v.is_initializer()]
+    if overridable:  # IR < 4 style: a caller may feed other values, so their shapes are part of the interface
+        raise GraphError(
+            f"{source}: {len(overridable)} initializer(s) are also graph inputs ({', '.join(map(str, overridable[:3]))}"
+            f"{' …' if len(overridable) > 3 else ''}), so a caller may replace them and sparsecut cannot change "
+            "them without changing the model's interface; re-export it, or remove them from the graph inputs "
+            "(onnx's IR ≥ 4 keeps initializers out of the inputs) if no caller feeds them"
+        )
     external = reads_external_data(model) or None  # weights that came external stay external
     if options.precision == "int8" and QUANTIZED_OPS & {node.op_type for node in model.graph}:
         raise GraphError(
@@ -317,62 +326,22 @@ Feeds = list[tuple[str, dict[str, np.ndarray]]]  # (label, inputs by name)
 
 
 def gate_inputs(model: ir.Model, options: OptimizeOptions, source: Path) -> Feeds:
-    """Seeded random inputs at batch 1 and 2 (symbolic first axis), plus the user's data file."""
-    feeds: Feeds = []
-    rng = np.random.default_rng(options.seed)
-    for batch in (1, 2):
-        inputs = {}
-        for value in model.graph.inputs:
-            if value.name is None or value.name in model.graph.initializers:
-                continue
-            inputs[value.name] = _random_input(value, batch, rng, source, options.data is not None)
-        if all(v is not None for v in inputs.values()):
-            feeds.append((f"random batch {batch}", {k: v for k, v in inputs.items() if v is not None}))
-    if options.data is not None:
-        feeds.append((f"data {options.data.name}", _load_data(options.data, model)))
-    return feeds
-
-
-def _random_input(
-    value: ir.Value, batch: int, rng: np.random.Generator, source: Path, have_data: bool
-) -> np.ndarray | None:
-    if value.shape is None or value.dtype is None:
-        raise GraphError(f"{source}: input {value.name!r} has no shape; pass --data FILE.npz with real inputs")
-    dims = []
-    for axis, dim in enumerate(value.shape):
-        if isinstance(dim, int):
-            dims.append(dim)
-        elif axis == 0:
-            dims.append(batch)
-        elif have_data:
-            return None
-        else:
-            raise GraphError(
-                f"{source}: input {value.name!r} has symbolic dimension {dim} at axis {axis}; pass --data FILE.npz"
-            )
-    dtype = value.dtype.numpy()
-    if np.issubdtype(dtype, np.floating):
-        return rng.standard_normal(dims).astype(dtype)
-    if dtype == np.bool_:
-        return rng.integers(0, 2, dims).astype(bool)
-    return rng.integers(0, 8, dims).astype(dtype)
-
-
-def _load_data(path: Path, model: ir.Model) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise GraphError(f"{path}: no such file")
+    """Seeded random inputs at batch 1 and 2 (the first axis is the batch), plus the user's data file. With data,
+    inputs of symbolic non-batch shape are fed the data alone."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise GraphError(f"{path}: not a readable .npz file ({exc})") from exc
-    names = [v.name for v in model.graph.inputs if v.name is not None and v.name not in model.graph.initializers]
-    if len(names) == 1 and len(arrays) == 1:
-        return {names[0]: next(iter(arrays.values()))}
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise GraphError(f"{path}: no array for input(s) {', '.join(missing)} (arrays: {', '.join(arrays)})")
-    return {n: arrays[n] for n in names}
+        specs = model_input_specs(model)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    if not specs:
+        raise InputError(f"{source}: the model has no inputs; there is nothing to verify it on")
+    feeds: Feeds = []
+    symbolic = any(isinstance(d, str) for spec in specs for d in spec.shape[1:])
+    if not (symbolic and options.data is not None):
+        for batch in (1, 2):
+            feeds.append((f"random batch {batch}", synthetic_inputs(specs, batch, options.seed + batch - 1, source)))
+    if options.data is not None:
+        feeds.append((f"data {options.data.name}", read_arrays(options.data, specs, "--data")))
+    return feeds
 
 
 def _run(model: ir.Model | Path, feeds: Feeds) -> list[list[np.ndarray]] | None:

@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 
 from sparsecut.checking import checking_session
-from sparsecut.errors import GraphError
+from sparsecut.errors import GraphError, InputError
+from sparsecut.feeds import input_specs, read_arrays, synthetic_inputs
 from sparsecut.report import PrecisionReport
 
 __all__ = ["FP16_BLOCKED_OPS", "PrecisionOptions", "convert_precision", "load_calibration"]
@@ -43,78 +44,30 @@ class PrecisionOptions:
     seed: int = 0
 
 
-def _inputs(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], np.dtype]]:
-    initializers = {t.name for t in model.graph.initializer}
-    found = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-        found[value.name] = (dims, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
-    return found
-
-
 def load_calibration(path: Path, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-    """Samples (batch 1 each) from an .npz (arrays by input name, first axis = samples) or a folder of .npy/.npz."""
+    """Samples (batch 1 each) from an .npz (arrays by input name, first axis = samples) or a folder of .npy/.npz,
+    every array checked against the model's inputs (names, dtypes, shapes, finite values)."""
     path = Path(path)
-    inputs = _inputs(model)
+    specs = input_specs(model)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
         if not files:
-            raise GraphError(f"{path}: calibration folder holds no .npy or .npz files")
-        batches = [_arrays_of(f, inputs) for f in files]
+            raise InputError(f"{path}: calibration folder holds no .npy or .npz files")
     elif path.is_file():
-        batches = [_arrays_of(path, inputs)]
+        files = [path]
     else:
-        raise GraphError(f"{path}: no such calibration file or folder")
+        raise InputError(f"{path}: no such calibration file or folder")
     samples = []
-    for batch in batches:
-        for name, array in batch.items():
-            dims, dtype = inputs[name]
-            expected = "×".join("N" if d is None else str(d) for d in dims)
-            if array.ndim != len(dims) or any(
-                d is not None and d != a for d, a in zip(dims[1:], array.shape[1:], strict=True)
-            ):
-                raise GraphError(
-                    f"{path}: calibration input {name!r} has shape {array.shape}; the model expects {expected}"
-                )
-            if array.dtype != dtype:
-                raise GraphError(f"{path}: calibration input {name!r} is {array.dtype}; the model expects {dtype}")
+    for file in files:
+        batch = read_arrays(file, specs, "--calibration")
         count = len(next(iter(batch.values())))
         samples += [{name: array[i : i + 1] for name, array in batch.items()} for i in range(count)]
     return samples
 
 
-def _arrays_of(path: Path, inputs: dict[str, tuple[list[int | None], np.dtype]]) -> dict[str, np.ndarray]:
-    try:
-        if path.suffix == ".npy":
-            arrays = {"": np.load(path, allow_pickle=False)}
-        else:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise GraphError(f"{path}: not a readable numpy file ({exc})") from exc
-    if len(inputs) == 1 and len(arrays) == 1:
-        return {next(iter(inputs)): next(iter(arrays.values()))}
-    missing = [name for name in inputs if name not in arrays]
-    if missing:
-        raise GraphError(f"{path}: no array for input(s) {', '.join(missing)} (arrays: {', '.join(arrays)})")
-    return {name: arrays[name] for name in inputs}
-
-
-def _random_samples(model: onnx.ModelProto, count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(count):
-        sample = {}
-        for name, (dims, dtype) in _inputs(model).items():
-            fixed = [d for d in dims[1:] if d is not None]
-            if len(fixed) != len(dims) - 1:
-                raise GraphError(f"input {name!r} has symbolic dimensions; pass --calibration with real inputs")
-            sample[name] = rng.standard_normal([1, *fixed]).astype(dtype)
-        samples.append(sample)
-    return samples
+def _random_samples(model: onnx.ModelProto, count: int, seed: int, source: Path) -> list[dict[str, np.ndarray]]:
+    specs = input_specs(model)
+    return [synthetic_inputs(specs, 1, seed + i, source) for i in range(count)]
 
 
 class _Reader:
@@ -143,7 +96,7 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
         samples = load_calibration(options.calibration, model)
         origin = str(options.calibration)
     else:
-        samples = _random_samples(model, options.random_samples, options.seed)
+        samples = _random_samples(model, options.random_samples, options.seed, source)
         origin = f"random normal ({len(samples)} samples)"
         if options.precision == "int8":
             log.warning("int8 calibration on RANDOM data: scales will not fit real inputs; pass --calibration")

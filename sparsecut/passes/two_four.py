@@ -4,8 +4,10 @@ A weight is 2:4 when every group of 4 consecutive elements along the reduction a
 Conv W[K, C/g, R, S] along C/g for each (k, r, s); Gemm B along K (axis 1 of the stored B when transB = 1, else 0);
 MatMul with a constant B along its first axis. The weight is followed back through Transpose (dynamo's nn.Linear),
 Cast and DequantizeLinear (a quantized zero is the zero point). A reduction length that is not a multiple of 4 is
-padded with zeros conceptually (and reported). Each 2:4 initializer gets `pkg.sparsecut.sparsity = "2:4"` and the
-doc string `SPARSE_2_4` that TensorRT tooling (Polygraphy) reads; the model gets a summary. Changes no value.
+padded with zeros conceptually (and reported); one shorter than 4 — a depthwise conv reads one channel per group —
+is no candidate at all: TensorRT's sparse kernels never run it, so it is neither labelled nor counted. Each 2:4
+initializer gets `pkg.sparsecut.sparsity = "2:4"` and the doc string `SPARSE_2_4` that TensorRT tooling
+(Polygraphy) reads; the model gets a summary. Changes no value.
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ def _reduction_weight(node: ir.Node) -> tuple[ir.Value, np.ndarray, int, int] | 
         axis, out_axis = 0, 1
     if perm is not None:  # the node sees transpose(stored, perm): its axis a is the stored axis perm[a]
         axis, out_axis = perm[axis], perm[out_axis]
+    if stored.shape[axis] < 4:
+        return None  # shorter than one group of 4 (a depthwise conv: one channel per group): no sparse kernel runs it
     return source, stored, axis, stored.shape[out_axis]
 
 

@@ -6,17 +6,21 @@ missing TensorRT makes only the TensorRT commands fail, with an install hint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from sparsecut.errors import TargetError
+from sparsecut.feeds import InputSpec
 from sparsecut.report import BuildReport, LatencyReport
+from sparsecut.targets.timing import LatencyStats
 
-__all__ = ["TARGETS", "Artifact", "BuildOptions", "ProfileOptions", "Target", "get_target"]
+__all__ = ["TARGETS", "Artifact", "BuildOptions", "InputSpec", "ProfileOptions", "Runner", "Target", "get_target"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +59,12 @@ class Artifact:
     source: Path
 
 
+Runner = Callable[[], object]  # one inference on inputs bound once, as a timing loop calls it
+
+
 class Target(Protocol):
     name: str
+    artifact_suffix: str  # what `build` writes: ".ort.onnx", ".plan"
 
     def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]: ...
 
@@ -65,6 +73,29 @@ class Target(Protocol):
     def run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
     def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport: ...
+
+    def precision_in_graph(self) -> bool:
+        """Whether a precision other than the graph's must be put into the graph before `build` (True), or can
+        be asked of the builder (TensorRT ≤ 10's FP16/INT8 flags)."""
+        ...
+
+    def precision(self, artifact: Artifact) -> str:
+        """What the artifact computes in: fp32, fp16, int8 (or what the engine reports)."""
+        ...
+
+    def inputs(self, artifact: Artifact) -> list[InputSpec]: ...
+
+    def device(self, options: ProfileOptions) -> str: ...
+
+    def latency_report(
+        self, artifact: Artifact, options: ProfileOptions, stats: LatencyStats, **extra: Any
+    ) -> LatencyReport:
+        """A report of `stats` measured on this target, with the environment it was measured in."""
+        ...
+
+    def runner(self, artifact: Artifact, options: ProfileOptions) -> contextlib.AbstractContextManager[Runner]:
+        """Inputs bound once at `options.batch`; yields a callable that runs one inference (and waits for it)."""
+        ...
 
 
 TARGETS = {

@@ -1,12 +1,14 @@
 """Compare variants of a model on one device: measured interleaved (round-robin), so that machine noise — a
-neighbour process, thermal drift — hits every variant alike. Prints params, MACs, p50 and speedup vs the first."""
+neighbour process, thermal drift — hits every variant alike. Every ratio is taken against one baseline and comes
+with its bootstrap interval over the rounds (`noise.py`); variants whose inputs differ are not compared."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,14 +16,17 @@ import onnx_ir as ir
 
 from sparsecut.cost import count_costs
 from sparsecut.errors import TargetError
-from sparsecut.report import CompareReport, LatencyReport, Variant
-from sparsecut.targets.base import BuildOptions, ProfileOptions, get_target
-from sparsecut.targets.environment import cpu_name, host_environment
+from sparsecut.modelfile import load_model
+from sparsecut.report import CompareReport, ModelCost, Variant
+from sparsecut.targets.base import Artifact, BuildOptions, ProfileOptions, Target, get_target
+from sparsecut.targets.noise import MIN_ROUNDS, speedup
 from sparsecut.targets.timing import measure, summarize
 
-__all__ = ["compare_models", "plot_comparison"]
+__all__ = ["check_comparable", "compare_artifacts", "compare_models", "plot_comparison"]
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
 
 
 def compare_models(
@@ -29,103 +34,162 @@ def compare_models(
     *,
     target: str = "onnxruntime",
     options: ProfileOptions | None = None,
+    build: BuildOptions | None = None,
     rounds: int = 10,
+    budget: float | None = None,
+    baseline: Path | None = None,
+    allow_different_inputs: bool = False,
     plot: Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> CompareReport:
-    """Time every model `rounds` times in turn, `options.iterations // rounds` runs each time."""
-    options = options or ProfileOptions()
+    """Time ONNX files (or built artifacts) against `baseline` (default: the first). A target that runs
+    something other than ONNX (TensorRT) builds each ONNX file first, with `build` — the user's options."""
     models = [Path(m) for m in models]
-    if len(models) < 1:
-        raise TargetError("compare needs at least one model")
+    if len(models) < 2:
+        raise TargetError("compare needs at least two models: a baseline and a variant to measure against it")
     for m in models:
-        if not m.exists():
+        if not m.is_file():
             raise TargetError(f"{m}: no such file")
-    costs = [count_costs(_load(m)) for m in models]
-    if target == "onnxruntime":
-        latencies = _interleaved_onnxruntime(models, options, rounds, progress)
-        device = cpu_name() if options.provider == "cpu" else options.provider
-    else:  # engines are built one by one and timed in turn (a GPU runs one engine at a time anyway)
-        backend = get_target(target)
-        latencies = []
-        with tempfile.TemporaryDirectory(prefix="sparsecut-compare-") as tmp:
-            for i, m in enumerate(models):
-                artifact, _ = backend.build(m, Path(tmp) / f"{i}.plan", BuildOptions())
-                latencies.append(backend.profile(artifact, options))
-        device = latencies[0].device
-    first = latencies[0].p50_ms
-    variants = [
-        Variant(
-            model=str(m),
-            params=c.params,
-            macs=c.macs,
-            latency=lat,
-            speedup=first / lat.p50_ms if lat.p50_ms > 0 else float("inf"),
-            macs_ratio=c.macs / costs[0].macs if costs[0].macs else 1.0,
+    index = _baseline_index(models, baseline)
+    backend = get_target(target)
+    with tempfile.TemporaryDirectory(prefix="sparsecut-compare-") as tmp:
+        artifacts = []
+        for i, m in enumerate(models):
+            if m.suffix == ".onnx" and backend.artifact_suffix != ".ort.onnx":
+                artifacts.append(
+                    backend.build(m, Path(tmp) / f"{i}{backend.artifact_suffix}", build or BuildOptions())[0]
+                )
+            else:
+                artifacts.append(backend.load(m))
+        return compare_artifacts(
+            artifacts,
+            backend,
+            options=options,
+            rounds=rounds,
+            budget=budget,
+            baseline=index,
+            allow_different_inputs=allow_different_inputs,
+            plot=plot,
+            progress=progress,
         )
-        for m, c, lat in zip(models, costs, latencies, strict=True)
-    ]
+
+
+def compare_artifacts(
+    artifacts: Sequence[Artifact],
+    backend: Target,
+    *,
+    options: ProfileOptions | None = None,
+    rounds: int = 10,
+    budget: float | None = None,
+    baseline: int = 0,
+    labels: Sequence[str] | None = None,
+    allow_different_inputs: bool = False,
+    plot: Path | None = None,
+    progress: Progress | None = None,
+) -> CompareReport:
+    """Time built artifacts interleaved: `rounds` rounds of `options.iterations // rounds` runs each, or — with a
+    `budget` in seconds — as many rounds as fit (never fewer than `rounds`)."""
+    options = options or ProfileOptions()
+    if rounds < MIN_ROUNDS:
+        raise TargetError(f"--rounds {rounds}: an interval needs at least {MIN_ROUNDS} interleaved rounds")
+    if not allow_different_inputs:
+        check_comparable(artifacts, backend)
+    costs = [_cost(a) for a in artifacts]
+    samples = _interleaved(artifacts, backend, options, rounds, budget, progress)
+    reference = samples[baseline]
+    base_cost = costs[baseline]
+    variants = []
+    for i, (artifact, cost, rounds_ns) in enumerate(zip(artifacts, costs, samples, strict=True)):
+        stats = summarize([s for r in rounds_ns for s in r], options.batch)
+        latency = backend.latency_report(artifact, options, stats)
+        latency = dataclasses.replace(
+            latency, environment={**latency.environment, "interleaved_rounds": str(len(rounds_ns))}
+        )
+        variants.append(
+            Variant(
+                model=str(artifact.source if artifact.source.suffix == ".onnx" else artifact.path),
+                params=cost.params if cost else 0,
+                macs=cost.macs if cost else 0,
+                latency=latency,
+                speedup=speedup(reference, rounds_ns, seed=options.seed),
+                macs_ratio=cost.macs / base_cost.macs if cost and base_cost and base_cost.macs else 1.0,
+                rounds_ms=[[s / 1e6 for s in r] for r in rounds_ns],
+                label=labels[i] if labels else "",
+            )
+        )
     report = CompareReport(
-        target=target, device=device, rounds=rounds, variants=variants, plot=str(plot) if plot else None
+        target=backend.name,
+        device=backend.device(options),
+        rounds=len(reference),
+        variants=variants,
+        baseline=baseline,
+        plot=str(plot) if plot else None,
     )
     if plot is not None:
         plot_comparison(report, plot)
     return report
 
 
-def _load(path: Path) -> ir.Model:
-    try:
-        return ir.load(path)
-    except Exception as exc:
-        raise TargetError(f"{path}: not a readable ONNX model ({exc})") from exc
-
-
-def _interleaved_onnxruntime(
-    models: list[Path], options: ProfileOptions, rounds: int, progress: Callable[[int, int], None] | None
-) -> list[LatencyReport]:
-    from sparsecut.targets.onnxruntime import _ort_version, _precision_of, _session, random_inputs
-
-    sessions, bindings = [], []
-    for m in models:
-        session = _session(m, options.provider, options.threads, options.optimization)
-        binding = session.io_binding()
-        for name, array in random_inputs(session, options.batch, options.seed, m).items():
-            binding.bind_cpu_input(name, array)
-        for out in session.get_outputs():
-            binding.bind_output(out.name, "cpu")
-        sessions.append(session)
-        bindings.append(binding)
-    per_round = max(1, options.iterations // max(1, rounds))
-    samples: list[list[int]] = [[] for _ in models]
-    runs = [functools.partial(s.run_with_iobinding, b) for s, b in zip(sessions, bindings, strict=True)]
-    for run_once in runs:
-        measure(run_once, warmup=options.warmup, iterations=0)
-    for r in range(rounds):
-        for i, run_once in enumerate(runs):
-            samples[i] += measure(run_once, warmup=0, iterations=per_round)
-        if progress is not None:
-            progress(r + 1, rounds)
-    reports = []
-    for m, s in zip(models, samples, strict=True):
-        stats = summarize(s, options.batch)
-        reports.append(
-            LatencyReport(
-                model=str(m),
-                target="onnxruntime",
-                device=cpu_name() if options.provider == "cpu" else options.provider,
-                batch=options.batch,
-                precision=_precision_of(m),
-                threads=options.threads,
-                warmup=options.warmup,
-                **dataclasses.asdict(stats),
-                environment={**host_environment(), "onnxruntime": _ort_version(), "interleaved_rounds": str(rounds)},
+def check_comparable(artifacts: Sequence[Artifact], backend: Target) -> None:
+    """Refuse artifacts whose inputs differ in names, dtypes or non-batch shapes: their latencies answer
+    different questions."""
+    first = backend.inputs(artifacts[0])
+    for other in artifacts[1:]:
+        theirs = backend.inputs(other)
+        if len(theirs) != len(first) or not all(a.same_as(b) for a, b in zip(first, theirs, strict=True)):
+            mine = ", ".join(s.describe() for s in first)
+            other_text = ", ".join(s.describe() for s in theirs)
+            raise TargetError(
+                f"{other.path}: its inputs ({other_text}) differ from those of {artifacts[0].path} ({mine}); "
+                "latencies of different inputs are not comparable (--allow-different-inputs to time them anyway)"
             )
-        )
-    return reports
+
+
+def _baseline_index(models: list[Path], baseline: Path | None) -> int:
+    if baseline is None:
+        return 0
+    for i, m in enumerate(models):
+        if m.resolve() == Path(baseline).resolve():
+            return i
+    raise TargetError(f"--baseline {baseline}: not among the models compared ({', '.join(map(str, models))})")
+
+
+def _cost(artifact: Artifact) -> ModelCost | None:
+    if artifact.source.suffix != ".onnx":
+        return None  # an engine loaded as it is: its graph is not at hand
+    model: ir.Model = load_model(artifact.source)
+    return count_costs(model)
+
+
+def _interleaved(
+    artifacts: Sequence[Artifact],
+    backend: Target,
+    options: ProfileOptions,
+    rounds: int,
+    budget: float | None,
+    progress: Progress | None,
+) -> list[list[list[int]]]:
+    """samples[variant][round] in nanoseconds."""
+    per_round = max(1, options.iterations // rounds)
+    samples: list[list[list[int]]] = [[] for _ in artifacts]
+    with contextlib.ExitStack() as stack:
+        runs = [stack.enter_context(backend.runner(a, options)) for a in artifacts]
+        for run_once in runs:
+            measure(run_once, warmup=options.warmup, iterations=0)
+        deadline = None if budget is None else time.monotonic() + budget
+        done = 0
+        while done < rounds or (deadline is not None and time.monotonic() < deadline):
+            for i, run_once in enumerate(runs):
+                samples[i].append(measure(run_once, warmup=0, iterations=per_round))
+            done += 1
+            if progress is not None:
+                progress(done, rounds if deadline is None else max(rounds, done + 1))
+    return samples
 
 
 def plot_comparison(report: CompareReport, path: Path) -> None:
-    """MACs ratio vs latency ratio per variant: points below the diagonal ran slower than their MACs promise."""
+    """MACs ratio vs latency ratio per variant, both against the baseline (the reference point at 1, 1): points
+    above the diagonal ran slower than their MACs promise."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,20 +200,28 @@ def plot_comparison(report: CompareReport, path: Path) -> None:
     check_output_path(path)
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     xs = [v.macs_ratio for v in report.variants]
-    ys = [1 / v.speedup if v.speedup else 1.0 for v in report.variants]
-    ax.plot([0, 1.05], [0, 1.05], "--", color="gray", label="latency ∝ MACs")
-    ax.scatter(xs, ys, s=40, zorder=3)
+    ys = [1 / v.speedup.value if v.speedup.value else 1.0 for v in report.variants]
+    errors = [
+        [y - 1 / v.speedup.high for v, y in zip(report.variants, ys, strict=True)],
+        [1 / v.speedup.low - y for v, y in zip(report.variants, ys, strict=True)],
+    ]
+    top = max(1.1, *xs, *ys) * 1.05
+    ax.plot([0, top], [0, top], "--", color="gray", label="latency ∝ MACs")
+    ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, zorder=3, label="variants (95 % interval)")
+    base = report.variants[report.baseline]
+    ax.scatter([1.0], [1.0], marker="*", s=220, color="tab:red", zorder=4, label="baseline (reference)")
     for v, x, y in zip(report.variants, xs, ys, strict=True):
-        ax.annotate(Path(v.model).name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("MACs / MACs of the first")
-    ax.set_ylabel("p50 latency / p50 of the first")
+        name = v.label or Path(v.model).name
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xlabel(f"MACs / MACs of {base.label or Path(base.model).name}")
+    ax.set_ylabel(f"p50 latency / p50 of {base.label or Path(base.model).name}")
     ax.set_title(f"{report.target} on {report.device}"[:70], fontsize=9)
-    ax.set_xlim(0, 1.1)
-    ax.set_ylim(0, max(1.1, *ys) * 1.05)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
         staged = Path(tmp) / path.name
-        fig.savefig(staged)
+        fig.savefig(staged, format="png")
         staged.replace(path)
     plt.close(fig)

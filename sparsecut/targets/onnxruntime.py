@@ -10,23 +10,28 @@ where the installed onnxruntime has them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sparsecut.errors import TargetError
+from sparsecut.feeds import input_specs, synthetic_inputs
+from sparsecut.modelfile import graph_precision
 from sparsecut.report import BuildReport, LatencyReport, LayerTime
-from sparsecut.targets.base import Artifact, BuildOptions, ProfileOptions
+from sparsecut.targets.base import Artifact, BuildOptions, InputSpec, ProfileOptions, Runner
 from sparsecut.targets.environment import cpu_name, host_environment
-from sparsecut.targets.timing import measure, summarize
+from sparsecut.targets.timing import LatencyStats, measure, summarize
 
 __all__ = ["OnnxRuntimeTarget", "random_inputs"]
 
@@ -73,46 +78,14 @@ def _session(path: Path, provider: str, threads: int | None, optimization: str, 
         raise TargetError(f"{path}: onnxruntime cannot load it ({first[:300]})") from exc
 
 
-def random_inputs(session: Any, batch: int, seed: int, source: Path) -> dict[str, np.ndarray]:
-    """Seeded inputs for every graph input; the symbolic first axis is the batch."""
-    if batch < 1:
-        raise TargetError(f"--batch {batch}: the batch size must be at least 1")
-    inputs = session.get_inputs()
-    if not inputs:
-        raise TargetError(f"{source}: the model has no inputs; nothing to feed or time")
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for meta in inputs:
-        dims = []
-        for axis, dim in enumerate(meta.shape):
-            if isinstance(dim, int) and dim > 0:
-                if axis == 0 and dim != batch:
-                    raise TargetError(
-                        f"{source}: input {meta.name!r} has a fixed batch of {dim}; --batch {batch} does not fit"
-                    )
-                dims.append(dim)
-            elif axis == 0:
-                dims.append(batch)
-            else:
-                raise TargetError(f"{source}: input {meta.name!r} has a symbolic dimension {dim!r} at axis {axis}")
-        dtype = _numpy_dtype(meta.type)
-        feeds[meta.name] = (
-            rng.standard_normal(dims).astype(dtype) if np.issubdtype(dtype, np.floating) else np.zeros(dims, dtype)
-        )
-    return feeds
-
-
-def _numpy_dtype(ort_type: str) -> np.dtype:
-    names = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-             "tensor(bool)": np.bool_}  # fmt: skip
-    if ort_type not in names:
-        raise TargetError(f"input type {ort_type} is not supported for random inputs")
-    return np.dtype(names[ort_type])
+def random_inputs(path: Path, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input of the file; the first axis is the batch."""
+    return synthetic_inputs(input_specs(path), batch, seed, path)
 
 
 class OnnxRuntimeTarget:
     name = "onnxruntime"
+    artifact_suffix = ".ort.onnx"
 
     def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]:
         from sparsecut.modelfile import check_output_path
@@ -122,10 +95,10 @@ class OnnxRuntimeTarget:
         if not model.exists():
             raise TargetError(f"{model}: no such file")
         check_output_path(output, model)
-        graph_precision = _precision_of(model)
-        if options.precision not in ("best", graph_precision):
+        in_graph = graph_precision(model)
+        if options.precision not in ("best", in_graph):
             raise TargetError(
-                f"{model}: the graph is {graph_precision}, not {options.precision}; onnxruntime runs the precision the "
+                f"{model}: the graph is {in_graph}, not {options.precision}; onnxruntime runs the precision the "
                 f"graph carries: run `sparsecut optimize --precision {options.precision}` (or `sparsecut build "
                 f"--precision {options.precision}`, which does it for you) first"
             )
@@ -169,42 +142,59 @@ class OnnxRuntimeTarget:
         session = _session(artifact.path, "cpu", None, "all")
         return list(session.run(None, inputs))
 
-    def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport:
+    def precision_in_graph(self) -> bool:
+        return True  # onnxruntime runs what the graph says
+
+    def precision(self, artifact: Artifact) -> str:
+        return graph_precision(artifact.path)
+
+    def inputs(self, artifact: Artifact) -> list[InputSpec]:
+        return input_specs(artifact.path)
+
+    def device(self, options: ProfileOptions) -> str:
+        return cpu_name() if options.provider == "cpu" else options.provider
+
+    @contextlib.contextmanager
+    def runner(self, artifact: Artifact, options: ProfileOptions) -> Iterator[Runner]:
         session = _session(artifact.path, options.provider, options.threads, options.optimization)
-        feeds = random_inputs(session, options.batch, options.seed, artifact.path)
         binding = session.io_binding()
-        for name, array in feeds.items():
+        for name, array in random_inputs(artifact.path, options.batch, options.seed).items():
             binding.bind_cpu_input(name, array)
         for out in session.get_outputs():
             binding.bind_output(out.name, "cpu")
-        samples = measure(
-            lambda: session.run_with_iobinding(binding),
-            warmup=options.warmup,
-            iterations=options.iterations,
-            duration=options.duration,
-        )
+        yield functools.partial(session.run_with_iobinding, binding)
+
+    def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport:
+        with self.runner(artifact, options) as run_once:
+            samples = measure(run_once, warmup=options.warmup, iterations=options.iterations, duration=options.duration)
         stats = summarize(samples, options.batch)
-        layers = self.layer_times(artifact, options, feeds) if options.per_layer else []
+        layers = self.layer_times(artifact, options) if options.per_layer else []
+        return self.latency_report(artifact, options, stats, layers=layers)
+
+    def latency_report(
+        self, artifact: Artifact, options: ProfileOptions, stats: LatencyStats, **extra: Any
+    ) -> LatencyReport:
+        environment = {
+            **host_environment(),
+            "onnxruntime": _ort_version(),
+            "provider": options.provider,
+            "optimization": options.optimization,
+            "threads": str(options.threads or "default"),
+        }
         return LatencyReport(
             model=str(artifact.path),
             target=self.name,
-            device=cpu_name() if options.provider == "cpu" else options.provider,
+            device=self.device(options),
             batch=options.batch,
-            precision=_precision_of(artifact.path),
+            precision=self.precision(artifact),
             threads=options.threads,
             warmup=options.warmup,
             **dataclasses.asdict(stats),
-            environment={
-                **host_environment(),
-                "onnxruntime": _ort_version(),
-                "provider": options.provider,
-                "optimization": options.optimization,
-                "threads": str(options.threads or "default"),
-            },
-            layers=layers,
+            environment=environment,
+            **extra,
         )
 
-    def layer_times(self, artifact: Artifact, options: ProfileOptions, feeds: dict[str, np.ndarray]) -> list[LayerTime]:
+    def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
         """onnxruntime's profiler, joined by node name with the graph's MACs. A node fused into another kernel
         reports no time of its own; its MACs are listed so that they still add up to the model's total."""
         import onnx_ir as ir
@@ -217,6 +207,7 @@ class OnnxRuntimeTarget:
                 artifact.path, options.provider, options.threads, options.optimization,
                 enable_profiling=True, profile_file_prefix=str(Path(tmp) / "ort"),
             )  # fmt: skip
+            feeds = random_inputs(artifact.path, options.batch, options.seed)
             for _ in range(runs + 2):  # the first runs allocate: they are not what steady state costs
                 session.run(None, feeds)
             trace = json.loads(Path(session.end_profiling()).read_text())
@@ -284,16 +275,3 @@ def _ort_version() -> str:
     import onnxruntime
 
     return str(onnxruntime.__version__)
-
-
-def _precision_of(path: Path) -> str:
-    """What the graph computes in: int8 when it has Q/DQ, fp16 when its weights are half, else fp32."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    ops = {n.op_type for n in model.graph.node}
-    if {"QuantizeLinear", "DequantizeLinear"} & ops or any(o.startswith("QLinear") for o in ops):
-        return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-        return "fp16"
-    return "fp32"

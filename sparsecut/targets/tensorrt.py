@@ -12,21 +12,23 @@ Everything TensorRT or CUDA is imported inside the methods: without TensorRT, on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sparsecut.errors import TargetError
-from sparsecut.modelfile import atomic_write_bytes, check_output_path
+from sparsecut.modelfile import atomic_write_bytes, check_output_path, graph_precision
 from sparsecut.report import BuildReport, LatencyReport, LayerTime
-from sparsecut.targets.base import Artifact, BuildOptions, ProfileOptions
+from sparsecut.targets.base import Artifact, BuildOptions, InputSpec, ProfileOptions, Runner
 from sparsecut.targets.environment import gpu_name, host_environment
-from sparsecut.targets.timing import summarize
+from sparsecut.targets.timing import LatencyStats, summarize
 
 __all__ = ["TensorRTTarget"]
 
@@ -56,6 +58,7 @@ def _torch_cuda() -> Any:
 
 class TensorRTTarget:
     name = "tensorrt"
+    artifact_suffix = ".plan"
 
     # ------------------------------------------------------------------------------------------------ build
     def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]:
@@ -75,15 +78,15 @@ class TensorRTTarget:
         logger = _CapturingLogger(trt)
         builder = trt.Builder(logger)
         legacy_precision = hasattr(trt.BuilderFlag, "FP16")  # gone in TensorRT 11
-        graph_precision = _graph_precision(source)
+        in_graph = graph_precision(source)
         flags = 0
         if not legacy_precision:
             flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-            wanted = {"fp16": "fp16", "int8": "int8", "best": graph_precision}.get(options.precision, "fp32")
-            if wanted != graph_precision:
+            wanted = {"fp16": "fp16", "int8": "int8", "best": in_graph}.get(options.precision, "fp32")
+            if wanted != in_graph:
                 step = {"fp16": "--precision fp16", "int8": "--precision int8 --calibration DATA"}.get(wanted, "")
                 raise TargetError(
-                    f"{source}: TensorRT {trt.__version__} builds strongly typed networks; the graph is {graph_precision}, "
+                    f"{source}: TensorRT {trt.__version__} builds strongly typed networks; the graph is {in_graph}, "
                     f"not {wanted}: run `sparsecut optimize {step}` first"
                 )
         network = builder.create_network(flags)
@@ -99,7 +102,7 @@ class TensorRTTarget:
         if legacy_precision and options.precision in ("fp16", "best"):
             config.set_flag(trt.BuilderFlag.FP16)
         if legacy_precision and options.precision in ("int8", "best"):
-            if graph_precision != "int8" and options.precision == "int8":
+            if in_graph != "int8" and options.precision == "int8":
                 raise TargetError(
                     f"{source}: INT8 needs explicit Q/DQ in the graph: run `sparsecut optimize --precision int8` first"
                 )
@@ -227,11 +230,53 @@ class TensorRTTarget:
         stream.synchronize()
         return [t.cpu().numpy() for t in outputs.values()]
 
-    def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport:
+    def precision_in_graph(self) -> bool:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            return True  # the build itself will say that TensorRT is missing
+        return not hasattr(trt.BuilderFlag, "FP16")  # TensorRT 11 builds strongly typed networks only
+
+    def precision(self, artifact: Artifact) -> str:
+        return graph_precision(artifact.source) if artifact.source.suffix == ".onnx" else "engine"
+
+    def inputs(self, artifact: Artifact) -> list[InputSpec]:
+        if artifact.source.suffix == ".onnx":
+            from sparsecut.feeds import input_specs
+
+            return input_specs(artifact.source)
+        trt, engine = self._engine(artifact)
+        specs = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                dims = tuple(d if d >= 0 else "?" for d in engine.get_tensor_shape(name))
+                specs.append(InputSpec(name, str(engine.get_tensor_dtype(name)).rsplit(".", 1)[-1].lower(), dims))
+        return specs
+
+    def device(self, options: ProfileOptions) -> str:
+        return gpu_name() or _torch_cuda().cuda.get_device_name()
+
+    @contextlib.contextmanager
+    def runner(self, artifact: Artifact, options: ProfileOptions) -> Iterator[Runner]:
+        """One inference = a launch on a private stream and a wait for it, so that a timing loop around it
+        measures the GPU's work."""
+        with self._launcher(artifact, options) as (launch, stream, _, _):
+
+            def run_once() -> None:
+                launch()
+                stream.synchronize()
+
+            yield run_once
+
+    @contextlib.contextmanager
+    def _launcher(self, artifact: Artifact, options: ProfileOptions) -> Iterator[tuple[Any, Any, Any, Any]]:
+        """(launch, stream, context, trt): inputs bound at `options.batch`; with `cuda_graph`, launch replays a
+        captured CUDA graph."""
         torch = _torch_cuda()
         trt, engine = self._engine(artifact)
         context = engine.create_execution_context()
-        self._bind(trt, engine, context, options.batch, None)
+        buffers = self._bind(trt, engine, context, options.batch, None)  # held: the context points into them
         stream = torch.cuda.Stream()
 
         def launch() -> None:
@@ -244,6 +289,17 @@ class TensorRTTarget:
             with torch.cuda.graph(graph, stream=stream):
                 launch()
             launch = graph.replay
+        yield launch, stream, context, trt
+        del buffers
+
+    def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport:
+        """CUDA events around each launch: the GPU's time, not the host's."""
+        with self._launcher(artifact, options) as (launch, stream, context, trt):
+            stats, layers = self._time(launch, stream, context, trt, options)
+        return self.latency_report(artifact, options, stats, layers=layers)
+
+    def _time(self, launch: Any, stream: Any, context: Any, trt: Any, options: ProfileOptions) -> tuple[Any, Any]:
+        torch = _torch_cuda()
         for _ in range(options.warmup):
             launch()
         stream.synchronize()
@@ -263,17 +319,23 @@ class TensorRTTarget:
                 break
         stats = summarize(samples, options.batch)
         layers = self._layer_times(trt, context, stream) if options.per_layer else []
+        return stats, layers
+
+    def latency_report(
+        self, artifact: Artifact, options: ProfileOptions, stats: LatencyStats, **extra: Any
+    ) -> LatencyReport:
+        trt = _tensorrt()
         return LatencyReport(
             model=str(artifact.path),
             target=self.name,
-            device=gpu_name() or torch.cuda.get_device_name(),
+            device=self.device(options),
             batch=options.batch,
-            precision="engine",
+            precision=self.precision(artifact),
             threads=None,
             warmup=options.warmup,
             **dataclasses.asdict(stats),
             environment={**host_environment(), "tensorrt": trt.__version__, "cuda_graph": str(options.cuda_graph)},
-            layers=layers,
+            **extra,
         )
 
     @staticmethod
@@ -320,12 +382,6 @@ class _CapturingLogger:
     lines: list[str]
 
     def last_error(self) -> str | None: ...
-
-
-def _graph_precision(path: Path) -> str:
-    from sparsecut.targets.onnxruntime import _precision_of
-
-    return _precision_of(path)
 
 
 def _two_four_weights(path: Path) -> list[str]:

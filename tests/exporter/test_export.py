@@ -12,7 +12,7 @@ from sparsecut.exporter import ExportOptions, export_checkpoint, parse_input_sha
 from sparsecut.exporter import export as export_module_
 from sparsecut.exporter.checkpoint import sha256_of
 from sparsecut.models import build_model
-from tests.conftest import run_onnx
+from tests.conftest import run_onnx, torch_outputs
 
 
 def test_metadata_and_dynamic_batch(tmp_path, checkpoint_factory):
@@ -90,7 +90,7 @@ def test_external_data_above_threshold(tmp_path, checkpoint_factory, monkeypatch
 def test_output_equal_to_input_is_refused(checkpoint_factory):
     checkpoint = checkpoint_factory("resnet-tiny")
     before = checkpoint.read_bytes()
-    with pytest.raises(OutputPathError, match="output is the input file"):
+    with pytest.raises(OutputPathError, match="is the input; sparsecut never overwrites its input"):
         export_checkpoint(checkpoint, checkpoint, arch="resnet-tiny")
     assert checkpoint.read_bytes() == before
 
@@ -139,7 +139,7 @@ def test_input_shape_that_does_not_fit(tmp_path, checkpoint_factory):
 
 
 def test_old_opset_refused(tmp_path, checkpoint_factory):
-    with pytest.raises(ExportError, match="opset 18 or newer"):
+    with pytest.raises(ExportError, match="sparsecut exports opsets 18 to"):
         export_checkpoint(
             checkpoint_factory("resnet-tiny"), tmp_path / "m.onnx", arch="resnet-tiny", options=ExportOptions(opset=13)
         )
@@ -150,3 +150,35 @@ def test_reference_model_is_not_mutated_by_export(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     export_module_.export_module(model, tmp_path / "live.onnx", ExportOptions(input_shape=(1, 3, 32, 32)))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["resnet-tiny", "se-resnet-tiny", "resnext-tiny", "mobilenetv2-tiny", "densenet-tiny", "vit-tiny"])
+def test_exported_graph_is_clean(tmp_path, checkpoint_factory, arch):
+    """The exported file computes nothing at run time that could be computed at export time, keeps BatchNorm
+    explicit and every parameter under its state_dict key — and still equals PyTorch (checked on the file)."""
+    from sparsecut.exporter.clean import LAYOUT_KEY, constant_computable_nodes
+
+    checkpoint = checkpoint_factory(arch)
+    out = tmp_path / "m.onnx"
+    report = export_checkpoint(checkpoint, out, arch=arch)
+    model = ir.load(out)
+    assert [f"{n.op_type} {n.name}" for n in constant_computable_nodes(model)] == []
+    assert report.nodes == len(model.graph) < report.nodes_exported
+    assert all(c.passed for c in report.checks)
+    reference = build_model(arch)
+    parameters = {k: v for k, v in reference.state_dict().items() if v.is_floating_point() and "running" not in k}
+    for name, tensor in parameters.items():
+        assert name in model.graph.initializers, name
+        stored = model.graph.initializers[name].const_value
+        assert stored.size == tensor.numel()
+        layout = stored.metadata_props.get(LAYOUT_KEY)
+        assert tuple(stored.shape) == (tuple(tensor.shape) if layout is None else tuple(reversed(tensor.shape)))
+    batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in reference.modules())
+    assert sum(n.op_type == "BatchNormalization" for n in model.graph) == batchnorms
+    x = np.random.default_rng(0).standard_normal((2, *report.input_shape[1:])).astype(np.float32)
+    pruned = build_model(arch)
+    from sparsecut.exporter.checkpoint import load_checkpoint
+    from sparsecut.exporter.masks import fold_mask_keys
+
+    pruned.load_state_dict(fold_mask_keys(load_checkpoint(checkpoint).state_dict)[0])
+    np.testing.assert_allclose(run_onnx(out, x)[0], torch_outputs(pruned.eval(), x), rtol=1e-4, atol=1e-4)

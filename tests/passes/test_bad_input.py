@@ -77,8 +77,8 @@ def test_bad_model_file(tmp_path, capsys, command, case):
 @pytest.mark.parametrize(
     ("output", "message"),
     [
-        ("model.onnx", "output is the input file"),
-        ("file.txt/out.onnx", "does not exist"),
+        ("model.onnx", "is the input; sparsecut never overwrites its input"),
+        ("file.txt/out.onnx", "file.txt is not a folder"),
         ("nodir/out.onnx", "does not exist"),
     ],
 )

@@ -54,11 +54,15 @@ def test_conv_along_input_channels_per_group(group):
     assert step.layers[1].violating_share == pytest.approx(3 / 16)
 
 
-def test_depthwise_reduction_of_one_is_padded():
+def test_depthwise_conv_is_no_two_four_candidate():
+    """One input channel per group: "2:4" only by padding, and no sparse kernel runs it — neither labelled nor
+    counted (a timm EfficientNet-B0 once reported 16 of 82 weights 2:4, all of them depthwise)."""
     g = GraphBuilder(shape=(8, 5, 5))
-    _, step = annotate(g.model(g.conv("x", g.weight(8, 1, 3, 3), pad=1, group=8)))
-    (layer,) = step.layers
-    assert layer.reduction == 1 and layer.padded and layer.is_2to4
+    depthwise = g.conv("x", g.weight(8, 1, 3, 3), pad=1, group=8)
+    model, step = annotate(g.model(g.conv(depthwise, two_four((16, 8, 1, 1), 1, np.random.default_rng(0)))))
+    assert [(layer.reduction, layer.is_2to4) for layer in step.layers] == [(8, True)]
+    labelled = [v.name for v in model.graph.initializers.values() if v.const_value.doc_string == "SPARSE_2_4"]
+    assert len(labelled) == 1
 
 
 @pytest.mark.parametrize("trans_b", [0, 1])

@@ -38,18 +38,28 @@ def test_compare_two_variants(tmp_path, dense_and_lean):
         progress=lambda done, total: rounds_seen.append((done, total)),
     )
     first, second = report.variants
+    assert report.baseline == 0
     assert second.macs < first.macs and second.params < first.params
-    assert first.speedup == 1.0 and second.macs_ratio == second.macs / first.macs
-    assert second.speedup == pytest.approx(first.latency.p50_ms / second.latency.p50_ms)  # measured, not asserted
+    assert first.speedup.value == 1.0 and second.macs_ratio == second.macs / first.macs
+    assert second.speedup.value == pytest.approx(first.latency.p50_ms / second.latency.p50_ms)  # measured
+    assert second.speedup.low <= second.speedup.value <= second.speedup.high
     assert [v.latency.iterations for v in report.variants] == [20, 20]
+    assert [len(v.rounds_ms) for v in report.variants] == [4, 4]
     assert rounds_seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_against_a_chosen_baseline(dense_and_lean):
+    dense, lean = dense_and_lean
+    report = compare_models([dense, lean], options=ProfileOptions(iterations=12, warmup=1), rounds=3, baseline=lean)
+    assert report.baseline == 1 and report.variants[1].speedup.value == 1.0
+    assert report.variants[0].macs_ratio == report.variants[0].macs / report.variants[1].macs > 1
 
 
 def test_compare_cli_json_round_trip(tmp_path, dense_and_lean, capsys):
     out = tmp_path / "c.json"
     dense, lean = dense_and_lean
-    assert main(["compare", str(dense), str(lean), "--iterations", "10", "--rounds", "2", "--json", str(out)]) == 0
+    assert main(["compare", str(dense), str(lean), "--iterations", "10", "--rounds", "3", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert CompareReport.from_dict(data).to_dict() == data
     assert "speedup" in capsys.readouterr().out

@@ -88,9 +88,9 @@ def _no_inputs(path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--batch", "0"], "--batch 0: the batch size must be at least 1"),
+        (["--batch", "0"], "--batch: Input should be greater than or equal to 1"),
         (["--provider", "cuda"], "has no CUDAExecutionProvider"),
-        (["--target", "nope"], "unknown target 'nope'"),
+        (["--target", "nope"], "--target: 'nope' is not one of onnxruntime, tensorrt"),
     ],
 )
 def test_profile_bad_options(small_model, capsys, argv, message):
