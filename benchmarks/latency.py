@@ -3,9 +3,12 @@ and its pruned (lean) variant, in one run:
 
 - sparsecut's p50 (IOBinding, perf_counter_ns around run_with_iobinding) vs a bare `InferenceSession.run` loop
   timed the same way — the ratio should stay within 5 %;
-- stability: the p50 spread (max/min) over 5 repeats of each.
+- stability: the p50 spread (max/min) over 5 repeats of each;
+- the demo's pruning speedup (ResNet-18, l1-filter 0.5: dense baseline / lean, `sparsecut run`'s defaults) with
+  its 95 % interval, measured 5 times: the interval should be about ±5 % or tighter, and the 5 values should
+  fall inside each other's intervals.
 
-    .venv/bin/python benchmarks/latency.py [--arch resnet50] [--iterations 40] [--threads 2]
+    .venv/bin/python benchmarks/latency.py [--arch resnet50] [--iterations 40] [--threads 2] [--skip-harness]
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from rich.table import Table
 
 from sparsecut.exporter import export_checkpoint
 from sparsecut.models import make_pruned_model, save_state_dict
-from sparsecut.passes import optimize_model
-from sparsecut.targets import ProfileOptions, get_target
+from sparsecut.passes import OptimizeOptions, optimize_model
+from sparsecut.targets import ProfileOptions, compare_artifacts, get_target
 from sparsecut.targets.onnxruntime import _session
+from sparsecut.workflow import RunOptions, baseline_passes
 
 
 def bare_p50(path: Path, iterations: int, threads: int) -> float:
@@ -41,14 +45,56 @@ def bare_p50(path: Path, iterations: int, threads: int) -> float:
     return statistics.median(samples)
 
 
+def demo_pruning_speedups(console: Console, repeats: int) -> None:
+    """The like-for-like ratio `sparsecut demo` prints, measured `repeats` times with run's default timing."""
+    target = get_target("onnxruntime")
+    run = RunOptions()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        save_state_dict(make_pruned_model("resnet18", "l1-filter", 0.5), folder / "ckpt.pt")
+        export_checkpoint(folder / "ckpt.pt", folder / "exported.onnx", arch="resnet18")
+        optimize_model(folder / "exported.onnx", folder / "lean.onnx")
+        optimize_model(
+            folder / "exported.onnx",
+            folder / "baseline.onnx",
+            OptimizeOptions(passes=baseline_passes(OptimizeOptions().passes)),
+        )
+        artifacts = [target.load(folder / "baseline.onnx"), target.load(folder / "lean.onnx")]
+        table = Table(title=f"demo (ResNet-18, l1-filter 0.5): pruning speedup, {run.rounds} rounds × "
+                      f"{run.profile.iterations // run.rounds} runs, {repeats} repeats")  # fmt: skip
+        for column in ("repeat", "baseline p50 ms", "lean p50 ms", "pruning speedup", "95 % interval", "± %"):
+            table.add_column(column, justify="right")
+        values = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            report = compare_artifacts(artifacts, target, options=run.profile, rounds=run.rounds)
+            base, lean = report.variants
+            ratio = lean.speedup
+            values.append(ratio)
+            half = 100 * (ratio.high - ratio.low) / 2 / ratio.value
+            table.add_row(str(i + 1), f"{base.latency.p50_ms:.2f}", f"{lean.latency.p50_ms:.2f}",
+                          f"{ratio.value:.3f}", f"{ratio.low:.3f}–{ratio.high:.3f}",
+                          f"{half:.1f} ({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    console.print(table)
+    overlap = max(v.low for v in values) <= min(v.high for v in values)
+    console.print(
+        f"median {statistics.median(v.value for v in values):.3f}; spread of the 5 values "
+        f"{max(v.value for v in values) / min(v.value for v in values):.3f}; all intervals share a point: {overlap}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-harness", action="store_true", help="only the demo's pruning speedup")
     args = parser.parse_args()
     console = Console()
+    demo_pruning_speedups(console, args.repeats)
+    if args.skip_harness:
+        return
     target = get_target("onnxruntime")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

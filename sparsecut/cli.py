@@ -760,9 +760,12 @@ VERBOSE_FLAGS = ("--verbose", "-v")
 INTERRUPTED = 130
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the exit code: 0 ok, 2 a bad input or a failure it caused (one line
-    `error: <file or option>: <problem>`), 130 Ctrl-C, 1 a bug in sparsecut ("internal error")."""
+def main(argv: list[str] | None = None, *, restore_sigint: bool = True) -> int:
+    """Runs one command; returns the exit code: 0 ok, 2 a bad input or a failure it caused (one line
+    `error: <file or option>: <problem>`), 130 Ctrl-C, 1 a bug in sparsecut ("internal error").
+
+    Once a command moves its outputs into place, Ctrl-C is ignored (outputs.py); `restore_sigint` gives the
+    caller its handler back afterwards (the console script keeps it ignored until the process exits)."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in VERBOSE_FLAGS for a in args)  # accepted anywhere, also after the subcommand
     if verbose:
@@ -792,7 +795,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     finally:
-        signal.signal(signal.SIGINT, sigint)  # a commit ignores Ctrl-C (outputs.py); the caller gets it back
+        if restore_sigint:
+            signal.signal(signal.SIGINT, sigint)
     if code == INTERRUPTED:
         error_console.print("error: interrupted; nothing written", markup=False, highlight=False)
         return INTERRUPTED

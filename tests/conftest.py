@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,8 +10,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from hypothesis import settings
 
 from sparsecut.models import make_pruned_model, save_state_dict
+
+# CI (CI=true) runs every property test derandomized: the same examples on every run, no flaky reds
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -156,9 +156,10 @@ class OnnxRuntimeTarget:
 
     @contextlib.contextmanager
     def runner(self, artifact: Artifact, options: ProfileOptions) -> Iterator[Runner]:
+        feeds = random_inputs(artifact.path, options.batch, options.seed)  # reads the file first: clearer errors
         session = _session(artifact.path, options.provider, options.threads, options.optimization)
         binding = session.io_binding()
-        for name, array in random_inputs(artifact.path, options.batch, options.seed).items():
+        for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
         for out in session.get_outputs():
             binding.bind_output(out.name, "cpu")

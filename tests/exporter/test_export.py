@@ -152,7 +152,9 @@ def test_reference_model_is_not_mutated_by_export(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("arch", ["resnet-tiny", "se-resnet-tiny", "resnext-tiny", "mobilenetv2-tiny", "densenet-tiny", "vit-tiny"])
+@pytest.mark.parametrize(
+    "arch", ["resnet-tiny", "se-resnet-tiny", "resnext-tiny", "mobilenetv2-tiny", "densenet-tiny", "vit-tiny"]
+)
 def test_exported_graph_is_clean(tmp_path, checkpoint_factory, arch):
     """The exported file computes nothing at run time that could be computed at export time, keeps BatchNorm
     explicit and every parameter under its state_dict key — and still equals PyTorch (checked on the file)."""

@@ -101,14 +101,14 @@ def _check(example: tuple[object, int]) -> None:
     assert report.after.macs <= report.before.macs
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(architectures())
 def test_optimize_is_equivalent_and_never_larger(example):
     _check(example)
 
 
 @pytest.mark.slow
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(architectures())
 def test_optimize_is_equivalent_and_never_larger_many(example):
     _check(example)

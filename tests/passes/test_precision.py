@@ -69,11 +69,11 @@ def test_refuses_to_quantize_twice(tmp_path, exported, calibration):
     [
         (
             lambda p: np.savez(p / "c.npz", input=np.zeros((4, 3, 16, 16), np.float32)),
-            "calibration input 'input' has shape (4, 3, 16, 16); the model expects N×3×32×32",
+            "c.npz: array 'input' has shape 4×3×16×16; the model expects N×3×32×32",
         ),
         (
             lambda p: np.savez(p / "c.npz", input=np.zeros((4, 3, 32, 32), np.float64)),
-            "calibration input 'input' is float64; the model expects float32",
+            "c.npz: array 'input' is float64; the model expects float32 N×3×32×32",
         ),
         (lambda p: None, "calibration folder holds no .npy or .npz files"),
     ],
