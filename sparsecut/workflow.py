@@ -90,9 +90,9 @@ def run_workflow(
         build = BuildOptions(
             precision=graph_precision(path), sparsity=options.sparsity, threads=options.profile.threads
         )
-        artifact, report = backend.build(path, out_dir / f"{name}{backend.artifact_suffix}", build)
+        artifact, built = backend.build(path, out_dir / f"{name}{backend.artifact_suffix}", build)
         artifacts.append(artifact)
-        builds.append(report)
+        builds.append(built)
     step("compare")
     compared = compare_artifacts(
         artifacts,

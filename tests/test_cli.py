@@ -167,3 +167,26 @@ def test_optimize_says_which_weights_kept_2to4_by_a_reorder_and_which_lost_it(tm
     flat = " ".join(stdout.split())
     assert "1 weight(s) were 2:4 in the input and lost it to channel removal:" in flat
     assert "w13: coupled to other channels by Concat/Split/Slice/Flatten" in flat
+
+
+def test_piped_tables_are_not_cut(tmp_path, capsys, monkeypatch):
+    """Without a terminal, names and numbers stay whole (rich would cut tables at 80 columns)."""
+    import onnx
+
+    from tests.passes.graphs import GraphBuilder
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    g = GraphBuilder()
+    name = "a_rather_long_weight_name_that_a_real_exporter_would_write_for_a_deep_layer.weight"
+    w = g.weight(16, 4, 1, 1)
+    w[:, 2::4] = w[:, 3::4] = 0.0  # 2:4 along the input channels
+    y = g.conv("x", w)
+    model = g.model(y)
+    for tensor in model.graph.initializer:
+        tensor.name = name
+    model.graph.node[0].input[1] = name
+    onnx.save(model, tmp_path / "m.onnx")
+    code, stdout, _ = _run(capsys, "inspect", str(tmp_path / "m.onnx"))
+    assert code == 0
+    assert name in stdout
+    assert max(len(line) for line in stdout.splitlines()) > 80

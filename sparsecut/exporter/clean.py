@@ -10,7 +10,11 @@ file 1.7–2.9× slower than the same model folded, and a deployer ships the exp
 2. onnxscript's constant folder computes every node whose inputs are all constant (linear in graph size); a
    conv bias that folds to zeros is dropped (a Conv without bias adds nothing), so the graph holds only the
    parameters the checkpoint has;
-3. `Constant` nodes become initializers, unused nodes and initializers go, the graph is sorted.
+3. a few rewrite rules of onnxscript, chosen one by one (its default set is quadratic on big graphs and would
+   fold BatchNorm): a Reshape whose shape is computed from `Shape(x)` but whose output shape is known gets a
+   constant shape (torch's `flatten` before the classifier), and no-op Cast/Expand/Transpose and successive
+   Reshape/Transpose/Unsqueeze pairs collapse;
+4. `Constant` nodes become initializers, unused nodes and initializers go, the graph is sorted.
 
 BatchNormalization stays explicit (folding it into the conv is `optimize`'s `fold-batchnorm`). Nothing here
 changes what the graph computes; the exporter's PyTorch-vs-ONNX check runs on the cleaned file.
@@ -22,10 +26,22 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass, TopologicalSortPass
 from onnxscript.optimizer import fold_constants
+from onnxscript.rewriter import RewritePass
+from onnxscript.rewriter.rules import common as rules
 
 __all__ = ["LAYOUT_KEY", "clean_exported_graph", "constant_computable_nodes"]
 
 LAYOUT_KEY = "pkg.sparsecut.layout"
+_RULES = [
+    rules.materialize_reshape_shape_rule,
+    rules.reshape_reshape_rule,
+    rules.no_op_cast_rule,
+    rules.cast_cast_rule,
+    rules.no_op_expand_rule,
+    rules.no_op_transpose_rule,
+    rules.transpose_transpose_rule,
+    rules.unsqueeze_unsqueeze_rule,
+]
 
 
 def clean_exported_graph(model: ir.Model) -> tuple[int, int]:
@@ -35,6 +51,7 @@ def clean_exported_graph(model: ir.Model) -> tuple[int, int]:
     _fold_weight_transposes(model.graph)
     fold_constants(model)
     _drop_computed_zero_biases(model.graph, parameters)
+    RewritePass(_RULES)(model)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     RemoveUnusedNodesPass()(model)
     TopologicalSortPass()(model)

@@ -74,6 +74,10 @@ class Target(Protocol):
 
     def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport: ...
 
+    def needs_build(self, path: Path) -> bool:
+        """Whether `path` must go through `build` before this target can time it (an ONNX file for TensorRT)."""
+        ...
+
     def precision_in_graph(self) -> bool:
         """Whether a precision other than the graph's must be put into the graph before `build` (True), or can
         be asked of the builder (TensorRT ≤ 10's FP16/INT8 flags)."""

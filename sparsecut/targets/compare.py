@@ -55,7 +55,7 @@ def compare_models(
     with tempfile.TemporaryDirectory(prefix="sparsecut-compare-") as tmp:
         artifacts = []
         for i, m in enumerate(models):
-            if m.suffix == ".onnx" and backend.artifact_suffix != ".ort.onnx":
+            if backend.needs_build(m):
                 artifacts.append(
                     backend.build(m, Path(tmp) / f"{i}{backend.artifact_suffix}", build or BuildOptions())[0]
                 )

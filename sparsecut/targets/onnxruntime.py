@@ -142,6 +142,9 @@ class OnnxRuntimeTarget:
         session = _session(artifact.path, "cpu", None, "all")
         return list(session.run(None, inputs))
 
+    def needs_build(self, path: Path) -> bool:
+        return False  # onnxruntime runs an ONNX file as it is (optimizing it when the session starts)
+
     def precision_in_graph(self) -> bool:
         return True  # onnxruntime runs what the graph says
 

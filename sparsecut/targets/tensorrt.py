@@ -230,6 +230,9 @@ class TensorRTTarget:
         stream.synchronize()
         return [t.cpu().numpy() for t in outputs.values()]
 
+    def needs_build(self, path: Path) -> bool:
+        return Path(path).suffix == ".onnx"
+
     def precision_in_graph(self) -> bool:
         try:
             import tensorrt as trt
