@@ -20,6 +20,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer._click.exceptions import MissingParameter, NoSuchOption, UsageError  # typer ships click inside
@@ -28,7 +29,7 @@ from sparsecut.errors import InputError, SparsecutError, TargetError
 from sparsecut.opsets import MAX_OPSET, MIN_OPSET
 from sparsecut.outputs import OutputPlan
 from sparsecut.passes.pipeline import DEFAULT_PASSES, PASSES
-from sparsecut.report import Report, write_json
+from sparsecut.report import OptimizeReport, Report, write_json
 
 __all__ = ["app", "main"]
 
@@ -78,10 +79,10 @@ def _one_of(*choices: str) -> Callable[[str], str]:
     return check
 
 
-def _target_name(value: str) -> str:
+def _target_name(value: str | None) -> str | None:
     from sparsecut.targets import TARGETS
 
-    return _one_of(*TARGETS)(value)
+    return None if value is None else _one_of(*TARGETS)(value)
 
 
 def _tolerance(value: float) -> float:
@@ -261,9 +262,25 @@ def optimize(
     ] = "fp32",
     calibration: Annotated[Path | None, typer.Option(help="Calibration inputs for int8 (.npz or folder).")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the equivalence gate (loudly).")] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(callback=_target_name, help="Choose channel counts by latency measured on this target."),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="--target: batch size the decisions are measured at.")] = 1,
+    threads: Annotated[int | None, typer.Option(min=0, help="--target: intra-op threads (0: default).")] = None,
+    provider: Annotated[
+        str, typer.Option(callback=_one_of("cpu", "cuda", "tensorrt"), help="--target onnxruntime: provider.")
+    ] = "cpu",
+    lut: Annotated[
+        Path | None, typer.Option(help="--target: latency table file (default: in the user cache folder).")
+    ] = None,
+    tune_budget: Annotated[
+        float, typer.Option(callback=_positive, help="--target: seconds of layer measurements at most.")
+    ] = 30.0,
     json_path: JsonOption = None,
 ) -> None:
-    """Fold BatchNorm and remove dead channels; written only if verified equal to the input graph."""
+    """Fold BatchNorm and remove dead channels; written only if verified equal to the input graph. With
+    --target, channel counts are chosen by latency measured there, and the candidates are timed end to end."""
     from sparsecut.passes import OptimizeOptions, optimize_model
 
     options = OptimizeOptions(
@@ -289,11 +306,42 @@ def optimize(
     with OutputPlan([model, data, calibration]) as plan:
         staged = plan.file(output, "--output", model=True)
         staged_json = plan.file(json_path, "--json") if json_path else None
-        with console.status(f"optimizing {model} …"):
-            report = optimize_model(model, staged, options)
+        if target is None:
+            with console.status(f"optimizing {model} …"):
+                report = optimize_model(model, staged, options)
+        else:
+            report = _optimize_measured(model, staged, options, target, batch, threads, provider, lut, tune_budget)
         report = _finish(plan, report, staged_json)
     _render_optimize(report)
     _announce_json(json_path)
+
+
+def _optimize_measured(
+    model: Path,
+    output: Path,
+    options: object,
+    target: str,
+    batch: int,
+    threads: int | None,
+    provider: str,
+    lut: Path | None,
+    budget: float,
+) -> OptimizeReport:
+    from sparsecut.passes import OptimizeOptions
+    from sparsecut.passes.latency_table import default_table_path
+    from sparsecut.passes.measured import optimize_measured
+    from sparsecut.targets.tuning import tuning_for
+
+    assert isinstance(options, OptimizeOptions)
+    with _progress() as bar:
+        task = bar.add_task("timing layers", total=None)
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        tuning = tuning_for(target, batch=batch, threads=threads or None, provider=provider,
+                            table=lut or default_table_path(), budget=budget, progress=progress)  # fmt: skip
+        return optimize_measured(model, output, options, tuning)
 
 
 @app.command()
@@ -398,6 +446,8 @@ def _render_optimize(report: object, inspecting: bool = False) -> None:
         )
         for note in p.notes:
             console.print(f"  [yellow]{note}[/yellow]")
+    if report.decision is not None:
+        _render_decision(report.decision)
     if report.output is None:
         console.print("inspect only: nothing written")
     elif report.verified:
@@ -408,6 +458,39 @@ def _render_optimize(report: object, inspecting: bool = False) -> None:
         )
     else:
         console.print(f"[bold red]NOT verified[/bold red] (--no-verify) → {report.output}")
+
+
+def _render_decision(decision: object) -> None:
+    from sparsecut.report import MeasuredDecision
+
+    assert isinstance(decision, MeasuredDecision)
+    context = escape(", ".join(f"{k} {v}" for k, v in decision.context.items()))
+    if decision.groups:
+        table = Table(title=f"channel counts measured on {context}", title_justify="left")
+        for column in ("space", "live", "chosen", "original", "predicted ms of the candidates (count: ms)"):
+            table.add_column(
+                column, justify="left" if column in ("space", "predicted ms of the candidates (count: ms)") else "right"
+            )
+        for g in decision.groups:
+            best = sorted(g.predicted_ms.items(), key=lambda item: item[1])[:4]
+            table.add_row(g.location, str(g.live), str(g.chosen), str(g.original),
+                          "  ".join(f"{c}: {ms:.3f}" for c, ms in best))  # fmt: skip
+        console.print(table)
+    end = Table(title="end to end, interleaved: input and the lean candidates", title_justify="left")
+    for column in ("variant", "p50 ms", "speedup vs input (95 % interval)"):
+        end.add_column(column, justify="left" if column == "variant" else "right")
+    for v in decision.variants:
+        end.add_row(
+            v.name + (" (written)" if v.name == decision.written else ""), f"{v.p50_ms:.3f}", v.speedup.describe()
+        )
+    console.print(end)
+    budget = "; the budget ran out (undecided spaces kept the fixed alignment)" if decision.budget_exhausted else ""
+    console.print(
+        f"latency table {decision.table or '(memory)'}: {decision.table_hits} hits, {decision.table_misses} "
+        f"measured in {decision.measuring_seconds:.1f} s{budget}"
+    )
+    style = "green" if decision.pays else "bold yellow"
+    console.print(f"[{style}]{decision.verdict}[/{style}]")
 
 
 @app.command()
@@ -657,6 +740,13 @@ def run(
         int | None, typer.Option(min=0, help="Intra-op threads (CPU; 0: onnxruntime's default).")
     ] = None,
     trust_checkpoint: Annotated[bool, typer.Option(help="Allow unpickling (runs code from the file).")] = False,
+    measure: Annotated[
+        bool, typer.Option("--measure/--no-measure", help="Choose channel counts by latency on the target.")
+    ] = True,
+    lut: Annotated[Path | None, typer.Option(help="Latency table file (default: in the user cache folder).")] = None,
+    tune_budget: Annotated[
+        float, typer.Option(callback=_positive, help="Seconds of layer measurements at most.")
+    ] = 30.0,
 ) -> None:
     """Export → optimize → build → time exported, dense baseline and lean interleaved, in one go, one report."""
     from sparsecut.exporter import ExportOptions, parse_input_shape
@@ -675,6 +765,9 @@ def run(
         profile=ProfileOptions(iterations=iterations, warmup=5, threads=threads or None, per_layer=False),
         rounds=rounds,
         budget=budget,
+        measured=measure,
+        table=lut,
+        tune_budget=tune_budget,
     )
     _require(checkpoint)
     _run(checkpoint, out_dir, "--output", arch, model, options)

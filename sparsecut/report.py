@@ -18,11 +18,14 @@ __all__ = [
     "BuildReport",
     "ChannelGroupReport",
     "CompareReport",
+    "CountDecision",
     "EnforcedLayer",
     "ExportReport",
     "LatencyReport",
     "LayerCost",
     "LayerTime",
+    "MeasuredDecision",
+    "MeasuredVariant",
     "ModelCost",
     "OptimizeReport",
     "OutputCheck",
@@ -240,6 +243,62 @@ class PrecisionReport(Report):
 
 
 @dataclasses.dataclass(frozen=True)
+class Speedup(Report):
+    """p50 of a reference / p50 of a candidate, timed interleaved, with its bootstrap interval over the rounds."""
+
+    value: float
+    low: float
+    high: float
+    confidence: float = 0.95
+
+    @property
+    def within_noise(self) -> bool:
+        return self.low <= 1.0 <= self.high
+
+    def describe(self) -> str:
+        """`1.93× (95 % interval 1.88–1.97)`, and `, within noise` when the interval holds 1."""
+        text = f"{self.value:.2f}× ({100 * self.confidence:.0f} % interval {self.low:.2f}–{self.high:.2f})"
+        return text + (", within noise" if self.within_noise else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class CountDecision(Report):
+    """How many channels one channel space keeps, chosen by measured latency."""
+
+    location: str
+    original: int
+    live: int  # the fewest the analysis allows
+    chosen: int
+    predicted_ms: dict[str, float]  # candidate count → predicted time of the layers touching the space
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredVariant(Report):
+    name: str  # "input", "align N", "measured"
+    model: str
+    p50_ms: float
+    speedup: Speedup  # p50 of the input / p50 of this one
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredDecision(Report):
+    """`optimize --target`: channel counts chosen on the target, then the candidates timed end to end."""
+
+    target: str
+    context: dict[str, str]  # device, backend, version, threads, batch: what the numbers hold for
+    groups: list[CountDecision]
+    variants: list[MeasuredVariant]
+    written: str  # the variant written
+    pays: bool  # the written variant beats the input beyond noise
+    verdict: str
+    table: str | None
+    table_hits: int
+    table_misses: int
+    measuring_seconds: float
+    budget_exhausted: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimizeReport(Report):
     """What `sparsecut optimize` (or `inspect`, with `output=None`) found and did."""
 
@@ -256,6 +315,7 @@ class OptimizeReport(Report):
     precision: PrecisionReport | None = None
     enforced: list[EnforcedLayer] = dataclasses.field(default_factory=list)  # --enforce-2to4: changes the model
     lost_two_four: list[str] = dataclasses.field(default_factory=list)  # weights 2:4 in the input, not in the output
+    decision: MeasuredDecision | None = None  # --target: how the channel counts were chosen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,25 +366,6 @@ class BuildReport(Report):
     notes: list[str] = dataclasses.field(default_factory=list)
     sparse_layers: list[str] = dataclasses.field(default_factory=list)  # TensorRT: layers run with sparse kernels
     expected_sparse: list[str] = dataclasses.field(default_factory=list)  # weights that were 2:4 before the build
-
-
-@dataclasses.dataclass(frozen=True)
-class Speedup(Report):
-    """p50 of a reference / p50 of a candidate, timed interleaved, with its bootstrap interval over the rounds."""
-
-    value: float
-    low: float
-    high: float
-    confidence: float = 0.95
-
-    @property
-    def within_noise(self) -> bool:
-        return self.low <= 1.0 <= self.high
-
-    def describe(self) -> str:
-        """`1.93× (95 % interval 1.88–1.97)`, and `, within noise` when the interval holds 1."""
-        text = f"{self.value:.2f}× ({100 * self.confidence:.0f} % interval {self.low:.2f}–{self.high:.2f})"
-        return text + (", within noise" if self.within_noise else "")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,9 +10,12 @@ from pathlib import Path
 from sparsecut.exporter import ExportOptions, export_checkpoint
 from sparsecut.modelfile import atomic_write_text, graph_precision
 from sparsecut.passes import OptimizeOptions, optimize_model
+from sparsecut.passes.latency_table import default_table_path
+from sparsecut.passes.measured import optimize_measured
 from sparsecut.report import BuildReport, PrecisionReport, RunReport, write_json
 from sparsecut.targets import BuildOptions, ProfileOptions, compare_artifacts, get_target
 from sparsecut.targets.noise import speedup
+from sparsecut.targets.tuning import tuning_for
 
 __all__ = [
     "VARIANTS",
@@ -47,6 +50,9 @@ class RunOptions:
     )
     rounds: int = 30
     budget: float | None = None  # seconds of timing: more rounds for a tighter interval
+    measured: bool = True  # lean's channel counts chosen by latency on the target (passes/measured.py)
+    table: Path | None = None  # the latency table (default: in the user cache folder)
+    tune_budget: float = 30.0  # seconds of layer measurements at most
 
 
 def run_workflow(
@@ -80,7 +86,19 @@ def run_workflow(
     baseline_options = dataclasses.replace(lean_options, passes=baseline_passes(lean_options.passes))
     baseline = optimize_model(exported_path, baseline_path, baseline_options)
     step("optimize")
-    optimized = optimize_model(exported_path, lean_path, lean_options)
+    if options.measured:
+        tuning = tuning_for(
+            options.target,
+            batch=options.profile.batch,
+            threads=options.profile.threads,
+            provider=options.profile.provider,
+            table=options.table or default_table_path(),
+            budget=options.tune_budget,
+            build=BuildOptions(sparsity=options.sparsity, threads=options.profile.threads),
+        )
+        optimized = optimize_measured(exported_path, lean_path, lean_options, tuning)
+    else:
+        optimized = optimize_model(exported_path, lean_path, lean_options)
     step("build")
     backend = get_target(options.target)
     artifacts, builds = [], []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import torch
 from hypothesis import settings
 
 from sparsecut.models import make_pruned_model, save_state_dict
+
+# measured decisions keep their latency table in the user cache folder: the tests keep theirs to themselves
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sparsecut-test-cache-")
 
 # CI (CI=true) runs every property test derandomized: the same examples on every run, no flaky reds
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)

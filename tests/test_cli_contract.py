@@ -7,6 +7,7 @@ Each case runs in a fresh copy of one case folder, from inside it, so messages n
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import stat
@@ -479,3 +480,28 @@ def test_fuzzed_command_lines_keep_the_contract(case, capsys, argv):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
         assert snapshot(case) == before, argv
+
+
+# ------------------------------------------------------------------------------------------------ --target
+TARGET_CASES: dict[str, tuple[list[str], str]] = {
+    "optimize unknown target": (["optimize", "model.onnx", "-o", "o.onnx", "--target", "tpu"], "--target"),
+    "optimize tune budget 0": (["optimize", "model.onnx", "-o", "o.onnx", "--target", "onnxruntime", "--tune-budget", "0"], "--tune-budget"),
+    "optimize target batch 0": (["optimize", "model.onnx", "-o", "o.onnx", "--target", "onnxruntime", "--batch", "0"], "--batch"),
+    "optimize target no inputs": (["optimize", "noinput.onnx", "-o", "o.onnx", "--target", "onnxruntime"], "noinput.onnx: the model has no inputs"),
+    "optimize target huge": (["optimize", "huge.onnx", "-o", "o.onnx", "--target", "onnxruntime"], "more than sparsecut allocates"),
+    "run tune budget -1": (["run", "ck.pt", "--arch", "resnet-tiny", "-o", "out", "--tune-budget", "-1"], "--tune-budget"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TARGET_CASES))
+def test_bad_target_input_contract(case, capsys, name):
+    argv, fragment = TARGET_CASES[name]
+    assert_contract(argv, fragment, case, capsys)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_target_tensorrt_without_tensorrt_says_how_to_install(case, capsys):
+    assert_contract(
+        ["optimize", "model.onnx", "-o", "o.onnx", "--target", "tensorrt"], "pip install 'sparsecut[tensorrt]'", case,
+        capsys,
+    )  # fmt: skip

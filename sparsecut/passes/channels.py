@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,12 @@ import onnx_ir as ir
 
 from sparsecut.report import ChannelGroupReport
 
-__all__ = ["DeadChannelAnalysis", "constant_array", "weight_array"]
+__all__ = ["ALIGNED", "MEASURED", "SLOWER_WHEN_REMOVED", "DeadChannelAnalysis", "constant_array", "weight_array"]
+
+# why dead channels were kept although removable
+ALIGNED = "kept for alignment"
+MEASURED = "kept: the chosen count runs faster on the target (measured)"
+SLOWER_WHEN_REMOVED = "slower when removed (measured)"
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +100,19 @@ class _Space:
 class DeadChannelAnalysis:
     """Runs on an onnx-ir model whose shapes are inferred; changes nothing. See the module docstring."""
 
-    def __init__(self, model: ir.Model, align: int = 8, enabled_groups: set[int] | None = None) -> None:
+    def __init__(
+        self,
+        model: ir.Model,
+        align: int = 8,
+        enabled_groups: set[int] | None = None,
+        counts: Mapping[str, int] | None = None,
+    ) -> None:
+        """`counts`: for the space named by `space_key`, the channels to keep at least (a measured decision,
+        see channel_counts.py); it replaces `align` there."""
         self.model = model
         self.graph = model.graph
         self.align = max(1, align)
+        self.counts = dict(counts or {})
         self._parent: list[int] = []
         self._spaces: list[_Space] = []
         self.space_of: dict[ir.Value, int] = {}
@@ -809,11 +823,16 @@ class DeadChannelAnalysis:
             for s, sp in enumerate(self.spaces):
                 mask = removable[self.offsets[s] : self.offsets[s + 1]]
                 kept = sp.count - int(mask.sum())
-                # never remove every channel of a tensor (an unused branch is cleanup's job, not ours)
-                target = min(sp.count, max(-(-kept // self.align) * self.align, self.align))
+                chosen = self.counts.get(self.space_key(s))
+                if chosen is None:
+                    # never remove every channel of a tensor (an unused branch is cleanup's job, not ours)
+                    target, reason = min(sp.count, max(-(-kept // self.align) * self.align, self.align)), ALIGNED
+                else:
+                    target = min(sp.count, max(chosen, kept, 1))
+                    reason = SLOWER_WHEN_REMOVED if target == sp.count else MEASURED
                 if target > kept:
                     restore = np.flatnonzero(mask)[-(target - kept) :]
-                    self._add_reason(s, restore, "kept for alignment")
+                    self._add_reason(s, restore, reason)
                     self.kept_for_alignment[s] = self.kept_for_alignment.get(s, 0) + len(restore)
                     keep(removable, self.offsets[s] + restore)
                     changed = True
@@ -845,6 +864,10 @@ class DeadChannelAnalysis:
         return changed
 
     # ------------------------------------------------------------------------------------------ results
+    def space_key(self, s: int) -> str:
+        """A name for space `s` that a later analysis of the same graph finds again: its first named tensor."""
+        return next((str(v.name) for v in self.spaces[s].values if v.name), f"space {s}")
+
     def removed(self, value: ir.Value) -> np.ndarray:
         """Boolean mask of the channels of `value` that go."""
         s = self.space_of[value]
@@ -919,7 +942,7 @@ class DeadChannelAnalysis:
             reports.append(
                 ChannelGroupReport(
                     group=gi,
-                    location=self._location(members),
+                    location=self.location(members),
                     tensors=sum(len(self.spaces[s].values) for s in members),
                     channels_before=before,
                     channels_after=after,
@@ -951,7 +974,7 @@ class DeadChannelAnalysis:
         coupled = self._component_reason.get(int(self.label[self.offsets[s] + k]))
         return f"coupled: {coupled}" if coupled else "coupled to a live channel"
 
-    def _location(self, members: list[int]) -> str:
+    def location(self, members: list[int]) -> str:
         names = []
         for s in members:
             for value in self.spaces[s].values:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -48,10 +49,17 @@ log = logging.getLogger(__name__)
 class RemoveDeadChannelsPass(ir.passes.InPlacePass):
     """Remove dead channels (zero, or constant where every consumer absorbs the constant exactly)."""
 
-    def __init__(self, align: int = 8, enabled_groups: set[int] | None = None, fold: bool = True) -> None:
+    def __init__(
+        self,
+        align: int = 8,
+        enabled_groups: set[int] | None = None,
+        fold: bool = True,
+        counts: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__()
         self.align = align
         self.enabled_groups = enabled_groups
+        self.counts = counts  # measured decisions: channels to keep per space (replaces align there)
         self.fold = fold  # False when fold-constants just ran
         self.analysis: DeadChannelAnalysis | None = None
         self.two_four: list[TwoFourRestore] = []
@@ -59,7 +67,7 @@ class RemoveDeadChannelsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = self.fold and FoldConstantsPass()(model).modified  # weights and biases must be constants to be read
         infer_shapes(model)
-        analysis = DeadChannelAnalysis(model, self.align, self.enabled_groups)
+        analysis = DeadChannelAnalysis(model, self.align, self.enabled_groups, self.counts)
         self.analysis = analysis
         if analysis.total_removed == 0:
             return ir.passes.PassResult(model, modified=folded)

@@ -77,6 +77,7 @@ class OptimizeOptions:
     min_channels: int = 64
     permutation_budget: float = 0.5  # seconds per channel space for enforce-2to4's reorder search; 0 turns it off
     calibration: Path | None = None
+    counts: tuple[tuple[str, int], ...] = ()  # measured decisions: (space, channels kept), replacing align there
 
 
 def _parse_passes(names: Sequence[str]) -> list[str]:
@@ -95,7 +96,7 @@ def _make_pass(
     if name == "fold-batchnorm":
         return FoldBatchNormPass()
     if name == "remove-dead-channels":
-        return RemoveDeadChannelsPass(options.align, enabled_groups, fold=not folded)
+        return RemoveDeadChannelsPass(options.align, enabled_groups, fold=not folded, counts=dict(options.counts))
     if name == "annotate-2to4":
         return AnnotateTwoFourPass()
     return CleanupPass()
@@ -428,7 +429,7 @@ def _bisect_groups(
             _make_pass(name, options)(model)
         return model
 
-    probe = RemoveDeadChannelsPass(options.align)
+    probe = RemoveDeadChannelsPass(options.align, counts=dict(options.counts))
     probe(prepared())
     assert probe.analysis is not None
     groups = [g for g in probe.analysis.group_reports() if g.channels_after < g.channels_before]
@@ -436,7 +437,7 @@ def _bisect_groups(
     while lo < hi:
         mid = (lo + hi) // 2
         model = prepared()
-        RemoveDeadChannelsPass(options.align, {g.group for g in groups[:mid]})(model)
+        RemoveDeadChannelsPass(options.align, {g.group for g in groups[:mid]}, counts=dict(options.counts))(model)
         if differs(model):
             hi = mid
         else:

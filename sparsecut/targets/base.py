@@ -91,6 +91,10 @@ class Target(Protocol):
 
     def device(self, options: ProfileOptions) -> str: ...
 
+    def backend_version(self) -> str:
+        """The version of the library that builds and runs artifacts (onnxruntime, TensorRT)."""
+        ...
+
     def latency_report(
         self, artifact: Artifact, options: ProfileOptions, stats: LatencyStats, **extra: Any
     ) -> LatencyReport:

@@ -260,6 +260,9 @@ class TensorRTTarget:
     def device(self, options: ProfileOptions) -> str:
         return gpu_name() or _torch_cuda().cuda.get_device_name()
 
+    def backend_version(self) -> str:
+        return str(_tensorrt().__version__)
+
     @contextlib.contextmanager
     def runner(self, artifact: Artifact, options: ProfileOptions) -> Iterator[Runner]:
         """One inference = a launch on a private stream and a wait for it, so that a timing loop around it

@@ -1,0 +1,128 @@
+"""The per-layer latency lookup table behind measured decisions: one layer (its real kernel, stride, dilation,
+groups, spatial size, batch) at one channel count, timed once on a device and kept on disk.
+
+A table belongs to one measuring context — device, backend name and version, threads, batch — and is stored
+under that key: a file written on another CPU or by another onnxruntime answers nothing here (a different key
+misses), and a file that is unreadable or not ours is ignored with a warning, never trusted. A second run on the
+same device measures nothing it already knows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["LatencyTable", "LayerSignature", "LayerTimer", "default_table_path"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "sparsecut-latency-table/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSignature:
+    """A Conv (or Gemm/MatMul, as a 1×1 "conv" over its rows) as the target sees it."""
+
+    op: str  # Conv | Gemm | MatMul
+    c_in: int
+    c_out: int
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    groups: int = 1
+    spatial: tuple[int, ...] = ()  # input spatial dims (Conv), or the rows of a Gemm/MatMul
+    batch: int = 1
+
+    def key(self) -> str:
+        return json.dumps(dataclasses.astuple(self), separators=(",", ":"))
+
+    def with_channels(self, c_in: int | None = None, c_out: int | None = None) -> LayerSignature:
+        """The same layer with other channel counts; a depthwise conv keeps one channel per group."""
+        new_in = self.c_in if c_in is None else c_in
+        new_out = self.c_out if c_out is None else c_out
+        groups = self.groups
+        if self.groups > 1 and self.groups == self.c_in == self.c_out:
+            groups = new_in = new_out = c_in if c_in is not None else new_out
+        return dataclasses.replace(self, c_in=new_in, c_out=new_out, groups=groups)
+
+
+class LayerTimer(Protocol):
+    """What a target offers measured decisions: the context its numbers hold in, and one layer's time."""
+
+    def context(self) -> dict[str, str]:
+        """device, backend, version, threads, batch: the key a table is stored under."""
+        ...
+
+    def time_layer(self, layer: LayerSignature) -> float:
+        """Median milliseconds of one run of `layer` alone."""
+        ...
+
+
+class LatencyTable:
+    """Milliseconds by layer signature, for one context; `lookup` measures what it does not know."""
+
+    def __init__(self, path: Path | None, context: Mapping[str, str]) -> None:
+        self.path = path
+        self.context = dict(context)
+        self.key = json.dumps(self.context, sort_keys=True)
+        self.entries: dict[str, float] = {}
+        self._others: dict[str, dict[str, float]] = {}  # tables of other contexts in the same file, kept as they are
+        self.hits = 0
+        self.misses = 0
+        self.measuring_seconds = 0.0
+        if path is not None and path.exists():
+            self._read(path)
+
+    def _read(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT or not isinstance(data.get("tables"), dict):
+                raise ValueError("not a sparsecut latency table")
+            tables = {
+                str(k): {str(sig): float(ms) for sig, ms in v.items() if float(ms) > 0}
+                for k, v in data["tables"].items()
+            }
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("%s: ignored, not a readable sparsecut latency table (%s); measuring afresh", path, exc)
+            return
+        self.entries = tables.pop(self.key, {})
+        self._others = tables
+
+    def known(self, layer: LayerSignature) -> bool:
+        return layer.key() in self.entries
+
+    def lookup(self, layer: LayerSignature, timer: LayerTimer) -> float:
+        key = layer.key()
+        if key in self.entries:
+            self.hits += 1
+            return self.entries[key]
+        self.misses += 1
+        import time
+
+        start = time.perf_counter()
+        ms = float(timer.time_layer(layer))
+        self.measuring_seconds += time.perf_counter() - start
+        self.entries[key] = ms
+        return ms
+
+    def save(self) -> None:
+        """Write the table (atomically); other contexts' tables in the file stay."""
+        if self.path is None:
+            return
+        from sparsecut.modelfile import atomic_write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tables = {**self._others, self.key: self.entries}
+        atomic_write_text(self.path, json.dumps({"format": FORMAT, "tables": tables}, indent=1) + "\n")
+
+
+def default_table_path() -> Path:
+    """Under the user's cache folder (`XDG_CACHE_HOME`, else ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sparsecut" / "latency-table.json"

@@ -1,0 +1,115 @@
+"""`optimize --target`: channel counts chosen by latency on the target, then verified end to end.
+
+1. The graph is folded as the pipeline folds it, and `plan_counts` chooses per channel space how many channels
+   to keep, from a latency table of the layers involved, measured on the target where unknown (channel_counts.py).
+2. Lean candidates are written, each through the whole pipeline and its equivalence gate: with the measured
+   counts, and with the fixed alignments 1, 8 and 16 (and `--align`) — the per-layer table cannot see everything
+   the whole model does (onnxruntime's NCHWc layout changes between layers), so the decision is checked against
+   them end to end.
+3. The input and the candidates are timed interleaved on the target (the same runner and interval as
+   `compare`); the fastest candidate is written. Unless it beats the input beyond noise, the report says plainly
+   that pruning does not pay on this target — the file is still written, flagged so in the report and JSON.
+
+Measurements only decide how many dead channels stay; exactness is the gate's, unchanged. This module asks a
+target for timings through `Tuning` (built by `targets/tuning.py`) and imports no target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sparsecut.errors import GraphError
+from sparsecut.modelfile import check_output_path, load_model, publish
+from sparsecut.passes.channel_counts import CountPlan, plan_counts
+from sparsecut.passes.latency_table import LatencyTable, LayerTimer
+from sparsecut.passes.pipeline import OptimizeOptions, _make_pass, _parse_passes, optimize_model
+from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport
+from sparsecut.shapes import infer_shapes
+
+__all__ = ["FIXED", "Tuning", "optimize_measured"]
+
+FIXED = (1, 8, 16)  # fixed alignments timed beside the measured counts (and the one asked for by --align)
+
+Compare = Callable[[list[Path]], list[MeasuredVariant]]  # p50 and speedup vs the first, for each file
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    target: str
+    timer: LayerTimer
+    compare: Compare
+    batch: int = 1
+    table: Path | None = None  # the latency table file; None keeps it in memory only
+    budget: float = 30.0  # seconds of layer measurements
+    progress: Callable[[str, int, int], None] | None = None
+
+
+def optimize_measured(source: Path, output: Path, options: OptimizeOptions, tuning: Tuning) -> OptimizeReport:
+    source, output = Path(source), Path(output)
+    check_output_path(output, source)
+    names = _parse_passes(options.passes)
+    if tuning.budget <= 0:
+        raise GraphError(f"--tune-budget {tuning.budget}: give a positive number of seconds")
+    start = time.perf_counter()
+    table = LatencyTable(tuning.table, tuning.timer.context())
+    plan = _plan(source, names, options, table, tuning)
+    table.save()
+    candidates = {f"align {a}": dataclasses.replace(options, align=a) for a in sorted({options.align, *FIXED})}
+    candidates["measured"] = dataclasses.replace(options, counts=tuple(sorted(plan.counts.items())))
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
+        staged = {}
+        reports = {}
+        for i, (name, variant_options) in enumerate(candidates.items()):
+            (Path(tmp) / str(i)).mkdir()
+            staged[name] = Path(tmp) / str(i) / output.name
+            reports[name] = optimize_model(source, staged[name], variant_options)
+        timed = tuning.compare([source, *staged.values()])
+        variants = [
+            dataclasses.replace(v, name=name, model=str(source if name == "input" else output))
+            for v, name in zip(timed, ("input", *staged), strict=True)
+        ]
+        best = min(variants[1:], key=lambda v: v.p50_ms)
+        publish(staged[best.name], output)
+    pays = best.speedup.low > 1.0
+    verdict = (
+        f"{best.name} written: {best.speedup.describe()} faster than the input"
+        if pays
+        else f"pruning does not pay on this target: the fastest lean variant ({best.name}) is "
+        f"{best.speedup.describe()} vs the input; written anyway, flagged"
+    )
+    decision = MeasuredDecision(
+        target=tuning.target,
+        context=table.context,
+        groups=plan.decisions,
+        variants=variants,
+        written=best.name,
+        pays=pays,
+        verdict=verdict,
+        table=str(tuning.table) if tuning.table else None,
+        table_hits=table.hits,
+        table_misses=table.misses,
+        measuring_seconds=table.measuring_seconds,
+        budget_exhausted=plan.budget_exhausted,
+    )
+    return dataclasses.replace(
+        reports[best.name], output=str(output), decision=decision, seconds=time.perf_counter() - start
+    )
+
+
+def _plan(source: Path, names: list[str], options: OptimizeOptions, table: LatencyTable, tuning: Tuning) -> CountPlan:
+    """The graph as remove-dead-channels will see it (the passes before it applied), and the counts for it."""
+    if "remove-dead-channels" not in names:
+        raise GraphError("--target decides channel counts: the pipeline needs remove-dead-channels")
+    model = load_model(source, infer_shapes=True)
+    for index, name in enumerate(names[: names.index("remove-dead-channels")]):
+        _make_pass(name, options, folded="fold-constants" in names[:index])(model)
+    infer_shapes(model)
+    progress = None
+    if tuning.progress is not None:
+        report = tuning.progress
+        progress = lambda done, total: report("timing layers", done, total)  # noqa: E731
+    return plan_counts(model, table, tuning.timer, tuning.batch, tuning.budget, progress)

@@ -1,0 +1,150 @@
+"""What a target lends measured decisions (passes/measured.py): one layer timed alone, and whole models timed
+interleaved — the same build, runner and interval as `compare`, so a decision is made the way it is later shown.
+
+A layer becomes a one-node ONNX model (seeded weights, its real kernel, stride, dilation, pads, groups and input
+size), built by the target where it builds (TensorRT: an engine of that one layer) and run with the options the
+whole model will run with (onnxruntime: graph optimizations on, so the NCHWc layout transform decides for the
+layer as it will in the model; spinning off). Its time is the median of repeated runs. A latency table's context
+names the device — a CPU with its vector extensions (NCHWc's block is 8 on AVX2 and 16 on AVX-512) —, the
+backend and its version, threads, provider and batch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsecut.passes.latency_table import LayerSignature
+from sparsecut.passes.measured import Tuning
+from sparsecut.report import MeasuredVariant
+from sparsecut.targets.base import BuildOptions, ProfileOptions, Target, get_target
+from sparsecut.targets.compare import compare_models
+from sparsecut.targets.timing import measure
+
+__all__ = ["TargetLayerTimer", "cpu_vector_extensions", "one_layer_model", "tuning_for"]
+
+
+def tuning_for(
+    target: str,
+    *,
+    batch: int = 1,
+    threads: int | None = None,
+    provider: str = "cpu",
+    table: Path | None = None,
+    budget: float = 30.0,
+    rounds: int = 20,
+    iterations: int = 200,
+    build: BuildOptions | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Tuning:
+    """`build`: the user's build options, for the candidates timed end to end (where the target builds)."""
+    backend = get_target(target)
+    profile = ProfileOptions(batch=batch, threads=threads, provider=provider, warmup=3, per_layer=False)
+    timer = TargetLayerTimer(backend, profile)
+    timer.context()  # a target that cannot run here (TensorRT missing) says so now, before anything is measured
+
+    def compare(paths: list[Path]) -> list[MeasuredVariant]:
+        options = ProfileOptions(batch=batch, threads=threads, provider=provider, iterations=iterations, warmup=5,
+                                 per_layer=False)  # fmt: skip
+        report = compare_models(
+            paths,
+            target=target,
+            options=options,
+            build=build,
+            rounds=rounds,
+            progress=None if progress is None else lambda done, total: progress("timing end to end", done, total),
+        )
+        return [MeasuredVariant("", v.model, v.latency.p50_ms, v.speedup) for v in report.variants]
+
+    return Tuning(target=target, timer=timer, compare=compare, batch=batch, table=table, budget=budget,
+                  progress=progress)  # fmt: skip
+
+
+class TargetLayerTimer:
+    """One layer alone on a target, through the target's own build and runner."""
+
+    def __init__(self, backend: Target, options: ProfileOptions, seconds: float = 0.02) -> None:
+        self.backend = backend
+        self.options = options
+        self.seconds = seconds  # per layer: runs until this much time was spent (and at least 5 runs)
+
+    def context(self) -> dict[str, str]:
+        version = self.backend.backend_version()  # first: a missing backend says how to install it
+        device = self.backend.device(self.options)
+        if self.options.provider == "cpu" and self.backend.name == "onnxruntime":
+            device = f"{device} [{cpu_vector_extensions()}]"
+        return {
+            "device": device,
+            "backend": self.backend.name,
+            "version": version,
+            "provider": self.options.provider,
+            "threads": str(self.options.threads or "default"),
+            "batch": str(self.options.batch),
+        }
+
+    def time_layer(self, layer: LayerSignature) -> float:
+        with tempfile.TemporaryDirectory(prefix="sparsecut-layer-") as tmp:
+            path = Path(tmp) / "layer.onnx"
+            onnx.save(one_layer_model(layer), path)
+            artifact = self.backend.load(path)
+            if self.backend.needs_build(path):
+                artifact, _ = self.backend.build(path, Path(tmp) / f"layer{self.backend.artifact_suffix}",
+                                                 BuildOptions(batch=(layer.batch,) * 3))  # fmt: skip
+            with self.backend.runner(artifact, self.options) as run_once:
+                measure(run_once, warmup=3, iterations=0)
+                samples: list[int] = []
+                deadline = time.perf_counter() + self.seconds
+                while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 200):
+                    samples += measure(run_once, warmup=0, iterations=1)
+        return statistics.median(samples) / 1e6
+
+
+def one_layer_model(layer: LayerSignature) -> onnx.ModelProto:
+    """The layer alone: Conv (with bias), or a MatMul + bias Add over `rows × c_in`; seeded weights."""
+    rng = np.random.default_rng(0)
+    bias = numpy_helper.from_array(rng.standard_normal(layer.c_out).astype(np.float32), "b")
+    if layer.op == "Conv":
+        x_shape = [layer.batch, layer.c_in, *layer.spatial]
+        w = rng.standard_normal((layer.c_out, layer.c_in // layer.groups, *layer.kernel)).astype(np.float32)
+        attrs: dict[str, Any] = {
+            "group": layer.groups,
+            "strides": list(layer.strides),
+            "dilations": list(layer.dilations),
+        }
+        if layer.pads:
+            attrs["pads"] = list(layer.pads)
+        nodes = [helper.make_node("Conv", ["input", "w", "b"], ["y"], kernel_shape=list(layer.kernel), **attrs)]
+    else:
+        x_shape = [*layer.spatial, layer.c_in] if layer.spatial else [layer.batch, layer.c_in]
+        w = rng.standard_normal((layer.c_in, layer.c_out)).astype(np.float32)
+        nodes = [helper.make_node("MatMul", ["input", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), bias],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def cpu_vector_extensions() -> str:
+    """The vector extensions onnxruntime's CPU kernels choose by (from /proc/cpuinfo; empty where unknown)."""
+    wanted = ("avx512f", "avx512_vnni", "avx512bw", "avx2", "fma", "amx_tile", "asimd", "sve")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    return ",".join(w for w in wanted if w in flags)
+    except OSError:
+        pass
+    return ""
