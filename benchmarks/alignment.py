@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +49,9 @@ ALIGNMENTS = (1, 8, 16, 32)
 def load_tvshim(path: Path) -> None:
     spec = importlib.util.spec_from_file_location("tvshim", path)
     assert spec is not None and spec.loader is not None
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tvshim"] = module  # kept alive: its torch.library definitions go with it
+    spec.loader.exec_module(module)
 
 
 def masked_model(name: str, ratio: float) -> tuple[torch.nn.Module, tuple[int, ...]]:
@@ -58,6 +61,13 @@ def masked_model(name: str, ratio: float) -> tuple[torch.nn.Module, tuple[int, .
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
+    with torch.no_grad():  # trained-like BatchNorm: timm zero-initializes the last γ of residual blocks, which
+        for module in model.modules():  # makes whole branches dead in a random model — not what pruning did
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
     shape = (1, *model.default_cfg["input_size"])
     example = torch.randn(shape)
     if name.startswith("vit"):  # only the MLP hidden neurons: embedding channels flow through LayerNorm

@@ -392,6 +392,10 @@ def _render_optimize(report: object, inspecting: bool = False) -> None:
         if step.barriers:
             stops = ", ".join(f"{op} ×{n}" for op, n in sorted(step.barriers.items()))
             console.print(f"  channels stopped at ops without a rule: {stops}")
+        for failure in step.rule_errors:
+            console.print(
+                f"  [yellow]warning:[/yellow] a channel rule gave up, its channels are kept: {escape(failure)}"
+            )
     totals = Table(title="totals (per sample)", title_justify="left")
     for column in ("", "before", "after", "after/before"):
         totals.add_column(column)

@@ -214,6 +214,7 @@ class PassReport(Report):
     barriers: dict[str, int] = dataclasses.field(default_factory=dict)  # op type → nodes that stopped channels
     sparsity: list[SparsityLayer] = dataclasses.field(default_factory=list)
     two_four: list[TwoFourRestore] = dataclasses.field(default_factory=list)  # remove-dead-channels: 2:4 kept?
+    rule_errors: list[str] = dataclasses.field(default_factory=list)  # rules that failed: barriers, with why
 
 
 @dataclasses.dataclass(frozen=True)

@@ -84,7 +84,10 @@ def plan_counts(
     open_spaces = [s for s in touching if live[s] < original[s]]
     multiple = {s: math.lcm(1, *(layer.multiple for layer in touching[s])) for s in open_spaces}
     candidates = {s: candidate_counts(live[s], original[s], multiple[s]) for s in open_spaces}
-    count = {s: min(original[s], max(-(-live[s] // 8) * 8, 8)) for s in original}  # --align 8's start
+    count = dict(original)
+    for s in open_spaces:  # start from --align 8's counts (kept at a multiple the space's grouped convs allow)
+        aligned = min(original[s], max(-(-live[s] // 8) * 8, 8))
+        count[s] = next((c for c in candidates[s] if c >= aligned), original[s])
     predicted: dict[int, dict[int, float]] = {}
     total = 2 * sum(len(c) for c in candidates.values())
     done = 0
@@ -102,7 +105,7 @@ def plan_counts(
                 done += 1
                 if progress is not None:
                     progress(done, total)
-            if len(times) == len(candidates[s]):
+            if len(times) == len(candidates[s]) and any(math.isfinite(t) for t in times.values()):
                 best = min(times, key=lambda c: (times[c], c))
                 count[s] = best
                 predicted[s] = times
@@ -142,7 +145,13 @@ def _signature(layer: _Layer, s: int, c: int, count: dict[int, int]) -> LayerSig
 
 
 def _time(layer: _Layer, s: int, c: int, count: dict[int, int], table: LatencyTable, timer: LayerTimer) -> float:
-    return table.lookup(_signature(layer, s, c, count), timer)
+    """The layer's time at count `c` of space `s`; infinite where the target cannot run that shape."""
+    signature = _signature(layer, s, c, count)
+    try:
+        return table.lookup(signature, timer)
+    except Exception as exc:  # a shape the backend refuses is a candidate not to choose, not a failed optimize
+        log.warning("could not time %s at %s: %s", layer.node, signature, str(exc).splitlines()[0][:200])
+        return math.inf
 
 
 def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[_Layer]:

@@ -128,6 +128,7 @@ class DeadChannelAnalysis:
         self._sinks: list[tuple[ir.Value, ir.Node, str]] = []  # (tensor, reducing consumer, kind)
         self.rules: dict[ir.Node, str] = {}
         self.barriers: dict[str, int] = {}
+        self.rule_errors: list[str] = []  # rules that raised: their nodes became barriers
         self.matmul_bias: dict[ir.Node, ir.Node] = {}
         self.grouped_convs: list[ir.Node] = []
         self._weights: dict[ir.Value, np.ndarray | None] = {}
@@ -214,9 +215,18 @@ class DeadChannelAnalysis:
                 self.rules[node] = "constant"  # computes on constants only (a Transpose of a weight, a Constant)
                 continue
             handler = self._handler(node)
-            kind = handler(node) if handler is not None else None
+            try:
+                kind = handler(node) if handler is not None else None
+            except Exception as exc:  # a rule never aborts the analysis: the node becomes a barrier, and says why
+                kind = None
+                tensor = node.outputs[0].name if node.outputs else "?"
+                self.rule_errors.append(
+                    f"{node.op_type} {node.name!r} (output {tensor!r}): {type(exc).__name__}: {str(exc)[:120]}"
+                )
+                log.warning("channel rule for %s failed; its channels are kept", self.rule_errors[-1])
             if kind is None:
                 self._barrier(node)
+                self._seal(node)
             else:
                 self.rules[node] = kind
         for value in self.graph.outputs:
@@ -252,6 +262,15 @@ class DeadChannelAnalysis:
             "Squeeze": self._squeeze,
             "Unsqueeze": self._squeeze,
         }.get(op)
+
+    def _seal(self, node: ir.Node) -> None:
+        """Outputs a rule registered before it gave up: all channels LIVE and kept, as any barrier's output."""
+        for value in node.outputs:
+            if value in self.space_of:
+                if value not in self.live:
+                    count = self._spaces[self.space_of[value]].count
+                    self._set_state(value, np.ones(count, bool), np.zeros(count))
+                self._veto(value, f"produced by {node.op_type} {node.name!r} (no rule)")
 
     def _barrier(self, node: ir.Node) -> None:
         touched = [v for v in node.inputs if v is not None and v in self.space_of]
@@ -387,6 +406,8 @@ class DeadChannelAnalysis:
         b = b.T if _attr_int(node, "transB", 0) else b  # [K, N]
         alpha = _attr_float(node, "alpha", 1.0)
         beta = _attr_float(node, "beta", 1.0)
+        if beta == 0:
+            return None  # its bias is ignored, so it cannot absorb a constant channel: kept whole
         n = b.shape[1]
         c = _bias(node, 2, n)
         if c is None or self._spaces[self.space_of[a]].count != b.shape[0]:

@@ -121,7 +121,16 @@ def _pass_report(name: str, step: ir.passes.PassBase, modified: bool, seconds: f
         restored = [r for r in step.two_four if r.restored]
         if step.two_four:
             summary += f"; 2:4 kept by reordering channels for {len(restored)} of {len(step.two_four)} weight group(s)"
-        return PassReport(name, modified, seconds, summary, groups, dict(analysis.barriers), two_four=step.two_four)
+        return PassReport(
+            name,
+            modified,
+            seconds,
+            summary,
+            groups,
+            dict(analysis.barriers),
+            two_four=step.two_four,
+            rule_errors=list(analysis.rule_errors),
+        )
     if isinstance(step, AnnotateTwoFourPass):
         sparse = [layer for layer in step.layers if layer.is_2to4]
         summary = f"{len(sparse)} of {len(step.layers)} weight(s) are 2:4 along their reduction axis"
@@ -306,6 +315,7 @@ def inspect_model(source: Path, align: int = 8) -> OptimizeReport:
             f"{analysis.total_removed} channel(s) removable of {sum(g.dead for g in groups)} dead",
             groups,
             dict(analysis.barriers),
+            rule_errors=list(analysis.rule_errors),
         )
     )
     return OptimizeReport(

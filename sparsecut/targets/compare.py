@@ -210,9 +210,12 @@ def plot_comparison(report: CompareReport, path: Path) -> None:
     ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, zorder=3, label="variants (95 % interval)")
     base = report.variants[report.baseline]
     ax.scatter([1.0], [1.0], marker="*", s=220, color="tab:red", zorder=4, label="baseline (reference)")
+    placed: list[tuple[float, float]] = []
     for v, x, y in zip(report.variants, xs, ys, strict=True):
         name = v.label or Path(v.model).name
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        crowd = sum(abs(x - px) < 0.03 and abs(y - py) < 0.03 for px, py in placed)  # labels of points on top
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6 - 11 * crowd), fontsize=8)
+        placed.append((x, y))
     ax.set_xlabel(f"MACs / MACs of {base.label or Path(base.model).name}")
     ax.set_ylabel(f"p50 latency / p50 of {base.label or Path(base.model).name}")
     ax.set_title(f"{report.target} on {report.device}"[:70], fontsize=9)

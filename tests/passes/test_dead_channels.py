@@ -260,3 +260,26 @@ def test_hardswish_prelu_and_division_by_a_constant(tmp_path):
     _, lean = optimize(tmp_path, g.model(g.conv(h, g.weight(2, 8, 1, 1))))
     assert [w.shape[:2] for w in weights(lean, "Conv")] == [(6, 4), (2, 6)]
     assert [n.inputs[1].const_value.shape for n in lean.graph if n.op_type in ("PRelu", "Div")] == [(6, 1, 1)] * 2
+
+
+def test_a_rule_that_fails_makes_a_barrier_not_a_crash(tmp_path, monkeypatch):
+    """A rule meeting something it does not understand (here: made to raise) stops channels at its node, says
+    why, and the rest of the graph is still optimized and gated."""
+
+    def broken(self, node):
+        raise ValueError("an axis this rule does not understand")
+
+    monkeypatch.setattr(DeadChannelAnalysis, "_concat", broken)
+    g = GraphBuilder()
+    a = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(0, 1)))])
+    b = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(2,)))])
+    joined = g.op("Concat", [a, b], axis=1)
+    # a separate branch with a dead channel, untouched by the Concat, is still optimized
+    c = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(5,)))])
+    report, model = optimize(tmp_path, g.model(g.conv(joined, g.weight(2, 16, 1, 1)), g.conv(c, g.weight(2, 8, 1, 1))))
+    step = next(p for p in report.passes if p.name == "remove-dead-channels")
+    (failure,) = step.rule_errors
+    assert failure.startswith("Concat ") and "ValueError: an axis this rule does not understand" in failure
+    shapes = [w.shape[0] for w in weights(model, "Conv")]
+    assert shapes[:2] == [8, 8]  # the Concat's inputs kept every channel
+    assert shapes[2] == 7  # the other branch lost its dead channel

@@ -95,6 +95,7 @@ def _check(example: tuple[object, int]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report, _ = optimize(Path(tmp), model, align=align)  # raises unless the gate passed
     assert report.after.params <= report.before.params
+    assert not [e for p in report.passes for e in p.rule_errors], "a rule gave up on a graph it should read"
     restored = {w for p in report.passes for r in p.two_four if r.restored for w in r.weights}
     labels = {layer.weight: layer.is_2to4 for layer in report.passes[-1].sparsity}
     assert all(labels[w] for w in restored)
