@@ -91,6 +91,14 @@ def _tolerance(value: float) -> float:
     return value
 
 
+TargetOption = Annotated[str, typer.Option(callback=_target_name, help="onnxruntime or tensorrt.")]
+ThreadsOption = Annotated[int | None, typer.Option(min=0, help="Intra-op threads (CPU; 0: onnxruntime's default).")]
+BudgetOption = Annotated[
+    float | None, typer.Option(callback=_positive, help="Seconds of timing (more rounds, tighter interval).")
+]
+ProviderOption = Annotated[
+    str, typer.Option(callback=_one_of("cpu", "cuda", "tensorrt"), help="onnxruntime execution provider.")
+]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")]
 
 
@@ -217,9 +225,7 @@ def demo(
     arch: Annotated[str, typer.Option(help="Reference architecture.")] = "resnet18",
     recipe: Annotated[str, typer.Option(help="Pruning recipe.")] = "l1-filter",
     amount: Annotated[float, typer.Option(min=0.0, max=0.95, help="Share of channels pruned.")] = 0.5,
-    budget: Annotated[
-        float | None, typer.Option(callback=_positive, help="Seconds of timing (more rounds, tighter interval).")
-    ] = None,
+    budget: BudgetOption = None,
 ) -> None:
     """The main job end to end on a reference model: prune, export, remove dead channels, measure like for like."""
     from sparsecut.models import make_pruned_model, save_state_dict
@@ -501,7 +507,7 @@ def _render_decision(decision: object) -> None:
 def build(
     model: Annotated[Path, typer.Argument(help="ONNX file to build.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Engine (.plan) or optimized model to write.")],
-    target: Annotated[str, typer.Option(callback=_target_name, help="onnxruntime or tensorrt.")] = "onnxruntime",
+    target: TargetOption = "onnxruntime",
     precision: Annotated[
         str, typer.Option(callback=_one_of("fp32", "fp16", "int8", "best"), help="fp32, fp16, int8 or best.")
     ] = "fp32",
@@ -509,9 +515,7 @@ def build(
     batch: Annotated[str, typer.Option(help="Batch sizes min,opt,max for the optimization profile.")] = "1,1,1",
     workspace: Annotated[int | None, typer.Option(min=1, help="TensorRT workspace limit, MiB.")] = None,
     timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache file (read and updated).")] = None,
-    provider: Annotated[
-        str, typer.Option(callback=_one_of("cpu", "cuda", "tensorrt"), help="onnxruntime execution provider.")
-    ] = "cpu",
+    provider: ProviderOption = "cpu",
     surgery: Annotated[str | None, typer.Option(help="MODULE:FUNCTION on a gs.Graph, applied before build.")] = None,
     calibration: Annotated[
         Path | None, typer.Option(help="Calibration inputs when int8 needs the graph quantized.")
@@ -580,19 +584,15 @@ def _batch_range(text: str) -> tuple[int, int, int]:
 @app.command()
 def profile(
     model: Annotated[Path, typer.Argument(help="ONNX file (onnxruntime) or engine (tensorrt) to time.")],
-    target: Annotated[str, typer.Option(callback=_target_name, help="onnxruntime or tensorrt.")] = "onnxruntime",
+    target: TargetOption = "onnxruntime",
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up iterations.")] = 10,
     iterations: Annotated[int, typer.Option(min=1, help="Timed iterations.")] = 100,
     duration: Annotated[
         float | None, typer.Option(callback=_positive, help="Time for this many seconds instead.")
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option(min=0, help="Intra-op threads (CPU; 0: onnxruntime's default).")
-    ] = None,
-    provider: Annotated[
-        str, typer.Option(callback=_one_of("cpu", "cuda", "tensorrt"), help="onnxruntime execution provider.")
-    ] = "cpu",
+    threads: ThreadsOption = None,
+    provider: ProviderOption = "cpu",
     per_layer: Annotated[bool, typer.Option("--per-layer/--no-per-layer", help="Per-layer time vs MACs.")] = True,
     top: Annotated[int, typer.Option(min=1, help="Layers shown in the per-layer table.")] = 15,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: time a captured CUDA graph.")] = False,
@@ -650,16 +650,12 @@ def compare(
     baseline: Annotated[
         Path | None, typer.Option(help="The model every ratio is taken against (default: the first).")
     ] = None,
-    target: Annotated[str, typer.Option(callback=_target_name, help="onnxruntime or tensorrt.")] = "onnxruntime",
+    target: TargetOption = "onnxruntime",
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
     iterations: Annotated[int, typer.Option(min=1, help="Timed iterations per model, spread over the rounds.")] = 200,
     rounds: Annotated[int, typer.Option(min=3, help="Round-robin rounds (at least 3: the interval needs them).")] = 20,
-    budget: Annotated[
-        float | None, typer.Option(callback=_positive, help="Seconds of timing (more rounds, tighter interval).")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(min=0, help="Intra-op threads (CPU; 0: onnxruntime's default).")
-    ] = None,
+    budget: BudgetOption = None,
+    threads: ThreadsOption = None,
     precision: Annotated[
         str,
         typer.Option(callback=_one_of("fp32", "fp16", "int8", "best"), help="TensorRT builds: fp32, fp16, int8, best."),
@@ -729,7 +725,7 @@ def run(
     arch: Annotated[str | None, typer.Option(help="Reference architecture.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="MODULE:FACTORY returning the nn.Module.")] = None,
     input_shape: Annotated[str | None, typer.Option(help="Input shape, e.g. 1,3,224,224.")] = None,
-    target: Annotated[str, typer.Option(callback=_target_name, help="onnxruntime or tensorrt.")] = "onnxruntime",
+    target: TargetOption = "onnxruntime",
     precision: Annotated[
         str, typer.Option(callback=_one_of("fp32", "fp16", "int8"), help="fp32, fp16 or int8.")
     ] = "fp32",
@@ -737,12 +733,8 @@ def run(
     align: Annotated[int, typer.Option(min=1, help="Keep channel counts at multiples of N (1: off).")] = 8,
     iterations: Annotated[int, typer.Option(min=1, help="Timed iterations per variant, spread over the rounds.")] = 300,
     rounds: Annotated[int, typer.Option(min=3, help="Interleaved rounds (at least 3: the interval needs them).")] = 30,
-    budget: Annotated[
-        float | None, typer.Option(callback=_positive, help="Seconds of timing (more rounds, tighter interval).")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(min=0, help="Intra-op threads (CPU; 0: onnxruntime's default).")
-    ] = None,
+    budget: BudgetOption = None,
+    threads: ThreadsOption = None,
     trust_checkpoint: Annotated[bool, typer.Option(help="Allow unpickling (runs code from the file).")] = False,
     measure: Annotated[
         bool, typer.Option("--measure/--no-measure", help="Choose channel counts by latency on the target.")

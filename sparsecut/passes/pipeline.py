@@ -347,8 +347,10 @@ def gate_inputs(model: ir.Model, options: OptimizeOptions, source: Path) -> Feed
         raise InputError(f"{source}: the model has no inputs; there is nothing to verify it on")
     feeds: Feeds = []
     symbolic = any(isinstance(d, str) for spec in specs for d in spec.shape[1:])
+    fixed = {spec.shape[0] for spec in specs if spec.shape and isinstance(spec.shape[0], int)}
+    batches = sorted(fixed) if len(fixed) == 1 else (1, 2)  # a model exported with a fixed batch runs only that
     if not (symbolic and options.data is not None):
-        for batch in (1, 2):
+        for batch in batches:
             feeds.append((f"random batch {batch}", synthetic_inputs(specs, batch, options.seed + batch - 1, source)))
     if options.data is not None:
         feeds.append((f"data {options.data.name}", read_arrays(options.data, specs, "--data")))

@@ -283,3 +283,12 @@ def test_a_rule_that_fails_makes_a_barrier_not_a_crash(tmp_path, monkeypatch):
     shapes = [w.shape[0] for w in weights(model, "Conv")]
     assert shapes[:2] == [8, 8]  # the Concat's inputs kept every channel
     assert shapes[2] == 7  # the other branch lost its dead channel
+
+
+def test_a_model_exported_with_a_fixed_batch_is_gated_at_that_batch(tmp_path):
+    g = GraphBuilder()
+    model = g.model(g.conv(g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(1,)))]), g.weight(2, 8, 1, 1)))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # as the TorchScript exporter writes it
+    report, lean = optimize(tmp_path, model)
+    assert [c.batch_size for c in report.checks] == [1]
+    assert [w.shape[0] for w in weights(lean, "Conv")] == [7, 2]
