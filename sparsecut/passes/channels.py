@@ -256,6 +256,7 @@ class DeadChannelAnalysis:
             "Flatten": self._flatten,
             "Reshape": self._reshape,
             "Transpose": self._transpose,
+            "LayerNormalization": self._layernorm,
             "Resize": self._resize,
             "Upsample": self._resize,
             "Shape": self._shape,
@@ -505,6 +506,25 @@ class DeadChannelAnalysis:
         self._register(y, list(perm).index(self.axis[x]), self._spaces[self.space_of[x]].count, self.space_of[x])
         self._set_state(y, self.live[x].copy(), self.const[x].copy())
         return "passthrough"
+
+    def _layernorm(self, node: ir.Node) -> str | None:
+        """LayerNormalization over the channel axis (the last, as ConvNeXt and transformers normalize): its output
+        carries the input's channels, but none of them can go — a dead channel still counts in the mean and the
+        variance of the others, and γ, β are laid out over all of them. Both sides keep every channel, and the
+        channel axis is known past it (a Transpose back to channels-first reads it right)."""
+        x, y = node.inputs[0], node.outputs[0]
+        if x is None or x.shape is None or constant_array(x) is not None:
+            return None
+        rank = len(x.shape)
+        if rank < 2 or _attr_int(node, "axis", -1) % rank != rank - 1 or not self._ensure(x, rank - 1):
+            return None
+        count = self._spaces[self.space_of[x]].count
+        self._register(y, rank - 1, count)
+        self._set_state(y, np.ones(count, bool), np.zeros(count))
+        reason = f"normalized by LayerNormalization {node.name!r} (a dead channel still counts in its statistics)"
+        self._veto(x, reason)
+        self._veto(y, reason)
+        return "layernorm"
 
     def _squeeze(self, node: ir.Node) -> str | None:
         x, y = node.inputs[0], node.outputs[0]

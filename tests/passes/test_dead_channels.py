@@ -292,3 +292,35 @@ def test_a_model_exported_with_a_fixed_batch_is_gated_at_that_batch(tmp_path):
     report, lean = optimize(tmp_path, model)
     assert [c.batch_size for c in report.checks] == [1]
     assert [w.shape[0] for w in weights(lean, "Conv")] == [7, 2]
+
+
+def test_convnext_block_mlp_hidden_goes_and_layernorm_channels_stay(tmp_path):
+    """A ConvNeXt block as exported: depthwise 7×7, to channels-last, LayerNorm over channels, back, 1×1 MLP
+    with GELU (decomposed), layer scale, residual Add. The MLP's dead hidden neurons go; the residual stream's
+    channels pass through a LayerNorm (its mean and variance count every channel) and stay, saying why."""
+    c, hidden = 8, 32
+    g = GraphBuilder(shape=(c, 9, 9))
+    dead_hidden = (0, 3, 4, 7, 10, 11, 20, 31)
+    dw = g.conv("x", g.weight(c, 1, 7, 7), np.zeros(c), pad=3, group=c)
+    nhwc = g.op("Transpose", [dw], perm=[0, 2, 3, 1])
+    normed = g.op("LayerNormalization", [nhwc, g.const(g.rng.uniform(0.5, 1.5, c)), g.const(np.zeros(c))], axis=-1)
+    nchw = g.op("Transpose", [normed], perm=[0, 3, 1, 2])
+    fc1 = g.conv(
+        nchw,
+        g.weight(hidden, c, 1, 1, dead_rows=dead_hidden),
+        np.where(np.isin(np.arange(hidden), dead_hidden), 0.0, 0.1),
+    )
+    scaled = g.op("Div", [fc1, g.const(np.array(np.sqrt(2.0)))])
+    gelu = g.op(
+        "Mul",
+        [g.op("Mul", [fc1, g.op("Add", [g.op("Erf", [scaled]), g.const(np.array(1.0))])]), g.const(np.array(0.5))],
+    )
+    fc2 = g.conv(gelu, g.weight(c, hidden, 1, 1), np.zeros(c))
+    layer_scale = g.op("Mul", [fc2, g.const(g.rng.uniform(0.5, 1.5, (1, c, 1, 1)))])
+    out = g.op("Add", ["x", layer_scale])
+    report, lean = optimize(tmp_path, g.model(g.conv(out, g.weight(4, c, 1, 1))))
+    dw_w, fc1_w, fc2_w, head = weights(lean, "Conv")
+    assert fc1_w.shape[0] == hidden - len(dead_hidden) and fc2_w.shape[1] == hidden - len(dead_hidden)
+    assert dw_w.shape[0] == c and head.shape[1] == c
+    step = next(p for p in report.passes if p.name == "remove-dead-channels")
+    assert not step.rule_errors and "LayerNormalization" not in step.barriers

@@ -1,5 +1,5 @@
 """Property: on random architectures built from the blocks sparsecut must handle (residual, concat, depthwise,
-grouped, SE, BatchNorm, elementwise activations, Flatten→Gemm) with random zero and constant channels and random
+grouped, SE, BatchNorm, ConvNeXt's channels-last LayerNorm, elementwise activations, Flatten→Gemm) with random zero and constant channels and random
 2:4 weights, `optimize` always passes its equivalence gate (rtol 1e-4, atol 1e-5, batch 1 and 2) — channel
 reorders for 2:4 included — never makes the graph larger, and every weight it says it kept 2:4 is 2:4."""
 
@@ -51,7 +51,9 @@ def architectures(draw: st.DrawFn) -> tuple[object, int]:
     x, c = "x", channels
     for _ in range(draw(st.integers(1, 4))):
         block = draw(
-            st.sampled_from(["conv", "residual", "concat", "depthwise", "grouped", "se", "bn", "split", "slice"])
+            st.sampled_from(
+                ["conv", "residual", "concat", "depthwise", "grouped", "se", "bn", "split", "slice", "layernorm"]
+            )
         )
         if block == "conv":
             out = draw(st.sampled_from([4, 8, 12]))
@@ -80,6 +82,11 @@ def architectures(draw: st.DrawFn) -> tuple[object, int]:
             end = draw(st.integers(start + 1, c))
             x = g.op("Slice", [x, g.const([start]), g.const([end]), g.const([1]), g.const([1])])  # type: ignore[assignment]
             c = end - start
+        elif block == "layernorm":  # ConvNeXt's: channels-last, normalized over channels, back
+            nhwc = g.op("Transpose", [x], perm=[0, 2, 3, 1])
+            scale, shift = g.const(g.rng.uniform(0.5, 1.5, c)), g.const(g.rng.standard_normal(c))
+            normed = g.op("LayerNormalization", [nhwc, scale, shift], axis=-1)
+            x = act(g.op("Transpose", [normed], perm=[0, 3, 1, 2]))  # type: ignore[arg-type]
         elif block == "bn":
             x = act(batchnorm(x, c))
     if draw(st.booleans()):
