@@ -247,6 +247,7 @@ class DeadChannelAnalysis:
             return self._reduce
         return {
             "Conv": self._conv,
+            "ConvTranspose": self._convtranspose,
             "Gemm": self._gemm,
             "MatMul": self._matmul,
             "BatchNormalization": self._batchnorm,
@@ -396,6 +397,28 @@ class DeadChannelAnalysis:
             const[rows] += w_sum[rows] @ in_const
         self._set_state(y, live, const)
         return "conv"
+
+    def _convtranspose(self, node: ir.Node) -> str | None:
+        """ConvTranspose (decoders, U-Nets, GANs), weight [C_in, C_out/g, kH, kW] — the reverse of Conv's. Output
+        channel k is bias_k + Σ_c W[c, k] ⊛ x_c: dead when no live input reaches it through a nonzero filter. A
+        constant input channel reaches each output pixel a position-dependent number of times (stride, padding),
+        so it is never absorbed into the bias: only ZERO input channels go. Groups other than 1: no rule."""
+        x, w_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        weight = self.weight(w_value) if w_value is not None else None
+        if x is None or weight is None or weight.ndim < 3 or _attr_int(node, "group", 1) != 1:
+            return None
+        if not self._ensure(x, 1):
+            return None
+        in_ch, out_ch = weight.shape[:2]
+        bias = _bias(node, 2, out_ch)
+        if bias is None or self._spaces[self.space_of[x]].count != in_ch or self._count(y, 1) != out_ch:
+            return None
+        self._register(y, 1, out_ch)
+        self._sinks.append((x, node, "convtranspose"))
+        reads = np.any(weight != 0, axis=tuple(range(2, weight.ndim)))  # [C_in, C_out]
+        reaching = self.live[x] | (self.const[x] != 0)
+        self._set_state(y, np.any(reads & reaching[:, None], axis=0), bias.astype(np.float64))
+        return "convtranspose"
 
     def _gemm(self, node: ir.Node) -> str | None:
         a, y = node.inputs[0], node.outputs[0]
@@ -744,7 +767,7 @@ class DeadChannelAnalysis:
             if kind is None:  # a barrier reads everything
                 for _, v in inputs:
                     needed[v][:] = True
-            elif kind in ("conv", "gemm", "matmul"):
+            elif kind in ("conv", "gemm", "matmul", "convtranspose"):
                 needed[inputs[0][1]] |= self._needed_by_sink(node, kind, needed[node.outputs[0]])
             elif node in self._node_maps:
                 for a, ia, b, ib in self._node_maps[node]:
@@ -772,6 +795,9 @@ class DeadChannelAnalysis:
                     for g in range(groups)
                 ]
             )
+        if kind == "convtranspose":  # [C_in, C_out, kH, kW]
+            reads = np.any(weight != 0, axis=tuple(range(2, weight.ndim)))
+            return np.any(reads[:, needed_out], axis=1)
         if kind == "gemm" and _attr_int(node, "transB", 0):
             weight = weight.T
         return np.any(weight[:, needed_out] != 0, axis=1)
@@ -794,6 +820,8 @@ class DeadChannelAnalysis:
                 continue
             if kind == "conv-padded":
                 self._add_reason(self.space_of[value], nonzero, f"constant read by padded conv {node.name!r}")
+            elif kind == "convtranspose":
+                self._add_reason(self.space_of[value], nonzero, f"constant read by ConvTranspose {node.name!r}")
             elif kind == "matmul" and node not in self.matmul_bias:
                 self._add_reason(self.space_of[value], nonzero, f"constant read by MatMul {node.name!r} with no bias")
 

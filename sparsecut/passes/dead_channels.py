@@ -196,6 +196,20 @@ class _Rewriter:
         self._set_constant(node, 1, weight[kept])
         self._set_bias(node, 2, bias[kept], weight.dtype)
 
+    def _convtranspose(self, node: ir.Node) -> None:
+        """W[C_in, C_out, …]: rows follow the input's kept channels, columns the output's; only ZERO input channels
+        go (the analysis keeps constant ones), so the bias needs no correction."""
+        x, y = node.inputs[0], node.outputs[0]
+        assert x is not None and node.inputs[1] is not None
+        weight = self.a.weight(node.inputs[1])
+        assert weight is not None
+        bias = self._bias(node, 2, weight.shape[1])
+        if self.a.changed(x):
+            weight = weight[self.a.kept(x)]
+        kept = self.a.kept(y)
+        self._set_constant(node, 1, weight[:, kept])
+        self._set_bias(node, 2, bias[kept], weight.dtype)
+
     def _depthwise(self, node: ir.Node) -> None:
         y = node.outputs[0]
         assert node.inputs[1] is not None

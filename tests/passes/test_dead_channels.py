@@ -324,3 +324,22 @@ def test_convnext_block_mlp_hidden_goes_and_layernorm_channels_stay(tmp_path):
     assert dw_w.shape[0] == c and head.shape[1] == c
     step = next(p for p in report.passes if p.name == "remove-dead-channels")
     assert not step.rule_errors and "LayerNormalization" not in step.barriers
+
+
+def test_conv_transpose_loses_dead_input_and_output_channels(tmp_path):
+    """A decoder step: conv → ReLU → ConvTranspose (weight [C_in, C_out, kH, kW], stride 2) → ReLU → conv. Dead
+    encoder filters drop ConvTranspose rows; ConvTranspose outputs no filter reaches drop its columns and the next
+    conv's inputs."""
+    g = GraphBuilder()
+    enc = g.op("Relu", [g.conv("x", g.weight(8, 4, 3, 3, dead_rows=(1, 5)), pad=1)])
+    up_w = g.weight(8, 6, 2, 2)
+    up_w[:, [0, 4]] = 0.0  # two output channels no input reaches
+    up = g.op("ConvTranspose", [enc, g.const(up_w), g.const(np.zeros(6))], strides=[2, 2], kernel_shape=[2, 2])
+    dec = g.op("Relu", [up])
+    head = g.weight(2, 6, 1, 1)
+    _, lean = optimize(tmp_path, g.model(g.conv(dec, head)))
+    (stored,) = [w for w in (n.inputs[1].const_value.numpy() for n in lean.graph if n.op_type == "ConvTranspose")]
+    assert stored.shape == (6, 4, 2, 2)
+    np.testing.assert_array_equal(stored, up_w[[0, 2, 3, 4, 6, 7]][:, [1, 2, 3, 5]])
+    enc_w, head_w = weights(lean, "Conv")
+    assert enc_w.shape[0] == 6 and head_w.shape[1] == 4
