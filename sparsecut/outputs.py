@@ -137,6 +137,8 @@ class OutputPlan:
                 self._discard()
         if isinstance(exc, SparsecutError) and exc.args:
             exc.args = (self.relocate(str(exc.args[0])), *exc.args[1:])
+        elif isinstance(exc, OSError) and exc.filename is not None:
+            exc.filename = self.relocate(str(exc.filename))
 
     def _staging_for(self, destination_folder: Path) -> Path:
         key = destination_folder.resolve()
