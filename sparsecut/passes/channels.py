@@ -707,7 +707,7 @@ class DeadChannelAnalysis:
             return None
         axis = self.axis[x]
         in_dims, out_dims = list(x.shape), list(y.shape)
-        if out_dims[:axis] != in_dims[:axis] or len(out_dims) <= axis:
+        if len(out_dims) <= axis or not all(map(_same_dim, in_dims[:axis], out_dims[:axis])):
             return None
         if _shape_element(shape_value, axis) is None:
             return None
@@ -718,7 +718,24 @@ class DeadChannelAnalysis:
             return "reshape"
         if len(out_dims) == axis + 1:
             return self._expand_channels(node, x, y, axis, "reshape")
+        channels, inner_dims = out_dims[axis], [d for d in out_dims[axis + 1 :] if isinstance(d, int)]
+        if len(in_dims) == axis + 1 and isinstance(channels, int) and len(inner_dims) == len(out_dims) - axis - 1:
+            inner = math.prod(inner_dims)
+            if channels * inner == count:
+                return self._split_channels(node, x, y, axis, channels, inner)
         return None
+
+    def _split_channels(self, node: ir.Node, x: ir.Value, y: ir.Value, axis: int, channels: int, inner: int) -> str:
+        """y[…, k, i…] = x[…, k·inner + i]: `inner` features of x become channel k of y (a Linear's output
+        reshaped to (C, H, W), as decoders and GANs do). A channel is constant only when all its features are
+        the same constant; the features of one channel go together (index map)."""
+        self._register(y, axis, channels)
+        self._add_map(node, x, np.arange(channels * inner), y, np.repeat(np.arange(channels), inner))
+        live_x = self.live[x].reshape(channels, inner)
+        const_x = self.const[x].reshape(channels, inner)
+        live = live_x.any(axis=1) | ~np.all(const_x == const_x[:, :1], axis=1)
+        self._set_state(y, live, const_x[:, 0].copy())
+        return "reshape"
 
     # ------------------------------------------------------------------------------------------ resolution
     def _resolve(self, enabled_groups: set[int] | None) -> None:
@@ -1276,6 +1293,11 @@ def _attr_int(node: ir.Node, name: str, default: int) -> int:
 def _attr_float(node: ir.Node, name: str, default: float) -> float:
     attr = node.attributes.get(name)
     return default if attr is None else attr.as_float()
+
+
+def _same_dim(a: object, b: object) -> bool:
+    """Equal sizes, or two symbolic ones (a batch that a Reshape's -1 or 0 carries over gets a fresh name)."""
+    return a == b if isinstance(a, int) or isinstance(b, int) else True
 
 
 def _attr_ints(node: ir.Node, name: str) -> list[int] | None:

@@ -343,3 +343,23 @@ def test_conv_transpose_loses_dead_input_and_output_channels(tmp_path):
     np.testing.assert_array_equal(stored, up_w[[0, 2, 3, 4, 6, 7]][:, [1, 2, 3, 5]])
     enc_w, head_w = weights(lean, "Conv")
     assert enc_w.shape[0] == 6 and head_w.shape[1] == 4
+
+
+def test_linear_reshaped_to_channels_feeds_a_conv_transpose(tmp_path):
+    """A generator's first step: Linear → Reshape to (C, H, W) → ConvTranspose. Channel k of the reshaped tensor
+    is features k·H·W … (k+1)·H·W−1 of the Linear: its dead channels go from the Linear's rows, the Reshape's
+    shape constant and the ConvTranspose's rows together."""
+    g = GraphBuilder(shape=(8,))
+    w = g.weight(16, 8)
+    w[4:8] = w[12:16] = 0.0  # channels 1 and 3 of the (4, 2, 2) reshape
+    fc = g.op("Gemm", ["x", g.const(w), g.const(np.zeros(16))], transB=1)
+    cube = g.op("Reshape", [fc, g.const([-1, 4, 2, 2])])
+    up_w = g.weight(4, 3, 2, 2)
+    up = g.op("ConvTranspose", [cube, g.const(up_w), g.const(np.zeros(3))], strides=[2, 2], kernel_shape=[2, 2])
+    _, lean = optimize(tmp_path, g.model(up))
+    (gemm,) = weights(lean, "Gemm")
+    assert gemm.shape == (8, 8)
+    (reshape,) = [n for n in lean.graph if n.op_type == "Reshape"]
+    assert reshape.inputs[1].const_value.numpy().tolist() == [-1, 2, 2, 2]
+    (stored,) = [n.inputs[1].const_value.numpy() for n in lean.graph if n.op_type == "ConvTranspose"]
+    np.testing.assert_array_equal(stored, up_w[[0, 2]])
