@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -103,8 +104,6 @@ class LatencyTable:
             self.hits += 1
             return self.entries[key]
         self.misses += 1
-        import time
-
         start = time.perf_counter()
         ms = float(timer.time_layer(layer))
         self.measuring_seconds += time.perf_counter() - start
