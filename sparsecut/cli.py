@@ -520,9 +520,18 @@ def build(
     calibration: Annotated[
         Path | None, typer.Option(help="Calibration inputs when int8 needs the graph quantized.")
     ] = None,
+    measure: Annotated[
+        bool,
+        typer.Option("--measure/--no-measure", help="Remove dead channels left in the graph first, counts measured."),
+    ] = True,
+    lut: Annotated[Path | None, typer.Option(help="Latency table file (default: in the user cache folder).")] = None,
+    tune_budget: Annotated[
+        float, typer.Option(callback=_positive, help="Seconds of layer measurements at most.")
+    ] = 30.0,
     json_path: JsonOption = None,
 ) -> None:
-    """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs)."""
+    """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs). Dead channels still
+    in the graph are removed first, with channel counts measured on the target (`--no-measure`: built as given)."""
     from sparsecut.targets import BuildOptions
     from sparsecut.workflow import build_for_target
 
@@ -537,6 +546,10 @@ def build(
             plan.file(output.with_name(f"{output.name.split('.')[0]}.{precision}.onnx"), "--precision", optional=True)
         if surgery:
             plan.file(output.with_name(f"{output.stem}.surgery.onnx"), "--surgery", optional=True)
+        if measure:
+            plan.file(
+                output.with_name(f"{output.name.split('.')[0]}.lean.onnx"), "--measure", model=True, optional=True
+            )
         staged_cache = None
         if timing_cache is not None:  # read and updated: the staged copy starts from the current one
             staged_cache = plan.file(timing_cache, "--timing-cache", optional=True)
@@ -552,8 +565,15 @@ def build(
             surgery=surgery,
             timing_cache=staged_cache,
         )
+        tuning = None
+        if measure:
+            from sparsecut.passes.latency_table import default_table_path
+            from sparsecut.targets.tuning import tuning_for
+
+            tuning = tuning_for(target, batch=batches[1], provider=provider, table=lut or default_table_path(),
+                                budget=tune_budget, build=BuildOptions(sparsity=sparsity))  # fmt: skip
         with console.status(f"building {model} for {target} …"):
-            report, converted = build_for_target(model, staged, target, options, calibration)
+            report, converted = build_for_target(model, staged, target, options, calibration, tuning)
         report = _finish(plan, report, staged_json)
     if converted is not None:
         console.print(

@@ -11,7 +11,7 @@ from sparsecut.exporter import ExportOptions, export_checkpoint
 from sparsecut.modelfile import atomic_write_text, graph_precision
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.latency_table import default_table_path
-from sparsecut.passes.measured import optimize_measured
+from sparsecut.passes.measured import Tuning, optimize_measured
 from sparsecut.report import BuildReport, PrecisionReport, RunReport, write_json
 from sparsecut.targets import BuildOptions, ProfileOptions, compare_artifacts, get_target
 from sparsecut.targets.noise import speedup
@@ -147,15 +147,33 @@ def baseline_passes(passes: Sequence[str]) -> tuple[str, ...]:
 
 
 def build_for_target(
-    model: Path, output: Path, target_name: str, options: BuildOptions, calibration: Path | None = None
+    model: Path,
+    output: Path,
+    target_name: str,
+    options: BuildOptions,
+    calibration: Path | None = None,
+    tuning: Tuning | None = None,
 ) -> tuple[BuildReport, PrecisionReport | None]:
-    """Build `model` for a target; when the target needs the precision in the graph (onnxruntime always,
-    TensorRT 11's strongly typed networks) and the graph lacks it, the to-fp16 / quantize-int8 pass runs first and
-    its graph is saved beside the artifact (`<name>.fp16.onnx` / `<name>.int8.onnx`)."""
+    """Build `model` for a target.
+
+    - With `tuning`, a graph that still has removable dead channels has them removed first, with the channel
+      counts measured on the target (passes/measured.py); that lean graph is saved beside the artifact
+      (`<name>.lean.onnx`) and built instead, and the report says so.
+    - When the target needs the precision in the graph (onnxruntime always, TensorRT 11's strongly typed networks)
+      and the graph lacks it, the to-fp16 / quantize-int8 pass runs first and its graph is saved beside the
+      artifact (`<name>.fp16.onnx` / `<name>.int8.onnx`)."""
     from sparsecut.passes.precision import PrecisionOptions, convert_precision
 
     model, output = Path(model), Path(output)
     target = get_target(target_name)
+    notes = []
+    if tuning is not None and _removable_channels(model):
+        lean = output.with_name(f"{output.name.split('.')[0]}.lean.onnx")
+        decision = optimize_measured(model, lean, OptimizeOptions(), tuning).decision
+        assert decision is not None
+        notes.append(f"dead channels removed first, counts measured on the target: {decision.verdict}; lean graph "
+                     f"saved as {lean.name}")  # fmt: skip
+        model = lean
     converted = None
     wanted = options.precision
     if (
@@ -168,7 +186,13 @@ def build_for_target(
         converted = convert_precision(model, prepared, PrecisionOptions(wanted, calibration))
         model = prepared
     _, report = target.build(model, output, options)
-    return report, converted
+    return dataclasses.replace(report, notes=[*notes, *report.notes]), converted
+
+
+def _removable_channels(model: Path) -> int:
+    from sparsecut.passes import inspect_model
+
+    return sum(g.channels_before - g.channels_after for p in inspect_model(model, align=1).passes for g in p.groups)
 
 
 def markdown_summary(report: RunReport) -> str:
