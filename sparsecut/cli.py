@@ -334,7 +334,6 @@ def _optimize_measured(
     budget: float,
 ) -> OptimizeReport:
     from sparsecut.passes import OptimizeOptions
-    from sparsecut.passes.latency_table import default_table_path
     from sparsecut.passes.measured import optimize_measured
     from sparsecut.targets.tuning import tuning_for
 
@@ -346,7 +345,7 @@ def _optimize_measured(
             bar.update(task, description=what, completed=done, total=total)
 
         tuning = tuning_for(target, batch=batch, threads=threads or None, provider=provider,
-                            table=lut or default_table_path(), budget=budget, progress=progress)  # fmt: skip
+                            table=lut, budget=budget, progress=progress)  # fmt: skip
         return optimize_measured(model, output, options, tuning)
 
 
@@ -567,10 +566,9 @@ def build(
         )
         tuning = None
         if measure:
-            from sparsecut.passes.latency_table import default_table_path
             from sparsecut.targets.tuning import tuning_for
 
-            tuning = tuning_for(target, batch=batches[1], provider=provider, table=lut or default_table_path(),
+            tuning = tuning_for(target, batch=batches[1], provider=provider, table=lut,
                                 budget=tune_budget, build=BuildOptions(sparsity=sparsity))  # fmt: skip
         with console.status(f"building {model} for {target} …"):
             report, converted = build_for_target(model, staged, target, options, calibration, tuning)

@@ -52,8 +52,8 @@ class _Folder:
 class OutputPlan:
     """`with OutputPlan(inputs) as plan: staged = plan.file(...); work(staged); plan.commit()`.
 
-    `file`/`folder` may also be called before entering, to refuse bad outputs before any work; entering creates
-    the staging folders; leaving without `commit` (an exception, Ctrl-C) removes them."""
+    Plan every output first, then work: a bad output is refused before any work. Staging folders appear as
+    outputs are planned; leaving without `commit` (an exception, Ctrl-C) removes them."""
 
     def __init__(self, inputs: Iterable[Path | None] = ()) -> None:
         self._inputs = [Path(p) for p in inputs if p is not None]
@@ -68,15 +68,16 @@ class OutputPlan:
     def file(self, path: Path, option: str, *, model: bool = False, optional: bool = False) -> Path:
         """Plan one file (a `model` may bring `<name>.data`; an `optional` one may not be written at all);
         returns where the work writes it."""
+        self._require_entered()
         path = Path(path)
         self._check(path, option)
         if model:
             self._check(path.with_name(f"{path.name}.data"), option)
         planned = _Planned(option, path, model, optional)
         self._files.append(planned)
-        if self._entered:
-            self._stage_file(planned)
-        return self._where(planned)
+        self._stage_file(planned)
+        assert planned.staged is not None
+        return planned.staged
 
     def folder(self, path: Path, option: str, names: Iterable[str]) -> Path:
         """Plan a folder and the files it will hold; it appears (or gains those files) only at commit."""
@@ -94,10 +95,11 @@ class OutputPlan:
             raise OutputPathError(f"{path}: folder {parent} is not writable")
         for name in planned.names:
             self._check(path / name, option, folder_may_be_missing=True)
+        self._require_entered()
         self._folders.append(planned)
-        if self._entered:
-            self._stage_folder(planned)
-        return planned.staged if planned.staged is not None else path
+        self._stage_folder(planned)
+        assert planned.staged is not None
+        return planned.staged
 
     def _check(self, path: Path, option: str, folder_may_be_missing: bool = False) -> None:
         if not (folder_may_be_missing and not path.parent.exists()):
@@ -113,14 +115,6 @@ class OutputPlan:
     # ------------------------------------------------------------------------------------------------ staging
     def __enter__(self) -> OutputPlan:
         self._entered = True
-        try:
-            for planned in self._files:
-                self._stage_file(planned)
-            for folder in self._folders:
-                self._stage_folder(folder)
-        except BaseException:
-            self._discard()
-            raise
         self._filter = _Relocating(self)
         for handler in logging.getLogger().handlers:
             handler.addFilter(self._filter)
@@ -140,6 +134,10 @@ class OutputPlan:
         elif isinstance(exc, OSError) and exc.filename is not None:
             exc.filename = self.relocate(str(exc.filename))
 
+    def _require_entered(self) -> None:
+        if not self._entered:
+            raise RuntimeError("an output plan is used inside its `with` block")
+
     def _staging_for(self, destination_folder: Path) -> Path:
         key = destination_folder.resolve()
         if key not in self._staging:
@@ -155,9 +153,6 @@ class OutputPlan:
         folder.staged = self._staging_for(parent) / folder.final.name
         folder.staged.mkdir()
 
-    def _where(self, planned: _Planned) -> Path:
-        return planned.staged if planned.staged is not None else planned.final
-
     def _discard(self) -> None:
         for staging in self._staging.values():
             shutil.rmtree(staging, ignore_errors=True)
@@ -167,8 +162,7 @@ class OutputPlan:
     def commit(self) -> None:
         """Move everything into place: plain files and folders first, models last (data before model). From here
         on Ctrl-C is ignored: the outputs are complete, and the command finishes."""
-        if not self._entered:
-            raise RuntimeError("commit outside the plan's `with` block")
+        self._require_entered()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # restored by the CLI's main when the command returns
         missing = [p for p in self._files if not p.optional and p.staged is not None and not p.staged.exists()]

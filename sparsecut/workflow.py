@@ -10,7 +10,6 @@ from pathlib import Path
 from sparsecut.exporter import ExportOptions, export_checkpoint
 from sparsecut.modelfile import atomic_write_text, graph_precision
 from sparsecut.passes import OptimizeOptions, optimize_model
-from sparsecut.passes.latency_table import default_table_path
 from sparsecut.passes.measured import Tuning, optimize_measured
 from sparsecut.report import BuildReport, PrecisionReport, RunReport, write_json
 from sparsecut.targets import BuildOptions, ProfileOptions, compare_artifacts, get_target
@@ -92,7 +91,7 @@ def run_workflow(
             batch=options.profile.batch,
             threads=options.profile.threads,
             provider=options.profile.provider,
-            table=options.table or default_table_path(),
+            table=options.table,
             budget=options.tune_budget,
             build=BuildOptions(sparsity=options.sparsity, threads=options.profile.threads),
         )

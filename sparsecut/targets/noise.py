@@ -36,12 +36,12 @@ def speedup(
         raise ValueError("reference and candidate must have the same rounds")
     if len(reference) < MIN_ROUNDS:
         raise TargetError(f"an interval needs at least {MIN_ROUNDS} interleaved rounds, got {len(reference)}")
-    value = _p50_ratio([np.asarray(r, float) for r in reference], [np.asarray(c, float) for c in candidate])
+    ref_rounds = [np.asarray(r, float) for r in reference]
+    cand_rounds = [np.asarray(c, float) for c in candidate]
+    value = _p50_ratio(ref_rounds, cand_rounds)
     rng = np.random.default_rng(seed)
     rounds = len(reference)
     ratios = np.empty(resamples)
-    ref_rounds = [np.asarray(r, float) for r in reference]
-    cand_rounds = [np.asarray(c, float) for c in candidate]
     for i in range(resamples):
         picked = rng.integers(0, rounds, rounds)
         ratios[i] = _p50_ratio([ref_rounds[k] for k in picked], [cand_rounds[k] for k in picked])

@@ -50,7 +50,7 @@ _LEVELS = {
 }
 
 
-def _session(path: Path | bytes, provider: str, threads: int | None, optimization: str, **extra: Any) -> Any:
+def _session(path: Path, provider: str, threads: int | None, optimization: str, **extra: Any) -> Any:
     import onnxruntime as ort
 
     if provider not in _PROVIDERS:
@@ -72,13 +72,10 @@ def _session(path: Path | bytes, provider: str, threads: int | None, optimizatio
     for key, value in extra.items():
         setattr(options, key, value)
     try:
-        source = path if isinstance(path, bytes) else str(path)
-        return ort.InferenceSession(source, options, providers=_PROVIDERS[provider])
+        return ort.InferenceSession(str(path), options, providers=_PROVIDERS[provider])
     except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NoSuchFile
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TargetError(
-            f"{'a one-layer model' if isinstance(path, bytes) else path}: onnxruntime cannot load it ({first[:300]})"
-        ) from exc
+        raise TargetError(f"{path}: onnxruntime cannot load it ({first[:300]})") from exc
 
 
 def random_inputs(path: Path, batch: int, seed: int) -> dict[str, np.ndarray]:

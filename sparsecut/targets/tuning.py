@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from sparsecut.passes.latency_table import LayerSignature
+from sparsecut.passes.latency_table import LayerSignature, default_table_path
 from sparsecut.passes.measured import Tuning
 from sparsecut.report import MeasuredVariant
 from sparsecut.targets.base import BuildOptions, ProfileOptions, Target, get_target
@@ -45,7 +45,8 @@ def tuning_for(
     build: BuildOptions | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Tuning:
-    """`build`: the user's build options, for the candidates timed end to end (where the target builds)."""
+    """`table`: the latency table file (default: in the user cache folder); `build`: the user's build options, for
+    the candidates timed end to end (where the target builds)."""
     backend = get_target(target)
     profile = ProfileOptions(batch=batch, threads=threads, provider=provider, warmup=3, per_layer=False)
     timer = TargetLayerTimer(backend, profile)
@@ -64,7 +65,8 @@ def tuning_for(
         )
         return [MeasuredVariant("", v.model, v.latency.p50_ms, v.speedup) for v in report.variants]
 
-    return Tuning(target=target, timer=timer, compare=compare, batch=batch, table=table, budget=budget,
+    return Tuning(target=target, timer=timer, compare=compare, batch=batch, table=table or default_table_path(),
+                  budget=budget,
                   progress=progress)  # fmt: skip
 
 
