@@ -17,14 +17,13 @@ timm and Torch-Pruning are benchmark-only dependencies: `pip install timm torch-
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import TVSHIM, load_tvshim, trained_like_batchnorm
 from rich.console import Console
 from rich.table import Table
 
@@ -46,14 +45,6 @@ MODELS = {  # name: what it brings
 ALIGNMENTS = (1, 8, 16, 32)
 
 
-def load_tvshim(path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("tvshim", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tvshim"] = module  # kept alive: its torch.library definitions go with it
-    spec.loader.exec_module(module)
-
-
 def masked_model(name: str, ratio: float) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """A timm model (seeded random init) whose channels Torch-Pruning would remove at `ratio` are zeroed."""
     import timm
@@ -61,13 +52,7 @@ def masked_model(name: str, ratio: float) -> tuple[torch.nn.Module, tuple[int, .
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
-    with torch.no_grad():  # trained-like BatchNorm: timm zero-initializes the last γ of residual blocks, which
-        for module in model.modules():  # makes whole branches dead in a random model — not what pruning did
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-                module.running_mean.normal_(0.0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
+    trained_like_batchnorm(model)
     shape = (1, *model.default_cfg["input_size"])
     example = torch.randn(shape)
     if name.startswith("vit"):  # only the MLP hidden neurons: embedding channels flow through LayerNorm
@@ -141,7 +126,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.4)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--tvshim", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "tvshim.py")
+    parser.add_argument("--tvshim", type=Path, default=TVSHIM)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     load_tvshim(args.tvshim)

@@ -28,7 +28,7 @@ from typer._click.exceptions import MissingParameter, NoSuchOption, UsageError  
 from sparsecut.errors import InputError, SparsecutError, TargetError
 from sparsecut.opsets import MAX_OPSET, MIN_OPSET
 from sparsecut.outputs import OutputPlan
-from sparsecut.passes.pipeline import DEFAULT_PASSES, PASSES
+from sparsecut.passes.registry import DEFAULT_PASSES, PASSES
 from sparsecut.report import OptimizeReport, Report, write_json
 
 __all__ = ["app", "main"]

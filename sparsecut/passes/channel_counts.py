@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
-from sparsecut.passes.channels import DeadChannelAnalysis
+from sparsecut.passes.channels import DeadChannelAnalysis, Kind
 from sparsecut.passes.latency_table import LatencyTable, LayerSignature, LayerTimer
 from sparsecut.report import CountDecision
 
@@ -158,8 +158,8 @@ def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[
     """Conv, Gemm and MatMul nodes whose shapes are known, with the spaces they read and write."""
     found = []
     for node in model.graph:
-        kind = analysis.rules.get(node)
-        if kind not in ("conv", "depthwise", "gemm", "matmul"):
+        kind = analysis.kinds.get(node)
+        if kind not in (Kind.CONV, Kind.DEPTHWISE, Kind.GEMM, Kind.MATMUL):
             continue
         x, y = node.inputs[0], node.outputs[0]
         w = node.inputs[1]
@@ -168,7 +168,7 @@ def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[
         dims = list(x.shape)
         space_in = analysis.space_of.get(x)
         space_out = analysis.space_of.get(y)
-        if kind in ("conv", "depthwise"):
+        if kind in (Kind.CONV, Kind.DEPTHWISE):
             spatial = dims[2:]
             if not all(isinstance(d, int) for d in spatial):
                 continue
@@ -187,11 +187,11 @@ def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[
                 spatial=tuple(int(d) for d in spatial),  # type: ignore[arg-type]
                 batch=batch,
             )
-            multiple = groups if kind == "conv" and groups > 1 else 1
+            multiple = groups if kind is Kind.CONV and groups > 1 else 1
             found.append(_Layer(node.name or "Conv", signature, space_in, space_out, multiple))
         else:
             shape = [int(d) for d in w.const_value.shape.numpy()]
-            k, n = (int(shape[1]), int(shape[0])) if kind == "gemm" and _ints(node, "transB", [0])[0] else (
+            k, n = (int(shape[1]), int(shape[0])) if kind is Kind.GEMM and _ints(node, "transB", [0])[0] else (
                 int(shape[0]), int(shape[1]))  # fmt: skip
             rows = [d if isinstance(d, int) else batch for d in dims[:-1]]
             signature = LayerSignature(node.op_type, c_in=k, c_out=n, spatial=tuple(rows), batch=batch)

@@ -26,7 +26,8 @@ from sparsecut.errors import GraphError
 from sparsecut.modelfile import check_output_path, load_model, publish
 from sparsecut.passes.channel_counts import CountPlan, plan_counts
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
-from sparsecut.passes.pipeline import OptimizeOptions, _make_pass, _parse_passes, optimize_model
+from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
+from sparsecut.passes.registry import Setting, make_pass, parse_passes
 from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport
 from sparsecut.shapes import infer_shapes
 
@@ -51,7 +52,7 @@ class Tuning:
 def optimize_measured(source: Path, output: Path, options: OptimizeOptions, tuning: Tuning) -> OptimizeReport:
     source, output = Path(source), Path(output)
     check_output_path(output, source)
-    names = _parse_passes(options.passes)
+    names = parse_passes(options.passes)
     if tuning.budget <= 0:
         raise GraphError(f"--tune-budget {tuning.budget}: give a positive number of seconds")
     start = time.perf_counter()
@@ -106,7 +107,7 @@ def _plan(source: Path, names: list[str], options: OptimizeOptions, table: Laten
         raise GraphError("--target decides channel counts: the pipeline needs remove-dead-channels")
     model = load_model(source, infer_shapes=True)
     for index, name in enumerate(names[: names.index("remove-dead-channels")]):
-        _make_pass(name, options, folded="fold-constants" in names[:index])(model)
+        make_pass(name, options, Setting(folded="fold-constants" in names[:index]))(model)
     infer_shapes(model)
     progress = None
     if tuning.progress is not None:

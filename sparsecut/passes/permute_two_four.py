@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.channels import DeadChannelAnalysis
-from sparsecut.passes.dead_channels import reduction_matrix, rewrite_channels
+from sparsecut.passes.channels import DeadChannelAnalysis, rewrite_channels
+from sparsecut.passes.dead_channels import reduction_matrix
 from sparsecut.passes.enforce_two_four import ineligible_because
 from sparsecut.passes.permutation import kept_magnitude, search_order
 from sparsecut.passes.two_four import _reduction_weight, is_two_four
@@ -39,6 +39,7 @@ class PermuteForTwoFourPass(ir.passes.InPlacePass):
         infer_shapes(model)
         analysis = DeadChannelAnalysis(model, align=1, enabled_groups=set())  # no channel goes: orders only
         inputs = set(model.graph.inputs)
+        orders: dict[int, np.ndarray] = {}
         eligible: dict[ir.Node, str] = {}
         for node in model.graph:
             found = _reduction_weight(node)
@@ -59,15 +60,15 @@ class PermuteForTwoFourPass(ir.passes.InPlacePass):
             else:
                 order, without, with_order = search_order(np.concatenate(matrices, axis=1), self.budget_s, self.seed)
                 if with_order > without:
-                    analysis.orders[s] = order
+                    orders[s] = order
                     status = f"reordered {len(order)} channels"
                 else:
                     status = "no better order found"
             for node, share in zip(chosen, baseline, strict=True):
                 self.before[eligible[node]] = (share, status)
-        if analysis.orders:
-            rewrite_channels(model, analysis)
-        return ir.passes.PassResult(model, modified=bool(analysis.orders))
+        if orders:
+            rewrite_channels(model, analysis, orders)
+        return ir.passes.PassResult(model, modified=bool(orders))
 
 
 def _is_two_four(node: ir.Node, analysis: DeadChannelAnalysis) -> bool:

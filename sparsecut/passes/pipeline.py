@@ -1,10 +1,6 @@
-"""`optimize` and `inspect`: run a pipeline of passes, then the equivalence gate, then write — or refuse.
-
-The gate runs the input file and the staged output in onnxruntime on seeded random inputs (batch 1 and 2) and on
-the user's `--data`; every output must satisfy max |after − before| ≤ atol + rtol · max |before|. If not, nothing
-is written, and the error names the pass that broke it and, for remove-dead-channels, the channel group (found
-by bisecting over the groups applied).
-"""
+"""`optimize` and `inspect`: run a pipeline of passes (`registry.py`), then the equivalence gate (`gate.py`), then
+write — or refuse. Every step writes into a staging folder beside the output; only the last result is moved into
+place, so a failure leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -14,17 +10,13 @@ import gc
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
-from sparsecut.checking import checking_session, compare_outputs
 from sparsecut.cost import count_costs
-from sparsecut.errors import GraphError, InputError, VerificationError
-from sparsecut.feeds import model_input_specs, read_arrays, synthetic_inputs
+from sparsecut.errors import GraphError, VerificationError
 from sparsecut.modelfile import (
     check_output_path,
     initializer_bytes,
@@ -34,13 +26,11 @@ from sparsecut.modelfile import (
     save_model,
 )
 from sparsecut.passes.channels import DeadChannelAnalysis
-from sparsecut.passes.cleanup import CleanupPass
-from sparsecut.passes.constants import FoldConstantsPass
-from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
 from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
-from sparsecut.passes.fold_batchnorm import FoldBatchNormPass
+from sparsecut.passes.gate import Feeds, Reference, compare_files, diagnose, gate_inputs, run_feeds
 from sparsecut.passes.permute_two_four import PermuteForTwoFourPass
 from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionOptions, convert_precision
+from sparsecut.passes.registry import DEFAULT_PASSES, PASSES, parse_passes, run_passes
 from sparsecut.passes.two_four import AnnotateTwoFourPass
 from sparsecut.report import EnforcedLayer, ModelCost, OptimizeReport, OutputCheck, PassReport
 from sparsecut.shapes import infer_shapes
@@ -49,18 +39,9 @@ __all__ = ["DEFAULT_PASSES", "PASSES", "OptimizeOptions", "inspect_model", "opti
 
 log = logging.getLogger(__name__)
 
-PASSES: dict[str, str] = {
-    "fold-constants": "compute constant subgraphs (dynamo's computed zero biases) into initializers",
-    "fold-batchnorm": "fold BatchNormalization into the preceding Conv/Gemm",
-    "remove-dead-channels": "physically remove zero/constant channels across coupled groups",
-    "cleanup": "remove identities and unused nodes, sort topologically",
-    "annotate-2to4": "label 2:4-sparse weights for TensorRT (metadata and SPARSE_2_4 doc string)",
-}
-DEFAULT_PASSES = ("fold-constants", "fold-batchnorm", "remove-dead-channels", "cleanup", "annotate-2to4")
 METADATA_PREFIX = "pkg.sparsecut."
 LARGE_MODEL_PARAMS = 64_000_000  # ≈ 256 MB of fp32 weights
 PARALLEL_GATE_BYTES = 256 << 20  # weights up to this size: the gate runs both graphs at once
-Reference = concurrent.futures.Future  # the input graph's outputs on the gate's feeds, computed in the background
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,66 +59,6 @@ class OptimizeOptions:
     permutation_budget: float = 0.5  # seconds per channel space for enforce-2to4's reorder search; 0 turns it off
     calibration: Path | None = None
     counts: tuple[tuple[str, int], ...] = ()  # measured decisions: (space, channels kept), replacing align there
-
-
-def _parse_passes(names: Sequence[str]) -> list[str]:
-    unknown = [n for n in names if n not in PASSES]
-    if unknown:
-        raise GraphError(f"unknown pass {unknown[0]!r}; known: {', '.join(PASSES)}")
-    return list(names)
-
-
-def _make_pass(
-    name: str, options: OptimizeOptions, enabled_groups: set[int] | None = None, folded: bool = False
-) -> ir.passes.PassBase:
-    """`folded`: fold-constants ran earlier in this pipeline (remove-dead-channels need not fold again)."""
-    if name == "fold-constants":
-        return FoldConstantsPass()
-    if name == "fold-batchnorm":
-        return FoldBatchNormPass()
-    if name == "remove-dead-channels":
-        return RemoveDeadChannelsPass(options.align, enabled_groups, fold=not folded, counts=dict(options.counts))
-    if name == "annotate-2to4":
-        return AnnotateTwoFourPass()
-    return CleanupPass()
-
-
-def _run_passes(model: ir.Model, names: Sequence[str], options: OptimizeOptions) -> list[PassReport]:
-    reports = []
-    for index, name in enumerate(names):
-        step = _make_pass(name, options, folded="fold-constants" in names[:index])
-        start = time.perf_counter()
-        result = step(model)
-        reports.append(_pass_report(name, step, result.modified, time.perf_counter() - start))
-    return reports
-
-
-def _pass_report(name: str, step: ir.passes.PassBase, modified: bool, seconds: float) -> PassReport:
-    if isinstance(step, RemoveDeadChannelsPass) and step.analysis is not None:
-        analysis = step.analysis
-        groups = analysis.group_reports()
-        dead = sum(g.dead for g in groups)
-        summary = f"{analysis.total_removed} channel(s) removed of {dead} dead, in {sum(1 for g in groups if g.channels_after < g.channels_before)} group(s)"
-        restored = [r for r in step.two_four if r.restored]
-        if step.two_four:
-            summary += f"; 2:4 kept by reordering channels for {len(restored)} of {len(step.two_four)} weight group(s)"
-        return PassReport(
-            name,
-            modified,
-            seconds,
-            summary,
-            groups,
-            dict(analysis.barriers),
-            two_four=step.two_four,
-            rule_errors=list(analysis.rule_errors),
-        )
-    if isinstance(step, AnnotateTwoFourPass):
-        sparse = [layer for layer in step.layers if layer.is_2to4]
-        summary = f"{len(sparse)} of {len(step.layers)} weight(s) are 2:4 along their reduction axis"
-        return PassReport(name, modified, seconds, summary, sparsity=step.layers)
-    if isinstance(step, FoldBatchNormPass):
-        return PassReport(name, modified, seconds, f"{step.folded} BatchNormalization folded")
-    return PassReport(name, modified, seconds, "changed the graph" if modified else "nothing to do")
 
 
 def _load_checked(path: Path) -> ir.Model:
@@ -158,7 +79,7 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     """
     source, output = Path(source), Path(output)
     check_output_path(output, source)
-    names = _parse_passes(options.passes)
+    names = parse_passes(options.passes)
     if options.precision not in ("fp32", "fp16", "int8"):
         raise GraphError(f"unknown --precision {options.precision!r}; known: fp32, fp16, int8")
     start = time.perf_counter()
@@ -172,9 +93,9 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
             gc.collect()  # the gate loads its own copy (a full collection costs ~0.5 s, so only where it pays)
         checks: list[OutputCheck] = []
         if options.verify:
-            checks = _compare_files(source, lossless, feeds, options, reference)
+            checks = compare_files(source, lossless, feeds, options, reference)
             if not all(c.passed for c in checks):
-                raise VerificationError(_diagnose(source, output, names, feeds, options, checks))
+                raise VerificationError(diagnose(source, output, names, feeds, options, checks))
         else:
             log.warning("equivalence gate skipped (--no-verify): %s is NOT checked against %s", output, source)
         current, precision = lossless, None
@@ -235,10 +156,10 @@ def _transform(
     feeds = gate_inputs(model, options, source)
     reference = None
     if options.verify and initializer_bytes(model) <= PARALLEL_GATE_BYTES:
-        reference = pool.submit(_run, source, feeds)
+        reference = pool.submit(run_feeds, source, feeds)
     before = count_costs(model)
     sparse_before = _two_four_weights(model)
-    reports = _run_passes(model, names, options)
+    reports = run_passes(model, names, options)
     lost = sorted(sparse_before - _two_four_weights(model))
     if lost:
         log.warning(
@@ -263,7 +184,7 @@ def _enforce_two_four(
     if permuter(model).modified and options.verify:
         permuted = _stage(folder, "permuted", output)
         save_model(model, permuted, external_data=external)
-        checks = _compare_files(
+        checks = compare_files(
             current, permuted, feeds, options, parallel=initializer_bytes(model) <= PARALLEL_GATE_BYTES
         )
         if not all(c.passed for c in checks):
@@ -301,9 +222,9 @@ def inspect_model(source: Path, align: int = 8) -> OptimizeReport:
     model = _load_checked(source)
     before = count_costs(model)
     names = ["fold-constants", "fold-batchnorm"]
-    reports = _run_passes(model, names, OptimizeOptions(align=align))
+    reports = run_passes(model, names, OptimizeOptions(align=align))
     infer_shapes(model)
-    reports += _run_passes(model, ["annotate-2to4"], OptimizeOptions())
+    reports += run_passes(model, ["annotate-2to4"], OptimizeOptions())
     t0 = time.perf_counter()
     analysis = DeadChannelAnalysis(model, align)
     groups = analysis.group_reports()
@@ -330,131 +251,3 @@ def inspect_model(source: Path, align: int = 8) -> OptimizeReport:
         atol=0.0,
         seconds=time.perf_counter() - start,
     )
-
-
-# ------------------------------------------------------------------------------------------------ the gate
-Feeds = list[tuple[str, dict[str, np.ndarray]]]  # (label, inputs by name)
-
-
-def gate_inputs(model: ir.Model, options: OptimizeOptions, source: Path) -> Feeds:
-    """Seeded random inputs at batch 1 and 2 (the first axis is the batch), plus the user's data file. With data,
-    inputs of symbolic non-batch shape are fed the data alone."""
-    try:
-        specs = model_input_specs(model)
-    except InputError as exc:
-        raise InputError(f"{source}: {exc}") from None
-    if not specs:
-        raise InputError(f"{source}: the model has no inputs; there is nothing to verify it on")
-    feeds: Feeds = []
-    symbolic = any(isinstance(d, str) for spec in specs for d in spec.shape[1:])
-    fixed = {spec.shape[0] for spec in specs if spec.shape and isinstance(spec.shape[0], int)}
-    batches = sorted(fixed) if len(fixed) == 1 else (1, 2)  # a model exported with a fixed batch runs only that
-    if not (symbolic and options.data is not None):
-        for batch in batches:
-            feeds.append((f"random batch {batch}", synthetic_inputs(specs, batch, options.seed + batch - 1, source)))
-    if options.data is not None:
-        feeds.append((f"data {options.data.name}", read_arrays(options.data, specs, "--data")))
-    return feeds
-
-
-def _run(model: ir.Model | Path, feeds: Feeds) -> list[list[np.ndarray]] | None:
-    """Outputs for every feed; None when onnxruntime cannot load or run the graph (which fails the gate too)."""
-    try:
-        with checking_session(model) as session:
-            return [session.run(None, inputs) for _, inputs in feeds]  # type: ignore[attr-defined]
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        log.warning("onnxruntime cannot run the graph: %s", str(exc).splitlines()[0] if str(exc) else exc)
-        return None
-
-
-def _checks(
-    reference: list[list[np.ndarray]] | None,
-    candidate: list[list[np.ndarray]] | None,
-    feeds: Feeds,
-    options: OptimizeOptions,
-) -> list[OutputCheck]:
-    if reference is None:
-        raise GraphError("onnxruntime cannot run the input graph; nothing to compare against")
-    if candidate is None:
-        return [OutputCheck(0, float("inf"), float("inf"), False)]
-    return [
-        compare_outputs(
-            ref, got, options.rtol, options.atol, batch=int(next(iter(inputs.values())).shape[0]) if inputs else 0
-        )
-        for ref, got, (_, inputs) in zip(reference, candidate, feeds, strict=True)
-    ]
-
-
-def _compare_files(
-    source: Path,
-    staged: Path,
-    feeds: Feeds,
-    options: OptimizeOptions,
-    reference: Reference | None = None,
-    parallel: bool = False,
-) -> list[OutputCheck]:
-    """Run both graphs and compare. `reference`: the source's outputs, already on their way; `parallel`: both at
-    once in two threads (onnxruntime releases the GIL) — for small models only, so that a big one never has two
-    copies of its weights in memory."""
-    if reference is not None:
-        return _checks(reference.result(), _run(staged, feeds), feeds, options)
-    if not parallel:
-        return _checks(_run(source, feeds), _run(staged, feeds), feeds, options)
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        reference, candidate = pool.submit(_run, source, feeds), pool.submit(_run, staged, feeds)
-        return _checks(reference.result(), candidate.result(), feeds, options)
-
-
-def _diagnose(
-    source: Path, output: Path, names: list[str], feeds: Feeds, options: OptimizeOptions, checks: list[OutputCheck]
-) -> str:
-    """Find the first pass (and dead-channel group) whose result differs; return the one-line error."""
-    worst = max(checks, key=lambda c: c.max_rel_error)
-    head = (
-        f"{output}: not written: the optimized graph differs from {source.name} "
-        f"(max abs {worst.max_abs_error:.3g}, rel {worst.max_rel_error:.3g} > rtol {options.rtol:g})"
-    )
-    reference = _run(source, feeds)
-
-    def differs(model: ir.Model) -> bool:
-        return not all(c.passed for c in _checks(reference, _run(model, feeds), feeds, options))
-
-    model = load_model(source)
-    for index, name in enumerate(names):
-        _make_pass(name, options)(model)
-        if differs(model):
-            if name != "remove-dead-channels":
-                return f"{head}; pass {name!r} broke it"
-            group = _bisect_groups(source, names[:index], options, differs)
-            return f"{head}; pass 'remove-dead-channels' broke it{group}"
-    return f"{head}; no single pass reproduces it"
-
-
-def _bisect_groups(
-    source: Path, prefix: list[str], options: OptimizeOptions, differs: Callable[[ir.Model], bool]
-) -> str:
-    """Smallest prefix of the groups that, applied alone, changes the outputs: its last group is the culprit."""
-
-    def prepared() -> ir.Model:
-        model = load_model(source)
-        for name in prefix:
-            _make_pass(name, options)(model)
-        return model
-
-    probe = RemoveDeadChannelsPass(options.align, counts=dict(options.counts))
-    probe(prepared())
-    assert probe.analysis is not None
-    groups = [g for g in probe.analysis.group_reports() if g.channels_after < g.channels_before]
-    lo, hi = 1, len(groups)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        model = prepared()
-        RemoveDeadChannelsPass(options.align, {g.group for g in groups[:mid]}, counts=dict(options.counts))(model)
-        if differs(model):
-            hi = mid
-        else:
-            lo = mid + 1
-    if not groups:
-        return ""
-    culprit = groups[lo - 1]
-    return f", in channel group {culprit.location} ({culprit.channels_before} → {culprit.channels_after} channels)"

@@ -17,7 +17,7 @@ import json
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.channels import constant_array
+from sparsecut.passes.nodes import constant_array
 from sparsecut.report import SparsityLayer
 
 __all__ = ["AnnotateTwoFourPass", "is_two_four", "two_four_violations"]

@@ -80,7 +80,7 @@ def optimize(tmp: Path, model: onnx.ModelProto, **options) -> tuple[OptimizeRepo
 
 def weights(model: ir.Model, op_type: str) -> list[np.ndarray]:
     """The weight (input 1) of every `op_type` node, in graph order, as the node sees it."""
-    from sparsecut.passes.channels import weight_array
+    from sparsecut.passes.nodes import weight_array
 
     return [weight_array(n.inputs[1]) for n in model.graph if n.op_type == op_type]
 

@@ -3,12 +3,14 @@ checks every graph here at rtol 1e-4 / atol 1e-5 on batch 1 and 2 before anythin
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
 
 from sparsecut.errors import VerificationError
-from sparsecut.passes import DeadChannelAnalysis
+from sparsecut.passes.channels import RULES, constraints
 from tests.passes.graphs import GraphBuilder, optimize, removal, weights
 
 RDC_ONLY = ("fold-constants", "remove-dead-channels", "cleanup")  # keeps BatchNorm explicit
@@ -193,7 +195,7 @@ def test_gate_refuses_a_broken_rewrite_and_names_pass_and_group(tmp_path, monkey
     source = tmp_path / "in.onnx"
     onnx.save(g.model(y), source)
     # an analysis bug: forget that a padded conv cannot absorb the constant Sigmoid(0) = 0.5
-    monkeypatch.setattr(DeadChannelAnalysis, "_check_removability", _without_padding_veto)
+    monkeypatch.setattr(constraints, "check_removability", _without_padding_veto)
     from sparsecut.passes import OptimizeOptions, optimize_model
 
     with pytest.raises(VerificationError) as info:
@@ -204,12 +206,12 @@ def test_gate_refuses_a_broken_rewrite_and_names_pass_and_group(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
 
 
-_original_check = DeadChannelAnalysis._check_removability
+_original_check = constraints.check_removability
 
 
-def _without_padding_veto(self):
-    self._sinks = [(v, n, "conv" if kind == "conv-padded" else kind) for v, n, kind in self._sinks]
-    _original_check(self)
+def _without_padding_veto(analysis):
+    analysis.walk.sinks = [dataclasses.replace(s, refusal=None) for s in analysis.walk.sinks]
+    _original_check(analysis)
 
 
 def test_split_into_unequal_parts_then_concat(tmp_path):
@@ -266,10 +268,10 @@ def test_a_rule_that_fails_makes_a_barrier_not_a_crash(tmp_path, monkeypatch):
     """A rule meeting something it does not understand (here: made to raise) stops channels at its node, says
     why, and the rest of the graph is still optimized and gated."""
 
-    def broken(self, node):
+    def broken(self, node, walk):
         raise ValueError("an axis this rule does not understand")
 
-    monkeypatch.setattr(DeadChannelAnalysis, "_concat", broken)
+    monkeypatch.setattr(type(RULES["Concat"]), "analyze", broken)
     g = GraphBuilder()
     a = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(0, 1)))])
     b = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(2,)))])
@@ -363,3 +365,108 @@ def test_linear_reshaped_to_channels_feeds_a_conv_transpose(tmp_path):
     assert reshape.inputs[1].const_value.numpy().tolist() == [-1, 2, 2, 2]
     (stored,) = [n.inputs[1].const_value.numpy() for n in lean.graph if n.op_type == "ConvTranspose"]
     np.testing.assert_array_equal(stored, up_w[[0, 2]])
+
+
+def test_channel_shuffle_removes_a_channel_only_with_its_partners_in_every_group(tmp_path):
+    """ShuffleNet's shuffle, Reshape (g, C/g) → Transpose → Reshape back: z[j·g + i] = x[i·C/g + j]. Channel j goes
+    only when it is dead in every group (else the per-group counts or the interleaving would differ); both shape
+    constants follow."""
+    g = GraphBuilder()
+    x = g.op("Relu", [g.conv("x", g.weight(8, 4, 3, 3, dead_rows=(1, 5, 2)), pad=1)])  # j = 1 dead in groups 0 and 1
+    grouped = g.op("Reshape", [x, g.const([-1, 2, 4, 6, 6])])
+    swapped = g.op("Transpose", [grouped], perm=[0, 2, 1, 3, 4])
+    shuffled = g.op("Reshape", [swapped, g.const([-1, 8, 6, 6])])
+    head = g.weight(2, 8, 1, 1)
+    report, lean = optimize(tmp_path, g.model(g.conv(shuffled, head)))
+    first, head_w = weights(lean, "Conv")
+    assert first.shape[0] == 6  # channels 1 and 5; channel 2 (j = 2) is live in group 1
+    assert head_w.shape[1] == 6
+    assert [n.inputs[1].const_value.numpy().tolist() for n in lean.graph if n.op_type == "Reshape"] == [
+        [-1, 2, 3, 6, 6],
+        [-1, 6, 6, 6],
+    ]
+    (group,) = removal(report)
+    assert group.dead > 0 and "coupled to a live channel" in group.kept_dead
+
+
+def test_reshape_that_merges_channels_with_height_and_back(tmp_path):
+    """[N, C, H, W] → [N, C·H, W] → ReLU → [N, C, H, W]: channel k is rows k·H … (k+1)·H − 1 in between."""
+    g = GraphBuilder()
+    x = g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(0, 6)))
+    merged = g.op("Relu", [g.op("Reshape", [x, g.const([0, 48, 6])])])
+    back = g.op("Reshape", [merged, g.const([0, 8, 6, 6])])
+    _, lean = optimize(tmp_path, g.model(g.conv(back, g.weight(2, 8, 1, 1))))
+    assert [w.shape[:2] for w in weights(lean, "Conv")] == [(6, 4), (2, 6)]
+    shapes = [n.inputs[1].const_value.numpy().tolist() for n in lean.graph if n.op_type == "Reshape"]
+    assert shapes == [[0, 36, 6], [0, 6, 6, 6]]
+
+
+@pytest.mark.parametrize("form", ["sizes", "num_outputs"])
+def test_uneven_split_by_sizes_or_num_outputs(tmp_path, form):
+    """Split into uneven parts (sizes 3, 3, 2 — given, or as num_outputs=3 computes them for 8): each part loses its
+    own dead channels, and the new sizes are written as an input."""
+    g = GraphBuilder()
+    x = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(0, 4, 7)))])
+    if form == "sizes":
+        parts = g.op("Split", [x, g.const([3, 3, 2])], outputs=3, axis=1)
+    else:
+        parts = g.op("Split", [x], outputs=3, axis=1, num_outputs=3)
+    heads = [g.conv(p, g.weight(2, n, 1, 1)) for p, n in zip(parts, (3, 3, 2), strict=True)]
+    y = g.op("Add", [g.op("Add", heads[:2]), heads[2]])
+    _, lean = optimize(tmp_path, g.model(y))
+    first, *rest = weights(lean, "Conv")
+    assert first.shape[0] == 5 and [w.shape[1] for w in rest] == [2, 2, 1]
+    (split,) = [n for n in lean.graph if n.op_type == "Split"]
+    assert split.inputs[1].const_value.numpy().tolist() == [2, 2, 1]
+
+
+def test_cascaded_split_and_concat_in_another_order(tmp_path):
+    """Split into (3, 5), split the 5 again into (2, 3), concat the pieces as (3b, 3a, 2): offsets compose."""
+    g = GraphBuilder()
+    x = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(1, 3, 6)))])
+    a, rest = g.op("Split", [x, g.const([3, 5])], outputs=2, axis=1)
+    b, c = g.op("Split", [rest, g.const([2, 3])], outputs=2, axis=1)  # b = channels 3, 4; c = 5, 6, 7
+    joined = g.op("Concat", [c, a, b], axis=1)  # channels 5 6 7 0 1 2 3 4
+    head = g.weight(2, 8, 1, 1)
+    _, lean = optimize(tmp_path, g.model(g.conv(joined, head)))
+    first, last = weights(lean, "Conv")
+    assert first.shape[0] == 5
+    np.testing.assert_array_equal(last, head[:, [0, 2, 3, 5, 7]])  # 5 7 | 0 2 | 4 in the joined order
+
+
+def test_concat_along_height_couples_channels_across_inputs_and_a_split_undoes_it(tmp_path):
+    """Two branches stacked along H (axis 2), a conv, then Split along H: channel k is one channel in both
+    branches; it goes when it is dead in both."""
+    g = GraphBuilder()
+    a = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(2, 5, 6)))])
+    b = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(2, 6)))])
+    tall = g.op("Concat", [a, b], axis=2)
+    top, bottom = g.op("Split", [tall, g.const([6, 6])], outputs=2, axis=2)
+    y = g.conv(g.op("Add", [top, bottom]), g.weight(2, 8, 1, 1))
+    _, lean = optimize(tmp_path, g.model(y))
+    assert [w.shape[:2] for w in weights(lean, "Conv")] == [(6, 4), (6, 4), (2, 6)]
+
+
+def test_resize_with_sizes_gets_the_new_channel_count(tmp_path):
+    g = GraphBuilder()
+    x = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(3,)))])
+    sizes = g.const([1, 8, 12, 12])
+    up = g.op("Resize", [x, "", "", sizes], mode="nearest")
+    model = g.model(g.conv(up, g.weight(2, 8, 1, 1)))
+    _, lean = optimize(tmp_path, model)
+    (resize,) = [n for n in lean.graph if n.op_type == "Resize"]
+    assert resize.inputs[3].const_value.numpy().tolist() == [1, 7, 12, 12]
+
+
+def test_a_rule_without_a_rewrite_cannot_be_registered():
+    from sparsecut.passes.channels import ChannelRule, register
+
+    class AnalysisOnly(ChannelRule):
+        op_types = ("NotAnOp",)
+
+        def analyze(self, node, walk):
+            return None
+
+    with pytest.raises(TypeError, match="AnalysisOnly: a channel rule needs both analyze and rewrite"):
+        register(AnalysisOnly)
+    assert "NotAnOp" not in RULES

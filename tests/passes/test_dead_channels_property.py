@@ -1,5 +1,6 @@
 """Property: on random architectures built from the blocks sparsecut must handle (residual, concat, depthwise,
-grouped, SE, BatchNorm, ConvNeXt's channels-last LayerNorm, elementwise activations, Flatten→Gemm) with random zero and constant channels and random
+grouped, SE, BatchNorm, ConvNeXt's channels-last LayerNorm, channel shuffle, uneven and cascaded Split/Concat,
+Concat along H, Reshape merging channels with H, elementwise activations, Flatten→Gemm) with random zero and constant channels and random
 2:4 weights, `optimize` always passes its equivalence gate (rtol 1e-4, atol 1e-5, batch 1 and 2) — channel
 reorders for 2:4 included — never makes the graph larger, and every weight it says it kept 2:4 is 2:4."""
 
@@ -52,7 +53,10 @@ def architectures(draw: st.DrawFn) -> tuple[object, int]:
     for _ in range(draw(st.integers(1, 4))):
         block = draw(
             st.sampled_from(
-                ["conv", "residual", "concat", "depthwise", "grouped", "se", "bn", "split", "slice", "layernorm"]
+                [
+                    *("conv", "residual", "concat", "depthwise", "grouped", "se", "bn", "split", "slice", "layernorm"),
+                    *("shuffle", "chunk", "cascade", "hconcat", "merge"),
+                ]
             )
         )
         if block == "conv":
@@ -89,6 +93,29 @@ def architectures(draw: st.DrawFn) -> tuple[object, int]:
             x = act(g.op("Transpose", [normed], perm=[0, 3, 1, 2]))  # type: ignore[arg-type]
         elif block == "bn":
             x = act(batchnorm(x, c))
+        elif block == "shuffle" and c % 2 == 0:  # ShuffleNet: Reshape (g, C/g) → Transpose → Reshape back
+            groups = draw(st.sampled_from([2, c // 2]))
+            grouped = g.op("Reshape", [x, g.const([-1, groups, c // groups, 6, 6])])
+            swapped = g.op("Transpose", [grouped], perm=[0, 2, 1, 3, 4])
+            x = act(g.op("Reshape", [swapped, g.const([-1, c, 6, 6])]))  # type: ignore[list-item]
+        elif block == "chunk" and c >= 3 and c - 2 * -(-c // 3) > 0:  # uneven parts computed by num_outputs
+            sizes = [-(-c // 3), -(-c // 3), c - 2 * -(-c // 3)]
+            parts = g.op("Split", [x], outputs=3, axis=1, num_outputs=3)
+            branches = [act(conv(p, n, n, 3, group=n)) for p, n in zip(parts, sizes, strict=True)]
+            x = g.op("Concat", branches, axis=1)  # type: ignore[assignment]
+        elif block == "cascade" and c >= 3:  # Split, split a part again, Concat the pieces in another order
+            first = draw(st.integers(1, c - 2))
+            second = draw(st.integers(1, c - first - 1))
+            a, rest = g.op("Split", [x, g.const([first, c - first])], outputs=2, axis=1)
+            b, d = g.op("Split", [rest, g.const([second, c - first - second])], outputs=2, axis=1)
+            x = g.op("Concat", [act(d), a, act(b)], axis=1)  # type: ignore[assignment]
+        elif block == "hconcat":  # two branches stacked along H, a conv, split back, added
+            tall = g.op("Concat", [act(conv(x, c, c)), act(conv(x, c, c))], axis=2)
+            top, bottom = g.op("Split", [act(conv(tall, c, c)), g.const([6, 6])], outputs=2, axis=2)
+            x = g.op("Add", [top, bottom])  # type: ignore[assignment]
+        elif block == "merge":  # channels merged with H and back
+            merged = act(g.op("Reshape", [x, g.const([0, c * 6, 6])]))  # type: ignore[arg-type]
+            x = g.op("Reshape", [merged, g.const([0, c, 6, 6])])  # type: ignore[assignment]
     if draw(st.booleans()):
         pooled = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)  # type: ignore[list-item]
         y = g.op("Gemm", [pooled, g.const(g.weight(3, c)), g.const(np.zeros(3))], transB=1)

@@ -75,7 +75,7 @@ def test_restore_is_refused_where_channels_are_tied_to_positions(tmp_path):
     report, _ = optimize(tmp_path, g.model(g.conv(both, consumer)))
     restore = next(p for p in report.passes if p.name == "remove-dead-channels").two_four
     assert [(r.restored, r.reason) for r in restore] == [
-        (False, "coupled to other channels by Concat/Split/Slice/Flatten")
+        (False, "coupled to other channels by Concat/Split/Slice/Flatten/Reshape")
     ]
     assert len(report.lost_two_four) == 1
 

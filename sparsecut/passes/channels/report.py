@@ -1,0 +1,97 @@
+"""Reporting an analysis: per coupled group, where it lives, channels before → after, and why each dead channel
+that stays was kept."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sparsecut.passes.channels.rules import READERS
+from sparsecut.passes.nodes import source_name
+from sparsecut.report import ChannelGroupReport
+
+if TYPE_CHECKING:
+    from sparsecut.passes.channels.analysis import DeadChannelAnalysis
+
+__all__ = ["group_reports", "location"]
+
+
+def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
+    reports = []
+    reasons = _ReasonFinder(a)
+    for gi, members in enumerate(a.groups):
+        before = after = dead = aligned = 0
+        kept_dead: dict[str, int] = {}
+        for s in members:
+            sp = a.spaces[s]
+            mask = a.removable[a.offsets[s] : a.offsets[s + 1]]
+            value_dead = dead_mask(a, s)
+            before += sp.count
+            after += sp.count - int(mask.sum())
+            dead += int(value_dead.sum())
+            for k in np.flatnonzero(value_dead & ~mask):
+                reason = reasons(s, int(k))
+                kept_dead[reason] = kept_dead.get(reason, 0) + 1
+            aligned += a.kept_for_alignment.get(s, 0)
+        if dead == 0 and after == before:
+            continue
+        reports.append(
+            ChannelGroupReport(
+                group=gi,
+                location=location(a, members),
+                tensors=sum(len(a.spaces[s].values) for s in members),
+                channels_before=before,
+                channels_after=after,
+                dead=dead,
+                kept_dead=kept_dead,
+                kept_for_alignment=aligned,
+            )
+        )
+    return reports
+
+
+def dead_mask(a: DeadChannelAnalysis, s: int) -> np.ndarray:
+    """Channels that are not LIVE (and needed) in any tensor of the space: what pruning killed."""
+    sp = a.spaces[s]
+    dead = np.ones(sp.count, bool)
+    for value in sp.values:
+        dead &= ~(a.live[value] & a.needed[value])
+    return dead
+
+
+class _ReasonFinder:
+    """Why channel k of space s stays: its own reason, else the first reason in its coupled component."""
+
+    def __init__(self, a: DeadChannelAnalysis) -> None:
+        self.a = a
+        self.by_component: dict[int, str] | None = None
+
+    def __call__(self, s: int, k: int) -> str:
+        a = self.a
+        own = a.spaces[s].reasons.get(k)
+        if own is not None and own != "live":
+            return own
+        if self.by_component is None:
+            self.by_component = {}
+            for other, sp in enumerate(a.spaces):
+                for j, reason in sp.reasons.items():
+                    if reason != "live":
+                        self.by_component.setdefault(int(a.label[a.offsets[other] + j]), reason)
+        coupled = self.by_component.get(int(a.label[a.offsets[s] + k]))
+        return f"coupled: {coupled}" if coupled else "coupled to a live channel"
+
+
+def location(a: DeadChannelAnalysis, members: list[int]) -> str:
+    """Where a group lives, for people: the weights that produce its channels (or its first tensor)."""
+    names = []
+    for s in members:
+        for value in a.spaces[s].values:
+            producer = value.producer()
+            if producer is not None and a.kinds.get(producer) in READERS:
+                weight = producer.inputs[1]
+                names.append(source_name(weight) if weight is not None else producer.name or "?")
+    if not names:
+        names = [a.spaces[members[0]].values[0].name or "?"]
+    shown = ", ".join(dict.fromkeys(names))
+    return shown if len(shown) < 80 else shown[:77] + "…"

@@ -1,0 +1,152 @@
+"""Rewriting a graph for the channels an analysis removes: the driver, and the edits every rule shares.
+
+`ChannelRewrite` visits every node that touches a changed tensor and lets the node's rule rewrite it. The new
+order of the kept channels of a space (`orders`: 2:4 restoring, see `permutation.py`) is an argument: the
+analysis says which channels go, the caller says in which order the rest stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsecut.passes.channels.analysis import DeadChannelAnalysis
+from sparsecut.passes.channels.rules import Kind
+from sparsecut.passes.nodes import attr_ints, constant_array, shape_element
+
+__all__ = ["ChannelRewrite", "rewrite_channels"]
+
+
+def rewrite_channels(
+    model: ir.Model, analysis: DeadChannelAnalysis, orders: Mapping[int, np.ndarray] | None = None
+) -> None:
+    """Drop the removable channels of `analysis`, keeping those of space s in `orders[s]` where given."""
+    ChannelRewrite(model, analysis, orders or {}).run()
+
+
+class ChannelRewrite:
+    def __init__(self, model: ir.Model, analysis: DeadChannelAnalysis, orders: Mapping[int, np.ndarray]) -> None:
+        self.graph = model.graph
+        self.analysis = analysis
+        self.orders = dict(orders)
+        self.names = {v.name for n in self.graph for v in (*n.inputs, *n.outputs) if v is not None}
+        self.names |= set(self.graph.initializers) | {v.name for v in self.graph.inputs}
+
+    def run(self) -> None:
+        a = self.analysis
+        for node in list(self.graph):
+            kind = a.kinds.get(node)
+            if kind is None or kind in (Kind.CONSTANT, Kind.CLAIMED):
+                continue
+            if any(self.changed(v) for v in (*node.inputs, *node.outputs)):
+                a.rule_of[node].rewrite(node, kind, self)
+        for value, axis in a.axis.items():  # new shapes, exactly (inference cannot see through computed targets)
+            if a.has_removals(value) and value.shape is not None:
+                dims = list(value.shape)
+                dims[axis] = len(self.kept(value))
+                value.shape = ir.Shape(dims)
+
+    # --------------------------------------------------------------------------------------------- channels
+    def count(self, value: ir.Value) -> int:
+        """Channels of `value` before the rewrite."""
+        return self.analysis.spaces[self.analysis.space_of[value]].count
+
+    def removed(self, value: ir.Value) -> np.ndarray:
+        return self.analysis.removed(value)
+
+    def kept(self, value: ir.Value) -> np.ndarray:
+        """Indices of the channels of `value` that stay, in their new order."""
+        order = self.orders.get(self.analysis.space_of[value])
+        return order if order is not None else self.analysis.kept(value)
+
+    def has_removals(self, value: ir.Value | None) -> bool:
+        return self.analysis.has_removals(value)
+
+    def changed(self, value: ir.Value | None) -> bool:
+        """Whether the channels of `value` lose members or change order."""
+        return self.has_removals(value) or (value is not None and self.analysis.space_of.get(value) in self.orders)
+
+    def constants(self, value: ir.Value) -> np.ndarray:
+        """The constant each channel of `value` carries (0 for LIVE ones)."""
+        return np.where(self.analysis.live[value], 0.0, self.analysis.const[value])
+
+    # --------------------------------------------------------------------------------------------- constants
+    def bias(self, node: ir.Node, index: int, count: int) -> np.ndarray:
+        array = constant_array(node.inputs[index]) if len(node.inputs) > index else None
+        if array is None:
+            return np.zeros(count)
+        return np.broadcast_to(np.asarray(array, np.float64).reshape(-1), (count,)).copy()
+
+    def set_bias(self, node: ir.Node, index: int, bias: np.ndarray, dtype: np.dtype) -> None:
+        present = len(node.inputs) > index and node.inputs[index] is not None
+        if not present and not np.any(bias != 0):
+            return
+        if not present:
+            node.resize_inputs(index + 1)
+        self.set_constant(node, index, bias.astype(dtype))
+
+    def set_shape_element(self, node: ir.Node, position: int, size: int) -> None:
+        """Entry `position` of a Reshape's target shape becomes `size` (a -1 or 0 there follows by itself); the
+        target is a constant, or a Concat of 1-D pieces one of which is."""
+        shape_value = node.inputs[1]
+        assert shape_value is not None
+        source = shape_element(shape_value, position)
+        assert source is not None
+        holder, index = source[1]
+        array = constant_array(holder)
+        assert array is not None
+        if int(array[index]) in (-1, 0):
+            return
+        new = array.copy()
+        new[index] = size
+        if holder is shape_value:
+            self.set_constant(node, 1, new)
+            return
+        concat = shape_value.producer()
+        assert concat is not None
+        self.set_constant(concat, next(i for i, v in enumerate(concat.inputs) if v is holder), new)
+
+    def set_constant(self, node: ir.Node, index: int, array: np.ndarray) -> None:
+        """Give input `index` of `node` the tensor `array`: in place when nobody else reads the initializer (the
+        PyTorch name stays), through the Transpose that dynamo puts before Linear weights, else a fresh one."""
+        array = np.ascontiguousarray(array)
+        value = node.inputs[index]
+        if value is not None and _only_user(value, node) and value.const_value is not None and value.is_initializer():
+            value.const_value = ir.Tensor(array, name=value.name)
+            value.shape = value.const_value.shape  # the tensor's own (frozen) shape: one Shape built, not two
+            return
+        producer = value.producer() if value is not None else None
+        if value is not None and producer is not None and producer.op_type == "Transpose" and _only_user(value, node):
+            inner = producer.inputs[0]
+            if (
+                inner is not None
+                and inner.const_value is not None
+                and inner.is_initializer()
+                and _only_user(inner, producer)
+            ):
+                perm = attr_ints(producer, "perm") or list(reversed(range(array.ndim)))
+                stored = np.ascontiguousarray(np.transpose(array, np.argsort(perm)))
+                inner.const_value = ir.Tensor(stored, name=inner.name)
+                inner.shape = inner.const_value.shape
+                return
+        base = value.name if value is not None and value.name else f"{node.name or node.op_type}_input{index}"
+        name = self._unique(f"{base}_lean")
+        fresh = ir.Value(
+            name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype))
+        )
+        fresh.const_value = ir.Tensor(array, name=name)
+        self.graph.register_initializer(fresh)
+        node.replace_input_with(index, fresh)
+
+    def _unique(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+
+def _only_user(value: ir.Value, node: ir.Node) -> bool:
+    return not value.is_graph_output() and all(use.node is node for use in value.uses())

@@ -1,0 +1,194 @@
+"""Channel spaces: which tensors carry the same channels, and what every channel of every tensor holds.
+
+Every activation tensor gets a channel axis. Tensors whose channel k is one and the same channel (through
+activations, BatchNorm, pooling, residual Add, SE Mul, depthwise conv, Transpose, 1-1 Reshape) share one *space*
+(a union-find over spaces). Concat, Split, Slice, Flatten and Reshape connect spaces by *index maps*
+(Concat: in_i[k] ↔ out[offset_i + k]; Flatten: in[k] ↔ out[k·HW … (k+1)·HW − 1]).
+
+Per tensor and channel k, a state computed from weights alone: LIVE, or constant CONST(c) (ZERO is CONST(0)).
+
+Rules (`rules.py`) record into a `ChannelSpaces` while the graph is walked: spaces, links, maps, states, the
+reducing consumers that must absorb constants (*sinks*), the channels an op makes unneeded (*gates*), and the
+reasons channels must stay (*vetoes*). `resolve` then numbers the final spaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsecut.passes.nodes import weight_array
+
+__all__ = ["ChannelSpaces", "IndexMap", "Space"]
+
+IndexMap = tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]  # a[ia[i]] is the same channel as b[ib[i]]
+
+
+@dataclasses.dataclass
+class Space:
+    """Tensors whose channel k is one and the same channel."""
+
+    count: int
+    values: list[ir.Value] = dataclasses.field(default_factory=list)
+    reasons: dict[int, str] = dataclasses.field(default_factory=dict)  # channel → why it must stay (first reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sink:
+    """A node that reduces over the channels of `value` (Conv, Gemm, MatMul): a constant channel there is removable
+    only when the node absorbs it into its bias; `refusal` says why it cannot (None: it can)."""
+
+    value: ir.Value
+    node: ir.Node
+    refusal: str | None
+
+
+class ChannelSpaces:
+    """What the rules found while walking the graph. Rules write here; nothing else does."""
+
+    def __init__(self) -> None:
+        self._parent: list[int] = []
+        self._spaces: list[Space] = []
+        self.space_of: dict[ir.Value, int] = {}
+        self.axis: dict[ir.Value, int] = {}
+        self.live: dict[ir.Value, np.ndarray] = {}
+        self.const: dict[ir.Value, np.ndarray] = {}
+        self.maps: list[IndexMap] = []
+        self.node_maps: dict[ir.Node, list[IndexMap]] = {}
+        # per input position: channels whose value cannot reach the output (a Mul whose other factor is ZERO,
+        # BatchNorm with γ = 0, an all-zero depthwise filter)
+        self.gates: dict[ir.Node, list[np.ndarray]] = {}
+        self.vetoes: list[tuple[ir.Value, np.ndarray | None, str]] = []
+        self.sinks: list[Sink] = []
+        self.grouped_convs: list[ir.Node] = []
+        self.facts: dict[ir.Node, object] = {}  # what a rule's rewrite needs to know about its node
+        self.claimed: dict[ir.Node, ir.Node] = {}  # node → the node whose rule covers it (a multi-node pattern)
+        self._weights: dict[ir.Value, np.ndarray | None] = {}
+
+    def weight(self, value: ir.Value) -> np.ndarray | None:
+        """`weight_array(value)`, small ones read once (a TensorProto → numpy conversion is not free at 15k
+        nodes); big ones are read each time, so that no memory-mapped weight stays resident for the whole pass."""
+        if value in self._weights:
+            return self._weights[value]
+        array = weight_array(value)
+        if array is None or array.nbytes <= 1 << 20:
+            self._weights[value] = array
+        return array
+
+    # ------------------------------------------------------------------------------------------ spaces
+    def _new_space(self, count: int) -> int:
+        self._parent.append(len(self._parent))
+        self._spaces.append(Space(count))
+        return len(self._parent) - 1
+
+    def _find(self, s: int) -> int:
+        while self._parent[s] != s:
+            self._parent[s] = self._parent[self._parent[s]]
+            s = self._parent[s]
+        return s
+
+    def register(self, value: ir.Value, axis: int, count: int, like: ir.Value | None = None) -> None:
+        """`value` has `count` channels on `axis`: the same ones as `like`'s, or a space of its own."""
+        self.axis[value] = axis
+        self.space_of[value] = self._new_space(count) if like is None else self.space_of[like]
+
+    def count_of(self, value: ir.Value) -> int:
+        """The channel count of a registered value."""
+        return self._spaces[self.space_of[value]].count
+
+    def link(self, a: ir.Value, b: ir.Value) -> None:
+        """Channel k of `a` is channel k of `b`."""
+        ra, rb = self._find(self.space_of[a]), self._find(self.space_of[b])
+        if ra != rb:
+            self._parent[rb] = ra
+
+    def add_map(self, node: ir.Node, a: ir.Value, ia: np.ndarray, b: ir.Value, ib: np.ndarray) -> None:
+        """Channel ia[i] of `a` is channel ib[i] of `b` (they are removed together), through `node`."""
+        self.maps.append((a, ia, b, ib))
+        self.node_maps.setdefault(node, []).append((a, ia, b, ib))
+
+    def veto(self, value: ir.Value, reason: str, channels: np.ndarray | None = None) -> None:
+        """These channels of `value` (all when None; a mask or indices) must stay, for `reason`."""
+        self.vetoes.append((value, channels, reason))
+
+    def sink(self, value: ir.Value, node: ir.Node, refusal: str | None) -> None:
+        self.sinks.append(Sink(value, node, refusal))
+
+    def set_state(self, value: ir.Value, live: np.ndarray, const: np.ndarray) -> None:
+        """Channel states of `value`: a non-finite constant counts as LIVE."""
+        const = np.where(live, 0.0, const)
+        bad = ~np.isfinite(const)
+        self.live[value] = live | bad
+        self.const[value] = np.where(bad, 0.0, const)
+
+    def same_state(self, value: ir.Value, like: ir.Value) -> None:
+        """`value` carries `like`'s channels unchanged."""
+        self.register(value, self.axis[like], self.count_of(like), like)
+        self.set_state(value, self.live[like].copy(), self.const[like].copy())
+
+    def static_count(self, value: ir.Value, axis: int) -> int | None:
+        shape = value.shape
+        if shape is None or not (-len(shape) <= axis < len(shape)):
+            return None
+        dim = shape[axis]
+        return dim if isinstance(dim, int) else None
+
+    def ensure(self, value: ir.Value, axis: int) -> bool:
+        """Make sure `value` has channel axis `axis`; an unseen dynamic tensor (graph input, barrier output) is
+        registered as all-LIVE and kept. Returns False when the value has another axis or no static count."""
+        rank = len(value.shape) if value.shape is not None else 0
+        if rank == 0:
+            return False
+        axis = axis % rank
+        if value in self.axis:
+            return self.axis[value] == axis
+        count = self.static_count(value, axis)
+        if count is None:
+            return False
+        self.register(value, axis, count)
+        self.set_state(value, np.ones(count, bool), np.zeros(count))
+        producer = value.producer()
+        why = "graph input" if producer is None else f"produced by {producer.op_type} {producer.name!r}"
+        self.veto(value, why)
+        return True
+
+    def default_axis(self, value: ir.Value) -> int:
+        return self.axis.get(value, 1)
+
+    def seal(self, node: ir.Node) -> None:
+        """Outputs a rule registered before it gave up: all channels LIVE and kept, as any barrier's output."""
+        for value in node.outputs:
+            if value in self.space_of:
+                if value not in self.live:
+                    count = self.count_of(value)
+                    self.set_state(value, np.ones(count, bool), np.zeros(count))
+                self.veto(value, f"produced by {node.op_type} {node.name!r} (no rule)")
+
+    # ------------------------------------------------------------------------------------------ resolution
+    def resolve(self) -> list[Space]:
+        """Number the final spaces 0…n−1 (`space_of` is rewritten), and apply the vetoes as reasons."""
+        roots = sorted({self._find(s) for s in range(len(self._parent))})
+        index = {r: i for i, r in enumerate(roots)}
+        spaces = [self._spaces[r] for r in roots]
+        for value, s in self.space_of.items():
+            self.space_of[value] = index[self._find(s)]
+        for value, s in self.space_of.items():
+            spaces[s].values.append(value)
+        for value, channels, reason in self.vetoes:
+            add_reason(spaces[self.space_of[value]], channels, reason)
+        return spaces
+
+
+def add_reason(space: Space, channels: np.ndarray | Iterable[int] | None, reason: str) -> None:
+    """Channels (all, a boolean mask, or indices) of `space` must stay, for `reason` (the first one sticks)."""
+    if channels is None:
+        indices: Iterable[int] = range(space.count)
+    elif isinstance(channels, np.ndarray) and channels.dtype == bool:
+        indices = np.flatnonzero(channels)
+    else:
+        indices = channels
+    for k in indices:
+        space.reasons.setdefault(int(k), reason)

@@ -1,0 +1,159 @@
+"""The equivalence gate: the input file and the staged output run in onnxruntime (graph optimizations off) on
+seeded random inputs (batch 1 and 2, or the model's fixed batch) and on the user's `--data`; every output must
+satisfy max |after − before| ≤ atol + rtol · max |before|. If not, nothing is written, and the error names the
+pass that broke it and, for remove-dead-channels, the channel group (found by bisecting over the groups applied).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsecut.checking import checking_session, compare_outputs
+from sparsecut.errors import GraphError, InputError
+from sparsecut.feeds import model_input_specs, read_arrays, synthetic_inputs
+from sparsecut.modelfile import load_model
+from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
+from sparsecut.passes.registry import Setting, make_pass
+from sparsecut.report import OutputCheck
+
+if TYPE_CHECKING:
+    from sparsecut.passes.pipeline import OptimizeOptions
+
+__all__ = ["Feeds", "Reference", "compare_files", "diagnose", "gate_inputs", "run_feeds"]
+
+log = logging.getLogger(__name__)
+
+Reference = concurrent.futures.Future  # the input graph's outputs on the gate's feeds, computed in the background
+Feeds = list[tuple[str, dict[str, np.ndarray]]]  # (label, inputs by name)
+
+
+def gate_inputs(model: ir.Model, options: OptimizeOptions, source: Path) -> Feeds:
+    """Seeded random inputs at batch 1 and 2 (the first axis is the batch), plus the user's data file. With data,
+    inputs of symbolic non-batch shape are fed the data alone."""
+    try:
+        specs = model_input_specs(model)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    if not specs:
+        raise InputError(f"{source}: the model has no inputs; there is nothing to verify it on")
+    feeds: Feeds = []
+    symbolic = any(isinstance(d, str) for spec in specs for d in spec.shape[1:])
+    fixed = {spec.shape[0] for spec in specs if spec.shape and isinstance(spec.shape[0], int)}
+    batches = sorted(fixed) if len(fixed) == 1 else (1, 2)  # a model exported with a fixed batch runs only that
+    if not (symbolic and options.data is not None):
+        for batch in batches:
+            feeds.append((f"random batch {batch}", synthetic_inputs(specs, batch, options.seed + batch - 1, source)))
+    if options.data is not None:
+        feeds.append((f"data {options.data.name}", read_arrays(options.data, specs, "--data")))
+    return feeds
+
+
+def run_feeds(model: ir.Model | Path, feeds: Feeds) -> list[list[np.ndarray]] | None:
+    """Outputs for every feed; None when onnxruntime cannot load or run the graph (which fails the gate too)."""
+    try:
+        with checking_session(model) as session:
+            return [session.run(None, inputs) for _, inputs in feeds]  # type: ignore[attr-defined]
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        log.warning("onnxruntime cannot run the graph: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        return None
+
+
+def _checks(
+    reference: list[list[np.ndarray]] | None,
+    candidate: list[list[np.ndarray]] | None,
+    feeds: Feeds,
+    options: OptimizeOptions,
+) -> list[OutputCheck]:
+    if reference is None:
+        raise GraphError("onnxruntime cannot run the input graph; nothing to compare against")
+    if candidate is None:
+        return [OutputCheck(0, float("inf"), float("inf"), False)]
+    return [
+        compare_outputs(
+            ref, got, options.rtol, options.atol, batch=int(next(iter(inputs.values())).shape[0]) if inputs else 0
+        )
+        for ref, got, (_, inputs) in zip(reference, candidate, feeds, strict=True)
+    ]
+
+
+def compare_files(
+    source: Path,
+    staged: Path,
+    feeds: Feeds,
+    options: OptimizeOptions,
+    reference: Reference | None = None,
+    parallel: bool = False,
+) -> list[OutputCheck]:
+    """Run both graphs and compare. `reference`: the source's outputs, already on their way; `parallel`: both at
+    once in two threads (onnxruntime releases the GIL) — for small models only, so that a big one never has two
+    copies of its weights in memory."""
+    if reference is not None:
+        return _checks(reference.result(), run_feeds(staged, feeds), feeds, options)
+    if not parallel:
+        return _checks(run_feeds(source, feeds), run_feeds(staged, feeds), feeds, options)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        reference, candidate = pool.submit(run_feeds, source, feeds), pool.submit(run_feeds, staged, feeds)
+        return _checks(reference.result(), candidate.result(), feeds, options)
+
+
+def diagnose(
+    source: Path, output: Path, names: list[str], feeds: Feeds, options: OptimizeOptions, checks: list[OutputCheck]
+) -> str:
+    """Find the first pass (and dead-channel group) whose result differs; return the one-line error."""
+    worst = max(checks, key=lambda c: c.max_rel_error)
+    head = (
+        f"{output}: not written: the optimized graph differs from {source.name} "
+        f"(max abs {worst.max_abs_error:.3g}, rel {worst.max_rel_error:.3g} > rtol {options.rtol:g})"
+    )
+    reference = run_feeds(source, feeds)
+
+    def differs(model: ir.Model) -> bool:
+        return not all(c.passed for c in _checks(reference, run_feeds(model, feeds), feeds, options))
+
+    model = load_model(source)
+    for index, name in enumerate(names):
+        make_pass(name, options)(model)
+        if differs(model):
+            if name != "remove-dead-channels":
+                return f"{head}; pass {name!r} broke it"
+            group = _bisect_groups(source, names[:index], options, differs)
+            return f"{head}; pass 'remove-dead-channels' broke it{group}"
+    return f"{head}; no single pass reproduces it"
+
+
+def _bisect_groups(
+    source: Path, prefix: list[str], options: OptimizeOptions, differs: Callable[[ir.Model], bool]
+) -> str:
+    """Smallest prefix of the groups that, applied alone, changes the outputs: its last group is the culprit."""
+
+    def prepared() -> ir.Model:
+        model = load_model(source)
+        for name in prefix:
+            make_pass(name, options)(model)
+        return model
+
+    probe = make_pass("remove-dead-channels", options)
+    probe(prepared())
+    assert isinstance(probe, RemoveDeadChannelsPass)
+    assert probe.analysis is not None
+    groups = [g for g in probe.analysis.group_reports() if g.channels_after < g.channels_before]
+    lo, hi = 1, len(groups)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        model = prepared()
+        make_pass("remove-dead-channels", options, Setting(enabled_groups={g.group for g in groups[:mid]}))(model)
+        if differs(model):
+            hi = mid
+        else:
+            lo = mid + 1
+    if not groups:
+        return ""
+    culprit = groups[lo - 1]
+    return f", in channel group {culprit.location} ({culprit.channels_before} → {culprit.channels_after} channels)"

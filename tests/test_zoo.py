@@ -1,0 +1,45 @@
+"""A small subset of benchmarks/zoo.py as `slow` tests: real topologies masked by Torch-Pruning's choice, exact
+after optimize, no rule error, and (where Torch-Pruning prunes physically) at least 90 % of the weights it removed
+removed by sparsecut too. timm and Torch-Pruning are benchmark-only dependencies: skipped when missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TVSHIM = ROOT.parent / "shared" / "tvshim.py"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    pytest.importorskip(
+        "torch_pruning", reason="Torch-Pruning is a benchmark-only dependency (pip install torch-pruning)"
+    )
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # zoo.py imports its neighbour common.py, as when run as a script
+    spec = importlib.util.spec_from_file_location("zoo", ROOT / "benchmarks" / "zoo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["zoo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("family", ["shufflenet", "unet", "resnet", "convnext"])
+def test_zoo_model_is_exact_and_loses_what_torch_pruning_removes(zoo, family, tmp_path):
+    if family in zoo.TIMM:
+        if not TVSHIM.exists():
+            pytest.skip(f"timm needs {TVSHIM} on these machines")
+        pytest.importorskip("timm", reason="timm is a benchmark-only dependency (pip install timm)")
+        zoo.load_tvshim(TVSHIM)
+    row = zoo.bench(family, tmp_path, ratio=0.4, rounds=3, iterations=3)
+    assert row["exact_max_rel_error"] <= 1e-4
+    assert row["rule_errors"] == []
+    assert row["params_lean"] < row["params_masked"]
+    if row["tp_failure"] == "" and not row["layernorm_family"]:
+        assert row["removed_fraction"] >= 0.9
