@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import TVSHIM, load_tvshim, trained_like_batchnorm
+from common import TVSHIM, load_tvshim, prune_both_ways, trained_like_batchnorm
 from rich.console import Console
 from rich.table import Table
 
@@ -48,34 +48,19 @@ ALIGNMENTS = (1, 8, 16, 32)
 def masked_model(name: str, ratio: float) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """A timm model (seeded random init) whose channels Torch-Pruning would remove at `ratio` are zeroed."""
     import timm
-    import torch_pruning as tp
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
     trained_like_batchnorm(model)
     shape = (1, *model.default_cfg["input_size"])
-    example = torch.randn(shape)
     if name.startswith("vit"):  # only the MLP hidden neurons: embedding channels flow through LayerNorm
         ignored = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("mlp.fc1")]
         ignored += [model.patch_embed]
     else:
         ignored = [model.get_classifier()]
-    pruner = tp.pruner.MetaPruner(
-        model, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-        ignored_layers=ignored, round_to=None,
-    )  # fmt: skip
-    with torch.no_grad():
-        for group in pruner.step(interactive=True):
-            for item in group:
-                dep, idxs = item.dep, item.idxs
-                if getattr(dep.handler, "__name__", "") != "prune_out_channels":
-                    continue
-                module = dep.target.module
-                for param in ("weight", "bias"):
-                    tensor = getattr(module, param, None)
-                    if isinstance(tensor, torch.Tensor) and tensor.dim() >= 1 and tensor.shape[0] > max(idxs):
-                        tensor[idxs] = 0.0
-    return model, shape
+    masked, _, failure = prune_both_ways(model, shape, ignored, ratio)
+    assert not failure, failure
+    return masked, shape
 
 
 def bench(name: str, folder: Path, table: Path, ratio: float, rounds: int, iterations: int) -> dict[str, object]:

@@ -26,7 +26,6 @@ timm and Torch-Pruning are benchmark-only dependencies (see benchmarks/alignment
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -34,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import TVSHIM, load_tvshim, trained_like_batchnorm
+from common import TVSHIM, load_tvshim, prune_both_ways, trained_like_batchnorm
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -158,62 +157,6 @@ def build(family: str) -> tuple[nn.Module, tuple[int, ...], list[nn.Module]]:
     else:
         ignored = [model.fc if family == "shufflenet" else model.get_classifier()]  # type: ignore[operator]
     return model, (1, 3, size, size), ignored
-
-
-def prune_both_ways(
-    model: nn.Module, shape: tuple[int, ...], ignored: list[nn.Module], ratio: float
-) -> tuple[nn.Module, nn.Module | None, str]:
-    """(masked, physically pruned, why Torch-Pruning failed or ""). The masked copy has the output channels of
-    every pruned layer (weights, biases, BatchNorm γ and β) zeroed: what a pruning run leaves before removal."""
-    import torch_pruning as tp
-
-    masked = copy.deepcopy(model)
-    masked_modules = dict(masked.named_modules())
-    names = {id(m): n for n, m in model.named_modules()}
-    example = torch.randn(shape)
-    try:
-        pruner = tp.pruner.MetaPruner(
-            model, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-            ignored_layers=ignored, round_to=None,
-        )  # fmt: skip
-        with torch.no_grad():
-            for group in pruner.step(interactive=True):
-                for item in group:
-                    dep, idxs = item.dep, item.idxs
-                    if getattr(dep.handler, "__name__", "") != "prune_out_channels":
-                        continue
-                    target = masked_modules.get(names.get(id(dep.target.module), ""))
-                    if target is None:
-                        continue
-                    out_axis = 1 if isinstance(target, nn.ConvTranspose2d) else 0
-                    for param in ("weight", "bias"):
-                        tensor = getattr(target, param, None)
-                        if isinstance(tensor, torch.Tensor) and tensor.dim() >= 1:
-                            axis = out_axis if param == "weight" else 0
-                            if tensor.shape[axis] > max(idxs):
-                                tensor.index_fill_(axis, torch.as_tensor(idxs), 0.0)
-                group.prune()
-        with torch.no_grad():
-            model(example)  # the pruned model must still run
-    except Exception as exc:  # Torch-Pruning's own failure is a finding, not a benchmark crash
-        masked = copy.deepcopy(model)
-        _mask_per_layer(masked, ratio, {names[id(m)] for m in ignored})
-        return masked, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
-    return masked, model, ""
-
-
-def _mask_per_layer(model: nn.Module, ratio: float, ignored: set[str]) -> None:
-    """Without Torch-Pruning's groups: each conv (not depthwise, not ignored) gets its `ratio` lowest-L1 filters
-    zeroed, independently — magnitude masking as `torch.nn.utils.prune.ln_structured` does it."""
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if not isinstance(module, nn.Conv2d) or name in ignored or module.groups == module.in_channels > 1:
-                continue
-            norms = module.weight.abs().flatten(1).sum(1)
-            weakest = torch.argsort(norms)[: int(ratio * len(norms))]
-            module.weight[weakest] = 0.0
-            if module.bias is not None:
-                module.bias[weakest] = 0.0
 
 
 def bench(family: str, folder: Path, ratio: float, rounds: int, iterations: int) -> dict[str, object]:

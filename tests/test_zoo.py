@@ -18,10 +18,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def zoo():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # zoo.py imports its neighbour common.py, as when run as a script
+    if TVSHIM.exists():  # before anything imports torchvision (Torch-Pruning tries to)
+        import common
+
+        common.load_tvshim(TVSHIM)
     pytest.importorskip(
         "torch_pruning", reason="Torch-Pruning is a benchmark-only dependency (pip install torch-pruning)"
     )
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # zoo.py imports its neighbour common.py, as when run as a script
     spec = importlib.util.spec_from_file_location("zoo", ROOT / "benchmarks" / "zoo.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -36,7 +40,6 @@ def test_zoo_model_is_exact_and_loses_what_torch_pruning_removes(zoo, family, tm
         if not TVSHIM.exists():
             pytest.skip(f"timm needs {TVSHIM} on these machines")
         pytest.importorskip("timm", reason="timm is a benchmark-only dependency (pip install timm)")
-        zoo.load_tvshim(TVSHIM)
     row = zoo.bench(family, tmp_path, ratio=0.4, rounds=3, iterations=3)
     assert row["exact_max_rel_error"] <= 1e-4
     assert row["rule_errors"] == []
