@@ -278,7 +278,9 @@ def test_a_rule_that_fails_makes_a_barrier_not_a_crash(tmp_path, monkeypatch):
     joined = g.op("Concat", [a, b], axis=1)
     # a separate branch with a dead channel, untouched by the Concat, is still optimized
     c = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(5,)))])
-    report, model = optimize(tmp_path, g.model(g.conv(joined, g.weight(2, 16, 1, 1)), g.conv(c, g.weight(2, 8, 1, 1))))
+    report, model = optimize(
+        tmp_path, g.model(g.conv(joined, g.weight(2, 16, 1, 1)), g.conv(c, g.weight(2, 8, 1, 1))), rule_errors=True
+    )
     step = next(p for p in report.passes if p.name == "remove-dead-channels")
     (failure,) = step.rule_errors
     assert failure.startswith("Concat ") and "ValueError: an axis this rule does not understand" in failure

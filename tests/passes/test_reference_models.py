@@ -33,6 +33,7 @@ def test_lean_graph_computes_what_the_masked_model_computes(tmp_path, arch, reci
     remove_prune_reparametrizations(model)
     _export(model, arch, tmp_path / "m.onnx")
     report = optimize_model(tmp_path / "m.onnx", tmp_path / "lean.onnx", OptimizeOptions(align=1))
+    assert [e for p in report.passes for e in p.rule_errors] == []
     if (arch, recipe) != ("vit-tiny", "slimming"):  # the ViT has no BatchNorm for slimming to zero
         assert report.after.params < report.before.params
     x = np.random.default_rng(3).standard_normal((2, *ARCHITECTURES[arch].input_shape[1:])).astype(np.float32)
@@ -83,6 +84,7 @@ def test_torchscript_exporter_graph(tmp_path, arch):
             dynamic_axes={"input": {0: "batch"}},
         )
     report = optimize_model(path, tmp_path / "lean.onnx", OptimizeOptions(align=1))
+    assert [e for p in report.passes for e in p.rule_errors] == []
     assert report.verified and report.after.macs < 0.8 * report.before.macs
     x = np.random.default_rng(0).standard_normal((2, *ARCHITECTURES[arch].input_shape[1:])).astype(np.float32)
     np.testing.assert_allclose(run_onnx(tmp_path / "lean.onnx", x)[0], torch_outputs(model, x), rtol=1e-4, atol=1e-5)
