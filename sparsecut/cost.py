@@ -18,6 +18,7 @@ from sparsecut.shapes import infer_shapes
 
 __all__ = ["count_costs"]
 
+_LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 
 
@@ -26,10 +27,10 @@ def count_costs(model: ir.Model) -> ModelCost:
     infer_shapes(model)
     layers = []
     for node in model.graph:
-        macs = _macs(node)
+        if node.op_type not in _LAYERS:
+            continue
         params = sum(_weight_elements(v) for v in node.inputs if v is not None)
-        if macs or node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            layers.append(LayerCost(node.name or node.op_type, node.op_type, macs, params))
+        layers.append(LayerCost(node.name or node.op_type, node.op_type, _macs(node), params))
     params = sum(  # weights: float, or int8 behind a DequantizeLinear; a 0-d scalar (a Clip bound) is no weight
         v.const_value.size
         for v in model.graph.initializers.values()

@@ -206,6 +206,9 @@ def _restore_tensor_labels(model: ir.Model, path: Path) -> None:
     edit_model_file(path, relabel)
 
 
+INTERMEDIATE_SHAPES = "sparsecut.intermediate_shapes"  # model.meta: whether its file stored intermediate shapes
+
+
 def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
     """Load an ONNX file (external data memory-mapped). Raises `GraphError` naming the file and the problem.
 
@@ -222,6 +225,7 @@ def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
         proto = onnx.load(str(path), load_external_data=False)  # external data stays on disk, memory-mapped later
     except Exception as exc:  # protobuf's DecodeError and friends: the file is not an ONNX model
         raise GraphError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+    had_shapes = len(proto.graph.value_info) > 0
     if infer_shapes and path.stat().st_size <= INFER_AT_LOAD_BYTES:
         try:
             proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
@@ -233,7 +237,21 @@ def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
         raise GraphError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
     ir.external_data.set_base_dir(model.graph, path.parent)
     _check_external_data(model, path)
+    model.meta[INTERMEDIATE_SHAPES] = had_shapes
     return model
+
+
+def drop_added_shapes(model: ir.Model) -> None:
+    """Forget the shapes of intermediate tensors when the file the model came from stored none: an output keeps
+    the input's style (and writing 15k value infos a user did not have costs a third of a second)."""
+    if model.meta.get(INTERMEDIATE_SHAPES, True):
+        return
+    outputs = set(model.graph.outputs)
+    for node in model.graph:
+        for value in node.outputs:
+            if value not in outputs:
+                value.shape = None
+                value.type = None
 
 
 def _check_external_data(model: ir.Model, path: Path) -> None:

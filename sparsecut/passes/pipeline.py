@@ -19,6 +19,7 @@ from sparsecut.cost import count_costs
 from sparsecut.errors import GraphError, VerificationError
 from sparsecut.modelfile import (
     check_output_path,
+    drop_added_shapes,
     initializer_bytes,
     load_model,
     publish,
@@ -170,6 +171,7 @@ def _transform(
     model.metadata_props[METADATA_PREFIX + "optimize.align"] = str(options.align)
     verified = f"rtol={options.rtol:g},atol={options.atol:g}" if options.verify else "no (--no-verify)"
     model.metadata_props[METADATA_PREFIX + "optimize.verified"] = verified
+    drop_added_shapes(model)
     save_model(model, staged, external_data=external)
     return feeds, before, after, reports, lost, reference
 

@@ -31,6 +31,11 @@ class ChannelRewrite:
         self.graph = model.graph
         self.analysis = analysis
         self.orders = dict(orders)
+        # per space: whether its channels lose members or change order (asked for every value of every node)
+        self._changes = [
+            bool(analysis.removable[analysis.offsets[s] : analysis.offsets[s + 1]].any()) or s in self.orders
+            for s in range(len(analysis.spaces))
+        ]
         self.names = {v.name for n in self.graph for v in (*n.inputs, *n.outputs) if v is not None}
         self.names |= set(self.graph.initializers) | {v.name for v in self.graph.inputs}
 
@@ -66,7 +71,8 @@ class ChannelRewrite:
 
     def changed(self, value: ir.Value | None) -> bool:
         """Whether the channels of `value` lose members or change order."""
-        return self.has_removals(value) or (value is not None and self.analysis.space_of.get(value) in self.orders)
+        s = self.analysis.space_of.get(value) if value is not None else None
+        return s is not None and self._changes[s]
 
     def constants(self, value: ir.Value) -> np.ndarray:
         """The constant each channel of `value` carries (0 for LIVE ones)."""
