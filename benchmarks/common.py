@@ -3,6 +3,7 @@ trained where pruning cares."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.util
 import sys
@@ -12,6 +13,15 @@ import torch
 from torch import nn
 
 TVSHIM = Path(__file__).resolve().parents[2] / "shared" / "tvshim.py"
+
+
+def model_arguments(parser: argparse.ArgumentParser, models: list[str], iterations: int) -> None:
+    """The options every real-model benchmark takes: which models, how long to time, where timm's shim is, JSON."""
+    parser.add_argument("--models", nargs="+", default=models, choices=models)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=iterations)
+    parser.add_argument("--tvshim", type=Path, default=TVSHIM)
+    parser.add_argument("--json", type=Path)
 
 
 def load_tvshim(path: Path = TVSHIM) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import TVSHIM, load_tvshim, prune_both_ways, trained_like_batchnorm
+from common import load_tvshim, model_arguments, prune_both_ways, trained_like_batchnorm
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -218,12 +218,8 @@ def _kept_dead(groups: list) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    model_arguments(parser, MODELS, iterations=30)
     parser.add_argument("--ratio", type=float, default=0.4)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--iterations", type=int, default=30)
-    parser.add_argument("--tvshim", type=Path, default=TVSHIM)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     load_tvshim(args.tvshim)
     console = Console(width=220)

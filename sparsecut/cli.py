@@ -385,6 +385,16 @@ def _render_optimize(report: object, inspecting: bool = False) -> None:
                 why = "; ".join(f"{n}× {reason}" for reason, n in group.kept_dead.items()) or "-"
                 table.add_row(group.location, f"{group.channels_before} → {group.channels_after}", str(group.dead), why)
             console.print(table)
+        if step.heads:
+            heads = Table(title="attention heads", title_justify="left")
+            for column in ("block (output projection)", "heads", "K/V heads", "head dim", "dead", "removed",
+                           "dead kept: why"):  # fmt: skip
+                heads.add_column(column)
+            for block in step.heads:
+                why = "; ".join(f"{n}× {reason}" for reason, n in block.kept.items()) or "-"
+                heads.add_row(block.location, str(block.heads), str(block.kv_heads), str(block.head_dim),
+                              str(block.dead), str(block.removable), why)  # fmt: skip
+            console.print(heads)
         if step.sparsity and (full or any(layer.is_2to4 for layer in step.sparsity)):
             sparse = Table(title_justify="left")
             for column in ("layer", "weight", "reduction", "2:4", "violating", "note"):

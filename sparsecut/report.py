@@ -192,6 +192,20 @@ class ChannelGroupReport(Report):
 
 
 @dataclasses.dataclass(frozen=True)
+class HeadReport(Report):
+    """One multi-head attention block: its heads, how many contribute nothing or a constant (dead), how many go,
+    and why dead heads stay."""
+
+    location: str
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dead: int
+    removable: int
+    kept: dict[str, int]  # reason → dead heads it kept
+
+
+@dataclasses.dataclass(frozen=True)
 class TwoFourRestore(Report):
     """Weights that were 2:4 and whose input channels lost members: could a channel order restore 2:4?"""
 
@@ -215,6 +229,7 @@ class PassReport(Report):
     sparsity: list[SparsityLayer] = dataclasses.field(default_factory=list)
     two_four: list[TwoFourRestore] = dataclasses.field(default_factory=list)  # remove-dead-channels: 2:4 kept?
     rule_errors: list[str] = dataclasses.field(default_factory=list)  # rules that failed: barriers, with why
+    heads: list[HeadReport] = dataclasses.field(default_factory=list)  # remove-dead-channels: attention blocks
 
 
 @dataclasses.dataclass(frozen=True)

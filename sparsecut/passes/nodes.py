@@ -178,12 +178,12 @@ def single_bias_add(y: ir.Value, n: int) -> ir.Node | None:
 
 def shape_element(shape_value: ir.Value, position: int) -> tuple[str, Any] | None:
     """Where element `position` of a Reshape's shape comes from: a constant we can edit ("const", (value, index)).
-    None when it cannot be followed, or when another node shares the constant (editing it would change that one)."""
+    None when it cannot be followed, or when it is a piece of a Concat whose result another node shares."""
+    array = constant_array(shape_value)
+    if array is not None:  # a shared constant is fine: the rewrite gives the node a copy of its own
+        return ("const", (shape_value, position))
     if len(shape_value.uses()) != 1:
         return None
-    array = constant_array(shape_value)
-    if array is not None:
-        return ("const", (shape_value, position))
     producer = shape_value.producer()
     if producer is None or producer.op_type != "Concat":
         return None

@@ -239,6 +239,7 @@ def inspect_model(source: Path, align: int = 8) -> OptimizeReport:
             groups,
             dict(analysis.barriers),
             rule_errors=list(analysis.rule_errors),
+            heads=analysis.head_reports(),
         )
     )
     return OptimizeReport(

@@ -68,6 +68,7 @@ def _dead_channels_report(name: str, step: ir.passes.PassBase, modified: bool, s
         dict(analysis.barriers),
         two_four=step.two_four,
         rule_errors=list(analysis.rule_errors),
+        heads=analysis.head_reports(),
     )
 
 

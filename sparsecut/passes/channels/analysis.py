@@ -16,10 +16,11 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.channels import constraints, report
+from sparsecut.passes.channels.attention import ATTENTION, find_attention_blocks
 from sparsecut.passes.channels.rules import ORDER_FREE, READERS, ChannelRule, Kind, rule_for
 from sparsecut.passes.channels.spaces import ChannelSpaces
 from sparsecut.passes.nodes import attr_int, is_constant
-from sparsecut.report import ChannelGroupReport
+from sparsecut.report import ChannelGroupReport, HeadReport
 
 __all__ = ["DeadChannelAnalysis"]
 
@@ -70,33 +71,53 @@ class DeadChannelAnalysis:
     # ------------------------------------------------------------------------------------------ the walk
     def _walk_graph(self) -> None:
         walk = self.walk
+        walk.prefer_axes(self.graph)
+        blocks = {found.anchor: found for found in find_attention_blocks(self.graph)}
+        for found in blocks.values():  # multi-node patterns, claimed before the walk reaches them
+            walk.claimed.update((node, found.anchor) for node in found.nodes if node is not found.anchor)
         for node in self.graph:
-            owner = walk.claimed.get(node)
-            if owner is not None:  # part of a pattern its first node's rule covers (a channel shuffle)
-                self.kinds[node], self.rule_of[node] = Kind.CLAIMED, self.rule_of[owner]
+            if node in walk.claimed:  # part of a pattern another node's rule covers (a channel shuffle, attention)
+                self.kinds[node] = Kind.CLAIMED
                 continue
             if all(v is None or is_constant(v) for v in node.inputs):
                 self.kinds[node] = Kind.CONSTANT
                 continue
-            rule = rule_for(node)
-            kind = None
-            if rule is not None:
-                try:
-                    kind = rule.analyze(node, walk)
-                except Exception as exc:  # a rule never aborts the analysis: the node becomes a barrier, and says why
-                    tensor = node.outputs[0].name if node.outputs else "?"
-                    self.rule_errors.append(
-                        f"{node.op_type} {node.name!r} (output {tensor!r}): {type(exc).__name__}: {str(exc)[:120]}"
-                    )
-                    log.warning("channel rule for %s failed; its channels are kept", self.rule_errors[-1])
-            if kind is None:
-                self._barrier(node)
-                walk.seal(node)
-            else:
-                self.kinds[node], self.rule_of[node] = kind, rule  # type: ignore[assignment]
+            block = blocks.get(node)
+            if block is not None:
+                walk.facts[node] = block
+                if self._apply(node, ATTENTION):
+                    continue
+                for claimed in block.nodes:  # not understood after all: each node goes its own way
+                    walk.claimed.pop(claimed, None)
+                    if self.kinds.pop(claimed, None) is Kind.CLAIMED:  # passed already: a barrier after the fact
+                        self._barrier(claimed)
+                        walk.seal(claimed)
+            self._apply(node, rule_for(node))
         for value in self.graph.outputs:
             if value in walk.space_of:
                 walk.veto(value, "graph output")
+
+    def _apply(self, node: ir.Node, rule: ChannelRule | None) -> bool:
+        """Run `rule` on `node`; without a rule, or when it gives up or fails, the node is a barrier (False)."""
+        walk = self.walk
+        kind = None
+        if rule is not None:
+            try:
+                kind = rule.analyze(node, walk)
+            except Exception as exc:  # a rule never aborts the analysis: the node becomes a barrier, and says why
+                tensor = node.outputs[0].name if node.outputs else "?"
+                self.rule_errors.append(
+                    f"{node.op_type} {node.name!r} (output {tensor!r}): {type(exc).__name__}: {str(exc)[:120]}"
+                )
+                log.warning("channel rule for %s failed; its channels are kept", self.rule_errors[-1])
+        if kind is None:
+            if rule is ATTENTION:
+                return False  # the block's nodes go their own ways; nothing was registered
+            self._barrier(node)
+            walk.seal(node)
+            return False
+        self.kinds[node], self.rule_of[node] = kind, rule  # type: ignore[assignment]
+        return True
 
     def _barrier(self, node: ir.Node) -> None:
         touched = [v for v in node.inputs if v is not None and v in self.walk.space_of]
@@ -160,6 +181,9 @@ class DeadChannelAnalysis:
 
     def group_reports(self) -> list[ChannelGroupReport]:
         return report.group_reports(self)
+
+    def head_reports(self) -> list[HeadReport]:
+        return report.head_reports(self)
 
     def location(self, members: list[int]) -> str:
         return report.location(self, members)

@@ -47,7 +47,7 @@ def needed_channels(a: DeadChannelAnalysis) -> dict[ir.Value, np.ndarray]:
         if kind in (Kind.SHAPE, Kind.CONSTANT, Kind.CLAIMED):
             continue
         inputs = [v for v in node.inputs if v is not None and v in needed]
-        if not inputs:
+        if not inputs and kind is not Kind.ATTENTION:  # a block's rule reads its entries wherever they are
             continue
         if kind is None:  # a barrier reads everything
             for v in inputs:

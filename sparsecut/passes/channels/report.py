@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sparsecut.passes.channels.rules import READERS
+from sparsecut.passes.channels.rules import READERS, Kind
 from sparsecut.passes.nodes import source_name
-from sparsecut.report import ChannelGroupReport
+from sparsecut.report import ChannelGroupReport, HeadReport
 
 if TYPE_CHECKING:
     from sparsecut.passes.channels.analysis import DeadChannelAnalysis
 
-__all__ = ["group_reports", "location"]
+__all__ = ["group_reports", "head_reports", "location"]
 
 
 def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
@@ -95,3 +95,41 @@ def location(a: DeadChannelAnalysis, members: list[int]) -> str:
         names = [a.spaces[members[0]].values[0].name or "?"]
     shown = ", ".join(dict.fromkeys(names))
     return shown if len(shown) < 80 else shown[:77] + "…"
+
+
+def head_reports(a: DeadChannelAnalysis) -> list[HeadReport]:
+    """Per attention block: a head is dead when none of its output features is LIVE and needed (its V is zero or
+    constant, or the output projection reads none of it); it goes when its features are removable."""
+    from sparsecut.passes.channels.attention import AttentionBlock
+
+    reports = []
+    reasons = _ReasonFinder(a)
+    for node, kind in a.kinds.items():
+        if kind is not Kind.ATTENTION:
+            continue
+        block = a.facts[node]
+        assert isinstance(block, AttentionBlock)
+        s = a.space_of[block.exit]
+        d = block.head_dim
+        live = np.asarray(a.live[block.exit] & a.needed[block.exit]).reshape(block.heads, d)
+        dead = np.asarray(~live.any(axis=1), bool)
+        removed = np.asarray(np.asarray(a.removed(block.exit)).reshape(block.heads, d).all(axis=1), bool)
+        kept: dict[str, int] = {}
+        for h in range(block.heads):
+            if dead[h] and not removed[h]:
+                reason = reasons(s, h * d)
+                kept[reason] = kept.get(reason, 0) + 1
+        consumer = next((use.node for use in block.exit.uses()), None)
+        weight = consumer.inputs[1] if consumer is not None and len(consumer.inputs) > 1 else None
+        reports.append(
+            HeadReport(
+                location=source_name(weight) if weight is not None else block.exit.name or "?",
+                heads=block.heads,
+                kv_heads=block.kv_heads,
+                head_dim=d,
+                dead=int(dead.sum()),
+                removable=int(removed.sum()),
+                kept=kept,
+            )
+        )
+    return reports

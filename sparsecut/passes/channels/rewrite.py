@@ -45,8 +45,9 @@ class ChannelRewrite:
             kind = a.kinds.get(node)
             if kind is None or kind in (Kind.CONSTANT, Kind.CLAIMED):
                 continue
-            if any(self.changed(v) for v in (*node.inputs, *node.outputs)):
-                a.rule_of[node].rewrite(node, kind, self)
+            rule = a.rule_of[node]
+            if rule.touched(node, self):
+                rule.rewrite(node, kind, self)
         for value, axis in a.axis.items():  # new shapes, exactly (inference cannot see through computed targets)
             if a.has_removals(value) and value.shape is not None:
                 dims = list(value.shape)

@@ -64,6 +64,7 @@ class Kind(enum.Enum):
     FLATTEN = "flatten"
     RESHAPE = "reshape"
     SHUFFLE = "shuffle"  # Reshape (groups, C/g) → Transpose → Reshape: a channel permutation
+    ATTENTION = "attention"  # the first node of a multi-head attention block (attention.py)
     CLAIMED = "claimed"  # part of a pattern whose first node's rule covers it
 
 
@@ -115,6 +116,10 @@ class ChannelRule:
 
     def rewrite(self, node: ir.Node, kind: Kind, rw: ChannelRewrite) -> None:
         raise NotImplementedError
+
+    def touched(self, node: ir.Node, rw: ChannelRewrite) -> bool:
+        """Whether the rewrite must visit `node`: some tensor it reads or writes changes."""
+        return any(rw.changed(v) for v in (*node.inputs, *node.outputs))
 
 
 RULES: dict[str, ChannelRule] = {}
@@ -217,8 +222,10 @@ class ElementwiseRule(ChannelRule):
         axis = next(
             (walk.axis[v] + rank - len(v.shape) for v in dynamic if v in walk.axis and v.shape is not None), None
         )
-        if axis is None:
-            axis = 1 if rank > 1 else 0
+        if axis is None:  # no operand seen yet: the axis the first one's readers want
+            first = dynamic[0]
+            axis = walk.default_axis(first) + rank - len(first.shape) if first.shape is not None else 1
+            axis = axis if 0 <= axis < rank else (1 if rank > 1 else 0)
         count = walk.static_count(y, axis)
         if count is None:
             return None

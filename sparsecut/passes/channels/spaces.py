@@ -24,6 +24,10 @@ from sparsecut.passes.nodes import weight_array
 
 __all__ = ["ChannelSpaces", "IndexMap", "Space"]
 
+# ops through which a reader's preferred channel axis holds for their inputs of the same rank
+_SAME_AXIS = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Relu", "Sigmoid", "Tanh", "Erf", "Gelu",
+              "Cast", "Identity", "Dropout"}  # fmt: skip
+
 IndexMap = tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]  # a[ia[i]] is the same channel as b[ib[i]]
 
 
@@ -65,6 +69,7 @@ class ChannelSpaces:
         self.sinks: list[Sink] = []
         self.grouped_convs: list[ir.Node] = []
         self.facts: dict[ir.Node, object] = {}  # what a rule's rewrite needs to know about its node
+        self.preferred: dict[ir.Value, int] = {}  # see prefer_axes
         self.claimed: dict[ir.Node, ir.Node] = {}  # node → the node whose rule covers it (a multi-node pattern)
         self._weights: dict[ir.Value, np.ndarray | None] = {}
 
@@ -140,8 +145,8 @@ class ChannelSpaces:
         """Make sure `value` has channel axis `axis`; an unseen dynamic tensor (graph input, barrier output) is
         registered as all-LIVE and kept. Returns False when the value has another axis or no static count."""
         rank = len(value.shape) if value.shape is not None else 0
-        if rank == 0:
-            return False
+        if rank == 0 or (value.dtype is not None and not value.dtype.is_floating_point()):
+            return False  # shapes, indices and masks carry no channels
         axis = axis % rank
         if value in self.axis:
             return self.axis[value] == axis
@@ -156,7 +161,30 @@ class ChannelSpaces:
         return True
 
     def default_axis(self, value: ir.Value) -> int:
-        return self.axis.get(value, 1)
+        """The channel axis of `value`: the one it has, else the one its readers want, else 1 (NCHW)."""
+        return self.axis.get(value, self.preferred.get(value, 1))
+
+    def prefer_axes(self, graph: ir.Graph) -> None:
+        """Which axis a tensor no rule has seen yet (a graph input, a barrier's output) carries channels on: the
+        last one where it flows — through elementwise ops of the same rank — into a MatMul by a weight or a
+        LayerNormalization (transformer activations [B, N, D], RMSNorm written out as ops); 1 elsewhere."""
+        for node in reversed(list(graph)):
+            x = node.inputs[0] if node.inputs else None
+            if x is None or x.shape is None:
+                continue
+            rank = len(x.shape)
+            weight = node.inputs[1] if node.op_type == "MatMul" and len(node.inputs) > 1 else None
+            if (weight is not None and weight_array(weight) is not None) or node.op_type == "LayerNormalization":
+                self.preferred.setdefault(x, rank - 1)
+            elif node.op_type in _SAME_AXIS and node.outputs and node.outputs[0] in self.preferred:
+                axis = self.preferred[node.outputs[0]]
+                for value in node.inputs:
+                    if (
+                        value is not None
+                        and value.shape is not None
+                        and len(value.shape) == len(node.outputs[0].shape or ())
+                    ):
+                        self.preferred.setdefault(value, axis)
 
     def seal(self, node: ir.Node) -> None:
         """Outputs a rule registered before it gave up: all channels LIVE and kept, as any barrier's output."""

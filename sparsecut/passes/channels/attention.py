@@ -1,0 +1,699 @@
+"""Attention heads: a multi-head attention block found in the exported graph, as one channel rule.
+
+Heads are recognized from the Softmax outward, over the ops exporters emit (timm's fused qkv with its
+Reshape (B, N, 3, H, D) → Transpose → Slice/Gather unbind, Hugging Face's separate q/k/v Reshape → Transpose,
+SDPA decomposed into scaled MatMul → (mask Add) → Softmax → (NaN guard) → MatMul, kᵀ as a Transpose or as
+Reshape → Transpose → Reshape, RoPE's Slice/Neg/Concat/Mul on the last axis, GQA's Unsqueeze → Expand → Reshape
+of K/V) until the block is closed: its *entries* are the Reshapes that split projection outputs [B, N, H·D] into
+heads, its *exit* the Reshape that merges heads back into [B, N, H·D] for the output projection. Anything else
+that reads or writes a head-carrying tensor (a constant laid out per head, an op outside this list) leaves the
+block unrecognized: its nodes stay barriers.
+
+The math (exact conditions, DESIGN.md § Attention): out_h = softmax(q_h k_hᵀ·s + mask) · v_h, and the exit
+feature (h, i) is out_h[:, i].
+
+- v_h[:, i] ≡ 0 (V weights and bias zero) → out_h[:, i] = 0.
+- v_h[:, i] ≡ c (V weights zero, bias c) → out_h[:, i] = c, because softmax rows sum to 1 — only where the
+  Softmax feeds the MatMul directly (a NaN guard after it zeroes fully masked rows: then it stays LIVE). The
+  constant reaches the output projection, whose bias absorbs it (b_o += c·W_o[h·D + i]), like any constant channel.
+- a head whose exit features are not needed (output-projection columns zero) contributes nothing.
+- q_h or k_h alone zero does not make the head constant (uniform attention averages v): the head stays, LIVE.
+
+A head goes with its Q, K, V rows and exit features together (index maps couple them); with GQA a K/V head goes
+only with every Q head that shares it. The rewrite writes the new head counts into the shape constants of the
+block's Reshapes and Expands (or leaves -1, 0, and counts computed from the block's own shapes to follow).
+Head dims (removing d of every head) are not done here: a head stays whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsecut.passes.channels.rules import ChannelRule, Kind
+from sparsecut.passes.channels.spaces import ChannelSpaces
+from sparsecut.passes.nodes import attr_int, attr_ints, constant_array, same_dim, shape_element
+
+if TYPE_CHECKING:
+    from sparsecut.passes.channels.rewrite import ChannelRewrite
+
+__all__ = ["ATTENTION", "AttentionBlock", "find_attention_blocks"]
+
+_ELEMENTWISE = {
+    "Add", "Sub", "Mul", "Div", "Where", "Neg", "IsNaN", "Not", "Identity", "Cast", "Softmax", "Dropout",
+    "Sqrt", "Reciprocal", "Exp", "Tanh", "Erf", "Relu", "Sigmoid", "CastLike",
+}  # fmt: skip
+_SHAPE_OPS = {"Shape", "Slice", "Gather", "Squeeze", "Unsqueeze", "Concat", "Reshape", "Cast", "Mul", "Div", "Add",
+              "Sub", "ReduceProd", "Identity", "Constant"}  # fmt: skip
+
+
+class NoMatch(Exception):
+    """The subgraph around a Softmax is not an attention block this rule can rewrite exactly."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Label:
+    axis: int  # the head axis of the tensor
+    kv: bool = False  # counts K/V heads (GQA) rather than Q heads
+    merged: bool = False  # batch and heads merged into axis 0 (kᵀ as Reshape → Transpose → Reshape)
+
+
+@dataclasses.dataclass
+class Entry:
+    node: ir.Node  # the Reshape that splits the projection output into heads
+    value: ir.Value  # the projection output [B, N, F], F = (3 ·) H · D
+    kv: bool
+    fused: bool  # [B, N, 3, H, D]
+
+
+@dataclasses.dataclass
+class AttentionBlock:
+    heads: int
+    kv_heads: int
+    head_dim: int
+    nodes: list[ir.Node]  # in graph order
+    labels: dict[ir.Value, Label]
+    entries: list[Entry]
+    exit_node: ir.Node
+    exit: ir.Value  # [B, N, H · D], read by the output projection
+    v_entry: Entry
+    v_slot: int  # fused entries: which of the 3 is V
+    stochastic: bool  # the attention weights that multiply V sum to 1 in every row
+    anchor: ir.Node  # the first node after every entry's producer: where the walk analyzes the block
+
+    def group(self, head: int) -> int:
+        """The K/V head that Q head `head` reads."""
+        return head // (self.heads // self.kv_heads)
+
+    def v_features(self) -> np.ndarray:
+        """For each exit feature (h, i): the feature of the V entry's projection output that it carries."""
+        h, i = np.divmod(np.arange(self.heads * self.head_dim), self.head_dim)
+        if self.v_entry.fused:
+            return self.v_slot * self.heads * self.head_dim + h * self.head_dim + i
+        return (h // (self.heads // self.kv_heads)) * self.head_dim + i
+
+
+def find_attention_blocks(graph: ir.Graph) -> list[AttentionBlock]:
+    """Every attention block around a Softmax that this rule understands; the others are left alone."""
+    blocks: list[AttentionBlock] = []
+    taken: set[ir.Node] = set()
+    order = {node: i for i, node in enumerate(graph)}
+    for node in graph:
+        if node.op_type != "Softmax" or node in taken or node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            block = _Tracer(node, order).trace()
+        except NoMatch:
+            continue
+        if taken.isdisjoint(block.nodes):
+            taken.update(block.nodes)
+            blocks.append(block)
+    return blocks
+
+
+class _Tracer:
+    def __init__(self, softmax: ir.Node, order: dict[ir.Node, int]) -> None:
+        self.softmax = softmax
+        self.order = order
+        self.labels: dict[ir.Value, Label] = {}
+        self.nodes: set[ir.Node] = set()
+        self.entries: list[Entry] = []
+        self.exits: list[tuple[ir.Node, ir.Value]] = []
+        self.heads = 0
+        self.kv_heads = 0
+        self.head_dim = 0
+        self.pending: list[tuple[ir.Node, int | None]] = []  # shape checks, run once every label is known
+
+    # ------------------------------------------------------------------------------------------ closure
+    def trace(self) -> AttentionBlock:
+        scores = self.softmax.inputs[0]
+        if scores is None or scores.shape is None or len(scores.shape) != 4:
+            raise NoMatch("scores are not [B, H, N, N]")
+        heads = scores.shape[1]
+        if not isinstance(heads, int) or heads < 2 or attr_int(self.softmax, "axis", -1) % 4 != 3:
+            raise NoMatch("no static head axis")
+        self.heads = heads
+        self.kv_heads = heads
+        self._label(scores, Label(1))
+        work = [scores]
+        while work:
+            value = work.pop()
+            for node in self._neighbours(value):
+                if node in self.nodes:
+                    continue
+                self.nodes.add(node)
+                for new in self._propagate(node):
+                    work.append(new)
+        if len(self.exits) != 1 or not self.entries:
+            raise NoMatch("not one exit")
+        for node, position in self.pending:
+            if position is None:
+                self._verify_merged(node)
+            else:
+                self._verify_count(node, position)
+        exit_node, exit_value = self.exits[0]
+        v_entry, v_slot = self._v_source()
+        nodes = sorted(self.nodes, key=self.order.__getitem__)
+        ready = max(self.order.get(e.value.producer(), -1) for e in self.entries)  # type: ignore[arg-type]
+        return AttentionBlock(
+            heads=self.heads,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            nodes=nodes,
+            labels=self.labels,
+            entries=self.entries,
+            exit_node=exit_node,
+            exit=exit_value,
+            v_entry=v_entry,
+            v_slot=v_slot,
+            stochastic=self._stochastic(),
+            anchor=next(n for n in nodes if self.order[n] > ready),
+        )
+
+    def _label(self, value: ir.Value, label: Label) -> bool:
+        """Record `value`'s head axis; False when it was known already (and agrees)."""
+        known = self.labels.get(value)
+        if known is not None:
+            if known != label:
+                raise NoMatch("a tensor with two head axes")
+            return False
+        if value.is_graph_output() or value.is_graph_input() or constant_array(value) is not None:
+            raise NoMatch("heads reach a graph input/output or a constant")
+        if value.shape is None or not (0 <= label.axis < len(value.shape)):
+            raise NoMatch("unknown rank")
+        if not label.merged:
+            count = value.shape[label.axis]
+            expected = self.kv_heads if label.kv else self.heads
+            if count != expected:
+                raise NoMatch("head count differs")
+        self.labels[value] = label
+        return True
+
+    def _neighbours(self, value: ir.Value) -> list[ir.Node]:
+        found = []
+        producer = value.producer()
+        if producer is not None:
+            found.append(producer)
+        for use in value.uses():
+            if use.node.op_type == "Shape":
+                continue  # reads the shape only: computed shapes follow the new head count
+            found.append(use.node)
+        return found
+
+    def _propagate(self, node: ir.Node) -> list[ir.Value]:
+        """Label the head-carrying inputs and outputs of `node` from the ones known; return the newly labeled."""
+        if node.domain not in ("", "ai.onnx"):
+            raise NoMatch(f"{node.op_type} in another domain")
+        op = node.op_type
+        handler = {
+            "MatMul": self._matmul,
+            "Transpose": self._transpose,
+            "Slice": self._slice,
+            "Concat": self._concat,
+            "Squeeze": self._squeeze,
+            "Unsqueeze": self._squeeze,
+            "Gather": self._gather,
+            "Expand": self._expand,
+            "Reshape": self._reshape,
+        }.get(op)
+        if handler is None and op in _ELEMENTWISE:
+            handler = self._elementwise
+        if handler is None:
+            raise NoMatch(f"{op} touches heads")
+        return [v for v, label in handler(node).items() if self._label(v, label)]
+
+    def _known(self, node: ir.Node) -> tuple[ir.Value, Label]:
+        for value in (*node.inputs, *node.outputs):
+            if value is not None and value in self.labels:
+                return value, self.labels[value]
+        raise NoMatch("no labeled value")
+
+    def _elementwise(self, node: ir.Node) -> dict[ir.Value, Label]:
+        """Broadcasting ops: operands with the head dim at the (right-aligned) head axis carry heads; others must
+        broadcast over it (a mask [B, 1, N, N], RoPE's cos/sin [1, 1, N, D]) and come from outside the block."""
+        if len([o for o in node.outputs if o.uses() or o.is_graph_output()]) != 1:
+            raise NoMatch("multiple outputs")
+        known, label = self._known(node)
+        if label.merged:
+            raise NoMatch("elementwise on merged heads")
+        y = node.outputs[0]
+        if y.shape is None or known.shape is None:
+            raise NoMatch("unknown rank")
+        axis = label.axis + (len(y.shape) - len(known.shape)) if known is not y else label.axis
+        if node.op_type == "Softmax" and attr_int(node, "axis", -1) % len(y.shape) == axis:
+            raise NoMatch("softmax over heads")
+        found = {y: dataclasses.replace(label, axis=axis)}
+        for value in node.inputs:
+            if value is None or value is y:
+                continue
+            if value.shape is None:
+                raise NoMatch("unknown rank")
+            aligned = axis - (len(y.shape) - len(value.shape))
+            dim = value.shape[aligned] if aligned >= 0 else 1
+            if dim == 1:
+                if value in self.labels:
+                    raise NoMatch("a head tensor broadcast")
+                continue  # broadcast over heads: an outside operand (mask, cos/sin, scalar)
+            if constant_array(value) is not None:
+                raise NoMatch("a constant laid out per head")
+            found[value] = dataclasses.replace(label, axis=aligned)
+        return found
+
+    def _matmul(self, node: ir.Node) -> dict[ir.Value, Label]:
+        a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        if a is None or b is None or a.shape is None or b.shape is None or y.shape is None:
+            raise NoMatch("unknown rank")
+        if constant_array(a) is not None or constant_array(b) is not None or not len(a.shape) == len(b.shape) == 4:
+            raise NoMatch("not a batched MatMul of two activations")  # a projection touching heads
+        _, label = self._known(node)
+        if label.axis != 1 or label.merged:
+            raise NoMatch("heads not a batch axis")
+        return {a: label, b: label, y: label}
+
+    def _transpose(self, node: ir.Node) -> dict[ir.Value, Label]:
+        x, y = node.inputs[0], node.outputs[0]
+        assert x is not None
+        perm = attr_ints(node, "perm")
+        if perm is None:
+            raise NoMatch("transpose without perm")
+        known, label = self._known(node)
+        if known is x:
+            return {y: dataclasses.replace(label, axis=perm.index(label.axis))}
+        return {x: dataclasses.replace(label, axis=perm[label.axis])}
+
+    def _slice(self, node: ir.Node) -> dict[ir.Value, Label]:
+        """Slices of other axes (RoPE's halves); or, on timm's [3, B, H, N, D], the unbind of q, k, v."""
+        x, y = node.inputs[0], node.outputs[0]
+        if x is None or x.shape is None:
+            raise NoMatch("unknown rank")
+        axes = constant_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+        starts = constant_array(node.inputs[1])
+        if len(node.inputs) > 3 and node.inputs[3] is not None and axes is None:
+            raise NoMatch("computed slice axes")
+        if starts is None or constant_array(node.inputs[2]) is None:
+            raise NoMatch("computed slice bounds")
+        _, label = self._known(node)
+        if label.merged:
+            raise NoMatch("slice of merged heads")
+        rank = len(x.shape)
+        sliced = [int(a) % rank for a in (axes.reshape(-1) if axes is not None else range(starts.size))]
+        if label.axis in sliced:
+            raise NoMatch("slice of the head axis")
+        return {x: label, y: label}
+
+    def _concat(self, node: ir.Node) -> dict[ir.Value, Label]:
+        _, label = self._known(node)
+        y = node.outputs[0]
+        if y.shape is None or label.merged or attr_int(node, "axis", 0) % len(y.shape) == label.axis:
+            raise NoMatch("concat along heads")
+        found = {y: label}
+        for value in node.inputs:
+            if value is None or constant_array(value) is not None:
+                raise NoMatch("constant concatenated to heads")
+            found[value] = label
+        return found
+
+    def _squeeze(self, node: ir.Node) -> dict[ir.Value, Label]:
+        x, y = node.inputs[0], node.outputs[0]
+        axes_value = node.inputs[1] if len(node.inputs) > 1 else None
+        axes = constant_array(axes_value) if axes_value is not None else None
+        if x is None or x.shape is None or y.shape is None or axes is None:
+            raise NoMatch("squeeze axes")
+        known, label = self._known(node)
+        if label.merged:
+            raise NoMatch("squeeze of merged heads")
+        x_axis: int | None
+        if node.op_type == "Squeeze":
+            removed = sorted({int(a) % len(x.shape) for a in axes.reshape(-1)})
+            x_axis = label.axis if known is x else _insert_axis(label.axis, removed)
+            y_axis = _drop_axis(x_axis, removed)
+        else:
+            removed = sorted({int(a) % len(y.shape) for a in axes.reshape(-1)})
+            x_axis = _drop_axis(label.axis, removed) if known is y else label.axis
+            y_axis = _insert_axis(x_axis, removed) if x_axis is not None else None
+        if x_axis is None or y_axis is None:
+            raise NoMatch("squeezes heads")
+        return {x: dataclasses.replace(label, axis=x_axis), y: dataclasses.replace(label, axis=y_axis)}
+
+    def _gather(self, node: ir.Node) -> dict[ir.Value, Label]:
+        """timm's unbind: q = qkv[0] along the leading axis of [3, B, H, N, D]."""
+        x, index, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        indices = constant_array(index)
+        if x is None or indices is None or indices.ndim != 0:
+            raise NoMatch("gather with computed or non-scalar index")
+        axis = attr_int(node, "axis", 0)
+        known, label = self._known(node)
+        if label.merged:
+            raise NoMatch("gather of merged heads")
+        x_axis = label.axis if known is x else label.axis + (1 if axis <= label.axis else 0)
+        if x_axis == axis:
+            raise NoMatch("gather along heads")
+        return {
+            x: dataclasses.replace(label, axis=x_axis),
+            y: dataclasses.replace(label, axis=x_axis - (axis < x_axis)),
+        }
+
+    def _expand(self, node: ir.Node) -> dict[ir.Value, Label]:
+        """GQA's repeat of K/V heads: [B, Hkv, 1, N, D] → [B, Hkv, r, N, D]; the head axis itself is not expanded."""
+        x, shape, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        _, label = self._known(node)
+        if x is None or shape is None or x.shape is None or y.shape is None or label.merged:
+            raise NoMatch("expand")
+        if len(x.shape) != len(y.shape) or x.shape[label.axis] != y.shape[label.axis]:
+            raise NoMatch("expand of the head axis")
+        self._check_count(node, label.axis, label)
+        return {x: label, y: label}
+
+    def _reshape(self, node: ir.Node) -> dict[ir.Value, Label]:
+        x, y = node.inputs[0], node.outputs[0]
+        if x is None or x.shape is None or y.shape is None:
+            raise NoMatch("unknown rank")
+        known, label = self._known(node)
+        xs, ys = list(x.shape), list(y.shape)
+        if label.merged:  # kᵀ as Reshape [B·H, N, D] → Transpose → Reshape [B, H, D, N]
+            if known is x and len(xs) == 3 and len(ys) == 4:
+                self._check_count(node, 1, Label(1, label.kv))
+                return {y: Label(1, label.kv)}
+            if known is y and len(xs) == 4 and len(ys) == 3:
+                self._check_merged(node)
+                return {x: Label(1, label.kv)}
+            raise NoMatch("reshape of merged heads")
+        if known is y and len(xs) == 3 and (len(ys), label.axis) in ((4, 2), (5, 3)):
+            return self._entry(node, x, y, label)
+        if known is x and len(xs) == 4 and len(ys) == 3 and label.axis == 2:
+            return self._exit(node, x, y)
+        if known is y and len(xs) == 5 and len(ys) == 4 and label.axis == 1 and not label.kv:
+            return self._gqa(node, x, y)  # [B, Hkv, r, N, D] → [B, H, N, D]
+        if label.axis == 1 and known is x and len(xs) == 4 and len(ys) == 3:
+            self._check_merged(node)
+            return {y: Label(0, label.kv, merged=True)}
+        if label.axis == 1 and known is y and len(xs) == 3 and len(ys) == 4:
+            self._check_count(node, 1, label)
+            return {x: Label(0, label.kv, merged=True)}
+        raise NoMatch("reshape of heads")
+
+    def _entry(self, node: ir.Node, x: ir.Value, y: ir.Value, label: Label) -> dict[ir.Value, Label]:
+        """[B, N, H·D] → [B, N, H, D], or timm's fused [B, N, 3·H·D] → [B, N, 3, H, D]."""
+        assert x.shape is not None and y.shape is not None
+        ys = list(y.shape)
+        fused = len(ys) == 5
+        head_axis = 3 if fused else 2
+        dim = ys[-1]
+        if label.axis != head_axis or not isinstance(dim, int) or not same_dim(x.shape[0], ys[0]):
+            raise NoMatch("entry layout")
+        if fused and (ys[2] != 3 or label.kv):
+            raise NoMatch("fused entry layout")
+        if self.head_dim and self.head_dim != dim:
+            raise NoMatch("head dims differ")
+        self.head_dim = dim
+        count = self.kv_heads if label.kv else self.heads
+        if x.shape[2] != (3 if fused else 1) * count * dim:
+            raise NoMatch("entry features")
+        self._check_count(node, head_axis, label)
+        self.entries.append(Entry(node, x, label.kv, fused))
+        return {}
+
+    def _exit(self, node: ir.Node, x: ir.Value, y: ir.Value) -> dict[ir.Value, Label]:
+        """[B, N, H, D] → [B, N, H·D] for the output projection."""
+        assert x.shape is not None and y.shape is not None
+        dim = x.shape[3]
+        if not isinstance(dim, int) or y.shape[2] != self.heads * dim or (self.head_dim and self.head_dim != dim):
+            raise NoMatch("exit layout")
+        self.head_dim = dim
+        element = shape_element(node.inputs[1], 2) if node.inputs[1] is not None else None
+        if element is None and not self._follows(node, 2):
+            raise NoMatch("exit shape not editable")
+        self.exits.append((node, y))
+        return {}
+
+    def _gqa(self, node: ir.Node, x: ir.Value, y: ir.Value) -> dict[ir.Value, Label]:
+        assert x.shape is not None
+        kv_heads, repeat = x.shape[1], x.shape[2]
+        if not isinstance(kv_heads, int) or not isinstance(repeat, int) or kv_heads * repeat != self.heads:
+            raise NoMatch("GQA layout")
+        if self.kv_heads not in (self.heads, kv_heads):
+            raise NoMatch("two GQA layouts")
+        self.kv_heads = kv_heads
+        self._check_count(node, 1, Label(1))
+        return {x: Label(1, kv=True)}
+
+    # ------------------------------------------------------------------------------------------ shapes
+    def _check_count(self, node: ir.Node, position: int, label: Label) -> None:
+        self.pending.append((node, position))
+
+    def _check_merged(self, node: ir.Node) -> None:
+        self.pending.append((node, None))
+
+    def _verify_count(self, node: ir.Node, position: int) -> None:
+        """The shape input of a Reshape/Expand names the head count at `position` in a way the rewrite can set:
+        an editable constant (or -1, or 0 copying the input's head dim), or computed from this block's shapes."""
+        shape = node.inputs[1]
+        if shape is None:
+            raise NoMatch("no shape")
+        array = constant_array(shape)
+        if array is not None:
+            if int(array.reshape(-1)[position]) == 0 and node.op_type == "Reshape":
+                x = node.inputs[0]
+                if x is None or self.labels.get(x, Label(-1)).axis != position:
+                    raise NoMatch("a 0 that copies another axis")
+            return
+        if shape_element(shape, position) is None and not self._follows(node, position):
+            raise NoMatch("head count not editable")
+
+    def _verify_merged(self, node: ir.Node) -> None:
+        """A Reshape that merges batch and heads into axis 0: that size must be -1 or computed from the block's
+        shapes, never a constant B·H."""
+        shape = node.inputs[1]
+        array = constant_array(shape) if shape is not None else None
+        if array is not None:
+            if int(array.reshape(-1)[0]) != -1:
+                raise NoMatch("merged heads with a constant size")
+        elif not self._follows(node, None):
+            raise NoMatch("merged heads with a shape from elsewhere")
+
+    def _follows(self, node: ir.Node, position: int | None) -> bool:
+        """Whether the shape input of `node` is computed from shapes of this block's tensors only (so that it follows
+        their new head count), and `position` of it is not a constant."""
+        shape = node.inputs[1]
+        if shape is None:
+            return False
+        if position is not None:
+            found = shape_element(shape, position)
+            if found is not None:  # a constant piece: editable, fine
+                return True
+        seen: set[ir.Value] = set()
+
+        def ok(value: ir.Value | None) -> bool:
+            if value is None or value in seen or constant_array(value) is not None:
+                return True
+            seen.add(value)
+            producer = value.producer()
+            if producer is None or producer.op_type not in _SHAPE_OPS:
+                return False
+            if producer.op_type == "Shape":
+                source = producer.inputs[0]
+                return source is not None and source in self.labels
+            return all(ok(v) for v in producer.inputs)
+
+        return ok(shape)
+
+    # ------------------------------------------------------------------------------------------ semantics
+    def _v_source(self) -> tuple[Entry, int]:
+        """The entry V comes from, and for a fused entry which of its three parts, following the second input of the
+        MatMul that applies the attention weights back through single-input ops."""
+        av = next((n for n in self.nodes if n.op_type == "MatMul" and self._from_softmax(n.inputs[0])), None)
+        if av is None:
+            raise NoMatch("no attention-times-V MatMul")
+        value, slot = av.inputs[1], -1
+        while value is not None:
+            node = value.producer()
+            if node is None or node not in self.nodes:
+                raise NoMatch("V from outside")
+            entry = next((e for e in self.entries if e.node is node), None)
+            if entry is not None:
+                if entry.fused and slot < 0:
+                    raise NoMatch("fused V part unknown")
+                return entry, slot
+            dynamic = [v for v in node.inputs if v is not None and constant_array(v) is None and v in self.labels]
+            if node.op_type in ("Slice", "Gather") and node.inputs[0] is not None:
+                index = constant_array(node.inputs[1])
+                if index is not None and node.inputs[0].shape is not None and node.inputs[0].shape[0] == 3:
+                    slot = int(index.reshape(-1)[0])
+            elif len(dynamic) != 1:
+                raise NoMatch("V mixed with another head tensor")
+            value = node.inputs[0]
+        raise NoMatch("no V entry")
+
+    def _from_softmax(self, value: ir.Value | None) -> bool:
+        while value is not None:
+            node = value.producer()
+            if node is self.softmax:
+                return True
+            if node is None or node.op_type not in ("Where", "IsNaN", "Identity", "Dropout", "Cast"):
+                return False
+            value = node.inputs[2] if node.op_type == "Where" else node.inputs[0]
+        return False
+
+    def _stochastic(self) -> bool:
+        """The weights multiplying V are the Softmax output itself (through Identity/Dropout/Cast only)."""
+        y = self.softmax.outputs[0]
+        uses = list(y.uses())
+        while len(uses) == 1 and uses[0].node.op_type in ("Identity", "Dropout", "Cast"):
+            y = uses[0].node.outputs[0]
+            uses = list(y.uses())
+        return len(uses) == 1 and uses[0].node.op_type == "MatMul" and uses[0].idx == 0
+
+
+def _drop_axis(axis: int, removed: list[int]) -> int | None:
+    if axis in removed:
+        return None
+    return axis - sum(1 for a in removed if a < axis)
+
+
+def _insert_axis(axis: int, inserted: list[int]) -> int:
+    for a in inserted:
+        if a <= axis:
+            axis += 1
+    return axis
+
+
+# ---------------------------------------------------------------------------------------------- the rule
+class AttentionRule(ChannelRule):
+    """The pattern rule of a whole block, run at its anchor (the analysis claims the rest)."""
+
+    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Kind | None:
+        block = walk.facts.get(node)
+        assert isinstance(block, AttentionBlock)
+        return Kind.ATTENTION if analyze_block(block, walk) else None
+
+    def touched(self, node: ir.Node, rw: ChannelRewrite) -> bool:
+        block = rw.analysis.facts[node]
+        assert isinstance(block, AttentionBlock)
+        return rw.changed(block.exit)
+
+    def backward(self, node: ir.Node, kind: Kind, walk: ChannelSpaces, needed: dict[ir.Value, np.ndarray]) -> None:
+        block = walk.facts[node]
+        assert isinstance(block, AttentionBlock)
+        block_backward(block, walk, needed)
+
+    def rewrite(self, node: ir.Node, kind: Kind, rw: ChannelRewrite) -> None:
+        block = rw.analysis.facts[node]
+        assert isinstance(block, AttentionBlock)
+        rewrite_block(block, rw)
+
+
+ATTENTION = AttentionRule()
+
+
+def analyze_block(block: AttentionBlock, walk: ChannelSpaces) -> bool:
+    """Register the exit with its states and couple every head's features across entries and exit. False when an
+    entry's channels are not known (the block then stays a barrier)."""
+    features = block.heads * block.head_dim
+    for entry in block.entries:
+        if entry.value not in walk.axis or walk.axis[entry.value] != len(entry.value.shape or ()) - 1:
+            return False
+    exit_value = block.exit
+    walk.register(exit_value, 2, features)
+    v = block.v_entry.value
+    source = block.v_features()
+    live, const = walk.live[v][source], walk.const[v][source]
+    if not block.stochastic:
+        live = live | (const != 0)  # rows that may not sum to 1 (a NaN guard): a constant V is no longer constant
+    walk.set_state(exit_value, live.copy(), np.where(live, 0.0, const))
+    exit_index = np.arange(features)
+    head_of = exit_index // block.head_dim
+    walk.maps.append((exit_value, exit_index, exit_value, head_of * block.head_dim))  # a head goes whole
+    for entry in block.entries:
+        walk.add_map(block.anchor, entry.value, _entry_features(block, entry), exit_value, _exit_features(block, entry))
+    walk.facts[block.anchor] = block
+    return True
+
+
+def _entry_features(block: AttentionBlock, entry: Entry) -> np.ndarray:
+    """Features of an entry's projection output, paired with `_exit_features` one to one."""
+    d = block.head_dim
+    if entry.fused:
+        return np.arange(3 * block.heads * d)
+    if entry.kv:
+        h, i = np.divmod(np.arange(block.heads * d), d)
+        return (h // (block.heads // block.kv_heads)) * d + i
+    return np.arange(block.heads * d)
+
+
+def _exit_features(block: AttentionBlock, entry: Entry) -> np.ndarray:
+    d = block.head_dim
+    if entry.fused:
+        return np.tile(np.arange(block.heads * d), 3)
+    return np.arange(block.heads * d)
+
+
+def block_backward(block: AttentionBlock, walk: ChannelSpaces, needed: dict[ir.Value, np.ndarray]) -> None:
+    """V feature (h, i) is needed where exit (h, i) is; Q and K of a head where any of its exit features is needed
+    and its V is not constant (else the attention weights do not matter)."""
+    exit_needed = needed[block.exit].reshape(block.heads, block.head_dim)
+    v = block.v_entry.value
+    v_live = walk.live[v][block.v_features()].reshape(block.heads, block.head_dim)
+    scores_matter = exit_needed.any(axis=1) & v_live.any(axis=1)
+    for entry in block.entries:
+        target = needed[entry.value]
+        pairs_entry, pairs_exit = _entry_features(block, entry), _exit_features(block, entry)
+        head = pairs_exit // block.head_dim
+        is_v = entry is block.v_entry
+        if entry.fused:
+            part = pairs_entry // (block.heads * block.head_dim)
+            wanted = np.where(part == block.v_slot, exit_needed.reshape(-1)[pairs_exit], scores_matter[head])
+        elif is_v:
+            wanted = exit_needed.reshape(-1)[pairs_exit]
+        else:
+            wanted = scores_matter[head]
+        np.logical_or.at(target, pairs_entry, wanted)
+
+
+def rewrite_block(block: AttentionBlock, rw: ChannelRewrite) -> None:
+    """New head counts in every labeled tensor's shape and every shape constant of the block."""
+    kept_features = rw.kept(block.exit)
+    heads = len(kept_features) // block.head_dim
+    kept_heads = np.unique(kept_features // block.head_dim)
+    kv_heads = len({block.group(int(h)) for h in kept_heads})
+    for value, label in block.labels.items():
+        if value.shape is None:
+            continue
+        if label.merged:
+            value.shape = None  # [B·H, …]: re-inferred
+            continue
+        dims = list(value.shape)
+        dims[label.axis] = kv_heads if label.kv else heads
+        value.shape = ir.Shape(dims)
+    for node in block.nodes:
+        if node.op_type not in ("Reshape", "Expand") or node is block.exit_node:
+            continue
+        out_label = block.labels.get(node.outputs[0])
+        entry = next((e for e in block.entries if e.node is node), None)
+        if entry is not None:
+            position, count = (3 if entry.fused else 2), (kv_heads if entry.kv else heads)
+        elif out_label is not None and not out_label.merged:
+            position, count = out_label.axis, (kv_heads if out_label.kv else heads)
+        else:
+            continue
+        _set_count(node, position, count, rw)
+    _set_count(block.exit_node, 2, heads * block.head_dim, rw)
+
+
+def _set_count(node: ir.Node, position: int, count: int, rw: ChannelRewrite) -> None:
+    shape = node.inputs[1]
+    if shape is None:
+        return
+    array = constant_array(shape)
+    if array is not None:
+        if int(array.reshape(-1)[position]) in (-1, 0):
+            return
+        new = array.copy()
+        new[position] = count
+        rw.set_constant(node, 1, new)
+        return
+    if shape_element(shape, position) is not None:
+        rw.set_shape_element(node, position, count)
+    # else computed from the block's own shapes: follows by itself

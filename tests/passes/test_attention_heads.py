@@ -1,0 +1,197 @@
+"""Attention heads removed exactly: small attention blocks written in torch the way timm and Hugging Face write
+them, heads zeroed the way head pruning leaves them, exported with sparsecut's exporter and optimized — the gate
+checks every output (rtol 1e-4) before anything is written; here the head counts, weight shapes and folded
+biases are checked exactly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+from torch import nn
+
+from sparsecut.exporter import ExportOptions, export_module
+from sparsecut.passes import OptimizeOptions, inspect_model, optimize_model
+
+SEQ, DIM = 6, 32
+
+
+def rotate(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class Attention(nn.Module):
+    """q/k/v (separate as Hugging Face, or fused as timm), SDPA or written out, optional RoPE and GQA."""
+
+    def __init__(self, heads: int = 4, kv_heads: int | None = None, fused: bool = False, rope: bool = False,
+                 sdpa: bool = True, causal: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self.heads, self.kv_heads = heads, kv_heads or heads
+        self.head_dim = DIM // heads
+        self.fused, self.rope, self.sdpa, self.causal = fused, rope, sdpa, causal
+        kv_dim = self.kv_heads * self.head_dim
+        if fused:
+            self.qkv = nn.Linear(DIM, 3 * DIM)
+        else:
+            self.q, self.k, self.v = nn.Linear(DIM, DIM), nn.Linear(DIM, kv_dim), nn.Linear(DIM, kv_dim)
+        self.o = nn.Linear(DIM, DIM)
+        angles = torch.arange(SEQ)[:, None] * torch.arange(self.head_dim // 2)[None] / 3.0
+        self.register_buffer("cos", torch.cat([angles.cos(), angles.cos()], -1))
+        self.register_buffer("sin", torch.cat([angles.sin(), angles.sin()], -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        if self.fused:  # timm: reshape (B, N, 3, H, D), permute, unbind
+            q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        else:  # Hugging Face: view (B, N, H, D), transpose
+            q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            k = self.k(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = self.v(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.rope:
+            q = q * self.cos + rotate(q) * self.sin
+            k = k * self.cos + rotate(k) * self.sin
+        if self.kv_heads != self.heads:  # GQA: repeat_kv as Llama does it
+            repeat = self.heads // self.kv_heads
+            k = k[:, :, None].expand(b, self.kv_heads, repeat, n, self.head_dim).reshape(b, self.heads, n, -1)
+            v = v[:, :, None].expand(b, self.kv_heads, repeat, n, self.head_dim).reshape(b, self.heads, n, -1)
+        if self.sdpa:
+            mask = torch.ones(n, n, dtype=torch.bool).tril() if self.causal else None  # as Hugging Face passes it
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            weights = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(-1)
+            out = weights @ v
+        return self.o(out.transpose(1, 2).reshape(b, n, DIM))
+
+
+class Block(nn.Module):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(DIM)
+        self.attn = Attention(**kwargs)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.norm(x))
+
+
+def _v_rows(attn: Attention, head: int) -> slice:
+    d = attn.head_dim
+    return slice(2 * DIM + head * d, 2 * DIM + (head + 1) * d) if attn.fused else slice(head * d, (head + 1) * d)
+
+
+def _v(attn: Attention) -> nn.Linear:
+    return attn.qkv if attn.fused else attn.v
+
+
+def _lean(tmp_path: Path, block: Block) -> tuple[ir.Model, object]:
+    export_module(block.eval(), tmp_path / "in.onnx", ExportOptions(input_shape=(1, SEQ, DIM)))
+    report = optimize_model(tmp_path / "in.onnx", tmp_path / "out.onnx", OptimizeOptions(align=1))
+    assert report.verified and all(c.passed for c in report.checks)
+    step = next(p for p in report.passes if p.name == "remove-dead-channels")
+    assert step.rule_errors == []
+    return ir.load(tmp_path / "out.onnx"), report
+
+
+def _weights(model: ir.Model) -> dict[str, tuple[int, ...]]:
+    return {
+        name: tuple(v.const_value.shape) for name, v in model.graph.initializers.items() if v.const_value is not None
+    }
+
+
+def _reshape_shapes(model: ir.Model) -> list[list[int]]:
+    return [n.inputs[1].const_value.numpy().tolist() for n in model.graph
+            if n.op_type == "Reshape" and n.inputs[1].const_value is not None]  # fmt: skip
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused-qkv"])
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "written-out"])
+def test_heads_with_zero_v_or_zero_output_columns_go(tmp_path, fused, sdpa):
+    torch.manual_seed(0)
+    block = Block(fused=fused, sdpa=sdpa)
+    attn = block.attn
+    with torch.no_grad():
+        _v(attn).weight[_v_rows(attn, 1)] = 0.0  # head 1: V rows and V bias zero
+        _v(attn).bias[_v_rows(attn, 1)] = 0.0
+        attn.o.weight[:, 3 * 8 : 4 * 8] = 0.0  # head 3: output-projection columns zero
+    lean, _ = _lean(tmp_path, block)
+    shapes = _weights(lean)
+    assert shapes["attn.o.weight"] == (16, 32)  # stored [in, out]: 2 heads × 8 dims in
+    if fused:
+        assert shapes["attn.qkv.weight"] == (32, 48)
+        assert [-1, SEQ, 3, 2, 8] in _reshape_shapes(lean)
+    else:
+        assert shapes["attn.q.weight"] == shapes["attn.k.weight"] == shapes["attn.v.weight"] == (32, 16)
+        assert [-1, SEQ, 2, 8] in _reshape_shapes(lean)
+
+
+def test_zero_v_weights_with_a_bias_fold_into_the_output_bias(tmp_path):
+    """V weights of head 2 zero, its bias b not: the head outputs b in every row (softmax rows sum to 1), so it
+    goes and b·W_o[head 2] joins the output bias."""
+    torch.manual_seed(1)
+    block = Block(sdpa=False)
+    attn = block.attn
+    with torch.no_grad():
+        attn.v.weight[16:24] = 0.0
+        bias = attn.v.bias[16:24].clone()
+        expected = attn.o.bias + attn.o.weight[:, 16:24] @ bias
+    lean, _ = _lean(tmp_path, block)
+    assert _weights(lean)["attn.v.weight"] == (32, 24)
+    np.testing.assert_allclose(lean.graph.initializers["attn.o.bias"].const_value.numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_zero_q_alone_keeps_the_head(tmp_path):
+    """q ≡ 0 makes the attention uniform, not zero: the head averages v and stays."""
+    torch.manual_seed(2)
+    block = Block()
+    with torch.no_grad():
+        block.attn.q.weight[0:8] = 0.0
+        block.attn.q.bias[0:8] = 0.0
+    lean, report = _lean(tmp_path, block)
+    assert _weights(lean)["attn.q.weight"] == (32, 32)
+    assert report.after.params == report.before.params
+
+
+def test_gqa_kv_head_goes_only_with_every_q_head_that_shares_it(tmp_path):
+    """4 Q heads on 2 K/V heads, RoPE on q and k: Q heads 2 and 3 (K/V head 1) dead → K/V head 1 goes with them;
+    Q head 0 alone dead → kept (K/V head 0 still serves Q head 1)."""
+    torch.manual_seed(3)
+    block = Block(kv_heads=2, rope=True)
+    with torch.no_grad():
+        block.attn.o.weight[:, 16:32] = 0.0  # Q heads 2, 3
+        block.attn.o.weight[:, 0:8] = 0.0  # Q head 0
+    lean, _ = _lean(tmp_path, block)
+    shapes = _weights(lean)
+    assert shapes["attn.q.weight"] == (32, 16)
+    assert shapes["attn.k.weight"] == shapes["attn.v.weight"] == (32, 8)
+    assert shapes["attn.o.weight"] == (16, 32)
+
+
+def test_masked_sdpa_nan_guard_keeps_constant_v_heads(tmp_path):
+    """SDPA with a boolean mask exports a guard that zeroes fully masked rows after the Softmax: rows may not sum
+    to 1, so a V head that is a nonzero constant stays; a zero V head still goes."""
+    torch.manual_seed(4)
+    block = Block(causal=True)
+    with torch.no_grad():
+        block.attn.v.weight[0:16] = 0.0  # heads 0 and 1: V weights zero
+        block.attn.v.bias[8:16] = 0.0  # head 1: V bias zero too
+    lean, _ = _lean(tmp_path, block)
+    assert "IsNaN" in {n.op_type for n in lean.graph}  # the guard is there
+    assert _weights(lean)["attn.v.weight"] == (32, 24)  # head 1 went, head 0 (constant V) stayed
+
+
+def test_inspect_lists_heads_per_attention_block(tmp_path):
+    torch.manual_seed(5)
+    block = Block()
+    with torch.no_grad():
+        block.attn.o.weight[:, 8:16] = 0.0
+        block.attn.q.weight[24:32] = 0.0
+        block.attn.q.bias[24:32] = 0.0
+    export_module(block.eval(), tmp_path / "in.onnx", ExportOptions(input_shape=(1, SEQ, DIM)))
+    report = inspect_model(tmp_path / "in.onnx", align=1)
+    (heads,) = next(p for p in report.passes if p.name.startswith("remove-dead-channels")).heads
+    assert (heads.heads, heads.kv_heads, heads.head_dim, heads.dead, heads.removable) == (4, 4, 8, 1, 1)
+    assert heads.kept == {}
