@@ -27,6 +27,7 @@ Head dims (removing d of every head) are not done here: a head stays whole.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,11 @@ class Label:
     axis: int  # the head axis of the tensor
     kv: bool = False  # counts K/V heads (GQA) rather than Q heads
     merged: bool = False  # batch and heads merged into axis 0 (kᵀ as Reshape → Transpose → Reshape)
+    dim: int | None = None  # the head-dim axis, where the tensor has one (not the scores)
+    part: str = ""  # "qk": carries q or k dims (contracted by the scores); "v": carries v dims; "": neither
+
+    def moved(self, axis: int, dim: int | None) -> Label:
+        return dataclasses.replace(self, axis=axis, dim=dim)
 
 
 @dataclasses.dataclass
@@ -67,6 +73,7 @@ class Entry:
     value: ir.Value  # the projection output [B, N, F], F = (3 ·) H · D
     kv: bool
     fused: bool  # [B, N, 3, H, D]
+    part: str  # "qk" or "v" (fused: the part it was reached through)
 
 
 @dataclasses.dataclass
@@ -126,6 +133,8 @@ class _Tracer:
         self.kv_heads = 0
         self.head_dim = 0
         self.pending: list[tuple[ir.Node, int | None]] = []  # shape checks, run once every label is known
+        self.fixed_dims: set[str] = set()  # parts ("qk", "v") whose head dims must stay (RoPE, per-dim constants)
+        self._via: ir.Value = softmax.inputs[0]  # type: ignore[assignment]
 
     # ------------------------------------------------------------------------------------------ closure
     def trace(self) -> AttentionBlock:
@@ -138,13 +147,14 @@ class _Tracer:
         self.heads = heads
         self.kv_heads = heads
         self._label(scores, Label(1))
-        work = [scores]
+        work = collections.deque([scores])  # breadth first: q, k and v are labeled from the scores outward
         while work:
-            value = work.pop()
+            value = work.popleft()
             for node in self._neighbours(value):
                 if node in self.nodes:
                     continue
                 self.nodes.add(node)
+                self._via = value
                 for new in self._propagate(node):
                     work.append(new)
         if len(self.exits) != 1 or not self.entries:
@@ -177,8 +187,11 @@ class _Tracer:
         """Record `value`'s head axis; False when it was known already (and agrees)."""
         known = self.labels.get(value)
         if known is not None:
-            if known != label:
+            if dataclasses.replace(known, part=label.part) != label:
                 raise NoMatch("a tensor with two head axes")
+            if known.part != label.part:  # timm's [3, B, H, N, D] carries q, k and v dims at once
+                self.labels[value] = dataclasses.replace(known, part="mixed")
+                self.fixed_dims.update(("qk", "v"))
             return False
         if value.is_graph_output() or value.is_graph_input() or constant_array(value) is not None:
             raise NoMatch("heads reach a graph input/output or a constant")
@@ -226,10 +239,8 @@ class _Tracer:
         return [v for v, label in handler(node).items() if self._label(v, label)]
 
     def _known(self, node: ir.Node) -> tuple[ir.Value, Label]:
-        for value in (*node.inputs, *node.outputs):
-            if value is not None and value in self.labels:
-                return value, self.labels[value]
-        raise NoMatch("no labeled value")
+        """The labeled value through which the walk reached `node` (labels flow from it to the others)."""
+        return self._via, self.labels[self._via]
 
     def _elementwise(self, node: ir.Node) -> dict[ir.Value, Label]:
         """Broadcasting ops: operands with the head dim at the (right-aligned) head axis carry heads; others must
@@ -242,24 +253,29 @@ class _Tracer:
         y = node.outputs[0]
         if y.shape is None or known.shape is None:
             raise NoMatch("unknown rank")
-        axis = label.axis + (len(y.shape) - len(known.shape)) if known is not y else label.axis
-        if node.op_type == "Softmax" and attr_int(node, "axis", -1) % len(y.shape) == axis:
+        shift = len(y.shape) - len(known.shape) if known is not y else 0
+        axis = label.axis + shift
+        dim = label.dim + shift if label.dim is not None else None
+        if node.op_type == "Softmax" and attr_int(node, "axis", -1) % len(y.shape) in (axis, dim):
             raise NoMatch("softmax over heads")
-        found = {y: dataclasses.replace(label, axis=axis)}
+        found = {y: label.moved(axis, dim)}
         for value in node.inputs:
             if value is None or value is y:
                 continue
             if value.shape is None:
                 raise NoMatch("unknown rank")
-            aligned = axis - (len(y.shape) - len(value.shape))
-            dim = value.shape[aligned] if aligned >= 0 else 1
-            if dim == 1:
+            offset = len(y.shape) - len(value.shape)
+            aligned = axis - offset
+            size = value.shape[aligned] if aligned >= 0 else 1
+            if size == 1:
                 if value in self.labels:
                     raise NoMatch("a head tensor broadcast")
+                if dim is not None and dim - offset >= 0 and value.shape[dim - offset] != 1:
+                    self.fixed_dims.add(label.part)  # laid out per head dim (RoPE's cos/sin): those dims stay
                 continue  # broadcast over heads: an outside operand (mask, cos/sin, scalar)
             if constant_array(value) is not None:
                 raise NoMatch("a constant laid out per head")
-            found[value] = dataclasses.replace(label, axis=aligned)
+            found[value] = label.moved(aligned, dim - offset if dim is not None else None)
         return found
 
     def _matmul(self, node: ir.Node) -> dict[ir.Value, Label]:
@@ -268,10 +284,17 @@ class _Tracer:
             raise NoMatch("unknown rank")
         if constant_array(a) is not None or constant_array(b) is not None or not len(a.shape) == len(b.shape) == 4:
             raise NoMatch("not a batched MatMul of two activations")  # a projection touching heads
-        _, label = self._known(node)
+        known, label = self._known(node)
         if label.axis != 1 or label.merged:
             raise NoMatch("heads not a batch axis")
-        return {a: label, b: label, y: label}
+        scores = (known is y and label.part == "") or (known is not y and label.part == "qk")
+        if scores:  # q [B, H, N, D] · kᵀ [B, H, D, N]: the head dims are contracted
+            found = {a: Label(1, dim=3, part="qk"), b: Label(1, dim=2, part="qk"), y: Label(1)}
+        else:  # weights [B, H, N, N] · v [B, H, N, D]
+            found = {a: Label(1), b: Label(1, dim=3, part="v"), y: Label(1, dim=3, part="v")}
+        if known in found and found[known] != label:
+            raise NoMatch("not an attention MatMul")
+        return found
 
     def _transpose(self, node: ir.Node) -> dict[ir.Value, Label]:
         x, y = node.inputs[0], node.outputs[0]
@@ -281,8 +304,8 @@ class _Tracer:
             raise NoMatch("transpose without perm")
         known, label = self._known(node)
         if known is x:
-            return {y: dataclasses.replace(label, axis=perm.index(label.axis))}
-        return {x: dataclasses.replace(label, axis=perm[label.axis])}
+            return {y: label.moved(perm.index(label.axis), perm.index(label.dim) if label.dim is not None else None)}
+        return {x: label.moved(perm[label.axis], perm[label.dim] if label.dim is not None else None)}
 
     def _slice(self, node: ir.Node) -> dict[ir.Value, Label]:
         """Slices of other axes (RoPE's halves); or, on timm's [3, B, H, N, D], the unbind of q, k, v."""
@@ -302,6 +325,8 @@ class _Tracer:
         sliced = [int(a) % rank for a in (axes.reshape(-1) if axes is not None else range(starts.size))]
         if label.axis in sliced:
             raise NoMatch("slice of the head axis")
+        if label.dim in sliced:
+            self.fixed_dims.add(label.part)  # RoPE's halves: dims rotate in pairs, they stay
         return {x: label, y: label}
 
     def _concat(self, node: ir.Node) -> dict[ir.Value, Label]:
@@ -309,6 +334,8 @@ class _Tracer:
         y = node.outputs[0]
         if y.shape is None or label.merged or attr_int(node, "axis", 0) % len(y.shape) == label.axis:
             raise NoMatch("concat along heads")
+        if attr_int(node, "axis", 0) % len(y.shape) == label.dim:
+            self.fixed_dims.add(label.part)  # RoPE's rotate-half: dims stay
         found = {y: label}
         for value in node.inputs:
             if value is None or constant_array(value) is not None:
@@ -325,18 +352,24 @@ class _Tracer:
         known, label = self._known(node)
         if label.merged:
             raise NoMatch("squeeze of merged heads")
-        x_axis: int | None
-        if node.op_type == "Squeeze":
-            removed = sorted({int(a) % len(x.shape) for a in axes.reshape(-1)})
-            x_axis = label.axis if known is x else _insert_axis(label.axis, removed)
-            y_axis = _drop_axis(x_axis, removed)
-        else:
-            removed = sorted({int(a) % len(y.shape) for a in axes.reshape(-1)})
-            x_axis = _drop_axis(label.axis, removed) if known is y else label.axis
-            y_axis = _insert_axis(x_axis, removed) if x_axis is not None else None
-        if x_axis is None or y_axis is None:
+        squeeze = node.op_type == "Squeeze"
+        changed = sorted({int(a) % len(x.shape if squeeze else y.shape) for a in axes.reshape(-1)})
+
+        def to_x(axis: int) -> int | None:  # an axis of the known value, as an axis of x
+            if known is x:
+                return axis
+            return _insert_axis(axis, changed) if squeeze else _drop_axis(axis, changed)
+
+        def to_y(axis: int) -> int | None:
+            return _drop_axis(axis, changed) if squeeze else _insert_axis(axis, changed)
+
+        x_axis = to_x(label.axis)
+        x_dim = to_x(label.dim) if label.dim is not None else None
+        y_axis = to_y(x_axis) if x_axis is not None else None
+        y_dim = to_y(x_dim) if x_dim is not None else None
+        if x_axis is None or y_axis is None or (label.dim is not None and (x_dim is None or y_dim is None)):
             raise NoMatch("squeezes heads")
-        return {x: dataclasses.replace(label, axis=x_axis), y: dataclasses.replace(label, axis=y_axis)}
+        return {x: label.moved(x_axis, x_dim), y: label.moved(y_axis, y_dim)}
 
     def _gather(self, node: ir.Node) -> dict[ir.Value, Label]:
         """timm's unbind: q = qkv[0] along the leading axis of [3, B, H, N, D]."""
@@ -348,13 +381,16 @@ class _Tracer:
         known, label = self._known(node)
         if label.merged:
             raise NoMatch("gather of merged heads")
-        x_axis = label.axis if known is x else label.axis + (1 if axis <= label.axis else 0)
-        if x_axis == axis:
+
+        def to_x(a: int) -> int:
+            return a if known is x else a + (1 if axis <= a else 0)
+
+        x_axis = to_x(label.axis)
+        x_dim = to_x(label.dim) if label.dim is not None else None
+        if axis in (x_axis, x_dim):
             raise NoMatch("gather along heads")
-        return {
-            x: dataclasses.replace(label, axis=x_axis),
-            y: dataclasses.replace(label, axis=x_axis - (axis < x_axis)),
-        }
+        y_dim = x_dim - (axis < x_dim) if x_dim is not None else None
+        return {x: label.moved(x_axis, x_dim), y: label.moved(x_axis - (axis < x_axis), y_dim)}
 
     def _expand(self, node: ir.Node) -> dict[ir.Value, Label]:
         """GQA's repeat of K/V heads: [B, Hkv, 1, N, D] → [B, Hkv, r, N, D]; the head axis itself is not expanded."""
@@ -373,26 +409,28 @@ class _Tracer:
             raise NoMatch("unknown rank")
         known, label = self._known(node)
         xs, ys = list(x.shape), list(y.shape)
+        shifted = label.dim + 1 if label.dim is not None else None  # [B·H, …] ↔ [B, H, …]: one axis more
+        lowered = label.dim - 1 if label.dim is not None else None
         if label.merged:  # kᵀ as Reshape [B·H, N, D] → Transpose → Reshape [B, H, D, N]
             if known is x and len(xs) == 3 and len(ys) == 4:
                 self._check_count(node, 1, Label(1, label.kv))
-                return {y: Label(1, label.kv)}
+                return {y: Label(1, label.kv, dim=shifted, part=label.part)}
             if known is y and len(xs) == 4 and len(ys) == 3:
                 self._check_merged(node)
-                return {x: Label(1, label.kv)}
+                return {x: Label(1, label.kv, dim=shifted, part=label.part)}
             raise NoMatch("reshape of merged heads")
         if known is y and len(xs) == 3 and (len(ys), label.axis) in ((4, 2), (5, 3)):
             return self._entry(node, x, y, label)
         if known is x and len(xs) == 4 and len(ys) == 3 and label.axis == 2:
             return self._exit(node, x, y)
         if known is y and len(xs) == 5 and len(ys) == 4 and label.axis == 1 and not label.kv:
-            return self._gqa(node, x, y)  # [B, Hkv, r, N, D] → [B, H, N, D]
+            return self._gqa(node, x, y, label)  # [B, Hkv, r, N, D] → [B, H, N, D]
         if label.axis == 1 and known is x and len(xs) == 4 and len(ys) == 3:
             self._check_merged(node)
-            return {y: Label(0, label.kv, merged=True)}
+            return {y: Label(0, label.kv, merged=True, dim=lowered, part=label.part)}
         if label.axis == 1 and known is y and len(xs) == 3 and len(ys) == 4:
             self._check_count(node, 1, label)
-            return {x: Label(0, label.kv, merged=True)}
+            return {x: Label(0, label.kv, merged=True, dim=lowered, part=label.part)}
         raise NoMatch("reshape of heads")
 
     def _entry(self, node: ir.Node, x: ir.Value, y: ir.Value, label: Label) -> dict[ir.Value, Label]:
@@ -413,7 +451,9 @@ class _Tracer:
         if x.shape[2] != (3 if fused else 1) * count * dim:
             raise NoMatch("entry features")
         self._check_count(node, head_axis, label)
-        self.entries.append(Entry(node, x, label.kv, fused))
+        if fused:
+            self.fixed_dims.update(("qk", "v"))  # q, k and v share one reshape: one head dim for all three
+        self.entries.append(Entry(node, x, label.kv, fused, label.part))
         return {}
 
     def _exit(self, node: ir.Node, x: ir.Value, y: ir.Value) -> dict[ir.Value, Label]:
@@ -429,7 +469,7 @@ class _Tracer:
         self.exits.append((node, y))
         return {}
 
-    def _gqa(self, node: ir.Node, x: ir.Value, y: ir.Value) -> dict[ir.Value, Label]:
+    def _gqa(self, node: ir.Node, x: ir.Value, y: ir.Value, label: Label) -> dict[ir.Value, Label]:
         assert x.shape is not None
         kv_heads, repeat = x.shape[1], x.shape[2]
         if not isinstance(kv_heads, int) or not isinstance(repeat, int) or kv_heads * repeat != self.heads:
@@ -438,7 +478,7 @@ class _Tracer:
             raise NoMatch("two GQA layouts")
         self.kv_heads = kv_heads
         self._check_count(node, 1, Label(1))
-        return {x: Label(1, kv=True)}
+        return {x: Label(1, kv=True, dim=4 if label.dim == 3 else None, part=label.part)}
 
     # ------------------------------------------------------------------------------------------ shapes
     def _check_count(self, node: ir.Node, position: int, label: Label) -> None:
