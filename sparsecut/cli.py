@@ -387,13 +387,14 @@ def _render_optimize(report: object, inspecting: bool = False) -> None:
             console.print(table)
         if step.heads:
             heads = Table(title="attention heads", title_justify="left")
-            for column in ("block (output projection)", "heads", "K/V heads", "head dim", "dead", "removed",
+            for column in ("block (output projection)", "heads", "K/V heads", "dead", "removed", "head dim q/k, v",
                            "dead kept: why"):  # fmt: skip
                 heads.add_column(column)
             for block in step.heads:
                 why = "; ".join(f"{n}× {reason}" for reason, n in block.kept.items()) or "-"
-                heads.add_row(block.location, str(block.heads), str(block.kv_heads), str(block.head_dim),
-                              str(block.dead), str(block.removable), why)  # fmt: skip
+                dims = f"{block.head_dim} → {block.qk_dim_after}, {block.v_dim_after}"
+                heads.add_row(block.location, str(block.heads), str(block.kv_heads), str(block.dead),
+                              str(block.removable), dims, why)  # fmt: skip
             console.print(heads)
         if step.sparsity and (full or any(layer.is_2to4 for layer in step.sparsity)):
             sparse = Table(title_justify="left")

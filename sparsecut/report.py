@@ -203,6 +203,8 @@ class HeadReport(Report):
     dead: int
     removable: int
     kept: dict[str, int]  # reason → dead heads it kept
+    qk_dim_after: int = 0  # head dims of q/k and of v that stay (in every kept head)
+    v_dim_after: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,12 +6,15 @@ biases are checked exactly."""
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from sparsecut.exporter import ExportOptions, export_module
@@ -195,3 +198,172 @@ def test_inspect_lists_heads_per_attention_block(tmp_path):
     (heads,) = next(p for p in report.passes if p.name.startswith("remove-dead-channels")).heads
     assert (heads.heads, heads.kv_heads, heads.head_dim, heads.dead, heads.removable) == (4, 4, 8, 1, 1)
     assert heads.kept == {}
+    assert (heads.qk_dim_after, heads.v_dim_after) == (8, 8)
+
+
+def _zero_dims(linear: nn.Linear, dims_per_head: dict[int, list[int]], bias: bool = True, head_dim: int = 8) -> None:
+    with torch.no_grad():
+        for head, dims in dims_per_head.items():
+            rows = [head * head_dim + d for d in dims]
+            linear.weight[rows] = 0.0
+            if bias:
+                linear.bias[rows] = 0.0
+
+
+def test_q_dims_zero_in_every_head_go_from_q_and_k(tmp_path):
+    """q_d ≡ 0 (weights and bias) in every head: the q_d·k_d terms vanish, d goes from q and k; the scale stays the
+    constant 1/√8 it was (the head dim of the scale is not recomputed)."""
+    torch.manual_seed(6)
+    block = Block()
+    _zero_dims(block.attn.q, {h: [1, 5] for h in range(4)})
+    lean, _ = _lean(tmp_path, block)
+    shapes = _weights(lean)
+    assert shapes["attn.q.weight"] == shapes["attn.k.weight"] == (32, 24)
+    assert shapes["attn.v.weight"] == (32, 32)
+    assert [-1, SEQ, 4, 6] in _reshape_shapes(lean)
+
+
+def test_k_dims_with_zero_weights_and_any_bias_go(tmp_path):
+    """k_d ≡ c (weights zero, bias not): q_d·c shifts a whole row of scores, which the Softmax ignores."""
+    torch.manual_seed(7)
+    block = Block(sdpa=False)
+    _zero_dims(block.attn.k, {h: [0, 2] for h in range(4)}, bias=False)
+    lean, _ = _lean(tmp_path, block)
+    assert _weights(lean)["attn.q.weight"] == _weights(lean)["attn.k.weight"] == (32, 24)
+
+
+def test_v_dims_go_from_v_and_the_output_columns(tmp_path):
+    torch.manual_seed(8)
+    block = Block()
+    _zero_dims(block.attn.v, {h: [3] for h in range(4)})
+    lean, report = _lean(tmp_path, block)
+    (heads,) = next(p for p in report.passes if p.name == "remove-dead-channels").heads
+    assert (heads.removable, heads.qk_dim_after, heads.v_dim_after) == (0, 8, 7)
+    shapes = _weights(lean)
+    assert shapes["attn.v.weight"] == (32, 28) and shapes["attn.o.weight"] == (28, 32)
+    assert shapes["attn.q.weight"] == (32, 32)
+    assert [-1, SEQ, 28] in _reshape_shapes(lean)
+
+
+def test_heads_keep_equal_dims(tmp_path):
+    """Zero q dims 3, 2, 2, 2 per head: one reshape splits q into heads of one size, so every head keeps 6."""
+    torch.manual_seed(9)
+    block = Block()
+    _zero_dims(block.attn.q, {0: [1, 2, 3], 1: [0, 4], 2: [5, 6], 3: [7, 1]})
+    lean, report = _lean(tmp_path, block)
+    assert _weights(lean)["attn.q.weight"] == (32, 24)
+    step = next(p for p in report.passes if p.name == "remove-dead-channels")
+    assert any("heads keep equal head dims" in reason for g in step.groups for reason in g.kept_dead)
+
+
+def test_rope_keeps_q_and_k_dims_and_v_dims_still_go(tmp_path):
+    """RoPE rotates dims in pairs (d, d + D/2) with cos/sin laid out per dim: q/k dims stay; v has no RoPE."""
+    torch.manual_seed(10)
+    block = Block(rope=True)
+    _zero_dims(block.attn.q, {h: [1] for h in range(4)})
+    _zero_dims(block.attn.v, {h: [2] for h in range(4)})
+    lean, _ = _lean(tmp_path, block)
+    shapes = _weights(lean)
+    assert shapes["attn.q.weight"] == (32, 32)
+    assert shapes["attn.v.weight"] == (32, 28)
+
+
+def _runtime_scale_model(tmp_path: Path) -> Path:
+    """Zero q dims 1 and 5 in every head and v dim 3; the scores divided by √(shape of q)[-1] computed at run time
+    (as dynamo writes SDPA's default scale): Shape → Cast → Sqrt → Div."""
+    torch.manual_seed(11)
+    block = Block(sdpa=False)
+    _zero_dims(block.attn.q, {h: [1, 5] for h in range(4)})
+    _zero_dims(block.attn.v, {h: [3] for h in range(4)})
+    export_module(block.eval(), tmp_path / "fixed.onnx", ExportOptions(input_shape=(1, SEQ, DIM)))
+    model = ir.load(tmp_path / "fixed.onnx")
+    scores = next(n for n in model.graph if n.op_type == "MatMul" and not n.inputs[1].is_initializer()
+                  and n.inputs[1].producer() is not None and n.inputs[1].producer().op_type == "Transpose")  # fmt: skip
+    divide = next(use.node for use in scores.outputs[0].uses())
+    assert divide.op_type == "Div"
+    shape = ir.node("Shape", [scores.inputs[0]], attributes={"start": -1})
+    size = ir.node("Cast", [shape.outputs[0]], attributes={"to": ir.DataType.FLOAT})
+    root = ir.node("Sqrt", [size.outputs[0]])
+    model.graph.insert_before(divide, [shape, size, root])
+    divide.replace_input_with(1, root.outputs[0])
+    path = tmp_path / "in.onnx"
+    ir.save(model, path)
+    return path
+
+
+def test_a_run_time_scale_is_folded_first_then_q_and_k_dims_go(tmp_path):
+    """fold-constants makes the run-time √8 the constant it always was for this graph: q/k dims then go, exactly."""
+    source = _runtime_scale_model(tmp_path)
+    report = optimize_model(source, tmp_path / "out.onnx", OptimizeOptions(align=1))
+    assert report.verified and all(c.passed for c in report.checks)
+    lean = ir.load(tmp_path / "out.onnx")
+    shapes = _weights(lean)
+    assert shapes["attn.q.weight"] == shapes["attn.k.weight"] == (32, 24)
+    assert shapes["attn.v.weight"] == (32, 28)
+    divide = next(n for n in lean.graph if n.op_type == "Div")
+    assert divide.inputs[1].const_value is not None
+    np.testing.assert_allclose(divide.inputs[1].const_value.numpy(), math.sqrt(8), rtol=1e-6)
+
+
+def test_an_unfolded_run_time_scale_keeps_q_and_k_dims_and_the_gate_would_catch_it(tmp_path, monkeypatch):
+    """On the graph as written (scale not folded), the rule leaves q/k dims alone — removing them would make the
+    scale 1/√6. Forced (the check turned off), the result differs from the input: what the gate refuses."""
+    from sparsecut.modelfile import load_model
+    from sparsecut.passes.channels import DeadChannelAnalysis, attention
+    from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
+    from sparsecut.passes.gate import compare_files, gate_inputs
+
+    source = _runtime_scale_model(tmp_path)
+    analysis = DeadChannelAnalysis(load_model(source, infer_shapes=True), align=1)
+    (block,) = [analysis.facts[n] for n, kind in analysis.kinds.items() if kind.name == "ATTENTION"]
+    assert "qk" in block.fixed_dims
+    assert not analysis.has_removals(block.q_entry.value)
+    assert analysis.has_removals(block.v_entry.value)
+
+    monkeypatch.setattr(attention, "_feeds_arithmetic", lambda value: False)
+    forced = load_model(source, infer_shapes=True)
+    RemoveDeadChannelsPass(align=1, fold=False)(forced)
+    assert _weights(forced)["attn.q.weight"] == (32, 24)
+    ir.save(forced, tmp_path / "forced.onnx")
+    options = OptimizeOptions(align=1)
+    checks = compare_files(source, tmp_path / "forced.onnx", gate_inputs(ir.load(source), options, source), options)
+    assert not all(c.passed for c in checks)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_attention_blocks_optimize_exactly_and_lose_every_dead_head(data):
+    """Random layouts (fused or separate, SDPA or written out, masked, RoPE, GQA) with random zeroed V rows, output
+    columns, q dims and v dims: the gate passes, no rule fails, nothing grows, and every head whose V (rows and
+    bias) or output columns (with GQA: of its whole group) are all zero goes."""
+    fused = data.draw(st.booleans())
+    kv_heads = 4 if fused else data.draw(st.sampled_from([4, 2, 1]))
+    block = Block(
+        kv_heads=kv_heads, fused=fused, rope=not fused and data.draw(st.booleans()),
+        sdpa=data.draw(st.booleans()), causal=data.draw(st.booleans()),
+    )  # fmt: skip
+    torch.manual_seed(data.draw(st.integers(0, 1000)))
+    attn = block.attn
+    group = 4 // kv_heads
+    dead_v = data.draw(st.lists(st.integers(0, kv_heads - 1), unique=True, max_size=kv_heads))
+    dead_o = data.draw(st.lists(st.integers(0, 3), unique=True, max_size=4))
+    with torch.no_grad():
+        for g in dead_v:
+            rows = _v_rows(attn, g)
+            _v(attn).weight[rows] = 0.0
+            _v(attn).bias[rows] = 0.0
+        for h in dead_o:
+            attn.o.weight[:, h * 8 : (h + 1) * 8] = 0.0
+    if not fused:
+        _zero_dims(attn.q, {h: data.draw(st.lists(st.integers(0, 7), max_size=3)) for h in range(4)})
+        _zero_dims(attn.v, {g: data.draw(st.lists(st.integers(0, 7), max_size=3)) for g in range(kv_heads)})
+    with tempfile.TemporaryDirectory() as tmp:
+        _, report = _lean(Path(tmp), block)
+    assert report.after.params <= report.before.params
+    (heads,) = next(p for p in report.passes if p.name == "remove-dead-channels").heads
+    surely_dead = {
+        h for h in range(4) if h // group in dead_v or all(q in dead_o for q in range(4) if q // group == h // group)
+    }
+    surely_dead |= {h for h in range(4) if h in dead_o and group == 1}
+    # a tensor never loses every channel (cleanup's job): with every head dead, one head (group) stays
+    assert heads.removable >= (len(surely_dead) if len(surely_dead) < 4 else 4 - group)

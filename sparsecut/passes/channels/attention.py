@@ -19,10 +19,21 @@ feature (h, i) is out_h[:, i].
 - a head whose exit features are not needed (output-projection columns zero) contributes nothing.
 - q_h or k_h alone zero does not make the head constant (uniform attention averages v): the head stays, LIVE.
 
-A head goes with its Q, K, V rows and exit features together (index maps couple them); with GQA a K/V head goes
-only with every Q head that shares it. The rewrite writes the new head counts into the shape constants of the
-block's Reshapes and Expands (or leaves -1, 0, and counts computed from the block's own shapes to follow).
-Head dims (removing d of every head) are not done here: a head stays whole.
+Head dims (DESIGN.md: exact conditions), for separate q/k/v projections:
+
+- the scores sum q_{h,d}·k_{kv(h),d} over d: a pair (h, d) contributes nothing when q_d ≡ 0, and only a per-row
+  constant (which the Softmax ignores) when k_d has zero weights (any bias) — then q_d and k_d go together, as long
+  as the scale stays the constant it was: a scale computed at run time from a q/k shape keeps q/k dims (sparsecut's
+  fold-constants makes it a constant first where the shape is static);
+- exit feature (h, i) carries v_{kv(h), i}: v dims go with their output-projection columns;
+- never through RoPE (dims rotate in pairs, cos/sin are laid out per dim) or a norm over the head dim (no match).
+
+One reshape splits each projection into heads of one size, so every kept head keeps the same number of q/k dims
+and of v dims (dead ones stay to even them out, reported), and a head goes only when both its q/k and v dims go.
+With GQA, q dims of a group are coupled through their shared k; a K/V head goes only with every Q head that shares
+it. The rewrite writes the new head counts and head dims into the shape constants of the block's Reshapes and
+Expands (or leaves -1, 0, and sizes computed from the block's own shapes to follow). timm's fused qkv keeps whole
+heads (q, k and v share one reshape).
 """
 
 from __future__ import annotations
@@ -34,11 +45,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.channels.rules import ChannelRule, Kind
+from sparsecut.passes.channels.rules import ChannelRule, Keep, Kind
 from sparsecut.passes.channels.spaces import ChannelSpaces
 from sparsecut.passes.nodes import attr_int, attr_ints, constant_array, same_dim, shape_element
 
 if TYPE_CHECKING:
+    from sparsecut.passes.channels.analysis import DeadChannelAnalysis
     from sparsecut.passes.channels.rewrite import ChannelRewrite
 
 __all__ = ["ATTENTION", "AttentionBlock", "find_attention_blocks"]
@@ -49,6 +61,9 @@ _ELEMENTWISE = {
 }  # fmt: skip
 _SHAPE_OPS = {"Shape", "Slice", "Gather", "Squeeze", "Unsqueeze", "Concat", "Reshape", "Cast", "Mul", "Div", "Add",
               "Sub", "ReduceProd", "Identity", "Constant"}  # fmt: skip
+
+
+EQUAL_DIMS = "heads keep equal head dims (one reshape splits them)"
 
 
 class NoMatch(Exception):
@@ -90,6 +105,16 @@ class AttentionBlock:
     v_slot: int  # fused entries: which of the 3 is V
     stochastic: bool  # the attention weights that multiply V sum to 1 in every row
     anchor: ir.Node  # the first node after every entry's producer: where the walk analyzes the block
+    q_entry: Entry | None = None  # separate q/k/v entries (None for timm's fused qkv)
+    k_entry: Entry | None = None
+    fixed_dims: frozenset[str] = frozenset()  # "qk", "v": parts whose head dims must stay whole
+
+    @property
+    def separate(self) -> bool:
+        return self.q_entry is not None and self.k_entry is not None and not self.v_entry.fused
+
+    def kv_of(self, head: np.ndarray) -> np.ndarray:
+        return head // (self.heads // self.kv_heads)
 
     def group(self, head: int) -> int:
         """The K/V head that Q head `head` reads."""
@@ -166,6 +191,8 @@ class _Tracer:
                 self._verify_count(node, position)
         exit_node, exit_value = self.exits[0]
         v_entry, v_slot = self._v_source()
+        q_entry, k_entry = self._qk_sources()
+        self._check_dims()
         nodes = sorted(self.nodes, key=self.order.__getitem__)
         ready = max(self.order.get(e.value.producer(), -1) for e in self.entries)  # type: ignore[arg-type]
         return AttentionBlock(
@@ -181,6 +208,9 @@ class _Tracer:
             v_slot=v_slot,
             stochastic=self._stochastic(),
             anchor=next(n for n in nodes if self.order[n] > ready),
+            q_entry=q_entry,
+            k_entry=k_entry,
+            fixed_dims=frozenset(self.fixed_dims),
         )
 
     def _label(self, value: ir.Value, label: Label) -> bool:
@@ -567,6 +597,55 @@ class _Tracer:
             value = node.inputs[0]
         raise NoMatch("no V entry")
 
+    def _qk_sources(self) -> tuple[Entry | None, Entry | None]:
+        """The entries the scores' two operands come from (any path inside the block: RoPE adds two branches)."""
+        scores = next((n for n in self.nodes if n.op_type == "MatMul" and n.inputs[0] in self.labels
+                       and self.labels[n.inputs[0]].part in ("qk", "mixed")), None)  # fmt: skip
+        if scores is None:
+            raise NoMatch("no scores MatMul")
+        found = []
+        for start in scores.inputs[:2]:
+            reached, work, seen = set(), [start], set()
+            while work:
+                value = work.pop()
+                if value is None or value in seen:
+                    continue
+                seen.add(value)
+                node = value.producer()
+                if node is None or node not in self.nodes:
+                    continue
+                entry = next((e for e in self.entries if e.node is node), None)
+                if entry is not None:
+                    reached.add(id(entry))
+                    continue
+                work.extend(v for v in node.inputs if v is not None and v in self.labels)
+            entries = [e for e in self.entries if id(e) in reached]
+            found.append(entries[0] if len(entries) == 1 and not entries[0].fused else None)
+        return found[0], found[1]
+
+    def _check_dims(self) -> None:
+        """Head dims stay where the rewrite could not set them: a shape constant of the block that names the head
+        dim in a way it cannot edit, or a scale computed at run time from a q/k shape (1/√d would change)."""
+        for node in self.nodes:
+            if node.op_type not in ("Reshape", "Expand"):
+                continue
+            label = self.labels.get(node.outputs[0])
+            if label is None or label.dim is None or label.part not in ("qk", "v"):
+                continue
+            shape = node.inputs[1]
+            array = constant_array(shape) if shape is not None else None
+            if array is not None:
+                if int(array.reshape(-1)[label.dim]) == 0:
+                    self.fixed_dims.add(label.part)
+            elif shape is None or (shape_element(shape, label.dim) is None and not self._follows(node, label.dim)):
+                self.fixed_dims.add(label.part)
+        for value, label in self.labels.items():
+            if label.part not in ("qk", "mixed"):
+                continue
+            for use in value.uses():
+                if use.node.op_type == "Shape" and _feeds_arithmetic(use.node.outputs[0]):
+                    self.fixed_dims.add("qk")  # the scale 1/√d computed from the shape at run time
+
     def _from_softmax(self, value: ir.Value | None) -> bool:
         while value is not None:
             node = value.producer()
@@ -585,6 +664,26 @@ class _Tracer:
             y = uses[0].node.outputs[0]
             uses = list(y.uses())
         return len(uses) == 1 and uses[0].node.op_type == "MatMul" and uses[0].idx == 0
+
+
+_SHAPE_INPUTS = {"Reshape", "Expand", "Tile", "Slice", "ConstantOfShape", "Range", "Resize", "Squeeze", "Unsqueeze"}
+
+
+def _feeds_arithmetic(value: ir.Value) -> bool:
+    """Whether a Shape's output reaches a float computation (a scale), not only the shape inputs of other ops."""
+    work, seen = [value], set()
+    while work:
+        current = work.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.dtype is not None and current.dtype.is_floating_point():
+            return True
+        for use in current.uses():
+            if use.node.op_type in _SHAPE_INPUTS and use.idx > 0:
+                continue  # used as a shape, bounds or axes: not arithmetic on data
+            work.extend(use.node.outputs)
+    return False
 
 
 def _drop_axis(axis: int, removed: list[int]) -> int | None:
@@ -609,10 +708,37 @@ class AttentionRule(ChannelRule):
         assert isinstance(block, AttentionBlock)
         return Kind.ATTENTION if analyze_block(block, walk) else None
 
+    def constrain(self, node: ir.Node, a: DeadChannelAnalysis, removable: np.ndarray, keep: Keep) -> bool:
+        """Heads keep equal counts of q/k dims and of v dims, and a head goes only when both its parts go (one
+        reshape splits every projection into heads of one size)."""
+        block = a.facts[node]
+        assert isinstance(block, AttentionBlock)
+        if not block.separate:
+            return False
+        assert block.q_entry is not None
+        changed = False
+        gone = None
+        parts = ((block.exit, block.head_dim), (block.q_entry.value, block.head_dim))
+        masks = []
+        for value, d in parts:
+            s = a.space_of[value]
+            masks.append((a.offsets[s], removable[a.offsets[s] : a.offsets[s + 1]].reshape(block.heads, d)))
+        gone = np.all([mask.all(axis=1) for _, mask in masks], axis=0)
+        for offset, mask in masks:
+            kept = mask.shape[1] - mask.sum(axis=1)
+            target = max(1, int(kept[~gone].max())) if (~gone).any() else 0
+            for h in np.flatnonzero(~gone):
+                missing = target - int(kept[h])
+                if missing > 0:
+                    restore = np.flatnonzero(mask[h])[-missing:]
+                    keep(removable, offset + h * mask.shape[1] + restore, EQUAL_DIMS)
+                    changed = True
+        return changed
+
     def touched(self, node: ir.Node, rw: ChannelRewrite) -> bool:
         block = rw.analysis.facts[node]
         assert isinstance(block, AttentionBlock)
-        return rw.changed(block.exit)
+        return any(rw.changed(v) for v in (block.exit, *(e.value for e in block.entries)))
 
     def backward(self, node: ir.Node, kind: Kind, walk: ChannelSpaces, needed: dict[ir.Value, np.ndarray]) -> None:
         block = walk.facts[node]
@@ -643,11 +769,26 @@ def analyze_block(block: AttentionBlock, walk: ChannelSpaces) -> bool:
     if not block.stochastic:
         live = live | (const != 0)  # rows that may not sum to 1 (a NaN guard): a constant V is no longer constant
     walk.set_state(exit_value, live.copy(), np.where(live, 0.0, const))
+    d = block.head_dim
     exit_index = np.arange(features)
-    head_of = exit_index // block.head_dim
-    walk.maps.append((exit_value, exit_index, exit_value, head_of * block.head_dim))  # a head goes whole
-    for entry in block.entries:
-        walk.add_map(block.anchor, entry.value, _entry_features(block, entry), exit_value, _exit_features(block, entry))
+    head_of = exit_index // d
+    if not block.separate:  # fused qkv: every part of a head goes with the head
+        walk.maps.append((exit_value, exit_index, exit_value, head_of * d))
+        for entry in block.entries:
+            walk.add_map(
+                block.anchor, entry.value, _entry_features(block, entry), exit_value, _exit_features(block, entry)
+            )
+        walk.facts[block.anchor] = block
+        return True
+    assert block.q_entry is not None and block.k_entry is not None
+    q, k = block.q_entry.value, block.k_entry.value
+    walk.add_map(block.anchor, v, source, exit_value, exit_index)  # exit (h, i) carries v (kv(h), i)
+    k_of_q = block.kv_of(head_of) * d + exit_index % d
+    walk.add_map(block.anchor, q, exit_index, k, k_of_q)  # q (h, d) meets k (kv(h), d) in the scores
+    if "v" in block.fixed_dims:
+        walk.maps.append((exit_value, exit_index, exit_value, head_of * d))
+    if "qk" in block.fixed_dims:
+        walk.maps.append((q, exit_index, q, head_of * d))
     walk.facts[block.anchor] = block
     return True
 
@@ -671,12 +812,24 @@ def _exit_features(block: AttentionBlock, entry: Entry) -> np.ndarray:
 
 
 def block_backward(block: AttentionBlock, walk: ChannelSpaces, needed: dict[ir.Value, np.ndarray]) -> None:
-    """V feature (h, i) is needed where exit (h, i) is; Q and K of a head where any of its exit features is needed
-    and its V is not constant (else the attention weights do not matter)."""
+    """V feature (h, i) is needed where exit (h, i) is. The scores of a head matter where any of its exit features
+    is needed and its V varies between tokens (else the attention weights do not matter). A q/k dim pair (h, d)
+    matters where the scores do, k_d varies between tokens (a constant k_d adds q_d·c to a whole row of scores,
+    which the Softmax ignores) and q_d is not zero."""
     exit_needed = needed[block.exit].reshape(block.heads, block.head_dim)
     v = block.v_entry.value
     v_live = walk.live[v][block.v_features()].reshape(block.heads, block.head_dim)
     scores_matter = exit_needed.any(axis=1) & v_live.any(axis=1)
+    if block.separate:
+        assert block.q_entry is not None and block.k_entry is not None
+        q, k, d = block.q_entry.value, block.k_entry.value, block.head_dim
+        index = np.arange(block.heads * d)
+        k_index = block.kv_of(index // d) * d + index % d
+        pair = np.repeat(scores_matter, d) & walk.live[k][k_index] & (walk.live[q][index] | (walk.const[q][index] != 0))
+        needed[q] |= pair
+        np.logical_or.at(needed[k], k_index, pair)
+        np.logical_or.at(needed[v], block.v_features(), exit_needed.reshape(-1))
+        return
     for entry in block.entries:
         target = needed[entry.value]
         pairs_entry, pairs_exit = _entry_features(block, entry), _exit_features(block, entry)
@@ -693,33 +846,37 @@ def block_backward(block: AttentionBlock, walk: ChannelSpaces, needed: dict[ir.V
 
 
 def rewrite_block(block: AttentionBlock, rw: ChannelRewrite) -> None:
-    """New head counts in every labeled tensor's shape and every shape constant of the block."""
-    kept_features = rw.kept(block.exit)
-    heads = len(kept_features) // block.head_dim
-    kept_heads = np.unique(kept_features // block.head_dim)
+    """New head counts and head dims in every labeled tensor's shape and every shape constant of the block."""
+    kept_exit = rw.kept(block.exit)
+    kept_heads = np.unique(kept_exit // block.head_dim)
+    heads = len(kept_heads)
     kv_heads = len({block.group(int(h)) for h in kept_heads})
+    dims = {"v": len(kept_exit) // heads}  # new head dims of the parts whose dims may change
+    if block.separate:
+        assert block.q_entry is not None
+        dims["qk"] = len(rw.kept(block.q_entry.value)) // heads
+    for part in block.fixed_dims:
+        dims.pop(part, None)
     for value, label in block.labels.items():
         if value.shape is None:
             continue
         if label.merged:
             value.shape = None  # [B·H, …]: re-inferred
             continue
-        dims = list(value.shape)
-        dims[label.axis] = kv_heads if label.kv else heads
-        value.shape = ir.Shape(dims)
+        shape = list(value.shape)
+        shape[label.axis] = kv_heads if label.kv else heads
+        if label.dim is not None and label.part in dims and shape[label.dim] == block.head_dim:
+            shape[label.dim] = dims[label.part]
+        value.shape = ir.Shape(shape)
     for node in block.nodes:
-        if node.op_type not in ("Reshape", "Expand") or node is block.exit_node:
+        out = block.labels.get(node.outputs[0])
+        if node.op_type not in ("Reshape", "Expand") or node is block.exit_node or out is None:
             continue
-        out_label = block.labels.get(node.outputs[0])
-        entry = next((e for e in block.entries if e.node is node), None)
-        if entry is not None:
-            position, count = (3 if entry.fused else 2), (kv_heads if entry.kv else heads)
-        elif out_label is not None and not out_label.merged:
-            position, count = out_label.axis, (kv_heads if out_label.kv else heads)
-        else:
-            continue
-        _set_count(node, position, count, rw)
-    _set_count(block.exit_node, 2, heads * block.head_dim, rw)
+        if not out.merged:
+            _set_count(node, out.axis, kv_heads if out.kv else heads, rw)
+        if out.dim is not None and out.part in dims:
+            _set_count(node, out.dim, dims[out.part], rw)
+    _set_count(block.exit_node, 2, len(kept_exit), rw)
 
 
 def _set_count(node: ir.Node, position: int, count: int, rw: ChannelRewrite) -> None:

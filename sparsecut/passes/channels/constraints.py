@@ -13,15 +13,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.channels.rules import Kind
+from sparsecut.passes.channels.rules import ChannelRule, Kind
 from sparsecut.passes.channels.spaces import add_reason
-from sparsecut.passes.nodes import attr_int
 
 if TYPE_CHECKING:
     from sparsecut.passes.channels.analysis import DeadChannelAnalysis
@@ -134,17 +133,25 @@ def apply_constraints(
     order = np.argsort(a.label, kind="stable")
     starts = np.searchsorted(a.label[order], np.arange(a.n_components + 1))
     kept_for_count: dict[int, int] = {}
+    constrained = [node for node, rule in a.rule_of.items() if type(rule).constrain is not ChannelRule.constrain]
 
-    def keep(removable: np.ndarray, nodes: np.ndarray) -> None:
+    def veto(removable: np.ndarray, nodes: np.ndarray) -> None:
         """Veto whole components at once, so later decisions in the same sweep see them."""
         for component in np.unique(a.label[nodes]):
             removable[order[starts[component] : starts[component + 1]]] = False
 
+    def keep(removable: np.ndarray, nodes: np.ndarray, reason: str) -> None:
+        """A rule's constraint: these channels (global indices) stay, for `reason`."""
+        spaces = np.searchsorted(a.offsets, nodes, side="right") - 1
+        for s in np.unique(spaces):
+            add_reason(a.spaces[s], nodes[spaces == s] - a.offsets[s], reason)
+        veto(removable, nodes)
+
     for _ in range(1000):
         removable = ~_vetoed(a, enabled_groups)
         changed = False
-        for node in a.walk.grouped_convs:
-            changed |= _equalize_groups(a, node, removable, keep)
+        for node in constrained:
+            changed |= a.rule_of[node].constrain(node, a, removable, keep)
         for s, sp in enumerate(a.spaces):
             mask = removable[a.offsets[s] : a.offsets[s + 1]]
             kept = sp.count - int(mask.sum())
@@ -159,31 +166,9 @@ def apply_constraints(
                 restore = np.flatnonzero(mask)[-(target - kept) :]
                 add_reason(sp, restore, reason)
                 kept_for_count[s] = kept_for_count.get(s, 0) + len(restore)
-                keep(removable, a.offsets[s] + restore)
+                veto(removable, a.offsets[s] + restore)
                 changed = True
         if not changed:
             return removable, kept_for_count
     log.warning("channel constraints did not settle; removing no channel")
     return np.zeros(int(a.offsets[-1]), bool), kept_for_count
-
-
-def _equalize_groups(
-    a: DeadChannelAnalysis, node: ir.Node, removable: np.ndarray, keep: Callable[[np.ndarray, np.ndarray], None]
-) -> bool:
-    groups = attr_int(node, "group", 1)
-    changed = False
-    for value in (node.inputs[0], node.outputs[0]):
-        assert value is not None
-        s = a.space_of[value]
-        mask = removable[a.offsets[s] : a.offsets[s + 1]].reshape(groups, -1)
-        fewest = int(mask.sum(axis=1).min())
-        for g in range(groups):
-            extra = np.flatnonzero(mask[g])[fewest:]
-            if len(extra):
-                per_group = mask.shape[1]
-                add_reason(
-                    a.spaces[s], g * per_group + extra, f"grouped conv {node.name!r} needs equal counts per group"
-                )
-                keep(removable, a.offsets[s] + g * per_group + extra)
-                changed = True
-    return changed

@@ -119,6 +119,12 @@ def head_reports(a: DeadChannelAnalysis) -> list[HeadReport]:
             if dead[h] and not removed[h]:
                 reason = reasons(s, h * d)
                 kept[reason] = kept.get(reason, 0) + 1
+        kept_heads = max(1, int((~removed).sum()))
+        v_after = int((~np.asarray(a.removed(block.exit))).sum()) // kept_heads
+        qk_after = d
+        if block.separate:
+            assert block.q_entry is not None
+            qk_after = int((~np.asarray(a.removed(block.q_entry.value))).sum()) // kept_heads
         consumer = next((use.node for use in block.exit.uses()), None)
         weight = consumer.inputs[1] if consumer is not None and len(consumer.inputs) > 1 else None
         reports.append(
@@ -130,6 +136,8 @@ def head_reports(a: DeadChannelAnalysis) -> list[HeadReport]:
                 dead=int(dead.sum()),
                 removable=int(removed.sum()),
                 kept=kept,
+                qk_dim_after=qk_after,
+                v_dim_after=v_after,
             )
         )
     return reports

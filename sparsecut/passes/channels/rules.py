@@ -39,9 +39,12 @@ from sparsecut.passes.nodes import (
 )
 
 if TYPE_CHECKING:
+    from sparsecut.passes.channels.analysis import DeadChannelAnalysis
     from sparsecut.passes.channels.rewrite import ChannelRewrite
 
-__all__ = ["ORDER_FREE", "READERS", "RULES", "ChannelRule", "Kind", "register", "rule_for"]
+Keep = Callable[[np.ndarray, np.ndarray, str], None]  # keep(removable, channels (global index), reason)
+
+__all__ = ["ORDER_FREE", "READERS", "RULES", "ChannelRule", "Keep", "Kind", "register", "rule_for"]
 
 
 class Kind(enum.Enum):
@@ -120,6 +123,11 @@ class ChannelRule:
     def touched(self, node: ir.Node, rw: ChannelRewrite) -> bool:
         """Whether the rewrite must visit `node`: some tensor it reads or writes changes."""
         return any(rw.changed(v) for v in (*node.inputs, *node.outputs))
+
+    def constrain(self, node: ir.Node, a: DeadChannelAnalysis, removable: np.ndarray, keep: Keep) -> bool:
+        """Keep channels (with `keep`) until the counts that go suit this node; True when it kept any. Called until
+        no rule keeps more (see constraints.py)."""
+        return False
 
 
 RULES: dict[str, ChannelRule] = {}
@@ -384,8 +392,6 @@ class ConvRule(_WeightedRule):
             return Kind.DEPTHWISE
         walk.register(y, 1, out_ch)
         walk.sink(x, node, f"constant read by padded conv {node.name!r}" if padded else None)
-        if groups > 1:
-            walk.grouped_convs.append(node)
         w_nonzero = np.any(weight != 0, axis=reduce)  # [K, C/g]
         w_sum = weight.sum(axis=reduce)
         live = np.zeros(out_ch, bool)
@@ -408,6 +414,25 @@ class ConvRule(_WeightedRule):
             ChannelRule.backward(self, node, kind, walk, needed)
         else:
             super().backward(node, kind, walk, needed)
+
+    def constrain(self, node: ir.Node, a: DeadChannelAnalysis, removable: np.ndarray, keep: Keep) -> bool:
+        """A grouped conv loses channels in equal numbers per group, on both sides."""
+        groups = attr_int(node, "group", 1)
+        if a.kinds.get(node) is not Kind.CONV or groups == 1:
+            return False
+        changed = False
+        for value in (node.inputs[0], node.outputs[0]):
+            assert value is not None
+            s = a.space_of[value]
+            mask = removable[a.offsets[s] : a.offsets[s + 1]].reshape(groups, -1)
+            fewest = int(mask.sum(axis=1).min())
+            for g in range(groups):
+                extra = np.flatnonzero(mask[g])[fewest:]
+                if len(extra):
+                    reason = f"grouped conv {node.name!r} needs equal counts per group"
+                    keep(removable, a.offsets[s] + g * mask.shape[1] + extra, reason)
+                    changed = True
+        return changed
 
     def reads(self, node: ir.Node, kind: Kind, walk: ChannelSpaces) -> np.ndarray:
         weight = walk.weight(node.inputs[1])  # type: ignore[arg-type]

@@ -67,7 +67,6 @@ class ChannelSpaces:
         self.gates: dict[ir.Node, list[np.ndarray]] = {}
         self.vetoes: list[tuple[ir.Value, np.ndarray | None, str]] = []
         self.sinks: list[Sink] = []
-        self.grouped_convs: list[ir.Node] = []
         self.facts: dict[ir.Node, object] = {}  # what a rule's rewrite needs to know about its node
         self.preferred: dict[ir.Value, int] = {}  # see prefer_axes
         self.claimed: dict[ir.Node, ir.Node] = {}  # node → the node whose rule covers it (a multi-node pattern)
