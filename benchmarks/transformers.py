@@ -1,9 +1,10 @@
 """Attention heads removed exactly, on real transformer implementations: timm's ViT and Hugging Face's BERT, ViT
 and a Llama-style decoder with GQA and RoPE, all from small configs (random init, no download).
 
-Per model and sequence length: heads are chosen per block by head importance (the L1 norm of the head's V rows
+Per model, sequence length and what is pruned ("heads", or "heads + head dims"): heads are chosen per block by head importance (the L1 norm of the head's V rows
 and output-projection columns — Torch-Pruning's magnitude criterion applied to head groups), 40 % of them (with
-GQA: 40 % of the K/V groups, each with all its Q heads), and zeroed (V rows, V bias and output-projection columns): the masked model. sparsecut exports it and optimizes it
+GQA: 40 % of the K/V groups, each with all its Q heads), and zeroed (V rows, V bias and output-projection columns); with head dims also 25 % of the q/k dims (q rows and bias zeroed) and of the v dims (v rows and bias), the
+same dims in every head, by the same L1 criterion: the masked model. sparsecut exports it and optimizes it
 (align 1, lossless, gated). The physical reference removes the same heads in PyTorch by slicing the q/k/v rows
 and output-projection columns out of the Linear layers (Hugging Face's attention reshapes with -1 heads;
 timm's reads `num_heads` and `attn_dim`, which are set): transformers 5 dropped `prune_heads`, and Torch-Pruning
@@ -47,7 +48,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 MODELS = ["timm-vit", "bert", "hf-vit", "llama"]
 HIDDEN, LAYERS, HEADS = 256, 4, 8
-RATIO = 0.4
+RATIO = 0.4  # of the heads (with GQA: of the K/V groups)
+DIM_RATIO = 0.25  # of the head dims, q/k and v each, the same dims in every head ("heads+dims" rows)
 
 
 class Embedded(nn.Module):
@@ -120,20 +122,72 @@ def mask(blocks: list[tuple[nn.Linear, nn.Linear, int, int]], chosen: list[list[
                         v.bias[offset + kv * d : offset + (kv + 1) * d] = 0.0
 
 
-def physical(name: str, model: nn.Module, chosen: list[list[int]], kv_groups: int) -> nn.Module:
-    """The same heads removed in PyTorch: q/k/v rows and output-projection columns sliced out of the Linear layers
-    (Hugging Face's attention reshapes with -1 heads, so the smaller layers are all it takes)."""
-    pruned = copy.deepcopy(model)
-    for (q, k, v, o), dead in zip(_projections(name, pruned), chosen, strict=True):
+Dims = tuple[list[int], list[int]]  # (q/k dims, v dims) zeroed in every head of a block
+
+
+def choose_dims(name: str, model: nn.Module, kv_groups: int) -> list[Dims]:
+    """Per block, the DIM_RATIO least important q/k dims (L1 of q and k rows of that dim, over all heads) and v dims
+    (L1 of v rows and output columns)."""
+    chosen = []
+    for q, k, v, o in _projections(name, model):
         d = o.in_features // HEADS
+        count = round(DIM_RATIO * d)
+        qk = torch.zeros(d)
+        vo = torch.zeros(d)
+        for i in range(d):
+            qk[i] = q.weight[i::d].abs().sum() + k.weight[i::d].abs().sum()
+            vo[i] = v.weight[i::d].abs().sum() + o.weight[:, i::d].abs().sum()
+        chosen.append((sorted(torch.argsort(qk)[:count].tolist()), sorted(torch.argsort(vo)[:count].tolist())))
+    return chosen
+
+
+def mask_dims(name: str, model: nn.Module, dims: list[Dims]) -> None:
+    """Zero q rows (weights and bias) of the chosen q/k dims in every head, and v rows of the chosen v dims."""
+    with torch.no_grad():
+        for (q, _, v, o), (qk_dims, v_dims) in zip(_projections(name, model), dims, strict=True):
+            d = o.in_features // HEADS
+            for linear, chosen in ((q, qk_dims), (v, v_dims)):
+                rows = [h * d + i for h in range(linear.out_features // d) for i in chosen]
+                linear.weight[rows] = 0.0
+                if linear.bias is not None:
+                    linear.bias[rows] = 0.0
+
+
+def physical(
+    name: str, model: nn.Module, chosen: list[list[int]], kv_groups: int, dims: list[Dims] | None = None
+) -> nn.Module | None:
+    """The same heads (and head dims) removed in PyTorch: q/k/v rows and output-projection columns sliced out of the
+    Linear layers (Hugging Face's attention reshapes with -1 heads; with head dims, its head size attribute is set
+    too — it keeps its scale, computed at construction). None where PyTorch cannot hold the result: RoPE's tables
+    follow the configured head dim (Llama with head dims)."""
+    if dims is not None and name == "llama":
+        return None
+    pruned = copy.deepcopy(model)
+    for index, ((q, k, v, o), dead) in enumerate(zip(_projections(name, pruned), chosen, strict=True)):
+        d = o.in_features // HEADS
+        qk_dims, v_dims = dims[index] if dims is not None else ([], [])
         keep = [h for h in range(HEADS) if h not in dead]
         keep_kv = sorted({h // kv_groups for h in keep})
-        rows = torch.tensor([h * d + i for h in keep for i in range(d)])
-        kv_rows = torch.tensor([g * d + i for g in keep_kv for i in range(d)])
-        for linear, index in ((q, rows), (k, kv_rows), (v, kv_rows)):
-            _slice_linear(linear, index, out=True)
-        _slice_linear(o, rows, out=False)
+
+        def rows(heads: list[int], drop: list[int], d: int = d) -> torch.Tensor:
+            return torch.tensor([h * d + i for h in heads for i in range(d) if i not in drop])
+
+        for linear, index_rows in ((q, rows(keep, qk_dims)), (k, rows(keep_kv, qk_dims)), (v, rows(keep_kv, v_dims))):
+            _slice_linear(linear, index_rows, out=True)
+        _slice_linear(o, rows(keep, v_dims), out=False)
+        if dims is not None:
+            assert len(qk_dims) == len(v_dims)
+            attn = _attention_module(name, pruned, index)
+            setattr(attn, "attention_head_size" if name == "bert" else "head_dim", d - len(v_dims))
     return pruned
+
+
+def _attention_module(name: str, model: nn.Module, index: int) -> nn.Module:
+    inner = model.model
+    if name == "bert":
+        return inner.encoder.layer[index].attention.self
+    layer = inner.layers[index]
+    return layer.self_attn if hasattr(layer, "self_attn") else layer.attention
 
 
 def _slice_linear(linear: nn.Linear, index: torch.Tensor, out: bool) -> None:
@@ -163,15 +217,21 @@ def physical_timm(model: nn.Module, chosen: list[list[int]]) -> nn.Module:
     return pruned
 
 
-def bench(name: str, seq: int, folder: Path, rounds: int, iterations: int) -> dict[str, object]:
+def bench(name: str, seq: int, with_dims: bool, folder: Path, rounds: int, iterations: int) -> dict[str, object]:
     model, shape, blocks = build(name, seq)
     kv_groups = 4 if name == "llama" else 1
     chosen = choose_heads(blocks, kv_groups)
     masked = copy.deepcopy(model)
     mask(_blocks_of(name, masked), chosen, kv_groups)
-    reference = physical_timm(model, chosen) if name == "timm-vit" else physical(name, model, chosen, kv_groups)
+    dims = choose_dims(name, model, kv_groups) if with_dims else None
+    if dims is not None:
+        mask_dims(name, masked, dims)
+    if name == "timm-vit":
+        reference: nn.Module | None = physical_timm(model, chosen)
+    else:
+        reference = physical(name, model, chosen, kv_groups, dims)
     options = ExportOptions(input_shape=shape, rtol=1e-3, atol=1e-4)
-    files = {k: folder / f"{name}-{seq}.{k}.onnx" for k in ("masked", "lean", "physical")}
+    files = {k: folder / f"{name}-{seq}-{with_dims}.{k}.onnx" for k in ("masked", "lean", "physical")}
     export_module(masked, files["masked"], options)
     report = optimize_model(files["masked"], files["lean"], OptimizeOptions(align=1))
     step = next(p for p in report.passes if p.name == "remove-dead-channels")
@@ -179,6 +239,8 @@ def bench(name: str, seq: int, folder: Path, rounds: int, iterations: int) -> di
     row: dict[str, object] = {
         "model": name,
         "seq": seq,
+        "pruned": "heads + head dims" if with_dims else "heads",
+        "head_dims_after": [(h.qk_dim_after, h.v_dim_after) for h in step.heads],
         "exact_max_rel_error": max(c.max_rel_error for c in report.checks),
         "heads_before": sum(h.heads for h in step.heads),
         "heads_after": sum(h.heads - h.removable for h in step.heads),
@@ -240,18 +302,20 @@ def main() -> None:
     console = Console(width=220)
     results = []
     with tempfile.TemporaryDirectory(prefix="sparsecut-transformers-") as tmp:
-        jobs = [(m, s) for m in args.models for s in args.seqs]
-        for name, seq in track(jobs, description="models", console=console):
-            results.append(bench(name, seq, Path(tmp), args.rounds, args.iterations))
+        jobs = [(m, s, d) for m in args.models for s in args.seqs for d in (False, True) if not (d and m == "timm-vit")]
+        for name, seq, with_dims in track(jobs, description="models", console=console):
+            results.append(bench(name, seq, with_dims, Path(tmp), args.rounds, args.iterations))
     table = Table(title=f"attention heads removed (ratio {RATIO}) — onnxruntime on {results[0]['device']}")
-    for column in ("model", "seq", "exact (max rel)", "blocks", "heads before → after (dead)", "params lean / physical",
+    for column in ("model", "seq", "pruned", "exact (max rel)", "blocks", "heads before → after (dead)",
+                   "head dim q/k, v after", "params lean / physical",
                    "MACs lean / physical", "lean / masked p50", "lean / physical p50"):  # fmt: skip
         table.add_column(column, justify="left" if column == "model" else "right")
     for r in results:
         physical_params = r.get("params_physical")
         table.add_row(
-            str(r["model"]), str(r["seq"]), f"{r['exact_max_rel_error']:.1e}", str(r["blocks_found"]),
+            str(r["model"]), str(r["seq"]), str(r["pruned"]), f"{r['exact_max_rel_error']:.1e}", str(r["blocks_found"]),
             f"{r['heads_before']} → {r['heads_after']} ({r['heads_dead']})",
+            ", ".join(sorted({f"{a}, {b}" for a, b in r["head_dims_after"]})),  # type: ignore[attr-defined]
             f"{r['params_lean']:,} / {physical_params:,}" if physical_params else f"{r['params_lean']:,} / –",
             f"{r['macs_lean']:,} / {r['macs_physical']:,}" if physical_params else f"{r['macs_lean']:,} / –",
             _interval(r["lean_over_masked"]), _interval(r.get("lean_over_physical")),  # type: ignore[arg-type]

@@ -367,3 +367,24 @@ def test_random_attention_blocks_optimize_exactly_and_lose_every_dead_head(data)
     surely_dead |= {h for h in range(4) if h in dead_o and group == 1}
     # a tensor never loses every channel (cleanup's job): with every head dead, one head (group) stays
     assert heads.removable >= (len(surely_dead) if len(surely_dead) < 4 else 4 - group)
+
+
+def test_lean_head_dims_run_equal_under_onnxruntime_graph_optimizations(tmp_path):
+    """What the onnxruntime target runs: all graph optimizations on (its fusions fold the scale into FusedMatMul's
+    alpha from the graph's own constant; a fused Attention defaulting to 1/√head_size would differ)."""
+    import onnxruntime as ort
+
+    torch.manual_seed(12)
+    block = Block()
+    _zero_dims(block.attn.q, {h: [1, 5] for h in range(4)})
+    _zero_dims(block.attn.v, {h: [3] for h in range(4)})
+    lean, _ = _lean(tmp_path, block)
+    assert _weights(lean)["attn.q.weight"] == (32, 24)
+    x = np.random.default_rng(0).standard_normal((2, SEQ, DIM)).astype(np.float32)
+    outputs = []
+    for path in (tmp_path / "in.onnx", tmp_path / "out.onnx"):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
