@@ -25,9 +25,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass, TopologicalSortPass
-from onnxscript.optimizer import fold_constants
 from onnxscript.rewriter import RewritePass
 from onnxscript.rewriter.rules import common as rules
+
+from sparsecut.folding import quiet_fold_constants
 
 __all__ = ["LAYOUT_KEY", "clean_exported_graph", "constant_computable_nodes"]
 
@@ -49,7 +50,7 @@ def clean_exported_graph(model: ir.Model) -> tuple[int, int]:
     before = len(model.graph)
     parameters = set(model.graph.initializers)
     _fold_weight_transposes(model.graph)
-    fold_constants(model)
+    quiet_fold_constants(model)
     _drop_computed_zero_biases(model.graph, parameters)
     RewritePass(_RULES)(model)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)

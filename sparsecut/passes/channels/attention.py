@@ -430,7 +430,7 @@ class _Tracer:
             raise NoMatch("expand")
         if len(x.shape) != len(y.shape) or x.shape[label.axis] != y.shape[label.axis]:
             raise NoMatch("expand of the head axis")
-        self._check_count(node, label.axis, label)
+        self._check_count(node, label.axis)
         return {x: label, y: label}
 
     def _reshape(self, node: ir.Node) -> dict[ir.Value, Label]:
@@ -443,7 +443,7 @@ class _Tracer:
         lowered = label.dim - 1 if label.dim is not None else None
         if label.merged:  # kᵀ as Reshape [B·H, N, D] → Transpose → Reshape [B, H, D, N]
             if known is x and len(xs) == 3 and len(ys) == 4:
-                self._check_count(node, 1, Label(1, label.kv))
+                self._check_count(node, 1)
                 return {y: Label(1, label.kv, dim=shifted, part=label.part)}
             if known is y and len(xs) == 4 and len(ys) == 3:
                 self._check_merged(node)
@@ -459,7 +459,7 @@ class _Tracer:
             self._check_merged(node)
             return {y: Label(0, label.kv, merged=True, dim=lowered, part=label.part)}
         if label.axis == 1 and known is y and len(xs) == 3 and len(ys) == 4:
-            self._check_count(node, 1, label)
+            self._check_count(node, 1)
             return {x: Label(0, label.kv, merged=True, dim=lowered, part=label.part)}
         raise NoMatch("reshape of heads")
 
@@ -480,7 +480,7 @@ class _Tracer:
         count = self.kv_heads if label.kv else self.heads
         if x.shape[2] != (3 if fused else 1) * count * dim:
             raise NoMatch("entry features")
-        self._check_count(node, head_axis, label)
+        self._check_count(node, head_axis)
         if fused:
             self.fixed_dims.update(("qk", "v"))  # q, k and v share one reshape: one head dim for all three
         self.entries.append(Entry(node, x, label.kv, fused, label.part))
@@ -507,11 +507,11 @@ class _Tracer:
         if self.kv_heads not in (self.heads, kv_heads):
             raise NoMatch("two GQA layouts")
         self.kv_heads = kv_heads
-        self._check_count(node, 1, Label(1))
+        self._check_count(node, 1)
         return {x: Label(1, kv=True, dim=4 if label.dim == 3 else None, part=label.part)}
 
     # ------------------------------------------------------------------------------------------ shapes
-    def _check_count(self, node: ir.Node, position: int, label: Label) -> None:
+    def _check_count(self, node: ir.Node, position: int) -> None:
         self.pending.append((node, position))
 
     def _check_merged(self, node: ir.Node) -> None:

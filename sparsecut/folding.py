@@ -1,0 +1,32 @@
+"""onnxscript's constant folder, quiet: it warns "Evaluation failed" for every node it tries and cannot compute
+(a Reshape of a symbolic batch) — expected, and not the user's business; its errors still show. Used by the
+exporter's cleaning and by the fold-constants pass."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import onnx_ir as ir
+from onnxscript.optimizer import fold_constants
+
+__all__ = ["quiet_fold_constants"]
+
+
+@contextlib.contextmanager
+def _quiet_folder() -> Iterator[None]:
+    folder = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level = folder.level
+    folder.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        folder.setLevel(level)
+
+
+def quiet_fold_constants(model: ir.Model, **options: Any) -> Any:
+    """`onnxscript.optimizer.fold_constants(model, **options)` without its per-node warnings."""
+    with _quiet_folder():
+        return fold_constants(model, **options)
