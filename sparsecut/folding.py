@@ -4,29 +4,17 @@ exporter's cleaning and by the fold-constants pass."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import onnx_ir as ir
 from onnxscript.optimizer import fold_constants
 
+from sparsecut.logs import quieted
+
 __all__ = ["quiet_fold_constants"]
-
-
-@contextlib.contextmanager
-def _quiet_folder() -> Iterator[None]:
-    folder = logging.getLogger("onnxscript.optimizer._constant_folding")
-    level = folder.level
-    folder.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        folder.setLevel(level)
 
 
 def quiet_fold_constants(model: ir.Model, **options: Any) -> Any:
     """`onnxscript.optimizer.fold_constants(model, **options)` without its per-node warnings."""
-    with _quiet_folder():
+    with quieted("onnxscript.optimizer._constant_folding"):
         return fold_constants(model, **options)

@@ -11,7 +11,6 @@ import logging
 import pickle
 import re
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from sparsecut.errors import CheckpointError
+from sparsecut.logs import quieted
 
 __all__ = ["Checkpoint", "load_checkpoint", "sha256_of"]
 
@@ -83,7 +83,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_program(path: Path) -> torch.export.ExportedProgram:
     # torch's loader logs and warns at length about a file it cannot read: keep that out of the one-line error
-    with warnings.catch_warnings(), _quiet_torch_logs(), contextlib.redirect_stderr(io.StringIO()):
+    with warnings.catch_warnings(), quieted("torch", logging.CRITICAL), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             return torch.export.load(str(path))
@@ -91,17 +91,6 @@ def _load_program(path: Path) -> torch.export.ExportedProgram:
             raise CheckpointError(
                 f"{path}: not a readable torch.export program, truncated or corrupt ({_one_line(exc)})"
             ) from exc
-
-
-@contextlib.contextmanager
-def _quiet_torch_logs() -> Iterator[None]:
-    torch_logger = logging.getLogger("torch")
-    level = torch_logger.level
-    torch_logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        torch_logger.setLevel(level)
 
 
 def _torch_load(path: Path, trust: bool) -> Any:

@@ -27,6 +27,7 @@ from sparsecut.exporter.checkpoint import Checkpoint, load_checkpoint
 from sparsecut.exporter.clean import clean_exported_graph
 from sparsecut.exporter.masks import fold_mask_keys, remove_prune_reparametrizations
 from sparsecut.exporter.resize import fit_to_state_dict
+from sparsecut.logs import quieted
 from sparsecut.modelfile import check_output_path, edit_model_file, save_model
 from sparsecut.opsets import MAX_OPSET, MIN_OPSET
 from sparsecut.report import ExportReport, OutputCheck
@@ -285,14 +286,8 @@ def _torchscript_export(model: nn.Module, example: torch.Tensor, opset: int) -> 
 def _silence_stdout() -> Iterator[None]:
     """torch.onnx prints progress to stdout and warns about torchvision ops it cannot register (we do not ship
     torchvision); library code must not print."""
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        registration.setLevel(level)
+    with quieted("torch.onnx._internal.exporter._registration"), contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def _flatten_outputs(obj: Any) -> list[np.ndarray]:

@@ -12,11 +12,9 @@ The 2:4 labels are applied again afterwards (annotate-2to4 looks through Dequant
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ import onnx
 from sparsecut.checking import checking_session
 from sparsecut.errors import GraphError, InputError
 from sparsecut.feeds import input_specs, read_arrays, synthetic_inputs
+from sparsecut.logs import quieted
 from sparsecut.report import PrecisionReport
 
 __all__ = ["FP16_BLOCKED_OPS", "PrecisionOptions", "convert_precision", "load_calibration"]
@@ -130,7 +129,7 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
 def _quantize(source: Path, staged: Path, samples: list[dict[str, np.ndarray]]) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    with _quiet_root_logger():  # onnxruntime's quantizer logs advice on the root logger; we report ourselves
+    with quieted():  # onnxruntime's quantizer logs advice on the root logger; we report ourselves
         quantize_static(
             str(source),
             str(staged),
@@ -142,17 +141,6 @@ def _quantize(source: Path, staged: Path, samples: list[dict[str, np.ndarray]]) 
             weight_type=QuantType.QInt8,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
-
-
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def _relabel_two_four(path: Path) -> None:
