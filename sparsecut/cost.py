@@ -31,14 +31,20 @@ def count_costs(model: ir.Model) -> ModelCost:
             continue
         params = sum(_weight_elements(v) for v in node.inputs if v is not None)
         layers.append(LayerCost(node.name or node.op_type, node.op_type, _macs(node), params))
+    tensors: list[ir.TensorProtocol | None] = [v.const_value for v in model.graph.initializers.values()]
+    tensors += [_constant_tensor(node) for node in model.graph if node.op_type == "Constant"]
     params = sum(  # weights: float, or int8 behind a DequantizeLinear; a 0-d scalar (a Clip bound) is no weight
-        v.const_value.size
-        for v in model.graph.initializers.values()
-        if v.const_value is not None
-        and v.const_value.dtype in (*_FLOAT_TYPES, ir.DataType.INT8, ir.DataType.UINT8)
-        and len(v.const_value.shape) > 0
+        t.size
+        for t in tensors
+        if t is not None and t.dtype in (*_FLOAT_TYPES, ir.DataType.INT8, ir.DataType.UINT8) and len(t.shape) > 0
     )
     return ModelCost(macs=sum(layer.macs for layer in layers), params=params, layers=layers)
+
+
+def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:
+    """The tensor a Constant node holds (the TorchScript exporter writes some weights this way)."""
+    attr = node.attributes.get("value")
+    return attr.as_tensor() if attr is not None else None
 
 
 def _dims(value: ir.Value | None) -> list[int] | None:
@@ -74,7 +80,9 @@ def _weight_elements(value: ir.Value) -> int:
     ):
         source = producer.inputs[0]
         return _weight_elements(source) if source is not None else 0
-    tensor = value.const_value
-    if tensor is None or not value.is_initializer() or tensor.dtype not in (*_FLOAT_TYPES, ir.DataType.INT8):
+    tensor = value.const_value if value.is_initializer() else None
+    if tensor is None and producer is not None and producer.op_type == "Constant":
+        tensor = _constant_tensor(producer)
+    if tensor is None or tensor.dtype not in (*_FLOAT_TYPES, ir.DataType.INT8):
         return 0
     return tensor.size

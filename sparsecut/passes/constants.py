@@ -13,7 +13,15 @@ __all__ = ["FoldConstantsPass"]
 
 
 def _keep_weight_transposes(node: ir.Node) -> bool | None:
-    if node.op_type == "Transpose" and node.inputs and node.inputs[0] is not None and node.inputs[0].is_initializer():
+    """A Transpose of a weight stays (the weight keeps its PyTorch name); so does an Identity of one (the
+    TorchScript exporter shares equal weights through Identity nodes: folding would copy the tensor, cleanup
+    rewires it instead)."""
+    if (
+        node.op_type in ("Transpose", "Identity")
+        and node.inputs
+        and node.inputs[0] is not None
+        and node.inputs[0].is_initializer()
+    ):
         return False
     return None
 

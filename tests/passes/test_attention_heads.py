@@ -388,3 +388,22 @@ def test_lean_head_dims_run_equal_under_onnxruntime_graph_optimizations(tmp_path
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused-qkv"])
+def test_torchscript_export_heads_go_too(tmp_path, fused):
+    """The TorchScript exporter writes attention its own way (unbind as Split, the scale from the shape at run
+    time, Constant weights shared through Identity): the same heads go."""
+    torch.manual_seed(13)
+    block = Block(fused=fused, sdpa=False).eval()
+    attn = block.attn
+    with torch.no_grad():
+        _v(attn).weight[_v_rows(attn, 2)] = 0.0
+        _v(attn).bias[_v_rows(attn, 2)] = 0.0
+    torch.onnx.export(block, (torch.randn(1, SEQ, DIM),), str(tmp_path / "in.onnx"), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    report = optimize_model(tmp_path / "in.onnx", tmp_path / "out.onnx", OptimizeOptions(align=1))
+    assert report.verified and all(c.passed for c in report.checks)
+    (heads,) = next(p for p in report.passes if p.name == "remove-dead-channels").heads
+    assert (heads.heads, heads.removable) == (4, 1)
+    assert report.after.params < report.before.params

@@ -259,6 +259,7 @@ class _Tracer:
             "Squeeze": self._squeeze,
             "Unsqueeze": self._squeeze,
             "Gather": self._gather,
+            "Split": self._split,
             "Expand": self._expand,
             "Reshape": self._reshape,
         }.get(op)
@@ -400,6 +401,19 @@ class _Tracer:
         if x_axis is None or y_axis is None or (label.dim is not None and (x_dim is None or y_dim is None)):
             raise NoMatch("squeezes heads")
         return {x: label.moved(x_axis, x_dim), y: label.moved(y_axis, y_dim)}
+
+    def _split(self, node: ir.Node) -> dict[ir.Value, Label]:
+        """The TorchScript exporter's unbind: Split [3, B, H, N, D] along its leading axis, then Squeeze."""
+        x = node.inputs[0]
+        if x is None or x.shape is None:
+            raise NoMatch("unknown rank")
+        _, label = self._known(node)
+        axis = attr_int(node, "axis", 0) % len(x.shape)
+        if label.merged or axis in (label.axis, label.dim):
+            raise NoMatch("split of heads")
+        if len(node.inputs) > 1 and node.inputs[1] is not None and constant_array(node.inputs[1]) is None:
+            raise NoMatch("computed split sizes")
+        return {value: label for value in (x, *node.outputs)}
 
     def _gather(self, node: ir.Node) -> dict[ir.Value, Label]:
         """timm's unbind: q = qkv[0] along the leading axis of [3, B, H, N, D]."""
@@ -588,9 +602,12 @@ class _Tracer:
                     raise NoMatch("fused V part unknown")
                 return entry, slot
             dynamic = [v for v in node.inputs if v is not None and constant_array(v) is None and v in self.labels]
-            if node.op_type in ("Slice", "Gather") and node.inputs[0] is not None:
-                index = constant_array(node.inputs[1])
-                if index is not None and node.inputs[0].shape is not None and node.inputs[0].shape[0] == 3:
+            if node.op_type in ("Slice", "Gather", "Split") and node.inputs[0] is not None:
+                fused = node.inputs[0].shape is not None and node.inputs[0].shape[0] == 3
+                if node.op_type == "Split" and fused and attr_int(node, "axis", 0) == 0:
+                    slot = list(node.outputs).index(value)  # sizes [1, 1, 1]: output i is part i
+                index = constant_array(node.inputs[1]) if node.op_type != "Split" else None
+                if index is not None and fused:
                     slot = int(index.reshape(-1)[0])
             elif len(dynamic) != 1:
                 raise NoMatch("V mixed with another head tensor")
