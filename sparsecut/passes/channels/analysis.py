@@ -123,7 +123,8 @@ class DeadChannelAnalysis:
         touched = [v for v in node.inputs if v is not None and v in self.walk.space_of]
         for value in touched:
             self.walk.veto(value, f"read by {node.op_type} (no rule)")
-        if any(self.walk.count_of(v) > 1 for v in touched):
+        # reported where it stops real channels: more than one, in a float tensor (not shape arithmetic)
+        if any(self.walk.count_of(v) > 1 and v.dtype is not None and v.dtype.is_floating_point() for v in touched):
             self.barriers[node.op_type] = self.barriers.get(node.op_type, 0) + 1
 
     # ------------------------------------------------------------------------------------------ results
