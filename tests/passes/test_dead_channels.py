@@ -472,3 +472,19 @@ def test_a_rule_without_a_rewrite_cannot_be_registered():
     with pytest.raises(TypeError, match="AnalysisOnly: a channel rule needs both analyze and rewrite"):
         register(AnalysisOnly)
     assert "NotAnOp" not in RULES
+
+
+def test_cleanup_sorts_a_graph_out_of_order_and_leaves_a_sorted_one_alone():
+    import onnx_ir as ir
+
+    from sparsecut.passes import CleanupPass
+
+    g = GraphBuilder()
+    y = g.op("Relu", [g.op("Sigmoid", ["x"])])
+    model = ir.from_proto(g.model(y))
+    assert not CleanupPass()(model).modified
+    first, _ = list(model.graph)
+    model.graph.remove(first)
+    model.graph.append(first)  # Relu now comes before the Sigmoid it reads
+    assert CleanupPass()(model).modified
+    assert [n.op_type for n in model.graph] == ["Sigmoid", "Relu"]
