@@ -88,7 +88,6 @@ class Entry:
     value: ir.Value  # the projection output [B, N, F], F = (3 ·) H · D
     kv: bool
     fused: bool  # [B, N, 3, H, D]
-    part: str  # "qk" or "v" (fused: the part it was reached through)
 
 
 @dataclasses.dataclass
@@ -114,10 +113,7 @@ class AttentionBlock:
         return self.q_entry is not None and self.k_entry is not None and not self.v_entry.fused
 
     def kv_of(self, head: np.ndarray) -> np.ndarray:
-        return head // (self.heads // self.kv_heads)
-
-    def group(self, head: int) -> int:
-        """The K/V head that Q head `head` reads."""
+        """The K/V head each Q head reads (GQA: Q heads share K/V heads in consecutive groups)."""
         return head // (self.heads // self.kv_heads)
 
     def v_features(self) -> np.ndarray:
@@ -125,7 +121,7 @@ class AttentionBlock:
         h, i = np.divmod(np.arange(self.heads * self.head_dim), self.head_dim)
         if self.v_entry.fused:
             return self.v_slot * self.heads * self.head_dim + h * self.head_dim + i
-        return (h // (self.heads // self.kv_heads)) * self.head_dim + i
+        return self.kv_of(h) * self.head_dim + i
 
 
 def find_attention_blocks(graph: ir.Graph) -> list[AttentionBlock]:
@@ -497,7 +493,7 @@ class _Tracer:
         self._check_count(node, head_axis)
         if fused:
             self.fixed_dims.update(("qk", "v"))  # q, k and v share one reshape: one head dim for all three
-        self.entries.append(Entry(node, x, label.kv, fused, label.part))
+        self.entries.append(Entry(node, x, label.kv, fused))
         return {}
 
     def _exit(self, node: ir.Node, x: ir.Value, y: ir.Value) -> dict[ir.Value, Label]:
@@ -817,7 +813,7 @@ def _entry_features(block: AttentionBlock, entry: Entry) -> np.ndarray:
         return np.arange(3 * block.heads * d)
     if entry.kv:
         h, i = np.divmod(np.arange(block.heads * d), d)
-        return (h // (block.heads // block.kv_heads)) * d + i
+        return block.kv_of(h) * d + i
     return np.arange(block.heads * d)
 
 
@@ -867,7 +863,7 @@ def rewrite_block(block: AttentionBlock, rw: ChannelRewrite) -> None:
     kept_exit = rw.kept(block.exit)
     kept_heads = np.unique(kept_exit // block.head_dim)
     heads = len(kept_heads)
-    kv_heads = len({block.group(int(h)) for h in kept_heads})
+    kv_heads = len(set(block.kv_of(kept_heads).tolist()))
     dims = {"v": len(kept_exit) // heads}  # new head dims of the parts whose dims may change
     if block.separate:
         assert block.q_entry is not None
