@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from sparsecut.passes.channels import DeadChannelAnalysis, Kind
 from sparsecut.passes.latency_table import LatencyTable, LayerSignature, LayerTimer
+from sparsecut.passes.nodes import attr_int, attr_ints
 from sparsecut.report import CountDecision
 
 __all__ = ["SPAN", "CountPlan", "candidate_counts", "plan_counts"]
@@ -173,16 +174,16 @@ def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[
             if not all(isinstance(d, int) for d in spatial):
                 continue
             shape = [int(d) for d in w.const_value.shape.numpy()]
-            groups = _ints(node, "group", [1])[0]
+            groups = attr_int(node, "group", 1)
             rank = len(shape) - 2
             signature = LayerSignature(
                 "Conv",
                 c_in=int(shape[1]) * groups,
                 c_out=int(shape[0]),
                 kernel=tuple(int(k) for k in shape[2:]),
-                strides=tuple(_ints(node, "strides", [1] * rank)),
-                dilations=tuple(_ints(node, "dilations", [1] * rank)),
-                pads=tuple(_ints(node, "pads", [0] * 2 * rank)),
+                strides=tuple(attr_ints(node, "strides") or [1] * rank),
+                dilations=tuple(attr_ints(node, "dilations") or [1] * rank),
+                pads=tuple(attr_ints(node, "pads") or [0] * 2 * rank),
                 groups=groups,
                 spatial=tuple(int(d) for d in spatial),  # type: ignore[arg-type]
                 batch=batch,
@@ -191,17 +192,9 @@ def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[
             found.append(_Layer(node.name or "Conv", signature, space_in, space_out, multiple))
         else:
             shape = [int(d) for d in w.const_value.shape.numpy()]
-            k, n = (int(shape[1]), int(shape[0])) if kind is Kind.GEMM and _ints(node, "transB", [0])[0] else (
+            k, n = (int(shape[1]), int(shape[0])) if kind is Kind.GEMM and attr_int(node, "transB", 0) else (
                 int(shape[0]), int(shape[1]))  # fmt: skip
             rows = [d if isinstance(d, int) else batch for d in dims[:-1]]
             signature = LayerSignature(node.op_type, c_in=k, c_out=n, spatial=tuple(rows), batch=batch)
             found.append(_Layer(node.name or node.op_type, signature, space_in, space_out, 1))
     return found
-
-
-def _ints(node: ir.Node, name: str, default: list[int]) -> list[int]:
-    attr = node.attributes.get(name)
-    if attr is None:
-        return default
-    value = attr.value
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]

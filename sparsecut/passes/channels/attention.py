@@ -894,16 +894,6 @@ def rewrite_block(block: AttentionBlock, rw: ChannelRewrite) -> None:
 
 def _set_count(node: ir.Node, position: int, count: int, rw: ChannelRewrite) -> None:
     shape = node.inputs[1]
-    if shape is None:
-        return
-    array = constant_array(shape)
-    if array is not None:
-        if int(array.reshape(-1)[position]) in (-1, 0):
-            return
-        new = array.copy()
-        new[position] = count
-        rw.set_constant(node, 1, new)
-        return
-    if shape_element(shape, position) is not None:
+    if shape is not None and shape_element(shape, position) is not None:  # a constant, or a constant piece
         rw.set_shape_element(node, position, count)
     # else computed from the block's own shapes: follows by itself

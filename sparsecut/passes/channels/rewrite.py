@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from sparsecut.passes.channels.analysis import DeadChannelAnalysis
 from sparsecut.passes.channels.rules import Kind
-from sparsecut.passes.nodes import attr_ints, constant_array, shape_element
+from sparsecut.passes.nodes import attr_ints, bias_array, constant_array, shape_element
 
 __all__ = ["ChannelRewrite", "rewrite_channels"]
 
@@ -81,10 +81,10 @@ class ChannelRewrite:
 
     # --------------------------------------------------------------------------------------------- constants
     def bias(self, node: ir.Node, index: int, count: int) -> np.ndarray:
-        array = constant_array(node.inputs[index]) if len(node.inputs) > index else None
-        if array is None:
-            return np.zeros(count)
-        return np.broadcast_to(np.asarray(array, np.float64).reshape(-1), (count,)).copy()
+        """The node's bias as `count` float64 values; its rule's analysis made sure it is constant."""
+        bias = bias_array(node, index, count)
+        assert bias is not None
+        return bias
 
     def set_bias(self, node: ir.Node, index: int, bias: np.ndarray, dtype: np.dtype) -> None:
         present = len(node.inputs) > index and node.inputs[index] is not None
@@ -94,22 +94,23 @@ class ChannelRewrite:
             node.resize_inputs(index + 1)
         self.set_constant(node, index, bias.astype(dtype))
 
-    def set_shape_element(self, node: ir.Node, position: int, size: int) -> None:
-        """Entry `position` of a Reshape's target shape becomes `size` (a -1 or 0 there follows by itself); the
-        target is a constant, or a Concat of 1-D pieces one of which is."""
-        shape_value = node.inputs[1]
+    def set_shape_element(self, node: ir.Node, position: int, size: int, index: int = 1) -> None:
+        """Entry `position` of a shape input (a Reshape's or Expand's target, input 1; Resize's sizes, input 3)
+        becomes `size` (a -1 or 0 there follows by itself); the shape is a constant, or a Concat of 1-D pieces
+        one of which is."""
+        shape_value = node.inputs[index]
         assert shape_value is not None
         source = shape_element(shape_value, position)
         assert source is not None
-        holder, index = source[1]
+        holder, entry = source[1]
         array = constant_array(holder)
         assert array is not None
-        if int(array[index]) in (-1, 0):
+        if int(array[entry]) in (-1, 0):
             return
         new = array.copy()
-        new[index] = size
+        new[entry] = size
         if holder is shape_value:
-            self.set_constant(node, 1, new)
+            self.set_constant(node, index, new)
             return
         concat = shape_value.producer()
         assert concat is not None

@@ -750,11 +750,9 @@ class ResizeRule(ChannelRule):
 
     def rewrite(self, node: ir.Node, kind: Kind, rw: ChannelRewrite) -> None:
         sizes = node.inputs[3] if node.op_type == "Resize" and len(node.inputs) > 3 else None
-        array = constant_array(sizes)
-        if array is not None and rw.changed(node.outputs[0]):
-            array = array.copy()
-            array[rw.analysis.axis[node.outputs[0]]] = len(rw.kept(node.outputs[0]))
-            rw.set_constant(node, 3, array)
+        y = node.outputs[0]
+        if constant_array(sizes) is not None and rw.changed(y):
+            rw.set_shape_element(node, rw.analysis.axis[y], len(rw.kept(y)), index=3)
 
 
 # ---------------------------------------------------------------------------------------------- layout ops
