@@ -31,11 +31,13 @@ class ChannelRewrite:
         self.graph = model.graph
         self.analysis = analysis
         self.orders = dict(orders)
-        # per space: whether its channels lose members or change order (asked for every value of every node)
-        self._changes = [
-            bool(analysis.removable[analysis.offsets[s] : analysis.offsets[s + 1]].any()) or s in self.orders
+        # per space: whether its channels lose members, and whether they lose members or change order (asked for
+        # every value of every node)
+        self._removes = [
+            bool(analysis.removable[analysis.offsets[s] : analysis.offsets[s + 1]].any())
             for s in range(len(analysis.spaces))
         ]
+        self._changes = [removes or s in self.orders for s, removes in enumerate(self._removes)]
         self.names = {v.name for n in self.graph for v in (*n.inputs, *n.outputs) if v is not None}
         self.names |= set(self.graph.initializers) | {v.name for v in self.graph.inputs}
 
@@ -49,7 +51,7 @@ class ChannelRewrite:
             if rule.touched(node, self):
                 rule.rewrite(node, kind, self)
         for value, axis in a.axis.items():  # new shapes, exactly (inference cannot see through computed targets)
-            if a.has_removals(value) and value.shape is not None:
+            if self._removes[a.space_of[value]] and value.shape is not None:
                 dims = list(value.shape)
                 dims[axis] = len(self.kept(value))
                 value.shape = ir.Shape(dims)
@@ -68,7 +70,8 @@ class ChannelRewrite:
         return order if order is not None else self.analysis.kept(value)
 
     def has_removals(self, value: ir.Value | None) -> bool:
-        return self.analysis.has_removals(value)
+        s = self.analysis.space_of.get(value) if value is not None else None
+        return s is not None and self._removes[s]
 
     def changed(self, value: ir.Value | None) -> bool:
         """Whether the channels of `value` lose members or change order."""
