@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from sparsecut import shapes
 from sparsecut.errors import GraphError, OutputPathError
 
 __all__ = [
@@ -226,15 +227,18 @@ def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
     except Exception as exc:  # protobuf's DecodeError and friends: the file is not an ONNX model
         raise GraphError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
     had_shapes = len(proto.graph.value_info) > 0
+    inferred: shapes.Shapes = {}
     if infer_shapes and path.stat().st_size <= INFER_AT_LOAD_BYTES:
         try:
             proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+            inferred = shapes.take_shapes(proto.graph)  # set below, faster than onnx-ir would read them
         except Exception as exc:
             log.warning("%s: shape inference failed (%s); shapes left as they are", path, _first_line(exc))
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:
         raise GraphError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+    shapes.apply_shapes(model.graph, inferred, force=True)
     ir.external_data.set_base_dir(model.graph, path.parent)
     _check_external_data(model, path)
     model.meta[INTERMEDIATE_SHAPES] = had_shapes

@@ -12,7 +12,7 @@ import logging
 import onnx
 import onnx_ir as ir
 
-__all__ = ["infer_shapes"]
+__all__ = ["apply_shapes", "infer_shapes", "take_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,53 @@ def infer_shapes(model: ir.Model, *, force: bool = False) -> None:
     except Exception as exc:
         log.warning("shape inference failed (%s); shapes left as they were", exc)
         return
-    values = {v.name: v for node in model.graph for v in node.outputs if v.name}
-    for info in (*inferred.graph.value_info, *inferred.graph.output):
-        value = values.get(info.name)
-        if value is None or not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+    apply_shapes(model.graph, take_shapes(inferred.graph), force)
+
+
+Shapes = dict[str, tuple[list[int | str | None], int]]  # value name → (dims, element type)
+
+
+def take_shapes(graph: onnx.GraphProto) -> Shapes:
+    """The tensor shapes an inferred graph proto holds for its values (its outputs' too), read straight from the
+    protobuf; the value infos read are removed from it, so that deserializing it afterwards does not build them a
+    second time (onnx-ir's value-info path costs ~50 µs a value: 0.5 s at 15k nodes)."""
+    shapes: Shapes = {}
+    rest = []
+    for info in graph.value_info:
+        if _read(info, shapes):
             continue
-        shape = ir.serde.deserialize_type_proto_for_shape(info.type)
-        if shape is not None and (force or value.shape is None):
-            value.shape = shape
-        elem = info.type.tensor_type.elem_type
-        if value.dtype is None and elem:
-            value.dtype = ir.DataType(elem)
+        rest.append(info)
+    if len(rest) < len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(rest)
+    for info in graph.output:
+        _read(info, shapes)
+    return shapes
+
+
+def _read(info: onnx.ValueInfoProto, shapes: Shapes) -> bool:
+    if not info.name or not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+        return False
+    tensor_type = info.type.tensor_type
+    dims: list[int | str | None] = [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+    ]
+    shapes[info.name] = (dims, tensor_type.elem_type)
+    return True
+
+
+def apply_shapes(graph: ir.Graph, shapes: Shapes, force: bool = False) -> None:
+    """Give the values of `graph` produced by its nodes their shapes from `shapes` (where they have none, or all
+    of them with `force`), and their element types where unknown."""
+    if not shapes:
+        return
+    for node in graph:
+        for value in node.outputs:
+            found = shapes.get(value.name) if value.name else None
+            if found is None:
+                continue
+            dims, elem = found
+            if force or value.shape is None:
+                value.shape = ir.Shape(dims)
+            if value.dtype is None and elem:
+                value.dtype = ir.DataType(elem)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import gc
 import logging
 import tempfile
 import time
@@ -17,6 +16,7 @@ import onnx_ir as ir
 
 from sparsecut.cost import count_costs
 from sparsecut.errors import GraphError, VerificationError
+from sparsecut.gctools import PausedCollector
 from sparsecut.modelfile import (
     check_output_path,
     drop_added_shapes,
@@ -87,11 +87,16 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     with (
         tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp,
         concurrent.futures.ThreadPoolExecutor(1) as pool,
+        PausedCollector() as collector,
     ):
         lossless = _stage(Path(tmp), "lossless", output)
         feeds, before, after, reports, lost, reference = _transform(source, lossless, names, options, pool)
-        if before.params > LARGE_MODEL_PARAMS:  # onnx-ir graphs hold reference cycles: free big weights before
-            gc.collect()  # the gate loads its own copy (a full collection costs ~0.5 s, so only where it pays)
+        # The graph is cyclic garbage now. A big one is freed before the gate loads its own copy of the weights;
+        # a small one on the other thread while onnxruntime (which releases the GIL) loads the candidate here.
+        if before.params > LARGE_MODEL_PARAMS:
+            collector.collect_and_resume()
+        else:
+            pool.submit(collector.collect_and_resume)
         checks: list[OutputCheck] = []
         if options.verify:
             checks = compare_files(source, lossless, feeds, options, reference)

@@ -370,43 +370,41 @@ class ConvRule(_WeightedRule):
 
     def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Kind | None:
         x, w_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        weight = walk.weight(w_value) if w_value is not None else None
-        if x is None or weight is None or weight.ndim < 3 or not walk.ensure(x, 1):
+        kernel = walk.kernel(w_value) if w_value is not None else None
+        if x is None or kernel is None or not walk.ensure(x, 1):
             return None
-        bias = bias_array(node, 2, weight.shape[0])
+        nonzero, sums = kernel  # [K, C/g]
+        out_ch, per_group = nonzero.shape
+        bias = bias_array(node, 2, out_ch)
         if bias is None:
             return None
         groups = attr_int(node, "group", 1)
-        out_ch, per_group = weight.shape[:2]
         padded = conv_padded(node)
         if walk.count_of(x) != per_group * groups or walk.static_count(y, 1) != out_ch:
             return None
-        reduce = tuple(range(2, weight.ndim))
-        if groups > 1 and groups == per_group * groups == out_ch:  # depthwise, multiplier 1: input k ↔ output k
+        in_live, in_const = walk.live[x], walk.const[x]
+        if groups > 1 and groups == out_ch and per_group == 1:  # depthwise, multiplier 1: input k ↔ output k
             walk.register(y, 1, out_ch, like=x)
-            w_nonzero = np.any(weight != 0, axis=(1, *reduce))
-            c = walk.const[x]
-            live = (walk.live[x] & w_nonzero) | (padded & (c != 0) & w_nonzero)
-            walk.set_state(y, live, bias + weight.sum(axis=(1, *reduce)) * c)
+            w_nonzero = nonzero[:, 0]
+            live = (in_live & w_nonzero) | (padded & (in_const != 0) & w_nonzero)
+            walk.set_state(y, live, bias + sums[:, 0] * in_const)
             walk.gates[node] = [~w_nonzero]  # an all-zero filter does not need its input channel
             return Kind.DEPTHWISE
         walk.register(y, 1, out_ch)
         walk.sink(x, node, f"constant read by padded conv {node.name!r}" if padded else None)
-        w_nonzero = np.any(weight != 0, axis=reduce)  # [K, C/g]
-        w_sum = weight.sum(axis=reduce)
+        if groups == 1:
+            live = nonzero @ (in_live | (in_const != 0)) if padded else nonzero @ in_live  # bool: any of the ands
+            walk.set_state(y, live, bias + sums @ in_const)
+            return Kind.CONV
         live = np.zeros(out_ch, bool)
-        const = bias.astype(np.float64).copy()
         out_per_group = out_ch // groups
         for g in range(groups):
             rows = slice(g * out_per_group, (g + 1) * out_per_group)
             cols = slice(g * per_group, (g + 1) * per_group)
-            in_live, in_const = walk.live[x][cols], walk.const[x][cols]
-            reads = w_nonzero[rows]
-            live[rows] = np.any(reads & in_live, axis=1)
-            if padded:
-                live[rows] |= np.any(reads & (in_const != 0), axis=1)
-            const[rows] += w_sum[rows] @ in_const
-        walk.set_state(y, live, const)
+            reaching = in_live[cols] | (in_const[cols] != 0) if padded else in_live[cols]
+            live[rows] = nonzero[rows] @ reaching
+            bias[rows] += sums[rows] @ in_const[cols]
+        walk.set_state(y, live, bias)
         return Kind.CONV
 
     def backward(self, node: ir.Node, kind: Kind, walk: ChannelSpaces, needed: dict[ir.Value, np.ndarray]) -> None:
@@ -435,15 +433,18 @@ class ConvRule(_WeightedRule):
         return changed
 
     def reads(self, node: ir.Node, kind: Kind, walk: ChannelSpaces) -> np.ndarray:
-        weight = walk.weight(node.inputs[1])  # type: ignore[arg-type]
-        assert weight is not None
+        kernel = walk.kernel(node.inputs[1])  # type: ignore[arg-type]
+        assert kernel is not None
         groups = attr_int(node, "group", 1)
-        nonzero = np.any(weight != 0, axis=tuple(range(2, weight.ndim)))  # [K, C/g]
-        out_ch, per_group = nonzero.shape
+        if groups == 1:
+            return kernel.nonzero.T
+        out_ch, per_group = kernel.nonzero.shape
         rows = out_ch // groups
         reads = np.zeros((per_group * groups, out_ch), bool)
         for g in range(groups):
-            reads[g * per_group : (g + 1) * per_group, g * rows : (g + 1) * rows] = nonzero[g * rows : (g + 1) * rows].T
+            reads[g * per_group : (g + 1) * per_group, g * rows : (g + 1) * rows] = kernel.nonzero[
+                g * rows : (g + 1) * rows
+            ].T
         return reads
 
     def rewrite(self, node: ir.Node, kind: Kind, rw: ChannelRewrite) -> None:
@@ -463,18 +464,20 @@ class ConvRule(_WeightedRule):
         if rw.has_removals(x):
             removed = rw.removed(x).reshape(groups, per_group)
             const = rw.constants(x).reshape(groups, per_group)
-            w_sum = weight.astype(np.float64).sum(axis=tuple(range(2, weight.ndim)))
+            kernel = rw.analysis.walk.kernel(node.inputs[1])
+            assert kernel is not None
             rows_per_group = out_ch // groups
             for g in range(groups):
                 rows = slice(g * rows_per_group, (g + 1) * rows_per_group)
-                bias[rows] += w_sum[rows][:, removed[g]] @ const[g][removed[g]]
+                bias[rows] += kernel.sums[rows][:, removed[g]] @ const[g][removed[g]]
             if groups > 1:
                 weight = np.concatenate(
                     [weight[g * rows_per_group : (g + 1) * rows_per_group][:, ~removed[g]] for g in range(groups)]
                 )
+        weight = weight[kept]
         if groups == 1 and rw.changed(x):
             weight = weight[:, rw.kept(x)]  # in the new order (a grouped conv's channels are never reordered)
-        rw.set_constant(node, 1, weight[kept])
+        rw.set_constant(node, 1, weight)
         rw.set_bias(node, 2, bias[kept], weight.dtype)
 
 

@@ -16,19 +16,28 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.nodes import weight_array
 
-__all__ = ["ChannelSpaces", "IndexMap", "Space"]
+__all__ = ["ChannelSpaces", "IndexMap", "Kernel", "Space"]
 
 # ops through which a reader's preferred channel axis holds for their inputs of the same rank
 _SAME_AXIS = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Relu", "Sigmoid", "Tanh", "Erf", "Gelu",
               "Cast", "Identity", "Dropout"}  # fmt: skip
 
 IndexMap = tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]  # a[ia[i]] is the same channel as b[ib[i]]
+_CACHED_BYTES = 1 << 20  # weights up to this size are read (and summarized) once; bigger ones each time
+
+
+class Kernel(NamedTuple):
+    """A conv weight [K, C, *kernel] over its kernel positions: whether any is nonzero, and their sum."""
+
+    nonzero: np.ndarray  # [K, C] bool
+    sums: np.ndarray  # [K, C] float64
 
 
 @dataclasses.dataclass
@@ -71,6 +80,7 @@ class ChannelSpaces:
         self.preferred: dict[ir.Value, int] = {}  # see prefer_axes
         self.claimed: dict[ir.Node, ir.Node] = {}  # node → the node whose rule covers it (a multi-node pattern)
         self._weights: dict[ir.Value, np.ndarray | None] = {}
+        self._kernels: dict[ir.Value, Kernel] = {}
 
     def weight(self, value: ir.Value) -> np.ndarray | None:
         """`weight_array(value)`, small ones read once (a TensorProto → numpy conversion is not free at 15k
@@ -78,9 +88,23 @@ class ChannelSpaces:
         if value in self._weights:
             return self._weights[value]
         array = weight_array(value)
-        if array is None or array.nbytes <= 1 << 20:
+        if array is None or array.nbytes <= _CACHED_BYTES:
             self._weights[value] = array
         return array
+
+    def kernel(self, value: ir.Value) -> Kernel | None:
+        """A weight [K, C, *kernel] summed over its kernel positions (None when not constant or of rank < 3);
+        small ones computed once — the analysis, the backward pass and the rewrite all read it."""
+        if value in self._kernels:
+            return self._kernels[value]
+        weight = self.weight(value)
+        if weight is None or weight.ndim < 3:
+            return None
+        per_position = weight.reshape(weight.shape[0], weight.shape[1], -1)
+        kernel = Kernel((per_position != 0).any(axis=-1), per_position.sum(axis=-1, dtype=np.float64))
+        if weight.nbytes <= _CACHED_BYTES:
+            self._kernels[value] = kernel
+        return kernel
 
     # ------------------------------------------------------------------------------------------ spaces
     def _new_space(self, count: int) -> int:
