@@ -29,16 +29,19 @@ SMALL_CHANNELS = 256
 
 def two_four_violations(weight: np.ndarray, axis: int) -> tuple[float, bool]:
     """Share of groups of 4 along `axis` with fewer than 2 zeros, and whether the axis had to be padded."""
-    moved = np.moveaxis(weight != 0, axis, -1)
-    length = moved.shape[-1]
+    nonzero = np.asarray(weight) != 0
+    length = nonzero.shape[axis]
     padded = length % 4 != 0
     if padded:
-        pad = [(0, 0)] * (moved.ndim - 1) + [(0, 4 - length % 4)]
-        moved = np.pad(moved, pad)  # padding is zeros: it can only help a group
-    groups = moved.reshape(-1, 4)
-    if groups.shape[0] == 0:
+        pad = [(0, 0)] * nonzero.ndim
+        pad[axis] = (0, 4 - length % 4)
+        nonzero = np.pad(nonzero, pad)  # padding is zeros: it can only help a group
+    shape = nonzero.shape
+    groups = nonzero.reshape(*shape[:axis], shape[axis] // 4, 4, *shape[axis + 1 :])  # a view: no axis moved
+    counts = groups.sum(axis=axis + 1, dtype=np.uint8)
+    if counts.size == 0:
         return 0.0, padded
-    return float(np.mean(groups.sum(axis=1) > 2)), padded
+    return int(np.count_nonzero(counts > 2)) / counts.size, padded
 
 
 def is_two_four(weight: np.ndarray, axis: int) -> bool:

@@ -38,6 +38,7 @@ class ChannelRewrite:
             for s in range(len(analysis.spaces))
         ]
         self._changes = [removes or s in self.orders for s, removes in enumerate(self._removes)]
+        self._kept: dict[int, np.ndarray] = {}
         self.names = {v.name for n in self.graph for v in (*n.inputs, *n.outputs) if v is not None}
         self.names |= set(self.graph.initializers) | {v.name for v in self.graph.inputs}
 
@@ -66,8 +67,12 @@ class ChannelRewrite:
 
     def kept(self, value: ir.Value) -> np.ndarray:
         """Indices of the channels of `value` that stay, in their new order."""
-        order = self.orders.get(self.analysis.space_of[value])
-        return order if order is not None else self.analysis.kept(value)
+        s = self.analysis.space_of[value]
+        kept = self._kept.get(s)
+        if kept is None:
+            order = self.orders.get(s)
+            kept = self._kept[s] = order if order is not None else self.analysis.kept(value)
+        return kept
 
     def has_removals(self, value: ir.Value | None) -> bool:
         s = self.analysis.space_of.get(value) if value is not None else None
@@ -91,7 +96,7 @@ class ChannelRewrite:
 
     def set_bias(self, node: ir.Node, index: int, bias: np.ndarray, dtype: np.dtype) -> None:
         present = len(node.inputs) > index and node.inputs[index] is not None
-        if not present and not np.any(bias != 0):
+        if not present and not bias.any():
             return
         if not present:
             node.resize_inputs(index + 1)

@@ -107,7 +107,8 @@ class ChannelRule:
             for a, ia, b, ib in walk.node_maps[node]:
                 np.logical_or.at(needed[a], ia, needed[b][ib])
             return
-        out = np.any([needed[o] for o in node.outputs if o in needed], axis=0)
+        outputs = [needed[o] for o in node.outputs if o in needed]
+        out = outputs[0] if len(outputs) == 1 else np.any(outputs, axis=0)
         gates = walk.gates.get(node)
         for i, v in enumerate(node.inputs):
             if v is None or v not in needed:
@@ -206,8 +207,12 @@ class UnaryRule(_NoConstants):
         if fn is None:
             return None
         walk.register(y, walk.axis[x], walk.count_of(x), like=x)
+        live = walk.live[x]
+        if live.all():  # no constant to map (a LIVE channel's constant is never read)
+            walk.set_state(y, live, walk.const[x])
+            return Kind.PASSTHROUGH
         with np.errstate(all="ignore"):
-            walk.set_state(y, walk.live[x].copy(), fn(walk.const[x]))
+            walk.set_state(y, live, fn(walk.const[x]))
         return Kind.PASSTHROUGH
 
 
@@ -238,7 +243,8 @@ class ElementwiseRule(ChannelRule):
         if count is None:
             return None
         walk.register(y, axis, count)
-        lives, consts, zeros = [], [], []
+        lives, consts = [], []
+        everywhere, nowhere, naught = np.ones(count, bool), np.zeros(count, bool), np.zeros(count)
         for v in node.inputs:
             if v is None or v.shape is None:
                 return None
@@ -248,13 +254,11 @@ class ElementwiseRule(ChannelRule):
             if array is not None:
                 values = per_channel(array, operand_axis, count)
                 if values is None:  # varies along other axes: not a per-channel constant
-                    lives.append(np.ones(count, bool))
-                    consts.append(np.zeros(count))
-                    zeros.append(np.zeros(count, bool))
+                    lives.append(everywhere)
+                    consts.append(naught)
                 else:
-                    lives.append(np.zeros(count, bool))
+                    lives.append(nowhere)
                     consts.append(values)
-                    zeros.append(values == 0)
                 continue
             if extent == count:
                 if not walk.ensure(v, operand_axis) or walk.count_of(v) != count:
@@ -262,13 +266,14 @@ class ElementwiseRule(ChannelRule):
                 walk.link(v, y)
                 lives.append(walk.live[v])
                 consts.append(walk.const[v])
-                zeros.append(~walk.live[v] & (walk.const[v] == 0))
             elif extent == 1:  # a dynamic tensor broadcast over channels: LIVE for every channel
-                lives.append(np.ones(count, bool))
-                consts.append(np.zeros(count))
-                zeros.append(np.zeros(count, bool))
+                lives.append(everywhere)
+                consts.append(naught)
             else:
                 return None
+        zeros = (
+            [~live & (const == 0) for live, const in zip(lives, consts, strict=True)] if node.op_type == "Mul" else []
+        )
         live, const = _combine(node.op_type, lives, consts, zeros)
         walk.set_state(y, live, const)
         if node.op_type == "Mul":  # x · 0 = 0: a channel zeroed by one factor is not needed from the others
@@ -358,7 +363,7 @@ class _WeightedRule(ChannelRule):
         x = node.inputs[0]
         if x is None or x not in needed:
             return
-        needed[x] |= np.any(self.reads(node, kind, walk)[:, needed[node.outputs[0]]], axis=1)
+        needed[x] |= self.reads(node, kind, walk) @ needed[node.outputs[0]]  # bool: any read by a needed output
 
 
 @register

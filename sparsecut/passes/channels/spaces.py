@@ -30,6 +30,7 @@ _SAME_AXIS = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "R
               "Cast", "Identity", "Dropout"}  # fmt: skip
 
 IndexMap = tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]  # a[ia[i]] is the same channel as b[ib[i]]
+_FLOATING = frozenset(t for t in ir.DataType if t.is_floating_point())
 _CACHED_BYTES = 1 << 20  # weights up to this size are read (and summarized) once; bigger ones each time
 
 
@@ -148,9 +149,13 @@ class ChannelSpaces:
     def set_state(self, value: ir.Value, live: np.ndarray, const: np.ndarray) -> None:
         """Channel states of `value`: a non-finite constant counts as LIVE."""
         const = np.where(live, 0.0, const)
-        bad = ~np.isfinite(const)
-        self.live[value] = live | bad
-        self.const[value] = np.where(bad, 0.0, const)
+        finite = np.isfinite(const)
+        if finite.all():  # the usual case, in fewer steps
+            self.live[value] = np.array(live, bool)
+            self.const[value] = const
+            return
+        self.live[value] = live | ~finite
+        self.const[value] = np.where(finite, const, 0.0)
 
     def same_state(self, value: ir.Value, like: ir.Value) -> None:
         """`value` carries `like`'s channels unchanged."""
@@ -168,7 +173,7 @@ class ChannelSpaces:
         """Make sure `value` has channel axis `axis`; an unseen dynamic tensor (graph input, barrier output) is
         registered as all-LIVE and kept. Returns False when the value has another axis or no static count."""
         rank = len(value.shape) if value.shape is not None else 0
-        if rank == 0 or (value.dtype is not None and not value.dtype.is_floating_point()):
+        if rank == 0 or (value.dtype is not None and value.dtype not in _FLOATING):
             return False  # shapes, indices and masks carry no channels
         axis = axis % rank
         if value in self.axis:
