@@ -73,13 +73,12 @@ def plan_two_four_restores(analysis: DeadChannelAnalysis) -> tuple[list[TwoFourR
             continue
         patterns, names = [], []
         for node in analysis.readers(s):
-            matrix = reduction_matrix(node, analysis)
-            if matrix is None:
+            full = reduction_matrix(node, analysis)
+            if full is None or not is_two_four(full, 0):
                 continue
-            full, kept_rows = matrix
-            if is_two_four(full, 0):
-                patterns.append(kept_rows != 0)
-                names.append(source_name(node.inputs[1]))  # type: ignore[arg-type]
+            kept_rows = full[:, analysis.kept(node.outputs[0])]
+            patterns.append(kept_rows.reshape(full.shape[0], -1) != 0)
+            names.append(source_name(node.inputs[1]))  # type: ignore[arg-type]
         if not patterns:
             continue
         start = time.perf_counter()
@@ -110,17 +109,14 @@ def plan_two_four_restores(analysis: DeadChannelAnalysis) -> tuple[list[TwoFourR
     return reports, orders
 
 
-def reduction_matrix(node: ir.Node, analysis: DeadChannelAnalysis) -> tuple[np.ndarray, np.ndarray] | None:
-    """A reader's weight as [input channel, row] — all rows, and the rows of the outputs that stay."""
+def reduction_matrix(node: ir.Node, analysis: DeadChannelAnalysis) -> np.ndarray | None:
+    """A reader's weight with its reduction axis first: [input channel, output channel, …]."""
     weight = analysis.weight(node.inputs[1]) if node.inputs[1] is not None else None
     if weight is None:
         return None
     kind = analysis.kinds[node]
     if kind is Kind.CONV:
-        full = np.moveaxis(weight, 1, 0)  # [C, K, R, S]
-    elif kind is Kind.GEMM:
-        full = weight if attr_int(node, "transB", 0) == 0 else weight.T  # [K, N]
-    else:
-        full = weight
-    kept_out = analysis.kept(node.outputs[0])
-    return full.reshape(full.shape[0], -1), full[:, kept_out].reshape(full.shape[0], -1)
+        return np.moveaxis(weight, 1, 0)  # [C, K, R, S]
+    if kind is Kind.GEMM:
+        return weight if attr_int(node, "transB", 0) == 0 else weight.T  # [K, N]
+    return weight

@@ -50,7 +50,7 @@ class PermuteForTwoFourPass(ir.passes.InPlacePass):
             chosen = [node for node in readers if node in eligible]
             if not chosen:
                 continue
-            matrices = [np.abs(reduction_matrix(node, analysis)[0]).astype(np.float64) for node in chosen]  # type: ignore[index]
+            matrices = [_flat(np.abs(reduction_matrix(node, analysis))).astype(np.float64) for node in chosen]  # type: ignore[arg-type]
             baseline = [float(kept_magnitude(m) / m.sum()) if m.sum() else 1.0 for m in matrices]
             reason = analysis.why_not_permutable(s)
             if reason is None and any(_is_two_four(node, analysis) for node in readers):
@@ -73,4 +73,9 @@ class PermuteForTwoFourPass(ir.passes.InPlacePass):
 
 def _is_two_four(node: ir.Node, analysis: DeadChannelAnalysis) -> bool:
     matrix = reduction_matrix(node, analysis)
-    return matrix is not None and is_two_four(matrix[0], 0)
+    return matrix is not None and is_two_four(matrix, 0)
+
+
+def _flat(matrix: np.ndarray) -> np.ndarray:
+    """[input channel, everything else]."""
+    return matrix.reshape(matrix.shape[0], -1)
