@@ -75,6 +75,7 @@ def apply_shapes(graph: ir.Graph, shapes: Shapes, force: bool = False) -> None:
     of them with `force`), and their element types where unknown."""
     if not shapes:
         return
+    shared: dict[tuple[int | str | None, ...], ir.Shape] = {}  # equal shapes share one frozen ir.Shape
     for node in graph:
         for value in node.outputs:
             found = shapes.get(value.name) if value.name else None
@@ -82,6 +83,10 @@ def apply_shapes(graph: ir.Graph, shapes: Shapes, force: bool = False) -> None:
                 continue
             dims, elem = found
             if force or value.shape is None:
-                value.shape = ir.Shape(dims)
+                key = tuple(dims)
+                shape = shared.get(key)
+                if shape is None:
+                    shape = shared[key] = ir.Shape(dims, frozen=True)
+                value.shape = shape
             if value.dtype is None and elem:
                 value.dtype = ir.DataType(elem)

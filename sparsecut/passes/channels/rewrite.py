@@ -51,11 +51,16 @@ class ChannelRewrite:
             rule = a.rule_of[node]
             if rule.touched(node, self):
                 rule.rewrite(node, kind, self)
+        shared: dict[tuple[object, ...], ir.Shape] = {}  # equal shapes share one frozen ir.Shape
         for value, axis in a.axis.items():  # new shapes, exactly (inference cannot see through computed targets)
             if self._removes[a.space_of[value]] and value.shape is not None:
-                dims = list(value.shape)
+                dims = list(value.shape.dims)
                 dims[axis] = len(self.kept(value))
-                value.shape = ir.Shape(dims)
+                key = tuple(dims)
+                shape = shared.get(key)
+                if shape is None:
+                    shape = shared[key] = ir.Shape(dims, frozen=True)
+                value.shape = shape
 
     # --------------------------------------------------------------------------------------------- channels
     def count(self, value: ir.Value) -> int:

@@ -465,6 +465,20 @@ class ConvRule(_WeightedRule):
             node.attributes["group"] = ir.AttrInt64("group", len(kept))
             return
         groups = attr_int(node, "group", 1)
+        if groups == 1:
+            weight = weight[kept]
+            if rw.has_removals(x):
+                removed = rw.removed(x)
+                const = rw.constants(x)[removed]
+                if const.any():  # removed constant channels: their share goes into the bias
+                    kernel = rw.analysis.walk.kernel(node.inputs[1])
+                    assert kernel is not None
+                    bias += kernel.sums[:, removed] @ const
+            if rw.changed(x):
+                weight = weight[:, rw.kept(x)]  # in the new order
+            rw.set_constant(node, 1, weight)
+            rw.set_bias(node, 2, bias[kept], weight.dtype)
+            return
         out_ch, per_group = weight.shape[:2]
         if rw.has_removals(x):
             removed = rw.removed(x).reshape(groups, per_group)
@@ -475,13 +489,10 @@ class ConvRule(_WeightedRule):
             for g in range(groups):
                 rows = slice(g * rows_per_group, (g + 1) * rows_per_group)
                 bias[rows] += kernel.sums[rows][:, removed[g]] @ const[g][removed[g]]
-            if groups > 1:
-                weight = np.concatenate(
-                    [weight[g * rows_per_group : (g + 1) * rows_per_group][:, ~removed[g]] for g in range(groups)]
-                )
-        weight = weight[kept]
-        if groups == 1 and rw.changed(x):
-            weight = weight[:, rw.kept(x)]  # in the new order (a grouped conv's channels are never reordered)
+            weight = np.concatenate(
+                [weight[g * rows_per_group : (g + 1) * rows_per_group][:, ~removed[g]] for g in range(groups)]
+            )
+        weight = weight[kept]  # (a grouped conv's channels are never reordered)
         rw.set_constant(node, 1, weight)
         rw.set_bias(node, 2, bias[kept], weight.dtype)
 

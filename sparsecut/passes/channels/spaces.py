@@ -15,6 +15,7 @@ reasons channels must stay (*vetoes*). `resolve` then numbers the final spaces.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -101,8 +102,12 @@ class ChannelSpaces:
         weight = self.weight(value)
         if weight is None or weight.ndim < 3:
             return None
-        per_position = weight.reshape(weight.shape[0], weight.shape[1], -1)
-        kernel = Kernel((per_position != 0).any(axis=-1), per_position.sum(axis=-1, dtype=np.float64))
+        if math.prod(weight.shape[2:]) == 1:  # a 1×1 kernel: nothing to reduce
+            flat = weight.reshape(weight.shape[:2])
+            kernel = Kernel(flat != 0, flat.astype(np.float64))
+        else:
+            per_position = weight.reshape(weight.shape[0], weight.shape[1], -1)
+            kernel = Kernel((per_position != 0).any(axis=-1), per_position.sum(axis=-1, dtype=np.float64))
         if weight.nbytes <= _CACHED_BYTES:
             self._kernels[value] = kernel
         return kernel
@@ -242,9 +247,12 @@ def add_reason(space: Space, channels: np.ndarray | Iterable[int] | None, reason
     """Channels (all, a boolean mask, or indices) of `space` must stay, for `reason` (the first one sticks)."""
     if channels is None:
         indices: Iterable[int] = range(space.count)
-    elif isinstance(channels, np.ndarray) and channels.dtype == bool:
-        indices = np.flatnonzero(channels)
+    elif isinstance(channels, np.ndarray):
+        indices = (np.flatnonzero(channels) if channels.dtype == bool else channels.reshape(-1)).tolist()
     else:
-        indices = channels
+        indices = [int(k) for k in channels]
+    if not space.reasons:  # the first reasons of a space: no earlier one to keep
+        space.reasons = dict.fromkeys(indices, reason)
+        return
     for k in indices:
-        space.reasons.setdefault(int(k), reason)
+        space.reasons.setdefault(k, reason)
