@@ -23,6 +23,7 @@ __all__ = ["count_costs"]
 _LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 _WEIGHT_TYPES = frozenset({*_FLOAT_TYPES, ir.DataType.INT8, ir.DataType.UINT8})
+_WEIGHT_PRODUCERS = frozenset({"Transpose", "DequantizeLinear", "Cast", "Constant"})  # a weight may sit behind them
 
 
 def count_costs(model: ir.Model) -> ModelCost:
@@ -49,9 +50,10 @@ def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:
 
 
 def _dims(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.shape is None:
+    shape = value.shape if value is not None else None
+    if shape is None:
         return None
-    return [d if isinstance(d, int) else 1 for d in value.shape]
+    return [d if isinstance(d, int) else 1 for d in shape.dims]
 
 
 def _macs(node: ir.Node) -> int:
@@ -74,6 +76,8 @@ def _macs(node: ir.Node) -> int:
 
 def _weight_elements(value: ir.Value) -> int:
     producer = value.producer()
+    if value.const_value is None and (producer is None or producer.op_type not in _WEIGHT_PRODUCERS):
+        return 0  # an activation
     if (
         value.const_value is None
         and producer is not None

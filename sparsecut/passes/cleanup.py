@@ -1,7 +1,13 @@
 """cleanup: drop identities, unused nodes, initializers and opsets, then sort topologically — onnx-ir's own passes.
-The sort (0.2 s at 15k nodes) runs only when the graph is out of order: passes here rarely reorder anything."""
+
+Each runs only where one look over the graph finds its work (0.15 s of a 15k-node optimize went to passes that
+found none): an Identity node; an output nobody reads, a trailing empty input, an unused initializer, or a
+BatchNormalization (whose `training_mode` the unused-node pass tidies); an opset no node uses; a node before the
+producer of its input. A graph with subgraphs or functions gets every pass."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import onnx_ir as ir
 from onnx_ir.passes.common import (
@@ -18,22 +24,49 @@ _SUBGRAPHS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
 
 class CleanupPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        work = _look(model)
         modified = False
-        for step in (IdentityEliminationPass(), RemoveUnusedNodesPass(), RemoveUnusedOpsetsPass()):
-            modified |= step(model).modified
-        if not _in_order(model.graph):
+        if work.identities:
+            modified |= IdentityEliminationPass()(model).modified
+            work = _look(model)
+        if work.unused:
+            modified |= RemoveUnusedNodesPass()(model).modified
+        if work.unused or work.opsets:
+            modified |= RemoveUnusedOpsetsPass()(model).modified
+        if work.out_of_order:
             modified |= TopologicalSortPass()(model).modified
         return ir.passes.PassResult(model, modified=modified)
 
 
-def _in_order(graph: ir.Graph) -> bool:
-    """Whether every node comes after the producers of its inputs (a graph with subgraphs is not checked: False)."""
+@dataclasses.dataclass(frozen=True)
+class _Work:
+    identities: bool
+    unused: bool
+    opsets: bool
+    out_of_order: bool
+
+
+def _look(model: ir.Model) -> _Work:
+    """What the cleanup passes would find to do; everything when the graph has subgraphs or functions."""
+    graph = model.graph
+    outputs = frozenset(graph.outputs)
+    identities = unused = nested = out_of_order = False
+    domains = {""}
     produced: set[ir.Value] = set()
     for node in graph:
-        if any(attr.type in _SUBGRAPHS for attr in node.attributes.values()):
-            return False
-        for value in node.inputs:
-            if value is not None and value.producer() is not None and value not in produced:
-                return False
+        op = node.op_type
+        inputs = node.inputs
+        identities |= op == "Identity"
+        unused |= op == "BatchNormalization" or (bool(inputs) and inputs[-1] is None)
+        unused |= any(not value.uses() and value not in outputs for value in node.outputs)
+        nested |= any(attr.type in _SUBGRAPHS for attr in node.attributes.values())
+        out_of_order |= any(v is not None and v not in produced and v.producer() is not None for v in inputs)
         produced.update(node.outputs)
-    return True
+        domains.add(node.domain)
+    if nested or model.functions:
+        return _Work(True, True, True, True)
+    graph_inputs = frozenset(graph.inputs)
+    unused |= any(not v.uses() and v not in outputs and v not in graph_inputs for v in graph.initializers.values())
+    opsets = bool(set(model.opset_imports) - domains)
+    return _Work(identities, unused, opsets, out_of_order)
+

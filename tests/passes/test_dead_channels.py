@@ -211,7 +211,7 @@ _original_check = constraints.check_removability
 
 def _without_padding_veto(analysis):
     analysis.walk.sinks = [dataclasses.replace(s, refusal=None) for s in analysis.walk.sinks]
-    _original_check(analysis)
+    return _original_check(analysis)
 
 
 def test_split_into_unequal_parts_then_concat(tmp_path):
@@ -487,4 +487,39 @@ def test_cleanup_sorts_a_graph_out_of_order_and_leaves_a_sorted_one_alone():
     model.graph.remove(first)
     model.graph.append(first)  # Relu now comes before the Sigmoid it reads
     assert CleanupPass()(model).modified
+    assert [n.op_type for n in model.graph] == ["Sigmoid", "Relu"]
+
+
+def test_cleanup_finds_each_kind_of_work_it_skips_when_there_is_none():
+    """cleanup runs onnx-ir's passes only where a look over the graph finds their work: each kind here is found."""
+    import onnx_ir as ir
+
+    from sparsecut.passes import CleanupPass
+
+    def build(extra: str) -> ir.Model:
+        g = GraphBuilder()
+        x = g.op("Sigmoid", ["x"])
+        if extra == "identity":
+            x = g.op("Identity", [x])
+        if extra == "unused node":
+            g.op("Tanh", [x])
+        y = g.op("Relu", [x])
+        model = ir.from_proto(g.model(y))
+        if extra == "unused initializer":
+            model.graph.initializers["w"] = ir.Value(name="w", const_value=ir.tensor([1.0, 2.0], name="w"))
+        if extra == "unused opset":
+            model.opset_imports["com.example"] = 1
+        return model
+
+    for extra, left in (("identity", "Identity"), ("unused node", "Tanh")):
+        model = build(extra)
+        assert CleanupPass()(model).modified, extra
+        assert [n.op_type for n in model.graph] == ["Sigmoid", "Relu"], extra
+        assert left not in {n.op_type for n in model.graph}
+    model = build("unused initializer")
+    assert CleanupPass()(model).modified and "w" not in model.graph.initializers
+    model = build("unused opset")
+    assert CleanupPass()(model).modified and "com.example" not in model.opset_imports
+    model = build("")
+    assert not CleanupPass()(model).modified
     assert [n.op_type for n in model.graph] == ["Sigmoid", "Relu"]

@@ -57,7 +57,7 @@ class DeadChannelAnalysis:
         self.const = self.walk.const
         self.facts = self.walk.facts
         self.needed = constraints.needed_channels(self)
-        constraints.check_removability(self)
+        self.live_somewhere = constraints.check_removability(self)  # per space: LIVE and needed in a tensor
         self.offsets = np.cumsum([0] + [sp.count for sp in self.spaces])
         self.n_components, self.label = constraints.components(self)
         self.groups, self.group_of_space = constraints.coupled_groups(self)

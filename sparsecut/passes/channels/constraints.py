@@ -56,19 +56,20 @@ def needed_channels(a: DeadChannelAnalysis) -> dict[ir.Value, np.ndarray]:
     return needed
 
 
-def check_removability(a: DeadChannelAnalysis) -> None:
-    """Veto LIVE (and needed) channels, and constants that a reducing consumer cannot absorb."""
-    live_in: dict[int, np.ndarray] = {}  # per space: LIVE (and needed) in some tensor of it
+def check_removability(a: DeadChannelAnalysis) -> list[np.ndarray]:
+    """Veto LIVE (and needed) channels, and constants that a reducing consumer cannot absorb. Returns per space
+    which channels are LIVE (and needed) in some tensor of it."""
+    live_in = [np.zeros(space.count, bool) for space in a.spaces]
     for value, s in a.space_of.items():
-        live = a.live[value] & a.needed[value]
-        live_in[s] = live_in[s] | live if s in live_in else live
-    for s, live in live_in.items():
+        live_in[s] |= a.live[value] & a.needed[value]
+    for s, live in enumerate(live_in):
         if live.any():
             add_reason(a.spaces[s], live, "live")
     for sink in a.walk.sinks:
         nonzero = ~a.live[sink.value] & (a.const[sink.value] != 0)
         if sink.refusal is not None and nonzero.any():
             add_reason(a.spaces[a.space_of[sink.value]], nonzero, sink.refusal)
+    return live_in
 
 
 def components(a: DeadChannelAnalysis) -> tuple[int, np.ndarray]:

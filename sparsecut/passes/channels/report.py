@@ -53,11 +53,7 @@ def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
 
 def dead_mask(a: DeadChannelAnalysis, s: int) -> np.ndarray:
     """Channels that are not LIVE (and needed) in any tensor of the space: what pruning killed."""
-    sp = a.spaces[s]
-    dead = np.ones(sp.count, bool)
-    for value in sp.values:
-        dead &= ~(a.live[value] & a.needed[value])
-    return dead
+    return ~a.live_somewhere[s]
 
 
 class _ReasonFinder:

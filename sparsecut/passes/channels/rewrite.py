@@ -39,8 +39,7 @@ class ChannelRewrite:
         ]
         self._changes = [removes or s in self.orders for s, removes in enumerate(self._removes)]
         self._kept: dict[int, np.ndarray] = {}
-        self.names = {v.name for n in self.graph for v in (*n.inputs, *n.outputs) if v is not None}
-        self.names |= set(self.graph.initializers) | {v.name for v in self.graph.inputs}
+        self._names: set[str | None] | None = None  # every name in the graph, gathered when a new one is needed
 
     def run(self) -> None:
         a = self.analysis
@@ -162,10 +161,13 @@ class ChannelRewrite:
         node.replace_input_with(index, fresh)
 
     def _unique(self, base: str) -> str:
+        if self._names is None:
+            self._names = {v.name for n in self.graph for v in (*n.inputs, *n.outputs) if v is not None}
+            self._names |= set(self.graph.initializers) | {v.name for v in self.graph.inputs}
         name, i = base, 1
-        while name in self.names:
+        while name in self._names:
             name, i = f"{base}_{i}", i + 1
-        self.names.add(name)
+        self._names.add(name)
         return name
 
 
