@@ -69,4 +69,3 @@ def _look(model: ir.Model) -> _Work:
     unused |= any(not v.uses() and v not in outputs and v not in graph_inputs for v in graph.initializers.values())
     opsets = bool(set(model.opset_imports) - domains)
     return _Work(identities, unused, opsets, out_of_order)
-

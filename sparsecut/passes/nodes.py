@@ -24,6 +24,7 @@ __all__ = [
     "single_bias_add",
     "slice_bounds",
     "source_name",
+    "tensor_array",
     "weight_array",
 ]
 
@@ -47,12 +48,30 @@ def attr_ints(node: ir.Node, name: str) -> list[int] | None:
     return list(attributes[name].as_ints()) if name in attributes else None
 
 
+_ARRAY = "sparsecut.array"  # a small file-backed tensor's array, kept in its (unsaved) meta
+_CACHED_BYTES = 64 << 10
+
+
+def tensor_array(tensor: ir.TensorProtocol) -> np.ndarray:
+    """`tensor.numpy()`; for a small tensor read from a file, converted once (each conversion copies its bytes out
+    of the protobuf: ~6 µs, paid by every pass that reads it — 15k weights, several passes). The array is read-only
+    (numpy's view of immutable bytes), so sharing it is safe."""
+    if not isinstance(tensor, ir.TensorProtoTensor):
+        return tensor.numpy()
+    array = tensor.meta.get(_ARRAY)
+    if array is None:
+        array = tensor.numpy()
+        if array.nbytes <= _CACHED_BYTES and not array.flags.writeable:
+            tensor.meta[_ARRAY] = array
+    return array
+
+
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
     """The value's tensor when it is an initializer or a Constant node's output; None when it is computed."""
     if value is None:
         return None
     if value.const_value is not None:
-        return value.const_value.numpy()
+        return tensor_array(value.const_value)
     producer = value.producer()
     if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
         for name, attr in producer.attributes.items():

@@ -32,7 +32,7 @@ from sparsecut.passes.gate import Feeds, Reference, compare_files, diagnose, gat
 from sparsecut.passes.permute_two_four import PermuteForTwoFourPass
 from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionOptions, convert_precision
 from sparsecut.passes.registry import DEFAULT_PASSES, PASSES, parse_passes, run_passes
-from sparsecut.passes.two_four import AnnotateTwoFourPass
+from sparsecut.passes.two_four import AnnotateTwoFourPass, two_four_weights
 from sparsecut.report import EnforcedLayer, ModelCost, OptimizeReport, OutputCheck, PassReport
 from sparsecut.shapes import infer_shapes
 
@@ -165,12 +165,12 @@ def _transform(
     if options.verify and initializer_bytes(model) <= PARALLEL_GATE_BYTES:
         reference = pool.submit(run_feeds, source, feeds)
     before = count_costs(model)
-    sparse_before = _two_four_weights(model)
+    sparse_before = two_four_weights(model)
     reports = run_passes(model, names, options)
     # what annotate-2to4 found as the last pass is what the graph has now: not checked twice
     last = reports[-1] if names and names[-1] == "annotate-2to4" else None
     sparse_after = (
-        {layer.weight for layer in last.sparsity if layer.is_2to4} if last is not None else _two_four_weights(model)
+        {layer.weight for layer in last.sparsity if layer.is_2to4} if last is not None else two_four_weights(model)
     )
     lost = sorted(sparse_before - sparse_after)
     if lost:
@@ -214,18 +214,6 @@ def _enforce_two_four(
     staged = _stage(folder, "sparse", output)
     save_model(model, staged, external_data=external)
     return staged, enforcer.layers
-
-
-def _two_four_weights(model: ir.Model) -> set[str]:
-    """Names of the weights that are 2:4 along their reduction axis (changes nothing)."""
-    from sparsecut.passes.two_four import _reduction_weight, is_two_four
-
-    names = set()
-    for node in model.graph:
-        found = _reduction_weight(node)
-        if found is not None and found[0].name and is_two_four(found[1], found[2]):
-            names.add(found[0].name)
-    return names
 
 
 def inspect_model(source: Path, align: int = 8) -> OptimizeReport:

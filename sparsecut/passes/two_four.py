@@ -17,10 +17,10 @@ import json
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.nodes import constant_array
+from sparsecut.passes.nodes import constant_array, tensor_array
 from sparsecut.report import SparsityLayer
 
-__all__ = ["AnnotateTwoFourPass", "is_two_four", "two_four_violations"]
+__all__ = ["AnnotateTwoFourPass", "is_two_four", "two_four_violations", "two_four_weights", "violations_of_many"]
 
 SPARSE_DOC = "SPARSE_2_4"
 METADATA_KEY = "pkg.sparsecut.sparsity"
@@ -30,18 +30,44 @@ SMALL_CHANNELS = 256
 def two_four_violations(weight: np.ndarray, axis: int) -> tuple[float, bool]:
     """Share of groups of 4 along `axis` with fewer than 2 zeros, and whether the axis had to be padded."""
     nonzero = np.asarray(weight) != 0
+    padded = nonzero.shape[axis] % 4 != 0
+    counts = _group_counts(nonzero, axis)
+    if counts.size == 0:
+        return 0.0, padded
+    return int(np.count_nonzero(counts > 2)) / counts.size, padded
+
+
+def violations_of_many(weights: list[tuple[np.ndarray, int]]) -> list[tuple[float, bool]]:
+    """`two_four_violations` of each (weight, axis), weights of one shape computed together (a graph repeats its
+    layer shapes: 15k small weights one by one cost 0.07 s, stacked by shape a tenth of it)."""
+    results: list[tuple[float, bool]] = [(0.0, False)] * len(weights)
+    alike: dict[tuple[tuple[int, ...], int], list[int]] = {}
+    for i, (weight, axis) in enumerate(weights):
+        alike.setdefault((weight.shape, axis % max(weight.ndim, 1)), []).append(i)
+    for (_, axis), members in alike.items():
+        if len(members) == 1:
+            results[members[0]] = two_four_violations(*weights[members[0]])
+            continue
+        stacked = np.stack([weights[i][0] for i in members])  # [member, …]: the reduction axis is axis + 1
+        counts = _group_counts(stacked != 0, axis + 1)
+        per_member = counts.reshape(len(members), -1)
+        padded = stacked.shape[axis + 1] % 4 != 0
+        shares = (per_member > 2).mean(axis=1) if per_member.shape[1] else np.zeros(len(members))
+        for i, share in zip(members, shares.tolist(), strict=True):
+            results[i] = (share, padded)
+    return results
+
+
+def _group_counts(nonzero: np.ndarray, axis: int) -> np.ndarray:
+    """Nonzeros per group of 4 along `axis` (padded with zeros to a multiple of 4); the axis becomes the groups."""
     length = nonzero.shape[axis]
-    padded = length % 4 != 0
-    if padded:
+    if length % 4:
         pad = [(0, 0)] * nonzero.ndim
         pad[axis] = (0, 4 - length % 4)
         nonzero = np.pad(nonzero, pad)  # padding is zeros: it can only help a group
     shape = nonzero.shape
     groups = nonzero.reshape(*shape[:axis], shape[axis] // 4, 4, *shape[axis + 1 :])  # a view: no axis moved
-    counts = groups.sum(axis=axis + 1, dtype=np.uint8)
-    if counts.size == 0:
-        return 0.0, padded
-    return int(np.count_nonzero(counts > 2)) / counts.size, padded
+    return groups.sum(axis=axis + 1, dtype=np.uint8)
 
 
 def is_two_four(weight: np.ndarray, axis: int) -> bool:
@@ -64,12 +90,9 @@ class AnnotateTwoFourPass(ir.passes.InPlacePass):
         self.layers = []
         modified = False
         macs_total = macs_sparse = 0
-        for node in model.graph:
-            found = _reduction_weight(node)
-            if found is None:
-                continue
-            source, stored, axis, outputs = found
-            share, padded = two_four_violations(stored, axis)
+        found = [(node, *weight) for node in model.graph if (weight := _reduction_weight(node)) is not None]
+        shares = violations_of_many([(stored, axis) for _, _, stored, axis, _ in found])
+        for (node, source, stored, axis, outputs), (share, padded) in zip(found, shares, strict=True):
             reduction = stored.shape[axis]
             is_2to4 = share == 0.0
             self.layers.append(
@@ -149,7 +172,7 @@ def _follow(value: ir.Value) -> tuple[ir.Value | None, np.ndarray | None, list[i
     zero_point: np.ndarray | None = None
     for _ in range(4):
         if value.const_value is not None:
-            array = value.const_value.numpy()
+            array = tensor_array(value.const_value)
             if zero_point is not None:
                 array = array.astype(np.int32) - zero_point  # a quantized zero is the zero point
             return value, array, perm
@@ -179,3 +202,10 @@ def _follow(value: ir.Value) -> tuple[ir.Value | None, np.ndarray | None, list[i
             return None, None, None
         value = producer.inputs[0]
     return None, None, None
+
+
+def two_four_weights(model: ir.Model) -> set[str]:
+    """Names of the weights that are 2:4 along their reduction axis (changes nothing)."""
+    found = [weight for node in model.graph if (weight := _reduction_weight(node)) is not None and weight[0].name]
+    shares = violations_of_many([(stored, axis) for _, stored, axis, _ in found])
+    return {str(source.name) for (source, _, _, _), (share, _) in zip(found, shares, strict=True) if share == 0.0}

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.channels import constraints, report
-from sparsecut.passes.channels.attention import ATTENTION, find_attention_blocks
+from sparsecut.passes.channels.attention import ATTENTION, AttentionBlock, find_attention_blocks
 from sparsecut.passes.channels.rules import ORDER_FREE, READERS, ChannelRule, Kind, rule_for
 from sparsecut.passes.channels.spaces import ChannelSpaces
 from sparsecut.passes.nodes import attr_int, is_constant
@@ -75,6 +75,14 @@ class DeadChannelAnalysis:
         blocks = {found.anchor: found for found in find_attention_blocks(self.graph)}
         for found in blocks.values():  # multi-node patterns, claimed before the walk reaches them
             walk.claimed.update((node, found.anchor) for node in found.nodes if node is not found.anchor)
+        with np.errstate(all="ignore"):  # rules compute on constants: 1/0, exp overflow and NaN are expected
+            self._walk_nodes(blocks)
+        for value in self.graph.outputs:
+            if value in walk.space_of:
+                walk.veto(value, "graph output")
+
+    def _walk_nodes(self, blocks: dict[ir.Node, AttentionBlock]) -> None:
+        walk = self.walk
         for node in self.graph:
             if node in walk.claimed:  # part of a pattern another node's rule covers (a channel shuffle, attention)
                 self.kinds[node] = Kind.CLAIMED
@@ -93,9 +101,6 @@ class DeadChannelAnalysis:
                         self._barrier(claimed)
                         walk.seal(claimed)
             self._apply(node, rule_for(node))
-        for value in self.graph.outputs:
-            if value in walk.space_of:
-                walk.veto(value, "graph output")
 
     def _apply(self, node: ir.Node, rule: ChannelRule | None) -> bool:
         """Run `rule` on `node`; without a rule, or when it gives up or fails, the node is a barrier (False)."""

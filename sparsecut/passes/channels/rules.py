@@ -208,11 +208,8 @@ class UnaryRule(_NoConstants):
             return None
         walk.register(y, walk.axis[x], walk.count_of(x), like=x)
         live = walk.live[x]
-        if live.all():  # no constant to map (a LIVE channel's constant is never read)
-            walk.set_state(y, live, walk.const[x])
-            return Kind.PASSTHROUGH
-        with np.errstate(all="ignore"):
-            walk.set_state(y, live, fn(walk.const[x]))
+        # (an all-LIVE input has no constant to map: a LIVE channel's constant is never read)
+        walk.set_state(y, live, walk.const[x] if live.all() else fn(walk.const[x]))
         return Kind.PASSTHROUGH
 
 
@@ -228,7 +225,8 @@ class ElementwiseRule(ChannelRule):
         if y.shape is None or (node.op_type in _BINARY and len(node.inputs) != 2):
             return None
         rank = len(y.shape)
-        dynamic = [v for v in node.inputs if v is not None and constant_array(v) is None]
+        arrays = [constant_array(v) for v in node.inputs]
+        dynamic = [v for v, array in zip(node.inputs, arrays, strict=True) if v is not None and array is None]
         if not dynamic:
             return None
         # the output's channel axis: the first registered dynamic operand's, aligned from the right
@@ -245,12 +243,11 @@ class ElementwiseRule(ChannelRule):
         walk.register(y, axis, count)
         lives, consts = [], []
         everywhere, nowhere, naught = np.ones(count, bool), np.zeros(count, bool), np.zeros(count)
-        for v in node.inputs:
+        for v, array in zip(node.inputs, arrays, strict=True):
             if v is None or v.shape is None:
                 return None
             operand_axis = axis - (rank - len(v.shape))
             extent = v.shape[operand_axis] if operand_axis >= 0 else 1
-            array = constant_array(v)
             if array is not None:
                 values = per_channel(array, operand_axis, count)
                 if values is None:  # varies along other axes: not a per-channel constant
@@ -298,17 +295,16 @@ class ElementwiseRule(ChannelRule):
 def _combine(
     op: str, lives: list[np.ndarray], consts: list[np.ndarray], zeros: list[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    with np.errstate(all="ignore"):
-        if op in ("Sum", "Mean"):
-            const = np.sum(consts, axis=0) / (len(consts) if op == "Mean" else 1)
-            return np.any(lives, axis=0), const
-        a, b = consts
-        const = _BINARY[op](a, b)
-        live = lives[0] | lives[1]
-        if op == "Mul":  # 0 · x = 0 whatever x is (x finite: activations are)
-            zero = zeros[0] | zeros[1]
-            return live & ~zero, np.where(zero, 0.0, const)
-        return live, const
+    if op in ("Sum", "Mean"):
+        const = np.sum(consts, axis=0) / (len(consts) if op == "Mean" else 1)
+        return np.any(lives, axis=0), const
+    a, b = consts
+    const = _BINARY[op](a, b)
+    live = lives[0] | lives[1]
+    if op == "Mul":  # 0 · x = 0 whatever x is (x finite: activations are)
+        zero = zeros[0] | zeros[1]
+        return live & ~zero, np.where(zero, 0.0, const)
+    return live, const
 
 
 def _unary_function(node: ir.Node) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -378,7 +374,7 @@ class ConvRule(_WeightedRule):
         kernel = walk.kernel(w_value) if w_value is not None else None
         if x is None or kernel is None or not walk.ensure(x, 1):
             return None
-        nonzero, sums = kernel  # [K, C/g]
+        nonzero = kernel.nonzero  # [K, C/g]
         out_ch, per_group = nonzero.shape
         bias = bias_array(node, 2, out_ch)
         if bias is None:
@@ -392,14 +388,14 @@ class ConvRule(_WeightedRule):
             walk.register(y, 1, out_ch, like=x)
             w_nonzero = nonzero[:, 0]
             live = (in_live & w_nonzero) | (padded & (in_const != 0) & w_nonzero)
-            walk.set_state(y, live, bias + sums[:, 0] * in_const)
+            walk.set_state(y, live, bias + kernel.sums[:, 0] * in_const)
             walk.gates[node] = [~w_nonzero]  # an all-zero filter does not need its input channel
             return Kind.DEPTHWISE
         walk.register(y, 1, out_ch)
         walk.sink(x, node, f"constant read by padded conv {node.name!r}" if padded else None)
         if groups == 1:
             live = nonzero @ (in_live | (in_const != 0)) if padded else nonzero @ in_live  # bool: any of the ands
-            walk.set_state(y, live, bias + sums @ in_const)
+            walk.set_state(y, live, bias + kernel.sums @ in_const if in_const.any() else bias)
             return Kind.CONV
         live = np.zeros(out_ch, bool)
         out_per_group = out_ch // groups
@@ -408,7 +404,7 @@ class ConvRule(_WeightedRule):
             cols = slice(g * per_group, (g + 1) * per_group)
             reaching = in_live[cols] | (in_const[cols] != 0) if padded else in_live[cols]
             live[rows] = nonzero[rows] @ reaching
-            bias[rows] += sums[rows] @ in_const[cols]
+            bias[rows] += kernel.sums[rows] @ in_const[cols]
         walk.set_state(y, live, bias)
         return Kind.CONV
 

@@ -15,9 +15,7 @@ reasons channels must stay (*vetoes*). `resolve` then numbers the final spaces.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
-from typing import NamedTuple
 
 import numpy as np
 import onnx_ir as ir
@@ -35,11 +33,23 @@ _FLOATING = frozenset(t for t in ir.DataType if t.is_floating_point())
 _CACHED_BYTES = 1 << 20  # weights up to this size are read (and summarized) once; bigger ones each time
 
 
-class Kernel(NamedTuple):
-    """A conv weight [K, C, *kernel] over its kernel positions: whether any is nonzero, and their sum."""
+class Kernel:
+    """A conv weight [K, C, *kernel] over its kernel positions: where any is nonzero ([K, C] bool), and their sums
+    ([K, C] float64, computed when first asked: only constant input channels need them)."""
 
-    nonzero: np.ndarray  # [K, C] bool
-    sums: np.ndarray  # [K, C] float64
+    __slots__ = ("_per_position", "_sums", "nonzero")
+
+    def __init__(self, weight: np.ndarray) -> None:
+        self._per_position = weight.reshape(weight.shape[0], weight.shape[1], -1)
+        one = self._per_position.shape[2] == 1  # a 1×1 kernel: nothing to reduce
+        self.nonzero = self._per_position[:, :, 0] != 0 if one else (self._per_position != 0).any(axis=-1)
+        self._sums: np.ndarray | None = None
+
+    @property
+    def sums(self) -> np.ndarray:
+        if self._sums is None:
+            self._sums = self._per_position.sum(axis=-1, dtype=np.float64)
+        return self._sums
 
 
 @dataclasses.dataclass
@@ -102,12 +112,7 @@ class ChannelSpaces:
         weight = self.weight(value)
         if weight is None or weight.ndim < 3:
             return None
-        if math.prod(weight.shape[2:]) == 1:  # a 1×1 kernel: nothing to reduce
-            flat = weight.reshape(weight.shape[:2])
-            kernel = Kernel(flat != 0, flat.astype(np.float64))
-        else:
-            per_position = weight.reshape(weight.shape[0], weight.shape[1], -1)
-            kernel = Kernel((per_position != 0).any(axis=-1), per_position.sum(axis=-1, dtype=np.float64))
+        kernel = Kernel(weight)
         if weight.nbytes <= _CACHED_BYTES:
             self._kernels[value] = kernel
         return kernel
@@ -201,7 +206,10 @@ class ChannelSpaces:
         """Which axis a tensor no rule has seen yet (a graph input, a barrier's output) carries channels on: the
         last one where it flows — through elementwise ops of the same rank — into a MatMul by a weight or a
         LayerNormalization (transformer activations [B, N, D], RMSNorm written out as ops); 1 elsewhere."""
-        for node in reversed(list(graph)):
+        nodes = list(graph)
+        if not any(node.op_type in ("MatMul", "LayerNormalization") for node in nodes):
+            return  # no reader prefers an axis: every unseen tensor has channels on axis 1
+        for node in reversed(nodes):
             x = node.inputs[0] if node.inputs else None
             if x is None or x.shape is None:
                 continue
