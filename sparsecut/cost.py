@@ -30,10 +30,11 @@ def count_costs(model: ir.Model) -> ModelCost:
     infer_shapes(model)
     layers = []
     for node in model.graph:
-        if node.op_type not in _LAYERS:
+        op = node.op_type
+        if op not in _LAYERS:
             continue
         params = sum(_weight_elements(v) for v in node.inputs if v is not None)
-        layers.append(LayerCost(node.name or node.op_type, node.op_type, _macs(node), params))
+        layers.append(LayerCost(node.name or op, op, _macs(node), params))
     tensors: list[ir.TensorProtocol | None] = [v.const_value for v in model.graph.initializers.values()]
     tensors += [_constant_tensor(node) for node in model.graph if node.op_type == "Constant"]
     params = sum(  # weights: float, or int8 behind a DequantizeLinear; a 0-d scalar (a Clip bound) is no weight
@@ -57,18 +58,21 @@ def _dims(value: ir.Value | None) -> list[int] | None:
 
 def _macs(node: ir.Node) -> int:
     op = node.op_type
-    if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
+    inputs = node.inputs
+    if op not in _LAYERS or len(inputs) < 2:
         return 0
-    x, w, y = _dims(node.inputs[0]), _dims(node.inputs[1]), _dims(node.outputs[0])
-    if x is None or w is None or y is None:
+    w, y = _dims(inputs[1]), _dims(node.outputs[0])
+    if w is None or y is None:
         return 0
     if op == "Conv":
         return math.prod(y) * math.prod(w[1:])
+    x = _dims(inputs[0])
+    if x is None:
+        return 0
     if op == "ConvTranspose":
         return math.prod(x) * math.prod(w[1:])
     if op == "Gemm":
-        trans_a = node.attributes.get("transA")
-        k = x[0] if trans_a is not None and trans_a.as_int() else x[-1]
+        k = x[0] if "transA" in node.attributes and node.attributes["transA"].as_int() else x[-1]
         return math.prod(y) * k
     return math.prod(y) * x[-1]  # MatMul
 

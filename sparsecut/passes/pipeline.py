@@ -218,7 +218,11 @@ def _enforce_two_four(
 
 def inspect_model(source: Path, align: int = 8) -> OptimizeReport:
     """What `optimize` would remove, without changing or writing anything."""
-    source = Path(source)
+    with PausedCollector():  # the graph is read and analyzed: nothing collectable until it is dropped
+        return _inspect(Path(source), align)
+
+
+def _inspect(source: Path, align: int) -> OptimizeReport:
     start = time.perf_counter()
     model = _load_checked(source)
     before = count_costs(model)

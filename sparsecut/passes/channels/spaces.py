@@ -15,6 +15,7 @@ reasons channels must stay (*vetoes*). `resolve` then numbers the final spaces.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -159,11 +160,11 @@ class ChannelSpaces:
     def set_state(self, value: ir.Value, live: np.ndarray, const: np.ndarray) -> None:
         """Channel states of `value`: a non-finite constant counts as LIVE."""
         const = np.where(live, 0.0, const)
-        finite = np.isfinite(const)
-        if finite.all():  # the usual case, in fewer steps
+        if math.isfinite(const.sum()):  # the usual case, in fewer steps (a sum of finite values is finite)
             self.live[value] = np.array(live, bool)
             self.const[value] = const
             return
+        finite = np.isfinite(const)
         self.live[value] = live | ~finite
         self.const[value] = np.where(finite, const, 0.0)
 
