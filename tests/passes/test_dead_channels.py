@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from sparsecut.errors import VerificationError
+from sparsecut.errors import GraphError, VerificationError
 from sparsecut.passes.channels import RULES, constraints
 from tests.passes.graphs import GraphBuilder, optimize, removal, weights
 
@@ -523,3 +523,47 @@ def test_cleanup_finds_each_kind_of_work_it_skips_when_there_is_none():
     model = build("")
     assert not CleanupPass()(model).modified
     assert [n.op_type for n in model.graph] == ["Sigmoid", "Relu"]
+
+
+def test_a_weight_read_once_is_read_again_after_it_is_replaced():
+    """Small weights read from a file are converted once and kept on their tensor (read-only); a value given a new
+    tensor reads the new one."""
+    import onnx_ir as ir
+
+    from sparsecut.passes.nodes import constant_array
+
+    g = GraphBuilder()
+    y = g.conv("x", g.weight(8, 4, 1, 1), np.zeros(8))
+    model = ir.serde.deserialize_model(g.model(y))
+    weight = next(v for v in model.graph.initializers.values() if v.const_value is not None and v.shape.rank() == 4)
+    first = constant_array(weight)
+    assert constant_array(weight) is first and not first.flags.writeable
+    weight.const_value = ir.Tensor(np.ones((8, 4, 1, 1), np.float32), name=weight.name)
+    assert np.array_equal(constant_array(weight), np.ones((8, 4, 1, 1)))
+
+
+def test_optimize_leaves_the_garbage_collector_as_it_found_it(tmp_path):
+    """The collector is paused while the graph is edited: on, it is on again after optimize — also after a refused
+    output; off (a caller's choice), it stays off."""
+    import gc
+
+    from sparsecut.passes import OptimizeOptions, optimize_model
+
+    g = GraphBuilder()
+    y = g.conv(g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(1, 2)))]), g.weight(2, 8, 1, 1))
+    source = tmp_path / "in.onnx"
+    onnx.save(g.model(y), source)
+    assert gc.isenabled()
+    optimize_model(source, tmp_path / "out.onnx", OptimizeOptions(align=1))
+    assert gc.isenabled()
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(GraphError):  # raised while the collector is paused: reading the graph
+        optimize_model(broken, tmp_path / "out.onnx", OptimizeOptions(align=1))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        optimize_model(source, tmp_path / "out2.onnx", OptimizeOptions(align=1))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

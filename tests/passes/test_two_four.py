@@ -116,3 +116,21 @@ def test_labels_and_summary_survive_saving_with_external_data(tmp_path):
     assert len(sparse) == 1 and labelled[sparse[0]][1] == {"pkg.sparsecut.sparsity": "2:4"}
     summary = json.loads({p.key: p.value for p in saved.metadata_props}["pkg.sparsecut.sparsity.summary"])
     assert summary["layers"] == 2 and summary["layers_2to4"] == 1
+
+
+def test_shares_of_many_weights_equal_each_weight_alone():
+    """Equally shaped weights are checked stacked; every share and padding flag equals the one-by-one result
+    (padded axes, empty weights, any axis, shapes met once and many times)."""
+    from sparsecut.passes.two_four import violations_of_many
+
+    rng = np.random.default_rng(3)
+    weights = []
+    for shape in [(16, 16, 1, 1), (8, 6, 3, 3), (5, 7), (12, 0, 3), (4, 13, 2), (0, 8)]:
+        for axis in range(len(shape)):
+            for _ in range(3):
+                density = rng.random()
+                weights.append(((rng.standard_normal(shape) * (rng.random(shape) < density)).astype(np.float32), axis))
+    weights.append((np.zeros((8, 4)), 0))  # all zero: 2:4
+    got = violations_of_many(weights)
+    assert got == [two_four_violations(w, axis) for w, axis in weights]
+    assert any(share == 0.0 for share, _ in got) and any(share > 0.0 for share, _ in got)
