@@ -13,6 +13,8 @@ initializer gets `pkg.sparsecut.sparsity = "2:4"` and the doc string `SPARSE_2_4
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -25,6 +27,7 @@ __all__ = ["AnnotateTwoFourPass", "is_two_four", "two_four_violations", "two_fou
 SPARSE_DOC = "SPARSE_2_4"
 METADATA_KEY = "pkg.sparsecut.sparsity"
 SMALL_CHANNELS = 256
+_STACKED_BYTES = 64 << 10  # weights up to this size are checked stacked with their equals
 
 
 def two_four_violations(weight: np.ndarray, axis: int) -> tuple[float, bool]:
@@ -37,23 +40,28 @@ def two_four_violations(weight: np.ndarray, axis: int) -> tuple[float, bool]:
     return int(np.count_nonzero(counts > 2)) / counts.size, padded
 
 
-def violations_of_many(weights: list[tuple[np.ndarray, int]]) -> list[tuple[float, bool]]:
-    """`two_four_violations` of each (weight, axis), weights of one shape computed together (a graph repeats its
-    layer shapes: 15k small weights one by one cost 0.07 s, stacked by shape a tenth of it)."""
-    results: list[tuple[float, bool]] = [(0.0, False)] * len(weights)
-    alike: dict[tuple[tuple[int, ...], int], list[int]] = {}
+def violations_of_many(weights: Iterable[tuple[np.ndarray, int]]) -> list[tuple[float, bool]]:
+    """`two_four_violations` of each (weight, axis), small weights of one shape computed together (a graph repeats
+    its layer shapes: 15k small weights one by one cost 0.07 s, stacked by shape a tenth of it). A big weight is
+    checked as it comes and not kept: stacking, or holding, big weights (memory-mapped external data) would cost
+    their size in memory."""
+    results: list[tuple[float, bool]] = []
+    alike: dict[tuple[tuple[int, ...], int], list[tuple[int, np.ndarray]]] = {}
     for i, (weight, axis) in enumerate(weights):
-        alike.setdefault((weight.shape, axis % max(weight.ndim, 1)), []).append(i)
+        results.append((0.0, False))
+        if weight.nbytes > _STACKED_BYTES:
+            results[i] = two_four_violations(weight, axis)
+        else:
+            alike.setdefault((weight.shape, axis % max(weight.ndim, 1)), []).append((i, weight))
     for (_, axis), members in alike.items():
         if len(members) == 1:
-            results[members[0]] = two_four_violations(*weights[members[0]])
+            results[members[0][0]] = two_four_violations(members[0][1], axis)
             continue
-        stacked = np.stack([weights[i][0] for i in members])  # [member, …]: the reduction axis is axis + 1
-        counts = _group_counts(stacked != 0, axis + 1)
-        per_member = counts.reshape(len(members), -1)
+        stacked = np.stack([weight for _, weight in members])  # [member, …]: the reduction axis is axis + 1
+        per_member = _group_counts(stacked != 0, axis + 1).reshape(len(members), -1)
         padded = stacked.shape[axis + 1] % 4 != 0
         shares = (per_member > 2).mean(axis=1) if per_member.shape[1] else np.zeros(len(members))
-        for i, share in zip(members, shares.tolist(), strict=True):
+        for (i, _), share in zip(members, shares.tolist(), strict=True):
             results[i] = (share, padded)
     return results
 
@@ -90,10 +98,19 @@ class AnnotateTwoFourPass(ir.passes.InPlacePass):
         self.layers = []
         modified = False
         macs_total = macs_sparse = 0
-        found = [(node, *weight) for node in model.graph if (weight := _reduction_weight(node)) is not None]
-        shares = violations_of_many([(stored, axis) for _, _, stored, axis, _ in found])
-        for (node, source, stored, axis, outputs), (share, padded) in zip(found, shares, strict=True):
-            reduction = stored.shape[axis]
+        found: list[tuple[ir.Node, ir.Value, tuple[int, ...], int, int]] = []  # arrays not kept: see violations_of_many
+
+        def weights() -> Iterator[tuple[np.ndarray, int]]:
+            for node in model.graph:
+                weight = _reduction_weight(node)
+                if weight is not None:
+                    source, stored, axis, outputs = weight
+                    found.append((node, source, stored.shape, axis, outputs))
+                    yield stored, axis
+
+        shares = violations_of_many(weights())
+        for (node, source, shape, axis, outputs), (share, padded) in zip(found, shares, strict=True):
+            reduction = shape[axis]
             is_2to4 = share == 0.0
             self.layers.append(
                 SparsityLayer(
@@ -108,7 +125,7 @@ class AnnotateTwoFourPass(ir.passes.InPlacePass):
                     too_small=min(reduction, outputs) < SMALL_CHANNELS,
                 )
             )
-            macs = int(stored.size)  # per output position: MACs ∝ weight size
+            macs = math.prod(shape)  # per output position: MACs ∝ weight size
             macs_total += macs
             if is_2to4:
                 macs_sparse += macs
@@ -206,6 +223,14 @@ def _follow(value: ir.Value) -> tuple[ir.Value | None, np.ndarray | None, list[i
 
 def two_four_weights(model: ir.Model) -> set[str]:
     """Names of the weights that are 2:4 along their reduction axis (changes nothing)."""
-    found = [weight for node in model.graph if (weight := _reduction_weight(node)) is not None and weight[0].name]
-    shares = violations_of_many([(stored, axis) for _, stored, axis, _ in found])
-    return {str(source.name) for (source, _, _, _), (share, _) in zip(found, shares, strict=True) if share == 0.0}
+    names: list[str] = []
+
+    def weights() -> Iterator[tuple[np.ndarray, int]]:
+        for node in model.graph:
+            weight = _reduction_weight(node)
+            if weight is not None and weight[0].name:
+                names.append(str(weight[0].name))
+                yield weight[1], weight[2]
+
+    shares = violations_of_many(weights())
+    return {name for name, (share, _) in zip(names, shares, strict=True) if share == 0.0}

@@ -134,3 +134,38 @@ def test_shares_of_many_weights_equal_each_weight_alone():
     got = violations_of_many(weights)
     assert got == [two_four_violations(w, axis) for w, axis in weights]
     assert any(share == 0.0 for share, _ in got) and any(share > 0.0 for share, _ in got)
+
+
+def test_big_weights_are_checked_one_at_a_time_not_stacked(tmp_path):
+    """Equally shaped small weights are checked stacked; big ones (external data, memory-mapped) one at a time:
+    stacking eight 4 MiB weights would allocate 32 MiB at once."""
+    import tracemalloc
+
+    from sparsecut.modelfile import load_model
+    from sparsecut.passes.two_four import two_four_weights
+
+    from onnx import TensorProto, helper
+
+    nodes, weights, x = [], [], "x"
+    for i in range(8):
+        weights.append(numpy_helper.from_array(np.ones((1024, 1024), np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
+        x = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1024])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 1024])],
+        weights,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(proto, tmp_path / "big.onnx", save_as_external_data=True, location="big.onnx.data", size_threshold=0)
+    model = load_model(tmp_path / "big.onnx")
+    tracemalloc.start()
+    try:
+        assert two_four_weights(model) == set()
+        AnnotateTwoFourPass()(model)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 << 20, f"peak {peak / 2**20:.1f} MiB: weights were held or stacked together"
