@@ -141,10 +141,10 @@ def test_big_weights_are_checked_one_at_a_time_not_stacked(tmp_path):
     stacking eight 4 MiB weights would allocate 32 MiB at once."""
     import tracemalloc
 
+    from onnx import TensorProto, helper
+
     from sparsecut.modelfile import load_model
     from sparsecut.passes.two_four import two_four_weights
-
-    from onnx import TensorProto, helper
 
     nodes, weights, x = [], [], "x"
     for i in range(8):
