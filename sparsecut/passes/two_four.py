@@ -98,18 +98,7 @@ class AnnotateTwoFourPass(ir.passes.InPlacePass):
         self.layers = []
         modified = False
         macs_total = macs_sparse = 0
-        found: list[tuple[ir.Node, ir.Value, tuple[int, ...], int, int]] = []  # arrays not kept: see violations_of_many
-
-        def weights() -> Iterator[tuple[np.ndarray, int]]:
-            for node in model.graph:
-                weight = _reduction_weight(node)
-                if weight is not None:
-                    source, stored, axis, outputs = weight
-                    found.append((node, source, stored.shape, axis, outputs))
-                    yield stored, axis
-
-        shares = violations_of_many(weights())
-        for (node, source, shape, axis, outputs), (share, padded) in zip(found, shares, strict=True):
+        for node, source, shape, axis, outputs, share, padded in _reduction_shares(model):
             reduction = shape[axis]
             is_2to4 = share == 0.0
             self.layers.append(
@@ -223,14 +212,23 @@ def _follow(value: ir.Value) -> tuple[ir.Value | None, np.ndarray | None, list[i
 
 def two_four_weights(model: ir.Model) -> set[str]:
     """Names of the weights that are 2:4 along their reduction axis (changes nothing)."""
-    names: list[str] = []
+    return {
+        str(source.name) for _, source, _, _, _, share, _ in _reduction_shares(model) if source.name and share == 0.0
+    }
+
+
+def _reduction_shares(model: ir.Model) -> list[tuple[ir.Node, ir.Value, tuple[int, ...], int, int, float, bool]]:
+    """Per Conv/Gemm/MatMul with a constant weight: (node, initializer, its stored shape, reduction axis in it,
+    outputs, violating share, padded). The arrays are not kept: see `violations_of_many`."""
+    found: list[tuple[ir.Node, ir.Value, tuple[int, ...], int, int]] = []
 
     def weights() -> Iterator[tuple[np.ndarray, int]]:
         for node in model.graph:
             weight = _reduction_weight(node)
-            if weight is not None and weight[0].name:
-                names.append(str(weight[0].name))
-                yield weight[1], weight[2]
+            if weight is not None:
+                source, stored, axis, outputs = weight
+                found.append((node, source, stored.shape, axis, outputs))
+                yield stored, axis
 
     shares = violations_of_many(weights())
-    return {name for name, (share, _) in zip(names, shares, strict=True) if share == 0.0}
+    return [(*layer, share, padded) for layer, (share, padded) in zip(found, shares, strict=True)]

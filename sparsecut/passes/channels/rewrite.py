@@ -15,6 +15,7 @@ import onnx_ir as ir
 from sparsecut.passes.channels.analysis import DeadChannelAnalysis
 from sparsecut.passes.channels.rules import Kind
 from sparsecut.passes.nodes import attr_ints, bias_array, constant_array, shape_element
+from sparsecut.shapes import SharedShapes
 
 __all__ = ["ChannelRewrite", "rewrite_channels"]
 
@@ -50,16 +51,12 @@ class ChannelRewrite:
             rule = a.rule_of[node]
             if rule.touched(node, self):
                 rule.rewrite(node, kind, self)
-        shared: dict[tuple[object, ...], ir.Shape] = {}  # equal shapes share one frozen ir.Shape
+        shared = SharedShapes()
         for value, axis in a.axis.items():  # new shapes, exactly (inference cannot see through computed targets)
             if self._removes[a.space_of[value]] and value.shape is not None:
                 dims = list(value.shape.dims)
                 dims[axis] = len(self.kept(value))
-                key = tuple(dims)
-                shape = shared.get(key)
-                if shape is None:
-                    shape = shared[key] = ir.Shape(dims, frozen=True)
-                value.shape = shape
+                value.shape = shared(dims)
 
     # --------------------------------------------------------------------------------------------- channels
     def count(self, value: ir.Value) -> int:
