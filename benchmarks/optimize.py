@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=150)
 
 
 # ------------------------------------------------------------------------------------------------ (a) latency
@@ -175,13 +175,14 @@ for path in (source, target):  # what any check of the result pays: run both gra
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     for batch in (1, 2):
         session.run(None, {"x": np.zeros((batch, 16, 4, 4), np.float32)})
+    del session  # released inside the clock, as optimize releases both of its sessions before it returns
 print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
 
 def _floor_in_child(source: Path, target: Path) -> float:
     """The floor an optimize of `source` cannot go under: onnx-ir load + save, and two onnxruntime sessions
-    (optimizations off, as the gate runs them) each run on batch 1 and 2."""
+    (optimizations off, as the gate runs them) each run on batch 1 and 2, and released."""
     out = subprocess.run([sys.executable, "-c", _FLOOR, str(source), str(target)], capture_output=True, text=True,
                          check=True)  # fmt: skip
     return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
@@ -197,9 +198,9 @@ def _optimize_in_child(source: Path, target: Path, verify: bool = True) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def scaling(sizes: list[int]) -> None:
-    table = Table(title="(b) optimize on synthetic graphs (fresh process each)")
-    for column in ("nodes", "total s (median of 3)", "floor s (median of 3)", "total / floor", "pipeline s",
+def scaling(sizes: list[int], repeats: int) -> None:
+    table = Table(title=f"(b) optimize on synthetic graphs (fresh process each, {repeats} interleaved pairs)")
+    for column in ("nodes", "total s (median)", "floor s (median)", "total / floor", "pairs: min–max", "pipeline s",
                    "gate + I/O s", "peak RSS MB", "s per 1k nodes"):  # fmt: skip
         table.add_column(column)
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,16 +208,18 @@ def scaling(sizes: list[int]) -> None:
             source = Path(tmp) / f"g{n}.onnx"
             onnx.save(synthetic_graph(n), source)
             runs, floors = [], []
-            for _ in range(3):  # interleaved: optimize, floor, optimize, floor, …
+            for _ in range(repeats):  # interleaved: optimize, floor, optimize, floor, … (this machine drifts)
                 runs.append(_optimize_in_child(source, Path(tmp) / f"g{n}.lean.onnx"))
                 floors.append(_floor_in_child(source, Path(tmp) / f"g{n}.copy.onnx"))
-            r = sorted(runs, key=lambda run: run["seconds"])[1]
+            r = sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2]
             floor = statistics.median(floors)
+            pairs = [run["seconds"] / f for run, f in zip(runs, floors, strict=True)]
             table.add_row(
                 str(n),
                 f"{r['seconds']:.2f}",
                 f"{floor:.2f}",
                 f"{r['seconds'] / floor:.2f}",
+                f"{min(pairs):.2f}–{max(pairs):.2f}",
                 f"{r['pipeline']:.2f}",
                 f"{r['seconds'] - r['pipeline']:.2f}",
                 f"{r['rss_mb']:.0f}",
@@ -278,13 +281,14 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", default="1000,5000,15000")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved optimize/floor pairs per size")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--large-gb", type=float, default=2.1)
     args = parser.parse_args()
     if not args.skip_latency:
         latency(args.arch, args.rounds, args.per_round, args.threads)
-    scaling([int(s) for s in args.sizes.split(",")])
+    scaling([int(s) for s in args.sizes.split(",")], args.repeats)
     if not args.skip_large:
         large(args.large_gb, verify=False)
         large(args.large_gb, verify=True)

@@ -73,9 +73,10 @@ def plan_two_four_restores(analysis: DeadChannelAnalysis) -> tuple[list[TwoFourR
             continue
         patterns, names = [], []
         for node in analysis.readers(s):
-            full = reduction_matrix(node, analysis)
-            if full is None or not is_two_four(full, 0):
+            weight, axis = _reduction_weight(node, analysis)
+            if weight is None or not is_two_four(weight, axis):  # checked in place: most readers are not 2:4
                 continue
+            full = np.moveaxis(weight, axis, 0)
             kept_rows = full[:, analysis.kept(node.outputs[0])]
             patterns.append(kept_rows.reshape(full.shape[0], -1) != 0)
             names.append(source_name(node.inputs[1]))  # type: ignore[arg-type]
@@ -111,12 +112,17 @@ def plan_two_four_restores(analysis: DeadChannelAnalysis) -> tuple[list[TwoFourR
 
 def reduction_matrix(node: ir.Node, analysis: DeadChannelAnalysis) -> np.ndarray | None:
     """A reader's weight with its reduction axis first: [input channel, output channel, …]."""
+    weight, axis = _reduction_weight(node, analysis)
+    return None if weight is None else np.moveaxis(weight, axis, 0)
+
+
+def _reduction_weight(node: ir.Node, analysis: DeadChannelAnalysis) -> tuple[np.ndarray | None, int]:
+    """A reader's weight as stored, and its reduction axis: Conv [K, C, R, S] → 1; Gemm B → 0, or 1 with transB;
+    MatMul B → 0."""
     weight = analysis.weight(node.inputs[1]) if node.inputs[1] is not None else None
-    if weight is None:
-        return None
     kind = analysis.kinds[node]
     if kind is Kind.CONV:
-        return np.moveaxis(weight, 1, 0)  # [C, K, R, S]
+        return weight, 1
     if kind is Kind.GEMM:
-        return weight if attr_int(node, "transB", 0) == 0 else weight.T  # [K, N]
-    return weight
+        return weight, attr_int(node, "transB", 0)
+    return weight, 0

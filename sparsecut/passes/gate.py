@@ -89,13 +89,15 @@ def compare_files(
     feeds: Feeds,
     options: OptimizeOptions,
     reference: Reference | None = None,
+    candidate: Reference | None = None,
     parallel: bool = False,
 ) -> list[OutputCheck]:
-    """Run both graphs and compare. `reference`: the source's outputs, already on their way; `parallel`: both at
-    once in two threads (onnxruntime releases the GIL) — for small models only, so that a big one never has two
-    copies of its weights in memory."""
+    """Run both graphs and compare. `reference`, `candidate`: the source's and the staged file's outputs, already
+    on their way; `parallel`: both at once in two threads (onnxruntime releases the GIL) — for small models only,
+    so that a big one never has two copies of its weights in memory."""
     if reference is not None:
-        return _checks(reference.result(), run_feeds(staged, feeds), feeds, options)
+        got = candidate.result() if candidate is not None else run_feeds(staged, feeds)
+        return _checks(reference.result(), got, feeds, options)
     if not parallel:
         return _checks(run_feeds(source, feeds), run_feeds(staged, feeds), feeds, options)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:

@@ -19,12 +19,12 @@ from sparsecut.errors import GraphError, VerificationError
 from sparsecut.gctools import PausedCollector
 from sparsecut.modelfile import (
     check_output_path,
-    drop_added_shapes,
     initializer_bytes,
     load_model,
     publish,
     reads_external_data,
     save_model,
+    without_added_shapes,
 )
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
@@ -86,21 +86,18 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     start = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp,
-        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
         PausedCollector() as collector,
     ):
         lossless = _stage(Path(tmp), "lossless", output)
-        feeds, before, after, reports, lost, reference = _transform(source, lossless, names, options, pool)
-        # The graph is cyclic garbage now. A big one is freed before the gate loads its own copy of the weights;
-        # a small one on the other thread, after the reference run (one young-generation collection: ~0.1 s at
-        # 15k nodes, during which it holds the GIL).
-        if before.params > LARGE_MODEL_PARAMS:
-            collector.collect_and_resume()
-        else:
-            pool.submit(collector.collect_and_resume)
+        feeds, before, after, reports, lost, gate = _transform(source, lossless, names, options, pool)
+        # The graph is cyclic garbage now: freed here (one young-generation collection, ~0.1 s at 15k nodes) —
+        # for a big model before the gate loads its own copy of the weights, for a small one while onnxruntime
+        # reads the output on the other thread.
+        collector.collect_and_resume()
         checks: list[OutputCheck] = []
         if options.verify:
-            checks = compare_files(source, lossless, feeds, options, reference)
+            checks = compare_files(source, lossless, feeds, options, *gate)
             if not all(c.passed for c in checks):
                 raise VerificationError(diagnose(source, output, names, feeds, options, checks))
         else:
@@ -141,11 +138,12 @@ def _stage(folder: Path, step: str, output: Path) -> Path:
 
 def _transform(
     source: Path, staged: Path, names: list[str], options: OptimizeOptions, pool: concurrent.futures.Executor
-) -> tuple[Feeds, ModelCost, ModelCost, list[PassReport], list[str], Reference | None]:
+) -> tuple[Feeds, ModelCost, ModelCost, list[PassReport], list[str], tuple[Reference, Reference] | tuple[()]]:
     """Load, run the lossless passes, write `staged`. The graph is local: it is gone when this returns.
 
-    For a small model the gate's reference outputs are computed in `pool` meanwhile (onnxruntime releases the
-    GIL); for a big one they wait, so that only one copy of the weights is in memory at a time."""
+    For a small model the gate runs in `pool` (onnxruntime releases the GIL): the input's outputs while the passes
+    run, the output's as soon as it is written, while the report is made here; both futures are returned. For a
+    big one the gate waits, so that only one copy of the weights is in memory at a time."""
     model = _load_checked(source)
     overridable = [v.name for v in model.graph.inputs if v.is_initializer()]
     if overridable:  # IR < 4 style: a caller may feed other values, so their shapes are part of the interface
@@ -167,6 +165,13 @@ def _transform(
     before = count_costs(model)
     sparse_before = two_four_weights(model)
     reports = run_passes(model, names, options)
+    model.metadata_props[METADATA_PREFIX + "optimize.passes"] = ",".join(names)
+    model.metadata_props[METADATA_PREFIX + "optimize.align"] = str(options.align)
+    verified = f"rtol={options.rtol:g},atol={options.atol:g}" if options.verify else "no (--no-verify)"
+    model.metadata_props[METADATA_PREFIX + "optimize.verified"] = verified
+    with without_added_shapes(model):
+        save_model(model, staged, external_data=external)
+    candidate = pool.submit(run_feeds, staged, feeds) if reference is not None else None
     # what annotate-2to4 found as the last pass is what the graph has now: not checked twice
     last = reports[-1] if names and names[-1] == "annotate-2to4" else None
     sparse_after = (
@@ -178,13 +183,8 @@ def _transform(
             "%d weight(s) were 2:4 before and are not after channel removal: %s", len(lost), ", ".join(lost[:5])
         )
     after = count_costs(model)
-    model.metadata_props[METADATA_PREFIX + "optimize.passes"] = ",".join(names)
-    model.metadata_props[METADATA_PREFIX + "optimize.align"] = str(options.align)
-    verified = f"rtol={options.rtol:g},atol={options.atol:g}" if options.verify else "no (--no-verify)"
-    model.metadata_props[METADATA_PREFIX + "optimize.verified"] = verified
-    drop_added_shapes(model)
-    save_model(model, staged, external_data=external)
-    return feeds, before, after, reports, lost, reference
+    gate = (reference, candidate) if reference is not None and candidate is not None else ()
+    return feeds, before, after, reports, lost, gate
 
 
 def _enforce_two_four(

@@ -567,3 +567,24 @@ def test_optimize_leaves_the_garbage_collector_as_it_found_it(tmp_path):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_an_output_stores_the_shapes_its_input_stored(tmp_path, stored):
+    """No value infos in the input, none in the output; an input with intermediate shapes keeps them. Never the
+    value infos onnx-ir would add for every initializer. The report's costs after the passes are counted on the
+    shapes all the same."""
+    from sparsecut.passes import OptimizeOptions, optimize_model
+
+    g = GraphBuilder()
+    y = g.conv(g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(1, 2)), np.zeros(8))]), g.weight(2, 8, 1, 1))
+    model = g.model(y)
+    if not stored:
+        del model.graph.value_info[:]
+    onnx.save(model, tmp_path / "in.onnx")
+    report = optimize_model(tmp_path / "in.onnx", tmp_path / "out.onnx", OptimizeOptions(align=1))
+    written = onnx.load(tmp_path / "out.onnx")
+    names = {info.name for info in written.graph.value_info}
+    assert names == ({n.output[0] for n in written.graph.node} - {y} if stored else set())
+    assert report.after.params == 6 * 4 + 6 + 2 * 6
+    assert report.after.macs == (6 * 4 + 2 * 6) * 6 * 6

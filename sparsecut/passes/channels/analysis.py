@@ -64,6 +64,8 @@ class DeadChannelAnalysis:
         self.removable, self.kept_for_alignment = constraints.apply_constraints(
             self, self.align, self.counts, enabled_groups
         )
+        removed_before = np.concatenate([[0], np.cumsum(self.removable)])  # removed channels before each index
+        self.loses: list[bool] = (removed_before[self.offsets[1:]] > removed_before[self.offsets[:-1]]).tolist()
 
     def weight(self, value: ir.Value) -> np.ndarray | None:
         return self.walk.weight(value)
@@ -147,7 +149,8 @@ class DeadChannelAnalysis:
         return np.flatnonzero(~self.removed(value))
 
     def has_removals(self, value: ir.Value | None) -> bool:
-        return value is not None and value in self.space_of and bool(self.removed(value).any())
+        s = self.space_of.get(value) if value is not None else None
+        return s is not None and self.loses[s]
 
     def readers(self, s: int) -> list[ir.Node]:
         """Conv (not grouped), Gemm and MatMul nodes that reduce over the channels of space `s`."""

@@ -34,10 +34,7 @@ class ChannelRewrite:
         self.orders = dict(orders)
         # per space: whether its channels lose members, and whether they lose members or change order (asked for
         # every value of every node)
-        self._removes = [
-            bool(analysis.removable[analysis.offsets[s] : analysis.offsets[s + 1]].any())
-            for s in range(len(analysis.spaces))
-        ]
+        self._removes = analysis.loses
         self._changes = [removes or s in self.orders for s, removes in enumerate(self._removes)]
         self._kept: dict[int, np.ndarray] = {}
         self._names: set[str | None] | None = None  # every name in the graph, gathered when a new one is needed

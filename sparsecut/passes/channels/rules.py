@@ -224,6 +224,8 @@ class ElementwiseRule(ChannelRule):
         y = node.outputs[0]
         if y.shape is None or (node.op_type in _BINARY and len(node.inputs) != 2):
             return None
+        if node.op_type in _BINARY and self._same_channels(node, walk):
+            return Kind.ELEMENTWISE
         rank = len(y.shape)
         arrays = [constant_array(v) for v in node.inputs]
         dynamic = [v for v, array in zip(node.inputs, arrays, strict=True) if v is not None and array is None]
@@ -276,6 +278,40 @@ class ElementwiseRule(ChannelRule):
         if node.op_type == "Mul":  # x · 0 = 0: a channel zeroed by one factor is not needed from the others
             walk.gates[node] = [np.any([z for j, z in enumerate(zeros) if j != i], axis=0) for i in range(len(zeros))]
         return Kind.ELEMENTWISE
+
+    @staticmethod
+    def _same_channels(node: ir.Node, walk: ChannelSpaces) -> bool:
+        """The usual case in fewer steps (a residual Add, an SE Mul after its Expand): two dynamic operands of the
+        output's rank that carry channels on the same axis, as many as the output. False: not this case, nothing
+        registered."""
+        a, b = node.inputs
+        y = node.outputs[0]
+        if a is None or b is None:
+            return False
+        axis = walk.axis.get(a)
+        if axis is None or walk.axis.get(b) != axis or a.const_value is not None:
+            return False
+        rank = len(y.shape)  # type: ignore[arg-type]
+        if a.shape is None or b.shape is None or len(a.shape) != rank or len(b.shape) != rank:
+            return False
+        count = walk.static_count(y, axis)
+        if count is None or a.shape[axis] != count or b.shape[axis] != count or b.const_value is not None:
+            return False
+        if walk.count_of(a) != count or walk.count_of(b) != count:
+            return False
+        if any(v.dtype is not None and not v.dtype.is_floating_point() for v in (a, b)):
+            return False  # shapes, indices and masks carry no channels (as `ensure` says)
+        walk.register(y, axis, count)
+        walk.link(a, y)
+        walk.link(b, y)
+        lives, consts = [walk.live[a], walk.live[b]], [walk.const[a], walk.const[b]]
+        mul = node.op_type == "Mul"
+        zeros = [~live & (const == 0) for live, const in zip(lives, consts, strict=True)] if mul else []
+        live, const = _combine(node.op_type, lives, consts, zeros)
+        walk.set_state(y, live, const)
+        if mul:
+            walk.gates[node] = [zeros[1], zeros[0]]
+        return True
 
     def rewrite(self, node: ir.Node, kind: Kind, rw: ChannelRewrite) -> None:
         y = node.outputs[0]
