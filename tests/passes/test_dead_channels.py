@@ -3,8 +3,6 @@ checks every graph here at rtol 1e-4 / atol 1e-5 on batch 1 and 2 before anythin
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx
 import pytest
@@ -210,7 +208,7 @@ _original_check = constraints.check_removability
 
 
 def _without_padding_veto(analysis):
-    analysis.walk.sinks = [dataclasses.replace(s, refusal=None) for s in analysis.walk.sinks]
+    analysis.walk.sinks = [s._replace(refusal=None) for s in analysis.walk.sinks]
     return _original_check(analysis)
 
 
@@ -471,6 +469,16 @@ def test_a_rule_without_a_rewrite_cannot_be_registered():
 
     with pytest.raises(TypeError, match="AnalysisOnly: a channel rule needs both analyze and rewrite"):
         register(AnalysisOnly)
+    assert "NotAnOp" not in RULES
+
+    class EditsButSaysNot(AnalysisOnly):  # the rewrite skips rules that hold no constants: this one would be lost
+        holds_constants = False
+
+        def rewrite(self, node, kind, rw):
+            node.attributes.pop("axis", None)
+
+    with pytest.raises(TypeError, match="EditsButSaysNot: a rule whose rewrite edits the node holds constants"):
+        register(EditsButSaysNot)
     assert "NotAnOp" not in RULES
 
 

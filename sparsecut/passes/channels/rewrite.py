@@ -46,7 +46,7 @@ class ChannelRewrite:
             if kind is None or kind in (Kind.CONSTANT, Kind.CLAIMED):
                 continue
             rule = a.rule_of[node]
-            if rule.touched(node, self):
+            if rule.holds_constants and rule.touched(node, self):
                 rule.rewrite(node, kind, self)
         shared = SharedShapes()
         for value, axis in a.axis.items():  # new shapes, exactly (inference cannot see through computed targets)

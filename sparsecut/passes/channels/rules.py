@@ -95,6 +95,7 @@ class ChannelRule:
     input channels can reach a needed output channel; `rewrite` edits the node for the channels that go."""
 
     op_types: ClassVar[tuple[str, ...]] = ()
+    holds_constants: ClassVar[bool] = True  # False: nothing in the node depends on the channel count
 
     def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Kind | None:
         raise NotImplementedError
@@ -103,20 +104,25 @@ class ChannelRule:
         """Input channels that can influence a needed output channel become needed. By default through the node's
         index maps, or channel k to channel k (minus gated channels); an input broadcast over channels is needed
         whole."""
-        if node in walk.node_maps:
-            for a, ia, b, ib in walk.node_maps[node]:
+        maps = walk.node_maps.get(node)
+        if maps is not None:
+            for a, ia, b, ib in maps:
                 np.logical_or.at(needed[a], ia, needed[b][ib])
             return
         outputs = [needed[o] for o in node.outputs if o in needed]
+        if not outputs:
+            return  # nothing of this node is needed
         out = outputs[0] if len(outputs) == 1 else np.any(outputs, axis=0)
         gates = walk.gates.get(node)
+        space = walk.space_of[node.outputs[0]]
         for i, v in enumerate(node.inputs):
-            if v is None or v not in needed:
+            mine = needed.get(v) if v is not None else None
+            if v is None or mine is None:
                 continue
-            if walk.space_of[v] == walk.space_of[node.outputs[0]]:
-                needed[v] |= out & ~gates[i] if gates is not None else out
+            if walk.space_of[v] == space:
+                mine |= out & ~gates[i] if gates is not None else out
             elif out.any():
-                needed[v][:] = True
+                mine[:] = True
 
     def rewrite(self, node: ir.Node, kind: Kind, rw: ChannelRewrite) -> None:
         raise NotImplementedError
@@ -141,6 +147,8 @@ def register(cls: type[ChannelRule]) -> type[ChannelRule]:
         raise TypeError(f"{cls.__name__}: a channel rule needs both analyze and rewrite")
     if not cls.op_types:
         raise TypeError(f"{cls.__name__}: a channel rule needs op_types")
+    if not cls.holds_constants and cls.rewrite is not _NoConstants.rewrite:
+        raise TypeError(f"{cls.__name__}: a rule whose rewrite edits the node holds constants; the rewrite skips it")
     taken = [op for op in cls.op_types if op in RULES]
     if taken:
         raise TypeError(f"{cls.__name__}: {taken[0]} already has a rule ({type(RULES[taken[0]]).__name__})")
@@ -156,6 +164,8 @@ def rule_for(node: ir.Node) -> ChannelRule | None:
 
 class _NoConstants(ChannelRule):
     """Rules of ops that hold nothing depending on the channel count: the new shapes are all their rewrite is."""
+
+    holds_constants = False
 
     def rewrite(self, node: ir.Node, kind: Kind, rw: ChannelRewrite) -> None:
         pass
