@@ -39,7 +39,13 @@ class FoldConstantsPass(ir.passes.InPlacePass):
 
 
 def _foldable(node: ir.Node) -> bool:
-    if node.op_type in _SHAPE_OPS or node.op_type == "Constant":
+    op = node.op_type
+    if op in _SHAPE_OPS or op == "Constant":
         return True
-    inputs = [v for v in node.inputs if v is not None]
-    return bool(inputs) and all(v.const_value is not None for v in inputs) and _keep_weight_transposes(node) is None
+    constant_inputs = 0
+    for v in node.inputs:  # most nodes read a computed tensor first: a plain loop stops there
+        if v is not None:
+            if v.const_value is None:
+                return False
+            constant_inputs += 1
+    return constant_inputs > 0 and _keep_weight_transposes(node) is None

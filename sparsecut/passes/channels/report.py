@@ -20,22 +20,24 @@ __all__ = ["group_reports", "head_reports", "location"]
 def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
     reports = []
     reasons = _ReasonFinder(a)
+    # per space, counted over all channels at once (thousands of spaces: one numpy call each adds up)
+    dead = ~np.concatenate(a.live_somewhere) if a.spaces else np.zeros(0, bool)
+    stays = dead & ~a.removable
+    sizes, removed, dead_count, kept_dead_count = (
+        _per_space(a, flags).tolist() for flags in (None, a.removable, dead, stays)
+    )
     for gi, members in enumerate(a.groups):
-        before = after = dead = aligned = 0
+        before = sum(sizes[s] for s in members)
+        after = before - sum(removed[s] for s in members)
+        dead_here = sum(dead_count[s] for s in members)
+        if dead_here == 0 and after == before:
+            continue
         kept_dead: dict[str, int] = {}
         for s in members:
-            sp = a.spaces[s]
-            mask = a.removable[a.offsets[s] : a.offsets[s + 1]]
-            value_dead = dead_mask(a, s)
-            before += sp.count
-            after += sp.count - int(mask.sum())
-            dead += int(value_dead.sum())
-            for k in np.flatnonzero(value_dead & ~mask):
-                reason = reasons(s, int(k))
-                kept_dead[reason] = kept_dead.get(reason, 0) + 1
-            aligned += a.kept_for_alignment.get(s, 0)
-        if dead == 0 and after == before:
-            continue
+            if kept_dead_count[s]:
+                for k in np.flatnonzero(stays[a.offsets[s] : a.offsets[s + 1]]).tolist():
+                    reason = reasons(s, k)
+                    kept_dead[reason] = kept_dead.get(reason, 0) + 1
         reports.append(
             ChannelGroupReport(
                 group=gi,
@@ -43,12 +45,20 @@ def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
                 tensors=sum(len(a.spaces[s].values) for s in members),
                 channels_before=before,
                 channels_after=after,
-                dead=dead,
+                dead=dead_here,
                 kept_dead=kept_dead,
-                kept_for_alignment=aligned,
+                kept_for_alignment=sum(a.kept_for_alignment.get(s, 0) for s in members),
             )
         )
     return reports
+
+
+def _per_space(a: DeadChannelAnalysis, flags: np.ndarray | None) -> np.ndarray:
+    """How many channels of each space are flagged (all of them with None)."""
+    if flags is None:
+        return np.diff(a.offsets)
+    before = np.concatenate([[0], np.cumsum(flags)])  # flagged channels before each index
+    return before[a.offsets[1:]] - before[a.offsets[:-1]]
 
 
 def dead_mask(a: DeadChannelAnalysis, s: int) -> np.ndarray:
