@@ -37,6 +37,7 @@ class ChannelRewrite:
         self._removes = analysis.loses
         self._changes = [removes or s in self.orders for s, removes in enumerate(self._removes)]
         self._kept: dict[int, np.ndarray] = {}
+        self._shapes = SharedShapes()  # new weights of equal shape share one frozen shape
         self._names: set[str | None] | None = None  # every name in the graph, gathered when a new one is needed
 
     def run(self) -> None:
@@ -49,11 +50,18 @@ class ChannelRewrite:
             if rule.holds_constants and rule.touched(node, self):
                 rule.rewrite(node, kind, self)
         shared = SharedShapes()
+        # (old shape, axis, channels kept) → (old shape, kept alive so that its id stays its own; new shape)
+        narrowed: dict[tuple[int, int, int], tuple[ir.Shape, ir.Shape]] = {}
         for value, axis in a.axis.items():  # new shapes, exactly (inference cannot see through computed targets)
-            if self._removes[a.space_of[value]] and value.shape is not None:
-                dims = list(value.shape.dims)
-                dims[axis] = len(self.kept(value))
-                value.shape = shared(dims)
+            shape = value.shape
+            if self._removes[a.space_of[value]] and shape is not None:
+                key = (id(shape), axis, len(self.kept(value)))
+                found = narrowed.get(key)
+                if found is None:
+                    dims = list(shape.dims)
+                    dims[axis] = key[2]
+                    found = narrowed[key] = (shape, shared(dims))
+                value.shape = found[1]
 
     # --------------------------------------------------------------------------------------------- channels
     def count(self, value: ir.Value) -> int:
@@ -82,8 +90,8 @@ class ChannelRewrite:
         return s is not None and self._changes[s]
 
     def constants(self, value: ir.Value) -> np.ndarray:
-        """The constant each channel of `value` carries (0 for LIVE ones)."""
-        return np.where(self.analysis.live[value], 0.0, self.analysis.const[value])
+        """The constant each channel of `value` carries (0 for LIVE ones: `set_state` keeps it so)."""
+        return self.analysis.const[value]
 
     # --------------------------------------------------------------------------------------------- constants
     def bias(self, node: ir.Node, index: int, count: int) -> np.ndarray:
@@ -128,8 +136,9 @@ class ChannelRewrite:
         array = np.ascontiguousarray(array)
         value = node.inputs[index]
         if value is not None and _only_user(value, node) and value.const_value is not None and value.is_initializer():
-            value.const_value = ir.Tensor(array, name=value.name)
-            value.shape = value.const_value.shape  # the tensor's own (frozen) shape: one Shape built, not two
+            shape = self._shapes(array.shape)
+            value.const_value = ir.Tensor(array, name=value.name, shape=shape)
+            value.shape = shape
             return
         producer = value.producer() if value is not None else None
         if value is not None and producer is not None and producer.op_type == "Transpose" and _only_user(value, node):

@@ -509,17 +509,20 @@ class ConvRule(_WeightedRule):
         groups = attr_int(node, "group", 1)
         if groups == 1:
             weight = weight[kept]
+            correction = None
             if rw.has_removals(x):
                 removed = rw.removed(x)
                 const = rw.constants(x)[removed]
                 if const.any():  # removed constant channels: their share goes into the bias
                     kernel = rw.analysis.walk.kernel(node.inputs[1])
                     assert kernel is not None
-                    bias += kernel.sums[:, removed] @ const
+                    correction = kernel.sums[:, removed] @ const
             if rw.changed(x):
                 weight = weight[:, rw.kept(x)]  # in the new order
             rw.set_constant(node, 1, weight)
-            rw.set_bias(node, 2, bias[kept], weight.dtype)
+            if correction is not None or (len(node.inputs) > 2 and node.inputs[2] is not None):
+                bias = bias if correction is None else bias + correction
+                rw.set_bias(node, 2, bias[kept], weight.dtype)
             return
         out_ch, per_group = weight.shape[:2]
         if rw.has_removals(x):

@@ -158,8 +158,8 @@ class ChannelSpaces:
         self.sinks.append(Sink(value, node, refusal))
 
     def set_state(self, value: ir.Value, live: np.ndarray, const: np.ndarray) -> None:
-        """Channel states of `value`: a non-finite constant counts as LIVE. The arrays are kept as given (no rule
-        changes a state in place)."""
+        """Channel states of `value`: a non-finite constant counts as LIVE; a LIVE channel's constant is 0. The
+        arrays are kept as given (no rule changes a state in place)."""
         live = np.asarray(live, bool)
         if not const.any():  # the usual case: no constant channel (and nothing non-finite), nothing to clear
             self.live[value] = live
