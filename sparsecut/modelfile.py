@@ -128,8 +128,9 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 
 def reads_external_data(model: ir.Model) -> bool:
-    """Whether any weight of the model lives in an external data file (so its output should too)."""
-    return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+    """Whether any tensor of the model (a weight, a Constant node's value) lives in an external data file (so its
+    output should too)."""
+    return any(isinstance(tensor, ir.ExternalTensor) for tensor in _all_tensors(model.graph))
 
 
 def initializer_bytes(model: ir.Model) -> int:
@@ -180,6 +181,8 @@ def save_model(
     data_name = f"{path.name}.data"
     with _staging_dir(path) as tmp:
         staged = tmp / path.name
+        if model.meta.get(EXTERNAL_ATTRIBUTES, True):  # (a model not loaded here is looked at)
+            _inline_attribute_tensors(model.graph)
         # a small in-flight budget: tensors are written one after another instead of being held all at once
         ir.save(model, staged, external_data=data_name if external_data else None, max_in_flight_bytes=64 << 20)
         if external_data:
@@ -269,7 +272,7 @@ def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
     except Exception as exc:
         raise GraphError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
     shapes.apply_shapes(model.graph, inferred, force=True)
-    ir.external_data.set_base_dir(model.graph, path.parent)
+    model.meta[EXTERNAL_ATTRIBUTES] = _set_base_dir(model.graph, path.parent)
     _check_external_data(model, path)
     model.meta[INTERMEDIATE_SHAPES] = had_shapes
     return model
@@ -295,6 +298,65 @@ def without_added_shapes(model: ir.Model) -> Iterator[None]:
         for value, shape, type_ in taken:
             value.type = type_
             value.shape = shape
+
+
+def _all_tensors(graph: ir.Graph) -> list[ir.TensorProtocol]:
+    """Every tensor of the graph and its subgraphs: initializers and tensor attributes (Constant nodes)."""
+    tensors, attributes = _tensors_and_attributes(graph)
+    return tensors + [tensor for _, attr in attributes for tensor in _values(attr)]
+
+
+def _tensors_and_attributes(graph: ir.Graph) -> tuple[list[ir.TensorProtocol], list[tuple[ir.Node, ir.Attr]]]:
+    """The initializers' tensors of the graph and its subgraphs, and every (node, tensor attribute) in them."""
+    tensors = [value.const_value for value in graph.initializers.values() if value.const_value is not None]
+    attributes = []
+    for node in graph:
+        if not node.attributes:  # most nodes: a plain check is cheaper than onnx-ir's generic walk (15k nodes)
+            continue
+        for attr in node.attributes.values():
+            if attr.is_ref() or attr.value is None:
+                continue
+            if attr.type in (ir.AttributeType.TENSOR, ir.AttributeType.TENSORS):
+                attributes.append((node, attr))
+            elif attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                for subgraph in [attr.value] if attr.type is ir.AttributeType.GRAPH else attr.value:
+                    inner_tensors, inner_attributes = _tensors_and_attributes(subgraph)
+                    tensors += inner_tensors
+                    attributes += inner_attributes
+    return tensors, attributes
+
+
+def _values(attr: ir.Attr) -> list[ir.TensorProtocol]:
+    return [attr.value] if attr.type is ir.AttributeType.TENSOR else list(attr.value)
+
+
+def _inline_attribute_tensors(graph: ir.Graph) -> None:
+    """Tensor attributes read from an external data file are written into the graph: onnx-ir moves only
+    initializers to the output's data file, and the reference would point at the input's file."""
+    for node, attr in _tensors_and_attributes(graph)[1]:
+        values = _values(attr)
+        if not any(isinstance(t, ir.ExternalTensor) for t in values):
+            continue
+        inline = [ir.Tensor(t.numpy(), name=t.name) if isinstance(t, ir.ExternalTensor) else t for t in values]
+        node.attributes[attr.name] = (
+            ir.AttrTensor(attr.name, inline[0])
+            if attr.type is ir.AttributeType.TENSOR
+            else ir.AttrTensors(attr.name, inline)
+        )
+
+
+def _set_base_dir(graph: ir.Graph, base: Path) -> bool:
+    """onnx-ir's `set_base_dir`: external tensors find their files from the model's folder. Returns whether a
+    tensor attribute is one (see `_inline_attribute_tensors`)."""
+    tensors, attributes = _tensors_and_attributes(graph)
+    in_attributes = [tensor for _, attr in attributes for tensor in _values(attr)]
+    for tensor in tensors + in_attributes:
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor.base_dir = base
+    return any(isinstance(tensor, ir.ExternalTensor) for tensor in in_attributes)
+
+
+EXTERNAL_ATTRIBUTES = "sparsecut.external_attributes"  # model.meta: a tensor attribute is read from external data
 
 
 def _check_external_data(model: ir.Model, path: Path) -> None:

@@ -596,3 +596,39 @@ def test_an_output_stores_the_shapes_its_input_stored(tmp_path, stored):
     assert names == ({n.output[0] for n in written.graph.node} - {y} if stored else set())
     assert report.after.params == 6 * 4 + 6 + 2 * 6
     assert report.after.macs == (6 * 4 + 2 * 6) * 6 * 6
+
+
+def test_external_data_of_a_constant_node_is_read_from_the_models_folder(tmp_path, monkeypatch):
+    """Tensors in node attributes can live in the external data file too: they are found beside the model, from
+    any working folder, and the output holds them itself (it used to point at the input's data file from the
+    staging folder: onnxruntime could not load it, and the gate refused the output)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    from sparsecut.passes import OptimizeOptions, optimize_model
+
+    table = np.arange(64, dtype=np.float32).reshape(1, 4, 4, 4)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(table, "table")),
+            helper.make_node("Add", ["x", "c"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 4, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    convert_model_to_external_data(model, location="in.onnx.data", size_threshold=0, convert_attribute=True)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    onnx.save(model, folder / "in.onnx")
+    assert onnx.load(folder / "in.onnx", load_external_data=False).graph.node[0].attribute[0].t.data_location == 1
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    report = optimize_model(folder / "in.onnx", folder / "out.onnx", OptimizeOptions(align=1))
+    assert report.verified and all(check.passed for check in report.checks)
+    written = onnx.load(folder / "out.onnx", load_external_data=False)  # its own data, not the input's file
+    (constant,) = [n for n in written.graph.node if n.op_type == "Constant"]
+    assert constant.attribute[0].t.data_location == onnx.TensorProto.DEFAULT
+    np.testing.assert_array_equal(numpy_helper.to_array(constant.attribute[0].t), table)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar, cast
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.channels.spaces import ChannelSpaces
+from sparsecut.passes.channels.spaces import FLOATING, ChannelSpaces
 from sparsecut.passes.nodes import (
     attr_float,
     attr_int,
@@ -309,7 +309,7 @@ class ElementwiseRule(ChannelRule):
             return False
         if walk.count_of(a) != count or walk.count_of(b) != count:
             return False
-        if any(v.dtype is not None and not v.dtype.is_floating_point() for v in (a, b)):
+        if (a.dtype is not None and a.dtype not in FLOATING) or (b.dtype is not None and b.dtype not in FLOATING):
             return False  # shapes, indices and masks carry no channels (as `ensure` says)
         walk.register(y, axis, count)
         walk.link(a, y)

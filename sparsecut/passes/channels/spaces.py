@@ -24,14 +24,14 @@ import onnx_ir as ir
 
 from sparsecut.passes.nodes import weight_array
 
-__all__ = ["ChannelSpaces", "IndexMap", "Kernel", "Space"]
+__all__ = ["FLOATING", "ChannelSpaces", "IndexMap", "Kernel", "Space"]
 
 # ops through which a reader's preferred channel axis holds for their inputs of the same rank
 _SAME_AXIS = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Relu", "Sigmoid", "Tanh", "Erf", "Gelu",
               "Cast", "Identity", "Dropout"}  # fmt: skip
 
 IndexMap = tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]  # a[ia[i]] is the same channel as b[ib[i]]
-_FLOATING = frozenset(t for t in ir.DataType if t.is_floating_point())
+FLOATING = frozenset(t for t in ir.DataType if t.is_floating_point())  # the types that carry channels
 _CACHED_BYTES = 1 << 20  # weights up to this size are read (and summarized) once; bigger ones each time
 
 
@@ -190,7 +190,7 @@ class ChannelSpaces:
         """Make sure `value` has channel axis `axis`; an unseen dynamic tensor (graph input, barrier output) is
         registered as all-LIVE and kept. Returns False when the value has another axis or no static count."""
         rank = len(value.shape) if value.shape is not None else 0
-        if rank == 0 or (value.dtype is not None and value.dtype not in _FLOATING):
+        if rank == 0 or (value.dtype is not None and value.dtype not in FLOATING):
             return False  # shapes, indices and masks carry no channels
         axis = axis % rank
         if value in self.axis:
