@@ -13,7 +13,7 @@ import math
 
 import onnx_ir as ir
 
-from sparsecut.modelfile import tensor_elements, tensor_rank
+from sparsecut.modelfile import elements_of_type
 from sparsecut.report import LayerCost, ModelCost
 from sparsecut.shapes import infer_shapes
 
@@ -22,6 +22,7 @@ __all__ = ["count_costs"]
 _LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 _WEIGHT_TYPES = frozenset({*_FLOAT_TYPES, ir.DataType.INT8, ir.DataType.UINT8})
+_LAYER_WEIGHT_TYPES = frozenset({*_FLOAT_TYPES, ir.DataType.INT8})
 _WEIGHT_PRODUCERS = frozenset({"Transpose", "DequantizeLinear", "Cast", "Constant"})  # a weight may sit behind them
 
 
@@ -38,7 +39,7 @@ def count_costs(model: ir.Model) -> ModelCost:
     tensors: list[ir.TensorProtocol | None] = [v.const_value for v in model.graph.initializers.values()]
     tensors += [_constant_tensor(node) for node in model.graph if node.op_type == "Constant"]
     params = sum(  # weights: float, or int8 behind a DequantizeLinear; a 0-d scalar (a Clip bound) is no weight
-        tensor_elements(t) for t in tensors if t is not None and t.dtype in _WEIGHT_TYPES and tensor_rank(t) > 0
+        elements_of_type(t, _WEIGHT_TYPES, min_rank=1) for t in tensors if t is not None
     )
     return ModelCost(macs=sum(layer.macs for layer in layers), params=params, layers=layers)
 
@@ -91,6 +92,4 @@ def _weight_elements(value: ir.Value) -> int:
     tensor = value.const_value if value.is_initializer() else None
     if tensor is None and producer is not None and producer.op_type == "Constant":
         tensor = _constant_tensor(producer)
-    if tensor is None or tensor.dtype not in (*_FLOAT_TYPES, ir.DataType.INT8):
-        return 0
-    return tensor_elements(tensor)
+    return elements_of_type(tensor, _LAYER_WEIGHT_TYPES) if tensor is not None else 0

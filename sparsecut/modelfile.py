@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_path",
     "edit_model_file",
+    "elements_of_type",
     "graph_precision",
     "initializer_bytes",
     "input_sidecars",
@@ -146,6 +147,18 @@ def tensor_elements(tensor: ir.TensorProtocol) -> int:
     if isinstance(raw, onnx.TensorProto):
         return math.prod(raw.dims)
     return int(tensor.size)
+
+
+def elements_of_type(tensor: ir.TensorProtocol, dtypes: frozenset[ir.DataType], min_rank: int = 0) -> int:
+    """`tensor_elements` when the tensor's type is one of `dtypes` and its rank at least `min_rank`, else 0 — read
+    from the storage where there is one (a tensor read from a file makes its `dtype` anew on every ask too)."""
+    raw = getattr(tensor, "raw", None)
+    if isinstance(raw, onnx.TensorProto):
+        ok = raw.data_type in dtypes and len(raw.dims) >= min_rank  # (DataType is an IntEnum: codes compare)
+        return math.prod(raw.dims) if ok else 0
+    if tensor.dtype not in dtypes or tensor_rank(tensor) < min_rank:
+        return 0
+    return tensor_elements(tensor)
 
 
 def tensor_rank(tensor: ir.TensorProtocol) -> int:

@@ -14,7 +14,6 @@ reasons channels must stay (*vetoes*). `resolve` then numbers the final spaces.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -54,13 +53,16 @@ class Kernel:
         return self._sums
 
 
-@dataclasses.dataclass
 class Space:
-    """Tensors whose channel k is one and the same channel."""
+    """Tensors whose channel k is one and the same channel (a plain class: one is made per tensor the walk
+    registers, and a dataclass's default factories cost twice as much)."""
 
-    count: int
-    values: list[ir.Value] = dataclasses.field(default_factory=list)
-    reasons: dict[int, str] = dataclasses.field(default_factory=dict)  # channel → why it must stay (first reason)
+    __slots__ = ("count", "reasons", "values")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.values: list[ir.Value] = []
+        self.reasons: dict[int, str] = {}  # channel → why it must stay (the first reason given)
 
 
 class Sink(NamedTuple):  # one per conv: a named tuple is made in a third of a frozen dataclass's time
