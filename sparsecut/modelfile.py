@@ -14,6 +14,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import onnx
@@ -32,6 +33,7 @@ __all__ = [
     "graph_precision",
     "initializer_bytes",
     "input_sidecars",
+    "is_external",
     "load_model",
     "publish",
     "reads_external_data",
@@ -128,10 +130,20 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         os.replace(staged, path)
 
 
+_IN_MEMORY = (ir.Tensor, ir.TensorProtoTensor)
+
+
+def is_external(tensor: ir.TensorProtocol | None) -> TypeGuard[ir.ExternalTensor]:
+    """Whether `tensor` reads its data from an external file. The usual in-memory classes are ruled out by their
+    type: `isinstance` against onnx-ir's tensor classes goes through typing's protocol check when it fails
+    (0.5 µs; every weight of a 15k-node graph is asked several times)."""
+    return type(tensor) not in _IN_MEMORY and isinstance(tensor, ir.ExternalTensor)
+
+
 def reads_external_data(model: ir.Model) -> bool:
     """Whether any tensor of the model (a weight, a Constant node's value) lives in an external data file (so its
     output should too)."""
-    return any(isinstance(tensor, ir.ExternalTensor) for tensor in _all_tensors(model.graph))
+    return any(is_external(tensor) for tensor in _all_tensors(model.graph))
 
 
 def initializer_bytes(model: ir.Model) -> int:
@@ -348,9 +360,9 @@ def _inline_attribute_tensors(graph: ir.Graph) -> None:
     initializers to the output's data file, and the reference would point at the input's file."""
     for node, attr in _tensors_and_attributes(graph)[1]:
         values = _values(attr)
-        if not any(isinstance(t, ir.ExternalTensor) for t in values):
+        if not any(is_external(t) for t in values):
             continue
-        inline = [ir.Tensor(t.numpy(), name=t.name) if isinstance(t, ir.ExternalTensor) else t for t in values]
+        inline = [ir.Tensor(t.numpy(), name=t.name) if is_external(t) else t for t in values]
         node.attributes[attr.name] = (
             ir.AttrTensor(attr.name, inline[0])
             if attr.type is ir.AttributeType.TENSOR
@@ -364,9 +376,9 @@ def _set_base_dir(graph: ir.Graph, base: Path) -> bool:
     tensors, attributes = _tensors_and_attributes(graph)
     in_attributes = [tensor for _, attr in attributes for tensor in _values(attr)]
     for tensor in tensors + in_attributes:
-        if isinstance(tensor, ir.ExternalTensor):
+        if is_external(tensor):
             tensor.base_dir = base
-    return any(isinstance(tensor, ir.ExternalTensor) for tensor in in_attributes)
+    return any(is_external(tensor) for tensor in in_attributes)
 
 
 EXTERNAL_ATTRIBUTES = "sparsecut.external_attributes"  # model.meta: a tensor attribute is read from external data
@@ -377,7 +389,7 @@ def _check_external_data(model: ir.Model, path: Path) -> None:
     sizes: dict[Path, int] = {}
     for value in model.graph.initializers.values():
         tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor):
+        if is_external(tensor):
             location = (base / tensor.location).resolve()
             if not location.is_relative_to(base):
                 raise GraphError(
