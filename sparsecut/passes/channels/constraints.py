@@ -66,8 +66,10 @@ def check_removability(a: DeadChannelAnalysis) -> list[np.ndarray]:
         if live.any():
             add_reason(a.spaces[s], live, "live")
     for sink in a.walk.sinks:
-        nonzero = ~a.live[sink.value] & (a.const[sink.value] != 0)
-        if sink.refusal is not None and nonzero.any():
+        if sink.refusal is None:
+            continue  # it absorbs the constants it reads
+        nonzero = a.const[sink.value] != 0  # (0 where LIVE: see `set_state`)
+        if nonzero.any():
             add_reason(a.spaces[a.space_of[sink.value]], nonzero, sink.refusal)
     return live_in
 
