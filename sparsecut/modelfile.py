@@ -266,6 +266,7 @@ def _restore_tensor_labels(model: ir.Model, path: Path) -> None:
 
 
 INTERMEDIATE_SHAPES = "sparsecut.intermediate_shapes"  # model.meta: whether its file stored intermediate shapes
+EXTERNAL_ATTRIBUTES = "sparsecut.external_attributes"  # model.meta: a tensor attribute is read from external data
 
 
 def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
@@ -297,8 +298,9 @@ def load_model(path: Path, infer_shapes: bool = False) -> ir.Model:
     except Exception as exc:
         raise GraphError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
     shapes.apply_shapes(model.graph, inferred, force=True)
-    model.meta[EXTERNAL_ATTRIBUTES] = _set_base_dir(model.graph, path.parent)
-    _check_external_data(model, path)
+    tensors, attributes = _tensors_and_attributes(model.graph)
+    model.meta[EXTERNAL_ATTRIBUTES] = _set_base_dir(tensors, attributes, path.parent)
+    _check_external_data(tensors, attributes, path)
     model.meta[INTERMEDIATE_SHAPES] = had_shapes
     return model
 
@@ -370,10 +372,9 @@ def _inline_attribute_tensors(graph: ir.Graph) -> None:
         )
 
 
-def _set_base_dir(graph: ir.Graph, base: Path) -> bool:
-    """onnx-ir's `set_base_dir`: external tensors find their files from the model's folder. Returns whether a
-    tensor attribute is one (see `_inline_attribute_tensors`)."""
-    tensors, attributes = _tensors_and_attributes(graph)
+def _set_base_dir(tensors: list[ir.TensorProtocol], attributes: list[tuple[ir.Node, ir.Attr]], base: Path) -> bool:
+    """onnx-ir's `set_base_dir` for a graph's `_tensors_and_attributes`: external tensors find their files from the
+    model's folder. Returns whether a tensor attribute is one (see `_inline_attribute_tensors`)."""
     in_attributes = [tensor for _, attr in attributes for tensor in _values(attr)]
     for tensor in tensors + in_attributes:
         if is_external(tensor):
@@ -381,19 +382,22 @@ def _set_base_dir(graph: ir.Graph, base: Path) -> bool:
     return any(is_external(tensor) for tensor in in_attributes)
 
 
-EXTERNAL_ATTRIBUTES = "sparsecut.external_attributes"  # model.meta: a tensor attribute is read from external data
-
-
-def _check_external_data(model: ir.Model, path: Path) -> None:
+def _check_external_data(
+    tensors: list[ir.TensorProtocol], attributes: list[tuple[ir.Node, ir.Attr]], path: Path
+) -> None:
+    """Every tensor read from an external file — a weight, or a Constant node's value (a graph's
+    `_tensors_and_attributes`) — reads inside the model's folder, from a file that exists and is long enough.
+    Raises `GraphError`."""
     base = path.resolve().parent
     sizes: dict[Path, int] = {}
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
+    named = [(f"initializer {t.name!r}", t) for t in tensors]
+    named += [(f"tensor {t.name!r} of {node.op_type} {node.name!r}", t) for node, a in attributes for t in _values(a)]
+    for what, tensor in named:
         if is_external(tensor):
             location = (base / tensor.location).resolve()
             if not location.is_relative_to(base):
                 raise GraphError(
-                    f"{path}: initializer {value.name!r} points to external data {tensor.location!r} "
+                    f"{path}: {what} points to external data {tensor.location!r} "
                     "outside the model's folder; refusing to read it"
                 )
             if not location.exists():
@@ -402,7 +406,7 @@ def _check_external_data(model: ir.Model, path: Path) -> None:
             if (tensor.offset or 0) < 0 or end > sizes.setdefault(location, location.stat().st_size):
                 raise GraphError(
                     f"{path}: external data file {tensor.location!r} is truncated or does not match the model "
-                    f"(initializer {value.name!r} needs bytes up to {end:,}, the file has {sizes[location]:,})"
+                    f"({what} needs bytes up to {end:,}, the file has {sizes[location]:,})"
                 )
 
 

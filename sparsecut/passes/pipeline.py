@@ -41,7 +41,6 @@ __all__ = ["DEFAULT_PASSES", "PASSES", "OptimizeOptions", "inspect_model", "opti
 log = logging.getLogger(__name__)
 
 METADATA_PREFIX = "pkg.sparsecut."
-LARGE_MODEL_PARAMS = 64_000_000  # ≈ 256 MB of fp32 weights
 PARALLEL_GATE_BYTES = 256 << 20  # weights up to this size: the gate runs both graphs at once
 
 

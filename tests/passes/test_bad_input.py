@@ -35,6 +35,21 @@ def _escaping_external_data(path: Path) -> None:
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
 
 
+def _escaping_constant(path: Path) -> None:
+    """A Constant node's tensor (not an initializer) read from outside the model's folder."""
+    tensor = helper.make_tensor("c", TensorProto.FLOAT, [1, 4, 1, 1], vals=np.zeros(4, np.float32).tobytes(), raw=True)
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="../../etc/passwd")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=tensor), helper.make_node("Add", ["x", "c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 2, 2])],
+    )
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
+
+
 def _failing_checker(path: Path) -> None:
     node = helper.make_node("Relu", ["not_defined_anywhere"], ["y"])
     graph = helper.make_graph(
@@ -51,6 +66,10 @@ CASES = {
     "truncated": (None, "not a readable ONNX model"),
     "checker": (_failing_checker, "fails the ONNX checker"),
     "external data escapes": (_escaping_external_data, "outside the model's folder; refusing to read it"),
+    "a constant's external data escapes": (
+        _escaping_constant,
+        "tensor 'c' of Constant '' points to external data '../../etc/passwd' outside the model's folder",
+    ),
     "missing": (lambda p: None, "no such file"),
 }
 

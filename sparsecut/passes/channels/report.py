@@ -20,7 +20,8 @@ __all__ = ["group_reports", "head_reports", "location"]
 def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
     reports = []
     reasons = _ReasonFinder(a)
-    # per space, counted over all channels at once (thousands of spaces: one numpy call each adds up)
+    # per space, counted over all channels at once (thousands of spaces: one numpy call each adds up). Dead: not
+    # LIVE (and needed) in any tensor of its space — what pruning killed.
     dead = ~np.concatenate(a.live_somewhere) if a.spaces else np.zeros(0, bool)
     stays = dead & ~a.removable
     sizes, removed, dead_count, kept_dead_count = (
@@ -59,11 +60,6 @@ def _per_space(a: DeadChannelAnalysis, flags: np.ndarray | None) -> np.ndarray:
         return np.diff(a.offsets)
     before = np.concatenate([[0], np.cumsum(flags)])  # flagged channels before each index
     return before[a.offsets[1:]] - before[a.offsets[:-1]]
-
-
-def dead_mask(a: DeadChannelAnalysis, s: int) -> np.ndarray:
-    """Channels that are not LIVE (and needed) in any tensor of the space: what pruning killed."""
-    return ~a.live_somewhere[s]
 
 
 class _ReasonFinder:
