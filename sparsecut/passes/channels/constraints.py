@@ -158,7 +158,7 @@ def apply_constraints(
         for s, sp in enumerate(a.spaces):
             mask = removable[a.offsets[s] : a.offsets[s + 1]]
             kept = sp.count - int(mask.sum())
-            chosen = counts.get(a.space_key(s))
+            chosen = counts.get(a.space_key(s)) if counts else None
             if chosen is None:
                 # never remove every channel of a tensor (an unused branch is cleanup's job, not ours)
                 target, reason = min(sp.count, max(-(-kept // align) * align, align)), ALIGNED
