@@ -4,10 +4,11 @@
     the same model after `optimize`, and the same channels removed physically in PyTorch by Torch-Pruning and
     exported. Prints lean/dense and lean/physical (sparsecut's promise: lean runs as fast as physical pruning).
 (b) scaling — time and peak RSS of `optimize` (pipeline + equivalence gate) on synthetic graphs of 1k, 5k and 15k
-    nodes, each in a fresh process.
+    nodes, each in a fresh process, interleaved with its floor (onnx-ir load + save, two onnxruntime sessions run
+    and released) in `--repeats` pairs: the medians' ratio and the pairs' range.
 (c) memory on a large model with external data — peak RSS of `optimize` against the size of the weights.
 
-    .venv/bin/python benchmarks/optimize.py [--arch resnet50] [--rounds 15] [--skip-large] [--large-gb 2.1]
+    .venv/bin/python benchmarks/optimize.py [--arch resnet50] [--rounds 15] [--repeats 5] [--skip-large] [--large-gb 2.1]
 """
 
 from __future__ import annotations
