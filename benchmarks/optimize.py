@@ -8,7 +8,7 @@
     and released) in `--repeats` pairs: the medians' ratio and the pairs' range.
 (c) memory on a large model with external data — peak RSS of `optimize` against the size of the weights.
 
-    .venv/bin/python benchmarks/optimize.py [--arch resnet50] [--rounds 15] [--repeats 5] [--skip-large] [--large-gb 2.1]
+    .venv/bin/python benchmarks/optimize.py [--arch resnet50] [--repeats 5] [--skip-large] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ console = Console(width=150)
 
 
 # ------------------------------------------------------------------------------------------------ (a) latency
-def latency(arch: str, rounds: int, per_round: int, threads: int) -> None:
+def latency(arch: str, rounds: int, per_round: int, threads: int) -> dict:
     import onnxruntime as ort
     import torch
     import torch_pruning as tp
@@ -115,6 +115,15 @@ def latency(arch: str, rounds: int, per_round: int, threads: int) -> None:
     console.print(
         f"lean / dense raw    = {median['lean'] / median['dense raw']:.3f}  (what a user had before sparsecut)"
     )
+    return {
+        "arch": arch,
+        "optimize_seconds": optimize_seconds,
+        "p50_ms": median,
+        "macs": {"before": report.before.macs, "after": report.after.macs},
+        "lean_over_dense_folded": median["lean"] / median["dense folded"],
+        "lean_over_physical": median["lean"] / median["physical"],
+        "lean_over_dense_raw": median["lean"] / median["dense raw"],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ (b) scaling
@@ -199,11 +208,12 @@ def _optimize_in_child(source: Path, target: Path, verify: bool = True) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def scaling(sizes: list[int], repeats: int) -> None:
+def scaling(sizes: list[int], repeats: int) -> list[dict]:
     table = Table(title=f"(b) optimize on synthetic graphs (fresh process each, {repeats} interleaved pairs)")
     for column in ("nodes", "total s (median)", "floor s (median)", "total / floor", "pairs: min–max", "pipeline s",
                    "gate + I/O s", "peak RSS MB", "s per 1k nodes"):  # fmt: skip
         table.add_column(column)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             source = Path(tmp) / f"g{n}.onnx"
@@ -215,6 +225,9 @@ def scaling(sizes: list[int], repeats: int) -> None:
             r = sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2]
             floor = statistics.median(floors)
             pairs = [run["seconds"] / f for run, f in zip(runs, floors, strict=True)]
+            results.append({"nodes": n, "optimize_seconds": [run["seconds"] for run in runs], "floor_seconds": floors,
+                            "ratio_of_medians": r["seconds"] / floor, "pipeline_seconds": r["pipeline"],
+                            "peak_rss_mb": r["rss_mb"]})  # fmt: skip
             table.add_row(
                 str(n),
                 f"{r['seconds']:.2f}",
@@ -228,11 +241,12 @@ def scaling(sizes: list[int], repeats: int) -> None:
             )
     console.print(table)
     console.print("target: total / floor ≤ 1.2 at 15k nodes (the floor: onnx-ir load + save, two onnxruntime "
-                  "sessions with optimizations off, each run at batch 1 and 2)")  # fmt: skip
+                  "sessions with optimizations off, each run at batch 1 and 2 and released)")  # fmt: skip
+    return results
 
 
 # ------------------------------------------------------------------------------------------------ (c) memory
-def large(gigabytes: float, verify: bool) -> None:
+def large(gigabytes: float, verify: bool) -> dict:
     """A chain of 4096×4096 Gemms (64 MiB each) with external data; a quarter of each hidden layer dead."""
     width = 4096
     layers = max(2, int(gigabytes * 2**30 / (width * width * 4)))
@@ -273,6 +287,7 @@ def large(gigabytes: float, verify: bool) -> None:
         "on" if verify else "off",
     )
     console.print(table)
+    return {"weights_mb": size_mb, "seconds": r["seconds"], "peak_rss_mb": r["rss_mb"], "gate": verify}
 
 
 def main() -> None:
@@ -286,13 +301,16 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--large-gb", type=float, default=2.1)
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    results: dict = {}
     if not args.skip_latency:
-        latency(args.arch, args.rounds, args.per_round, args.threads)
-    scaling([int(s) for s in args.sizes.split(",")], args.repeats)
+        results["latency"] = latency(args.arch, args.rounds, args.per_round, args.threads)
+    results["scaling"] = scaling([int(s) for s in args.sizes.split(",")], args.repeats)
     if not args.skip_large:
-        large(args.large_gb, verify=False)
-        large(args.large_gb, verify=True)
+        results["large"] = [large(args.large_gb, verify=False), large(args.large_gb, verify=True)]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
