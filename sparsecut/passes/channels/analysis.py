@@ -64,8 +64,7 @@ class DeadChannelAnalysis:
         self.removable, self.kept_for_alignment = constraints.apply_constraints(
             self, self.align, self.counts, enabled_groups
         )
-        removed_before = np.concatenate([[0], np.cumsum(self.removable)])  # removed channels before each index
-        self.loses: list[bool] = (removed_before[self.offsets[1:]] > removed_before[self.offsets[:-1]]).tolist()
+        self.loses: list[bool] = (self.per_space(self.removable) > 0).tolist()  # per space: whether channels go
 
     def weight(self, value: ir.Value) -> np.ndarray | None:
         return self.walk.weight(value)
@@ -147,6 +146,12 @@ class DeadChannelAnalysis:
     def kept(self, value: ir.Value) -> np.ndarray:
         """Indices of the channels of `value` that stay, in their original order."""
         return np.flatnonzero(~self.removed(value))
+
+    def per_space(self, flags: np.ndarray) -> np.ndarray:
+        """How many channels of each space are flagged, for flags over all spaces' channels in a row (counted at
+        once: thousands of spaces, one numpy call each, add up)."""
+        before = np.concatenate([[0], np.cumsum(flags)])  # flagged channels before each index
+        return before[self.offsets[1:]] - before[self.offsets[:-1]]
 
     def has_removals(self, value: ir.Value | None) -> bool:
         s = self.space_of.get(value) if value is not None else None

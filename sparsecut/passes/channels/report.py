@@ -20,13 +20,12 @@ __all__ = ["group_reports", "head_reports", "location"]
 def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
     reports = []
     reasons = _ReasonFinder(a)
-    # per space, counted over all channels at once (thousands of spaces: one numpy call each adds up). Dead: not
-    # LIVE (and needed) in any tensor of its space — what pruning killed.
+    # per space, counted over all channels at once. Dead: not LIVE (and needed) in any tensor of its space — what
+    # pruning killed.
     dead = ~np.concatenate(a.live_somewhere) if a.spaces else np.zeros(0, bool)
     stays = dead & ~a.removable
-    sizes, removed, dead_count, kept_dead_count = (
-        _per_space(a, flags).tolist() for flags in (None, a.removable, dead, stays)
-    )
+    sizes = [space.count for space in a.spaces]
+    removed, dead_count, kept_dead_count = (a.per_space(flags).tolist() for flags in (a.removable, dead, stays))
     for gi, members in enumerate(a.groups):
         before = sum(sizes[s] for s in members)
         after = before - sum(removed[s] for s in members)
@@ -52,14 +51,6 @@ def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
             )
         )
     return reports
-
-
-def _per_space(a: DeadChannelAnalysis, flags: np.ndarray | None) -> np.ndarray:
-    """How many channels of each space are flagged (all of them with None)."""
-    if flags is None:
-        return np.diff(a.offsets)
-    before = np.concatenate([[0], np.cumsum(flags)])  # flagged channels before each index
-    return before[a.offsets[1:]] - before[a.offsets[:-1]]
 
 
 class _ReasonFinder:

@@ -169,7 +169,7 @@ class ChannelSpaces:
             return
         const = np.where(live, 0.0, const)
         if math.isfinite(const.sum()):  # the usual case, in fewer steps (a sum of finite values is finite)
-            self.live[value] = np.array(live, bool)
+            self.live[value] = live
             self.const[value] = const
             return
         finite = np.isfinite(const)
