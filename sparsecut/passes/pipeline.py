@@ -4,7 +4,6 @@ place, so a failure leaves nothing behind."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
 import tempfile
@@ -28,7 +27,7 @@ from sparsecut.modelfile import (
 )
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
-from sparsecut.passes.gate import Feeds, Reference, compare_files, diagnose, gate_inputs, run_feeds
+from sparsecut.passes.gate import BackgroundRuns, Feeds, Reference, compare_files, diagnose, gate_inputs
 from sparsecut.passes.permute_two_four import PermuteForTwoFourPass
 from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionOptions, convert_precision
 from sparsecut.passes.registry import DEFAULT_PASSES, PASSES, parse_passes, run_passes
@@ -85,15 +84,16 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     start = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp,
-        concurrent.futures.ThreadPoolExecutor(2) as pool,
+        BackgroundRuns() as runs,
         PausedCollector() as collector,
     ):
         lossless = _stage(Path(tmp), "lossless", output)
-        feeds, before, after, reports, lost, gate = _transform(source, lossless, names, options, pool)
+        feeds, before, after, reports, lost, gate = _transform(source, lossless, names, options, runs)
         # The graph is cyclic garbage now: freed here (one young-generation collection, ~0.1 s at 15k nodes) —
         # for a big model before the gate loads its own copy of the weights, for a small one while onnxruntime
-        # reads the output on the other thread.
+        # reads the output on another thread; and the input's session with it.
         collector.collect_and_resume()
+        runs.release_input()
         checks: list[OutputCheck] = []
         if options.verify:
             checks = compare_files(source, lossless, feeds, options, *gate)
@@ -136,12 +136,12 @@ def _stage(folder: Path, step: str, output: Path) -> Path:
 
 
 def _transform(
-    source: Path, staged: Path, names: list[str], options: OptimizeOptions, pool: concurrent.futures.Executor
+    source: Path, staged: Path, names: list[str], options: OptimizeOptions, runs: BackgroundRuns
 ) -> tuple[Feeds, ModelCost, ModelCost, list[PassReport], list[str], tuple[Reference, Reference] | tuple[()]]:
     """Load, run the lossless passes, write `staged`. The graph is local: it is gone when this returns.
 
-    For a small model the gate runs in `pool` (onnxruntime releases the GIL): the input's outputs while the passes
-    run, the output's as soon as it is written, while the report is made here; both futures are returned. For a
+    For a small model the gate runs in the background (`runs`): the input's outputs while the passes run, the
+    output's as soon as it is written, while the report is made here; both futures are returned. For a
     big one the gate waits, so that only one copy of the weights is in memory at a time."""
     model = _load_checked(source)
     overridable = [v.name for v in model.graph.inputs if v.is_initializer()]
@@ -160,7 +160,7 @@ def _transform(
     feeds = gate_inputs(model, options, source)
     reference = None
     if options.verify and initializer_bytes(model) <= PARALLEL_GATE_BYTES:
-        reference = pool.submit(run_feeds, source, feeds)
+        reference = runs.run_input(source, feeds)
     before = count_costs(model)
     sparse_before = two_four_weights(model)
     reports = run_passes(model, names, options)
@@ -170,7 +170,7 @@ def _transform(
     model.metadata_props[METADATA_PREFIX + "optimize.verified"] = verified
     with without_added_shapes(model):
         save_model(model, staged, external_data=external)
-    candidate = pool.submit(run_feeds, staged, feeds) if reference is not None else None
+    candidate = runs.run_output(staged, feeds) if reference is not None else None
     # what annotate-2to4 found as the last pass is what the graph has now: not checked twice
     last = reports[-1] if names and names[-1] == "annotate-2to4" else None
     sparse_after = (

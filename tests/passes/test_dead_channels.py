@@ -3,6 +3,9 @@ checks every graph here at rtol 1e-4 / atol 1e-5 on batch 1 and 2 before anythin
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 import onnx
 import pytest
@@ -294,6 +297,35 @@ def test_a_model_exported_with_a_fixed_batch_is_gated_at_that_batch(tmp_path):
     report, lean = optimize(tmp_path, model)
     assert [c.batch_size for c in report.checks] == [1]
     assert [w.shape[0] for w in weights(lean, "Conv")] == [7, 2]
+
+
+def test_the_gate_holds_the_input_session_until_released_and_runs_the_output_on_another_thread(tmp_path, monkeypatch):
+    """Releasing an onnxruntime session holds the GIL, and one released while another is built on its thread slows
+    that build: the input's session is kept until `release_input`, the output runs on a thread of its own."""
+    from sparsecut.passes import gate
+
+    run_feeds, seen = gate.run_feeds, []
+
+    def recording(model, feeds, held=None):
+        outputs = run_feeds(model, feeds, held)
+        seen.append((threading.get_ident(), held))
+        return outputs
+
+    monkeypatch.setattr(gate, "run_feeds", recording)
+    g = GraphBuilder()
+    path = tmp_path / "m.onnx"
+    onnx.save(g.model(g.conv("x", g.weight(8, 4, 1, 1))), path)
+    feeds = [("ones", {"x": np.ones((1, 4, 6, 6), np.float32)})]
+    with gate.BackgroundRuns() as runs:
+        before = runs.run_input(path, feeds).result()
+        [(input_thread, held)] = seen
+        session = weakref.ref(held[0])
+        after = runs.run_output(path, feeds).result()
+        assert seen[1][0] != input_thread and seen[1][1] is None  # another thread; its session released on return
+        assert session() is not None
+        runs.release_input()
+        assert session() is None
+    np.testing.assert_array_equal(before[0][0], after[0][0])
 
 
 def test_convnext_block_mlp_hidden_goes_and_layernorm_channels_stay(tmp_path):
