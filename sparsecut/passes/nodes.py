@@ -59,11 +59,12 @@ def tensor_array(tensor: ir.TensorProtocol) -> np.ndarray:
     cls = type(tensor)
     if cls is ir.Tensor or (cls is not ir.TensorProtoTensor and not isinstance(tensor, ir.TensorProtoTensor)):
         return tensor.numpy()  # (the type first: a failing isinstance against onnx-ir's classes costs 0.5 µs)
-    array = tensor.meta.get(_ARRAY)
-    if array is None:
-        array = tensor.numpy()
-        if array.nbytes <= _CACHED_BYTES and not array.flags.writeable:
-            tensor.meta[_ARRAY] = array
+    meta = tensor.meta
+    if _ARRAY in meta:  # (not `meta.get`: the store's `get` finds a missing key by catching a KeyError)
+        return meta[_ARRAY]
+    array = tensor.numpy()
+    if array.nbytes <= _CACHED_BYTES and not array.flags.writeable:
+        meta[_ARRAY] = array
     return array
 
 
