@@ -208,10 +208,16 @@ def save_model(
         staged = tmp / path.name
         if model.meta.get(EXTERNAL_ATTRIBUTES, True):  # (a model not loaded here is looked at)
             _inline_attribute_tensors(model.graph)
-        # a small in-flight budget: tensors are written one after another instead of being held all at once
-        ir.save(model, staged, external_data=data_name if external_data else None, max_in_flight_bytes=64 << 20)
         if external_data:
+            # a small in-flight budget: tensors are written one after another instead of being held all at once
+            ir.save(model, staged, external_data=data_name, max_in_flight_bytes=64 << 20)
             _restore_tensor_labels(model, staged)
+        elif path.suffix == ".onnx":
+            # what ir.save does here, less onnx.save's look at every tensor for data to move out to a file (there
+            # is none: onnx-ir writes no such tensor) — 35 ms at 15k weights, a tenth of writing the model
+            staged.write_bytes(ir.to_proto(model).SerializeToString())
+        else:  # onnx chooses the format by the suffix (.json, .textproto, …)
+            ir.save(model, staged)
         if check is not None:
             check(staged)
         if external_data:
