@@ -63,7 +63,7 @@ def check_removability(a: DeadChannelAnalysis) -> list[np.ndarray]:
     for value, s in a.space_of.items():
         live_in[s] |= a.live[value] & a.needed[value]
     for s, live in enumerate(live_in):
-        if live.any():
+        if np.count_nonzero(live):  # (not `live.any()`: 5× slower on small arrays, asked for every space)
             add_reason(a.spaces[s], live, "live")
     for sink in a.walk.sinks:
         if sink.refusal is None:

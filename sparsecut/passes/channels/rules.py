@@ -441,7 +441,7 @@ class ConvRule(_WeightedRule):
         walk.sink(x, node, f"constant read by padded conv {node.name!r}" if padded else None)
         if groups == 1:
             live = nonzero @ (in_live | (in_const != 0)) if padded else nonzero @ in_live  # bool: any of the ands
-            walk.set_state(y, live, bias + kernel.sums @ in_const if in_const.any() else bias)
+            walk.set_state(y, live, bias + kernel.sums @ in_const if np.count_nonzero(in_const) else bias)
             return Kind.CONV
         live = np.zeros(out_ch, bool)
         out_per_group = out_ch // groups
