@@ -28,6 +28,10 @@ def checking_session(model: ir.Model | Path) -> Iterator[object]:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    # Its workers wait without spinning: the gate runs a session beside the passes, and a worker spinning through
+    # a run takes the core the passes run on (optimize at 15k nodes: 5 % slower). Runs are as fast (measured on
+    # the 15k-node graph and ResNet-18).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if isinstance(model, Path):
         yield ort.InferenceSession(str(model), options, providers=providers)

@@ -301,7 +301,8 @@ def test_a_model_exported_with_a_fixed_batch_is_gated_at_that_batch(tmp_path):
 
 def test_the_gate_holds_the_input_session_until_released_and_runs_the_output_on_another_thread(tmp_path, monkeypatch):
     """Releasing an onnxruntime session holds the GIL, and one released while another is built on its thread slows
-    that build: the input's session is kept until `release_input`, the output runs on a thread of its own."""
+    that build: the input's session is kept until `release_input`, the output runs on a thread of its own; no
+    session's workers spin."""
     from sparsecut.passes import gate
 
     run_feeds, seen = gate.run_feeds, []
@@ -320,6 +321,8 @@ def test_the_gate_holds_the_input_session_until_released_and_runs_the_output_on_
         before = runs.run_input(path, feeds).result()
         [(input_thread, held)] = seen
         session = weakref.ref(held[0])
+        # its workers do not spin through a run: they would take the core the passes run on meanwhile
+        assert held[0].get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
         after = runs.run_output(path, feeds).result()
         assert seen[1][0] != input_thread and seen[1][1] is None  # another thread; its session released on return
         assert session() is not None
