@@ -40,7 +40,7 @@ __all__ = ["DEFAULT_PASSES", "PASSES", "OptimizeOptions", "inspect_model", "opti
 log = logging.getLogger(__name__)
 
 METADATA_PREFIX = "pkg.sparsecut."
-PARALLEL_GATE_BYTES = 256 << 20  # weights up to this size: the gate runs both graphs at once
+PARALLEL_GATE_BYTES = 256 << 20  # weights up to this size: the gate runs both graphs beside the passes
 
 
 @dataclasses.dataclass(frozen=True)
