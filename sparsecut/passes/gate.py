@@ -72,12 +72,11 @@ def run_feeds(model: ir.Model | Path, feeds: Feeds, held: list[object] | None = 
 class BackgroundRuns:
     """The gate's two runs in the background, for a model small enough to be in memory three times (for a moment,
     the graph and both sessions): the input's while the passes work, the output's as soon as it is written, while
-    the report is made. onnxruntime releases the
-    GIL while it builds and runs a session; releasing one, it does not (0.08 s at 15k nodes: the Python work on
-    the main thread stops meanwhile). So the input's session is held until `release_input`, called where the main
-    thread would only wait for the output's — which runs on a thread of its own: a session released while
-    another is built on the thread that built the first slowed that build by a third (measured; on another
-    thread it did not)."""
+    the report is made. onnxruntime releases the GIL while it builds and runs a session; releasing one, it does
+    not (0.08 s at 15k nodes: the Python work on the main thread stops meanwhile). So the input's session is held
+    until `release_input`, called where the main thread would only wait for the output's — which runs on a thread
+    of its own: a session released while another is built on the thread that built the first slowed that build
+    by a third (measured; on another thread it did not)."""
 
     def __init__(self) -> None:
         self._input_thread = concurrent.futures.ThreadPoolExecutor(1)
