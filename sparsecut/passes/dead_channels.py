@@ -18,11 +18,11 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.channels import DeadChannelAnalysis, Kind, rewrite_channels
+from sparsecut.passes.channels import DeadChannelAnalysis, rewrite_channels
 from sparsecut.passes.constants import FoldConstantsPass
-from sparsecut.passes.nodes import attr_int, source_name
+from sparsecut.passes.nodes import source_name
 from sparsecut.passes.permutation import restore_order
-from sparsecut.passes.two_four import is_two_four, two_four_violations
+from sparsecut.passes.two_four import is_two_four, reduction_axis, two_four_violations
 from sparsecut.report import TwoFourRestore
 from sparsecut.shapes import infer_shapes
 
@@ -117,12 +117,6 @@ def reduction_matrix(node: ir.Node, analysis: DeadChannelAnalysis) -> np.ndarray
 
 
 def _reduction_weight(node: ir.Node, analysis: DeadChannelAnalysis) -> tuple[np.ndarray | None, int]:
-    """A reader's weight as stored, and its reduction axis: Conv [K, C, R, S] → 1; Gemm B → 0, or 1 with transB;
-    MatMul B → 0."""
+    """A reader's (Conv, Gemm, MatMul) weight as stored, and its reduction axis."""
     weight = analysis.weight(node.inputs[1]) if node.inputs[1] is not None else None
-    kind = analysis.kinds[node]
-    if kind is Kind.CONV:
-        return weight, 1
-    if kind is Kind.GEMM:
-        return weight, attr_int(node, "transB", 0)
-    return weight, 0
+    return weight, reduction_axis(node)

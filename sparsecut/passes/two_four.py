@@ -19,10 +19,17 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.nodes import constant_array, tensor_array
+from sparsecut.passes.nodes import attr_int, constant_array, tensor_array
 from sparsecut.report import SparsityLayer
 
-__all__ = ["AnnotateTwoFourPass", "is_two_four", "two_four_violations", "two_four_weights", "violations_of_many"]
+__all__ = [
+    "AnnotateTwoFourPass",
+    "is_two_four",
+    "reduction_axis",
+    "two_four_violations",
+    "two_four_weights",
+    "violations_of_many",
+]
 
 SPARSE_DOC = "SPARSE_2_4"
 METADATA_KEY = "pkg.sparsecut.sparsity"
@@ -156,20 +163,25 @@ def _reduction_weight(node: ir.Node) -> tuple[ir.Value, np.ndarray, int, int] | 
     source, stored, perm = _follow(node.inputs[1])
     if source is None or stored is None or stored.ndim < 2:
         return None
-    if node.op_type == "Conv":
-        axis, out_axis = 1, 0
-    elif node.op_type == "Gemm":
-        trans_b = node.attributes.get("transB")
-        axis, out_axis = (1, 0) if trans_b is not None and trans_b.as_int() else (0, 1)
-    else:
-        if stored.ndim != 2:
-            return None
-        axis, out_axis = 0, 1
+    if node.op_type == "MatMul" and stored.ndim != 2:
+        return None
+    axis = reduction_axis(node)
+    out_axis = 1 - axis  # the outputs' axis: the other of the first two
     if perm is not None:  # the node sees transpose(stored, perm): its axis a is the stored axis perm[a]
         axis, out_axis = perm[axis], perm[out_axis]
     if stored.shape[axis] < 4:
         return None  # shorter than one group of 4 (a depthwise conv: one channel per group): no sparse kernel runs it
     return source, stored, axis, stored.shape[out_axis]
+
+
+def reduction_axis(node: ir.Node) -> int:
+    """The reduction axis of a Conv's, Gemm's or MatMul's weight as the node reads it: Conv W[K, C, R, S] → 1; Gemm
+    B → 0, or 1 with transB; MatMul B → 0."""
+    if node.op_type == "Conv":
+        return 1
+    if node.op_type == "Gemm":
+        return attr_int(node, "transB", 0)
+    return 0
 
 
 def _follow(value: ir.Value) -> tuple[ir.Value | None, np.ndarray | None, list[int] | None]:
