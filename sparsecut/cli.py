@@ -408,6 +408,10 @@ def _render_optimize(report: object, inspecting: bool = False) -> None:
         if step.barriers:
             stops = ", ".join(f"{op} ×{n}" for op, n in sorted(step.barriers.items()))
             console.print(f"  channels stopped at ops without a rule: {stops}")
+        if step.declined:
+            console.print("  channels stopped where a rule declined:")
+            for why, n in sorted(step.declined.items()):
+                console.print(f"    {escape(why)} ×{n}")
         for failure in step.rule_errors:
             console.print(
                 f"  [yellow]warning:[/yellow] a channel rule gave up, its channels are kept: {escape(failure)}"

@@ -227,7 +227,10 @@ class PassReport(Report):
     seconds: float
     summary: str
     groups: list[ChannelGroupReport] = dataclasses.field(default_factory=list)
-    barriers: dict[str, int] = dataclasses.field(default_factory=dict)  # op type → nodes that stopped channels
+    # op type (no rule registered) → nodes that stopped channels
+    barriers: dict[str, int] = dataclasses.field(default_factory=dict)
+    # "op: the condition its rule declined on" → nodes that stopped channels
+    declined: dict[str, int] = dataclasses.field(default_factory=dict)
     sparsity: list[SparsityLayer] = dataclasses.field(default_factory=list)
     two_four: list[TwoFourRestore] = dataclasses.field(default_factory=list)  # remove-dead-channels: 2:4 kept?
     rule_errors: list[str] = dataclasses.field(default_factory=list)  # rules that failed: barriers, with why

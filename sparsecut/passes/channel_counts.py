@@ -72,11 +72,9 @@ def plan_counts(
     """Choose counts for `model` (folded, shapes inferred: as remove-dead-channels will see it)."""
     analysis = DeadChannelAnalysis(model, align=1)
     layers = _layers(model, analysis, batch)
-    original = {s: sp.count for s, sp in enumerate(analysis.spaces)}
-    live = {
-        s: sp.count - int(analysis.removable[analysis.offsets[s] : analysis.offsets[s + 1]].sum())
-        for s, sp in enumerate(analysis.spaces)
-    }
+    original = {s: sp.count for s, sp in enumerate(analysis.walk.spaces)}
+    removed = analysis.coupling.per_space(analysis.decision.removable)
+    live = {s: sp.count - int(removed[s]) for s, sp in enumerate(analysis.walk.spaces)}
     touching: dict[int, list[_Layer]] = {}
     for layer in layers:
         for s in {layer.space_in, layer.space_out}:
@@ -159,7 +157,8 @@ def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[
     """Conv, Gemm and MatMul nodes whose shapes are known, with the spaces they read and write."""
     found = []
     for node in model.graph:
-        kind = analysis.kinds.get(node)
+        plan = analysis.walk.plans.get(node)
+        kind = plan.kind if plan is not None else None
         if kind not in (Kind.CONV, Kind.DEPTHWISE, Kind.GEMM, Kind.MATMUL):
             continue
         x, y = node.inputs[0], node.outputs[0]
@@ -167,8 +166,8 @@ def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[
         if x is None or w is None or x.shape is None or w.const_value is None:
             continue
         dims = list(x.shape)
-        space_in = analysis.space_of.get(x)
-        space_out = analysis.space_of.get(y)
+        space_in = analysis.walk.space_of.get(x)
+        space_out = analysis.walk.space_of.get(y)
         if kind in (Kind.CONV, Kind.DEPTHWISE):
             spatial = dims[2:]
             if not all(isinstance(d, int) for d in spatial):

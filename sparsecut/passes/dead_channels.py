@@ -68,7 +68,7 @@ def plan_two_four_restores(analysis: DeadChannelAnalysis) -> tuple[list[TwoFourR
     reader of the space, so their patterns are searched together. Returns the reports and the orders by space."""
     reports = []
     orders: dict[int, np.ndarray] = {}
-    for s, space in enumerate(analysis.spaces):
+    for s, space in enumerate(analysis.walk.spaces):
         if not space.values or not analysis.has_removals(space.values[0]):
             continue
         patterns, names = [], []

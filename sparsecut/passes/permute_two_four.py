@@ -45,7 +45,7 @@ class PermuteForTwoFourPass(ir.passes.InPlacePass):
             found = _reduction_weight(node)
             if found is not None and ineligible_because(node, *found, inputs, self.min_channels) is None:
                 eligible[node] = found[0].name or "?"
-        for s in range(len(analysis.spaces)):
+        for s in range(len(analysis.walk.spaces)):
             readers = analysis.readers(s)
             chosen = [node for node in readers if node in eligible]
             if not chosen:

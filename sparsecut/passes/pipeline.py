@@ -239,8 +239,9 @@ def _inspect(source: Path, align: int) -> OptimizeReport:
             time.perf_counter() - t0,
             f"{analysis.total_removed} channel(s) removable of {sum(g.dead for g in groups)} dead",
             groups,
-            dict(analysis.barriers),
-            rule_errors=list(analysis.rule_errors),
+            dict(analysis.walk.no_rule),
+            declined=dict(analysis.walk.declined),
+            rule_errors=list(analysis.walk.rule_errors),
             heads=analysis.head_reports(),
         )
     )

@@ -65,9 +65,10 @@ def _dead_channels_report(name: str, step: ir.passes.PassBase, modified: bool, s
         seconds,
         summary,
         groups,
-        dict(analysis.barriers),
+        dict(analysis.walk.no_rule),
+        declined=dict(analysis.walk.declined),
         two_four=step.two_four,
-        rule_errors=list(analysis.rule_errors),
+        rule_errors=list(analysis.walk.rule_errors),
         heads=analysis.head_reports(),
     )
 

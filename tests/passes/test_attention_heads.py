@@ -309,18 +309,18 @@ def test_an_unfolded_run_time_scale_keeps_q_and_k_dims_and_the_gate_would_catch_
     """On the graph as written (scale not folded), the rule leaves q/k dims alone — removing them would make the
     scale 1/√6. Forced (the check turned off), the result differs from the input: what the gate refuses."""
     from sparsecut.modelfile import load_model
-    from sparsecut.passes.channels import DeadChannelAnalysis, attention
+    from sparsecut.passes.channels import DeadChannelAnalysis, heads
     from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
     from sparsecut.passes.gate import compare_files, gate_inputs
 
     source = _runtime_scale_model(tmp_path)
     analysis = DeadChannelAnalysis(load_model(source, infer_shapes=True), align=1)
-    (block,) = [analysis.facts[n] for n, kind in analysis.kinds.items() if kind.name == "ATTENTION"]
+    (block,) = [plan.block for plan in analysis.walk.plans.values() if plan.kind.name == "ATTENTION"]
     assert "qk" in block.fixed_dims
     assert not analysis.has_removals(block.q_entry.value)
     assert analysis.has_removals(block.v_entry.value)
 
-    monkeypatch.setattr(attention, "_feeds_arithmetic", lambda value: False)
+    monkeypatch.setattr(heads, "_feeds_arithmetic", lambda value: False)
     forced = load_model(source, infer_shapes=True)
     RemoveDeadChannelsPass(align=1, fold=False)(forced)
     assert _weights(forced)["attn.q.weight"] == (32, 24)

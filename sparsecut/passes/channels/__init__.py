@@ -1,11 +1,11 @@
-"""Dead channels: which channels can go (`analysis.py`, from per-op rules in `rules.py` over channel spaces in
-`spaces.py`, decided in `constraints.py`, reported in `report.py`) and the graph rewrite that removes them
-(`rewrite.py`)."""
+"""Dead channels: which channels can go (`analysis.py`, from per-op rules in `rules/` over channel spaces in
+`spaces.py`, attention blocks found by `heads.py`, decided in `constraints.py`, reported in `report.py`) and the
+graph rewrite that removes them (`rewrite.py`)."""
 
 from sparsecut.passes.channels.analysis import DeadChannelAnalysis
 from sparsecut.passes.channels.constraints import ALIGNED, MEASURED, SLOWER_WHEN_REMOVED
 from sparsecut.passes.channels.rewrite import ChannelRewrite, rewrite_channels
-from sparsecut.passes.channels.rules import RULES, ChannelRule, Kind, register
+from sparsecut.passes.channels.rules import RULES, ChannelRule, Decline, Kind, Plan, register
 
 __all__ = [
     "ALIGNED",
@@ -15,7 +15,9 @@ __all__ = [
     "ChannelRewrite",
     "ChannelRule",
     "DeadChannelAnalysis",
+    "Decline",
     "Kind",
+    "Plan",
     "register",
     "rewrite_channels",
 ]

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sparsecut.passes.channels.rules import READERS, Kind
+from sparsecut.passes.channels.rules import READERS
+from sparsecut.passes.channels.rules.attention import AttentionPlan
 from sparsecut.passes.nodes import source_name
 from sparsecut.report import ChannelGroupReport, HeadReport
 
@@ -20,13 +21,17 @@ __all__ = ["group_reports", "head_reports", "location"]
 def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
     reports = []
     reasons = _ReasonFinder(a)
+    walk, coupling, decision = a.walk, a.coupling, a.decision
     # per space, counted over all channels at once. Dead: not LIVE (and needed) in any tensor of its space — what
     # pruning killed.
-    dead = ~np.concatenate(a.live_somewhere) if a.spaces else np.zeros(0, bool)
-    stays = dead & ~a.removable
-    sizes = [space.count for space in a.spaces]
-    removed, dead_count, kept_dead_count = (a.per_space(flags).tolist() for flags in (a.removable, dead, stays))
-    for gi, members in enumerate(a.groups):
+    dead = ~np.concatenate(coupling.live_somewhere) if walk.spaces else np.zeros(0, bool)
+    stays = dead & ~decision.removable
+    sizes = [space.count for space in walk.spaces]
+    removed, dead_count, kept_dead_count = (
+        coupling.per_space(flags).tolist() for flags in (decision.removable, dead, stays)
+    )
+    offsets = coupling.offsets
+    for gi, members in enumerate(coupling.groups):
         before = sum(sizes[s] for s in members)
         after = before - sum(removed[s] for s in members)
         dead_here = sum(dead_count[s] for s in members)
@@ -35,19 +40,19 @@ def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
         kept_dead: dict[str, int] = {}
         for s in members:
             if kept_dead_count[s]:
-                for k in np.flatnonzero(stays[a.offsets[s] : a.offsets[s + 1]]).tolist():
+                for k in np.flatnonzero(stays[offsets[s] : offsets[s + 1]]).tolist():
                     reason = reasons(s, k)
                     kept_dead[reason] = kept_dead.get(reason, 0) + 1
         reports.append(
             ChannelGroupReport(
                 group=gi,
                 location=location(a, members),
-                tensors=sum(len(a.spaces[s].values) for s in members),
+                tensors=sum(len(walk.spaces[s].values) for s in members),
                 channels_before=before,
                 channels_after=after,
                 dead=dead_here,
                 kept_dead=kept_dead,
-                kept_for_alignment=sum(a.kept_for_alignment.get(s, 0) for s in members),
+                kept_for_alignment=sum(decision.kept_for_count.get(s, 0) for s in members),
             )
         )
     return reports
@@ -61,31 +66,33 @@ class _ReasonFinder:
         self.by_component: dict[int, str] | None = None
 
     def __call__(self, s: int, k: int) -> str:
-        a = self.a
-        own = a.spaces[s].reasons.get(k)
+        reasons, coupling = self.a.decision.reasons, self.a.coupling
+        own = reasons[s].get(k)
         if own is not None and own != "live":
             return own
         if self.by_component is None:
             self.by_component = {}
-            for other, sp in enumerate(a.spaces):
-                for j, reason in sp.reasons.items():
+            for other, mine in enumerate(reasons):
+                for j, reason in mine.items():
                     if reason != "live":
-                        self.by_component.setdefault(int(a.label[a.offsets[other] + j]), reason)
-        coupled = self.by_component.get(int(a.label[a.offsets[s] + k]))
+                        self.by_component.setdefault(int(coupling.label[coupling.offsets[other] + j]), reason)
+        coupled = self.by_component.get(int(coupling.label[coupling.offsets[s] + k]))
         return f"coupled: {coupled}" if coupled else "coupled to a live channel"
 
 
 def location(a: DeadChannelAnalysis, members: list[int]) -> str:
     """Where a group lives, for people: the weights that produce its channels (or its first tensor)."""
     names = []
+    spaces, plans = a.walk.spaces, a.walk.plans
     for s in members:
-        for value in a.spaces[s].values:
+        for value in spaces[s].values:
             producer = value.producer()
-            if producer is not None and a.kinds.get(producer) in READERS:
-                weight = producer.inputs[1]
-                names.append(source_name(weight) if weight is not None else producer.name or "?")
+            plan = plans.get(producer) if producer is not None else None
+            if plan is not None and plan.kind in READERS:
+                weight = producer.inputs[1]  # type: ignore[union-attr]
+                names.append(source_name(weight) if weight is not None else producer.name or "?")  # type: ignore[union-attr]
     if not names:
-        names = [a.spaces[members[0]].values[0].name or "?"]
+        names = [spaces[members[0]].values[0].name or "?"]
     shown = ", ".join(dict.fromkeys(names))
     return shown if len(shown) < 80 else shown[:77] + "…"
 
@@ -93,18 +100,16 @@ def location(a: DeadChannelAnalysis, members: list[int]) -> str:
 def head_reports(a: DeadChannelAnalysis) -> list[HeadReport]:
     """Per attention block: a head is dead when none of its output features is LIVE and needed (its V is zero or
     constant, or the output projection reads none of it); it goes when its features are removable."""
-    from sparsecut.passes.channels.attention import AttentionBlock
-
     reports = []
     reasons = _ReasonFinder(a)
-    for node, kind in a.kinds.items():
-        if kind is not Kind.ATTENTION:
+    walk = a.walk
+    for plan in walk.plans.values():
+        if not isinstance(plan, AttentionPlan):
             continue
-        block = a.facts[node]
-        assert isinstance(block, AttentionBlock)
-        s = a.space_of[block.exit]
+        block = plan.block
+        s = walk.space_of[block.exit]
         d = block.head_dim
-        live = np.asarray(a.live[block.exit] & a.needed[block.exit]).reshape(block.heads, d)
+        live = np.asarray(walk.live[block.exit] & a.coupling.needed[block.exit]).reshape(block.heads, d)
         dead = np.asarray(~live.any(axis=1), bool)
         removed = np.asarray(np.asarray(a.removed(block.exit)).reshape(block.heads, d).all(axis=1), bool)
         kept: dict[str, int] = {}

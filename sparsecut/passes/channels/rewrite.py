@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.channels.analysis import DeadChannelAnalysis
-from sparsecut.passes.channels.rules import Kind
+from sparsecut.passes.channels.spaces import Kernel
 from sparsecut.passes.nodes import attr_ints, bias_array, constant_array, shape_element
 from sparsecut.shapes import SharedShapes
 
@@ -34,27 +34,28 @@ class ChannelRewrite:
         self.orders = dict(orders)
         # per space: whether its channels lose members, and whether they lose members or change order (asked for
         # every value of every node)
-        self._removes = analysis.loses
+        self._removes = analysis.decision.loses
         self._changes = [removes or s in self.orders for s, removes in enumerate(self._removes)]
         self._kept: dict[int, np.ndarray] = {}
         self._shapes = SharedShapes()  # new weights of equal shape share one frozen shape
         self._names: set[str | None] | None = None  # every name in the graph, gathered when a new one is needed
 
     def run(self) -> None:
-        a = self.analysis
+        walk = self.analysis.walk
+        plans, rules = walk.plans, walk.rules
         for node in list(self.graph):
-            kind = a.kinds.get(node)
-            if kind is None or kind in (Kind.CONSTANT, Kind.CLAIMED):
-                continue
-            rule = a.rule_of[node]
-            if rule.holds_constants and rule.touched(node, self):
-                rule.rewrite(node, kind, self)
+            plan = plans.get(node)
+            if plan is None:
+                continue  # constant, claimed by another node's rule, or a barrier
+            rule = rules[node]
+            if rule.holds_constants and rule.touched(node, plan, self):
+                rule.rewrite(node, plan, self)
         shared = SharedShapes()
         # (old shape, axis, channels kept) → (old shape, kept alive so that its id stays its own; new shape)
         narrowed: dict[tuple[int, int, int], tuple[ir.Shape, ir.Shape]] = {}
-        for value, axis in a.axis.items():  # new shapes, exactly (inference cannot see through computed targets)
+        for value, axis in walk.axis.items():  # new shapes, exactly (inference cannot see through computed targets)
             shape = value.shape
-            if self._removes[a.space_of[value]] and shape is not None:
+            if self._removes[walk.space_of[value]] and shape is not None:
                 key = (id(shape), axis, len(self.kept(value)))
                 found = narrowed.get(key)
                 if found is None:
@@ -66,14 +67,15 @@ class ChannelRewrite:
     # --------------------------------------------------------------------------------------------- channels
     def count(self, value: ir.Value) -> int:
         """Channels of `value` before the rewrite."""
-        return self.analysis.spaces[self.analysis.space_of[value]].count
+        walk = self.analysis.walk
+        return walk.spaces[walk.space_of[value]].count
 
     def removed(self, value: ir.Value) -> np.ndarray:
         return self.analysis.removed(value)
 
     def kept(self, value: ir.Value) -> np.ndarray:
         """Indices of the channels of `value` that stay, in their new order."""
-        s = self.analysis.space_of[value]
+        s = self.analysis.walk.space_of[value]
         kept = self._kept.get(s)
         if kept is None:
             order = self.orders.get(s)
@@ -81,19 +83,30 @@ class ChannelRewrite:
         return kept
 
     def has_removals(self, value: ir.Value | None) -> bool:
-        s = self.analysis.space_of.get(value) if value is not None else None
+        s = self.analysis.walk.space_of.get(value) if value is not None else None
         return s is not None and self._removes[s]
 
     def changed(self, value: ir.Value | None) -> bool:
         """Whether the channels of `value` lose members or change order."""
-        s = self.analysis.space_of.get(value) if value is not None else None
+        s = self.analysis.walk.space_of.get(value) if value is not None else None
         return s is not None and self._changes[s]
 
     def constants(self, value: ir.Value) -> np.ndarray:
         """The constant each channel of `value` carries (0 for LIVE ones: `set_state` keeps it so)."""
-        return self.analysis.const[value]
+        return self.analysis.walk.const[value]
 
     # --------------------------------------------------------------------------------------------- constants
+    def weight(self, value: ir.Value | None) -> np.ndarray:
+        """A weight its rule's analysis read as a constant."""
+        weight = self.analysis.walk.weight(value) if value is not None else None
+        assert weight is not None
+        return weight
+
+    def kernel(self, value: ir.Value | None) -> Kernel:
+        kernel = self.analysis.walk.kernel(value) if value is not None else None
+        assert kernel is not None
+        return kernel
+
     def bias(self, node: ir.Node, index: int, count: int) -> np.ndarray:
         """The node's bias as `count` float64 values; its rule's analysis made sure it is constant."""
         bias = bias_array(node, index, count)

@@ -7,27 +7,28 @@ activations, BatchNorm, pooling, residual Add, SE Mul, depthwise conv, Transpose
 
 Per tensor and channel k, a state computed from weights alone: LIVE, or constant CONST(c) (ZERO is CONST(0)).
 
-Rules (`rules.py`) record into a `ChannelSpaces` while the graph is walked: spaces, links, maps, states, the
+Rules (`rules/`) record into a `ChannelSpaces` while the graph is walked: spaces, links, maps, states, the
 reducing consumers that must absorb constants (*sinks*), the channels an op makes unneeded (*gates*), and the
-reasons channels must stay (*vetoes*). `resolve` then numbers the final spaces.
+reasons channels must stay (*vetoes*). `resolve` then numbers the final spaces and returns what was found as a
+`ChannelWalk` — the first of the analysis' stage results, read-only from then on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.nodes import weight_array
 
-__all__ = ["FLOATING", "ChannelSpaces", "IndexMap", "Kernel", "Space"]
+if TYPE_CHECKING:
+    from sparsecut.passes.channels.rules.base import ChannelRule, Plan
 
-# ops through which a reader's preferred channel axis holds for their inputs of the same rank
-_SAME_AXIS = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Relu", "Sigmoid", "Tanh", "Erf", "Gelu",
-              "Cast", "Identity", "Dropout"}  # fmt: skip
+__all__ = ["FLOATING", "ChannelSpaces", "ChannelWalk", "IndexMap", "Kernel", "Space", "Weights", "add_reason"]
 
 IndexMap = tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]  # a[ia[i]] is the same channel as b[ib[i]]
 FLOATING = frozenset(t for t in ir.DataType if t.is_floating_point())  # the types that carry channels
@@ -57,12 +58,11 @@ class Space:
     """Tensors whose channel k is one and the same channel (a plain class: one is made per tensor the walk
     registers, and a dataclass's default factories cost twice as much)."""
 
-    __slots__ = ("count", "reasons", "values")
+    __slots__ = ("count", "values")
 
     def __init__(self, count: int) -> None:
         self.count = count
         self.values: list[ir.Value] = []
-        self.reasons: dict[int, str] = {}  # channel → why it must stay (the first reason given)
 
 
 class Sink(NamedTuple):  # one per conv: a named tuple is made in a third of a frozen dataclass's time
@@ -74,10 +74,77 @@ class Sink(NamedTuple):  # one per conv: a named tuple is made in a third of a f
     refusal: str | None
 
 
-class ChannelSpaces:
-    """What the rules found while walking the graph. Rules write here; nothing else does."""
+class Weights:
+    """Constant weights as arrays, small ones read once (a TensorProto → numpy conversion is not free at 15k nodes);
+    big ones are read each time, so that no memory-mapped weight stays resident for the whole pass. The walk, the
+    backward pass and the rewrite all read them."""
 
     def __init__(self) -> None:
+        self._weights: dict[ir.Value, np.ndarray | None] = {}
+        self._kernels: dict[ir.Value, Kernel] = {}
+
+    def weight(self, value: ir.Value) -> np.ndarray | None:
+        """`weight_array(value)`: None when not constant."""
+        if value in self._weights:
+            return self._weights[value]
+        array = weight_array(value)
+        if array is None or array.nbytes <= _CACHED_BYTES:
+            self._weights[value] = array
+        return array
+
+    def kernel(self, value: ir.Value) -> Kernel | None:
+        """A weight [K, C, *kernel] summed over its kernel positions (None when not constant or of rank < 3)."""
+        if value in self._kernels:
+            return self._kernels[value]
+        weight = self.weight(value)
+        if weight is None or weight.ndim < 3:
+            return None
+        kernel = Kernel(weight)
+        if weight.nbytes <= _CACHED_BYTES:
+            self._kernels[value] = kernel
+        return kernel
+
+
+Veto = tuple[ir.Value, "np.ndarray | None", str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelWalk:
+    """Stage 1 of the analysis, what the rules found: spaces numbered 0…n−1, per tensor its space, channel axis and
+    channel states, the index maps and gates between channels, the sinks, the reasons channels must stay (per space:
+    channel → the first reason given), and per node the rule's plan, or why it is a barrier."""
+
+    spaces: list[Space]
+    space_of: dict[ir.Value, int]
+    axis: dict[ir.Value, int]
+    live: dict[ir.Value, np.ndarray]
+    const: dict[ir.Value, np.ndarray]
+    maps: list[IndexMap]
+    node_maps: dict[ir.Node, list[IndexMap]]
+    gates: dict[ir.Node, list[np.ndarray]]
+    sinks: list[Sink]
+    reasons: list[dict[int, str]]
+    plans: dict[ir.Node, Plan]
+    rules: dict[ir.Node, ChannelRule]
+    barriers: dict[ir.Node, str]  # barrier nodes: "no rule", or the condition their rule declined on
+    # where barriers stop real channels (more than one, in a float tensor — not shape arithmetic), their nodes by
+    # op type for ops without a rule, and by "op: the condition it declined on" for rules that declined
+    no_rule: dict[str, int]
+    declined: dict[str, int]
+    rule_errors: list[str]  # rules that raised: their nodes became barriers
+    weights: Weights
+
+    def weight(self, value: ir.Value) -> np.ndarray | None:
+        return self.weights.weight(value)
+
+    def kernel(self, value: ir.Value) -> Kernel | None:
+        return self.weights.kernel(value)
+
+
+class ChannelSpaces:
+    """What the rules find while walking the graph. Rules write here; nothing else does."""
+
+    def __init__(self, weights: Weights) -> None:
         self._parent: list[int] = []
         self._spaces: list[Space] = []
         self.space_of: dict[ir.Value, int] = {}
@@ -89,36 +156,17 @@ class ChannelSpaces:
         # per input position: channels whose value cannot reach the output (a Mul whose other factor is ZERO,
         # BatchNorm with γ = 0, an all-zero depthwise filter)
         self.gates: dict[ir.Node, list[np.ndarray]] = {}
-        self.vetoes: list[tuple[ir.Value, np.ndarray | None, str]] = []
+        self.vetoes: list[Veto] = []
         self.sinks: list[Sink] = []
-        self.facts: dict[ir.Node, object] = {}  # what a rule's rewrite needs to know about its node
         self.preferred: dict[ir.Value, int] = {}  # see prefer_axes
         self.claimed: dict[ir.Node, ir.Node] = {}  # node → the node whose rule covers it (a multi-node pattern)
-        self._weights: dict[ir.Value, np.ndarray | None] = {}
-        self._kernels: dict[ir.Value, Kernel] = {}
+        self.weights = weights
 
     def weight(self, value: ir.Value) -> np.ndarray | None:
-        """`weight_array(value)`, small ones read once (a TensorProto → numpy conversion is not free at 15k
-        nodes); big ones are read each time, so that no memory-mapped weight stays resident for the whole pass."""
-        if value in self._weights:
-            return self._weights[value]
-        array = weight_array(value)
-        if array is None or array.nbytes <= _CACHED_BYTES:
-            self._weights[value] = array
-        return array
+        return self.weights.weight(value)
 
     def kernel(self, value: ir.Value) -> Kernel | None:
-        """A weight [K, C, *kernel] summed over its kernel positions (None when not constant or of rank < 3);
-        small ones computed once — the analysis, the backward pass and the rewrite all read it."""
-        if value in self._kernels:
-            return self._kernels[value]
-        weight = self.weight(value)
-        if weight is None or weight.ndim < 3:
-            return None
-        kernel = Kernel(weight)
-        if weight.nbytes <= _CACHED_BYTES:
-            self._kernels[value] = kernel
-        return kernel
+        return self.weights.kernel(value)
 
     # ------------------------------------------------------------------------------------------ spaces
     def _new_space(self, count: int) -> int:
@@ -189,33 +237,36 @@ class ChannelSpaces:
         dim = shape[axis]
         return dim if isinstance(dim, int) else None
 
-    def ensure(self, value: ir.Value, axis: int) -> bool:
+    def ensure(self, value: ir.Value, axis: int) -> str | None:
         """Make sure `value` has channel axis `axis`; an unseen dynamic tensor (graph input, barrier output) is
-        registered as all-LIVE and kept. Returns False when the value has another axis or no static count."""
+        registered as all-LIVE and kept. Returns why it cannot (another axis, no static count, no channels at all),
+        or None."""
         rank = len(value.shape) if value.shape is not None else 0
         if rank == 0 or (value.dtype is not None and value.dtype not in FLOATING):
-            return False  # shapes, indices and masks carry no channels
+            return f"{value.name!r} carries no channels (not a floating-point tensor of known rank)"
         axis = axis % rank
         if value in self.axis:
-            return self.axis[value] == axis
+            known = self.axis[value]
+            return None if known == axis else f"{value.name!r} carries channels on axis {known}, not {axis}"
         count = self.static_count(value, axis)
         if count is None:
-            return False
+            return f"{value.name!r} has no static size on axis {axis}"
         self.register(value, axis, count)
         self.set_state(value, np.ones(count, bool), np.zeros(count))
         producer = value.producer()
         why = "graph input" if producer is None else f"produced by {producer.op_type} {producer.name!r}"
         self.veto(value, why)
-        return True
+        return None
 
     def default_axis(self, value: ir.Value) -> int:
         """The channel axis of `value`: the one it has, else the one its readers want, else 1 (NCHW)."""
         return self.axis.get(value, self.preferred.get(value, 1))
 
-    def prefer_axes(self, graph: ir.Graph) -> None:
+    def prefer_axes(self, graph: ir.Graph, same_axis: frozenset[str]) -> None:
         """Which axis a tensor no rule has seen yet (a graph input, a barrier's output) carries channels on: the
-        last one where it flows — through elementwise ops of the same rank — into a MatMul by a weight or a
-        LayerNormalization (transformer activations [B, N, D], RMSNorm written out as ops); 1 elsewhere."""
+        last one where it flows — through the elementwise ops `same_axis`, of the same rank — into a MatMul by a
+        weight or a LayerNormalization (transformer activations [B, N, D], RMSNorm written out as ops); 1
+        elsewhere."""
         nodes = list(graph)
         if not any(node.op_type in ("MatMul", "LayerNormalization") for node in nodes):
             return  # no reader prefers an axis: every unseen tensor has channels on axis 1
@@ -227,7 +278,7 @@ class ChannelSpaces:
             weight = node.inputs[1] if node.op_type == "MatMul" and len(node.inputs) > 1 else None
             if (weight is not None and weight_array(weight) is not None) or node.op_type == "LayerNormalization":
                 self.preferred.setdefault(x, rank - 1)
-            elif node.op_type in _SAME_AXIS and node.outputs and node.outputs[0] in self.preferred:
+            elif node.op_type in same_axis and node.outputs and node.outputs[0] in self.preferred:
                 axis = self.preferred[node.outputs[0]]
                 for value in node.inputs:
                     if (
@@ -237,40 +288,67 @@ class ChannelSpaces:
                     ):
                         self.preferred.setdefault(value, axis)
 
-    def seal(self, node: ir.Node) -> None:
+    def seal(self, node: ir.Node, reason: str) -> None:
         """Outputs a rule registered before it gave up: all channels LIVE and kept, as any barrier's output."""
         for value in node.outputs:
             if value in self.space_of:
                 if value not in self.live:
                     count = self.count_of(value)
                     self.set_state(value, np.ones(count, bool), np.zeros(count))
-                self.veto(value, f"produced by {node.op_type} {node.name!r} (no rule)")
+                self.veto(value, f"produced by {node.op_type} {node.name!r} ({reason})")
 
     # ------------------------------------------------------------------------------------------ resolution
-    def resolve(self) -> list[Space]:
-        """Number the final spaces 0…n−1 (`space_of` is rewritten), and apply the vetoes as reasons."""
+    def resolve(
+        self,
+        plans: dict[ir.Node, Plan],
+        rules: dict[ir.Node, ChannelRule],
+        barriers: dict[ir.Node, str],
+        no_rule: dict[str, int],
+        declined: dict[str, int],
+        rule_errors: list[str],
+    ) -> ChannelWalk:
+        """Number the final spaces 0…n−1, apply the vetoes as reasons, and hand over what was found."""
         roots = sorted({self._find(s) for s in range(len(self._parent))})
         index = {r: i for i, r in enumerate(roots)}
         spaces = [self._spaces[r] for r in roots]
-        for value, s in self.space_of.items():
-            self.space_of[value] = index[self._find(s)]
-        for value, s in self.space_of.items():
+        space_of = {value: index[self._find(s)] for value, s in self.space_of.items()}
+        for value, s in space_of.items():
             spaces[s].values.append(value)
+        reasons: list[dict[int, str]] = [{} for _ in spaces]
         for value, channels, reason in self.vetoes:
-            add_reason(spaces[self.space_of[value]], channels, reason)
-        return spaces
+            s = space_of[value]
+            add_reason(reasons[s], spaces[s].count, channels, reason)
+        return ChannelWalk(
+            spaces=spaces,
+            space_of=space_of,
+            axis=self.axis,
+            live=self.live,
+            const=self.const,
+            maps=self.maps,
+            node_maps=self.node_maps,
+            gates=self.gates,
+            sinks=self.sinks,
+            reasons=reasons,
+            plans=plans,
+            rules=rules,
+            barriers=barriers,
+            no_rule=no_rule,
+            declined=declined,
+            rule_errors=rule_errors,
+            weights=self.weights,
+        )
 
 
-def add_reason(space: Space, channels: np.ndarray | Iterable[int] | None, reason: str) -> None:
-    """Channels (all, a boolean mask, or indices) of `space` must stay, for `reason` (the first one sticks)."""
+def add_reason(reasons: dict[int, str], count: int, channels: np.ndarray | Iterable[int] | None, reason: str) -> None:
+    """Channels (all of `count`, a boolean mask, or indices) must stay, for `reason` (the first one sticks)."""
     if channels is None:
-        indices: Iterable[int] = range(space.count)
+        indices: Iterable[int] = range(count)
     elif isinstance(channels, np.ndarray):
         indices = (np.flatnonzero(channels) if channels.dtype == bool else channels.reshape(-1)).tolist()
     else:
         indices = [int(k) for k in channels]
-    if not space.reasons:  # the first reasons of a space: no earlier one to keep
-        space.reasons = dict.fromkeys(indices, reason)
+    if not reasons:  # the first reasons of a space: no earlier one to keep
+        reasons.update(dict.fromkeys(indices, reason))
         return
     for k in indices:
-        space.reasons.setdefault(k, reason)
+        reasons.setdefault(k, reason)

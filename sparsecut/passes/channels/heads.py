@@ -1,4 +1,4 @@
-"""Attention heads: a multi-head attention block found in the exported graph, as one channel rule.
+"""Attention heads: finding a multi-head attention block in the exported graph (its rule is rules/attention.py).
 
 Heads are recognized from the Softmax outward, over the ops exporters emit (timm's fused qkv with its
 Reshape (B, N, 3, H, D) → Transpose → Slice/Gather unbind, Hugging Face's separate q/k/v Reshape → Transpose,
@@ -40,30 +40,19 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.channels.rules import ChannelRule, Keep, Kind
-from sparsecut.passes.channels.spaces import ChannelSpaces
+from sparsecut.passes.channels.rules.base import elementwise_ops
 from sparsecut.passes.nodes import attr_int, attr_ints, constant_array, same_dim, shape_element
 
-if TYPE_CHECKING:
-    from sparsecut.passes.channels.analysis import DeadChannelAnalysis
-    from sparsecut.passes.channels.rewrite import ChannelRewrite
+__all__ = ["AttentionBlock", "Entry", "Label", "NoMatch", "find_attention_blocks"]
 
-__all__ = ["ATTENTION", "AttentionBlock", "find_attention_blocks"]
-
-_ELEMENTWISE = {
-    "Add", "Sub", "Mul", "Div", "Where", "Neg", "IsNaN", "Not", "Identity", "Cast", "Softmax", "Dropout",
-    "Sqrt", "Reciprocal", "Exp", "Tanh", "Erf", "Relu", "Sigmoid", "CastLike",
-}  # fmt: skip
+# ops on head tensors that have no channel rule of their own: the scores' Softmax and masking
+_MASKING = frozenset({"Softmax", "Where", "IsNaN", "Not", "CastLike"})
 _SHAPE_OPS = {"Shape", "Slice", "Gather", "Squeeze", "Unsqueeze", "Concat", "Reshape", "Cast", "Mul", "Div", "Add",
               "Sub", "ReduceProd", "Identity", "Constant"}  # fmt: skip
-
-
-EQUAL_DIMS = "heads keep equal head dims (one reshape splits them)"
 
 
 class NoMatch(Exception):
@@ -129,11 +118,12 @@ def find_attention_blocks(graph: ir.Graph) -> list[AttentionBlock]:
     blocks: list[AttentionBlock] = []
     taken: set[ir.Node] = set()
     order = {node: i for i, node in enumerate(graph)}
+    elementwise = elementwise_ops() | _MASKING
     for node in graph:
         if node.op_type != "Softmax" or node in taken or node.domain not in ("", "ai.onnx"):
             continue
         try:
-            block = _Tracer(node, order).trace()
+            block = _Tracer(node, order, elementwise).trace()
         except NoMatch:
             continue
         if taken.isdisjoint(block.nodes):
@@ -143,9 +133,10 @@ def find_attention_blocks(graph: ir.Graph) -> list[AttentionBlock]:
 
 
 class _Tracer:
-    def __init__(self, softmax: ir.Node, order: dict[ir.Node, int]) -> None:
+    def __init__(self, softmax: ir.Node, order: dict[ir.Node, int], elementwise: frozenset[str]) -> None:
         self.softmax = softmax
         self.order = order
+        self.elementwise = elementwise
         self.labels: dict[ir.Value, Label] = {}
         self.nodes: set[ir.Node] = set()
         self.entries: list[Entry] = []
@@ -259,7 +250,7 @@ class _Tracer:
             "Expand": self._expand,
             "Reshape": self._reshape,
         }.get(op)
-        if handler is None and op in _ELEMENTWISE:
+        if handler is None and op in self.elementwise:
             handler = self._elementwise
         if handler is None:
             raise NoMatch(f"{op} touches heads")
@@ -710,190 +701,3 @@ def _insert_axis(axis: int, inserted: list[int]) -> int:
         if a <= axis:
             axis += 1
     return axis
-
-
-# ---------------------------------------------------------------------------------------------- the rule
-class AttentionRule(ChannelRule):
-    """The pattern rule of a whole block, run at its anchor (the analysis claims the rest)."""
-
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Kind | None:
-        block = walk.facts.get(node)
-        assert isinstance(block, AttentionBlock)
-        return Kind.ATTENTION if analyze_block(block, walk) else None
-
-    def constrain(self, node: ir.Node, a: DeadChannelAnalysis, removable: np.ndarray, keep: Keep) -> bool:
-        """Heads keep equal counts of q/k dims and of v dims, and a head goes only when both its parts go (one
-        reshape splits every projection into heads of one size)."""
-        block = a.facts[node]
-        assert isinstance(block, AttentionBlock)
-        if not block.separate:
-            return False
-        assert block.q_entry is not None
-        changed = False
-        gone = None
-        parts = ((block.exit, block.head_dim), (block.q_entry.value, block.head_dim))
-        masks = []
-        for value, d in parts:
-            s = a.space_of[value]
-            masks.append((a.offsets[s], removable[a.offsets[s] : a.offsets[s + 1]].reshape(block.heads, d)))
-        gone = np.all([mask.all(axis=1) for _, mask in masks], axis=0)
-        for offset, mask in masks:
-            kept = mask.shape[1] - mask.sum(axis=1)
-            target = max(1, int(kept[~gone].max())) if (~gone).any() else 0
-            for h in np.flatnonzero(~gone):
-                missing = target - int(kept[h])
-                if missing > 0:
-                    restore = np.flatnonzero(mask[h])[-missing:]
-                    keep(removable, offset + h * mask.shape[1] + restore, EQUAL_DIMS)
-                    changed = True
-        return changed
-
-    def touched(self, node: ir.Node, rw: ChannelRewrite) -> bool:
-        block = rw.analysis.facts[node]
-        assert isinstance(block, AttentionBlock)
-        return any(rw.changed(v) for v in (block.exit, *(e.value for e in block.entries)))
-
-    def backward(self, node: ir.Node, kind: Kind, walk: ChannelSpaces, needed: dict[ir.Value, np.ndarray]) -> None:
-        block = walk.facts[node]
-        assert isinstance(block, AttentionBlock)
-        block_backward(block, walk, needed)
-
-    def rewrite(self, node: ir.Node, kind: Kind, rw: ChannelRewrite) -> None:
-        block = rw.analysis.facts[node]
-        assert isinstance(block, AttentionBlock)
-        rewrite_block(block, rw)
-
-
-ATTENTION = AttentionRule()
-
-
-def analyze_block(block: AttentionBlock, walk: ChannelSpaces) -> bool:
-    """Register the exit with its states and couple every head's features across entries and exit. False when an
-    entry's channels are not known (the block then stays a barrier)."""
-    features = block.heads * block.head_dim
-    for entry in block.entries:
-        if entry.value not in walk.axis or walk.axis[entry.value] != len(entry.value.shape or ()) - 1:
-            return False
-    exit_value = block.exit
-    walk.register(exit_value, 2, features)
-    v = block.v_entry.value
-    source = block.v_features()
-    live, const = walk.live[v][source], walk.const[v][source]
-    if not block.stochastic:
-        live = live | (const != 0)  # rows that may not sum to 1 (a NaN guard): a constant V is no longer constant
-    walk.set_state(exit_value, live.copy(), np.where(live, 0.0, const))
-    d = block.head_dim
-    exit_index = np.arange(features)
-    head_of = exit_index // d
-    if not block.separate:  # fused qkv: every part of a head goes with the head
-        walk.maps.append((exit_value, exit_index, exit_value, head_of * d))
-        for entry in block.entries:
-            walk.add_map(
-                block.anchor, entry.value, _entry_features(block, entry), exit_value, _exit_features(block, entry)
-            )
-        walk.facts[block.anchor] = block
-        return True
-    assert block.q_entry is not None and block.k_entry is not None
-    q, k = block.q_entry.value, block.k_entry.value
-    walk.add_map(block.anchor, v, source, exit_value, exit_index)  # exit (h, i) carries v (kv(h), i)
-    k_of_q = block.kv_of(head_of) * d + exit_index % d
-    walk.add_map(block.anchor, q, exit_index, k, k_of_q)  # q (h, d) meets k (kv(h), d) in the scores
-    if "v" in block.fixed_dims:
-        walk.maps.append((exit_value, exit_index, exit_value, head_of * d))
-    if "qk" in block.fixed_dims:
-        walk.maps.append((q, exit_index, q, head_of * d))
-    walk.facts[block.anchor] = block
-    return True
-
-
-def _entry_features(block: AttentionBlock, entry: Entry) -> np.ndarray:
-    """Features of an entry's projection output, paired with `_exit_features` one to one."""
-    d = block.head_dim
-    if entry.fused:
-        return np.arange(3 * block.heads * d)
-    if entry.kv:
-        h, i = np.divmod(np.arange(block.heads * d), d)
-        return block.kv_of(h) * d + i
-    return np.arange(block.heads * d)
-
-
-def _exit_features(block: AttentionBlock, entry: Entry) -> np.ndarray:
-    d = block.head_dim
-    if entry.fused:
-        return np.tile(np.arange(block.heads * d), 3)
-    return np.arange(block.heads * d)
-
-
-def block_backward(block: AttentionBlock, walk: ChannelSpaces, needed: dict[ir.Value, np.ndarray]) -> None:
-    """V feature (h, i) is needed where exit (h, i) is. The scores of a head matter where any of its exit features
-    is needed and its V varies between tokens (else the attention weights do not matter). A q/k dim pair (h, d)
-    matters where the scores do, k_d varies between tokens (a constant k_d adds q_d·c to a whole row of scores,
-    which the Softmax ignores) and q_d is not zero."""
-    exit_needed = needed[block.exit].reshape(block.heads, block.head_dim)
-    v = block.v_entry.value
-    v_live = walk.live[v][block.v_features()].reshape(block.heads, block.head_dim)
-    scores_matter = exit_needed.any(axis=1) & v_live.any(axis=1)
-    if block.separate:
-        assert block.q_entry is not None and block.k_entry is not None
-        q, k, d = block.q_entry.value, block.k_entry.value, block.head_dim
-        index = np.arange(block.heads * d)
-        k_index = block.kv_of(index // d) * d + index % d
-        pair = np.repeat(scores_matter, d) & walk.live[k][k_index] & (walk.live[q][index] | (walk.const[q][index] != 0))
-        needed[q] |= pair
-        np.logical_or.at(needed[k], k_index, pair)
-        np.logical_or.at(needed[v], block.v_features(), exit_needed.reshape(-1))
-        return
-    for entry in block.entries:
-        target = needed[entry.value]
-        pairs_entry, pairs_exit = _entry_features(block, entry), _exit_features(block, entry)
-        head = pairs_exit // block.head_dim
-        is_v = entry is block.v_entry
-        if entry.fused:
-            part = pairs_entry // (block.heads * block.head_dim)
-            wanted = np.where(part == block.v_slot, exit_needed.reshape(-1)[pairs_exit], scores_matter[head])
-        elif is_v:
-            wanted = exit_needed.reshape(-1)[pairs_exit]
-        else:
-            wanted = scores_matter[head]
-        np.logical_or.at(target, pairs_entry, wanted)
-
-
-def rewrite_block(block: AttentionBlock, rw: ChannelRewrite) -> None:
-    """New head counts and head dims in every labeled tensor's shape and every shape constant of the block."""
-    kept_exit = rw.kept(block.exit)
-    kept_heads = np.unique(kept_exit // block.head_dim)
-    heads = len(kept_heads)
-    kv_heads = len(set(block.kv_of(kept_heads).tolist()))
-    dims = {"v": len(kept_exit) // heads}  # new head dims of the parts whose dims may change
-    if block.separate:
-        assert block.q_entry is not None
-        dims["qk"] = len(rw.kept(block.q_entry.value)) // heads
-    for part in block.fixed_dims:
-        dims.pop(part, None)
-    for value, label in block.labels.items():
-        if value.shape is None:
-            continue
-        if label.merged:
-            value.shape = None  # [B·H, …]: re-inferred
-            continue
-        shape = list(value.shape)
-        shape[label.axis] = kv_heads if label.kv else heads
-        if label.dim is not None and label.part in dims and shape[label.dim] == block.head_dim:
-            shape[label.dim] = dims[label.part]
-        value.shape = ir.Shape(shape)
-    for node in block.nodes:
-        out = block.labels.get(node.outputs[0])
-        if node.op_type not in ("Reshape", "Expand") or node is block.exit_node or out is None:
-            continue
-        if not out.merged:
-            _set_count(node, out.axis, kv_heads if out.kv else heads, rw)
-        if out.dim is not None and out.part in dims:
-            _set_count(node, out.dim, dims[out.part], rw)
-    _set_count(block.exit_node, 2, len(kept_exit), rw)
-
-
-def _set_count(node: ir.Node, position: int, count: int, rw: ChannelRewrite) -> None:
-    shape = node.inputs[1]
-    if shape is not None and shape_element(shape, position) is not None:  # a constant, or a constant piece
-        rw.set_shape_element(node, position, count)
-    # else computed from the block's own shapes: follows by itself

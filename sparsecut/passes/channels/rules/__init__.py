@@ -1,0 +1,37 @@
+"""Channel rules, one module per op family; importing the package registers them all (see base.py for the
+interface). The attention rule (attention.py) is not registered by op type: the analysis makes one per block."""
+
+from sparsecut.passes.channels.rules import elementwise, index_maps, layout, normalization, spatial, weighted
+from sparsecut.passes.channels.rules.base import (
+    ORDER_FREE,
+    READERS,
+    RULES,
+    ChannelRule,
+    Decline,
+    Keep,
+    Kind,
+    Plan,
+    elementwise_ops,
+    register,
+    rule_for,
+)
+
+__all__ = [
+    "ORDER_FREE",
+    "READERS",
+    "RULES",
+    "ChannelRule",
+    "Decline",
+    "Keep",
+    "Kind",
+    "Plan",
+    "elementwise",
+    "elementwise_ops",
+    "index_maps",
+    "layout",
+    "normalization",
+    "register",
+    "rule_for",
+    "spatial",
+    "weighted",
+]

@@ -1,0 +1,339 @@
+"""Ops that move channels by position: Concat, Split, Slice, Flatten, Reshape (and the channel shuffle). Each
+records an *index map* (channel ia[i] of one tensor is channel ib[i] of another) and, where channels go, the
+rewrite writes the new sizes into the node's constants."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsecut.passes.channels.rules.base import (
+    ChannelRule,
+    Decline,
+    Kind,
+    NoConstants,
+    Plan,
+    channel_input,
+    register,
+)
+from sparsecut.passes.channels.spaces import ChannelSpaces
+from sparsecut.passes.nodes import attr_int, attr_ints, constant_array, same_dim, shape_element, slice_bounds
+
+if TYPE_CHECKING:
+    from sparsecut.passes.channels.rewrite import ChannelRewrite
+
+__all__ = ["ConcatRule", "FlattenRule", "ReshapeRule", "ShufflePlan", "SliceRule", "SplitRule"]
+
+PASSTHROUGH = Plan(Kind.PASSTHROUGH)
+CONCAT = Plan(Kind.CONCAT)
+SPLIT = Plan(Kind.SPLIT)
+SLICE = Plan(Kind.SLICE)
+FLATTEN = Plan(Kind.FLATTEN)
+RESHAPE = Plan(Kind.RESHAPE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShufflePlan(Plan):
+    transpose: ir.Node  # Reshape [B, g, C/g, …] → this Transpose → `back`, a Reshape to [B, C, …]
+    back: ir.Node
+    groups: int
+
+
+@register
+class ConcatRule(NoConstants[Plan]):
+    """Along the channel axis: in_i[k] ↔ out[offset_i + k]. Along another axis: channel k is channel k in every
+    input and the output (one space), constant only where all inputs hold the same constant."""
+
+    op_types = ("Concat",)
+
+    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+        y = node.outputs[0]
+        if y.shape is None:
+            return Decline("output of unknown rank")
+        rank = len(y.shape)
+        axis = attr_int(node, "axis", 0) % rank
+        inputs = [v for v in node.inputs if v is not None]
+        if any(constant_array(v) is not None for v in inputs):
+            return Decline("a constant is concatenated")
+        channel_axis = next((walk.axis[v] for v in inputs if v in walk.axis), 1 if rank > 1 else 0)
+        for v in inputs:
+            why = walk.ensure(v, channel_axis)
+            if why:
+                return Decline(why)
+        if axis != channel_axis:
+            count = walk.static_count(y, channel_axis)
+            if count is None or any(walk.count_of(v) != count for v in inputs):
+                return Decline("inputs with different channel counts")
+            walk.register(y, channel_axis, count, like=inputs[0])
+            for v in inputs[1:]:
+                walk.link(v, y)
+            live = np.any([walk.live[v] for v in inputs], axis=0)
+            consts = np.array([walk.const[v] for v in inputs])
+            live |= np.any(consts != consts[0], axis=0)
+            walk.set_state(y, live, consts[0])
+            return PASSTHROUGH
+        total = sum(walk.count_of(v) for v in inputs)
+        if walk.static_count(y, axis) != total:
+            return Decline("output channel count is not the inputs' sum")
+        walk.register(y, axis, total)
+        offset = 0
+        for v in inputs:
+            n = walk.count_of(v)
+            walk.add_map(node, v, np.arange(n), y, np.arange(offset, offset + n))
+            offset += n
+        walk.set_state(
+            y, np.concatenate([walk.live[v] for v in inputs]), np.concatenate([walk.const[v] for v in inputs])
+        )
+        return CONCAT
+
+
+@register
+class SplitRule(ChannelRule[Plan]):
+    """Along the channel axis (equal or uneven parts, sizes as input or `num_outputs`): x[offset_i + k] ↔
+    out_i[k]; the rewrite writes the new sizes (each part keeps its own live channels: parts may end unequal).
+    Along another axis: channels pass to every part."""
+
+    op_types = ("Split",)
+
+    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+        x = channel_input(node, walk)
+        if isinstance(x, Decline):
+            return x
+        assert x.shape is not None
+        rank = len(x.shape)
+        axis = attr_int(node, "axis", 0) % rank
+        counts = [walk.static_count(o, axis) for o in node.outputs]
+        if any(c is None for c in counts):
+            return Decline("part sizes unknown")
+        if axis != walk.axis[x]:
+            for out in node.outputs:
+                walk.same_state(out, x)
+            return PASSTHROUGH
+        sizes_value = node.inputs[1] if len(node.inputs) > 1 else None
+        if sizes_value is not None and constant_array(sizes_value) is None:
+            return Decline("sizes computed at run time")
+        if sum(c for c in counts if c is not None) != walk.count_of(x):
+            return Decline("parts do not add up to the input's channels")
+        offset = 0
+        for out, n in zip(node.outputs, counts, strict=True):
+            assert n is not None
+            walk.register(out, axis, n)
+            walk.add_map(node, x, np.arange(offset, offset + n), out, np.arange(n))
+            walk.set_state(out, walk.live[x][offset : offset + n].copy(), walk.const[x][offset : offset + n].copy())
+            offset += n
+        return SPLIT
+
+    def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
+        if plan.kind is not Kind.SPLIT:
+            return
+        sizes = np.array([len(rw.kept(out)) for out in node.outputs], np.int64)
+        if len(node.inputs) < 2 or node.inputs[1] is None:
+            node.attributes.pop("num_outputs", None)
+            node.attributes.pop("split", None)  # opset < 13 kept sizes as an attribute
+            node.resize_inputs(2)
+        rw.set_constant(node, 1, sizes)  # (a fresh constant where the sizes were shared with another Split)
+
+
+@register
+class SliceRule(ChannelRule[Plan]):
+    """Slice with step 1 on the channel axis: out[k] ↔ x[start + k]; on other axes channels pass through."""
+
+    op_types = ("Slice",)
+
+    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, walk), node.outputs[0]
+        if isinstance(x, Decline):
+            return x
+        assert x.shape is not None
+        bounds = slice_bounds(node, len(x.shape), walk.axis[x])
+        if bounds is None:
+            return Decline("bounds, axes or steps computed at run time, or a step other than 1 on the channel axis")
+        count = walk.count_of(x)
+        if not isinstance(bounds, tuple):  # "untouched": sliced along other axes only
+            walk.same_state(y, x)
+            return PASSTHROUGH
+        start, end = max(0, min(bounds[0], count)), max(0, min(bounds[1], count))
+        if end <= start or walk.static_count(y, walk.axis[x]) != end - start:
+            return Decline("an empty slice of channels")
+        walk.register(y, walk.axis[x], end - start)
+        walk.add_map(node, x, np.arange(start, end), y, np.arange(end - start))
+        walk.set_state(y, walk.live[x][start:end].copy(), walk.const[x][start:end].copy())
+        return SLICE
+
+    def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
+        if plan.kind is not Kind.SLICE:
+            return
+        x, y = node.inputs[0], node.outputs[0]
+        assert x is not None
+        axis, count, rank = rw.analysis.walk.axis[x], rw.count(x), len(x.shape or ())
+        bounds = slice_bounds(node, rank, axis)
+        assert isinstance(bounds, tuple)
+        start, end = max(0, min(bounds[0], count)), max(0, min(bounds[1], count))
+        kept = ~rw.removed(x)
+        new_start = int(kept[:start].sum())
+        new_end = new_start + int(kept[start:end].sum())
+        assert new_end - new_start == len(rw.kept(y))
+        axes = constant_array(node.inputs[3]) if len(node.inputs) > 3 else None
+        position = [int(a) % rank for a in axes.reshape(-1)].index(axis) if axes is not None else axis
+        for index, value in ((1, new_start), (2, new_end)):
+            array = constant_array(node.inputs[index])
+            assert array is not None
+            array = array.reshape(-1).copy()
+            array[position] = value
+            rw.set_constant(node, index, array)  # (a fresh constant where the bounds were shared)
+
+
+def _expand(walk: ChannelSpaces, node: ir.Node, x: ir.Value, y: ir.Value, axis: int, inner: int) -> None:
+    """y's channel axis holds x's channel k as `inner` consecutive features: y[k·inner + i] ↔ x[k]."""
+    count = walk.count_of(x)
+    if inner == 1:
+        walk.register(y, axis, count, like=x)
+        walk.set_state(y, walk.live[x].copy(), walk.const[x].copy())
+        return
+    walk.register(y, axis, count * inner)
+    walk.add_map(node, x, np.repeat(np.arange(count), inner), y, np.arange(count * inner))
+    walk.set_state(y, np.repeat(walk.live[x], inner), np.repeat(walk.const[x], inner))
+
+
+def _merge(walk: ChannelSpaces, node: ir.Node, x: ir.Value, y: ir.Value, axis: int, channels: int, inner: int) -> None:
+    """x's channel axis holds y's channel k as `inner` consecutive features: x[k·inner + i] ↔ y[k] (a Linear's
+    output reshaped to (C, H, W)). A channel is constant only when all its features are the same constant."""
+    walk.register(y, axis, channels)
+    walk.add_map(node, x, np.arange(channels * inner), y, np.repeat(np.arange(channels), inner))
+    live_x = walk.live[x].reshape(channels, inner)
+    const_x = walk.const[x].reshape(channels, inner)
+    live = live_x.any(axis=1) | ~np.all(const_x == const_x[:, :1], axis=1)
+    walk.set_state(y, live, const_x[:, 0].copy())
+
+
+@register
+class FlattenRule(NoConstants[Plan]):
+    """Flatten at the channel axis: channel k becomes the H·W features k·HW … (k+1)·HW − 1."""
+
+    op_types = ("Flatten",)
+
+    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, walk), node.outputs[0]
+        if isinstance(x, Decline):
+            return x
+        assert x.shape is not None
+        rank = len(x.shape)
+        axis = attr_int(node, "axis", 1) % (rank + 1) if rank else 0
+        trailing = [d for d in list(x.shape)[axis + 1 :] if isinstance(d, int)]
+        if axis != walk.axis[x]:
+            return Decline(f"flattens from axis {axis}, the channels are on axis {walk.axis[x]}")
+        if len(trailing) != rank - axis - 1:
+            return Decline("axes after the channels of unknown size")
+        _expand(walk, node, x, y, axis, math.prod(trailing))
+        return FLATTEN
+
+
+@register
+class ReshapeRule(ChannelRule[Plan]):
+    """Reshapes that keep the dims before the channel axis. Four forms, each an index map:
+
+    - the channel axis untouched ([B,C,H,W] → [B,C,HW]): one space;
+    - channels merged with the axes after them ([B,C,H,W] → [B,C·H,W] or [B,C·H·W]): x[k] ↔ y[k·inner + i];
+    - features split into channels and axes after them ([B,C·H·W] → [B,C,H,W]): y[k] ↔ x[k·inner + i];
+    - channel shuffle, Reshape [B,C,…] → [B,g,C/g,…] → Transpose of those two axes → Reshape back [B,C,…]
+      (ShuffleNet): z[j·g + i] = x[i·C/g + j]. The rewrite keeps equal counts per group and the same j in every
+      group (channel j of all groups goes together), so that the shuffle of the kept channels is the kept
+      channels of the shuffle.
+
+    The rewrite edits the channel entry of each shape constant (a -1 or 0 there follows by itself)."""
+
+    op_types = ("Reshape",)
+
+    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+        x, shape_value, y = channel_input(node, walk), node.inputs[1], node.outputs[0]
+        if isinstance(x, Decline):
+            return x
+        if shape_value is None or x.shape is None or y.shape is None:
+            return Decline("output of unknown rank")
+        axis = walk.axis[x]
+        in_dims, out_dims = list(x.shape), list(y.shape)
+        if len(out_dims) <= axis or not all(map(same_dim, in_dims[:axis], out_dims[:axis])):
+            return Decline("changes the axes before the channels")
+        if shape_element(shape_value, axis) is None:
+            return Decline("the target's channel entry is computed at run time")
+        shuffle = self._shuffle(node, walk, x, y, axis)
+        if shuffle is not None:
+            return shuffle
+        count, channels = walk.count_of(x), out_dims[axis]
+        after_in, after_out = in_dims[axis + 1 :], out_dims[axis + 1 :]
+        if channels == count and (after_out or not after_in):  # the channel axis untouched
+            walk.same_state(y, x)
+            return RESHAPE
+        sizes_in = [d for d in after_in if isinstance(d, int)]
+        sizes_out = [d for d in after_out if isinstance(d, int)]
+        if not isinstance(channels, int) or len(sizes_in) != len(after_in) or len(sizes_out) != len(after_out):
+            return Decline("axes after the channels of unknown size")
+        for m in range(len(sizes_in) + 1):  # y's channel axis = x's channels · the next m axes of x
+            if channels == count * math.prod(sizes_in[:m]) and sizes_in[m:] == sizes_out:
+                _expand(walk, node, x, y, axis, math.prod(sizes_in[:m]))
+                return RESHAPE
+        for m in range(1, len(sizes_out) + 1):  # x's channel axis = y's channels · the next m axes of y
+            inner = math.prod(sizes_out[:m])
+            if channels * inner == count and sizes_in == sizes_out[m:]:
+                _merge(walk, node, x, y, axis, channels, inner)
+                return RESHAPE
+        return Decline(f"{in_dims} → {out_dims} mixes channels with other axes")
+
+    def _shuffle(self, node: ir.Node, walk: ChannelSpaces, x: ir.Value, y: ir.Value, axis: int) -> ShufflePlan | None:
+        assert x.shape is not None and y.shape is not None
+        in_dims, out_dims, count = list(x.shape), list(y.shape), walk.count_of(x)
+        if len(out_dims) != len(in_dims) + 1 or not _same_tail(out_dims[axis + 2 :], in_dims[axis + 1 :]):
+            return None
+        groups, per_group = out_dims[axis], out_dims[axis + 1]
+        if not isinstance(groups, int) or not isinstance(per_group, int) or groups * per_group != count:
+            return None
+        uses = list(y.uses())
+        if len(uses) != 1 or y.is_graph_output() or uses[0].node.op_type != "Transpose":
+            return None
+        transpose = uses[0].node
+        swap = list(range(len(out_dims)))
+        swap[axis], swap[axis + 1] = axis + 1, axis
+        t = transpose.outputs[0]
+        if attr_ints(transpose, "perm") != swap or len(t.uses()) != 1 or t.is_graph_output():
+            return None
+        back = next(iter(t.uses())).node
+        z = back.outputs[0]
+        if back.op_type != "Reshape" or back.inputs[1] is None or z.shape is None or back.inputs[0] is not t:
+            return None
+        if len(z.shape) != len(in_dims) or not all(map(same_dim, z.shape, in_dims)):
+            return None
+        assert node.inputs[1] is not None
+        if shape_element(node.inputs[1], axis + 1) is None or shape_element(back.inputs[1], axis) is None:
+            return None
+        source = np.arange(count).reshape(groups, per_group).T.reshape(-1)  # z[k] = x[source[k]]
+        walk.register(z, axis, count)
+        walk.add_map(node, x, source, z, np.arange(count))
+        walk.maps.append((z, np.arange(count), z, (np.arange(count) // groups) * groups))  # channel j of every group
+        walk.set_state(z, walk.live[x][source].copy(), walk.const[x][source].copy())
+        walk.claimed[transpose] = node
+        walk.claimed[back] = node
+        return ShufflePlan(Kind.SHUFFLE, transpose, back, groups)
+
+    def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        assert x is not None and node.inputs[1] is not None
+        axis = rw.analysis.walk.axis[x]
+        if isinstance(plan, ShufflePlan):
+            kept = len(rw.kept(x))
+            rw.set_shape_element(node, axis + 1, kept // plan.groups)
+            rw.set_shape_element(plan.back, axis, kept)
+            for value, position in ((y, axis + 1), (plan.transpose.outputs[0], axis)):
+                if value.shape is not None:
+                    dims = list(value.shape)
+                    dims[position] = kept // plan.groups
+                    value.shape = ir.Shape(dims)
+            return
+        rw.set_shape_element(node, axis, len(rw.kept(y)))
+
+
+def _same_tail(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(map(same_dim, a, b))
