@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.channels import DeadChannelAnalysis, rewrite_channels
+from sparsecut.passes.channels.canonical import canonicalize
 from sparsecut.passes.constants import FoldConstantsPass
 from sparsecut.passes.nodes import source_name
 from sparsecut.passes.permutation import restore_order
@@ -26,7 +27,7 @@ from sparsecut.passes.two_four import is_two_four, reduction_axis, two_four_viol
 from sparsecut.report import TwoFourRestore
 from sparsecut.shapes import infer_shapes
 
-__all__ = ["RemoveDeadChannelsPass", "plan_two_four_restores", "reduction_matrix"]
+__all__ = ["RemoveDeadChannelsPass", "plan_two_four_restores", "prepare_for_analysis", "reduction_matrix"]
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,27 @@ class RemoveDeadChannelsPass(ir.passes.InPlacePass):
         self.two_four: list[TwoFourRestore] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        folded = self.fold and FoldConstantsPass()(model).modified  # weights and biases must be constants to be read
-        infer_shapes(model)
+        prepared = prepare_for_analysis(model, self.fold)
         analysis = DeadChannelAnalysis(model, self.align, self.enabled_groups, self.counts)
         self.analysis = analysis
         if analysis.total_removed == 0:
-            return ir.passes.PassResult(model, modified=folded)
+            return ir.passes.PassResult(model, modified=prepared)
         self.two_four, orders = plan_two_four_restores(analysis)
         rewrite_channels(model, analysis, orders)
         log.info("removed %d channels", analysis.total_removed)
         return ir.passes.PassResult(model, modified=True)
+
+
+def prepare_for_analysis(model: ir.Model, fold: bool = True) -> bool:
+    """The graph as the channel rules read it: constants folded (weights and biases must be constants to be read;
+    `fold` False when fold-constants just ran), exporter variants in one form (`canonical.py`), shapes inferred.
+    True when the graph changed."""
+    folded = fold and FoldConstantsPass()(model).modified
+    infer_shapes(model)
+    if not canonicalize(model):
+        return folded
+    infer_shapes(model)  # the canonical forms' new values
+    return True
 
 
 def plan_two_four_restores(analysis: DeadChannelAnalysis) -> tuple[list[TwoFourRestore], dict[int, np.ndarray]]:

@@ -25,11 +25,11 @@ from pathlib import Path
 from sparsecut.errors import GraphError
 from sparsecut.modelfile import check_output_path, load_model, publish
 from sparsecut.passes.channel_counts import CountPlan, plan_counts
+from sparsecut.passes.dead_channels import prepare_for_analysis
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
 from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
 from sparsecut.passes.registry import Setting, make_pass, parse_passes
 from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport
-from sparsecut.shapes import infer_shapes
 
 __all__ = ["FIXED", "Tuning", "optimize_measured"]
 
@@ -106,9 +106,10 @@ def _plan(source: Path, names: list[str], options: OptimizeOptions, table: Laten
     if "remove-dead-channels" not in names:
         raise GraphError("--target decides channel counts: the pipeline needs remove-dead-channels")
     model = load_model(source, infer_shapes=True)
-    for index, name in enumerate(names[: names.index("remove-dead-channels")]):
+    before = names[: names.index("remove-dead-channels")]
+    for index, name in enumerate(before):
         make_pass(name, options, Setting(folded="fold-constants" in names[:index]))(model)
-    infer_shapes(model)
+    prepare_for_analysis(model, fold="fold-constants" not in before)
     progress = None
     if tuning.progress is not None:
         report = tuning.progress

@@ -26,6 +26,7 @@ from sparsecut.modelfile import (
     without_added_shapes,
 )
 from sparsecut.passes.channels import DeadChannelAnalysis
+from sparsecut.passes.dead_channels import prepare_for_analysis
 from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
 from sparsecut.passes.gate import BackgroundRuns, Feeds, Reference, compare_files, diagnose, gate_inputs
 from sparsecut.passes.permute_two_four import PermuteForTwoFourPass
@@ -33,7 +34,6 @@ from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionOptions, convert_
 from sparsecut.passes.registry import DEFAULT_PASSES, PASSES, parse_passes, run_passes
 from sparsecut.passes.two_four import AnnotateTwoFourPass, two_four_weights
 from sparsecut.report import EnforcedLayer, ModelCost, OptimizeReport, OutputCheck, PassReport
-from sparsecut.shapes import infer_shapes
 
 __all__ = ["DEFAULT_PASSES", "PASSES", "OptimizeOptions", "inspect_model", "optimize_model"]
 
@@ -94,6 +94,14 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         # reads the output on another thread; and the input's session with it.
         collector.collect_and_resume()
         runs.release_input()
+        if after.params > before.params:  # lossless passes only slice, fold and remove: never a weight more
+            grew = (
+                f"{output}: not written: it would hold more parameters than {source} ({before.params:,} → "
+                f"{after.params:,}); the lossless passes never add any, so this is a sparsecut bug — please report it"
+            )
+            if options.verify:
+                raise VerificationError(grew)
+            log.warning("%s (written anyway: --no-verify)", grew.replace(": not written", "", 1))
         checks: list[OutputCheck] = []
         if options.verify:
             checks = compare_files(source, lossless, feeds, options, *gate)
@@ -227,7 +235,7 @@ def _inspect(source: Path, align: int) -> OptimizeReport:
     before = count_costs(model)
     names = ["fold-constants", "fold-batchnorm"]
     reports = run_passes(model, names, OptimizeOptions(align=align))
-    infer_shapes(model)
+    prepare_for_analysis(model, fold=False)
     reports += run_passes(model, ["annotate-2to4"], OptimizeOptions())
     t0 = time.perf_counter()
     analysis = DeadChannelAnalysis(model, align)

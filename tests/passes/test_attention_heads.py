@@ -407,3 +407,46 @@ def test_torchscript_export_heads_go_too(tmp_path, fused):
     (heads,) = next(p for p in report.passes if p.name == "remove-dead-channels").heads
     assert (heads.heads, heads.removable) == (4, 1)
     assert report.after.params < report.before.params
+
+
+class TimmAttention(nn.Module):
+    """timm's Attention as written: B, N, C from the input's shape, unbind of the fused qkv, the scale applied
+    after q @ kᵀ, and the exit reshape to (B, N, C) — C read from the input at run time."""
+
+    def __init__(self, heads: int = 4) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, DIM // heads
+        self.scale = self.head_dim**-0.5
+        self.qkv, self.proj = nn.Linear(DIM, 3 * DIM), nn.Linear(DIM, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        weights = ((q @ k.transpose(-2, -1)) * self.scale).softmax(-1)
+        return x + self.proj((weights @ v).transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_timm_attention_loses_its_dead_head_from_either_exporter(tmp_path, dynamo):
+    """The TorchScript exporter writes the unbind as Split + Squeeze and computes (B, N, C) from Shape(x): the
+    canonical forms (Gather, a constant target) make the block read as dynamo's."""
+    torch.manual_seed(14)
+    attn = TimmAttention().eval()
+    with torch.no_grad():
+        attn.qkv.weight[2 * DIM + 8 : 2 * DIM + 16] = 0.0  # V of head 1
+        attn.qkv.bias[2 * DIM + 8 : 2 * DIM + 16] = 0.0
+    source = tmp_path / "in.onnx"
+    if dynamo:
+        export_module(attn, source, ExportOptions(input_shape=(1, SEQ, DIM)))
+    else:
+        torch.onnx.export(attn, (torch.randn(2, SEQ, DIM),), str(source), dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+        assert {"Split", "Squeeze"} <= {node.op_type for node in ir.load(source).graph}
+    report = optimize_model(source, tmp_path / "out.onnx", OptimizeOptions(align=1))
+    assert report.verified and all(c.passed for c in report.checks)
+    step = next(p for p in report.passes if p.name == "remove-dead-channels")
+    (heads,) = step.heads
+    assert (heads.heads, heads.dead, heads.removable) == (4, 1, 1)
+    assert step.barriers == {} and step.declined == {}
+    projections = sorted(_weights(ir.load(tmp_path / "out.onnx")).values())  # (TorchScript renames the weights)
+    assert [shape for shape in projections if len(shape) == 2] == [(24, DIM), (DIM, 3 * 24)]

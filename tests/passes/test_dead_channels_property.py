@@ -1,6 +1,8 @@
 """Property: on random architectures built from the blocks sparsecut must handle (residual, concat, depthwise,
 grouped, SE, BatchNorm, ConvNeXt's channels-last LayerNorm, channel shuffle, uneven and cascaded Split/Concat,
-Concat along H, Reshape merging channels with H, elementwise activations, Flatten→Gemm) with random zero and constant channels and random
+Concat along H, Reshape merging channels with H, elementwise activations, Flatten→Gemm, YOLO's C2f split halves,
+Resize and Pad with shapes computed at run time, GroupNorm, BatchNorm1d over flattened tokens) with random zero
+and constant channels and random
 2:4 weights, `optimize` always passes its equivalence gate (rtol 1e-4, atol 1e-5, batch 1 and 2) — channel
 reorders for 2:4 included — never makes the graph larger, and every weight it says it kept 2:4 is 2:4."""
 
@@ -56,6 +58,7 @@ def architectures(draw: st.DrawFn) -> tuple[object, int]:
                 [
                     *("conv", "residual", "concat", "depthwise", "grouped", "se", "bn", "split", "slice", "layernorm"),
                     *("shuffle", "chunk", "cascade", "hconcat", "merge"),
+                    *("c2f", "resize", "pad", "groupnorm", "tokens"),
                 ]
             )
         )
@@ -116,6 +119,41 @@ def architectures(draw: st.DrawFn) -> tuple[object, int]:
         elif block == "merge":  # channels merged with H and back
             merged = act(g.op("Reshape", [x, g.const([0, c * 6, 6])]))  # type: ignore[arg-type]
             x = g.op("Reshape", [merged, g.const([0, c, 6, 6])])  # type: ignore[assignment]
+        elif block == "c2f" and c % 2 == 0:  # YOLO: halves of one conv, the second through a bottleneck, all joined
+            half = c // 2
+            a, b = g.op("Split", [act(conv(x, c, c)), g.const([half, half])], outputs=2, axis=1)
+            m = act(conv(act(conv(b, half, half, 3)), half, half, 3))
+            x, c = act(conv(g.op("Concat", [a, b, m], axis=1), 3 * half, c)), c  # type: ignore[arg-type]
+        elif block == "resize":  # pooled, then resized back to x's H and W read at run time
+            pooled = g.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+            sizes = g.op("Concat", [g.op("Shape", [pooled], end=2), g.op("Shape", [x], start=2)], axis=0)
+            x = g.op("Add", [x, act(g.op("Resize", [act(conv(pooled, c, c, 3)), "", "", sizes]))])  # type: ignore[list-item]
+        elif block == "pad":  # "same" padding computed from H and W at run time, then an unpadded 3×3
+            border = g.op("Sub", [g.op("Shape", [x], start=2), g.const([5, 5])])  # 6 − 5 = 1 on each side
+            pads = g.op("Concat", [g.const([0, 0]), border, g.const([0, 0]), border], axis=0)
+            padded = g.op("Pad", [x, pads])
+            w = g.weight(c, c, 3, 3, dead_rows=tuple(draw(st.lists(st.integers(0, c - 1), unique=True, max_size=c))))
+            x = act(g.conv(padded, w))  # type: ignore[arg-type]
+        elif block == "groupnorm":  # Reshape → InstanceNormalization → Reshape back, γ and β; whole groups dead or not
+            groups = draw(st.sampled_from([d for d in (1, 2, 4) if c % d == 0]))
+            h = conv(x, c, c, 3)
+            gamma, beta = g.rng.uniform(0.5, 1.5, c), g.rng.standard_normal(c) * 0.1
+            dead_groups = draw(st.lists(st.integers(0, groups - 1), unique=True, max_size=groups))
+            for group in dead_groups:
+                gamma[group * (c // groups) : (group + 1) * (c // groups)] = 0.0
+                beta[group * (c // groups) : (group + 1) * (c // groups)] = 0.0
+            grouped = g.op("Reshape", [h, g.const([0, groups, -1])])
+            normed = g.op("InstanceNormalization", [grouped, g.const(np.ones(groups)), g.const(np.zeros(groups))])
+            back = g.op("Reshape", [normed, g.const([-1, c, 6, 6])])
+            affine = g.op(
+                "Add", [g.op("Mul", [back, g.const(gamma.reshape(-1, 1, 1))]), g.const(beta.reshape(-1, 1, 1))]
+            )
+            x = act(affine)  # type: ignore[arg-type]
+        elif block == "tokens":  # [B, C, H·W] → tokens [B·H·W, C] → BatchNorm1d → back (LeViT's LinearNorm)
+            tokens = g.op("Transpose", [g.op("Reshape", [x, g.const([0, c, 36])])], perm=[0, 2, 1])
+            flat = g.op("Reshape", [tokens, g.const([-1, c])])
+            normed = g.op("Reshape", [batchnorm(flat, c), g.const([-1, 36, c])])  # type: ignore[arg-type]
+            x = act(g.op("Reshape", [g.op("Transpose", [normed], perm=[0, 2, 1]), g.const([0, c, 6, 6])]))  # type: ignore[arg-type]
     if draw(st.booleans()):
         pooled = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)  # type: ignore[list-item]
         y = g.op("Gemm", [pooled, g.const(g.weight(3, c)), g.const(np.zeros(3))], transB=1)

@@ -23,10 +23,11 @@ import onnx_ir as ir
 
 from sparsecut.passes.channels import constraints, report
 from sparsecut.passes.channels.constraints import Coupling, Decision
-from sparsecut.passes.channels.heads import find_attention_blocks
+from sparsecut.passes.channels.heads import AttentionBlock, find_attention_blocks
 from sparsecut.passes.channels.rules import ORDER_FREE, READERS, ChannelRule, Decline, Kind, Plan, elementwise_ops
 from sparsecut.passes.channels.rules import rule_for as _rule_for
 from sparsecut.passes.channels.rules.attention import AttentionRule
+from sparsecut.passes.channels.shape_values import Dim, is_shape_value
 from sparsecut.passes.channels.spaces import ChannelSpaces, ChannelWalk, Weights
 from sparsecut.passes.nodes import attr_int, is_constant
 from sparsecut.report import ChannelGroupReport, HeadReport
@@ -139,6 +140,7 @@ class _Walker:
         self.no_rule: dict[str, int] = {}
         self.declined: dict[str, int] = {}
         self.rule_errors: list[str] = []
+        self.shape_values = _shape_values(graph)
 
     def run(self) -> ChannelWalk:
         walk = self.spaces
@@ -151,30 +153,57 @@ class _Walker:
         for value in self.graph.outputs:
             if value in walk.space_of:
                 walk.veto(value, "graph output")
+            elif value in self.shape_values:
+                for dim in walk.shapes.dims(value):
+                    walk.veto(dim.value, "its channel count is a graph output")
         return walk.resolve(self.plans, self.rules, self.barriers, self.no_rule, self.declined, self.rule_errors)
 
-    def _walk_nodes(self, blocks: dict) -> None:
+    def _walk_nodes(self, blocks: dict[ir.Node, AttentionBlock]) -> None:
         walk = self.spaces
-        passed_claimed: set[ir.Node] = set()
+        passed: dict[ir.Node, list[ir.Node]] = {}  # per anchor not reached yet: its nodes passed so far
+        accepted: set[ir.Node] = set()  # anchors whose block the attention rule took
         for node in self.graph:
-            if node in walk.claimed:  # part of a pattern another node's rule covers (a channel shuffle, attention)
-                passed_claimed.add(node)
+            anchor = walk.claimed.get(node)
+            if anchor is not None:  # part of a pattern another node's rule covers (a channel shuffle, attention)
+                if anchor in accepted:
+                    self._outside_reads(node, blocks[anchor])
+                elif anchor in blocks:
+                    passed.setdefault(anchor, []).append(node)
                 continue
             if all(v is None or is_constant(v) for v in node.inputs):
                 continue  # computes on constants only (a Transpose of a weight, a Constant)
+            if node.outputs and all(out in self.shape_values for out in node.outputs) and node.op_type not in _SOURCES:
+                continue  # shape arithmetic: what it computes is read where it is used (shape_values.py)
             block = blocks.get(node)
             if block is not None:
                 rule = AttentionRule(block)
                 outcome = self._analyze(node, rule)
                 if isinstance(outcome, Plan):
                     self.plans[node], self.rules[node] = outcome, rule
+                    self._check_shape_reads(node)
+                    accepted.add(node)
+                    for claimed in passed.pop(node, []):
+                        self._outside_reads(claimed, block)
                     continue
                 for claimed in block.nodes:  # not understood after all: each node goes its own way
                     walk.claimed.pop(claimed, None)
-                    if claimed in passed_claimed:  # passed already: a barrier after the fact
-                        passed_claimed.discard(claimed)
-                        self._barrier(claimed, outcome.reason)
+                for claimed in passed.pop(node, []):  # passed already: a barrier after the fact
+                    self._barrier(claimed, outcome.reason)
             self._apply(node)
+
+    def _outside_reads(self, node: ir.Node, block: AttentionBlock) -> None:
+        """A node of an attention block that reads a tensor from outside it (a mask, or what the tracer did not
+        take for the block's own): that tensor keeps its channels, as if the node were a barrier."""
+        entries = {entry.value for entry in block.entries}
+        for value in node.inputs:
+            if (
+                value is not None
+                and value in self.spaces.space_of
+                and value not in block.labels
+                and value not in entries
+            ):
+                self._barrier(node, f"reads {value.name!r} inside the attention block at {block.anchor.name!r}")
+                return
 
     def _analyze(self, node: ir.Node, rule: ChannelRule) -> Plan | Decline:
         try:
@@ -198,6 +227,20 @@ class _Walker:
             self._barrier(node, outcome.reason)
             return
         self.plans[node], self.rules[node] = outcome, rule
+        followed = rule.followed_count(node, self.spaces)
+        x = node.inputs[0]
+        if followed is not None and x is not None:
+            reason = f"its channel count is read by {node.op_type} {node.name!r} for {x.name!r}, another tensor"
+            self.spaces.require_same(followed.value, x, reason)
+        self._check_shape_reads(node, frozenset() if followed is None else frozenset({followed}))
+
+    def _check_shape_reads(self, node: ir.Node, following: frozenset[Dim] = frozenset()) -> None:
+        """Channel counts that a computed shape input of `node` depends on stay, but those its rule says follow."""
+        walk = self.spaces
+        for value in node.inputs:
+            if value is not None and value in self.shape_values:
+                for dim in walk.shapes.dims(value) - following:
+                    walk.veto(dim.value, f"its channel count is read by {node.op_type} {node.name!r}")
 
     def _barrier(self, node: ir.Node, reason: str) -> None:
         walk = self.spaces
@@ -205,6 +248,7 @@ class _Walker:
         touched = [v for v in node.inputs if v is not None and v in walk.space_of]
         for value in touched:
             walk.veto(value, f"read by {node.op_type} ({reason})")
+        self._check_shape_reads(node)
         # counted where it stops real channels: more than one, in a float tensor (not shape arithmetic)
         if any(walk.count_of(v) > 1 and v.dtype is not None and v.dtype.is_floating_point() for v in touched):
             counts, key = (
@@ -212,3 +256,18 @@ class _Walker:
             )
             counts[key] = counts.get(key, 0) + 1
         walk.seal(node, reason)
+
+
+_SOURCES = frozenset({"Shape", "Size"})  # shape values computed from a tensor's shape: their rule reads the tensor
+
+
+def _shape_values(graph: ir.Graph) -> set[ir.Value]:
+    """Shape values (`shape_values.is_shape_value`) computed from Shape/Size outputs and constants only."""
+    found: set[ir.Value] = set()
+    for node in graph:
+        if node.op_type not in _SOURCES:
+            dynamic = [v for v in node.inputs if v is not None and not is_constant(v)]
+            if not dynamic or any(v not in found for v in dynamic):
+                continue
+        found.update(out for out in node.outputs if is_shape_value(out))
+    return found

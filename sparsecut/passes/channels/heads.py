@@ -285,7 +285,8 @@ class _Tracer:
             offset = len(y.shape) - len(value.shape)
             aligned = axis - offset
             size = value.shape[aligned] if aligned >= 0 else 1
-            if size == 1:
+            expected = self.kv_heads if label.kv else self.heads
+            if size == 1 and (expected != 1 or constant_array(value) is not None):  # (one K/V head: size 1 is it)
                 if value in self.labels:
                     raise NoMatch("a head tensor broadcast")
                 if dim is not None and dim - offset >= 0 and value.shape[dim - offset] != 1:

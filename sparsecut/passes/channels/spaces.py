@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import onnx_ir as ir
 
+from sparsecut.passes.channels.shape_values import ShapeValues
 from sparsecut.passes.nodes import weight_array
 
 if TYPE_CHECKING:
@@ -157,10 +158,12 @@ class ChannelSpaces:
         # BatchNorm with γ = 0, an all-zero depthwise filter)
         self.gates: dict[ir.Node, list[np.ndarray]] = {}
         self.vetoes: list[Veto] = []
+        self.same: list[tuple[ir.Value, ir.Value, str]] = []  # a and b end in one space, or both keep all, for reason
         self.sinks: list[Sink] = []
         self.preferred: dict[ir.Value, int] = {}  # see prefer_axes
         self.claimed: dict[ir.Node, ir.Node] = {}  # node → the node whose rule covers it (a multi-node pattern)
         self.weights = weights
+        self.shapes = ShapeValues(self.axis.get)  # computed shapes, read where a rule needs them
 
     def weight(self, value: ir.Value) -> np.ndarray | None:
         return self.weights.weight(value)
@@ -188,6 +191,11 @@ class ChannelSpaces:
     def count_of(self, value: ir.Value) -> int:
         """The channel count of a registered value."""
         return self._spaces[self.space_of[value]].count
+
+    def require_same(self, a: ir.Value, b: ir.Value, reason: str) -> None:
+        """`a` and `b` must carry the same channels when the walk ends (a shape computed from a's channel count,
+        applied to b), or both keep all of theirs, for `reason`."""
+        self.same.append((a, b, reason))
 
     def link(self, a: ir.Value, b: ir.Value) -> None:
         """Channel k of `a` is channel k of `b`."""
@@ -315,6 +323,9 @@ class ChannelSpaces:
         for value, s in space_of.items():
             spaces[s].values.append(value)
         reasons: list[dict[int, str]] = [{} for _ in spaces]
+        for a, b, reason in self.same:
+            if space_of[a] != space_of[b]:
+                self.vetoes += [(a, None, reason), (b, None, reason)]
         for value, channels, reason in self.vetoes:
             s = space_of[value]
             add_reason(reasons[s], spaces[s].count, channels, reason)

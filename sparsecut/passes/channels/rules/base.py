@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 import numpy as np
 import onnx_ir as ir
 
+from sparsecut.passes.channels.shape_values import Dim
 from sparsecut.passes.channels.spaces import ChannelSpaces, ChannelWalk
 from sparsecut.passes.nodes import constant_array
 
@@ -38,6 +39,7 @@ __all__ = [
     "Kind",
     "Plan",
     "channel_input",
+    "count_followed",
     "elementwise_ops",
     "register",
     "rule_for",
@@ -144,6 +146,13 @@ class ChannelRule(Generic[P]):
     def rewrite(self, node: ir.Node, plan: P, rw: ChannelRewrite) -> None:
         raise NotImplementedError
 
+    def followed_count(self, node: ir.Node, walk: ChannelSpaces) -> Dim | None:
+        """The channel count the node reads in a computed shape input and that follows by itself when channels go:
+        the count of a tensor that carries the channels of the node's first input (a Reshape back to its own
+        input's count; SE's `gate.expand_as(x)`) — the walk checks at its end that the two share their channels.
+        Every other channel count a shape input of the node depends on stays: the walk vetoes it."""
+        return None
+
     def touched(self, node: ir.Node, plan: P, rw: ChannelRewrite) -> bool:
         """Whether the rewrite must visit `node`: some tensor it reads or writes changes."""
         return any(rw.changed(v) for v in (*node.inputs, *node.outputs))
@@ -192,6 +201,16 @@ def rule_for(node: ir.Node) -> ChannelRule | None:
 def elementwise_ops() -> frozenset[str]:
     """The ops whose registered rule is elementwise (activations, arithmetic): channel k in is channel k out."""
     return frozenset(op for op, rule in RULES.items() if rule.elementwise)
+
+
+def count_followed(walk: ChannelSpaces, node: ir.Node, shape: ir.Value | None, position: int) -> Dim | None:
+    """Entry `position` of the computed shape `shape`, where it is the channel count of a tensor with as many
+    channels as the node's first input (see `ChannelRule.followed_count`)."""
+    x = node.inputs[0]
+    if shape is None or x is None or x not in walk.axis or constant_array(shape) is not None:
+        return None
+    entry = walk.shapes.entry(shape, position)
+    return entry if isinstance(entry, Dim) and walk.count_of(entry.value) == walk.count_of(x) else None
 
 
 def channel_input(node: ir.Node, walk: ChannelSpaces, axis: int | None = None) -> ir.Value | Decline:

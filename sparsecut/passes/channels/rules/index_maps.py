@@ -18,9 +18,17 @@ from sparsecut.passes.channels.rules.base import (
     NoConstants,
     Plan,
     channel_input,
+    count_followed,
     register,
 )
-from sparsecut.passes.channels.spaces import ChannelSpaces
+from sparsecut.passes.channels.rules.normalization import (
+    GroupNormPlan,
+    group_norm,
+    group_norm_backward,
+    rewrite_group_norm,
+)
+from sparsecut.passes.channels.shape_values import Dim
+from sparsecut.passes.channels.spaces import ChannelSpaces, ChannelWalk
 from sparsecut.passes.nodes import attr_int, attr_ints, constant_array, same_dim, shape_element, slice_bounds
 
 if TYPE_CHECKING:
@@ -228,23 +236,28 @@ class FlattenRule(NoConstants[Plan]):
             return Decline(f"flattens from axis {axis}, the channels are on axis {walk.axis[x]}")
         if len(trailing) != rank - axis - 1:
             return Decline("axes after the channels of unknown size")
-        _expand(walk, node, x, y, axis, math.prod(trailing))
+        _expand(walk, node, x, y, 1, math.prod(trailing))  # Flatten's output is 2-D: the channels start axis 1
         return FLATTEN
 
 
 @register
 class ReshapeRule(ChannelRule[Plan]):
-    """Reshapes that keep the dims before the channel axis. Four forms, each an index map:
+    """Reshapes that carry the channel axis over whole, or map it by index. The forms:
 
     - the channel axis untouched ([B,C,H,W] → [B,C,HW]): one space;
+    - the axes before the channels regrouped ([B·N, C] ↔ [B, N, C], BatchNorm1d on flattened tokens): one space,
+      the channel axis at the same place from the right;
     - channels merged with the axes after them ([B,C,H,W] → [B,C·H,W] or [B,C·H·W]): x[k] ↔ y[k·inner + i];
     - features split into channels and axes after them ([B,C·H·W] → [B,C,H,W]): y[k] ↔ x[k·inner + i];
     - channel shuffle, Reshape [B,C,…] → [B,g,C/g,…] → Transpose of those two axes → Reshape back [B,C,…]
       (ShuffleNet): z[j·g + i] = x[i·C/g + j]. The rewrite keeps equal counts per group and the same j in every
       group (channel j of all groups goes together), so that the shuffle of the kept channels is the kept
-      channels of the shuffle.
+      channels of the shuffle;
+    - GroupNorm, Reshape [B,C,S…] → [B,G,(C/G)·S] → InstanceNormalization → Reshape back (normalization.py).
 
-    The rewrite edits the channel entry of each shape constant (a -1 or 0 there follows by itself)."""
+    The rewrite edits the channel entry of each shape constant (a -1 or 0 there follows by itself, and so does a
+    target computed from this tensor's own channel count: `x.view(B, C, -1)` as the TorchScript exporter writes
+    it, Shape(x)[1] in a Concat)."""
 
     op_types = ("Reshape",)
 
@@ -256,18 +269,26 @@ class ReshapeRule(ChannelRule[Plan]):
             return Decline("output of unknown rank")
         axis = walk.axis[x]
         in_dims, out_dims = list(x.shape), list(y.shape)
-        if len(out_dims) <= axis or not all(map(same_dim, in_dims[:axis], out_dims[:axis])):
-            return Decline("changes the axes before the channels")
-        if shape_element(shape_value, axis) is None:
-            return Decline("the target's channel entry is computed at run time")
-        shuffle = self._shuffle(node, walk, x, y, axis)
-        if shuffle is not None:
-            return shuffle
-        count, channels = walk.count_of(x), out_dims[axis]
-        after_in, after_out = in_dims[axis + 1 :], out_dims[axis + 1 :]
-        if channels == count and (after_out or not after_in):  # the channel axis untouched
-            walk.same_state(y, x)
+        position = _carried_axis(in_dims, out_dims, axis, walk.count_of(x))
+        if position is None:
+            return Decline(f"{_dims(in_dims)} → {_dims(out_dims)} changes the axes before the channels")
+        editable = shape_element(shape_value, position) is not None
+        if not editable and self.followed_count(node, walk) is None:
+            return Decline("the target's channel entry is computed at run time, not from this tensor's channels")
+        if position == axis and editable:
+            pattern = group_norm(node, walk, x, y) or self._shuffle(node, walk, x, y, axis)
+            if pattern is not None:
+                return pattern
+        count, channels = walk.count_of(x), out_dims[position]
+        after_in, after_out = in_dims[axis + 1 :], out_dims[position + 1 :]
+        if channels == count and (after_out or not after_in) and (position == axis or after_in == after_out):
+            if position != axis and not self._names_count(shape_value, position, count):
+                return Decline("a 0 in the target copies another axis than the channels")
+            walk.register(y, position, count, like=x)
+            walk.set_state(y, walk.live[x].copy(), walk.const[x].copy())
             return RESHAPE
+        if not editable or position != axis:
+            return Decline("a target computed from the channel count that also moves the channels")
         sizes_in = [d for d in after_in if isinstance(d, int)]
         sizes_out = [d for d in after_out if isinstance(d, int)]
         if not isinstance(channels, int) or len(sizes_in) != len(after_in) or len(sizes_out) != len(after_out):
@@ -281,7 +302,24 @@ class ReshapeRule(ChannelRule[Plan]):
             if channels * inner == count and sizes_in == sizes_out[m:]:
                 _merge(walk, node, x, y, axis, channels, inner)
                 return RESHAPE
-        return Decline(f"{in_dims} → {out_dims} mixes channels with other axes")
+        return Decline(f"{_dims(in_dims)} → {_dims(out_dims)} mixes channels with other axes")
+
+    def followed_count(self, node: ir.Node, walk: ChannelSpaces) -> Dim | None:
+        x, y = node.inputs[0], node.outputs[0]
+        if x is None or x not in walk.axis or x.shape is None or y.shape is None:
+            return None
+        position = _carried_axis(list(x.shape), list(y.shape), walk.axis[x], walk.count_of(x))
+        return None if position is None else count_followed(walk, node, node.inputs[1], position)
+
+    @staticmethod
+    def _names_count(shape_value: ir.Value, position: int, count: int) -> bool:
+        """Whether the target's entry at `position` says the channel count (not a 0 copying another input axis)."""
+        element = shape_element(shape_value, position)
+        if element is None:
+            return True  # computed from the channel count (followed_count)
+        holder, entry = element[1]
+        array = constant_array(holder)
+        return array is not None and int(array.reshape(-1)[entry]) in (count, -1)
 
     def _shuffle(self, node: ir.Node, walk: ChannelSpaces, x: ir.Value, y: ir.Value, axis: int) -> ShufflePlan | None:
         assert x.shape is not None and y.shape is not None
@@ -318,10 +356,19 @@ class ReshapeRule(ChannelRule[Plan]):
         walk.claimed[back] = node
         return ShufflePlan(Kind.SHUFFLE, transpose, back, groups)
 
+    def backward(self, node: ir.Node, plan: Plan, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]) -> None:
+        if isinstance(plan, GroupNormPlan):
+            group_norm_backward(node, plan, walk, needed)
+        else:
+            super().backward(node, plan, walk, needed)
+
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
         x, y = node.inputs[0], node.outputs[0]
         assert x is not None and node.inputs[1] is not None
         axis = rw.analysis.walk.axis[x]
+        if isinstance(plan, GroupNormPlan):
+            rewrite_group_norm(node, plan, rw)
+            return
         if isinstance(plan, ShufflePlan):
             kept = len(rw.kept(x))
             rw.set_shape_element(node, axis + 1, kept // plan.groups)
@@ -332,7 +379,30 @@ class ReshapeRule(ChannelRule[Plan]):
                     dims[position] = kept // plan.groups
                     value.shape = ir.Shape(dims)
             return
-        rw.set_shape_element(node, axis, len(rw.kept(y)))
+        position = rw.analysis.walk.axis[y]
+        if shape_element(node.inputs[1], position) is not None:  # else computed from x's channel count: it follows
+            rw.set_shape_element(node, position, len(rw.kept(y)))
+
+
+def _carried_axis(in_dims: list, out_dims: list, axis: int, count: int) -> int | None:
+    """Where the output holds the input's `count` channels on `axis`: at the same place when the axes before it
+    are the same, or at the same place from the right when only the axes before it were regrouped ([B·N, C] ↔
+    [B, N, C]); None when neither holds. (Two symbolic sizes compare equal, so [B·N, C] → [B, N, C] also seems
+    to keep "the axes before": the elements from the channel axis on, and the count at the place, decide.)"""
+    before_same = len(out_dims) > axis and all(map(same_dim, in_dims[:axis], out_dims[:axis]))
+    after_in, after_out = in_dims[axis:], out_dims[axis:]
+    if all(isinstance(d, int) for d in after_in + after_out) and math.prod(after_in) != math.prod(after_out):
+        before_same = False  # the elements from the channels on differ: the axes before cannot be the same
+    if before_same and out_dims[axis] == count:
+        return axis
+    position = len(out_dims) - (len(in_dims) - axis)
+    if 0 <= position != axis and out_dims[position] == count and _same_tail(in_dims[axis:], out_dims[position:]):
+        return position
+    return axis if before_same else None
+
+
+def _dims(dims: list) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
 def _same_tail(a: list, b: list) -> bool:

@@ -1,14 +1,30 @@
-"""Layout ops: the channel axis moves (Transpose, Squeeze/Unsqueeze of other axes); Shape reads no values."""
+"""Layout ops: the channel axis moves (Transpose, Squeeze/Unsqueeze of other axes) or stays while other axes are
+broadcast (Expand); Shape reads no values."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import onnx_ir as ir
 
-from sparsecut.passes.channels.rules.base import Decline, Kind, NoConstants, Plan, channel_input, register
+from sparsecut.passes.channels.rules.base import (
+    ChannelRule,
+    Decline,
+    Kind,
+    NoConstants,
+    Plan,
+    channel_input,
+    count_followed,
+    register,
+)
+from sparsecut.passes.channels.shape_values import Dim
 from sparsecut.passes.channels.spaces import ChannelSpaces
-from sparsecut.passes.nodes import attr_int, attr_ints, constant_array
+from sparsecut.passes.nodes import attr_ints, constant_array, shape_element
 
-__all__ = ["ShapeRule", "SqueezeRule", "TransposeRule"]
+if TYPE_CHECKING:
+    from sparsecut.passes.channels.rewrite import ChannelRewrite
+
+__all__ = ["ExpandRule", "ShapeRule", "SqueezeRule", "TransposeRule"]
 
 PASSTHROUGH = Plan(Kind.PASSTHROUGH)
 SHAPE = Plan(Kind.SHAPE)
@@ -29,6 +45,47 @@ class TransposeRule(NoConstants[Plan]):
         walk.register(y, list(perm).index(walk.axis[x]), walk.count_of(x), like=x)
         walk.set_state(y, walk.live[x].copy(), walk.const[x].copy())
         return PASSTHROUGH
+
+
+@register
+class ExpandRule(ChannelRule[Plan]):
+    """Expand broadcasts the other axes: channel k stays channel k (the target's channel entry is 1, a constant
+    the rewrite sets, or computed from this tensor's own channel count, which follows)."""
+
+    op_types = ("Expand",)
+
+    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+        x, shape_value, y = channel_input(node, walk), node.inputs[1], node.outputs[0]
+        if isinstance(x, Decline):
+            return x
+        if shape_value is None or x.shape is None or y.shape is None:
+            return Decline("output of unknown rank")
+        axis = walk.axis[x] + len(y.shape) - len(x.shape)
+        if walk.static_count(y, axis) != walk.count_of(x):
+            return Decline("expands the channel axis")
+        entry = walk.shapes.entry(shape_value, axis)
+        if entry != 1 and shape_element(shape_value, axis) is None and self.followed_count(node, walk) is None:
+            return Decline("the target's channel entry is computed at run time, not from this tensor's channels")
+        walk.register(y, axis, walk.count_of(x), like=x)
+        walk.set_state(y, walk.live[x].copy(), walk.const[x].copy())
+        return PASSTHROUGH
+
+    def followed_count(self, node: ir.Node, walk: ChannelSpaces) -> Dim | None:
+        x, y = node.inputs[0], node.outputs[0]
+        if x is None or x not in walk.axis or x.shape is None or y.shape is None:
+            return None
+        return count_followed(walk, node, node.inputs[1], walk.axis[x] + len(y.shape) - len(x.shape))
+
+    def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
+        y = node.outputs[0]
+        axis = rw.analysis.walk.axis[y]
+        element = shape_element(node.inputs[1], axis) if node.inputs[1] is not None else None
+        if element is None or not rw.changed(y):
+            return  # computed from this tensor's channel count: it follows
+        holder, entry = element[1]
+        array = constant_array(holder)
+        if array is not None and int(array.reshape(-1)[entry]) != 1:  # (1 broadcasts any count)
+            rw.set_shape_element(node, axis, len(rw.kept(y)))
 
 
 @register
@@ -66,17 +123,12 @@ class SqueezeRule(NoConstants[Plan]):
 
 @register
 class ShapeRule(NoConstants[Plan]):
-    """Shape reads no values; if it reads the channel dim, the channel count is part of what it computes."""
+    """Shape and Size read no values. Where their output goes, the channel count it may hold is read: the walk
+    follows it through shape arithmetic (`shape_values.py`) to the nodes that use it, and keeps the channels
+    there unless the count follows by itself (a Reshape back to the tensor's own channel count) — a Shape read
+    only for H and W, or the batch, keeps nothing."""
 
-    op_types = ("Shape",)
+    op_types = ("Shape", "Size")
 
     def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x = node.inputs[0]
-        if x is None or x not in walk.axis or x.shape is None:
-            return SHAPE
-        rank = len(x.shape)
-        start, end = attr_int(node, "start", 0), attr_int(node, "end", rank)
-        start, end = (start + rank if start < 0 else start), (end + rank if end < 0 else min(end, rank))
-        if start <= walk.axis[x] < end:
-            walk.veto(x, "its shape is read by a Shape node")
         return SHAPE

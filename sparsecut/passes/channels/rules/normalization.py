@@ -1,8 +1,10 @@
 """Normalizations: BatchNorm maps each channel on its own; LayerNorm over the channel axis ties every channel to
-the statistics of all of them."""
+the statistics of all of them; GroupNorm ties the channels of each group (found by the Reshape rule, where its
+pattern starts)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,13 +19,13 @@ from sparsecut.passes.channels.rules.base import (
     channel_input,
     register,
 )
-from sparsecut.passes.channels.spaces import ChannelSpaces
-from sparsecut.passes.nodes import attr_float, attr_int, constant_array
+from sparsecut.passes.channels.spaces import ChannelSpaces, ChannelWalk
+from sparsecut.passes.nodes import attr_float, attr_int, constant_array, same_dim, shape_element
 
 if TYPE_CHECKING:
     from sparsecut.passes.channels.rewrite import ChannelRewrite
 
-__all__ = ["BatchNormRule", "LayerNormRule"]
+__all__ = ["BatchNormRule", "GroupNormPlan", "LayerNormRule", "group_norm", "group_norm_backward", "rewrite_group_norm"]
 
 BATCHNORM = Plan(Kind.BATCHNORM)
 LAYERNORM = Plan(Kind.LAYERNORM)
@@ -85,3 +87,97 @@ class LayerNormRule(NoConstants[Plan]):
         walk.veto(x, reason)
         walk.veto(y, reason)
         return LAYERNORM
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupNormPlan(Plan):
+    norm: ir.Node  # the InstanceNormalization over [B, G, (C/G)·S]
+    back: ir.Node  # the Reshape back to [B, C, S…]
+    groups: int
+
+
+def group_norm(node: ir.Node, walk: ChannelSpaces, x: ir.Value, y: ir.Value) -> GroupNormPlan | Decline | None:
+    """GroupNorm as both exporters write it: Reshape x [B, C, S…] → [B, G, (C/G)·S] (this node), then
+    InstanceNormalization over the last axis (scale and bias per group), then a Reshape back to x's shape. None
+    where `node` does not start that pattern.
+
+    Per group g of C/G channels, μ_g and σ_g are taken over all its channels and positions, so a dead channel
+    still counts in the statistics of the live ones: a group goes only when all its channels are dead. Then its
+    channels hold constants c_k, and z_k = (c_k − μ)/√(σ² + ε)·s_g + b_g with μ, σ² over the group's constants.
+    The rewrite keeps whole groups: G and the channel count in both targets, s and b sliced by group."""
+    if walk.axis[x] != 1 or x.shape is None or y.shape is None or len(y.shape) != 3:
+        return None
+    groups, count = y.shape[1], walk.count_of(x)
+    uses = list(y.uses())
+    if not isinstance(groups, int) or groups < 1 or count % groups or len(uses) != 1 or y.is_graph_output():
+        return None
+    norm = uses[0].node
+    if norm.op_type != "InstanceNormalization" or uses[0].idx != 0 or len(norm.outputs[0].uses()) != 1:
+        return None
+    back = next(iter(norm.outputs[0].uses())).node
+    z = back.outputs[0]
+    if back.op_type != "Reshape" or back.inputs[0] is not norm.outputs[0] or z.shape is None:
+        return None
+    if len(z.shape) != len(x.shape) or not all(map(same_dim, z.shape, x.shape)):
+        return None
+    scale, bias = (constant_array(v) if v is not None else None for v in norm.inputs[1:3])
+    if scale is None or bias is None or scale.size != groups or bias.size != groups:
+        return Decline("GroupNorm with scale or bias computed at run time")
+    if shape_element(node.inputs[1], 1) is None or shape_element(back.inputs[1], 1) is None:  # type: ignore[arg-type]
+        return Decline("GroupNorm whose group count or channel count is computed at run time")
+    per = count // groups
+    live = walk.live[x].reshape(groups, per)
+    const = walk.const[x].reshape(groups, per)
+    live_group = np.asarray(live.any(axis=1), bool)
+    mean = const.mean(axis=1, keepdims=True)
+    var = ((const - mean) ** 2).mean(axis=1, keepdims=True)
+    eps = attr_float(norm, "epsilon", 1e-5)
+    normalized = (const - mean) / np.sqrt(var + eps) * scale.reshape(-1, 1) + bias.reshape(-1, 1)
+    walk.register(z, 1, count)
+    channels = np.arange(count)
+    walk.add_map(node, x, channels, z, channels)
+    walk.maps.append((z, channels, z, channels // per * per))  # a group's channels go together
+    walk.set_state(z, np.repeat(live_group, per), np.where(live_group[:, None], 0.0, normalized).reshape(-1))
+    partly = np.repeat(live_group, per) & ~walk.live[x]
+    if partly.any():
+        walk.veto(
+            x,
+            f"normalized by GroupNorm {norm.name!r} with live channels in its group (a dead channel still "
+            "counts in the group's statistics)",
+            partly,
+        )
+    walk.claimed[norm] = node
+    walk.claimed[back] = node
+    return GroupNormPlan(Kind.GROUPNORM, norm, back, groups)
+
+
+def group_norm_backward(
+    node: ir.Node, plan: GroupNormPlan, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]
+) -> None:
+    """Every input channel of a group counts in the statistics each of the group's outputs is normalized by."""
+    x, z = node.inputs[0], plan.back.outputs[0]
+    if x is None or x not in needed or z not in needed:
+        return
+    groups = needed[z].reshape(plan.groups, -1).any(axis=1)
+    needed[x] |= np.repeat(groups, needed[x].size // plan.groups)
+
+
+def rewrite_group_norm(node: ir.Node, plan: GroupNormPlan, rw: ChannelRewrite) -> None:
+    """Whole groups go: G in the first target, the channel count in the second, s and b by group."""
+    x = node.inputs[0]
+    assert x is not None
+    kept = rw.kept(x)
+    per = rw.count(x) // plan.groups
+    groups = np.unique(kept // per)
+    assert len(kept) == len(groups) * per, "GroupNorm lost part of a group"
+    rw.set_shape_element(node, 1, len(groups))
+    rw.set_shape_element(plan.back, 1, len(kept))
+    for index in (1, 2):
+        array = constant_array(plan.norm.inputs[index])
+        assert array is not None
+        rw.set_constant(plan.norm, index, array.reshape(-1)[groups])
+    for value in (node.outputs[0], plan.norm.outputs[0]):
+        if value.shape is not None:
+            dims = list(value.shape)
+            dims[1] = len(groups)
+            value.shape = ir.Shape(dims)

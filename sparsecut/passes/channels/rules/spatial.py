@@ -1,10 +1,12 @@
-"""Ops over spatial axes that keep channel k as channel k: pooling, reductions over other axes, resizing."""
+"""Ops over spatial axes that keep channel k as channel k: pooling, reductions over other axes, resizing,
+padding."""
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.channels.rules.base import (
@@ -14,15 +16,17 @@ from sparsecut.passes.channels.rules.base import (
     NoConstants,
     Plan,
     channel_input,
+    count_followed,
     register,
 )
+from sparsecut.passes.channels.shape_values import Dim
 from sparsecut.passes.channels.spaces import ChannelSpaces
-from sparsecut.passes.nodes import attr_int, constant_array, conv_padded, reduce_axes
+from sparsecut.passes.nodes import attr_int, attr_ints, constant_array, conv_padded, reduce_axes, shape_element
 
 if TYPE_CHECKING:
     from sparsecut.passes.channels.rewrite import ChannelRewrite
 
-__all__ = ["PoolRule", "ReduceRule", "ResizeRule"]
+__all__ = ["PadRule", "PoolRule", "ReduceRule", "ResizeRule"]
 
 PASSTHROUGH = Plan(Kind.PASSTHROUGH)
 
@@ -83,8 +87,10 @@ class ReduceRule(NoConstants[Plan]):
 
 @register
 class ResizeRule(ChannelRule[Plan]):
-    """Resize/Upsample: interpolation weights sum to 1, so channels and constants pass. A `sizes` input names the
-    channel count: the rewrite sets it."""
+    """Resize/Upsample: interpolation weights sum to 1, so channels and constants pass. `sizes` names the channel
+    count: a constant entry is rewritten; one computed from this tensor's own channel count follows (TorchScript's
+    `F.interpolate(x, size=skip.shape[2:])` writes Concat(Shape(x)[:2], Shape(skip)[2:])); anything else
+    declines. Scales computed at run time must hold 1 for the channel axis."""
 
     op_types = ("Resize", "Upsample")
 
@@ -94,16 +100,93 @@ class ResizeRule(ChannelRule[Plan]):
             return x
         if walk.static_count(y, 1) != walk.count_of(x):
             return Decline("output channel count unknown or different")
-        sizes = node.inputs[3] if node.op_type == "Resize" and len(node.inputs) > 3 else None
-        if sizes is not None and constant_array(sizes) is None:
-            return Decline("sizes computed at run time")
-        if sizes is not None and len(sizes.uses()) != 1:
-            return Decline("sizes shared with another node")
+        position = _channel_position(node, 1)
+        if position is None:  # the channel axis is not resized
+            walk.same_state(y, x)
+            return PASSTHROUGH
+        scales, sizes = _scales(node), _sizes(node)
+        if sizes is not None:
+            editable = shape_element(sizes, position) is not None
+            if not editable and self.followed_count(node, walk) is None:
+                return Decline("sizes' channel entry is computed at run time, not from this tensor's channels")
+        elif scales is not None:
+            entry = walk.shapes.entry(scales, position)
+            if not (isinstance(entry, (int, float)) and entry == 1):
+                return Decline("scales' channel entry is computed at run time")
         walk.same_state(y, x)
         return PASSTHROUGH
 
+    def followed_count(self, node: ir.Node, walk: ChannelSpaces) -> Dim | None:
+        position = _channel_position(node, 1)
+        return None if position is None else count_followed(walk, node, _sizes(node), position)
+
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
-        sizes = node.inputs[3] if node.op_type == "Resize" and len(node.inputs) > 3 else None
-        y = node.outputs[0]
-        if constant_array(sizes) is not None and rw.changed(y):
-            rw.set_shape_element(node, rw.analysis.walk.axis[y], len(rw.kept(y)), index=3)
+        sizes, position, y = _sizes(node), _channel_position(node, 1), node.outputs[0]
+        if sizes is not None and position is not None and rw.changed(y) and shape_element(sizes, position):
+            rw.set_shape_element(node, position, len(rw.kept(y)), index=3)
+
+
+def _sizes(node: ir.Node) -> ir.Value | None:
+    return node.inputs[3] if node.op_type == "Resize" and len(node.inputs) > 3 else None
+
+
+def _scales(node: ir.Node) -> ir.Value | None:
+    index = 2 if node.op_type == "Resize" and len(node.inputs) > 2 else 1
+    scales = node.inputs[index] if len(node.inputs) > index else None
+    empty = scales is not None and scales.shape is not None and list(scales.shape) == [0]
+    return None if scales is None or empty else scales  # (an empty initializer: no scales given)
+
+
+def _channel_position(node: ir.Node, axis: int) -> int | None:
+    """Where `axis` sits among the entries of a Resize's scales/sizes or a Pad's pads (opset 18's `axes`: only the
+    axes listed; None where the channel axis is not among them)."""
+    listed = attr_ints(node, "axes") if node.op_type == "Resize" else None
+    if node.op_type == "Pad" and len(node.inputs) > 3 and node.inputs[3] is not None:
+        array = constant_array(node.inputs[3])
+        listed = array.reshape(-1).tolist() if array is not None else None
+    if listed is None:
+        return axis
+    rank = len(node.inputs[0].shape) if node.inputs[0] is not None and node.inputs[0].shape is not None else 0
+    normalized = [a % rank if rank else a for a in listed]
+    return normalized.index(axis) if axis in normalized else None
+
+
+@register
+class PadRule(NoConstants[Plan]):
+    """Pad of axes other than the channel axis (a "same" padding, whose pads the TorchScript exporter computes at
+    run time from H and W): channel k stays channel k. A constant channel stays constant where the border repeats
+    it (reflect, edge, wrap) or pads with its own value; elsewhere it becomes LIVE."""
+
+    op_types = ("Pad",)
+
+    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, walk), node.outputs[0]
+        if isinstance(x, Decline):
+            return x
+        assert x.shape is not None
+        pads = node.inputs[1] if len(node.inputs) > 1 else None
+        if pads is None:
+            return Decline("pads given as an attribute (opset < 11)")
+        axes = node.inputs[3] if len(node.inputs) > 3 else None
+        listed = constant_array(axes) if axes is not None else np.arange(len(x.shape))
+        if listed is None:
+            return Decline("axes computed at run time")
+        position = _channel_position(node, walk.axis[x])
+        if position is not None:  # pads hold the begins of the padded axes, then their ends
+            for index in (position, position + listed.size):
+                entry = walk.shapes.entry(pads, index)
+                if not isinstance(entry, (int, float)):
+                    return Decline("the channel axis' pads are computed at run time")
+                if entry != 0:
+                    return Decline("pads the channel axis")
+        mode = node.attributes["mode"].as_string() if "mode" in node.attributes else "constant"
+        fill = 0.0
+        if mode == "constant" and len(node.inputs) > 2 and node.inputs[2] is not None:
+            value = constant_array(node.inputs[2])
+            if value is None or value.size != 1:
+                return Decline("padding value computed at run time")
+            fill = float(value.reshape(-1)[0])
+        walk.register(y, walk.axis[x], walk.count_of(x), like=x)
+        live, const = walk.live[x], walk.const[x]
+        walk.set_state(y, live | (const != fill) if mode == "constant" else live, const)
+        return PASSTHROUGH

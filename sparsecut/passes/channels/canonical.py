@@ -1,0 +1,100 @@
+"""Exporter variants in one form, before the channel rules read the graph (onnxscript rewrite rules).
+
+The dynamo and TorchScript exporters write the same module differently; each rewrite below turns one
+TorchScript form into the form the rules match, so that every rule matches one form whichever exporter wrote
+the graph. None of them changes what the graph computes (and the equivalence gate checks every written file):
+
+- `Identity(W)` of a constant → W itself. The TorchScript exporter shares equal initializers through Identity
+  nodes (the zero biases of every SE block of a random MobileNetV3 are one tensor); a rule reads a weight or bias
+  only where it is a constant. The rewrite gives a node its own copy where it changes a shared one.
+- `Squeeze(Split(x, [1, …, 1], axis=a)[i], a)` → `Gather(x, i, axis=a)`: how the TorchScript exporter writes
+  `unbind` (attention's q, k, v = qkv.unbind(0)); dynamo writes the Gather.
+- `Reshape(x, computed shape)` → `Reshape(x, constant)` where shape inference knows the output's shape with at
+  most one symbolic dim (written -1): the TorchScript exporter computes `x.view(B, N, C)` from `Shape(x)` at run
+  time, and a target computed from another tensor's shape cannot follow the channels that go (onnxscript's own
+  rule, as the exporter's clean uses it).
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnxscript.rewriter import RewritePass
+from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase, RewriteRuleSet
+from onnxscript.rewriter.rules.common import materialize_reshape_shape_rule
+
+from sparsecut.logs import quieted
+from sparsecut.passes.nodes import attr_int, constant_array
+
+__all__ = ["canonicalize"]
+
+
+class IdentityOfConstant(RewriteRuleClassBase):
+    def pattern(self, op, x):
+        return op.Identity(x)
+
+    def check(self, context, x: ir.Value) -> MatchResult:
+        result = MatchResult()
+        if x.const_value is None or not x.is_initializer():
+            return result.fail("not an initializer")
+        if context.output_values[0].is_graph_output():
+            return result.fail("a graph output keeps its name")
+        return result
+
+    def rewrite(self, op, x: ir.Value):
+        return x
+
+
+class SqueezeOfSplit(RewriteRuleClassBase):
+    """One output of a Split into size-1 parts, squeezed along the split axis: a Gather of that index."""
+
+    def pattern(self, op, part, axes):
+        return op.Squeeze(part, axes)
+
+    def check(self, context, part: ir.Value, axes: ir.Value) -> MatchResult:
+        result = MatchResult()
+        split = part.producer()
+        if split is None or split.op_type != "Split" or split.domain not in ("", "ai.onnx"):
+            return result.fail("not a part of a Split")
+        x = split.inputs[0]
+        squeezed = constant_array(axes)
+        if x is None or x.shape is None or squeezed is None or squeezed.size != 1 or part.shape is None:
+            return result.fail("unknown axes")
+        rank = len(x.shape)
+        axis = attr_int(split, "axis", 0) % rank
+        if int(squeezed.reshape(-1)[0]) % rank != axis or part.shape[axis] != 1:
+            return result.fail("not squeezed along the split axis, or not a part of size 1")
+        if any(other.shape is None or other.shape[axis] != 1 for other in split.outputs):
+            return result.fail("parts of other sizes: positions are not indices")
+        return result
+
+    def rewrite(self, op, part: ir.Value, axes: ir.Value):
+        split = part.producer()
+        assert split is not None
+        index = op.Constant(value=ir.tensor(list(split.outputs).index(part), dtype=ir.DataType.INT64))
+        return op.Gather(split.inputs[0], index, axis=attr_int(split, "axis", 0))
+
+
+_RULES = RewriteRuleSet([IdentityOfConstant.rule(), SqueezeOfSplit.rule(), materialize_reshape_shape_rule])
+
+
+def canonicalize(model: ir.Model) -> bool:
+    """Rewrite the exporter variants above in place; True when any was found."""
+    if not any(_candidate(node) for node in model.graph):
+        return False  # (the rewriter visits every node: 15k-node graphs pay for nothing to find)
+    with quieted("onnxscript.rewriter"):
+        modified = RewritePass(_RULES)(model).modified
+    if modified:
+        RemoveUnusedNodesPass()(model)
+    return modified
+
+
+def _candidate(node: ir.Node) -> bool:
+    op = node.op_type
+    if op == "Identity":
+        return node.inputs[0] is not None and node.inputs[0].const_value is not None
+    if op == "Squeeze":
+        producer = node.inputs[0].producer() if node.inputs[0] is not None else None
+        return producer is not None and producer.op_type == "Split"
+    return op == "Reshape" and len(node.inputs) > 1 and constant_array(node.inputs[1]) is None
