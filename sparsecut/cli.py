@@ -425,6 +425,8 @@ def _render_optimize(report: object, inspecting: bool = False) -> None:
     ):
         totals.add_row(name, f"{b:,}", f"{a:,}", f"{a / b:.3f}" if b else "-")
     console.print(totals)
+    for note in report.notes:
+        console.print(f"note: {escape(note)}")
     restores = [r for p in report.passes for r in p.two_four]
     reordered = [w for r in restores if r.restored and r.reordered for w in r.weights]
     if reordered:
@@ -547,7 +549,7 @@ def build(
     """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs). Dead channels still
     in the graph are removed first, with channel counts measured on the target (`--no-measure`: built as given)."""
     from sparsecut.targets import BuildOptions
-    from sparsecut.workflow import build_for_target
+    from sparsecut.workflow import build_for_target, side_file
 
     if calibration is not None and precision != "int8":
         raise UsageError("--calibration: only used with --precision int8")
@@ -555,15 +557,17 @@ def build(
     _require(model, calibration)
     with OutputPlan([model, calibration]) as plan:
         staged = plan.file(output, "--output", model=output.suffix == ".onnx")
-        # written beside the artifact when they happen: the graph converted to the precision, the surgery's graph
+        # written beside the artifact when they happen: the graph converted to the precision, the lean graph (named
+        # by side_file, never an input), the surgery's graph
+        sides = {}
         if precision in ("fp16", "int8"):
-            plan.file(output.with_name(f"{output.name.split('.')[0]}.{precision}.onnx"), "--precision", optional=True)
+            converted_file = side_file(output, precision, [model, calibration])
+            sides[precision] = plan.file(converted_file, "--precision", model=True, optional=True)
         if surgery:
             plan.file(output.with_name(f"{output.stem}.surgery.onnx"), "--surgery", optional=True)
         if measure:
-            plan.file(
-                output.with_name(f"{output.name.split('.')[0]}.lean.onnx"), "--measure", model=True, optional=True
-            )
+            lean_file = side_file(output, "lean", [model, calibration])
+            sides["lean"] = plan.file(lean_file, "--measure", model=True, optional=True)
         staged_cache = None
         if timing_cache is not None:  # read and updated: the staged copy starts from the current one
             staged_cache = plan.file(timing_cache, "--timing-cache", optional=True)
@@ -586,7 +590,7 @@ def build(
             tuning = tuning_for(target, batch=batches[1], provider=provider, table=lut,
                                 budget=tune_budget, build=BuildOptions(sparsity=sparsity))  # fmt: skip
         with console.status(f"building {model} for {target} …"):
-            report, converted = build_for_target(model, staged, target, options, calibration, tuning)
+            report, converted = build_for_target(model, staged, target, options, calibration, tuning, sides)
         report = _finish(plan, report, staged_json)
     if converted is not None:
         console.print(

@@ -124,6 +124,13 @@ def read_arrays(path: Path, specs: Sequence[InputSpec], option: str) -> dict[str
         else:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "Object arrays cannot be loaded" in str(exc):  # numpy refuses them without pickles: say why
+            raise InputError(
+                f"{path}: holds Python objects (a pickled object array), and loading them would run code from the "
+                f"file; {option} takes plain numeric arrays only (numpy.savez of float/int arrays)"
+            ) from exc
+        raise InputError(f"{path}: not a readable .npz/.npy file (ValueError; {option})") from exc
     except Exception as exc:
         raise InputError(f"{path}: not a readable .npz/.npy file ({type(exc).__name__}; {option})") from exc
     if not specs:

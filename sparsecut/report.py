@@ -337,6 +337,7 @@ class OptimizeReport(Report):
     enforced: list[EnforcedLayer] = dataclasses.field(default_factory=list)  # --enforce-2to4: changes the model
     lost_two_four: list[str] = dataclasses.field(default_factory=list)  # weights 2:4 in the input, not in the output
     decision: MeasuredDecision | None = None  # --target: how the channel counts were chosen
+    notes: list[str] = dataclasses.field(default_factory=list)  # how the input was read, where that needs saying
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ __all__ = [
     "build_for_target",
     "markdown_summary",
     "run_workflow",
+    "side_file",
     "speedup_lines",
 ]
 
@@ -145,6 +146,18 @@ def baseline_passes(passes: Sequence[str]) -> tuple[str, ...]:
     return tuple(p for p in passes if p != "remove-dead-channels")
 
 
+def side_file(output: Path, kind: str, inputs: Sequence[Path | None] = ()) -> Path:
+    """Where a command saves a graph it made on the way to `output` (`kind`: the lean graph, the graph at the
+    target's precision): beside it, named after it — `r.ort.onnx` → `r.ort.lean.onnx`, `r.plan` → `r.lean.onnx` —
+    and never one of `inputs` (`x.lean.onnx -o x.onnx` would otherwise save its lean graph over its input)."""
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    taken = {path.resolve() for path in inputs if path is not None}
+    candidate, n = output.with_name(f"{stem}.{kind}.onnx"), 2
+    while candidate.resolve() in taken:
+        candidate, n = output.with_name(f"{stem}.{kind}-{n}.onnx"), n + 1
+    return candidate
+
+
 def build_for_target(
     model: Path,
     output: Path,
@@ -152,22 +165,26 @@ def build_for_target(
     options: BuildOptions,
     calibration: Path | None = None,
     tuning: Tuning | None = None,
+    sides: dict[str, Path] | None = None,
 ) -> tuple[BuildReport, PrecisionReport | None]:
     """Build `model` for a target.
 
     - With `tuning`, a graph that still has removable dead channels has them removed first, with the channel
       counts measured on the target (passes/measured.py); that lean graph is saved beside the artifact
-      (`<name>.lean.onnx`) and built instead, and the report says so.
+      (`side_file(output, "lean")`) and built instead, and the report says so.
     - When the target needs the precision in the graph (onnxruntime always, TensorRT 11's strongly typed networks)
       and the graph lacks it, the to-fp16 / quantize-int8 pass runs first and its graph is saved beside the
-      artifact (`<name>.fp16.onnx` / `<name>.int8.onnx`)."""
+      artifact (`side_file(output, "fp16" / "int8")`).
+
+    `sides`: where those go, by kind, when the caller planned them (the CLI stages them with the artifact)."""
     from sparsecut.passes.precision import PrecisionOptions, convert_precision
 
     model, output = Path(model), Path(output)
+    sides = dict(sides or {})
     target = get_target(target_name)
     notes = []
     if tuning is not None and _removable_channels(model):
-        lean = output.with_name(f"{output.name.split('.')[0]}.lean.onnx")
+        lean = sides.get("lean") or side_file(output, "lean", [model, calibration])
         decision = optimize_measured(model, lean, OptimizeOptions(), tuning).decision
         assert decision is not None
         notes.append(f"dead channels removed first, counts measured on the target: {decision.verdict}; lean graph "
@@ -181,7 +198,7 @@ def build_for_target(
         and graph_precision(model) != wanted
         and target.precision_in_graph()
     ):
-        prepared = output.with_name(f"{output.name.split('.')[0]}.{wanted}.onnx")
+        prepared = sides.get(wanted) or side_file(output, wanted, [model, calibration])
         converted = convert_precision(model, prepared, PrecisionOptions(wanted, calibration))
         model = prepared
     _, report = target.build(model, output, options)

@@ -52,3 +52,37 @@ def test_run_end_to_end(tmp_path, checkpoint_factory, capsys):
     assert "| lean (lean.onnx) |" in markdown
     printed = capsys.readouterr().out
     assert "pruning speedup (dense baseline / lean, channel removal alone): " in printed
+
+
+def test_side_files_are_named_after_the_artifact_and_never_an_input(tmp_path):
+    from sparsecut.workflow import side_file
+
+    assert side_file(tmp_path / "r.ort.onnx", "lean").name == "r.ort.lean.onnx"
+    assert side_file(tmp_path / "r.plan", "fp16").name == "r.fp16.onnx"
+    # an input that the rule would name: the side file steps aside
+    assert side_file(tmp_path / "x.ort.onnx", "lean", [tmp_path / "x.ort.lean.onnx"]).name == "x.ort.lean-2.onnx"
+
+
+@pytest.mark.parametrize(
+    ("source", "output", "side"), [("r.lean.onnx", "r.ort.onnx", None), ("r.onnx", "r.ort.onnx", "r.ort.lean.onnx")]
+)
+def test_a_measured_build_of_a_lean_graph_writes_beside_it_and_leaves_it_alone(
+    tmp_path, checkpoint_factory, source, output, side
+):
+    """`sparsecut build resnet50.lean.onnx -o r.ort.onnx`, measured by default, planned its lean side file as the
+    input and refused. A lean input has nothing left to remove (no side file); an exported one gets its lean
+    graph saved beside the artifact."""
+    from sparsecut.exporter import export_checkpoint
+    from sparsecut.passes import optimize_model
+
+    exported = tmp_path / "r.onnx"
+    export_checkpoint(checkpoint_factory("resnet-tiny"), exported, arch="resnet-tiny")
+    if source != "r.onnx":
+        optimize_model(exported, tmp_path / source)
+        exported.unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    code = main(["build", str(tmp_path / source), "-o", str(tmp_path / output), "--tune-budget", "5"])
+    assert code == 0
+    after = {p.name for p in tmp_path.iterdir()}
+    assert after == set(before) | {output} | ({side} if side else set())
+    assert (tmp_path / source).stat().st_mtime_ns == before[source]

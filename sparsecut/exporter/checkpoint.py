@@ -93,6 +93,13 @@ def _load_program(path: Path) -> torch.export.ExportedProgram:
             ) from exc
 
 
+def _plain_pickle(path: Path) -> bool:
+    """Whether the file is a bare pickle stream (protocol 2 or later), not torch.save's zip archive."""
+    with open(path, "rb") as file:
+        head = file.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def _torch_load(path: Path, trust: bool) -> Any:
     try:
         with warnings.catch_warnings():
@@ -101,13 +108,17 @@ def _torch_load(path: Path, trust: bool) -> Any:
     except pickle.UnpicklingError as exc:
         # only a real pickle refused for the Python objects it names deserves the advice to trust it
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if refused is None:
+        if refused is None and not _plain_pickle(path):
             raise CheckpointError(f"{path}: not a PyTorch checkpoint (truncated, corrupt or another format)") from exc
-        if not trust:
+        if not trust:  # a real pickle, refused for what it holds: the advice to trust it, and why it is needed
+            what = (
+                f"holds Python objects ({refused.group(1)}) that only unpickling can restore"
+                if refused is not None
+                else "is a plain pickle, not torch.save's format, that only unpickling can read"
+            )
             raise CheckpointError(
-                f"{path}: holds Python objects ({refused.group(1)}) that only unpickling can restore, and unpickling "
-                "runs code from the file; if you trust its source, pass --trust-checkpoint (or save a state_dict "
-                "instead)"
+                f"{path}: {what}, and unpickling runs code from the file; if you trust its source, pass "
+                "--trust-checkpoint (or save a state_dict with torch.save or safetensors instead)"
             ) from exc
     except Exception as exc:  # zip reader errors, EOF: a truncated or foreign file
         raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({_one_line(exc)})") from exc

@@ -7,7 +7,9 @@ pass that broke it and, for remove-dead-channels, the channel group (found by bi
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +20,7 @@ import onnx_ir as ir
 from sparsecut.checking import checking_session, compare_outputs
 from sparsecut.errors import GraphError, InputError
 from sparsecut.feeds import model_input_specs, read_arrays, synthetic_inputs
-from sparsecut.modelfile import load_model
+from sparsecut.modelfile import is_external, load_model, reads_external_data, save_model
 from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
 from sparsecut.passes.registry import Setting, make_pass
 from sparsecut.report import OutputCheck
@@ -26,7 +28,17 @@ from sparsecut.report import OutputCheck
 if TYPE_CHECKING:
     from sparsecut.passes.pipeline import OptimizeOptions
 
-__all__ = ["BackgroundRuns", "Feeds", "Reference", "compare_files", "diagnose", "gate_inputs", "run_feeds"]
+__all__ = [
+    "BackgroundRuns",
+    "Feeds",
+    "Reference",
+    "Unrunnable",
+    "compare_files",
+    "diagnose",
+    "gate_inputs",
+    "loadable_reference",
+    "run_feeds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +67,18 @@ def gate_inputs(model: ir.Model, options: OptimizeOptions, source: Path) -> Feed
     return feeds
 
 
-def run_feeds(model: ir.Model | Path, feeds: Feeds, held: list[object] | None = None) -> list[list[np.ndarray]] | None:
-    """Outputs for every feed; None when onnxruntime cannot load or run the graph (which fails the gate too).
+@dataclasses.dataclass(frozen=True)
+class Unrunnable:
+    """onnxruntime could not load or run a graph: why, in its own words (the message's first line)."""
+
+    reason: str
+
+
+Outputs = list[list[np.ndarray]]
+
+
+def run_feeds(model: ir.Model | Path, feeds: Feeds, held: list[object] | None = None) -> Outputs | Unrunnable:
+    """Outputs for every feed, or why onnxruntime cannot load or run the graph (which fails the gate too).
     `held`: the session is put there, to be released when its holder drops it, instead of on return."""
     try:
         with checking_session(model) as session:
@@ -65,8 +87,9 @@ def run_feeds(model: ir.Model | Path, feeds: Feeds, held: list[object] | None = 
                 held.append(session)
             return outputs
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        log.warning("onnxruntime cannot run the graph: %s", str(exc).splitlines()[0] if str(exc) else exc)
-        return None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.debug("onnxruntime cannot run the graph: %s", reason)  # (said once, by the caller's one-line error)
+        return Unrunnable(re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", reason))
 
 
 class BackgroundRuns:
@@ -103,14 +126,19 @@ class BackgroundRuns:
 
 
 def _checks(
-    reference: list[list[np.ndarray]] | None,
-    candidate: list[list[np.ndarray]] | None,
+    reference: Outputs | Unrunnable,
+    candidate: Outputs | Unrunnable,
     feeds: Feeds,
     options: OptimizeOptions,
+    source: Path,
 ) -> list[OutputCheck]:
-    if reference is None:
-        raise GraphError("onnxruntime cannot run the input graph; nothing to compare against")
-    if candidate is None:
+    if isinstance(reference, Unrunnable):
+        raise GraphError(
+            f"{source}: onnxruntime cannot run it ({reference.reason[:300]}), so the equivalence gate has nothing "
+            "to compare the result with; register its custom ops with onnxruntime, or pass --no-verify to write "
+            "the result unchecked"
+        )
+    if isinstance(candidate, Unrunnable):
         return [OutputCheck(0, float("inf"), float("inf"), False)]
     return [
         compare_outputs(
@@ -128,22 +156,31 @@ def compare_files(
     reference: Reference | None = None,
     candidate: Reference | None = None,
     parallel: bool = False,
+    runs_as: Path | None = None,
 ) -> list[OutputCheck]:
     """Run both graphs and compare. `reference`, `candidate`: the source's and the staged file's outputs, already
     on their way; `parallel`: both at once in two threads (onnxruntime releases the GIL) — for small models only,
-    so that a big one never has two copies of its weights in memory."""
+    so that a big one never has two copies of its weights in memory; `runs_as`: the file onnxruntime runs for
+    `source` (`loadable_reference`)."""
+    run = runs_as or source
     if reference is not None:
         got = candidate.result() if candidate is not None else run_feeds(staged, feeds)
-        return _checks(reference.result(), got, feeds, options)
+        return _checks(reference.result(), got, feeds, options, source)
     if not parallel:
-        return _checks(run_feeds(source, feeds), run_feeds(staged, feeds), feeds, options)
+        return _checks(run_feeds(run, feeds), run_feeds(staged, feeds), feeds, options, source)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        reference, candidate = pool.submit(run_feeds, source, feeds), pool.submit(run_feeds, staged, feeds)
-        return _checks(reference.result(), candidate.result(), feeds, options)
+        reference, candidate = pool.submit(run_feeds, run, feeds), pool.submit(run_feeds, staged, feeds)
+        return _checks(reference.result(), candidate.result(), feeds, options, source)
 
 
 def diagnose(
-    source: Path, output: Path, names: list[str], feeds: Feeds, options: OptimizeOptions, checks: list[OutputCheck]
+    source: Path,
+    output: Path,
+    names: list[str],
+    feeds: Feeds,
+    options: OptimizeOptions,
+    checks: list[OutputCheck],
+    runs_as: Path | None = None,
 ) -> str:
     """Find the first pass (and dead-channel group) whose result differs; return the one-line error."""
     worst = max(checks, key=lambda c: c.max_rel_error)
@@ -151,10 +188,10 @@ def diagnose(
         f"{output}: not written: the optimized graph differs from {source.name} "
         f"(max abs {worst.max_abs_error:.3g}, rel {worst.max_rel_error:.3g} > rtol {options.rtol:g})"
     )
-    reference = run_feeds(source, feeds)
+    reference = run_feeds(runs_as or source, feeds)
 
     def differs(model: ir.Model) -> bool:
-        return not all(c.passed for c in _checks(reference, run_feeds(model, feeds), feeds, options))
+        return not all(c.passed for c in _checks(reference, run_feeds(model, feeds), feeds, options, source))
 
     model = load_model(source)
     for index, name in enumerate(names):
@@ -196,3 +233,26 @@ def _bisect_groups(
         return ""
     culprit = groups[lo - 1]
     return f", in channel group {culprit.location} ({culprit.channels_before} → {culprit.channels_after} channels)"
+
+
+def loadable_reference(model: ir.Model, source: Path, folder: Path) -> Path:
+    """The input as onnxruntime can load it for the gate. A model saved with every tensor external
+    (`size_threshold=0`) keeps even its shape constants in the data file, which onnxruntime refuses to read while
+    it builds the graph ("Cannot parse data from external tensors"); such a model is written into `folder` (the
+    staging folder) with its small tensors inline and read from there. Any other model is read where it is."""
+    small = [
+        v
+        for v in model.graph.initializers.values()
+        if v.const_value is not None and is_external(v.const_value) and v.const_value.nbytes <= _SMALL_EXTERNAL_BYTES
+    ]
+    if not small:
+        return source
+    for value in small:  # read now, held in memory (the same values: the passes see no difference)
+        assert value.const_value is not None
+        value.const_value = ir.Tensor(value.const_value.numpy(), name=value.name)
+    copy = folder / source.name
+    save_model(model, copy, external_data=reads_external_data(model))  # the big ones into the copy's own file
+    return copy
+
+
+_SMALL_EXTERNAL_BYTES = 1024

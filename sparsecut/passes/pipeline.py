@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
 from sparsecut.cost import count_costs
 from sparsecut.errors import GraphError, VerificationError
@@ -28,7 +29,15 @@ from sparsecut.modelfile import (
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.dead_channels import prepare_for_analysis
 from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
-from sparsecut.passes.gate import BackgroundRuns, Feeds, Reference, compare_files, diagnose, gate_inputs
+from sparsecut.passes.gate import (
+    BackgroundRuns,
+    Feeds,
+    Reference,
+    compare_files,
+    diagnose,
+    gate_inputs,
+    loadable_reference,
+)
 from sparsecut.passes.permute_two_four import PermuteForTwoFourPass
 from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionOptions, convert_precision
 from sparsecut.passes.registry import DEFAULT_PASSES, PASSES, parse_passes, run_passes
@@ -70,6 +79,21 @@ def _load_checked(path: Path) -> ir.Model:
     return model
 
 
+def constants_from_inputs(model: ir.Model, source: Path) -> list[str]:
+    """IR 3 listed every initializer among the graph inputs too (a caller could feed another value). onnx's own
+    tools treat such initializers as the constants they hold; so does sparsecut — it could not shrink a weight
+    that is part of the model's interface — and writes them as initializers only. Returns the report's note."""
+    overridable = [v.name for v in model.graph.inputs if v.is_initializer()]
+    if not overridable:
+        return []
+    RemoveInitializersFromInputsPass()(model)
+    shown = ", ".join(map(str, overridable[:3])) + (" …" if len(overridable) > 3 else "")
+    return [
+        f"{len(overridable)} initializer(s) of {source.name} were also graph inputs (IR 3: {shown}); read as the "
+        "constants they hold and written as initializers only"
+    ]
+
+
 def optimize_model(source: Path, output: Path, options: OptimizeOptions = OptimizeOptions()) -> OptimizeReport:
     """Run the pipeline on `source` and write `output` — only if the equivalence gate passes (or is off).
 
@@ -88,7 +112,8 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         PausedCollector() as collector,
     ):
         lossless = _stage(Path(tmp), "lossless", output)
-        feeds, before, after, reports, lost, gate = _transform(source, lossless, names, options, runs)
+        done = _transform(source, lossless, Path(tmp), names, options, runs)
+        feeds, before, after, reference = done.feeds, done.before, done.after, done.reference
         # The graph is cyclic garbage now: freed here (one young-generation collection, ~0.1 s at 15k nodes) —
         # for a big model before the gate loads its own copy of the weights, for a small one while onnxruntime
         # reads the output on another thread; and the input's session with it.
@@ -104,9 +129,10 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
             log.warning("%s (written anyway: --no-verify)", grew.replace(": not written", "", 1))
         checks: list[OutputCheck] = []
         if options.verify:
-            checks = compare_files(source, lossless, feeds, options, *gate)
+            reference_run, candidate_run = done.gate or (None, None)
+            checks = compare_files(source, lossless, feeds, options, reference_run, candidate_run, runs_as=reference)
             if not all(c.passed for c in checks):
-                raise VerificationError(diagnose(source, output, names, feeds, options, checks))
+                raise VerificationError(diagnose(source, output, names, feeds, options, checks, runs_as=reference))
         else:
             log.warning("equivalence gate skipped (--no-verify): %s is NOT checked against %s", output, source)
         current, precision = lossless, None
@@ -123,7 +149,7 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     return OptimizeReport(
         input=str(source),
         output=str(output),
-        passes=reports,
+        passes=done.reports,
         before=before,
         after=after,
         checks=checks,
@@ -133,7 +159,8 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         seconds=time.perf_counter() - start,
         precision=precision,
         enforced=enforced,
-        lost_two_four=lost,
+        lost_two_four=done.lost,
+        notes=done.notes,
     )
 
 
@@ -143,23 +170,31 @@ def _stage(folder: Path, step: str, output: Path) -> Path:
     return folder / step / output.name
 
 
+@dataclasses.dataclass(frozen=True)
+class _Transformed:
+    feeds: Feeds
+    before: ModelCost
+    after: ModelCost
+    reports: list[PassReport]
+    lost: list[str]  # weights 2:4 before and not after
+    gate: tuple[Reference, Reference] | tuple[()]  # the gate's runs under way (small models)
+    reference: Path  # the input as the gate runs it (loadable_reference)
+    notes: list[str]
+
+
 def _transform(
-    source: Path, staged: Path, names: list[str], options: OptimizeOptions, runs: BackgroundRuns
-) -> tuple[Feeds, ModelCost, ModelCost, list[PassReport], list[str], tuple[Reference, Reference] | tuple[()]]:
+    source: Path, staged: Path, folder: Path, names: list[str], options: OptimizeOptions, runs: BackgroundRuns
+) -> _Transformed:
     """Load, run the lossless passes, write `staged`. The graph is local: it is gone when this returns.
 
     For a small model the gate runs in the background (`runs`): the input's outputs while the passes run, the
     output's as soon as it is written, while the report is made here; both futures are returned. For a
     big one the gate waits, so that only one copy of the weights is in memory at a time."""
     model = _load_checked(source)
-    overridable = [v.name for v in model.graph.inputs if v.is_initializer()]
-    if overridable:  # IR < 4 style: a caller may feed other values, so their shapes are part of the interface
-        raise GraphError(
-            f"{source}: {len(overridable)} initializer(s) are also graph inputs ({', '.join(map(str, overridable[:3]))}"
-            f"{' …' if len(overridable) > 3 else ''}), so a caller may replace them and sparsecut cannot change "
-            "them without changing the model's interface; re-export it, or remove them from the graph inputs "
-            "(onnx's IR ≥ 4 keeps initializers out of the inputs) if no caller feeds them"
-        )
+    notes = constants_from_inputs(model, source)
+    reference_file = (
+        loadable_reference(model, source, _stage(folder, "input", source).parent) if options.verify else source
+    )
     external = reads_external_data(model) or None  # weights that came external stay external
     if options.precision == "int8" and QUANTIZED_OPS & {node.op_type for node in model.graph}:
         raise GraphError(
@@ -168,7 +203,7 @@ def _transform(
     feeds = gate_inputs(model, options, source)
     reference = None
     if options.verify and initializer_bytes(model) <= PARALLEL_GATE_BYTES:
-        reference = runs.run_input(source, feeds)
+        reference = runs.run_input(reference_file, feeds)
     before = count_costs(model)
     sparse_before = two_four_weights(model)
     reports = run_passes(model, names, options)
@@ -191,7 +226,7 @@ def _transform(
         )
     after = count_costs(model)
     gate = (reference, candidate) if reference is not None and candidate is not None else ()
-    return feeds, before, after, reports, lost, gate
+    return _Transformed(feeds, before, after, reports, lost, gate, reference_file, notes)
 
 
 def _enforce_two_four(

@@ -117,7 +117,7 @@ def test_build_int8_quantizes_the_graph_first(tmp_path, small_model, capsys):
         == 0
     )
     assert "converted to int8 first" in capsys.readouterr().out
-    quantized = onnx.load(str(tmp_path / "small.int8.onnx"))
+    quantized = onnx.load(str(tmp_path / "small.ort.int8.onnx"))  # named after the artifact (side_file)
     assert "DequantizeLinear" in {n.op_type for n in quantized.graph.node}
     assert out.exists() and json.loads((tmp_path / "b.json").read_text())["precision"] == "int8"
 
@@ -142,13 +142,16 @@ def test_build_removes_dead_channels_left_in_the_graph_with_measured_counts(tmp_
     onnx.save(g.model(g.conv(hidden, g.weight(2, 16, 1, 1))), tmp_path / "masked.onnx")
     out = tmp_path / "m.ort.onnx"
     assert main(["build", str(tmp_path / "masked.onnx"), "-o", str(out), "--json", str(tmp_path / "b.json")]) == 0
-    lean = tmp_path / "m.lean.onnx"
+    lean = tmp_path / "m.ort.lean.onnx"
     first = next(n for n in ir.load(lean).graph if n.op_type == "Conv")
-    # 8 live channels; how many stay is what measured fastest here (keeping all 16 can win on so small a layer)
-    assert first.inputs[1].const_value.shape[0] in (8, 16)
+    # 8 live channels; how many stay is what measured fastest here (keeping all 16 can win on so small a layer, and
+    # on a busy machine 12 can: any candidate count is right, nothing else is)
+    from sparsecut.passes.channel_counts import candidate_counts
+
+    assert first.inputs[1].const_value.shape[0] in candidate_counts(8, 16)
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["source"] == str(lean)
     assert "dead channels removed first, counts measured on the target" in report["notes"][0]
     plain = tmp_path / "plain.ort.onnx"
     assert main(["build", str(tmp_path / "masked.onnx"), "-o", str(plain), "--no-measure"]) == 0
-    assert not (tmp_path / "plain.lean.onnx").exists()
+    assert not (tmp_path / "plain.ort.lean.onnx").exists()
