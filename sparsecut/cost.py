@@ -17,7 +17,7 @@ from sparsecut.modelfile import elements_of_type
 from sparsecut.report import LayerCost, ModelCost
 from sparsecut.shapes import infer_shapes
 
-__all__ = ["count_costs"]
+__all__ = ["count_costs", "count_params"]
 
 _LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
@@ -36,12 +36,15 @@ def count_costs(model: ir.Model) -> ModelCost:
             continue
         params = sum(_weight_elements(v) for v in node.inputs if v is not None)
         layers.append(LayerCost(node.name or op, op, _macs(node), params))
+    return ModelCost(macs=sum(layer.macs for layer in layers), params=count_params(model), layers=layers)
+
+
+def count_params(model: ir.Model) -> int:
+    """The numbers the model stores: its weights (float, or int8 behind a DequantizeLinear; a 0-d scalar, a Clip
+    bound, is no weight), in initializers and Constant nodes."""
     tensors: list[ir.TensorProtocol | None] = [v.const_value for v in model.graph.initializers.values()]
     tensors += [_constant_tensor(node) for node in model.graph if node.op_type == "Constant"]
-    params = sum(  # weights: float, or int8 behind a DequantizeLinear; a 0-d scalar (a Clip bound) is no weight
-        elements_of_type(t, _WEIGHT_TYPES, min_rank=1) for t in tensors if t is not None
-    )
-    return ModelCost(macs=sum(layer.macs for layer in layers), params=params, layers=layers)
+    return sum(elements_of_type(t, _WEIGHT_TYPES, min_rank=1) for t in tensors if t is not None)
 
 
 def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:

@@ -19,9 +19,11 @@ __all__ = ["SharedShapes", "TensorShape", "apply_shapes", "infer_shapes", "take_
 log = logging.getLogger(__name__)
 
 
-def infer_shapes(model: ir.Model, *, force: bool = False) -> None:
-    """Fill in missing shapes (all of them with `force`) of the main graph's values."""
-    if not force and all(value.shape is not None for node in model.graph for value in node.outputs):
+def infer_shapes(model: ir.Model, *, force: bool = False, refine: bool = False) -> None:
+    """Fill in missing shapes (all of them with `force`) of the main graph's values; with `refine`, also the sizes
+    a shape left unknown and inference now knows (after constants were folded: a Slice whose bounds were computed
+    from a shape, as the TorchScript exporter writes `chunk`, has an output of unknown size until they are)."""
+    if not (force or refine) and all(value.shape is not None for node in model.graph for value in node.outputs):
         return
     try:
         from onnx_ir.passes.common._c_api_utils import call_onnx_api
@@ -37,7 +39,7 @@ def infer_shapes(model: ir.Model, *, force: bool = False) -> None:
     except Exception as exc:
         log.warning("shape inference failed (%s); shapes left as they were", exc)
         return
-    apply_shapes(model.graph, take_shapes(inferred.graph), force)
+    apply_shapes(model.graph, take_shapes(inferred.graph), force, refine)
 
 
 @dataclasses.dataclass
@@ -93,9 +95,9 @@ def _tensor_shape(type_proto: onnx.TypeProto) -> TensorShape | None:
     return TensorShape(dims, tensor_type.elem_type)
 
 
-def apply_shapes(graph: ir.Graph, shapes: Shapes, force: bool = False) -> None:
+def apply_shapes(graph: ir.Graph, shapes: Shapes, force: bool = False, refine: bool = False) -> None:
     """Give the values of `graph` produced by its nodes their shapes from `shapes` (where they have none, or all
-    of them with `force`), and their element types where unknown."""
+    of them with `force`, or where they know more with `refine`), and their element types where unknown."""
     if not shapes:
         return
     shared = SharedShapes()
@@ -104,12 +106,19 @@ def apply_shapes(graph: ir.Graph, shapes: Shapes, force: bool = False) -> None:
             found = shapes.get(value.name) if value.name else None
             if found is None:
                 continue
-            if force or value.shape is None:
+            if force or value.shape is None or (refine and _knows_more(found.dims, value.shape)):
                 if found.shape is None:
                     found.shape = shared(found.dims)
                 value.shape = found.shape
             if value.dtype is None and found.elem_type:
                 value.dtype = ir.DataType(found.elem_type)
+
+
+def _knows_more(dims: tuple[int | str | None, ...], shape: ir.Shape) -> bool:
+    """Whether inferred `dims` give a static size where `shape` (of the same rank) has none."""
+    return len(dims) == len(shape) and any(
+        isinstance(d, int) and d > 0 and not isinstance(old, int) for d, old in zip(dims, shape, strict=True)
+    )
 
 
 class SharedShapes:

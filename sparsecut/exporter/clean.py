@@ -28,7 +28,7 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedN
 from onnxscript.rewriter import RewritePass
 from onnxscript.rewriter.rules import common as rules
 
-from sparsecut.folding import quiet_fold_constants
+from sparsecut.folding import drop_computed_zero_biases, quiet_fold_constants
 
 __all__ = ["LAYOUT_KEY", "clean_exported_graph", "constant_computable_nodes"]
 
@@ -51,7 +51,7 @@ def clean_exported_graph(model: ir.Model) -> tuple[int, int]:
     parameters = set(model.graph.initializers)
     _fold_weight_transposes(model.graph)
     quiet_fold_constants(model)
-    _drop_computed_zero_biases(model.graph, parameters)
+    drop_computed_zero_biases(model.graph, parameters)
     RewritePass(_RULES)(model)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     RemoveUnusedNodesPass()(model)
@@ -93,14 +93,3 @@ def _fold_weight_transposes(graph: ir.Graph) -> None:
         weight.shape = ir.Shape(transposed.shape)
         node.outputs[0].replace_all_uses_with(weight)
         graph.remove(node, safe=True)
-
-
-def _drop_computed_zero_biases(graph: ir.Graph, parameters: set[str]) -> None:
-    for node in graph:
-        if node.op_type not in ("Conv", "ConvTranspose") or len(node.inputs) != 3:
-            continue
-        bias = node.inputs[2]
-        if bias is None or bias.name in parameters or bias.const_value is None:
-            continue
-        if not np.any(bias.const_value.numpy()):
-            node.resize_inputs(2)

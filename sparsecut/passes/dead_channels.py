@@ -66,12 +66,15 @@ def prepare_for_analysis(model: ir.Model, fold: bool = True) -> bool:
     """The graph as the channel rules read it: constants folded (weights and biases must be constants to be read;
     `fold` False when fold-constants just ran), exporter variants in one form (`canonical.py`), shapes inferred.
     True when the graph changed."""
-    folded = fold and FoldConstantsPass()(model).modified
+    modified = fold and FoldConstantsPass()(model).modified
     infer_shapes(model)
-    if not canonicalize(model):
-        return folded
-    infer_shapes(model)  # the canonical forms' new values
-    return True
+    for _ in range(4):  # sizes read as numbers let more fold, and folded targets more read as canonical forms
+        if not canonicalize(model):
+            break
+        modified = True
+        FoldConstantsPass()(model)
+        infer_shapes(model)  # the canonical forms' new values
+    return modified
 
 
 def plan_two_four_restores(analysis: DeadChannelAnalysis) -> tuple[list[TwoFourRestore], dict[int, np.ndarray]]:

@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
-from sparsecut.cost import count_costs
+from sparsecut.cost import count_costs, count_params
 from sparsecut.errors import GraphError, VerificationError
 from sparsecut.gctools import PausedCollector
 from sparsecut.modelfile import (
@@ -204,9 +204,16 @@ def _transform(
     reference = None
     if options.verify and initializer_bytes(model) <= PARALLEL_GATE_BYTES:
         reference = runs.run_input(reference_file, feeds)
-    before = count_costs(model)
     sparse_before = two_four_weights(model)
-    reports = run_passes(model, names, options)
+    # MACs before are counted where the shapes are known: after fold-constants, which computes what the exporter
+    # left to run time (pads, sizes) and so the spatial sizes after them; the parameters are the input's own
+    params_before = count_params(model)
+    folds_first = names[:1] == ["fold-constants"]
+    reports = run_passes(model, names[:1], options) if folds_first else []
+    before = dataclasses.replace(count_costs(model), params=params_before)
+    reports += (
+        run_passes(model, names[1:], options, ran=names[:1]) if folds_first else run_passes(model, names, options)
+    )
     model.metadata_props[METADATA_PREFIX + "optimize.passes"] = ",".join(names)
     model.metadata_props[METADATA_PREFIX + "optimize.align"] = str(options.align)
     verified = f"rtol={options.rtol:g},atol={options.atol:g}" if options.verify else "no (--no-verify)"

@@ -126,11 +126,13 @@ def make_pass(name: str, options: OptimizeOptions, setting: Setting = Setting())
     return REGISTRY[name].make(options, setting)
 
 
-def run_passes(model: ir.Model, names: Sequence[str], options: OptimizeOptions) -> list[PassReport]:
-    """Run `names` in order on `model`, each reported with its time."""
+def run_passes(
+    model: ir.Model, names: Sequence[str], options: OptimizeOptions, ran: Sequence[str] = ()
+) -> list[PassReport]:
+    """Run `names` in order on `model`, each reported with its time (`ran`: the passes that ran on it before)."""
     reports = []
     for index, name in enumerate(names):
-        step = make_pass(name, options, Setting(folded="fold-constants" in names[:index]))
+        step = make_pass(name, options, Setting(folded="fold-constants" in [*ran, *names[:index]]))
         start = time.perf_counter()
         result = step(model)
         reports.append(REGISTRY[name].report(name, step, result.modified, time.perf_counter() - start))

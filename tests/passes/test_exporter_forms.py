@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 import torch
 from torch import nn
@@ -196,3 +197,62 @@ def test_inspect_names_the_declining_rule_and_keeps_no_rule_for_ops_without_one(
     step = inspect_model(source, align=1).passes[-1]
     assert step.barriers == {"LRN": 1}
     assert step.declined == {"Gemm: transA=1 (its input is read transposed)": 1}
+
+
+class ShuffleBlock(nn.Module):
+    """ShuffleNetV2's unit as users write it: chunk in halves, one half through convs, concat, shuffle by view —
+    every size read from x.shape, which the TorchScript exporter computes at run time."""
+
+    def __init__(self, channels: int = 16) -> None:
+        super().__init__()
+        half = channels // 2
+        self.first = nn.Conv2d(3, channels, 1)
+        self.branch = nn.Sequential(nn.Conv2d(half, half, 1), nn.ReLU(), nn.Conv2d(half, half, 3, padding=1))
+        self.head = nn.Conv2d(channels, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.first(x))
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([a, self.branch(b)], dim=1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.head(x)
+
+
+def test_shapes_read_at_run_time_fold_to_numbers_and_the_shuffle_is_read(tmp_path):
+    """Sizes read from shapes (Gather(Shape(x), i)) become numbers where static, the constant folder computes
+    the chunk bounds and view targets from them, shape inference learns what that tells, and so on in turn: the
+    graph reads as dynamo writes it. Channels 2 and 10 of `first` are dead: 10 is the branch's input channel 2 and
+    goes; 2 passes the first half through to the shuffle, which pairs it with the branch's (live) output channel 2,
+    so it stays."""
+    torch.manual_seed(0)
+    model = ShuffleBlock().eval()
+    with torch.no_grad():
+        model.first.weight[[2, 10]] = 0.0
+        model.first.bias[[2, 10]] = 0.0
+    source = tmp_path / "in.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, 8, 8),), str(source), dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "b"}})  # fmt: skip
+    report = optimize_model(source, tmp_path / "out.onnx", OptimizeOptions(align=1))
+    assert report.verified and all(c.passed for c in report.checks)
+    step = next(p for p in report.passes if p.name == "remove-dead-channels")
+    assert step.declined == {} and step.barriers == {}
+    lean = ir.load(tmp_path / "out.onnx")
+    assert [w.shape[:2] for w in weights(lean, "Conv")] == [(15, 3), (8, 7), (8, 8), (4, 16)]
+    assert report.after.params < report.before.params
+
+
+def test_a_fold_that_would_store_more_numbers_than_it_reads_stays_computed(tmp_path):
+    """A small table gathered into a bigger float tensor (LeViT's attention biases, YOLO's anchor grid) would
+    make the model larger if folded: it stays computed, and the model never grows. dynamo's computed zero conv
+    bias is folded to be read, and dropped."""
+    g = GraphBuilder()
+    table = g.const(np.arange(4, dtype=np.float32))
+    biases = g.op("Gather", [table, g.const(np.arange(200).reshape(1, 200, 1, 1) % 4)], axis=0)  # [1, 200, 1, 1]
+    w = g.weight(200, 4, 1, 1)
+    zero = g.op("Expand", [g.op("CastLike", [g.const(np.float32(0)), g.const(w)]), g.const([200])])
+    h = g.op("Conv", ["x", g.const(w), zero])
+    report, lean = optimize(tmp_path, g.model(g.op("Add", [h, biases])))
+    assert report.after.params <= report.before.params
+    assert "Gather" in {n.op_type for n in lean.graph}
+    assert [len(n.inputs) for n in lean.graph if n.op_type == "Conv"] == [2]  # the zero bias folded, then dropped

@@ -13,10 +13,15 @@ the graph. None of them changes what the graph computes (and the equivalence gat
   most one symbolic dim (written -1): the TorchScript exporter computes `x.view(B, N, C)` from `Shape(x)` at run
   time, and a target computed from another tensor's shape cannot follow the channels that go (onnxscript's own
   rule, as the exporter's clean uses it).
+- `Gather(Shape(x), i)` → the constant size of x's axis i, where it is static: the TorchScript exporter reads every
+  size it computes with (`b, c, h, w = x.shape`; ShuffleNet's `x.view(b, g, c // g, h, w)`); once the sizes are
+  numbers the constant folder computes the rest, and the rules edit the resulting constants as any other (a
+  channel count in them is rewritten with the channels that go).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.rewriter import RewritePass
@@ -76,7 +81,32 @@ class SqueezeOfSplit(RewriteRuleClassBase):
         return op.Gather(split.inputs[0], index, axis=attr_int(split, "axis", 0))
 
 
-_RULES = RewriteRuleSet([IdentityOfConstant.rule(), SqueezeOfSplit.rule(), materialize_reshape_shape_rule])
+class StaticSizeOfShape(RewriteRuleClassBase):
+    """A static size read from a tensor's shape at run time: the number itself."""
+
+    def pattern(self, op, x, index):
+        return op.Gather(op.Shape(x), index, axis=0)
+
+    def check(self, context, x: ir.Value, index: ir.Value) -> MatchResult:
+        result = MatchResult()
+        gather = context.output_values[0].producer()
+        shape_node = gather.inputs[0].producer() if gather is not None and gather.inputs[0] is not None else None
+        positions = constant_array(index)
+        if x.shape is None or positions is None or positions.ndim > 1 or shape_node is None or shape_node.attributes:
+            return result.fail("not a plain Shape, or a computed index")
+        sizes = [x.shape[int(i)] for i in positions.reshape(-1)]
+        if not all(isinstance(size, int) for size in sizes):
+            return result.fail("a symbolic size")
+        self._sizes = np.asarray(sizes if positions.ndim else sizes[0], np.int64)
+        return result
+
+    def rewrite(self, op, x: ir.Value, index: ir.Value):
+        return op.Constant(value=ir.tensor(self._sizes))
+
+
+_RULES = RewriteRuleSet(
+    [IdentityOfConstant.rule(), SqueezeOfSplit.rule(), StaticSizeOfShape.rule(), materialize_reshape_shape_rule]
+)
 
 
 def canonicalize(model: ir.Model) -> bool:
@@ -97,4 +127,7 @@ def _candidate(node: ir.Node) -> bool:
     if op == "Squeeze":
         producer = node.inputs[0].producer() if node.inputs[0] is not None else None
         return producer is not None and producer.op_type == "Split"
+    if op == "Gather":
+        producer = node.inputs[0].producer() if node.inputs[0] is not None else None
+        return producer is not None and producer.op_type == "Shape"
     return op == "Reshape" and len(node.inputs) > 1 and constant_array(node.inputs[1]) is None
