@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sparsecut.errors import CheckpointError
+from sparsecut.exporter.ultralytics import image_size, trainer_module
 from sparsecut.logs import quieted
 
 __all__ = ["Checkpoint", "load_checkpoint", "sha256_of"]
@@ -35,6 +36,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor] | None = None
     module: nn.Module | None = None
     program: torch.export.ExportedProgram | None = None
+    input_shape: tuple[int, ...] | None = None  # what the checkpoint records (Ultralytics' training image size)
 
     @property
     def form(self) -> str:
@@ -67,6 +69,9 @@ def load_checkpoint(path: Path, *, trust: bool = False) -> Checkpoint:
     obj = _torch_load(path, trust)
     if isinstance(obj, nn.Module):
         return Checkpoint(path, sha, module=obj)
+    trained = trainer_module(obj)  # a training checkpoint (Ultralytics'): the model pickled inside
+    if trained is not None:
+        return Checkpoint(path, sha, module=trained, input_shape=image_size(obj))
     return Checkpoint(path, sha, state_dict=_find_state_dict(obj, path))
 
 

@@ -27,6 +27,7 @@ from sparsecut.exporter.checkpoint import Checkpoint, load_checkpoint
 from sparsecut.exporter.clean import clean_exported_graph
 from sparsecut.exporter.masks import fold_mask_keys, remove_prune_reparametrizations
 from sparsecut.exporter.resize import fit_to_state_dict
+from sparsecut.exporter.ultralytics import export_ready, is_ultralytics
 from sparsecut.logs import quieted
 from sparsecut.modelfile import check_output_path, edit_model_file, save_model
 from sparsecut.opsets import MAX_OPSET, MIN_OPSET
@@ -103,6 +104,8 @@ def export_checkpoint(
         model = loaded.module
         folded = remove_prune_reparametrizations(model)
         description = f"pickled {type(model).__name__}"
+        if is_ultralytics(model):
+            model, description = export_ready(model), f"Ultralytics {type(model).__name__} (export mode)"
     else:
         assert loaded.state_dict is not None
         model, description = _architecture(arch, model_factory, checkpoint)
@@ -135,6 +138,8 @@ def _architecture(arch: str | None, model_factory: str | None, checkpoint: Path)
 def _input_shape(options: ExportOptions, description: str, loaded: Checkpoint) -> tuple[int, ...]:
     if options.input_shape is not None:
         return options.input_shape
+    if loaded.input_shape is not None:
+        return loaded.input_shape
     from sparsecut.models import ARCHITECTURES
 
     if description in ARCHITECTURES:

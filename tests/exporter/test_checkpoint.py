@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -126,3 +127,25 @@ def test_sha256_matches_file(tmp_path, checkpoint_factory):
 
     path = checkpoint_factory(ARCH)
     assert sha256_of(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_an_ultralytics_checkpoint_exports_as_its_exporter_prepares_it(tmp_path, monkeypatch):
+    """A YOLO training checkpoint (the model pickled under `ema`/`model`, with its image size in `train_args`) is
+    read only when trusted, fused, its head in export mode (the decoded [B, 4 + classes, anchors] output) and its
+    C2f through forward_split — the Split that remove-dead-channels reads — and verified against PyTorch."""
+    pytest.importorskip("ultralytics", reason="ultralytics is a benchmark-only dependency (pip install ultralytics)")
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    model = YOLO("yolov8n.yaml").model.eval()
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"model": model, "ema": None, "train_args": {"imgsz": 96}}, checkpoint)
+    with pytest.raises(CheckpointError, match="only unpickling can restore"):
+        load_checkpoint(checkpoint)
+    report = export_checkpoint(checkpoint, tmp_path / "yolo.onnx", options=ExportOptions(trust_checkpoint=True))
+    assert report.architecture == "Ultralytics DetectionModel (export mode)" and report.input_shape == [1, 3, 96, 96]
+    graph = onnx.load(tmp_path / "yolo.onnx").graph
+    assert "Split" in {n.op_type for n in graph.node} and "BatchNormalization" not in {n.op_type for n in graph.node}
+    (output,) = graph.output
+    assert [d.dim_value or d.dim_param for d in output.type.tensor_type.shape.dim][1:] == [84, 189]  # 12²+6²+3²
