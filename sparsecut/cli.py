@@ -91,7 +91,25 @@ def _tolerance(value: float) -> float:
     return value
 
 
-TargetOption = Annotated[str, typer.Option(callback=_target_name, help="onnxruntime or tensorrt.")]
+def _target_names(value: str) -> str:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    for name in names:
+        _target_name(name)
+    if not names or len(set(names)) != len(names):
+        raise typer.BadParameter(f"{value!r}: name each target once (onnxruntime,openvino)")
+    return ",".join(names)
+
+
+TargetOption = Annotated[str, typer.Option(callback=_target_name, help="onnxruntime, openvino or tensorrt.")]
+TargetsOption = Annotated[
+    str, typer.Option(callback=_target_names, help="onnxruntime, openvino, tensorrt, or several: onnxruntime,openvino.")
+]
+DeviceOption = Annotated[
+    str, typer.Option(callback=_one_of("CPU", "GPU", "NPU", "AUTO"), help="--target openvino: CPU, GPU, NPU or AUTO.")
+]
+HintOption = Annotated[
+    str, typer.Option(callback=_one_of("latency", "throughput"), help="--target openvino: performance hint.")
+]
 ThreadsOption = Annotated[int | None, typer.Option(min=0, help="Intra-op threads (CPU; 0: onnxruntime's default).")]
 BudgetOption = Annotated[
     float | None, typer.Option(callback=_positive, help="Seconds of timing (more rounds, tighter interval).")
@@ -122,6 +140,9 @@ def export(
     trust_checkpoint: Annotated[
         bool, typer.Option(help="Allow unpickling (runs code from the file): only for checkpoints you trust.")
     ] = False,
+    keep_stack_traces: Annotated[
+        bool, typer.Option("--keep-stack-traces", help="Keep the exporter's per-node Python stack traces.")
+    ] = False,
     json_path: JsonOption = None,
 ) -> None:
     """Export a pruned checkpoint to ONNX, verified against PyTorch in onnxruntime."""
@@ -133,6 +154,7 @@ def export(
         rtol=rtol,
         atol=atol,
         trust_checkpoint=trust_checkpoint,
+        keep_stack_traces=keep_stack_traces,
     )
     _require(checkpoint)
     with OutputPlan([checkpoint]) as plan:
@@ -283,6 +305,10 @@ def optimize(
     tune_budget: Annotated[
         float, typer.Option(callback=_positive, help="--target: seconds of layer measurements at most.")
     ] = 30.0,
+    device: DeviceOption = "CPU",
+    keep_stack_traces: Annotated[
+        bool, typer.Option("--keep-stack-traces", help="Keep the exporter's per-node Python stack traces.")
+    ] = False,
     json_path: JsonOption = None,
 ) -> None:
     """Fold BatchNorm and remove dead channels; written only if verified equal to the input graph. With
@@ -301,6 +327,7 @@ def optimize(
         enforce_2to4=enforce_2to4,
         min_channels=min_channels,
         permutation_budget=permutation_budget,
+        keep_stack_traces=keep_stack_traces,
     )
     if calibration is not None and precision != "int8":
         raise UsageError("--calibration: only used with --precision int8")
@@ -316,7 +343,9 @@ def optimize(
             with console.status(f"optimizing {model} …"):
                 report = optimize_model(model, staged, options)
         else:
-            report = _optimize_measured(model, staged, options, target, batch, threads, provider, lut, tune_budget)
+            report = _optimize_measured(
+                model, staged, options, target, batch, threads, provider, lut, tune_budget, device
+            )
         report = _finish(plan, report, staged_json)
     _render_optimize(report)
     _announce_json(json_path)
@@ -332,6 +361,7 @@ def _optimize_measured(
     provider: str,
     lut: Path | None,
     budget: float,
+    device: str,
 ) -> OptimizeReport:
     from sparsecut.passes import OptimizeOptions
     from sparsecut.passes.measured import optimize_measured
@@ -344,7 +374,7 @@ def _optimize_measured(
         def progress(what: str, done: int, total: int) -> None:
             bar.update(task, description=what, completed=done, total=total)
 
-        tuning = tuning_for(target, batch=batch, threads=threads or None, provider=provider,
+        tuning = tuning_for(target, batch=batch, threads=threads or None, provider=provider, device=device,
                             table=lut, budget=budget, progress=progress)  # fmt: skip
         return optimize_measured(model, output, options, tuning)
 
@@ -532,6 +562,8 @@ def build(
     workspace: Annotated[int | None, typer.Option(min=1, help="TensorRT workspace limit, MiB.")] = None,
     timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache file (read and updated).")] = None,
     provider: ProviderOption = "cpu",
+    device: DeviceOption = "CPU",
+    hint: HintOption = "latency",
     surgery: Annotated[str | None, typer.Option(help="MODULE:FUNCTION on a gs.Graph, applied before build.")] = None,
     calibration: Annotated[
         Path | None, typer.Option(help="Calibration inputs when int8 needs the graph quantized.")
@@ -548,7 +580,7 @@ def build(
 ) -> None:
     """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs). Dead channels still
     in the graph are removed first, with channel counts measured on the target (`--no-measure`: built as given)."""
-    from sparsecut.targets import BuildOptions
+    from sparsecut.targets import BuildOptions, get_target
     from sparsecut.workflow import build_for_target, side_file
 
     if calibration is not None and precision != "int8":
@@ -556,6 +588,8 @@ def build(
     batches = _batch_range(batch)
     _require(model, calibration)
     with OutputPlan([model, calibration]) as plan:
+        for suffix in get_target(target).artifact_companions:  # planned first: in place before the artifact
+            plan.file(output.with_suffix(suffix), "--output")
         staged = plan.file(output, "--output", model=output.suffix == ".onnx")
         # written beside the artifact when they happen: the graph converted to the precision, the lean graph (named
         # by side_file, never an input), the surgery's graph
@@ -580,6 +614,8 @@ def build(
             batch=batches,
             workspace_mb=workspace,
             provider=provider,
+            device=device,
+            hint=hint,
             surgery=surgery,
             timing_cache=staged_cache,
         )
@@ -587,8 +623,8 @@ def build(
         if measure:
             from sparsecut.targets.tuning import tuning_for
 
-            tuning = tuning_for(target, batch=batches[1], provider=provider, table=lut,
-                                budget=tune_budget, build=BuildOptions(sparsity=sparsity))  # fmt: skip
+            tuning = tuning_for(target, batch=batches[1], provider=provider, device=device, table=lut,
+                                budget=tune_budget, build=BuildOptions(sparsity=sparsity, device=device))  # fmt: skip
         with console.status(f"building {model} for {target} …"):
             report, converted = build_for_target(model, staged, target, options, calibration, tuning, sides)
         report = _finish(plan, report, staged_json)
@@ -633,12 +669,21 @@ def profile(
     per_layer: Annotated[bool, typer.Option("--per-layer/--no-per-layer", help="Per-layer time vs MACs.")] = True,
     top: Annotated[int, typer.Option(min=1, help="Layers shown in the per-layer table.")] = 15,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: time a captured CUDA graph.")] = False,
+    device: DeviceOption = "CPU",
+    hint: HintOption = "latency",
+    baseline: Annotated[
+        Path | None, typer.Option(help="The same model before pruning: per layer before → after, and why.")
+    ] = None,
     json_path: JsonOption = None,
 ) -> None:
-    """Measure latency (p50/p90/p99, throughput) and per-layer time beside MACs."""
+    """Measure latency (p50/p90/p99, throughput) and per-layer time beside MACs. With --baseline, both models are
+    profiled and their layers paired by node name: time and MACs before → after, and why a layer's time fell much
+    less than its MACs."""
     from sparsecut.targets import ProfileOptions, get_target
 
-    _require(model)
+    _require(model, baseline)
+    if baseline is not None and not per_layer:
+        raise UsageError("--baseline: the view before → after is per layer; drop --no-per-layer")
     backend = get_target(target)
     options = ProfileOptions(
         batch=batch,
@@ -649,14 +694,56 @@ def profile(
         per_layer=per_layer,
         provider=provider,
         cuda_graph=cuda_graph,
+        device=device,
+        hint=hint,
     )
-    with OutputPlan([model]) as plan:
+    with OutputPlan([model, baseline]) as plan:
         staged_json = plan.file(json_path, "--json") if json_path else None
-        with console.status(f"timing {model} on {target} …"):
-            report = backend.profile(backend.load(model), options)
-        report = _finish(plan, report, staged_json)
-    _render_latency(report, top)
+        if baseline is None:
+            with console.status(f"timing {model} on {target} …"):
+                report = backend.profile(backend.load(model), options)
+            report = _finish(plan, report, staged_json)
+        else:
+            from sparsecut.targets.layer_diff import channel_block, diff_layers
+
+            with console.status(f"timing {baseline} and {model} on {target}, per layer …"):
+                before = backend.profile(backend.load(baseline), options)
+                after = backend.profile(backend.load(model), options)
+            block = channel_block(target, after.precision)
+            diff = _finish(plan, diff_layers(before, after, baseline, model, block), staged_json)
+    if baseline is None:
+        _render_latency(report, top)
+    else:
+        _render_latency(after, top)
+        _render_layer_diff(diff, top)
     _announce_json(json_path)
+
+
+def _render_layer_diff(report: object, top: int) -> None:
+    from sparsecut.report import LayerDiffReport
+
+    assert isinstance(report, LayerDiffReport)
+    table = Table(
+        title=f"per layer, {Path(report.before).name} → {Path(report.after).name} on {report.device} "
+        f"({report.target}; top {top} by time before)",
+        title_justify="left",
+    )
+    for column in ("layer", "ms before", "ms after", "MACs ratio", "time ratio", "why time fell less than MACs"):
+        table.add_column(column, justify="left" if column in ("layer", "why time fell less than MACs") else "right")
+    shown = sorted(report.layers[:top] + [d for d in report.layers[top:] if d.flags], key=lambda d: -d.ms_before)
+    for d in shown:
+        name = f"{d.module} ({d.node})" if d.module else d.node
+        style = "bold yellow" if d.flags else ""
+        table.add_row(name, f"{d.ms_before:.3f}", f"{d.ms_after:.3f}", f"{d.mac_ratio:.2f}",
+                      f"[{style}]{d.time_ratio:.2f}[/{style}]" if style else f"{d.time_ratio:.2f}",
+                      "; ".join(d.flags) or "-")  # fmt: skip
+    console.print(table)
+    flagged = sum(1 for d in report.layers if d.flags)
+    console.print(
+        f"{report.paired} layers paired; {flagged} fell in time much less than in MACs. Per-layer sums "
+        f"{report.layers_before_ms:.3f} → {report.layers_after_ms:.3f} ms, end to end p50 {report.p50_before_ms:.3f} "
+        f"→ {report.p50_after_ms:.3f} ms (timed one after the other: `compare` gives the interval)"
+    )
 
 
 def _render_latency(report: object, top: int) -> None:
@@ -676,7 +763,7 @@ def _render_latency(report: object, top: int) -> None:
         for column in ("layer", "op", "ms", "time %", "MACs %", "GMAC/s"):
             layers.add_column(column, justify="left" if column in ("layer", "op") else "right")
         for layer in report.layers[:top]:
-            layers.add_row(layer.name, layer.op_type, f"{layer.ms:.3f}", f"{layer.time_pct:.1f}",
+            layers.add_row(f"{layer.module} ({layer.name})" if layer.module else layer.name, layer.op_type, f"{layer.ms:.3f}", f"{layer.time_pct:.1f}",
                            f"{layer.macs_pct:.1f}", f"{layer.gmacs_per_s:.1f}" if layer.macs else "-")  # fmt: skip
         console.print(layers)
 
@@ -687,7 +774,7 @@ def compare(
     baseline: Annotated[
         Path | None, typer.Option(help="The model every ratio is taken against (default: the first).")
     ] = None,
-    target: TargetOption = "onnxruntime",
+    target: TargetsOption = "onnxruntime",
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
     iterations: Annotated[int, typer.Option(min=1, help="Timed iterations per model, spread over the rounds.")] = 200,
     rounds: Annotated[int, typer.Option(min=3, help="Round-robin rounds (at least 3: the interval needs them).")] = 20,
@@ -703,22 +790,27 @@ def compare(
         typer.Option("--allow-different-inputs", help="Time models whose inputs differ (their ratio means little)."),
     ] = False,
     plot: Annotated[Path | None, typer.Option(help="PNG plot of MACs vs latency.")] = None,
+    device: DeviceOption = "CPU",
+    hint: HintOption = "latency",
     json_path: JsonOption = None,
 ) -> None:
-    """Measure variants interleaved; params, MACs, latency and speedup vs a baseline, with its interval."""
+    """Measure variants interleaved; params, MACs, latency and speedup vs a baseline, with its interval. Several
+    targets (`--target onnxruntime,openvino`): every variant on every backend in the same rounds."""
     from sparsecut.targets import BuildOptions, ProfileOptions, compare_models
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: the plot is a PNG file; name it *.png")
     _require(*models)
-    options = ProfileOptions(batch=batch, iterations=iterations, threads=threads or None, per_layer=False)
+    options = ProfileOptions(batch=batch, iterations=iterations, threads=threads or None, per_layer=False,
+                             device=device, hint=hint)  # fmt: skip
     with OutputPlan(models) as plan:
         staged_plot = plan.file(plot, "--plot") if plot else None
         staged_json = plan.file(json_path, "--json") if json_path else None
         with _progress() as bar:
             task = bar.add_task("timing, interleaved", total=rounds)
             report = compare_models(
-                models, target=target, options=options, build=BuildOptions(precision=precision, sparsity=sparsity),
+                models, target=target, options=options,
+                build=BuildOptions(precision=precision, sparsity=sparsity, device=device, hint=hint),
                 rounds=rounds, budget=budget, baseline=baseline, allow_different_inputs=allow_different_inputs,
                 plot=staged_plot, progress=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip
@@ -737,13 +829,21 @@ def _render_compare(report: object) -> None:
         f"{base.label or Path(base.model).name}",
         title_justify="left",
     )
-    for column in ("model", "params", "MACs", "p50 ms", "p90 ms", "speedup (95 % interval)", "MACs ratio"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    targets = report.targets
+    several = len(targets) > 1
+    columns = ["model", *(["backend"] if several else []), "params", "MACs", "p50 ms", "p90 ms",
+               "speedup (95 % interval)", *([f"vs {targets[0]}"] if several else []), "MACs ratio"]  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "backend") else "right")
+    per_backend = len(report.variants) // len(targets)
     for i, v in enumerate(report.variants):
         name = f"{v.label} ({Path(v.model).name})" if v.label else Path(v.model).name
-        ratio = "baseline" if i == report.baseline else v.speedup.describe()
-        table.add_row(name, f"{v.params:,}", f"{v.macs:,}", f"{v.latency.p50_ms:.3f}", f"{v.latency.p90_ms:.3f}",
-                      ratio, f"{v.macs_ratio:.3f}")  # fmt: skip
+        ratio = "baseline" if i % per_backend == report.baseline else v.speedup.describe()
+        across = [] if not several else ["-" if v.target == targets[0] or v.backend_speedup is None
+                                         else v.backend_speedup.describe()]  # fmt: skip
+        table.add_row(name, *([v.target] if several else []), f"{v.params:,}", f"{v.macs:,}",
+                      f"{v.latency.p50_ms:.3f}", f"{v.latency.p90_ms:.3f}", ratio, *across,
+                      f"{v.macs_ratio:.3f}")  # fmt: skip
     console.print(table)
     if report.plot:
         console.print(f"plot → {report.plot}")
@@ -762,7 +862,7 @@ def run(
     arch: Annotated[str | None, typer.Option(help="Reference architecture.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="MODULE:FACTORY returning the nn.Module.")] = None,
     input_shape: Annotated[str | None, typer.Option(help="Input shape, e.g. 1,3,224,224.")] = None,
-    target: TargetOption = "onnxruntime",
+    target: TargetsOption = "onnxruntime",
     precision: Annotated[
         str, typer.Option(callback=_one_of("fp32", "fp16", "int8"), help="fp32, fp16 or int8.")
     ] = "fp32",
@@ -780,6 +880,8 @@ def run(
     tune_budget: Annotated[
         float, typer.Option(callback=_positive, help="Seconds of layer measurements at most.")
     ] = 30.0,
+    device: DeviceOption = "CPU",
+    hint: HintOption = "latency",
 ) -> None:
     """Export → optimize → build → time exported, dense baseline and lean interleaved, in one go, one report."""
     from sparsecut.exporter import ExportOptions, parse_input_shape
@@ -795,7 +897,9 @@ def run(
             input_shape=parse_input_shape(input_shape) if input_shape else None, trust_checkpoint=trust_checkpoint
         ),
         optimize=OptimizeOptions(align=align),
-        profile=ProfileOptions(iterations=iterations, warmup=5, threads=threads or None, per_layer=False),
+        profile=ProfileOptions(
+            iterations=iterations, warmup=5, threads=threads or None, per_layer=False, device=device, hint=hint
+        ),
         rounds=rounds,
         budget=budget,
         measured=measure,
@@ -812,7 +916,7 @@ def _run(checkpoint: Path, out_dir: Path, option: str, arch: str | None, model: 
 
     assert isinstance(options, RunOptions)
     with OutputPlan([checkpoint]) as plan:
-        staged = plan.folder(out_dir, option, run_files(get_target(options.target).artifact_suffix))
+        staged = plan.folder(out_dir, option, run_files([get_target(name) for name in options.target.split(",")]))
         with _progress() as bar:
             task = bar.add_task("starting", total=len(STEPS))
             timing = bar.add_task("timing, interleaved", total=options.rounds, visible=False)

@@ -7,6 +7,7 @@ and renamed into place, so a failure never leaves a partial file and never touch
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -51,6 +52,15 @@ INFER_AT_LOAD_BYTES = 256 << 20
 
 # protobuf cannot serialize a message over 2 GiB; stay clear of it with some headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_output_path(output: Path, *inputs: Path) -> None:

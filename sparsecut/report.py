@@ -23,6 +23,8 @@ __all__ = [
     "ExportReport",
     "LatencyReport",
     "LayerCost",
+    "LayerDiff",
+    "LayerDiffReport",
     "LayerTime",
     "MeasuredDecision",
     "MeasuredVariant",
@@ -351,6 +353,8 @@ class LayerTime(Report):
     macs: int
     macs_pct: float
     gmacs_per_s: float  # achieved: macs / time
+    nodes: list[str] = dataclasses.field(default_factory=list)  # the graph nodes whose work it did (fused: all)
+    module: str = ""  # the module path the user knows it by (exporter metadata or its weight's name), if known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,6 +378,40 @@ class LatencyReport(Report):
     throughput: float  # samples per second: batch · iterations / total time
     environment: dict[str, str]
     layers: list[LayerTime] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerDiff(Report):
+    """One layer before → after pruning: its time and MACs on both sides, and why its time fell less."""
+
+    node: str
+    module: str
+    op_before: str
+    op_after: str
+    ms_before: float
+    ms_after: float
+    macs_before: int
+    macs_after: int
+    mac_ratio: float  # after / before
+    time_ratio: float  # after / before
+    flags: list[str]  # why its time fell much less than its MACs (empty: it did not)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerDiffReport(Report):
+    """`profile after.onnx --baseline before.onnx`: the layers of both, paired by node name."""
+
+    before: str
+    after: str
+    target: str
+    device: str
+    block: int  # the channel block the alignment reason is judged by
+    p50_before_ms: float
+    p50_after_ms: float
+    layers_before_ms: float  # sum of the per-layer times (beside the end-to-end p50: what the view covers)
+    layers_after_ms: float
+    paired: int
+    layers: list[LayerDiff]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,6 +440,8 @@ class Variant(Report):
     macs_ratio: float  # MACs of this one / MACs of the baseline
     rounds_ms: list[list[float]] = dataclasses.field(default_factory=list)  # the samples, round by round
     label: str = ""  # its role where the caller gave one: "exported", "baseline", "lean"
+    target: str = ""  # the backend it ran on (several in one comparison: `--target onnxruntime,openvino`)
+    backend_speedup: Speedup | None = None  # several backends: p50 of it on the first backend / on this one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,8 +453,12 @@ class CompareReport(Report):
     baseline: int = 0  # index of the variant every ratio is taken against
     plot: str | None = None
 
-    def variant(self, label: str) -> Variant:
-        return next(v for v in self.variants if v.label == label)
+    def variant(self, label: str, target: str | None = None) -> Variant:
+        return next(v for v in self.variants if v.label == label and target in (None, v.target))
+
+    @property
+    def targets(self) -> list[str]:
+        return list(dict.fromkeys(v.target or self.target for v in self.variants))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ from sparsecut.modelfile import atomic_write_text, graph_precision
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.measured import Tuning, optimize_measured
 from sparsecut.report import BuildReport, PrecisionReport, RunReport, write_json
-from sparsecut.targets import BuildOptions, ProfileOptions, compare_artifacts, get_target
+from sparsecut.targets import BuildOptions, ProfileOptions, Target, compare_runs, get_target
 from sparsecut.targets.noise import speedup
 from sparsecut.targets.tuning import tuning_for
 
@@ -32,15 +32,19 @@ VARIANTS = ("exported", "baseline", "lean")
 REPORT_FILES = ("report.json", "report.md", "compare.png")
 
 
-def run_files(target_suffix: str) -> tuple[str, ...]:
-    """Every file `run_workflow` writes into its folder, for a target whose artifacts end in `target_suffix`."""
-    models = [f"{name}{ext}" for name in VARIANTS for ext in (".onnx", ".onnx.data", target_suffix)]
+def run_files(targets: Sequence[Target]) -> tuple[str, ...]:
+    """Every file `run_workflow` writes into its folder for `targets`: models, artifacts and what they bring."""
+    models = [f"{name}{ext}" for name in VARIANTS for ext in (".onnx", ".onnx.data")]
+    for target in targets:
+        for name in VARIANTS:
+            artifact = Path(f"{name}{target.artifact_suffix}")
+            models += [artifact.name, *(artifact.with_suffix(ext).name for ext in target.artifact_companions)]
     return (*models, *REPORT_FILES)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
-    target: str = "onnxruntime"
+    target: str = "onnxruntime"  # or several, "onnxruntime,openvino": lean's counts are measured on the first
     precision: str = "fp32"
     sparsity: bool = False
     export: ExportOptions = dataclasses.field(default_factory=ExportOptions)
@@ -86,35 +90,40 @@ def run_workflow(
     baseline_options = dataclasses.replace(lean_options, passes=baseline_passes(lean_options.passes))
     baseline = optimize_model(exported_path, baseline_path, baseline_options)
     step("optimize")
+    backends = [get_target(name) for name in options.target.split(",")]
     if options.measured:
         tuning = tuning_for(
-            options.target,
+            backends[0].name,
             batch=options.profile.batch,
             threads=options.profile.threads,
             provider=options.profile.provider,
+            device=options.profile.device,
+            hint=options.profile.hint,
             table=options.table,
             budget=options.tune_budget,
-            build=BuildOptions(sparsity=options.sparsity, threads=options.profile.threads),
+            build=BuildOptions(
+                sparsity=options.sparsity, threads=options.profile.threads, device=options.profile.device
+            ),
         )
         optimized = optimize_measured(exported_path, lean_path, lean_options, tuning)
     else:
         optimized = optimize_model(exported_path, lean_path, lean_options)
     step("build")
-    backend = get_target(options.target)
-    artifacts, builds = [], []
-    for name, path in zip(VARIANTS, (exported_path, baseline_path, lean_path), strict=True):
-        # each engine computes what its graph carries: the exported file its own precision, the other two the
-        # precision optimize put into them
-        build = BuildOptions(
-            precision=graph_precision(path), sparsity=options.sparsity, threads=options.profile.threads
-        )
-        artifact, built = backend.build(path, out_dir / f"{name}{backend.artifact_suffix}", build)
-        artifacts.append(artifact)
-        builds.append(built)
+    runs, builds = [], []
+    for backend in backends:
+        for name, path in zip(VARIANTS, (exported_path, baseline_path, lean_path), strict=True):
+            # each engine computes what its graph carries: the exported file its own precision, the other two the
+            # precision optimize put into them
+            build = BuildOptions(
+                precision=graph_precision(path), sparsity=options.sparsity, threads=options.profile.threads,
+                device=options.profile.device, hint=options.profile.hint,
+            )  # fmt: skip
+            artifact, built = backend.build(path, out_dir / f"{name}{backend.artifact_suffix}", build)
+            runs.append((artifact, backend))
+            builds.append(built)
     step("compare")
-    compared = compare_artifacts(
-        artifacts,
-        backend,
+    compared = compare_runs(
+        runs,
         options=options.profile,
         rounds=options.rounds,
         budget=options.budget,
@@ -123,14 +132,14 @@ def run_workflow(
         plot=out_dir / "compare.png",
         progress=progress,
     )
-    rounds = {v.label: v.rounds_ms for v in compared.variants}
+    rounds = {v.label: v.rounds_ms for v in reversed(compared.variants)}  # the first backend's
     report = RunReport(
         export=exported,
         optimize=optimized,
         baseline=baseline,
         builds=builds,
         compare=compared,
-        pruning=compared.variant("lean").speedup,
+        pruning=compared.variant("lean", backends[0].name).speedup,
         cleanup=speedup(rounds["exported"], rounds["baseline"], seed=options.profile.seed),
         total=speedup(rounds["exported"], rounds["lean"], seed=options.profile.seed),
     )
@@ -196,7 +205,7 @@ def build_for_target(
         wanted in ("fp16", "int8")
         and model.exists()
         and graph_precision(model) != wanted
-        and target.precision_in_graph()
+        and target.precision_in_graph(wanted)
     ):
         prepared = sides.get(wanted) or side_file(output, wanted, [model, calibration])
         converted = convert_precision(model, prepared, PrecisionOptions(wanted, calibration))
@@ -224,23 +233,36 @@ def markdown_summary(report: RunReport) -> str:
         "",
         *(f"{line}" for line in speedup_lines(report)),
         "",
-        "| variant | params | MACs | p50 ms | p90 ms | speedup vs baseline | MACs ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | backend | params | MACs | p50 ms | p90 ms | speedup vs baseline | MACs ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for v in c.variants:
         lines.append(
-            f"| {v.label} ({Path(v.model).name}) | {v.params:,} | {v.macs:,} | {v.latency.p50_ms:.3f} "
-            f"| {v.latency.p90_ms:.3f} | {v.speedup.describe()} | {v.macs_ratio:.3f} |"
+            f"| {v.label} ({Path(v.model).name}) | {v.target or c.target} | {v.params:,} | {v.macs:,} "
+            f"| {v.latency.p50_ms:.3f} | {v.latency.p90_ms:.3f} | {v.speedup.describe()} | {v.macs_ratio:.3f} |"
         )
     lines += ["", "![MACs vs latency](compare.png)", ""]
     return "\n".join(lines)
 
 
 def speedup_lines(report: RunReport) -> list[str]:
-    """The three ratios of a run, in words: what channel removal bought, what cleanup bought, and both."""
+    """The three ratios of a run, in words: what channel removal bought, what cleanup bought, and both; with
+    several backends, the same on each, and lean on each backend against lean on the first."""
     precision = f" and the {report.optimize.precision.precision} conversion" if report.optimize.precision else ""
-    return [
-        f"- **pruning speedup** (dense baseline / lean, channel removal alone): {report.pruning.describe()}",
-        f"- graph cleanup{precision} (exported / dense baseline): {report.cleanup.describe()}",
-        f"- total (exported / lean = cleanup × pruning): {report.total.describe()}",
+    targets = report.compare.targets
+    on = f" on {targets[0]}" if len(targets) > 1 else ""
+    lines = [
+        f"- **pruning speedup**{on} (dense baseline / lean, channel removal alone): {report.pruning.describe()}",
+        f"- graph cleanup{precision}{on} (exported / dense baseline): {report.cleanup.describe()}",
+        f"- total{on} (exported / lean = cleanup × pruning): {report.total.describe()}",
     ]
+    for target in targets[1:]:
+        lean = report.compare.variant("lean", target)
+        exported = report.compare.variant("exported", target)
+        total = speedup(exported.rounds_ms, lean.rounds_ms, seed=0)
+        across = lean.backend_speedup.describe() if lean.backend_speedup is not None else "-"
+        lines.append(
+            f"- on {target}: **pruning speedup** {lean.speedup.describe()}; total {total.describe()}; lean on "
+            f"{target} vs lean on {targets[0]}: {across}"
+        )
+    return lines

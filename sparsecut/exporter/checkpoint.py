@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import logging
 import pickle
@@ -20,8 +19,9 @@ from torch import nn
 from sparsecut.errors import CheckpointError
 from sparsecut.exporter.ultralytics import image_size, trainer_module
 from sparsecut.logs import quieted
+from sparsecut.modelfile import sha256_of
 
-__all__ = ["Checkpoint", "load_checkpoint", "sha256_of"]
+__all__ = ["Checkpoint", "load_checkpoint"]
 
 # Where training scripts nest the weights inside a saved dict, in the order we look.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
@@ -43,14 +43,6 @@ class Checkpoint:
         if self.program is not None:
             return "torch.export program"
         return "pickled module" if self.module is not None else "state_dict"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_checkpoint(path: Path, *, trust: bool = False) -> Checkpoint:

@@ -28,6 +28,7 @@ from sparsecut.exporter.clean import clean_exported_graph
 from sparsecut.exporter.masks import fold_mask_keys, remove_prune_reparametrizations
 from sparsecut.exporter.resize import fit_to_state_dict
 from sparsecut.exporter.ultralytics import export_ready, is_ultralytics
+from sparsecut.layer_names import drop_stack_traces
 from sparsecut.logs import quieted
 from sparsecut.modelfile import check_output_path, edit_model_file, save_model
 from sparsecut.opsets import MAX_OPSET, MIN_OPSET
@@ -48,6 +49,9 @@ class ExportOptions:
     atol: float = 1e-5
     trust_checkpoint: bool = False
     seed: int = 0
+    keep_stack_traces: bool = (
+        False  # the dynamo exporter's per-node Python stack traces (the exporting machine's paths)
+    )
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -170,6 +174,8 @@ def _export(
     start = time.perf_counter()
     onnx_model, exporter, note = _to_onnx(model, shape, options.opset, loaded.path)
     nodes_exported, nodes_clean = clean_exported_graph(onnx_model)
+    if not options.keep_stack_traces:
+        drop_stack_traces(onnx_model)
     export_seconds = time.perf_counter() - start
 
     parameters, zeros = _count_parameters(onnx_model)

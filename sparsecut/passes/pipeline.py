@@ -17,6 +17,7 @@ from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 from sparsecut.cost import count_costs, count_params
 from sparsecut.errors import GraphError, VerificationError
 from sparsecut.gctools import PausedCollector
+from sparsecut.layer_names import drop_stack_traces
 from sparsecut.modelfile import (
     check_output_path,
     initializer_bytes,
@@ -67,6 +68,7 @@ class OptimizeOptions:
     permutation_budget: float = 0.5  # seconds per channel space for enforce-2to4's reorder search; 0 turns it off
     calibration: Path | None = None
     counts: tuple[tuple[str, int], ...] = ()  # measured decisions: (space, channels kept), replacing align there
+    keep_stack_traces: bool = False  # the exporter's per-node Python stack traces (its machine's file paths)
 
 
 def _load_checked(path: Path) -> ir.Model:
@@ -214,6 +216,9 @@ def _transform(
     reports += (
         run_passes(model, names[1:], options, ran=names[:1]) if folds_first else run_passes(model, names, options)
     )
+    _drop_unread_initializers(model)  # a fold's leftovers, whichever passes ran (cleanup may not be among them)
+    if not options.keep_stack_traces:
+        drop_stack_traces(model)
     model.metadata_props[METADATA_PREFIX + "optimize.passes"] = ",".join(names)
     model.metadata_props[METADATA_PREFIX + "optimize.align"] = str(options.align)
     verified = f"rtol={options.rtol:g},atol={options.atol:g}" if options.verify else "no (--no-verify)"
@@ -234,6 +239,14 @@ def _transform(
     after = count_costs(model)
     gate = (reference, candidate) if reference is not None and candidate is not None else ()
     return _Transformed(feeds, before, after, reports, lost, gate, reference_file, notes)
+
+
+def _drop_unread_initializers(model: ir.Model) -> None:
+    """Initializers no node reads and the graph does not output: what a fold replaced (BatchNorm's statistics)."""
+    graph = model.graph
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+            del graph.initializers[name]
 
 
 def _enforce_two_four(

@@ -20,7 +20,17 @@ from sparsecut.feeds import InputSpec
 from sparsecut.report import BuildReport, LatencyReport
 from sparsecut.targets.timing import LatencyStats
 
-__all__ = ["TARGETS", "Artifact", "BuildOptions", "InputSpec", "ProfileOptions", "Runner", "Target", "get_target"]
+__all__ = [
+    "TARGETS",
+    "Artifact",
+    "BuildOptions",
+    "InputSpec",
+    "ProfileOptions",
+    "Runner",
+    "Target",
+    "get_target",
+    "latency_report_of",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +42,8 @@ class BuildOptions:
     provider: str = "cpu"  # onnxruntime: cpu | cuda | tensorrt
     threads: int | None = None
     optimization: str = "all"  # onnxruntime graph optimization level: disable | basic | extended | all
+    device: str = "CPU"  # OpenVINO: CPU | GPU | NPU | AUTO
+    hint: str = "latency"  # OpenVINO's performance hint: latency | throughput
     surgery: str | None = None  # MODULE:FUNCTION on a gs.Graph, applied just before the build
     timing_cache: Path | None = None  # TensorRT
 
@@ -48,6 +60,9 @@ class ProfileOptions:
     optimization: str = "all"
     cuda_graph: bool = False  # TensorRT
     seed: int = 0
+    device: str = "CPU"  # OpenVINO: CPU | GPU | NPU | AUTO
+    hint: str = "latency"  # OpenVINO's performance hint: latency | throughput
+    precision: str = "fp32"  # what a target that takes the precision as a hint (OpenVINO) is asked for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +80,7 @@ Runner = Callable[[], object]  # one inference on inputs bound once, as a timing
 class Target(Protocol):
     name: str
     artifact_suffix: str  # what `build` writes: ".ort.onnx", ".plan"
+    artifact_companions: tuple[str, ...]  # files `build` writes beside it, by suffix in place of its last: (".bin",)
 
     def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]: ...
 
@@ -78,9 +94,9 @@ class Target(Protocol):
         """Whether `path` must go through `build` before this target can time it (an ONNX file for TensorRT)."""
         ...
 
-    def precision_in_graph(self) -> bool:
-        """Whether a precision other than the graph's must be put into the graph before `build` (True), or can
-        be asked of the builder (TensorRT ≤ 10's FP16/INT8 flags)."""
+    def precision_in_graph(self, precision: str) -> bool:
+        """Whether `precision` (fp16, int8), when not the graph's, must be put into the graph before `build`
+        (True), or can be asked of the builder (TensorRT ≤ 10's FP16/INT8 flags, OpenVINO's fp16 hint)."""
         ...
 
     def precision(self, artifact: Artifact) -> str:
@@ -106,8 +122,34 @@ class Target(Protocol):
         ...
 
 
+def latency_report_of(
+    target: Target,
+    artifact: Artifact,
+    options: ProfileOptions,
+    stats: LatencyStats,
+    environment: dict[str, str],
+    **extra: Any,
+) -> LatencyReport:
+    """The report every target writes: `stats` of `artifact`, with the host and `environment` (the backend's)."""
+    from sparsecut.targets.environment import host_environment
+
+    return LatencyReport(
+        model=str(artifact.path),
+        target=target.name,
+        device=target.device(options),
+        batch=options.batch,
+        precision=target.precision(artifact),
+        threads=options.threads,
+        warmup=options.warmup,
+        **dataclasses.asdict(stats),
+        environment={**host_environment(), **environment, "threads": str(options.threads or "default")},
+        **extra,
+    )
+
+
 TARGETS = {
     "onnxruntime": "sparsecut.targets.onnxruntime:OnnxRuntimeTarget",
+    "openvino": "sparsecut.targets.openvino:OpenVinoTarget",
     "tensorrt": "sparsecut.targets.tensorrt:TensorRTTarget",
 }
 

@@ -1,6 +1,10 @@
 """Compare variants of a model on one device: measured interleaved (round-robin), so that machine noise — a
 neighbour process, thermal drift — hits every variant alike. Every ratio is taken against one baseline and comes
-with its bootstrap interval over the rounds (`noise.py`); variants whose inputs differ are not compared."""
+with its bootstrap interval over the rounds (`noise.py`); variants whose inputs differ are not compared.
+
+Several backends (`onnxruntime,openvino`) are timed in the same rounds: every variant on every backend, each
+ratio against the baseline on the same backend, and each variant's time on a backend against its time on the
+first one — which runtime to ship, and whether the pruning pays on it, in one run."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from sparsecut.targets.base import Artifact, BuildOptions, ProfileOptions, Targe
 from sparsecut.targets.noise import MIN_ROUNDS, speedup
 from sparsecut.targets.timing import measure, summarize
 
-__all__ = ["check_comparable", "compare_artifacts", "compare_models", "plot_comparison"]
+__all__ = ["check_comparable", "compare_artifacts", "compare_models", "compare_runs", "plot_comparison"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ Progress = Callable[[int, int], None]
 def compare_models(
     models: Sequence[Path],
     *,
-    target: str = "onnxruntime",
+    target: str | Sequence[str] = "onnxruntime",
     options: ProfileOptions | None = None,
     build: BuildOptions | None = None,
     rounds: int = 10,
@@ -42,8 +46,9 @@ def compare_models(
     plot: Path | None = None,
     progress: Progress | None = None,
 ) -> CompareReport:
-    """Time ONNX files (or built artifacts) against `baseline` (default: the first). A target that runs
-    something other than ONNX (TensorRT) builds each ONNX file first, with `build` — the user's options."""
+    """Time ONNX files (or built artifacts) against `baseline` (default: the first), on one target or several
+    (`target`: a name, "a,b" or a list). A target that runs something other than ONNX (TensorRT) builds each ONNX
+    file first, with `build` — the user's options."""
     models = [Path(m) for m in models]
     if len(models) < 2:
         raise TargetError("compare needs at least two models: a baseline and a variant to measure against it")
@@ -51,19 +56,19 @@ def compare_models(
         if not m.is_file():
             raise TargetError(f"{m}: no such file")
     index = _baseline_index(models, baseline)
-    backend = get_target(target)
+    names = target.split(",") if isinstance(target, str) else list(target)
+    backends = [get_target(name) for name in names]
     with tempfile.TemporaryDirectory(prefix="sparsecut-compare-") as tmp:
-        artifacts = []
-        for i, m in enumerate(models):
-            if backend.needs_build(m):
-                artifacts.append(
-                    backend.build(m, Path(tmp) / f"{i}{backend.artifact_suffix}", build or BuildOptions())[0]
-                )
-            else:
-                artifacts.append(backend.load(m))
-        return compare_artifacts(
-            artifacts,
-            backend,
+        runs: list[tuple[Artifact, Target]] = []
+        for backend in backends:
+            for i, m in enumerate(models):
+                if backend.needs_build(m):
+                    output = Path(tmp) / f"{backend.name}-{i}{backend.artifact_suffix}"
+                    runs.append((backend.build(m, output, build or BuildOptions())[0], backend))
+                else:
+                    runs.append((backend.load(m), backend))
+        return compare_runs(
+            runs,
             options=options,
             rounds=rounds,
             budget=budget,
@@ -87,19 +92,46 @@ def compare_artifacts(
     plot: Path | None = None,
     progress: Progress | None = None,
 ) -> CompareReport:
-    """Time built artifacts interleaved: `rounds` rounds of `options.iterations // rounds` runs each, or — with a
-    `budget` in seconds — as many rounds as fit (never fewer than `rounds`)."""
+    """Time built artifacts of one backend interleaved (see `compare_runs`)."""
+    return compare_runs(
+        [(artifact, backend) for artifact in artifacts], options=options, rounds=rounds, budget=budget,
+        baseline=baseline, labels=labels, allow_different_inputs=allow_different_inputs, plot=plot,
+        progress=progress,
+    )  # fmt: skip
+
+
+def compare_runs(
+    runs: Sequence[tuple[Artifact, Target]],
+    *,
+    options: ProfileOptions | None = None,
+    rounds: int = 10,
+    budget: float | None = None,
+    baseline: int = 0,
+    labels: Sequence[str] | None = None,
+    allow_different_inputs: bool = False,
+    plot: Path | None = None,
+    progress: Progress | None = None,
+) -> CompareReport:
+    """Time artifacts interleaved, each on its backend: `rounds` rounds of `options.iterations // rounds` runs
+    each, or — with a `budget` in seconds — as many rounds as fit (never fewer than `rounds`).
+
+    `runs` holds the same variants on every backend, backend after backend (`[a@ort, b@ort, a@ov, b@ov]`);
+    `baseline` and `labels` index the variants of one backend. Ratios are taken on the same backend."""
     options = options or ProfileOptions()
     if rounds < MIN_ROUNDS:
         raise TargetError(f"--rounds {rounds}: an interval needs at least {MIN_ROUNDS} interleaved rounds")
+    backends = list(dict.fromkeys(backend.name for _, backend in runs))
+    per_backend = len(runs) // len(backends)
     if not allow_different_inputs:
-        check_comparable(artifacts, backend)
-    costs = [_cost(a) for a in artifacts]
-    samples = _interleaved(artifacts, backend, options, rounds, budget, progress)
-    reference = samples[baseline]
-    base_cost = costs[baseline]
+        for b in range(len(backends)):
+            chunk = runs[b * per_backend : (b + 1) * per_backend]
+            check_comparable([artifact for artifact, _ in chunk], chunk[0][1])
+    costs = [_cost(artifact) for artifact, _ in runs]
+    samples = _interleaved(runs, options, rounds, budget, progress)
     variants = []
-    for i, (artifact, cost, rounds_ns) in enumerate(zip(artifacts, costs, samples, strict=True)):
+    for i, ((artifact, backend), cost, rounds_ns) in enumerate(zip(runs, costs, samples, strict=True)):
+        first = i // per_backend * per_backend  # this backend's first variant
+        reference, base_cost = samples[first + baseline], costs[first + baseline]
         stats = summarize([s for r in rounds_ns for s in r], options.batch)
         latency = backend.latency_report(artifact, options, stats)
         latency = dataclasses.replace(
@@ -114,13 +146,18 @@ def compare_artifacts(
                 speedup=speedup(reference, rounds_ns, seed=options.seed),
                 macs_ratio=cost.macs / base_cost.macs if cost and base_cost and base_cost.macs else 1.0,
                 rounds_ms=[[s / 1e6 for s in r] for r in rounds_ns],
-                label=labels[i] if labels else "",
+                label=labels[i % per_backend] if labels else "",
+                target=backend.name,
+                backend_speedup=(
+                    speedup(samples[i % per_backend], rounds_ns, seed=options.seed) if len(backends) > 1 else None
+                ),
             )
         )
+    first_backend = runs[0][1]
     report = CompareReport(
-        target=backend.name,
-        device=backend.device(options),
-        rounds=len(reference),
+        target=",".join(backends),
+        device=first_backend.device(options),
+        rounds=len(samples[0]),
         variants=variants,
         baseline=baseline,
         plot=str(plot) if plot else None,
@@ -162,24 +199,23 @@ def _cost(artifact: Artifact) -> ModelCost | None:
 
 
 def _interleaved(
-    artifacts: Sequence[Artifact],
-    backend: Target,
+    runs: Sequence[tuple[Artifact, Target]],
     options: ProfileOptions,
     rounds: int,
     budget: float | None,
     progress: Progress | None,
 ) -> list[list[list[int]]]:
-    """samples[variant][round] in nanoseconds."""
+    """samples[run][round] in nanoseconds."""
     per_round = max(1, options.iterations // rounds)
-    samples: list[list[list[int]]] = [[] for _ in artifacts]
+    samples: list[list[list[int]]] = [[] for _ in runs]
     with contextlib.ExitStack() as stack:
-        runs = [stack.enter_context(backend.runner(a, options)) for a in artifacts]
-        for run_once in runs:
+        runners = [stack.enter_context(backend.runner(a, options)) for a, backend in runs]
+        for run_once in runners:
             measure(run_once, warmup=options.warmup, iterations=0)
         deadline = None if budget is None else time.monotonic() + budget
         done = 0
         while done < rounds or (deadline is not None and time.monotonic() < deadline):
-            for i, run_once in enumerate(runs):
+            for i, run_once in enumerate(runners):
                 samples[i].append(measure(run_once, warmup=0, iterations=per_round))
             done += 1
             if progress is not None:
@@ -189,7 +225,8 @@ def _interleaved(
 
 def plot_comparison(report: CompareReport, path: Path) -> None:
     """MACs ratio vs latency ratio per variant, both against the baseline (the reference point at 1, 1): points
-    above the diagonal ran slower than their MACs promise."""
+    above the diagonal ran slower than their MACs promise. Several backends: one colour each, every ratio against
+    the baseline on the same backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,12 +244,19 @@ def plot_comparison(report: CompareReport, path: Path) -> None:
     ]
     top = max(1.1, *xs, *ys) * 1.05
     ax.plot([0, top], [0, top], "--", color="gray", label="latency ∝ MACs")
-    ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, zorder=3, label="variants (95 % interval)")
+    targets = report.targets
+    for target in targets:
+        mine = [i for i, v in enumerate(report.variants) if (v.target or report.target) == target]
+        ax.errorbar([xs[i] for i in mine], [ys[i] for i in mine], yerr=[[e[i] for i in mine] for e in errors],
+                    fmt="o", capsize=3, zorder=3,
+                    label=f"{target} (95 % interval)" if len(targets) > 1 else "variants (95 % interval)")  # fmt: skip
     base = report.variants[report.baseline]
     ax.scatter([1.0], [1.0], marker="*", s=220, color="tab:red", zorder=4, label="baseline (reference)")
     placed: list[tuple[float, float]] = []
     for v, x, y in zip(report.variants, xs, ys, strict=True):
         name = v.label or Path(v.model).name
+        if len(targets) > 1:
+            name = f"{name} · {v.target}"
         crowd = sum(abs(x - px) < 0.03 and abs(y - py) < 0.03 for px, py in placed)  # labels of points on top
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6 - 11 * crowd), fontsize=8)
         placed.append((x, y))

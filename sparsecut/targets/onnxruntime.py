@@ -11,11 +11,11 @@ where the installed onnxruntime has them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -29,7 +29,7 @@ from sparsecut.errors import TargetError
 from sparsecut.feeds import input_specs, synthetic_inputs
 from sparsecut.modelfile import graph_precision
 from sparsecut.report import BuildReport, LatencyReport, LayerTime
-from sparsecut.targets.base import Artifact, BuildOptions, InputSpec, ProfileOptions, Runner
+from sparsecut.targets.base import Artifact, BuildOptions, InputSpec, ProfileOptions, Runner, latency_report_of
 from sparsecut.targets.environment import cpu_name, host_environment
 from sparsecut.targets.timing import LatencyStats, measure, summarize
 
@@ -86,6 +86,7 @@ def random_inputs(path: Path, batch: int, seed: int) -> dict[str, np.ndarray]:
 class OnnxRuntimeTarget:
     name = "onnxruntime"
     artifact_suffix = ".ort.onnx"
+    artifact_companions: tuple[str, ...] = ()
 
     def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]:
         from sparsecut.modelfile import check_output_path
@@ -145,7 +146,7 @@ class OnnxRuntimeTarget:
     def needs_build(self, path: Path) -> bool:
         return False  # onnxruntime runs an ONNX file as it is (optimizing it when the session starts)
 
-    def precision_in_graph(self) -> bool:
+    def precision_in_graph(self, precision: str) -> bool:
         return True  # onnxruntime runs what the graph says
 
     def precision(self, artifact: Artifact) -> str:
@@ -182,33 +183,21 @@ class OnnxRuntimeTarget:
         self, artifact: Artifact, options: ProfileOptions, stats: LatencyStats, **extra: Any
     ) -> LatencyReport:
         environment = {
-            **host_environment(),
             "onnxruntime": _ort_version(),
             "provider": options.provider,
             "optimization": options.optimization,
-            "threads": str(options.threads or "default"),
         }
-        return LatencyReport(
-            model=str(artifact.path),
-            target=self.name,
-            device=self.device(options),
-            batch=options.batch,
-            precision=self.precision(artifact),
-            threads=options.threads,
-            warmup=options.warmup,
-            **dataclasses.asdict(stats),
-            environment=environment,
-            **extra,
-        )
+        return latency_report_of(self, artifact, options, stats, environment, **extra)
 
     def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
-        """onnxruntime's profiler, joined by node name with the graph's MACs. A node fused into another kernel
+        """onnxruntime's profiler (each kernel's median over the runs), joined by node name with the graph's MACs. A node fused into another kernel
         reports no time of its own; its MACs are listed so that they still add up to the model's total."""
         import onnx_ir as ir
 
         from sparsecut.cost import count_costs
+        from sparsecut.layer_names import module_names
 
-        runs = max(5, min(options.iterations, 30))
+        runs = max(5, min(options.iterations, 100))
         with tempfile.TemporaryDirectory(prefix="sparsecut-profile-") as tmp:
             session = _session(
                 artifact.path, options.provider, options.threads, options.optimization,
@@ -218,20 +207,20 @@ class OnnxRuntimeTarget:
             for _ in range(runs + 2):  # the first runs allocate: they are not what steady state costs
                 session.run(None, feeds)
             trace = json.loads(Path(session.end_profiling()).read_text())
-        totals: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
+        times: dict[str, list[float]] = defaultdict(list)
         ops: dict[str, str] = {}
         for event in trace:
             if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
                 continue
             node = event["name"][: -len("_kernel_time")]
-            totals[node] += event["dur"] / 1000.0
-            counts[node] += 1
+            times[node].append(event["dur"] / 1000.0)
             ops[node] = event.get("args", {}).get("op_name", "?")
-        per_run = {node: totals[node] / max(1, counts[node]) for node in totals}
+        # the median of its runs (the first two, which allocate, left out): a hiccup of the machine is no layer's cost
+        per_run = {node: statistics.median(ms[2:] or ms) for node, ms in times.items()}
         graph = ir.load(artifact.source)
         cost = count_costs(graph)
         owner = _kernel_owners(graph)
+        modules = module_names(graph)
         macs = {layer.node: layer.macs for layer in cost.layers}
         total_ms = sum(per_run.values()) or 1.0
         total_macs = cost.macs or 1
@@ -243,10 +232,13 @@ class OnnxRuntimeTarget:
                 claimed.add(node)
             name = kernel if node is None or node == kernel else f"{kernel} ({node})"
             achieved = m / (ms * 1e6) if ms > 0 else 0.0
-            rows.append(LayerTime(name, ops[kernel], ms, 100 * ms / total_ms, m, 100 * m / total_macs, achieved))
+            nodes = [node] if node is not None else []
+            rows.append(LayerTime(name, ops[kernel], ms, 100 * ms / total_ms, m, 100 * m / total_macs, achieved,
+                                  nodes, modules.get(node or "", "")))  # fmt: skip
         for node, m in macs.items():
             if node not in claimed and m:
-                rows.append(LayerTime(node, "(no kernel of its own)", 0.0, 0.0, m, 100 * m / total_macs, 0.0))
+                rows.append(LayerTime(node, "(no kernel of its own)", 0.0, 0.0, m, 100 * m / total_macs, 0.0,
+                                      [node], modules.get(node, "")))  # fmt: skip
         return sorted(rows, key=lambda r: r.ms, reverse=True)
 
 

@@ -59,6 +59,7 @@ def _torch_cuda() -> Any:
 class TensorRTTarget:
     name = "tensorrt"
     artifact_suffix = ".plan"
+    artifact_companions: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------------------------------------ build
     def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]:
@@ -233,7 +234,7 @@ class TensorRTTarget:
     def needs_build(self, path: Path) -> bool:
         return Path(path).suffix == ".onnx"
 
-    def precision_in_graph(self) -> bool:
+    def precision_in_graph(self, precision: str) -> bool:
         try:
             import tensorrt as trt
         except ImportError:

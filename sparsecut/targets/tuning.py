@@ -27,9 +27,10 @@ from sparsecut.passes.measured import Tuning
 from sparsecut.report import MeasuredVariant
 from sparsecut.targets.base import BuildOptions, ProfileOptions, Target, get_target
 from sparsecut.targets.compare import compare_models
+from sparsecut.targets.environment import cpu_vector_extensions
 from sparsecut.targets.timing import measure
 
-__all__ = ["TargetLayerTimer", "cpu_vector_extensions", "one_layer_model", "tuning_for"]
+__all__ = ["TargetLayerTimer", "one_layer_model", "tuning_for"]
 
 
 def tuning_for(
@@ -38,6 +39,8 @@ def tuning_for(
     batch: int = 1,
     threads: int | None = None,
     provider: str = "cpu",
+    device: str = "CPU",
+    hint: str = "latency",
     table: Path | None = None,
     budget: float = 30.0,
     rounds: int = 20,
@@ -48,13 +51,14 @@ def tuning_for(
     """`table`: the latency table file (default: in the user cache folder); `build`: the user's build options, for
     the candidates timed end to end (where the target builds)."""
     backend = get_target(target)
-    profile = ProfileOptions(batch=batch, threads=threads, provider=provider, warmup=3, per_layer=False)
+    profile = ProfileOptions(batch=batch, threads=threads, provider=provider, warmup=3, per_layer=False,
+                             device=device, hint=hint)  # fmt: skip
     timer = TargetLayerTimer(backend, profile)
     timer.context()  # a target that cannot run here (TensorRT missing) says so now, before anything is measured
 
     def compare(paths: list[Path]) -> list[MeasuredVariant]:
         options = ProfileOptions(batch=batch, threads=threads, provider=provider, iterations=iterations, warmup=5,
-                                 per_layer=False)  # fmt: skip
+                                 per_layer=False, device=device, hint=hint)  # fmt: skip
         report = compare_models(
             paths,
             target=target,
@@ -136,17 +140,3 @@ def one_layer_model(layer: LayerSignature) -> onnx.ModelProto:
         [numpy_helper.from_array(w, "w"), bias],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-
-
-def cpu_vector_extensions() -> str:
-    """The vector extensions onnxruntime's CPU kernels choose by (from /proc/cpuinfo; empty where unknown)."""
-    wanted = ("avx512f", "avx512_vnni", "avx512bw", "avx2", "fma", "amx_tile", "asimd", "sve")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    return ",".join(w for w in wanted if w in flags)
-    except OSError:
-        pass
-    return ""

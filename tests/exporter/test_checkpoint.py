@@ -13,7 +13,7 @@ from torch.nn.utils import prune
 
 from sparsecut.errors import CheckpointError
 from sparsecut.exporter import ExportOptions, export_checkpoint, load_checkpoint
-from sparsecut.exporter.checkpoint import sha256_of
+from sparsecut.modelfile import sha256_of
 from sparsecut.models import make_pruned_model
 from tests.conftest import run_onnx, torch_outputs
 

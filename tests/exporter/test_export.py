@@ -10,7 +10,7 @@ import torch
 from sparsecut.errors import ExportError, OutputPathError, VerificationError
 from sparsecut.exporter import ExportOptions, export_checkpoint, parse_input_shape
 from sparsecut.exporter import export as export_module_
-from sparsecut.exporter.checkpoint import sha256_of
+from sparsecut.modelfile import sha256_of
 from sparsecut.models import build_model
 from tests.conftest import run_onnx, torch_outputs
 
@@ -184,3 +184,23 @@ def test_exported_graph_is_clean(tmp_path, checkpoint_factory, arch):
 
     pruned.load_state_dict(fold_mask_keys(load_checkpoint(checkpoint).state_dict)[0])
     np.testing.assert_allclose(run_onnx(out, x)[0], torch_outputs(pruned.eval(), x), rtol=1e-4, atol=1e-4)
+
+
+def test_stack_traces_are_dropped_unless_kept(tmp_path, checkpoint_factory):
+    """The dynamo exporter records each node's Python stack trace, with the exporting machine's file paths: a
+    model people ship does not carry them (the module paths, which name layers, stay)."""
+    from sparsecut.layer_names import STACK_TRACE, module_names
+    from sparsecut.passes import OptimizeOptions, optimize_model
+
+    checkpoint = checkpoint_factory("resnet-tiny")
+    dropped, kept = tmp_path / "m.onnx", tmp_path / "k.onnx"
+    export_checkpoint(checkpoint, dropped, arch="resnet-tiny")
+    export_checkpoint(checkpoint, kept, arch="resnet-tiny", options=ExportOptions(keep_stack_traces=True))
+    traced = [n for n in ir.load(kept).graph if STACK_TRACE in n.metadata_props]
+    assert traced and str(tmp_path.anchor) in traced[0].metadata_props[STACK_TRACE]  # absolute paths, as said
+    assert not [n for n in ir.load(dropped).graph if STACK_TRACE in n.metadata_props]
+    assert module_names(ir.load(dropped))["node_conv2d_1"] == "blocks.0.conv1"
+    optimize_model(kept, tmp_path / "lean.onnx")  # a model exported elsewhere, with its traces: dropped on write
+    assert not [n for n in ir.load(tmp_path / "lean.onnx").graph if STACK_TRACE in n.metadata_props]
+    optimize_model(kept, tmp_path / "lean-kept.onnx", OptimizeOptions(keep_stack_traces=True))
+    assert [n for n in ir.load(tmp_path / "lean-kept.onnx").graph if STACK_TRACE in n.metadata_props]

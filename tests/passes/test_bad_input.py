@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
@@ -167,3 +168,18 @@ def test_user_data_is_checked_too(tmp_path, capsys):
 
     checks = json.loads((tmp_path / "r.json").read_text())["checks"]
     assert [c["batch_size"] for c in checks] == [1, 2, 3]
+
+
+def test_a_fold_alone_leaves_no_unread_weights(tmp_path, checkpoint_factory):
+    """`--passes fold-batchnorm` without cleanup: BatchNorm's statistics, read by nothing after the fold, are not
+    written (they were, and the written model held more parameters than its input: refused as a bug)."""
+    from sparsecut.cost import count_params
+    from sparsecut.exporter import export_checkpoint
+    from sparsecut.passes import OptimizeOptions, optimize_model
+
+    export_checkpoint(checkpoint_factory("resnet-tiny"), tmp_path / "m.onnx", arch="resnet-tiny")
+    report = optimize_model(tmp_path / "m.onnx", tmp_path / "f.onnx", OptimizeOptions(passes=("fold-batchnorm",)))
+    model = ir.load(tmp_path / "f.onnx")
+    assert not [n for n in model.graph if n.op_type == "BatchNormalization"]
+    assert all(v.uses() for v in model.graph.initializers.values())
+    assert count_params(model) < count_params(ir.load(tmp_path / "m.onnx")) and report.verified

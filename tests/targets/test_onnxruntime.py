@@ -90,7 +90,7 @@ def _no_inputs(path):
     [
         (["--batch", "0"], "--batch: Input should be greater than or equal to 1"),
         (["--provider", "cuda"], "has no CUDAExecutionProvider"),
-        (["--target", "nope"], "--target: 'nope' is not one of onnxruntime, tensorrt"),
+        (["--target", "nope"], "--target: 'nope' is not one of onnxruntime, openvino, tensorrt"),
     ],
 )
 def test_profile_bad_options(small_model, capsys, argv, message):
