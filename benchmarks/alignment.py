@@ -53,9 +53,9 @@ def masked_model(name: str, ratio: float) -> tuple[torch.nn.Module, tuple[int, .
     model = timm.create_model(name, pretrained=False).eval()
     trained_like_batchnorm(model)
     shape = (1, *model.default_cfg["input_size"])
-    if name.startswith("vit"):  # only the MLP hidden neurons: embedding channels flow through LayerNorm
-        ignored = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("mlp.fc1")]
-        ignored += [model.patch_embed]
+    if name.startswith(("vit", "convnext")):  # only the MLP hidden neurons: embedding channels flow through LayerNorm
+        layers = (torch.nn.Linear, torch.nn.Conv2d)
+        ignored = [m for n, m in model.named_modules() if isinstance(m, layers) and not n.endswith("mlp.fc1")]
     else:
         ignored = [model.get_classifier()]
     masked, _, failure = prune_both_ways(model, shape, ignored, ratio)
