@@ -107,6 +107,13 @@ TargetsOption = Annotated[
 DeviceOption = Annotated[
     str, typer.Option(callback=_one_of("CPU", "GPU", "NPU", "AUTO"), help="--target openvino: CPU, GPU, NPU or AUTO.")
 ]
+Int8FormatOption = Annotated[
+    str,
+    typer.Option(
+        help="int8 format: u8s8, u8s8-reduce-range, s8s8, trt-s8 (default: the target's best on this machine; with "
+        "optimize --target, each of the target's formats is timed and the fastest written)."
+    ),
+]
 HintOption = Annotated[
     str, typer.Option(callback=_one_of("latency", "throughput"), help="--target openvino: performance hint.")
 ]
@@ -306,6 +313,7 @@ def optimize(
         float, typer.Option(callback=_positive, help="--target: seconds of layer measurements at most.")
     ] = 30.0,
     device: DeviceOption = "CPU",
+    int8_format: Int8FormatOption = "",
     keep_stack_traces: Annotated[
         bool, typer.Option("--keep-stack-traces", help="Keep the exporter's per-node Python stack traces.")
     ] = False,
@@ -328,7 +336,14 @@ def optimize(
         min_channels=min_channels,
         permutation_budget=permutation_budget,
         keep_stack_traces=keep_stack_traces,
+        int8_format=int8_format,
     )
+    if int8_format:
+        from sparsecut.quantization import int8_format as known_format
+
+        known_format(int8_format)
+        if precision != "int8":
+            raise UsageError("--int8-format: only used with --precision int8")
     if calibration is not None and precision != "int8":
         raise UsageError("--calibration: only used with --precision int8")
     _require(model, data, calibration)
@@ -540,12 +555,21 @@ def _render_decision(decision: object) -> None:
             v.name + (" (written)" if v.name == decision.written else ""), f"{v.p50_ms:.3f}", v.speedup.describe()
         )
     console.print(end)
+    if decision.formats:
+        formats = Table(title="the lean graph in fp32 and in each int8 format, interleaved", title_justify="left")
+        for column in ("format", "p50 ms", "speedup vs fp32 (95 % interval)"):
+            formats.add_column(column, justify="left" if column == "format" else "right")
+        fastest = min(decision.formats[1:], key=lambda v: v.p50_ms).name
+        for v in decision.formats:
+            ratio = "reference" if v.name == "fp32" else v.speedup.describe()
+            formats.add_row(v.name + (" (written)" if v.name == fastest else ""), f"{v.p50_ms:.3f}", ratio)
+        console.print(formats)
     budget = "; the budget ran out (undecided spaces kept the fixed alignment)" if decision.budget_exhausted else ""
     console.print(
         f"latency table {decision.table or '(memory)'}: {decision.table_hits} hits, {decision.table_misses} "
         f"measured in {decision.measuring_seconds:.1f} s{budget}"
     )
-    style = "green" if decision.pays else "bold yellow"
+    style = "green" if decision.pays and decision.int8_pays is not False else "bold yellow"
     console.print(f"[{style}]{decision.verdict}[/{style}]")
 
 
@@ -564,6 +588,7 @@ def build(
     provider: ProviderOption = "cpu",
     device: DeviceOption = "CPU",
     hint: HintOption = "latency",
+    int8_format: Int8FormatOption = "",
     surgery: Annotated[str | None, typer.Option(help="MODULE:FUNCTION on a gs.Graph, applied before build.")] = None,
     calibration: Annotated[
         Path | None, typer.Option(help="Calibration inputs when int8 needs the graph quantized.")
@@ -585,6 +610,12 @@ def build(
 
     if calibration is not None and precision != "int8":
         raise UsageError("--calibration: only used with --precision int8")
+    if int8_format:
+        from sparsecut.quantization import int8_format as known_format
+
+        known_format(int8_format)
+        if precision != "int8":
+            raise UsageError("--int8-format: only used with --precision int8")
     batches = _batch_range(batch)
     _require(model, calibration)
     with OutputPlan([model, calibration]) as plan:
@@ -616,6 +647,7 @@ def build(
             provider=provider,
             device=device,
             hint=hint,
+            int8_format=int8_format,
             surgery=surgery,
             timing_cache=staged_cache,
         )

@@ -263,6 +263,7 @@ class PrecisionReport(Report):
     mean_abs_error: float
     top1_agreement: float | None  # share of samples whose argmax survived (classifiers)
     notes: list[str] = dataclasses.field(default_factory=list)
+    format: str = ""  # int8: the format written (sparsecut/quantization.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,6 +320,9 @@ class MeasuredDecision(Report):
     table_misses: int
     measuring_seconds: float
     budget_exhausted: bool
+    # --precision int8: the lean graph in each int8 format the target offers and in fp32, timed interleaved
+    formats: list[MeasuredVariant] = dataclasses.field(default_factory=list)
+    int8_pays: bool | None = None  # the written int8 format beats fp32 beyond noise (None: no int8 asked)
 
 
 @dataclasses.dataclass(frozen=True)

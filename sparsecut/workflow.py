@@ -86,11 +86,14 @@ def run_workflow(
         checkpoint, exported_path, arch=arch, model_factory=model_factory, options=options.export
     )
     step("baseline")
-    lean_options = dataclasses.replace(options.optimize, precision=options.precision)
+    backends = [get_target(name) for name in options.target.split(",")]
+    int8_format = (
+        options.optimize.int8_format or backends[0].int8_formats(BuildOptions(provider=options.profile.provider))[0]
+    )
+    lean_options = dataclasses.replace(options.optimize, precision=options.precision, int8_format=int8_format)
     baseline_options = dataclasses.replace(lean_options, passes=baseline_passes(lean_options.passes))
     baseline = optimize_model(exported_path, baseline_path, baseline_options)
     step("optimize")
-    backends = [get_target(name) for name in options.target.split(",")]
     if options.measured:
         tuning = tuning_for(
             backends[0].name,
@@ -208,7 +211,8 @@ def build_for_target(
         and target.precision_in_graph(wanted)
     ):
         prepared = sides.get(wanted) or side_file(output, wanted, [model, calibration])
-        converted = convert_precision(model, prepared, PrecisionOptions(wanted, calibration))
+        int8_format = options.int8_format or target.int8_formats(options)[0]
+        converted = convert_precision(model, prepared, PrecisionOptions(wanted, calibration, int8_format=int8_format))
         model = prepared
     _, report = target.build(model, output, options)
     return dataclasses.replace(report, notes=[*notes, *report.notes]), converted

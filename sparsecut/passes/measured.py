@@ -9,6 +9,10 @@
 3. The input and the candidates are timed interleaved on the target (the same runner and interval as
    `compare`); the fastest candidate is written. Unless it beats the input beyond noise, the report says plainly
    that pruning does not pay on this target — the file is still written, flagged so in the report and JSON.
+4. With `--precision int8` (and no `--int8-format`), the chosen lean graph is also quantized in every other int8
+   format the target offers (its types and Q/DQ placement: sparsecut/quantization.py) and kept in fp32; those are
+   timed interleaved and the fastest int8 format is written. Unless it beats fp32 beyond noise, the report says
+   "int8 does not pay on this target" — written as asked, flagged.
 
 Measurements only decide how many dead channels stay; exactness is the gate's, unchanged. This module asks a
 target for timings through `Tuning` (built by `targets/tuning.py`) and imports no target.
@@ -44,6 +48,7 @@ class Tuning:
     timer: LayerTimer
     compare: Compare
     batch: int = 1
+    int8_formats: tuple[str, ...] = ()  # what the target runs fast, best first (sparsecut/quantization.py)
     table: Path | None = None  # the latency table file; None keeps it in memory only
     budget: float = 30.0  # seconds of layer measurements
     progress: Callable[[str, int, int], None] | None = None
@@ -56,6 +61,9 @@ def optimize_measured(source: Path, output: Path, options: OptimizeOptions, tuni
     if tuning.budget <= 0:
         raise GraphError(f"--tune-budget {tuning.budget}: give a positive number of seconds")
     start = time.perf_counter()
+    choose_format = options.precision == "int8" and not options.int8_format and len(tuning.int8_formats) > 1
+    if options.precision == "int8" and not options.int8_format and tuning.int8_formats:
+        options = dataclasses.replace(options, int8_format=tuning.int8_formats[0])
     table = LatencyTable(tuning.table, tuning.timer.context())
     plan = _plan(source, names, options, table, tuning)
     table.save()
@@ -74,7 +82,14 @@ def optimize_measured(source: Path, output: Path, options: OptimizeOptions, tuni
             for v, name in zip(timed, ("input", *staged), strict=True)
         ]
         best = min(variants[1:], key=lambda v: v.p50_ms)
-        publish(staged[best.name], output)
+        written, int8_pays = staged[best.name], None
+        formats: list[MeasuredVariant] = []
+        if choose_format:
+            chosen = candidates[best.name]
+            written, formats, reports[best.name] = _choose_format(source, Path(tmp), output, chosen, tuning)
+            fastest = min(formats[1:], key=lambda v: v.p50_ms)
+            int8_pays = fastest.speedup.low > 1.0  # formats[0] is fp32: every speedup is against it
+        publish(written, output)
     pays = best.speedup.low > 1.0
     verdict = (
         f"{best.name} written: {best.speedup.describe()} faster than the input"
@@ -82,6 +97,11 @@ def optimize_measured(source: Path, output: Path, options: OptimizeOptions, tuni
         else f"pruning does not pay on this target: the fastest lean variant ({best.name}) is "
         f"{best.speedup.describe()} vs the input; written anyway, flagged"
     )
+    if int8_pays is False:
+        verdict += (
+            f"; int8 does not pay on this target: the fastest int8 format is "
+            f"{min(formats[1:], key=lambda v: v.p50_ms).speedup.describe()} vs fp32; written as asked, flagged"
+        )
     decision = MeasuredDecision(
         target=tuning.target,
         context=table.context,
@@ -95,10 +115,30 @@ def optimize_measured(source: Path, output: Path, options: OptimizeOptions, tuni
         table_misses=table.misses,
         measuring_seconds=table.measuring_seconds,
         budget_exhausted=plan.budget_exhausted,
+        formats=formats,
+        int8_pays=int8_pays,
     )
     return dataclasses.replace(
         reports[best.name], output=str(output), decision=decision, seconds=time.perf_counter() - start
     )
+
+
+def _choose_format(
+    source: Path, folder: Path, output: Path, options: OptimizeOptions, tuning: Tuning
+) -> tuple[Path, list[MeasuredVariant], OptimizeReport]:
+    """The lean graph of `options` in fp32 and in each int8 format of the target, timed interleaved (fp32 first,
+    every speedup against it); returns the fastest int8 file, the timings and its report."""
+    staged: dict[str, Path] = {}
+    reports: dict[str, OptimizeReport] = {}
+    for name, variant in (("fp32", dataclasses.replace(options, precision="fp32", int8_format="")),
+                          *((f"int8 {f}", dataclasses.replace(options, int8_format=f)) for f in tuning.int8_formats)):  # fmt: skip
+        (folder / f"format-{len(staged)}").mkdir()
+        staged[name] = folder / f"format-{len(staged)}" / output.name
+        reports[name] = optimize_model(source, staged[name], variant)
+    timed = tuning.compare(list(staged.values()))
+    variants = [dataclasses.replace(v, name=name, model=name) for v, name in zip(timed, staged, strict=True)]
+    fastest = min(variants[1:], key=lambda v: v.p50_ms)
+    return staged[fastest.name], variants, reports[fastest.name]
 
 
 def _plan(source: Path, names: list[str], options: OptimizeOptions, table: LatencyTable, tuning: Tuning) -> CountPlan:

@@ -69,6 +69,7 @@ class OptimizeOptions:
     calibration: Path | None = None
     counts: tuple[tuple[str, int], ...] = ()  # measured decisions: (space, channels kept), replacing align there
     keep_stack_traces: bool = False  # the exporter's per-node Python stack traces (its machine's file paths)
+    int8_format: str = ""  # --precision int8: sparsecut/quantization.py's format; "": this CPU's for onnxruntime
 
 
 def _load_checked(path: Path) -> ir.Model:
@@ -144,7 +145,11 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         if options.precision != "fp32":
             converted = _stage(Path(tmp), "precision", output)
             precision = convert_precision(
-                current, converted, PrecisionOptions(options.precision, options.calibration, seed=options.seed)
+                current,
+                converted,
+                PrecisionOptions(
+                    options.precision, options.calibration, seed=options.seed, int8_format=options.int8_format
+                ),
             )
             current = converted
         publish(current, output)

@@ -21,9 +21,11 @@ import numpy as np
 import onnx
 
 from sparsecut.checking import checking_session
+from sparsecut.cpu import cpu_vector_extensions
 from sparsecut.errors import GraphError, InputError
 from sparsecut.feeds import input_specs, read_arrays, synthetic_inputs
 from sparsecut.logs import quieted
+from sparsecut.quantization import Int8Format, cpu_int8_formats, int8_format
 from sparsecut.report import PrecisionReport
 
 __all__ = ["FP16_BLOCKED_OPS", "PrecisionOptions", "convert_precision", "load_calibration"]
@@ -41,6 +43,7 @@ class PrecisionOptions:
     random_samples: int = 16  # calibration samples when no data is given (int8 then warns loudly)
     fp16_blocked_ops: tuple[str, ...] = FP16_BLOCKED_OPS
     seed: int = 0
+    int8_format: str = ""  # see sparsecut/quantization.py; "": this CPU's best for onnxruntime, the default target
 
 
 def load_calibration(path: Path, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
@@ -100,10 +103,14 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
         if options.precision == "int8":
             log.warning("int8 calibration on RANDOM data: scales will not fit real inputs; pass --calibration")
             notes.append("calibrated on random data: accuracy on real inputs is unknown — pass --calibration")
+    chosen = ""
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged = Path(tmp) / output.name
         if options.precision == "int8":
-            _quantize(source, staged, samples)
+            fmt = int8_format(options.int8_format or cpu_int8_formats(cpu_vector_extensions())[0])
+            _quantize(source, staged, samples, fmt)
+            chosen = fmt.name
+            notes.append(f"int8 format {fmt.describe()}")
         elif options.precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -123,10 +130,12 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
         mean_abs_error=mean_abs,
         top1_agreement=agreement,
         notes=notes,
+        format=chosen,
     )
 
 
-def _quantize(source: Path, staged: Path, samples: list[dict[str, np.ndarray]]) -> None:
+def _quantize(source: Path, staged: Path, samples: list[dict[str, np.ndarray]], fmt: Int8Format) -> None:
+    """onnxruntime's static QDQ quantizer, with the format's types, range and placement."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     with quieted():  # onnxruntime's quantizer logs advice on the root logger; we report ourselves
@@ -135,11 +144,16 @@ def _quantize(source: Path, staged: Path, samples: list[dict[str, np.ndarray]]) 
             str(staged),
             _Reader(samples),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            op_types_to_quantize=list(fmt.op_types),
             per_channel=True,
-            activation_type=QuantType.QInt8,
+            reduce_range=fmt.reduce_range,
+            activation_type=QuantType.QUInt8 if fmt.unsigned_activations else QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+            extra_options={
+                "ActivationSymmetric": not fmt.unsigned_activations,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+            },
         )
 
 

@@ -46,6 +46,7 @@ class BuildOptions:
     hint: str = "latency"  # OpenVINO's performance hint: latency | throughput
     surgery: str | None = None  # MODULE:FUNCTION on a gs.Graph, applied just before the build
     timing_cache: Path | None = None  # TensorRT
+    int8_format: str = ""  # int8 put into the graph first: this format ("": the target's best, int8_formats()[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +102,10 @@ class Target(Protocol):
 
     def precision(self, artifact: Artifact) -> str:
         """What the artifact computes in: fp32, fp16, int8 (or what the engine reports)."""
+        ...
+
+    def int8_formats(self, options: BuildOptions) -> tuple[str, ...]:
+        """The int8 formats (sparsecut/quantization.py) this target runs fast on this machine, best first."""
         ...
 
     def inputs(self, artifact: Artifact) -> list[InputSpec]: ...

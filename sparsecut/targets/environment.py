@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from functools import cache
 
+from sparsecut.cpu import cpu_vector_extensions
+
 __all__ = ["cpu_name", "cpu_vector_extensions", "gpu_name", "host_environment"]
 
 
@@ -21,21 +23,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-@cache
-def cpu_vector_extensions() -> str:
-    """The vector extensions CPU kernels (onnxruntime's, OpenVINO's) choose by (from /proc/cpuinfo; empty where unknown)."""
-    wanted = ("avx512f", "avx512_vnni", "avx512bw", "avx2", "fma", "amx_tile", "asimd", "sve")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    return ",".join(w for w in wanted if w in flags)
-    except OSError:
-        pass
-    return ""
 
 
 @cache

@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from sparsecut.cpu import cpu_vector_extensions
 from sparsecut.errors import TargetError
 from sparsecut.feeds import input_specs, synthetic_inputs
 from sparsecut.modelfile import graph_precision
+from sparsecut.quantization import cpu_int8_formats
 from sparsecut.report import BuildReport, LatencyReport, LayerTime
 from sparsecut.targets.base import Artifact, BuildOptions, InputSpec, ProfileOptions, Runner, latency_report_of
 from sparsecut.targets.environment import cpu_name, host_environment
@@ -151,6 +153,13 @@ class OnnxRuntimeTarget:
 
     def precision(self, artifact: Artifact) -> str:
         return graph_precision(artifact.path)
+
+    def int8_formats(self, options: BuildOptions) -> tuple[str, ...]:
+        if options.provider == "tensorrt":
+            return ("trt-s8",)
+        if options.provider == "cuda":
+            return ("s8s8",)  # onnxruntime's CUDA provider runs signed int8 QDQ
+        return cpu_int8_formats(cpu_vector_extensions())  # x86: u8s8 (reduce-range without VNNI); ARM: s8s8
 
     def inputs(self, artifact: Artifact) -> list[InputSpec]:
         return input_specs(artifact.path)

@@ -201,6 +201,9 @@ class OpenVinoTarget:
         types = {op.get_type_name() for op in model.get_ops()}
         return "int8" if types & {"FakeQuantize", "FakeConvert"} else "fp32"
 
+    def int8_formats(self, options: BuildOptions) -> tuple[str, ...]:
+        return ("s8s8", "u8s8")  # its CPU plugin runs signed int8 QDQ fast on x86 (6.7 ms vs onnxruntime's 19)
+
     def inputs(self, artifact: Artifact) -> list[InputSpec]:
         if artifact.path.suffix == ".onnx":
             return input_specs(artifact.path)

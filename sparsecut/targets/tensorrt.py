@@ -244,6 +244,9 @@ class TensorRTTarget:
     def precision(self, artifact: Artifact) -> str:
         return graph_precision(artifact.source) if artifact.source.suffix == ".onnx" else "engine"
 
+    def int8_formats(self, options: BuildOptions) -> tuple[str, ...]:
+        return ("trt-s8",)  # symmetric, outputs kept int8: TensorRT picks (sparse) int8 kernels only there
+
     def inputs(self, artifact: Artifact) -> list[InputSpec]:
         if artifact.source.suffix == ".onnx":
             from sparsecut.feeds import input_specs

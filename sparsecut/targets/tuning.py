@@ -69,7 +69,9 @@ def tuning_for(
         )
         return [MeasuredVariant("", v.model, v.latency.p50_ms, v.speedup) for v in report.variants]
 
+    formats = backend.int8_formats(build or BuildOptions(provider=provider))
     return Tuning(target=target, timer=timer, compare=compare, batch=batch, table=table or default_table_path(),
+                  int8_formats=formats,
                   budget=budget,
                   progress=progress)  # fmt: skip
 
