@@ -296,3 +296,29 @@ def test_baseline_sharing_no_layer_names(tmp_path, dense_and_lean, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "its layers share no names with those of" in err
     assert not out.exists()
+
+
+def test_fp16_on_a_cpu_without_fast_fp16_is_refused(tmp_path, dense_and_lean, capsys):
+    import openvino
+
+    if "FP16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has fast fp16: OpenVINO's f16 hint is used")
+    out = tmp_path / "m.ov.xml"
+    argv = ["build", str(dense_and_lean[1]), "-o", str(out), "--target", "openvino", "--precision", "fp16",
+            "--no-measure"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--precision fp16: CPU has no fast fp16" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_build_quantizes_in_openvinos_format(tmp_path, dense_and_lean, capsys):
+    out = tmp_path / "m.ov.xml"
+    argv = ["build", str(dense_and_lean[1]), "-o", str(out), "--target", "openvino", "--precision", "int8",
+            "--no-measure"]  # fmt: skip
+    assert main(argv) == 0
+    quantized = onnx.load(str(tmp_path / "m.ov.int8.onnx"))
+    zero_points = [n for n in quantized.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and get_target("openvino").precision(get_target("openvino").load(out)) == "int8"
+    inits = {t.name: t for t in quantized.graph.initializer}
+    assert all(inits[n.input[2]].data_type == onnx.TensorProto.INT8 for n in zero_points if len(n.input) > 2)
