@@ -255,6 +255,13 @@ def demo(
     recipe: Annotated[str, typer.Option(help="Pruning recipe.")] = "l1-filter",
     amount: Annotated[float, typer.Option(min=0.0, max=0.95, help="Share of channels pruned.")] = 0.5,
     budget: BudgetOption = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            callback=_one_of("fp32", "fp16", "int8"),
+            help="fp32, fp16 or int8 (then dense and lean are also timed in fp32: pruning × precision).",
+        ),
+    ] = "fp32",
 ) -> None:
     """The main job end to end on a reference model: prune, export, remove dead channels, measure like for like."""
     from sparsecut.models import make_pruned_model, save_state_dict
@@ -265,7 +272,7 @@ def demo(
         with console.status(f"pruning {arch} with {recipe} …"):
             save_state_dict(make_pruned_model(arch, recipe, amount), checkpoint)
         console.print(f"pruned {arch} with {recipe} (amount {amount}) → timing exported, dense baseline and lean")
-        _run(checkpoint, out_dir, "--out-dir", arch, None, RunOptions(budget=budget))
+        _run(checkpoint, out_dir, "--out-dir", arch, None, RunOptions(budget=budget, precision=precision))
 
 
 # --------------------------------------------------------------------------------------------------- optimize
@@ -948,7 +955,9 @@ def _run(checkpoint: Path, out_dir: Path, option: str, arch: str | None, model: 
 
     assert isinstance(options, RunOptions)
     with OutputPlan([checkpoint]) as plan:
-        staged = plan.folder(out_dir, option, run_files([get_target(name) for name in options.target.split(",")]))
+        staged = plan.folder(
+            out_dir, option, run_files([get_target(name) for name in options.target.split(",")], options.precision)
+        )
         with _progress() as bar:
             task = bar.add_task("starting", total=len(STEPS))
             timing = bar.add_task("timing, interleaved", total=options.rounds, visible=False)

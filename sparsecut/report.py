@@ -471,7 +471,9 @@ class RunReport(Report):
 
     Three variants are timed together: the exported file, the dense baseline (every pass but channel removal)
     and lean. `pruning` = baseline / lean is what channel removal bought; `cleanup` = exported / baseline is what
-    graph cleanup (and a precision change, if asked) bought; `total` = exported / lean = cleanup × pruning."""
+    graph cleanup (and a precision change, if asked) bought; `total` = exported / lean = cleanup × pruning.
+    With a precision other than fp32, baseline and lean are also timed in fp32 (the 2×2 of pruning × precision):
+    `quantization` = lean fp32 / lean, `pruning_fp32` = baseline fp32 / lean fp32."""
 
     export: ExportReport
     optimize: OptimizeReport
@@ -481,6 +483,8 @@ class RunReport(Report):
     pruning: Speedup
     cleanup: Speedup
     total: Speedup
+    quantization: Speedup | None = None
+    pruning_fp32: Speedup | None = None
 
 
 @dataclasses.dataclass(frozen=True)

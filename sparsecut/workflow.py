@@ -29,14 +29,16 @@ __all__ = [
 
 STEPS = ("export", "baseline", "optimize", "build", "compare")
 VARIANTS = ("exported", "baseline", "lean")
+FP32_TWINS = ("baseline-fp32", "lean-fp32")  # with --precision fp16/int8: the same graphs in fp32 (the 2×2)
 REPORT_FILES = ("report.json", "report.md", "compare.png")
 
 
-def run_files(targets: Sequence[Target]) -> tuple[str, ...]:
+def run_files(targets: Sequence[Target], precision: str = "fp32") -> tuple[str, ...]:
     """Every file `run_workflow` writes into its folder for `targets`: models, artifacts and what they bring."""
-    models = [f"{name}{ext}" for name in VARIANTS for ext in (".onnx", ".onnx.data")]
+    variants = VARIANTS if precision == "fp32" else (*VARIANTS, *FP32_TWINS)
+    models = [f"{name}{ext}" for name in variants for ext in (".onnx", ".onnx.data")]
     for target in targets:
-        for name in VARIANTS:
+        for name in variants:
             artifact = Path(f"{name}{target.artifact_suffix}")
             models += [artifact.name, *(artifact.with_suffix(ext).name for ext in target.artifact_companions)]
     return (*models, *REPORT_FILES)
@@ -80,6 +82,9 @@ def run_workflow(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     exported_path, baseline_path, lean_path = (out_dir / f"{name}.onnx" for name in VARIANTS)
+    twins = options.precision != "fp32"
+    variants = (*VARIANTS, *FP32_TWINS) if twins else VARIANTS
+    paths = [out_dir / f"{name}.onnx" for name in variants]
 
     step("export")
     exported = export_checkpoint(
@@ -93,6 +98,8 @@ def run_workflow(
     lean_options = dataclasses.replace(options.optimize, precision=options.precision, int8_format=int8_format)
     baseline_options = dataclasses.replace(lean_options, passes=baseline_passes(lean_options.passes))
     baseline = optimize_model(exported_path, baseline_path, baseline_options)
+    if twins:
+        optimize_model(exported_path, paths[3], dataclasses.replace(baseline_options, precision="fp32"))
     step("optimize")
     if options.measured:
         tuning = tuning_for(
@@ -108,13 +115,15 @@ def run_workflow(
                 sparsity=options.sparsity, threads=options.profile.threads, device=options.profile.device
             ),
         )
-        optimized = optimize_measured(exported_path, lean_path, lean_options, tuning)
+        optimized = optimize_measured(exported_path, lean_path, lean_options, tuning, paths[4] if twins else None)
     else:
         optimized = optimize_model(exported_path, lean_path, lean_options)
+        if twins:
+            optimize_model(exported_path, paths[4], dataclasses.replace(lean_options, precision="fp32"))
     step("build")
     runs, builds = [], []
     for backend in backends:
-        for name, path in zip(VARIANTS, (exported_path, baseline_path, lean_path), strict=True):
+        for name, path in zip(variants, paths, strict=True):
             # each engine computes what its graph carries: the exported file its own precision, the other two the
             # precision optimize put into them
             build = BuildOptions(
@@ -131,7 +140,7 @@ def run_workflow(
         rounds=options.rounds,
         budget=options.budget,
         baseline=VARIANTS.index("baseline"),
-        labels=VARIANTS,
+        labels=variants,
         plot=out_dir / "compare.png",
         progress=progress,
     )
@@ -145,6 +154,10 @@ def run_workflow(
         pruning=compared.variant("lean", backends[0].name).speedup,
         cleanup=speedup(rounds["exported"], rounds["baseline"], seed=options.profile.seed),
         total=speedup(rounds["exported"], rounds["lean"], seed=options.profile.seed),
+        quantization=speedup(rounds["lean-fp32"], rounds["lean"], seed=options.profile.seed) if twins else None,
+        pruning_fp32=speedup(rounds["baseline-fp32"], rounds["lean-fp32"], seed=options.profile.seed)
+        if twins
+        else None,
     )
     if publish_as is not None:
         report = report.map_strings(lambda text: text.replace(str(out_dir), str(publish_as)))
@@ -255,11 +268,18 @@ def speedup_lines(report: RunReport) -> list[str]:
     precision = f" and the {report.optimize.precision.precision} conversion" if report.optimize.precision else ""
     targets = report.compare.targets
     on = f" on {targets[0]}" if len(targets) > 1 else ""
+    at = f" at {report.optimize.precision.precision}" if report.optimize.precision else ""
     lines = [
-        f"- **pruning speedup**{on} (dense baseline / lean, channel removal alone): {report.pruning.describe()}",
+        f"- **pruning speedup**{at}{on} (dense baseline / lean, channel removal alone): {report.pruning.describe()}",
         f"- graph cleanup{precision}{on} (exported / dense baseline): {report.cleanup.describe()}",
         f"- total{on} (exported / lean = cleanup × pruning): {report.total.describe()}",
     ]
+    if report.quantization is not None and report.pruning_fp32 is not None:
+        kind = report.optimize.precision.precision if report.optimize.precision else "precision"
+        lines += [
+            f"- {kind} speedup{on} (lean fp32 / lean {kind}, same channels): {report.quantization.describe()}",
+            f"- pruning speedup at fp32{on} (dense baseline fp32 / lean fp32): {report.pruning_fp32.describe()}",
+        ]
     for target in targets[1:]:
         lean = report.compare.variant("lean", target)
         exported = report.compare.variant("exported", target)

@@ -86,3 +86,28 @@ def test_a_measured_build_of_a_lean_graph_writes_beside_it_and_leaves_it_alone(
     after = {p.name for p in tmp_path.iterdir()}
     assert after == set(before) | {output} | ({side} if side else set())
     assert (tmp_path / source).stat().st_mtime_ns == before[source]
+
+
+def test_run_at_int8_times_pruning_by_precision(tmp_path, checkpoint_factory):
+    """--precision int8: baseline and lean are also written and timed in fp32 with the same channels, so pruning
+    at int8, pruning at fp32 and the int8 speedup come from one interleaved run."""
+    import onnx
+
+    out = tmp_path / "run"
+    argv = ["run", str(checkpoint_factory("resnet-tiny")), "--arch", "resnet-tiny", "-o", str(out), "--iterations",
+            "30", "--rounds", "3", "--precision", "int8", "--no-measure"]  # fmt: skip
+    assert main(argv) == 0
+    report = RunReport.from_dict(json.loads((out / "report.json").read_text()))
+    labels = [v.label for v in report.compare.variants]
+    assert labels == ["exported", "baseline", "lean", "baseline-fp32", "lean-fp32"]
+    v = {variant.label: variant for variant in report.compare.variants}
+    assert v["lean"].macs == v["lean-fp32"].macs < v["baseline-fp32"].macs == v["baseline"].macs
+    assert report.quantization is not None and report.pruning_fp32 is not None
+    assert report.quantization.value == pytest.approx(v["lean-fp32"].latency.p50_ms / v["lean"].latency.p50_ms)
+    assert report.pruning_fp32.value == pytest.approx(v["baseline-fp32"].latency.p50_ms / v["lean-fp32"].latency.p50_ms)
+    ops = {name: {n.op_type for n in onnx.load(str(out / f"{name}.onnx")).graph.node} for name in labels}
+    assert "QuantizeLinear" in ops["lean"] and "QuantizeLinear" in ops["baseline"]
+    assert "QuantizeLinear" not in ops["lean-fp32"] | ops["baseline-fp32"]
+    markdown = (out / "report.md").read_text()
+    assert "- int8 speedup (lean fp32 / lean int8, same channels): " in markdown
+    assert "- **pruning speedup** at int8 (dense baseline / lean" in markdown

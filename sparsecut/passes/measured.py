@@ -54,7 +54,11 @@ class Tuning:
     progress: Callable[[str, int, int], None] | None = None
 
 
-def optimize_measured(source: Path, output: Path, options: OptimizeOptions, tuning: Tuning) -> OptimizeReport:
+def optimize_measured(
+    source: Path, output: Path, options: OptimizeOptions, tuning: Tuning, fp32_twin: Path | None = None
+) -> OptimizeReport:
+    """`fp32_twin`: where to also write the chosen lean graph in fp32 (same channels) when `options` asks for
+    another precision — the like-for-like reference of the precision's own speedup."""
     source, output = Path(source), Path(output)
     check_output_path(output, source)
     names = parse_passes(options.passes)
@@ -90,6 +94,8 @@ def optimize_measured(source: Path, output: Path, options: OptimizeOptions, tuni
             fastest = min(formats[1:], key=lambda v: v.p50_ms)
             int8_pays = fastest.speedup.low > 1.0  # formats[0] is fp32: every speedup is against it
         publish(written, output)
+        if fp32_twin is not None and options.precision != "fp32":
+            optimize_model(source, fp32_twin, dataclasses.replace(candidates[best.name], precision="fp32"))
     pays = best.speedup.low > 1.0
     verdict = (
         f"{best.name} written: {best.speedup.describe()} faster than the input"

@@ -169,3 +169,24 @@ def test_bad_int8_format(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
+
+
+def test_the_fp32_twin_has_the_written_channels(tmp_path):
+    tuning = Tuning(target="fake", timer=FakeTimer(lambda layer: 1.0), compare=by_format({"u8s8": 6.0, "s8s8": 9.0}),
+                    int8_formats=("u8s8", "s8s8"), budget=30.0)  # fmt: skip
+    source = residual(tmp_path / "in.onnx")
+    optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="int8"), tuning, tmp_path / "t.onnx")
+    twin, written = onnx.load(str(tmp_path / "t.onnx")), onnx.load(str(tmp_path / "out.onnx"))
+    assert "QuantizeLinear" not in {n.op_type for n in twin.graph.node}
+
+    def conv_shapes(model: onnx.ModelProto) -> list[list[int]]:
+        inits = {t.name: list(t.dims) for t in model.graph.initializer}
+        producers = {o: n for n in model.graph.node for o in n.output}
+        shapes = []
+        for node in (n for n in model.graph.node if n.op_type == "Conv"):
+            w = node.input[1]
+            w = producers[w].input[0] if w in producers else w  # behind its DequantizeLinear
+            shapes.append(inits[w])
+        return shapes
+
+    assert conv_shapes(twin) == conv_shapes(written)
