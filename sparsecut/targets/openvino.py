@@ -82,8 +82,9 @@ class OpenVinoTarget:
         start = time.perf_counter()
         self._compile(read, options.device, config, model)
         compile_seconds = time.perf_counter() - start
-        # the ONNX file it came from, so that profiling the IR later names its layers' MACs (if that file is unchanged)
-        read.set_rt_info(str(model.resolve()), [*_SOURCE, "path"])
+        # the ONNX file it came from, so that profiling the IR later names its layers' MACs: its name only (a shipped
+        # model carries no path of the machine that built it), found again beside the IR if unchanged
+        read.set_rt_info(model.name, [*_SOURCE, "path"])
         read.set_rt_info(sha256_of(model), [*_SOURCE, "sha256"])
         with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
             staged = Path(tmp) / output.name
@@ -120,7 +121,7 @@ class OpenVinoTarget:
         model = self._read(path)  # a truncated .bin fails here, in one line
         source = path
         if model.has_rt_info([*_SOURCE, "path"]):
-            onnx_file = Path(str(model.get_rt_info([*_SOURCE, "path"]).astype(str)))
+            onnx_file = path.parent / Path(str(model.get_rt_info([*_SOURCE, "path"]).astype(str))).name
             digest = str(model.get_rt_info([*_SOURCE, "sha256"]).astype(str))
             if onnx_file.is_file() and sha256_of(onnx_file) == digest:
                 source = onnx_file
