@@ -17,7 +17,7 @@ from sparsecut.modelfile import elements_of_type
 from sparsecut.report import LayerCost, ModelCost
 from sparsecut.shapes import infer_shapes
 
-__all__ = ["count_costs", "count_params"]
+__all__ = ["count_costs", "count_params", "dims_at_batch_one"]
 
 _LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
@@ -53,7 +53,8 @@ def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:
     return attr.as_tensor() if attr is not None else None
 
 
-def _dims(value: ir.Value | None) -> list[int] | None:
+def dims_at_batch_one(value: ir.Value | None) -> list[int] | None:
+    """A value's dims with every symbolic one (the batch) counted as 1; None where the shape is unknown."""
     shape = value.shape if value is not None else None
     if shape is None:
         return None
@@ -65,12 +66,12 @@ def _macs(node: ir.Node) -> int:
     inputs = node.inputs
     if op not in _LAYERS or len(inputs) < 2:
         return 0
-    w, y = _dims(inputs[1]), _dims(node.outputs[0])
+    w, y = dims_at_batch_one(inputs[1]), dims_at_batch_one(node.outputs[0])
     if w is None or y is None:
         return 0
     if op == "Conv":
         return math.prod(y) * math.prod(w[1:])
-    x = _dims(inputs[0])
+    x = dims_at_batch_one(inputs[0])
     if x is None:
         return 0
     if op == "ConvTranspose":

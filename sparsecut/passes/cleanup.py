@@ -17,7 +17,7 @@ from onnx_ir.passes.common import (
     TopologicalSortPass,
 )
 
-__all__ = ["CleanupPass"]
+__all__ = ["CleanupPass", "unread_initializers"]
 
 _SUBGRAPHS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
 
@@ -46,6 +46,12 @@ class _Work:
     out_of_order: bool
 
 
+def unread_initializers(graph: ir.Graph) -> list[str]:
+    """Initializers no node reads and the graph neither outputs nor takes as an input (what a fold replaced)."""
+    outputs, inputs = frozenset(graph.outputs), frozenset(graph.inputs)
+    return [name for name, v in graph.initializers.items() if not v.uses() and v not in outputs and v not in inputs]
+
+
 def _look(model: ir.Model) -> _Work:
     """What the cleanup passes would find to do; everything when the graph has subgraphs or functions."""
     graph = model.graph
@@ -69,7 +75,6 @@ def _look(model: ir.Model) -> _Work:
         domains.add(node.domain)
     if nested or model.functions:
         return _Work(True, True, True, True)
-    graph_inputs = frozenset(graph.inputs)
-    unused |= any(not v.uses() and v not in outputs and v not in graph_inputs for v in graph.initializers.values())
+    unused |= bool(unread_initializers(graph))
     opsets = bool(set(model.opset_imports) - domains)
     return _Work(identities, unused, opsets, out_of_order)

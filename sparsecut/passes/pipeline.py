@@ -28,6 +28,7 @@ from sparsecut.modelfile import (
     without_added_shapes,
 )
 from sparsecut.passes.channels import DeadChannelAnalysis
+from sparsecut.passes.cleanup import unread_initializers
 from sparsecut.passes.dead_channels import prepare_for_analysis
 from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
 from sparsecut.passes.gate import (
@@ -221,7 +222,8 @@ def _transform(
     reports += (
         run_passes(model, names[1:], options, ran=names[:1]) if folds_first else run_passes(model, names, options)
     )
-    _drop_unread_initializers(model)  # a fold's leftovers, whichever passes ran (cleanup may not be among them)
+    for name in unread_initializers(model.graph):  # a fold's leftovers, whichever passes ran (cleanup may not have)
+        del model.graph.initializers[name]
     if not options.keep_stack_traces:
         drop_stack_traces(model)
     model.metadata_props[METADATA_PREFIX + "optimize.passes"] = ",".join(names)
@@ -244,14 +246,6 @@ def _transform(
     after = count_costs(model)
     gate = (reference, candidate) if reference is not None and candidate is not None else ()
     return _Transformed(feeds, before, after, reports, lost, gate, reference_file, notes)
-
-
-def _drop_unread_initializers(model: ir.Model) -> None:
-    """Initializers no node reads and the graph does not output: what a fold replaced (BatchNorm's statistics)."""
-    graph = model.graph
-    for name, value in list(graph.initializers.items()):
-        if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
-            del graph.initializers[name]
 
 
 def _enforce_two_four(

@@ -16,10 +16,12 @@ it carries); the sums are shown beside the end-to-end p50s so that what the per-
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import onnx_ir as ir
 
+from sparsecut.cost import dims_at_batch_one
 from sparsecut.errors import TargetError
 from sparsecut.report import LatencyReport, LayerDiff, LayerDiffReport, LayerTime
 from sparsecut.targets.environment import cpu_vector_extensions
@@ -126,7 +128,7 @@ def _layer_shapes(model: ir.Model) -> dict[str, _Shape]:
         if node.op_type not in _WEIGHTED or len(node.inputs) < 2:
             continue
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        dims = [_dims(v) for v in (x, w, y)]
+        dims = [dims_at_batch_one(v) for v in (x, w, y)]
         channels_in = channels_out = None
         if node.op_type.startswith("Conv") and dims[1] is not None and len(dims[1]) >= 2:
             groups = node.attributes.get_int("group", 1)
@@ -138,7 +140,7 @@ def _layer_shapes(model: ir.Model) -> dict[str, _Shape]:
             channels_in, channels_out = (dims[1][1], dims[1][0]) if trans else (dims[1][0], dims[1][1])
         size = None
         if all(d is not None for d in dims):
-            size = 4 * sum(_product(d) for d in dims if d is not None)
+            size = 4 * sum(math.prod(d) for d in dims if d is not None)
         shapes[node.name or ""] = _Shape(channels_in, channels_out, size)
     return shapes
 
@@ -176,16 +178,3 @@ def _load(path: Path) -> ir.Model:
     if Path(path).suffix != ".onnx":
         raise TargetError(f"{path}: the per-layer view before → after needs the ONNX files (their shapes, names)")
     return load_model(Path(path))
-
-
-def _dims(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.shape is None:
-        return None
-    return [d if isinstance(d, int) else 1 for d in value.shape.dims]
-
-
-def _product(dims: list[int]) -> int:
-    result = 1
-    for d in dims:
-        result *= d
-    return result
