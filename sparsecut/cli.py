@@ -107,11 +107,22 @@ TargetsOption = Annotated[
 DeviceOption = Annotated[
     str, typer.Option(callback=_one_of("CPU", "GPU", "NPU", "AUTO"), help="--target openvino: CPU, GPU, NPU or AUTO.")
 ]
+
+
+def _int8_format(value: str) -> str:
+    from sparsecut.quantization import FORMATS
+
+    if value and value not in FORMATS:
+        raise typer.BadParameter(f"unknown format {value!r}; known: {', '.join(FORMATS)}")
+    return value
+
+
 Int8FormatOption = Annotated[
     str,
     typer.Option(
+        callback=_int8_format,
         help="int8 format: u8s8, u8s8-reduce-range, s8s8, trt-s8 (default: the target's best on this machine; with "
-        "optimize --target, each of the target's formats is timed and the fastest written)."
+        "optimize --target, each of the target's formats is timed and the fastest written).",
     ),
 ]
 HintOption = Annotated[
@@ -345,12 +356,8 @@ def optimize(
         keep_stack_traces=keep_stack_traces,
         int8_format=int8_format,
     )
-    if int8_format:
-        from sparsecut.quantization import int8_format as known_format
-
-        known_format(int8_format)
-        if precision != "int8":
-            raise UsageError("--int8-format: only used with --precision int8")
+    if int8_format and precision != "int8":
+        raise UsageError("--int8-format: only used with --precision int8")
     if calibration is not None and precision != "int8":
         raise UsageError("--calibration: only used with --precision int8")
     _require(model, data, calibration)
@@ -617,12 +624,8 @@ def build(
 
     if calibration is not None and precision != "int8":
         raise UsageError("--calibration: only used with --precision int8")
-    if int8_format:
-        from sparsecut.quantization import int8_format as known_format
-
-        known_format(int8_format)
-        if precision != "int8":
-            raise UsageError("--int8-format: only used with --precision int8")
+    if int8_format and precision != "int8":
+        raise UsageError("--int8-format: only used with --precision int8")
     batches = _batch_range(batch)
     _require(model, calibration)
     with OutputPlan([model, calibration]) as plan:

@@ -86,16 +86,21 @@ def optimize_measured(
             for v, name in zip(timed, ("input", *staged), strict=True)
         ]
         best = min(variants[1:], key=lambda v: v.p50_ms)
-        written, int8_pays = staged[best.name], None
+        written, fp32_file, int8_pays = staged[best.name], None, None
         formats: list[MeasuredVariant] = []
         if choose_format:
             chosen = candidates[best.name]
-            written, formats, reports[best.name] = _choose_format(source, Path(tmp), output, chosen, tuning)
+            written, fp32_file, formats, reports[best.name] = _choose_format(
+                source, Path(tmp), output, chosen, tuning, (staged[best.name], reports[best.name]), fp32_twin
+            )
             fastest = min(formats[1:], key=lambda v: v.p50_ms)
             int8_pays = fastest.speedup.low > 1.0  # formats[0] is fp32: every speedup is against it
         publish(written, output)
         if fp32_twin is not None and options.precision != "fp32":
-            optimize_model(source, fp32_twin, dataclasses.replace(candidates[best.name], precision="fp32"))
+            if fp32_file is not None:  # the format round made it already
+                publish(fp32_file, fp32_twin)
+            else:
+                optimize_model(source, fp32_twin, dataclasses.replace(candidates[best.name], precision="fp32"))
     pays = best.speedup.low > 1.0
     verdict = (
         f"{best.name} written: {best.speedup.describe()} faster than the input"
@@ -130,21 +135,33 @@ def optimize_measured(
 
 
 def _choose_format(
-    source: Path, folder: Path, output: Path, options: OptimizeOptions, tuning: Tuning
-) -> tuple[Path, list[MeasuredVariant], OptimizeReport]:
+    source: Path,
+    folder: Path,
+    output: Path,
+    options: OptimizeOptions,
+    tuning: Tuning,
+    built: tuple[Path, OptimizeReport],
+    fp32_twin: Path | None,
+) -> tuple[Path, Path, list[MeasuredVariant], OptimizeReport]:
     """The lean graph of `options` in fp32 and in each int8 format of the target, timed interleaved (fp32 first,
-    every speedup against it); returns the fastest int8 file, the timings and its report."""
+    every speedup against it). `built`: the graph already written in `options`' format (the target's first); the
+    fp32 one is staged under `fp32_twin`'s name, where it goes. Returns the fastest int8 file, the fp32 file, the timings and the fastest one's report."""
+    first = f"int8 {options.int8_format}"
     staged: dict[str, Path] = {}
     reports: dict[str, OptimizeReport] = {}
     for name, variant in (("fp32", dataclasses.replace(options, precision="fp32", int8_format="")),
                           *((f"int8 {f}", dataclasses.replace(options, int8_format=f)) for f in tuning.int8_formats)):  # fmt: skip
+        if name == first:
+            staged[name], reports[name] = built
+            continue
         (folder / f"format-{len(staged)}").mkdir()
-        staged[name] = folder / f"format-{len(staged)}" / output.name
+        file_name = fp32_twin.name if name == "fp32" and fp32_twin is not None else output.name
+        staged[name] = folder / f"format-{len(staged)}" / file_name
         reports[name] = optimize_model(source, staged[name], variant)
     timed = tuning.compare(list(staged.values()))
     variants = [dataclasses.replace(v, name=name, model=name) for v, name in zip(timed, staged, strict=True)]
     fastest = min(variants[1:], key=lambda v: v.p50_ms)
-    return staged[fastest.name], variants, reports[fastest.name]
+    return staged[fastest.name], staged["fp32"], variants, reports[fastest.name]
 
 
 def _plan(source: Path, names: list[str], options: OptimizeOptions, table: LatencyTable, tuning: Tuning) -> CountPlan:
