@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,6 +30,10 @@ from sparsecut.opsets import MAX_OPSET, MIN_OPSET
 from sparsecut.outputs import OutputPlan
 from sparsecut.passes.registry import DEFAULT_PASSES, PASSES
 from sparsecut.report import OptimizeReport, Report, write_json
+
+if TYPE_CHECKING:
+    from sparsecut.calibration import Calibration
+    from sparsecut.passes.drift import DriftBound
 
 __all__ = ["app", "main"]
 
@@ -136,6 +140,119 @@ ProviderOption = Annotated[
     str, typer.Option(callback=_one_of("cpu", "cuda", "tensorrt"), help="onnxruntime execution provider.")
 ]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")]
+
+# int8 calibration and accuracy (optimize, build): see sparsecut/calibration.py and passes/drift.py
+CalibrationOption = Annotated[
+    Path | None,
+    typer.Option(help="int8 calibration samples: .npz, a folder of .npy/.npz, or a folder of images (then state "
+                 "--mean/--std or --data-config)."),
+]  # fmt: skip
+MethodOption = Annotated[
+    str,
+    typer.Option(callback=_one_of("minmax", "entropy", "percentile"), help="int8 calibrator (onnxruntime's)."),
+]
+SamplesOption = Annotated[int | None, typer.Option(min=1, help="int8: samples to calibrate on (default: up to 256).")]
+HeldOutOption = Annotated[
+    int | None, typer.Option(min=1, help="int8: samples held out to judge accuracy (default: a fifth, up to 100).")
+]
+ImageSizeOption = Annotated[str | None, typer.Option(help="Calibration images resized to H[,W].")]
+ResizeOption = Annotated[
+    str | None,
+    typer.Option(callback=lambda v: v and _one_of("crop", "squash")(v),
+                 help="crop (default): shorter side to size/crop-pct, centre crop (timm); squash: straight to H×W."),
+]  # fmt: skip
+CropPctOption = Annotated[
+    float | None, typer.Option(min=0.05, max=1.0, help="--resize crop: crop fraction (default 0.875).")
+]
+InterpolationOption = Annotated[
+    str | None,
+    typer.Option(callback=lambda v: v and _one_of("nearest", "bilinear", "bicubic", "lanczos")(v),
+                 help="Resize filter (default bilinear)."),
+]  # fmt: skip
+MeanOption = Annotated[
+    str | None, typer.Option(help="Calibration images: per-channel mean of p/255, e.g. 0.485,0.456,0.406.")
+]
+StdOption = Annotated[
+    str | None, typer.Option(help="Calibration images: per-channel std of p/255, e.g. 0.229,0.224,0.225.")
+]
+ChannelOrderOption = Annotated[
+    str, typer.Option(callback=_one_of("rgb", "bgr"), help="Calibration images: channel order the model takes.")
+]
+DataConfigOption = Annotated[
+    Path | None, typer.Option(help="timm-style data config JSON (input_size, mean, std, crop_pct, interpolation).")
+]
+KeepFp32Option = Annotated[str | None, typer.Option(help="int8: node or module names kept in fp32, comma-separated.")]
+MaxDriftOption = Annotated[
+    str | None,
+    typer.Option(help="int8: accuracy bound on held-out samples, 30dB (SQNR) or 1% (top-1 lost); the worst layers "
+                 "go back to fp32 until it holds."),
+]  # fmt: skip
+
+
+def _numbers(option: str, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{option}: {text!r} is not a comma-separated list of numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"{option}: {text!r}: every value must be finite")
+    return values
+
+
+def _calibration(
+    precision: str,
+    source: Path | None,
+    method: str,
+    samples: int | None,
+    held_out: int | None,
+    image_size: str | None,
+    resize: str | None,
+    crop_pct: float | None,
+    interpolation: str | None,
+    mean: str | None,
+    std: str | None,
+    channel_order: str,
+    data_config: Path | None,
+    keep_fp32: str | None,
+    max_drift: str | None,
+) -> tuple[Calibration, tuple[str, ...], DriftBound | None]:
+    """(Calibration, --keep-fp32 names, DriftBound or None) from the int8 options; they need --precision int8."""
+    from sparsecut.calibration import Calibration, ImagePreprocessing, preprocessing_from_config
+    from sparsecut.passes.drift import parse_drift_bound
+
+    given = {"--calibration": source, "--calibration-method": method != "minmax" or None,
+             "--calibration-samples": samples, "--held-out": held_out, "--image-size": image_size,
+             "--resize": resize, "--crop-pct": crop_pct, "--interpolation": interpolation,
+             "--channel-order": channel_order != "rgb" or None, "--mean": mean, "--std": std, "--data-config": data_config, "--keep-fp32": keep_fp32,
+             "--max-drift": max_drift}  # fmt: skip
+    if precision != "int8":
+        for option, value in given.items():
+            if value is not None:
+                raise UsageError(f"{option}: only used with --precision int8")
+    images = preprocessing_from_config(data_config) if data_config is not None else ImagePreprocessing()
+    if image_size is not None:
+        size = _numbers("--image-size", image_size)
+        if len(size) not in (1, 2) or not all(v >= 1 and v == int(v) for v in size):
+            raise InputError(f"--image-size: {image_size!r}: give H or H,W in pixels")
+        images = dataclasses.replace(images, size=(int(size[0]), int(size[-1])))
+    # given on the command line: over the data config's entries
+    images = dataclasses.replace(
+        images,
+        resize=resize or images.resize,
+        crop_pct=crop_pct or images.crop_pct,
+        interpolation=interpolation or images.interpolation,
+        channel_order=channel_order,
+    )
+    if mean is not None:
+        images = dataclasses.replace(images, mean=_numbers("--mean", mean))
+    if std is not None:
+        images = dataclasses.replace(images, std=_numbers("--std", std))
+    calibration = Calibration(source, images, method, samples, held_out)
+    keep = tuple(name.strip() for name in (keep_fp32 or "").split(",") if name.strip())
+    if keep_fp32 is not None and not keep:
+        raise InputError("--keep-fp32: name at least one node or module")
+    bound = parse_drift_bound(max_drift) if max_drift is not None else None
+    return calibration, keep, bound
 
 
 # --------------------------------------------------------------------------------------------------- export
@@ -313,7 +430,20 @@ def optimize(
     precision: Annotated[
         str, typer.Option(callback=_one_of("fp32", "fp16", "int8"), help="fp32, fp16 or int8.")
     ] = "fp32",
-    calibration: Annotated[Path | None, typer.Option(help="Calibration inputs for int8 (.npz or folder).")] = None,
+    calibration: CalibrationOption = None,
+    calibration_method: MethodOption = "minmax",
+    calibration_samples: SamplesOption = None,
+    held_out: HeldOutOption = None,
+    image_size: ImageSizeOption = None,
+    resize: ResizeOption = None,
+    crop_pct: CropPctOption = None,
+    interpolation: InterpolationOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    channel_order: ChannelOrderOption = "rgb",
+    data_config: DataConfigOption = None,
+    keep_fp32: KeepFp32Option = None,
+    max_drift: MaxDriftOption = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the equivalence gate (loudly).")] = False,
     target: Annotated[
         str | None,
@@ -341,6 +471,9 @@ def optimize(
     --target, channel counts are chosen by latency measured there, and the candidates are timed end to end."""
     from sparsecut.passes import OptimizeOptions, optimize_model
 
+    calibrating, keep, bound = _calibration(precision, calibration, calibration_method, calibration_samples, held_out,
+                                            image_size, resize, crop_pct, interpolation, mean, std, channel_order,
+                                            data_config, keep_fp32, max_drift)  # fmt: skip
     options = OptimizeOptions(
         passes=tuple(p.strip() for p in passes.split(",") if p.strip()),
         align=align,
@@ -349,7 +482,9 @@ def optimize(
         verify=not no_verify,
         data=data,
         precision=precision,
-        calibration=calibration,
+        calibration=calibrating,
+        keep_fp32=keep,
+        max_drift=bound,
         enforce_2to4=enforce_2to4,
         min_channels=min_channels,
         permutation_budget=permutation_budget,
@@ -358,14 +493,12 @@ def optimize(
     )
     if int8_format and precision != "int8":
         raise UsageError("--int8-format: only used with --precision int8")
-    if calibration is not None and precision != "int8":
-        raise UsageError("--calibration: only used with --precision int8")
-    _require(model, data, calibration)
+    _require(model, data, calibration, data_config)
     if no_verify:
         error_console.print(
             "[bold red]warning:[/bold red] --no-verify: the output is NOT checked against the input graph"
         )
-    with OutputPlan([model, data, calibration]) as plan:
+    with OutputPlan([model, data, calibration, data_config]) as plan:
         staged = plan.file(output, "--output", model=True)
         staged_json = plan.file(json_path, "--json") if json_path else None
         if target is None:
@@ -523,14 +656,7 @@ def _render_optimize(report: object, inspecting: bool = False) -> None:
         if not pruned:
             console.print("  [yellow]no layer was eligible; nothing pruned[/yellow]")
     if report.precision is not None:
-        p = report.precision
-        agreement = f", top-1 agreement {100 * p.top1_agreement:.1f} %" if p.top1_agreement is not None else ""
-        console.print(
-            f"[bold]{p.precision}[/bold] on {p.calibration}: drift vs fp32 max abs {p.max_abs_error:.3g}, "
-            f"mean abs {p.mean_abs_error:.3g}{agreement} (not gated: precision changes the numbers by design)"
-        )
-        for note in p.notes:
-            console.print(f"  [yellow]{note}[/yellow]")
+        _render_precision(report.precision)
     if report.decision is not None:
         _render_decision(report.decision)
     if report.output is None:
@@ -543,6 +669,45 @@ def _render_optimize(report: object, inspecting: bool = False) -> None:
         )
     else:
         console.print(f"[bold red]NOT verified[/bold red] (--no-verify) → {report.output}")
+
+
+def _render_precision(p: object, layers_shown: int = 10) -> None:
+    """The drift a precision conversion caused: per output, and the quantized layers that lost most."""
+    from sparsecut.report import PrecisionReport
+
+    assert isinstance(p, PrecisionReport)
+    db = lambda v: "exact" if v is None else f"{v:.1f}"  # noqa: E731
+    how = f", {p.format}, {p.method} calibration" if p.format else ""
+    console.print(
+        f"[bold]{p.precision}[/bold]{how} on {escape(p.calibration)}: drift vs fp32 on {p.held_out} held-out "
+        "sample(s) (not gated: precision changes the numbers by design)"
+    )
+    outputs = Table(title_justify="left")
+    for column in ("output", "max abs", "mean abs", "cosine", "SQNR dB", "top-1 agreement"):
+        outputs.add_column(column, justify="left" if column == "output" else "right")
+    for o in p.outputs:
+        top1 = "-" if o.top1_agreement is None else f"{100 * o.top1_agreement:.1f} %"
+        outputs.add_row(o.name, f"{o.max_abs_error:.3g}", f"{o.mean_abs_error:.3g}", f"{o.cosine:.5f}",
+                        db(o.sqnr_db), top1)  # fmt: skip
+    console.print(outputs)
+    if p.layers:
+        shown = p.layers[:layers_shown]
+        layers = Table(title=f"quantized layers that lose most ({len(shown)} of {len(p.layers)}; all in --json)",
+                       title_justify="left")  # fmt: skip
+        for column in ("node", "module", "op", "input SQNR dB", "output SQNR dB", "lost dB"):
+            layers.add_column(column, justify="right" if "dB" in column else "left")
+        for layer in shown:
+            layers.add_row(layer.node, layer.module or "-", layer.op, db(layer.input_sqnr_db), db(layer.sqnr_db),
+                           f"{layer.loss_db:.1f}")  # fmt: skip
+        console.print(layers)
+    if p.kept_fp32:
+        fallback = f" ({len(p.fallback)} put back by --max-drift)" if p.fallback else ""
+        shown_kept = ", ".join(p.kept_fp32[:8]) + (" …" if len(p.kept_fp32) > 8 else "")
+        console.print(f"kept in fp32: {len(p.kept_fp32)} layer(s){fallback}: {shown_kept}")
+    if p.bound:
+        console.print(f"--max-drift: {p.bound}")
+    for note in p.notes:
+        console.print(f"  [yellow]{escape(note)}[/yellow]")
 
 
 def _render_decision(decision: object) -> None:
@@ -604,9 +769,20 @@ def build(
     hint: HintOption = "latency",
     int8_format: Int8FormatOption = "",
     surgery: Annotated[str | None, typer.Option(help="MODULE:FUNCTION on a gs.Graph, applied before build.")] = None,
-    calibration: Annotated[
-        Path | None, typer.Option(help="Calibration inputs when int8 needs the graph quantized.")
-    ] = None,
+    calibration: CalibrationOption = None,
+    calibration_method: MethodOption = "minmax",
+    calibration_samples: SamplesOption = None,
+    held_out: HeldOutOption = None,
+    image_size: ImageSizeOption = None,
+    resize: ResizeOption = None,
+    crop_pct: CropPctOption = None,
+    interpolation: InterpolationOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    channel_order: ChannelOrderOption = "rgb",
+    data_config: DataConfigOption = None,
+    keep_fp32: KeepFp32Option = None,
+    max_drift: MaxDriftOption = None,
     measure: Annotated[
         bool,
         typer.Option("--measure/--no-measure", help="Remove dead channels left in the graph first, counts measured."),
@@ -619,16 +795,18 @@ def build(
 ) -> None:
     """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs). Dead channels still
     in the graph are removed first, with channel counts measured on the target (`--no-measure`: built as given)."""
+    from sparsecut.passes.precision import PrecisionOptions
     from sparsecut.targets import BuildOptions, get_target
     from sparsecut.workflow import build_for_target, side_file
 
-    if calibration is not None and precision != "int8":
-        raise UsageError("--calibration: only used with --precision int8")
+    calibrating, keep, bound = _calibration(precision, calibration, calibration_method, calibration_samples, held_out,
+                                            image_size, resize, crop_pct, interpolation, mean, std, channel_order,
+                                            data_config, keep_fp32, max_drift)  # fmt: skip
     if int8_format and precision != "int8":
         raise UsageError("--int8-format: only used with --precision int8")
     batches = _batch_range(batch)
-    _require(model, calibration)
-    with OutputPlan([model, calibration]) as plan:
+    _require(model, calibration, data_config)
+    with OutputPlan([model, calibration, data_config]) as plan:
         for suffix in get_target(target).artifact_companions:  # planned first: in place before the artifact
             plan.file(output.with_suffix(suffix), "--output")
         staged = plan.file(output, "--output", model=output.suffix == ".onnx")
@@ -668,13 +846,12 @@ def build(
             tuning = tuning_for(target, batch=batches[1], provider=provider, device=device, table=lut,
                                 budget=tune_budget, build=BuildOptions(sparsity=sparsity, device=device))  # fmt: skip
         with console.status(f"building {model} for {target} …"):
-            report, converted = build_for_target(model, staged, target, options, calibration, tuning, sides)
+            converting = PrecisionOptions(calibration=calibrating, keep_fp32=keep, max_drift=bound)
+            report, converted = build_for_target(model, staged, target, options, converting, tuning, sides)
         report = _finish(plan, report, staged_json)
     if converted is not None:
-        console.print(
-            f"the graph was converted to {converted.precision} first (on {converted.calibration}): drift vs fp32 "
-            f"max abs {converted.max_abs_error:.3g}, mean abs {converted.mean_abs_error:.3g}"
-        )
+        console.print(f"the graph was converted to {converted.precision} first:")
+        _render_precision(converted)
     table = Table(title=f"build: {report.source} → {report.artifact}", show_header=False, title_justify="left")
     for name, value in (("target", report.target), ("precision", report.precision), ("sparsity", str(report.sparsity)),
                         ("build time", f"{report.seconds:.1f} s"), *(("note", n) for n in report.notes),

@@ -25,12 +25,14 @@ __all__ = [
     "LayerCost",
     "LayerDiff",
     "LayerDiffReport",
+    "LayerDrift",
     "LayerTime",
     "MeasuredDecision",
     "MeasuredVariant",
     "ModelCost",
     "OptimizeReport",
     "OutputCheck",
+    "OutputDrift",
     "PassReport",
     "PrecisionReport",
     "Report",
@@ -253,17 +255,48 @@ class EnforcedLayer(Report):
 
 
 @dataclasses.dataclass(frozen=True)
+class OutputDrift(Report):
+    """One output of a converted graph against the fp32 graph, on the held-out samples."""
+
+    name: str
+    max_abs_error: float
+    mean_abs_error: float
+    cosine: float  # of the flattened outputs
+    sqnr_db: float | None  # 10·log10(Σ a² / Σ (a − b)²); None: bit-exact
+    top1_agreement: float | None  # class scores (N×K): share of samples whose argmax survived
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerDrift(Report):
+    """One quantized layer's output against its fp32 twin, on the held-out samples."""
+
+    node: str
+    op: str
+    module: str  # the PyTorch module it came from, where the graph tells
+    sqnr_db: float | None  # of the value the next layers read; None: bit-exact
+    input_sqnr_db: float | None  # of the input it reads (the worst, for two activations)
+    loss_db: float  # input SQNR − output SQNR: what this layer's rounding added (0 when both are exact)
+
+
+@dataclasses.dataclass(frozen=True)
 class PrecisionReport(Report):
     """A precision conversion (exempt from the equivalence gate by design) and the drift it caused."""
 
     precision: str
     calibration: str
-    samples: int
+    samples: int  # calibrating
     max_abs_error: float
     mean_abs_error: float
     top1_agreement: float | None  # share of samples whose argmax survived (classifiers)
     notes: list[str] = dataclasses.field(default_factory=list)
     format: str = ""  # int8: the format written (sparsecut/quantization.py)
+    held_out: int = 0  # samples the drift is measured on, never calibrated on
+    method: str = ""  # int8: the calibrator (minmax, entropy, percentile)
+    outputs: list[OutputDrift] = dataclasses.field(default_factory=list)
+    layers: list[LayerDrift] = dataclasses.field(default_factory=list)  # int8: worst loss first
+    kept_fp32: list[str] = dataclasses.field(default_factory=list)  # int8: nodes left in fp32 (asked or fallen back)
+    fallback: list[str] = dataclasses.field(default_factory=list)  # of those, put back by --max-drift, in order
+    bound: str = ""  # --max-drift, as stated, and whether it holds
 
 
 @dataclasses.dataclass(frozen=True)

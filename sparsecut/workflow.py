@@ -11,6 +11,7 @@ from sparsecut.exporter import ExportOptions, export_checkpoint
 from sparsecut.modelfile import atomic_write_text, graph_precision
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.measured import Tuning, optimize_measured
+from sparsecut.passes.precision import PrecisionOptions
 from sparsecut.report import BuildReport, PrecisionReport, RunReport, write_json
 from sparsecut.targets import BuildOptions, ProfileOptions, Target, compare_runs, get_target
 from sparsecut.targets.noise import speedup
@@ -188,7 +189,7 @@ def build_for_target(
     output: Path,
     target_name: str,
     options: BuildOptions,
-    calibration: Path | None = None,
+    converting: PrecisionOptions | None = None,
     tuning: Tuning | None = None,
     sides: dict[str, Path] | None = None,
 ) -> tuple[BuildReport, PrecisionReport | None]:
@@ -201,10 +202,12 @@ def build_for_target(
       and the graph lacks it, the to-fp16 / quantize-int8 pass runs first and its graph is saved beside the
       artifact (`side_file(output, "fp16" / "int8")`).
 
+    `converting`: how (calibration, --keep-fp32, --max-drift); its precision and format are the build's.
     `sides`: where those go, by kind, when the caller planned them (the CLI stages them with the artifact)."""
-    from sparsecut.passes.precision import PrecisionOptions, convert_precision
+    from sparsecut.passes.precision import convert_precision
 
     model, output = Path(model), Path(output)
+    calibration = converting.calibration.source if converting is not None else None
     sides = dict(sides or {})
     target = get_target(target_name)
     notes = []
@@ -225,7 +228,8 @@ def build_for_target(
     ):
         prepared = sides.get(wanted) or side_file(output, wanted, [model, calibration])
         int8_format = options.int8_format or target.int8_formats(options)[0]
-        converted = convert_precision(model, prepared, PrecisionOptions(wanted, calibration, int8_format=int8_format))
+        how = dataclasses.replace(converting or PrecisionOptions(), precision=wanted, int8_format=int8_format)
+        converted = convert_precision(model, prepared, how)
         model = prepared
     _, report = target.build(model, output, options)
     return dataclasses.replace(report, notes=[*notes, *report.notes]), converted

@@ -14,6 +14,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
+from sparsecut.calibration import Calibration
 from sparsecut.cost import count_costs, count_params
 from sparsecut.errors import GraphError, VerificationError
 from sparsecut.gctools import PausedCollector
@@ -30,6 +31,7 @@ from sparsecut.modelfile import (
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.cleanup import unread_initializers
 from sparsecut.passes.dead_channels import prepare_for_analysis
+from sparsecut.passes.drift import DriftBound
 from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
 from sparsecut.passes.gate import (
     BackgroundRuns,
@@ -67,7 +69,11 @@ class OptimizeOptions:
     enforce_2to4: bool = False  # after the gate: changes the model (see enforce_two_four.py)
     min_channels: int = 64
     permutation_budget: float = 0.5  # seconds per channel space for enforce-2to4's reorder search; 0 turns it off
-    calibration: Path | None = None
+    calibration: Calibration = dataclasses.field(
+        default_factory=Calibration
+    )  # --precision int8: samples, preprocessing, calibrator
+    keep_fp32: tuple[str, ...] = ()  # --precision int8: node or module names left in fp32
+    max_drift: DriftBound | None = None  # --precision int8: layers go back to fp32 until it holds
     counts: tuple[tuple[str, int], ...] = ()  # measured decisions: (space, channels kept), replacing align there
     keep_stack_traces: bool = False  # the exporter's per-node Python stack traces (its machine's file paths)
     int8_format: str = ""  # --precision int8: sparsecut/quantization.py's format; "": this CPU's for onnxruntime
@@ -149,7 +155,12 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
                 current,
                 converted,
                 PrecisionOptions(
-                    options.precision, options.calibration, seed=options.seed, int8_format=options.int8_format
+                    options.precision,
+                    options.calibration,
+                    seed=options.seed,
+                    int8_format=options.int8_format,
+                    keep_fp32=options.keep_fp32,
+                    max_drift=options.max_drift,
                 ),
             )
             current = converted

@@ -1,34 +1,40 @@
 """to-fp16 and quantize-int8: put precision into the graph, as TensorRT 11 (strongly typed) and onnxruntime need it.
 
-- quantize-int8: onnxruntime's static QDQ quantization — symmetric int8 activations and per-channel symmetric int8
-  weights, Q/DQ on the inputs of convs and matmuls and none on biases (the placement TensorRT fuses), calibrated
-  on the user's real inputs (`--calibration` .npz or a folder of .npy/.npz), or on random data with a loud warning.
+- quantize-int8: onnxruntime's static QDQ quantizer in the format the target runs fast (sparsecut/quantization.py:
+  types, range, placement), per-channel weights, biases in fp32, calibrated with onnxruntime's own calibrator
+  (minmax, entropy or percentile) on the user's samples (sparsecut/calibration.py: arrays or images with stated
+  preprocessing) — or on random data, loudly. Nodes named by `--keep-fp32` (node or module names) stay fp32.
 - to-fp16: onnxruntime's float16 converter with fp32 inputs/outputs (I/O casts) and numerically sensitive ops
   kept in fp32.
 These change what the model computes by design, so they are exempt from the equivalence gate; instead the drift
-against the fp32 graph is measured on the calibration data and reported (max/mean abs error, top-1 agreement).
+against the fp32 graph is measured on samples held out from calibration (passes/drift.py: per output, and per
+quantized layer for int8). With `--max-drift`, while the bound does not hold the layer whose rounding lost most
+goes back to fp32, one at a time (the calibration ranges are computed once); if the bound holds only with every
+layer in fp32, or no layer is left to put back, nothing is written and the report says why.
 The 2:4 labels are applied again afterwards (annotate-2to4 looks through DequantizeLinear).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from sparsecut.checking import checking_session
+from sparsecut.calibration import Calibration, CalibrationSet, calibration_set
 from sparsecut.cpu import cpu_vector_extensions
 from sparsecut.errors import GraphError, InputError
-from sparsecut.feeds import input_specs, read_arrays, synthetic_inputs
 from sparsecut.logs import quieted
+from sparsecut.passes.drift import DriftBound, measure_drift
 from sparsecut.quantization import Int8Format, cpu_int8_formats, int8_format
-from sparsecut.report import PrecisionReport
+from sparsecut.report import LayerDrift, OutputDrift, PrecisionReport
 
-__all__ = ["FP16_BLOCKED_OPS", "PrecisionOptions", "convert_precision", "load_calibration"]
+__all__ = ["FP16_BLOCKED_OPS", "PrecisionOptions", "convert_precision", "nodes_named"]
 
 log = logging.getLogger(__name__)
 
@@ -39,51 +45,62 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
 @dataclasses.dataclass(frozen=True)
 class PrecisionOptions:
     precision: str = "fp32"  # fp32 | fp16 | int8
-    calibration: Path | None = None
-    random_samples: int = 16  # calibration samples when no data is given (int8 then warns loudly)
+    calibration: Calibration = dataclasses.field(default_factory=Calibration)
     fp16_blocked_ops: tuple[str, ...] = FP16_BLOCKED_OPS
     seed: int = 0
     int8_format: str = ""  # see sparsecut/quantization.py; "": this CPU's best for onnxruntime, the default target
-
-
-def load_calibration(path: Path, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-    """Samples (batch 1 each) from an .npz (arrays by input name, first axis = samples) or a folder of .npy/.npz,
-    every array checked against the model's inputs (names, dtypes, shapes, finite values)."""
-    path = Path(path)
-    specs = input_specs(model)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
-        if not files:
-            raise InputError(f"{path}: calibration folder holds no .npy or .npz files")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise InputError(f"{path}: no such calibration file or folder")
-    samples = []
-    for file in files:
-        batch = read_arrays(file, specs, "--calibration")
-        count = len(next(iter(batch.values())))
-        samples += [{name: array[i : i + 1] for name, array in batch.items()} for i in range(count)]
-    return samples
-
-
-def _random_samples(model: onnx.ModelProto, count: int, seed: int, source: Path) -> list[dict[str, np.ndarray]]:
-    specs = input_specs(model)
-    return [synthetic_inputs(specs, 1, seed + i, source) for i in range(count)]
+    keep_fp32: tuple[str, ...] = ()  # int8: node or module names left in fp32
+    max_drift: DriftBound | None = None  # int8: layers go back to fp32 until it holds
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over a list of samples."""
+    """onnxruntime's CalibrationDataReader protocol over a list of samples, read in strides (`set_range`)."""
 
-    def __init__(self, samples: list[dict[str, np.ndarray]]) -> None:
-        self._samples = iter(samples)
+    def __init__(self, samples: Sequence[dict[str, np.ndarray]]) -> None:
+        self._all = list(samples)
+        self._samples = iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._samples = iter(self._all[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._samples, None)
 
 
+def _stride(count: int, most: int = 16) -> int:
+    """The samples run per calibration step: onnxruntime keeps every intermediate tensor of a step in memory and
+    merges the ranges after it; its stride must divide the sample count."""
+    return max(d for d in range(1, min(count, most) + 1) if count % d == 0)
+
+
+def nodes_named(model: onnx.ModelProto, names: Sequence[str], source: Path) -> list[str]:
+    """The node names `--keep-fp32` means: each entry a node's name, or a PyTorch module's (all its nodes)."""
+    import onnx_ir as ir
+
+    from sparsecut.layer_names import module_names
+
+    nodes = [n.name for n in model.graph.node]
+    by_module: dict[str, list[str]] = {}
+    for node, module in module_names(ir.from_proto(model)).items():
+        by_module.setdefault(module, []).append(node)
+    chosen: list[str] = []
+    for name in names:
+        found = [name] if name in nodes else by_module.get(name, [])
+        if not found:
+            raise InputError(
+                f"--keep-fp32: no node or module named {name!r} in {source} (names as `sparsecut inspect` and the "
+                "per-layer table show them, e.g. node_Conv_17 or layer1.0.conv1)"
+            )
+        chosen += [n for n in found if n not in chosen]
+    return chosen
+
+
 def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> PrecisionReport:
-    """Write `source` converted to `options.precision` at `output` (atomically) and measure the drift."""
+    """Write `source` converted to `options.precision` at `output` (atomically) and measure the drift on the
+    held-out samples."""
     from sparsecut.modelfile import atomic_write_bytes, check_output_path
 
     source, output = Path(source), Path(output)
@@ -93,51 +110,114 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
         raise GraphError(
             f"{source}: the model is already quantized (it has Q/DQ or integer ops); refusing to quantize twice"
         )
+    if options.precision not in ("fp16", "int8"):
+        raise GraphError(f"unknown precision {options.precision!r}; known: fp32, fp16, int8")
+    keep = nodes_named(model, options.keep_fp32, source) if options.precision == "int8" else []
+    data = calibration_set(options.calibration, model, source, options.seed)
+    del model
     notes = []
-    if options.calibration is not None:
-        samples = load_calibration(options.calibration, model)
-        origin = str(options.calibration)
-    else:
-        samples = _random_samples(model, options.random_samples, options.seed, source)
-        origin = f"random normal ({len(samples)} samples)"
-        if options.precision == "int8":
-            log.warning("int8 calibration on RANDOM data: scales will not fit real inputs; pass --calibration")
-            notes.append("calibrated on random data: accuracy on real inputs is unknown — pass --calibration")
-    chosen = ""
+    if data.random and options.precision == "int8":
+        log.warning("int8 calibration on RANDOM data: scales will not fit real inputs; pass --calibration")
+        notes.append("calibrated on random data: accuracy on real inputs is unknown — pass --calibration")
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged = Path(tmp) / output.name
         if options.precision == "int8":
             fmt = int8_format(options.int8_format or cpu_int8_formats(cpu_vector_extensions())[0])
-            _quantize(source, staged, samples, fmt)
-            chosen = fmt.name
             notes.append(f"int8 format {fmt.describe()}")
-        elif options.precision == "fp16":
+            result = _quantize_within(source, staged, Path(tmp) / "ranges.json", data, fmt, keep, options)
+            outputs, layers, kept, fallback, bound = result
+        else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(options.fp16_blocked_ops))
+            half = convert_float_to_float16(
+                onnx.load(str(source)), keep_io_types=True, op_block_list=list(options.fp16_blocked_ops)
+            )
             onnx.save(half, str(staged))
             notes.append(f"kept in fp32: {', '.join(options.fp16_blocked_ops)}")
-        else:
-            raise GraphError(f"unknown precision {options.precision!r}; known: fp32, fp16, int8")
-        _relabel_two_four(staged)
-        max_abs, mean_abs, agreement = _drift(source, staged, samples)
+            _relabel_two_four(staged)
+            outputs, _ = measure_drift(source, staged, data.held_out)
+            layers, kept, fallback, bound = [], [], [], ""
         atomic_write_bytes(output, staged.read_bytes())
+    classes = [o.top1_agreement for o in outputs if o.top1_agreement is not None]
     return PrecisionReport(
         precision=options.precision,
-        calibration=origin,
-        samples=len(samples),
-        max_abs_error=max_abs,
-        mean_abs_error=mean_abs,
-        top1_agreement=agreement,
+        calibration=data.origin,
+        samples=len(data.calibrate),
+        max_abs_error=max((o.max_abs_error for o in outputs), default=0.0),
+        mean_abs_error=float(np.mean([o.mean_abs_error for o in outputs])) if outputs else 0.0,
+        top1_agreement=classes[0] if classes else None,
         notes=notes,
-        format=chosen,
+        format=fmt.name if options.precision == "int8" else "",
+        held_out=len(data.held_out),
+        method=options.calibration.method if options.precision == "int8" else "",
+        outputs=outputs,
+        layers=layers,
+        kept_fp32=kept,
+        fallback=fallback,
+        bound=bound,
     )
 
 
-def _quantize(source: Path, staged: Path, samples: list[dict[str, np.ndarray]], fmt: Int8Format) -> None:
-    """onnxruntime's static QDQ quantizer, with the format's types, range and placement."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+def _quantize_within(
+    source: Path,
+    staged: Path,
+    ranges: Path,
+    data: CalibrationSet,
+    fmt: Int8Format,
+    keep: list[str],
+    options: PrecisionOptions,
+) -> tuple[list[OutputDrift], list[LayerDrift], list[str], list[str], str]:
+    """Quantize, measure; while `options.max_drift` does not hold, put the layer that lost most back in fp32."""
+    kept, fallback = list(keep), list[str]()
+    bound = options.max_drift
+    while True:
+        _quantize(source, staged, data.calibrate, fmt, options.calibration.method, kept, ranges)
+        _relabel_two_four(staged)
+        outputs, layers = measure_drift(source, staged, data.held_out, layers=True)
+        if bound is None:
+            return outputs, layers, kept, fallback, ""
+        if bound.holds(outputs):
+            if not layers:
+                raise InputError(
+                    f"--max-drift: {bound.describe()} holds only with every layer in fp32 — that is the fp32 graph; "
+                    "write fp32 or loosen the bound (nothing written)"
+                )
+            held = f"{bound.describe()}: holds ({bound.shortfall(outputs)}"
+            held += f"; {len(fallback)} layer(s) put back in fp32)" if fallback else ")"
+            return outputs, layers, kept, fallback, held
+        losing = [layer for layer in layers if layer.loss_db > 0 and layer.node not in kept]
+        if not losing:
+            raise InputError(
+                f"--max-drift: {bound.describe()} not reached: {bound.shortfall(outputs)} with {len(kept)} layer(s) "
+                "in fp32 and no quantized layer left that loses accuracy (nothing written)"
+            )
+        log.info("--max-drift: %s; %s goes back to fp32", bound.shortfall(outputs), losing[0].node)
+        kept.append(losing[0].node)
+        fallback.append(losing[0].node)
 
+
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def _quantize(
+    source: Path,
+    staged: Path,
+    samples: Sequence[dict[str, np.ndarray]],
+    fmt: Int8Format,
+    method: str,
+    exclude: Sequence[str],
+    ranges: Path,
+) -> None:
+    """onnxruntime's static QDQ quantizer, with the format's types, range and placement. The calibration ranges are
+    kept in `ranges` (onnxruntime ≥ 1.32 reads them back) so that a second call with other nodes excluded does not
+    calibrate again."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    cached = (
+        {"calibration_cache_path": str(ranges)}
+        if "calibration_cache_path" in inspect.signature(quantize_static).parameters
+        else {}
+    )
     with quieted():  # onnxruntime's quantizer logs advice on the root logger; we report ourselves
         quantize_static(
             str(source),
@@ -149,11 +229,17 @@ def _quantize(source: Path, staged: Path, samples: list[dict[str, np.ndarray]], 
             reduce_range=fmt.reduce_range,
             activation_type=QuantType.QUInt8 if fmt.unsigned_activations else QuantType.QInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            calibrate_method=getattr(CalibrationMethod, _METHODS[method]),
             extra_options={
                 "ActivationSymmetric": not fmt.unsigned_activations,
                 "WeightSymmetric": True,
                 "QuantizeBias": False,
+                # ranges merged every few samples: memory stays flat (onnxruntime's CalibMaxIntermediateOutputs
+                # drops the samples it collected instead of merging them)
+                "CalibStridedMinMax": _stride(len(samples)),
             },
+            **cached,
         )
 
 
@@ -165,18 +251,3 @@ def _relabel_two_four(path: Path) -> None:
     model = ir.load(path)
     if AnnotateTwoFourPass()(model).modified:
         ir.save(model, path)
-
-
-def _drift(reference: Path, candidate: Path, samples: list[dict[str, np.ndarray]]) -> tuple[float, float, float | None]:
-    errors, agree, total = [], 0, 0
-    with checking_session(reference) as ref, checking_session(candidate) as got:
-        for sample in samples:
-            a = ref.run(None, sample)  # type: ignore[attr-defined]
-            b = got.run(None, sample)  # type: ignore[attr-defined]
-            for x, y in zip(a, b, strict=True):
-                errors.append(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).ravel())
-            if a[0].ndim == 2:  # a classifier: does the top-1 class survive?
-                agree += int(np.sum(np.argmax(a[0], axis=1) == np.argmax(b[0], axis=1)))
-                total += a[0].shape[0]
-    flat = np.concatenate(errors) if errors else np.zeros(1)
-    return float(flat.max()), float(flat.mean()), (agree / total if total else None)
