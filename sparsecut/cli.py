@@ -225,10 +225,10 @@ def _calibration(
              "--resize": resize, "--crop-pct": crop_pct, "--interpolation": interpolation,
              "--channel-order": channel_order != "rgb" or None, "--mean": mean, "--std": std, "--data-config": data_config, "--keep-fp32": keep_fp32,
              "--max-drift": max_drift}  # fmt: skip
-    if precision != "int8":
+    if precision not in ("int8", "best"):
         for option, value in given.items():
             if value is not None:
-                raise UsageError(f"{option}: only used with --precision int8")
+                raise UsageError(f"{option}: only used with --precision int8 or best")
     images = preprocessing_from_config(data_config) if data_config is not None else ImagePreprocessing()
     if image_size is not None:
         size = _numbers("--image-size", image_size)
@@ -428,7 +428,11 @@ def optimize(
         ),
     ] = 0.5,
     precision: Annotated[
-        str, typer.Option(callback=_one_of("fp32", "fp16", "int8"), help="fp32, fp16 or int8.")
+        str,
+        typer.Option(
+            callback=_one_of("fp32", "fp16", "int8", "best"),
+            help="fp32, fp16, int8, or best (with --target: the fastest that meets --max-drift, default 25dB).",
+        ),
     ] = "fp32",
     calibration: CalibrationOption = None,
     calibration_method: MethodOption = "minmax",
@@ -493,6 +497,8 @@ def optimize(
     )
     if int8_format and precision != "int8":
         raise UsageError("--int8-format: only used with --precision int8")
+    if precision == "best" and target is None:
+        raise UsageError("--precision best: needs --target (fp32, fp16 and int8 are measured there)")
     _require(model, data, calibration, data_config)
     if no_verify:
         error_console.print(
@@ -735,13 +741,16 @@ def _render_decision(decision: object) -> None:
         )
     console.print(end)
     if decision.formats:
-        formats = Table(title="the lean graph in fp32 and in each int8 format, interleaved", title_justify="left")
-        for column in ("format", "p50 ms", "speedup vs fp32 (95 % interval)"):
-            formats.add_column(column, justify="left" if column == "format" else "right")
-        fastest = min(decision.formats[1:], key=lambda v: v.p50_ms).name
+        formats = Table(title="the lean graph in each precision, interleaved", title_justify="left")
+        for column in ("precision", "p50 ms", "speedup vs fp32 (95 % interval)", "accuracy (held out)"):
+            formats.add_column(column, justify="right" if column == "p50 ms" else "left")
         for v in decision.formats:
+            name = v.name + (" (written)" if v.name == decision.precision_written else "")
+            if v.refused:
+                formats.add_row(name, "-", "refused, not timed", escape(v.refused))
+                continue
             ratio = "reference" if v.name == "fp32" else v.speedup.describe()
-            formats.add_row(v.name + (" (written)" if v.name == fastest else ""), f"{v.p50_ms:.3f}", ratio)
+            formats.add_row(name, f"{v.p50_ms:.3f}", ratio, escape(v.drift))
         console.print(formats)
     budget = "; the budget ran out (undecided spaces kept the fixed alignment)" if decision.budget_exhausted else ""
     console.print(

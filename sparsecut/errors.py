@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AccuracyError",
     "CheckpointError",
     "ExportError",
     "GraphError",
@@ -16,6 +17,10 @@ __all__ = [
 
 class SparsecutError(Exception):
     """Base class. The message is one line that names the file (or node, tensor) and what to do."""
+
+
+class AccuracyError(SparsecutError):
+    """A converted graph (int8, fp16) cannot meet the accuracy bound asked for (--max-drift)."""
 
 
 class CheckpointError(SparsecutError):

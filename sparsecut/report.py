@@ -331,10 +331,12 @@ class CountDecision(Report):
 
 @dataclasses.dataclass(frozen=True)
 class MeasuredVariant(Report):
-    name: str  # "input", "align N", "measured"
+    name: str  # "input", "align N", "measured"; the precision round: "fp32", "fp16", "int8 FORMAT"
     model: str
-    p50_ms: float
+    p50_ms: float  # nan when refused (not timed)
     speedup: Speedup  # p50 of the input / p50 of this one
+    drift: str = ""  # the precision round: accuracy on the held-out samples, in words
+    refused: str = ""  # the precision round: why it cannot be written (--max-drift), not timed then
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,6 +358,7 @@ class MeasuredDecision(Report):
     # --precision int8: the lean graph in each int8 format the target offers and in fp32, timed interleaved
     formats: list[MeasuredVariant] = dataclasses.field(default_factory=list)
     int8_pays: bool | None = None  # the written int8 format beats fp32 beyond noise (None: no int8 asked)
+    precision_written: str = ""  # the precision round's choice: "fp32", "fp16", "int8 FORMAT"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,10 +9,13 @@
 3. The input and the candidates are timed interleaved on the target (the same runner and interval as
    `compare`); the fastest candidate is written. Unless it beats the input beyond noise, the report says plainly
    that pruning does not pay on this target — the file is still written, flagged so in the report and JSON.
-4. With `--precision int8` (and no `--int8-format`), the chosen lean graph is also quantized in every other int8
-   format the target offers (its types and Q/DQ placement: sparsecut/quantization.py) and kept in fp32; those are
-   timed interleaved and the fastest int8 format is written. Unless it beats fp32 beyond noise, the report says
-   "int8 does not pay on this target" — written as asked, flagged.
+4. The precision round. With `--precision int8` (and no `--int8-format`), the chosen lean graph is also quantized
+   in every other int8 format the target offers (its types and Q/DQ placement: sparsecut/quantization.py) and
+   kept in fp32; each format is checked against `--max-drift` on the held-out samples (layers put back in fp32
+   until it holds, or the format is refused and not timed), the rest timed interleaved and the fastest int8
+   format written. Unless it beats fp32 beyond noise, the report says "int8 does not pay on this target" —
+   written as asked, flagged. With `--precision best`, fp32 and fp16 join the round (the channel round runs in
+   fp32) and the fastest that meets the bound is written, fp32 included (bound: `--max-drift`, else BEST_BOUND).
 
 Measurements only decide how many dead channels stay; exactness is the gate's, unchanged. This module asks a
 target for timings through `Tuning` (built by `targets/tuning.py`) and imports no target.
@@ -21,23 +24,26 @@ target for timings through `Tuning` (built by `targets/tuning.py`) and imports n
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sparsecut.errors import GraphError
+from sparsecut.errors import AccuracyError, GraphError
 from sparsecut.modelfile import check_output_path, load_model, publish
 from sparsecut.passes.channel_counts import CountPlan, plan_counts
 from sparsecut.passes.dead_channels import prepare_for_analysis
+from sparsecut.passes.drift import DriftBound
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
 from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
 from sparsecut.passes.registry import Setting, make_pass, parse_passes
-from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport
+from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport, Speedup
 
-__all__ = ["FIXED", "Tuning", "optimize_measured"]
+__all__ = ["BEST_BOUND", "FIXED", "Tuning", "optimize_measured"]
 
 FIXED = (1, 8, 16)  # fixed alignments timed beside the measured counts (and the one asked for by --align)
+BEST_BOUND = DriftBound(min_sqnr_db=25.0)  # --precision best without --max-drift
 
 Compare = Callable[[list[Path]], list[MeasuredVariant]]  # p50 and speedup vs the first, for each file
 
@@ -57,22 +63,33 @@ class Tuning:
 def optimize_measured(
     source: Path, output: Path, options: OptimizeOptions, tuning: Tuning, fp32_twin: Path | None = None
 ) -> OptimizeReport:
-    """`fp32_twin`: where to also write the chosen lean graph in fp32 (same channels) when `options` asks for
-    another precision — the like-for-like reference of the precision's own speedup."""
+    """`options.precision` may be "best" here: fp32, fp16 and the target's int8 formats are measured and the fastest
+    that meets `options.max_drift` (BEST_BOUND when none is given) is written.
+
+    `fp32_twin`: where to also write the chosen lean graph in fp32 (same channels) when another precision is
+    written — the like-for-like reference of the precision's own speedup."""
     source, output = Path(source), Path(output)
     check_output_path(output, source)
     names = parse_passes(options.passes)
     if tuning.budget <= 0:
         raise GraphError(f"--tune-budget {tuning.budget}: give a positive number of seconds")
     start = time.perf_counter()
-    choose_format = options.precision == "int8" and not options.int8_format and len(tuning.int8_formats) > 1
+    best_asked = options.precision == "best"
+    if best_asked and options.max_drift is None:
+        options = dataclasses.replace(options, max_drift=BEST_BOUND)
+    rounds = _precision_round(options, tuning)
     if options.precision == "int8" and not options.int8_format and tuning.int8_formats:
         options = dataclasses.replace(options, int8_format=tuning.int8_formats[0])
+    # the channel round: at the precision written (int8 in the target's first format, its bound checked in the
+    # precision round), or fp32 when the precision is still to be chosen
+    channel_options = dataclasses.replace(options, precision="fp32") if best_asked else options
+    if rounds:
+        channel_options = dataclasses.replace(channel_options, max_drift=None)
     table = LatencyTable(tuning.table, tuning.timer.context())
-    plan = _plan(source, names, options, table, tuning)
+    plan = _plan(source, names, channel_options, table, tuning)
     table.save()
-    candidates = {f"align {a}": dataclasses.replace(options, align=a) for a in sorted({options.align, *FIXED})}
-    candidates["measured"] = dataclasses.replace(options, counts=tuple(sorted(plan.counts.items())))
+    candidates = {f"align {a}": dataclasses.replace(channel_options, align=a) for a in sorted({options.align, *FIXED})}
+    candidates["measured"] = dataclasses.replace(channel_options, counts=tuple(sorted(plan.counts.items())))
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged = {}
         reports = {}
@@ -86,21 +103,27 @@ def optimize_measured(
             for v, name in zip(timed, ("input", *staged), strict=True)
         ]
         best = min(variants[1:], key=lambda v: v.p50_ms)
-        written, fp32_file, int8_pays = staged[best.name], None, None
+        written, fp32_file, int8_pays, chosen_precision = staged[best.name], None, None, ""
         formats: list[MeasuredVariant] = []
-        if choose_format:
-            chosen = candidates[best.name]
-            written, fp32_file, formats, reports[best.name] = _choose_format(
-                source, Path(tmp), output, chosen, tuning, (staged[best.name], reports[best.name]), fp32_twin
-            )
-            fastest = min(formats[1:], key=lambda v: v.p50_ms)
-            int8_pays = fastest.speedup.low > 1.0  # formats[0] is fp32: every speedup is against it
+        if rounds:
+            counts = dataclasses.replace(candidates[best.name], max_drift=options.max_drift)
+            # the channel round's graph is one of the precision round's: fp32 (best), or the first int8 format
+            # when no bound is to be checked
+            reusable = "fp32" if best_asked else f"int8 {options.int8_format}"
+            built = None
+            if reusable == "fp32" or options.max_drift is None:
+                built = (reusable, staged[best.name], reports[best.name])
+            round_ = _choose_precision(source, Path(tmp), output, counts, rounds, tuning, built, fp32_twin)
+            written, fp32_file, formats, reports[best.name], chosen_precision = round_
+            timed_int8 = [v for v in formats if v.name.startswith("int8") and not v.refused]
+            if timed_int8:  # formats[0] is fp32: every speedup is against it
+                int8_pays = min(timed_int8, key=lambda v: v.p50_ms).speedup.low > 1.0
         publish(written, output)
-        if fp32_twin is not None and options.precision != "fp32":
-            if fp32_file is not None:  # the format round made it already
-                publish(fp32_file, fp32_twin)
-            else:
-                optimize_model(source, fp32_twin, dataclasses.replace(candidates[best.name], precision="fp32"))
+        if fp32_twin is not None and chosen_precision not in ("", "fp32"):
+            assert fp32_file is not None
+            publish(fp32_file, fp32_twin)
+        elif fp32_twin is not None and options.precision not in ("fp32", "best"):
+            optimize_model(source, fp32_twin, dataclasses.replace(candidates[best.name], precision="fp32"))
     pays = best.speedup.low > 1.0
     verdict = (
         f"{best.name} written: {best.speedup.describe()} faster than the input"
@@ -108,11 +131,7 @@ def optimize_measured(
         else f"pruning does not pay on this target: the fastest lean variant ({best.name}) is "
         f"{best.speedup.describe()} vs the input; written anyway, flagged"
     )
-    if int8_pays is False:
-        verdict += (
-            f"; int8 does not pay on this target: the fastest int8 format is "
-            f"{min(formats[1:], key=lambda v: v.p50_ms).speedup.describe()} vs fp32; written as asked, flagged"
-        )
+    verdict += _precision_verdict(formats, chosen_precision, int8_pays, best_asked, options)
     decision = MeasuredDecision(
         target=tuning.target,
         context=table.context,
@@ -128,40 +147,107 @@ def optimize_measured(
         budget_exhausted=plan.budget_exhausted,
         formats=formats,
         int8_pays=int8_pays,
+        precision_written=chosen_precision,
     )
     return dataclasses.replace(
         reports[best.name], output=str(output), decision=decision, seconds=time.perf_counter() - start
     )
 
 
-def _choose_format(
+def _precision_round(options: OptimizeOptions, tuning: Tuning) -> dict[str, OptimizeOptions]:
+    """The precisions measured against each other after the channel round (empty: nothing to choose): fp32
+    first — every speedup is against it —, then fp16 (`best`) and each int8 format of the target."""
+    choosing_format = options.precision == "int8" and not options.int8_format and len(tuning.int8_formats) > 1
+    if options.precision != "best" and not choosing_format:
+        return {}
+    fp32 = dataclasses.replace(options, precision="fp32", int8_format="", keep_fp32=(), max_drift=None)
+    rounds = {"fp32": fp32}
+    if options.precision == "best":
+        rounds["fp16"] = dataclasses.replace(options, precision="fp16", int8_format="", keep_fp32=())
+    for name in tuning.int8_formats:
+        rounds[f"int8 {name}"] = dataclasses.replace(options, precision="int8", int8_format=name)
+    return rounds
+
+
+def _choose_precision(
     source: Path,
     folder: Path,
     output: Path,
-    options: OptimizeOptions,
+    counts: OptimizeOptions,
+    rounds: dict[str, OptimizeOptions],
     tuning: Tuning,
-    built: tuple[Path, OptimizeReport],
+    built: tuple[str, Path, OptimizeReport] | None,
     fp32_twin: Path | None,
-) -> tuple[Path, Path, list[MeasuredVariant], OptimizeReport]:
-    """The lean graph of `options` in fp32 and in each int8 format of the target, timed interleaved (fp32 first,
-    every speedup against it). `built`: the graph already written in `options`' format (the target's first); the
-    fp32 one is staged under `fp32_twin`'s name, where it goes. Returns the fastest int8 file, the fp32 file, the timings and the fastest one's report."""
-    first = f"int8 {options.int8_format}"
+) -> tuple[Path, Path, list[MeasuredVariant], OptimizeReport, str]:
+    """The lean graph with `counts`' channels in each precision of `rounds`, built (a candidate that cannot meet
+    --max-drift is refused, not timed) and timed interleaved. `built`: the graph already written in `counts`'
+    `built`: (round, file, report) of a graph the channel round wrote already, reused. Returns the fastest file that passes (int8 asked: the fastest int8 format), the fp32
+    file, the timings, the written one's report and its name."""
     staged: dict[str, Path] = {}
     reports: dict[str, OptimizeReport] = {}
-    for name, variant in (("fp32", dataclasses.replace(options, precision="fp32", int8_format="")),
-                          *((f"int8 {f}", dataclasses.replace(options, int8_format=f)) for f in tuning.int8_formats)):  # fmt: skip
-        if name == first:
-            staged[name], reports[name] = built
+    refused: dict[str, str] = {}
+    for name, variant in rounds.items():
+        variant = dataclasses.replace(variant, align=counts.align, counts=counts.counts)
+        if built is not None and name == built[0]:
+            staged[name], reports[name] = built[1:]
             continue
-        (folder / f"format-{len(staged)}").mkdir()
+        (folder / f"precision-{len(staged) + len(refused)}").mkdir()
         file_name = fp32_twin.name if name == "fp32" and fp32_twin is not None else output.name
-        staged[name] = folder / f"format-{len(staged)}" / file_name
-        reports[name] = optimize_model(source, staged[name], variant)
-    timed = tuning.compare(list(staged.values()))
-    variants = [dataclasses.replace(v, name=name, model=name) for v, name in zip(timed, staged, strict=True)]
-    fastest = min(variants[1:], key=lambda v: v.p50_ms)
-    return staged[fastest.name], staged["fp32"], variants, reports[fastest.name]
+        path = folder / f"precision-{len(staged) + len(refused)}" / file_name
+        try:
+            reports[name] = optimize_model(source, path, variant)
+        except AccuracyError as exc:
+            refused[name] = str(exc).removeprefix("--max-drift: ").removesuffix(" (nothing written)")
+            continue
+        staged[name] = path
+    if not any(name.startswith("int8") for name in staged) and "fp16" not in rounds:  # int8 asked, none passes
+        reasons = "; ".join(f"{name}: {why}" for name, why in refused.items())
+        raise AccuracyError(f"--max-drift: no int8 format meets the bound ({reasons}); nothing written")
+    timed = dict(zip(staged, tuning.compare(list(staged.values())), strict=True))
+    variants = []
+    for name in rounds:
+        if name in refused:
+            nothing = Speedup(math.nan, math.nan, math.nan)
+            variants.append(MeasuredVariant(name, name, math.nan, nothing, refused=refused[name]))
+            continue
+        precision = reports[name].precision
+        drift = _drift_in_words(precision) if precision is not None else "reference"
+        variants.append(dataclasses.replace(timed[name], name=name, model=name, drift=drift))
+    eligible = [v for v in variants if not v.refused and (v.name != "fp32" or "fp16" in rounds)]
+    fastest = min(eligible, key=lambda v: v.p50_ms)
+    return staged[fastest.name], staged["fp32"], variants, reports[fastest.name], fastest.name
+
+
+def _drift_in_words(precision: PrecisionReport) -> str:
+    worst = min((o.sqnr_db for o in precision.outputs if o.sqnr_db is not None), default=None)
+    text = "exact" if worst is None else f"SQNR {worst:.1f} dB"
+    if precision.top1_agreement is not None:
+        text += f", top-1 {100 * precision.top1_agreement:.1f} %"
+    if precision.fallback:
+        text += f", {len(precision.fallback)} layer(s) back in fp32"
+    return text
+
+
+def _precision_verdict(
+    formats: list[MeasuredVariant], chosen: str, int8_pays: bool | None, best_asked: bool, options: OptimizeOptions
+) -> str:
+    if not formats:
+        return ""
+    text = ""
+    if best_asked:
+        written = next(v for v in formats if v.name == chosen)
+        bound = options.max_drift.describe() if options.max_drift is not None else ""
+        text += f"; --precision best: {chosen} written ({written.speedup.describe()} vs fp32; {bound})"
+    if int8_pays is False:
+        fastest = min((v for v in formats if v.name.startswith("int8") and not v.refused), key=lambda v: v.p50_ms)
+        text += (
+            f"; int8 does not pay on this target: the fastest int8 format is {fastest.speedup.describe()} vs fp32"
+            + ("" if best_asked else "; written as asked, flagged")
+        )
+    refused = [v.name for v in formats if v.refused]
+    if refused:
+        text += f"; refused by --max-drift: {', '.join(refused)}"
+    return text
 
 
 def _plan(source: Path, names: list[str], options: OptimizeOptions, table: LatencyTable, tuning: Tuning) -> CountPlan:

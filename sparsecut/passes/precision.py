@@ -28,7 +28,7 @@ import onnx
 
 from sparsecut.calibration import Calibration, CalibrationSet, calibration_set
 from sparsecut.cpu import cpu_vector_extensions
-from sparsecut.errors import GraphError, InputError
+from sparsecut.errors import AccuracyError, GraphError, InputError
 from sparsecut.logs import quieted
 from sparsecut.passes.drift import DriftBound, measure_drift
 from sparsecut.quantization import Int8Format, cpu_int8_formats, int8_format
@@ -137,6 +137,13 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
             _relabel_two_four(staged)
             outputs, _ = measure_drift(source, staged, data.held_out)
             layers, kept, fallback, bound = [], [], [], ""
+            if options.max_drift is not None:
+                if not options.max_drift.holds(outputs):
+                    raise AccuracyError(
+                        f"--max-drift: {options.max_drift.describe()} not reached in fp16: "
+                        f"{options.max_drift.shortfall(outputs)} (nothing written)"
+                    )
+                bound = f"{options.max_drift.describe()}: holds ({options.max_drift.shortfall(outputs)})"
         atomic_write_bytes(output, staged.read_bytes())
     classes = [o.top1_agreement for o in outputs if o.top1_agreement is not None]
     return PrecisionReport(
@@ -178,7 +185,7 @@ def _quantize_within(
             return outputs, layers, kept, fallback, ""
         if bound.holds(outputs):
             if not layers:
-                raise InputError(
+                raise AccuracyError(
                     f"--max-drift: {bound.describe()} holds only with every layer in fp32 — that is the fp32 graph; "
                     "write fp32 or loosen the bound (nothing written)"
                 )
@@ -187,7 +194,7 @@ def _quantize_within(
             return outputs, layers, kept, fallback, held
         losing = [layer for layer in layers if layer.loss_db > 0 and layer.node not in kept]
         if not losing:
-            raise InputError(
+            raise AccuracyError(
                 f"--max-drift: {bound.describe()} not reached: {bound.shortfall(outputs)} with {len(kept)} layer(s) "
                 "in fp32 and no quantized layer left that loses accuracy (nothing written)"
             )

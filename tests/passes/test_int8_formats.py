@@ -11,7 +11,9 @@ import pytest
 from onnx import numpy_helper
 
 from sparsecut.cpu import cpu_vector_extensions
+from sparsecut.errors import AccuracyError
 from sparsecut.passes import OptimizeOptions, optimize_model
+from sparsecut.passes.drift import DriftBound
 from sparsecut.passes.measured import Tuning, optimize_measured
 from sparsecut.quantization import FORMATS, cpu_int8_formats
 from sparsecut.report import MeasuredVariant, Speedup
@@ -113,6 +115,8 @@ def _p50(path: Path, p50s: dict[str, float]) -> float:
     model = onnx.load(str(path))
     fmt = next((p.value for p in model.metadata_props if p.key == "pkg.sparsecut.test.format"), None)
     zero_points = _activation_zero_points(model)
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return p50s["fp16"]
     if not zero_points:
         return p50s.get("fp32", 10.0)
     if zero_points[0].dtype == np.uint8:
@@ -120,11 +124,12 @@ def _p50(path: Path, p50s: dict[str, float]) -> float:
     return p50s["s8s8"] if fmt is None else p50s[fmt]
 
 
-def _optimize(tmp_path, p50s, formats=("u8s8", "s8s8")):
+def _optimize(tmp_path, p50s, formats=("u8s8", "s8s8"), **options):
     tuning = Tuning(target="fake", timer=FakeTimer(lambda layer: 1.0), compare=by_format(p50s),
                     int8_formats=formats, budget=30.0)  # fmt: skip
     source = residual(tmp_path / "in.onnx")
-    return optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="int8"), tuning)
+    options = {"precision": "int8", **options}
+    return optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(**options), tuning)
 
 
 def test_the_fastest_int8_format_is_written(tmp_path):
@@ -190,3 +195,47 @@ def test_the_fp32_twin_has_the_written_channels(tmp_path):
         return shapes
 
     assert conv_shapes(twin) == conv_shapes(written)
+
+
+def test_best_writes_the_fastest_precision_that_meets_the_bound(tmp_path):
+    p50s = {"fp32": 10.0, "fp16": 7.0, "u8s8": 6.0, "s8s8": 9.0}
+    report = _optimize(tmp_path, p50s, precision="best", max_drift=DriftBound(min_sqnr_db=1.0))
+    decision = report.decision
+    assert [v.name for v in decision.formats] == ["fp32", "fp16", "int8 u8s8", "int8 s8s8"]
+    assert decision.precision_written == "int8 u8s8" and report.precision.format == "u8s8"
+    assert _activation_zero_points(onnx.load(str(tmp_path / "out.onnx")))[0].dtype == np.uint8
+    assert all(v.drift.startswith("SQNR ") for v in decision.formats[1:])
+    assert "--precision best: int8 u8s8 written" in decision.verdict
+    report = _optimize(tmp_path, {**p50s, "fp16": 5.0}, precision="best", max_drift=DriftBound(min_sqnr_db=1.0))
+    assert report.decision.precision_written == "fp16" and report.precision.precision == "fp16"
+    report = _optimize(tmp_path, {**p50s, "fp32": 4.0}, precision="best")  # fp32 is a candidate like any other
+    assert report.decision.precision_written == "fp32" and report.precision is None
+    assert "SQNR ≥ 25 dB on every output" in report.decision.verdict  # the default bound, said
+
+
+def test_a_candidate_over_the_bound_is_refused_not_timed(tmp_path):
+    p50s = {"fp32": 10.0, "fp16": 7.0, "u8s8": 6.0, "s8s8": 9.0}
+    report = _optimize(tmp_path, p50s, precision="best", max_drift=DriftBound(min_sqnr_db=200.0))
+    formats = {v.name: v for v in report.decision.formats}
+    assert report.decision.precision_written == "fp32"  # nothing else reaches 200 dB
+    assert formats["fp16"].refused.startswith("SQNR ≥ 200 dB on every output not reached in fp16: the worst output")
+    assert formats["int8 u8s8"].refused.startswith("SQNR ≥ 200 dB on every output holds only with every layer in fp32")
+    assert all(np.isnan(v.p50_ms) for v in formats.values() if v.refused)
+    assert "refused by --max-drift: fp16, int8 u8s8, int8 s8s8" in report.decision.verdict
+    assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(tmp_path / "out.onnx")).graph.node}
+
+
+def test_int8_with_no_format_within_the_bound_writes_nothing(tmp_path):
+    with pytest.raises(AccuracyError, match=r"--max-drift: no int8 format meets the bound \(int8 u8s8: SQNR ≥ 200 dB"):
+        _optimize(tmp_path, {"fp32": 10.0, "u8s8": 6.0, "s8s8": 9.0}, max_drift=DriftBound(min_sqnr_db=200.0))
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_best_needs_a_target(tmp_path, capsys):
+    from sparsecut.cli import main
+
+    code = main(
+        ["optimize", str(residual(tmp_path / "in.onnx")), "-o", str(tmp_path / "o.onnx"), "--precision", "best"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --precision best: needs --target (fp32, fp16 and int8 are measured there)" in err
