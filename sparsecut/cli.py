@@ -7,6 +7,7 @@ traceback only with `--verbose`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -15,8 +16,10 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
+from inspect import Parameter
+from inspect import signature as signature_of  # `inspect` is a command here
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, NamedTuple, TypeVar
 
 import typer
 from rich.console import Console
@@ -141,50 +144,83 @@ ProviderOption = Annotated[
 ]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")]
 
-# int8 calibration and accuracy (optimize, build): see sparsecut/calibration.py and passes/drift.py
+# int8 calibration and accuracy (optimize, build, run): see sparsecut/calibration.py and passes/drift.py
+INT8_PANEL = "int8 calibration and accuracy"
 CalibrationOption = Annotated[
     Path | None,
-    typer.Option(help="int8 calibration samples: .npz, a folder of .npy/.npz, or a folder of images (then state "
+    typer.Option(rich_help_panel=INT8_PANEL, help="int8 calibration samples: .npz, a folder of .npy/.npz, or a folder of images (then state "
                  "--mean/--std or --data-config)."),
 ]  # fmt: skip
 MethodOption = Annotated[
     str,
-    typer.Option(callback=_one_of("minmax", "entropy", "percentile"), help="int8 calibrator (onnxruntime's)."),
+    typer.Option(
+        rich_help_panel=INT8_PANEL,
+        callback=_one_of("minmax", "entropy", "percentile"),
+        help="int8 calibrator (onnxruntime's).",
+    ),
 ]
-SamplesOption = Annotated[int | None, typer.Option(min=1, help="int8: samples to calibrate on (default: up to 256).")]
+SamplesOption = Annotated[
+    int | None,
+    typer.Option(rich_help_panel=INT8_PANEL, min=1, help="int8: samples to calibrate on (default: up to 256)."),
+]
 HeldOutOption = Annotated[
-    int | None, typer.Option(min=1, help="int8: samples held out to judge accuracy (default: a fifth, up to 100).")
+    int | None,
+    typer.Option(
+        rich_help_panel=INT8_PANEL,
+        min=1,
+        help="int8: samples held out to judge accuracy (default: a fifth, up to 100).",
+    ),
 ]
-ImageSizeOption = Annotated[str | None, typer.Option(help="Calibration images resized to H[,W].")]
+ImageSizeOption = Annotated[
+    str | None, typer.Option(rich_help_panel=INT8_PANEL, help="Calibration images resized to H[,W].")
+]
 ResizeOption = Annotated[
     str | None,
-    typer.Option(callback=lambda v: v and _one_of("crop", "squash")(v),
+    typer.Option(rich_help_panel=INT8_PANEL, callback=lambda v: v and _one_of("crop", "squash")(v),
                  help="crop (default): shorter side to size/crop-pct, centre crop (timm); squash: straight to H×W."),
 ]  # fmt: skip
 CropPctOption = Annotated[
-    float | None, typer.Option(min=0.05, max=1.0, help="--resize crop: crop fraction (default 0.875).")
+    float | None,
+    typer.Option(rich_help_panel=INT8_PANEL, min=0.05, max=1.0, help="--resize crop: crop fraction (default 0.875)."),
 ]
 InterpolationOption = Annotated[
     str | None,
-    typer.Option(callback=lambda v: v and _one_of("nearest", "bilinear", "bicubic", "lanczos")(v),
+    typer.Option(rich_help_panel=INT8_PANEL, callback=lambda v: v and _one_of("nearest", "bilinear", "bicubic", "lanczos")(v),
                  help="Resize filter (default bilinear)."),
 ]  # fmt: skip
 MeanOption = Annotated[
-    str | None, typer.Option(help="Calibration images: per-channel mean of p/255, e.g. 0.485,0.456,0.406.")
+    str | None,
+    typer.Option(
+        rich_help_panel=INT8_PANEL, help="Calibration images: per-channel mean of p/255, e.g. 0.485,0.456,0.406."
+    ),
 ]
 StdOption = Annotated[
-    str | None, typer.Option(help="Calibration images: per-channel std of p/255, e.g. 0.229,0.224,0.225.")
+    str | None,
+    typer.Option(
+        rich_help_panel=INT8_PANEL, help="Calibration images: per-channel std of p/255, e.g. 0.229,0.224,0.225."
+    ),
 ]
 ChannelOrderOption = Annotated[
-    str, typer.Option(callback=_one_of("rgb", "bgr"), help="Calibration images: channel order the model takes.")
+    str,
+    typer.Option(
+        rich_help_panel=INT8_PANEL,
+        callback=_one_of("rgb", "bgr"),
+        help="Calibration images: channel order the model takes.",
+    ),
 ]
 DataConfigOption = Annotated[
-    Path | None, typer.Option(help="timm-style data config JSON (input_size, mean, std, crop_pct, interpolation).")
+    Path | None,
+    typer.Option(
+        rich_help_panel=INT8_PANEL, help="timm-style data config JSON (input_size, mean, std, crop_pct, interpolation)."
+    ),
 ]
-KeepFp32Option = Annotated[str | None, typer.Option(help="int8: node or module names kept in fp32, comma-separated.")]
+KeepFp32Option = Annotated[
+    str | None,
+    typer.Option(rich_help_panel=INT8_PANEL, help="int8: node or module names kept in fp32, comma-separated."),
+]
 MaxDriftOption = Annotated[
     str | None,
-    typer.Option(help="int8: accuracy bound on held-out samples, 30dB (SQNR) or 1% (top-1 lost); the worst layers "
+    typer.Option(rich_help_panel=INT8_PANEL, help="int8: accuracy bound on held-out samples, 30dB (SQNR) or 1% (top-1 lost); the worst layers "
                  "go back to fp32 until it holds."),
 ]  # fmt: skip
 
@@ -201,9 +237,9 @@ def _numbers(option: str, text: str) -> tuple[float, ...]:
 
 def _calibration(
     precision: str,
-    source: Path | None,
-    method: str,
-    samples: int | None,
+    calibration: Path | None,
+    calibration_method: str,
+    calibration_samples: int | None,
     held_out: int | None,
     image_size: str | None,
     resize: str | None,
@@ -215,16 +251,16 @@ def _calibration(
     data_config: Path | None,
     keep_fp32: str | None,
     max_drift: str | None,
-) -> tuple[Calibration, tuple[str, ...], DriftBound | None]:
-    """(Calibration, --keep-fp32 names, DriftBound or None) from the int8 options; they need --precision int8."""
+) -> Int8Settings:
+    """The int8 options, checked; they need --precision int8 (or best)."""
     from sparsecut.calibration import Calibration, ImagePreprocessing, preprocessing_from_config
     from sparsecut.passes.drift import parse_drift_bound
 
-    given = {"--calibration": source, "--calibration-method": method != "minmax" or None,
-             "--calibration-samples": samples, "--held-out": held_out, "--image-size": image_size,
+    given = {"--calibration": calibration, "--calibration-method": calibration_method != "minmax" or None,
+             "--calibration-samples": calibration_samples, "--held-out": held_out, "--image-size": image_size,
              "--resize": resize, "--crop-pct": crop_pct, "--interpolation": interpolation,
-             "--channel-order": channel_order != "rgb" or None, "--mean": mean, "--std": std, "--data-config": data_config, "--keep-fp32": keep_fp32,
-             "--max-drift": max_drift}  # fmt: skip
+             "--channel-order": channel_order != "rgb" or None, "--mean": mean, "--std": std,
+             "--data-config": data_config, "--keep-fp32": keep_fp32, "--max-drift": max_drift}  # fmt: skip
     if precision not in ("int8", "best"):
         for option, value in given.items():
             if value is not None:
@@ -247,12 +283,58 @@ def _calibration(
         images = dataclasses.replace(images, mean=_numbers("--mean", mean))
     if std is not None:
         images = dataclasses.replace(images, std=_numbers("--std", std))
-    calibration = Calibration(source, images, method, samples, held_out)
+    settings = Calibration(calibration, images, calibration_method, calibration_samples, held_out)
     keep = tuple(name.strip() for name in (keep_fp32 or "").split(",") if name.strip())
     if keep_fp32 is not None and not keep:
         raise InputError("--keep-fp32: name at least one node or module")
     bound = parse_drift_bound(max_drift) if max_drift is not None else None
-    return calibration, keep, bound
+    return Int8Settings(settings, keep, bound, data_config)
+
+
+class Int8Settings(NamedTuple):
+    calibration: Calibration
+    keep_fp32: tuple[str, ...]
+    max_drift: DriftBound | None
+    data_config: Path | None  # an input file too: never written over
+
+
+_INT8_PARAMETERS = [
+    Parameter(name, Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, annotation, default in (
+        ("calibration", CalibrationOption, None),
+        ("calibration_method", MethodOption, "minmax"),
+        ("calibration_samples", SamplesOption, None),
+        ("held_out", HeldOutOption, None),
+        ("image_size", ImageSizeOption, None),
+        ("resize", ResizeOption, None),
+        ("crop_pct", CropPctOption, None),
+        ("interpolation", InterpolationOption, None),
+        ("mean", MeanOption, None),
+        ("std", StdOption, None),
+        ("channel_order", ChannelOrderOption, "rgb"),
+        ("data_config", DataConfigOption, None),
+        ("keep_fp32", KeepFp32Option, None),
+        ("max_drift", MaxDriftOption, None),
+    )
+]
+
+
+def _int8_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the int8 calibration and accuracy options. They reach it checked, as one keyword argument
+    `int8` (Int8Settings), and need the command's --precision int8 (or
+    best). One declaration for every command that quantizes (Typer reads the wrapper's signature)."""
+    signature = signature_of(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "int8"]
+
+    @functools.wraps(command)
+    def with_int8(**kwargs: object) -> None:
+        values = {p.name: kwargs.pop(p.name) for p in _INT8_PARAMETERS}
+        kwargs["int8"] = _calibration(str(kwargs["precision"]), **values)  # type: ignore[arg-type]
+        command(**kwargs)
+
+    with_int8.__signature__ = signature.replace(parameters=[*own, *_INT8_PARAMETERS])  # type: ignore[attr-defined]
+    with_int8.__annotations__ = {p.name: p.annotation for p in [*own, *_INT8_PARAMETERS]}
+    return with_int8
 
 
 # --------------------------------------------------------------------------------------------------- export
@@ -405,6 +487,7 @@ def demo(
 
 # --------------------------------------------------------------------------------------------------- optimize
 @app.command()
+@_int8_options
 def optimize(
     model: Annotated[Path, typer.Argument(help="ONNX file to optimize.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Lean ONNX file to write.")],
@@ -434,20 +517,6 @@ def optimize(
             help="fp32, fp16, int8, or best (with --target: the fastest that meets --max-drift, default 25dB).",
         ),
     ] = "fp32",
-    calibration: CalibrationOption = None,
-    calibration_method: MethodOption = "minmax",
-    calibration_samples: SamplesOption = None,
-    held_out: HeldOutOption = None,
-    image_size: ImageSizeOption = None,
-    resize: ResizeOption = None,
-    crop_pct: CropPctOption = None,
-    interpolation: InterpolationOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    channel_order: ChannelOrderOption = "rgb",
-    data_config: DataConfigOption = None,
-    keep_fp32: KeepFp32Option = None,
-    max_drift: MaxDriftOption = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the equivalence gate (loudly).")] = False,
     target: Annotated[
         str | None,
@@ -470,14 +539,15 @@ def optimize(
         bool, typer.Option("--keep-stack-traces", help="Keep the exporter's per-node Python stack traces.")
     ] = False,
     json_path: JsonOption = None,
+    int8: Int8Settings | None = None,
 ) -> None:
     """Fold BatchNorm and remove dead channels; written only if verified equal to the input graph. With
     --target, channel counts are chosen by latency measured there, and the candidates are timed end to end."""
     from sparsecut.passes import OptimizeOptions, optimize_model
 
-    calibrating, keep, bound = _calibration(precision, calibration, calibration_method, calibration_samples, held_out,
-                                            image_size, resize, crop_pct, interpolation, mean, std, channel_order,
-                                            data_config, keep_fp32, max_drift)  # fmt: skip
+    assert int8 is not None
+    calibrating, keep, bound, data_config = int8
+    calibration = calibrating.source
     options = OptimizeOptions(
         passes=tuple(p.strip() for p in passes.split(",") if p.strip()),
         align=align,
@@ -762,6 +832,7 @@ def _render_decision(decision: object) -> None:
 
 
 @app.command()
+@_int8_options
 def build(
     model: Annotated[Path, typer.Argument(help="ONNX file to build.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Engine (.plan) or optimized model to write.")],
@@ -778,20 +849,6 @@ def build(
     hint: HintOption = "latency",
     int8_format: Int8FormatOption = "",
     surgery: Annotated[str | None, typer.Option(help="MODULE:FUNCTION on a gs.Graph, applied before build.")] = None,
-    calibration: CalibrationOption = None,
-    calibration_method: MethodOption = "minmax",
-    calibration_samples: SamplesOption = None,
-    held_out: HeldOutOption = None,
-    image_size: ImageSizeOption = None,
-    resize: ResizeOption = None,
-    crop_pct: CropPctOption = None,
-    interpolation: InterpolationOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    channel_order: ChannelOrderOption = "rgb",
-    data_config: DataConfigOption = None,
-    keep_fp32: KeepFp32Option = None,
-    max_drift: MaxDriftOption = None,
     measure: Annotated[
         bool,
         typer.Option("--measure/--no-measure", help="Remove dead channels left in the graph first, counts measured."),
@@ -801,6 +858,7 @@ def build(
         float, typer.Option(callback=_positive, help="Seconds of layer measurements at most.")
     ] = 30.0,
     json_path: JsonOption = None,
+    int8: Int8Settings | None = None,
 ) -> None:
     """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs). Dead channels still
     in the graph are removed first, with channel counts measured on the target (`--no-measure`: built as given)."""
@@ -808,9 +866,9 @@ def build(
     from sparsecut.targets import BuildOptions, get_target
     from sparsecut.workflow import build_for_target, side_file
 
-    calibrating, keep, bound = _calibration(precision, calibration, calibration_method, calibration_samples, held_out,
-                                            image_size, resize, crop_pct, interpolation, mean, std, channel_order,
-                                            data_config, keep_fp32, max_drift)  # fmt: skip
+    assert int8 is not None
+    calibrating, keep, bound, data_config = int8
+    calibration = calibrating.source
     if int8_format and precision != "int8":
         raise UsageError("--int8-format: only used with --precision int8")
     batches = _batch_range(batch)
@@ -1084,6 +1142,7 @@ def _progress() -> Progress:
 
 
 @app.command()
+@_int8_options
 def run(
     checkpoint: Annotated[Path, typer.Argument(help="Pruned checkpoint.")],
     out_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for every artifact and the report.")],
@@ -1110,6 +1169,7 @@ def run(
     ] = 30.0,
     device: DeviceOption = "CPU",
     hint: HintOption = "latency",
+    int8: Int8Settings | None = None,
 ) -> None:
     """Export → optimize → build → time exported, dense baseline and lean interleaved, in one go, one report."""
     from sparsecut.exporter import ExportOptions, parse_input_shape
@@ -1117,6 +1177,7 @@ def run(
     from sparsecut.targets import ProfileOptions
     from sparsecut.workflow import RunOptions
 
+    assert int8 is not None
     options = RunOptions(
         target=target,
         precision=precision,
@@ -1124,7 +1185,9 @@ def run(
         export=ExportOptions(
             input_shape=parse_input_shape(input_shape) if input_shape else None, trust_checkpoint=trust_checkpoint
         ),
-        optimize=OptimizeOptions(align=align),
+        optimize=OptimizeOptions(
+            align=align, calibration=int8.calibration, keep_fp32=int8.keep_fp32, max_drift=int8.max_drift
+        ),
         profile=ProfileOptions(
             iterations=iterations, warmup=5, threads=threads or None, per_layer=False, device=device, hint=hint
         ),
@@ -1134,7 +1197,7 @@ def run(
         table=lut,
         tune_budget=tune_budget,
     )
-    _require(checkpoint)
+    _require(checkpoint, int8.calibration.source)
     _run(checkpoint, out_dir, "--output", arch, model, options)
 
 

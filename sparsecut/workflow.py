@@ -14,6 +14,7 @@ from sparsecut.passes.measured import Tuning, optimize_measured
 from sparsecut.passes.precision import PrecisionOptions
 from sparsecut.report import BuildReport, PrecisionReport, RunReport, write_json
 from sparsecut.targets import BuildOptions, ProfileOptions, Target, compare_runs, get_target
+from sparsecut.targets.compare import plot_pruning_by_precision
 from sparsecut.targets.noise import speedup
 from sparsecut.targets.tuning import tuning_for
 
@@ -32,6 +33,7 @@ STEPS = ("export", "baseline", "optimize", "build", "compare")
 VARIANTS = ("exported", "baseline", "lean")
 FP32_TWINS = ("baseline-fp32", "lean-fp32")  # with --precision fp16/int8: the same graphs in fp32 (the 2×2)
 REPORT_FILES = ("report.json", "report.md", "compare.png")
+PRECISION_PLOT = "precision.png"  # with --precision fp16/int8: the 2×2 of pruning × precision
 
 
 def run_files(targets: Sequence[Target], precision: str = "fp32") -> tuple[str, ...]:
@@ -42,7 +44,7 @@ def run_files(targets: Sequence[Target], precision: str = "fp32") -> tuple[str, 
         for name in variants:
             artifact = Path(f"{name}{target.artifact_suffix}")
             models += [artifact.name, *(artifact.with_suffix(ext).name for ext in target.artifact_companions)]
-    return (*models, *REPORT_FILES)
+    return (*models, *REPORT_FILES, *((PRECISION_PLOT,) if precision != "fp32" else ()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +162,8 @@ def run_workflow(
         if twins
         else None,
     )
+    if twins:
+        plot_pruning_by_precision(compared, options.precision, out_dir / PRECISION_PLOT)
     if publish_as is not None:
         report = report.map_strings(lambda text: text.replace(str(out_dir), str(publish_as)))
     write_json(report, out_dir / "report.json")
@@ -263,7 +267,40 @@ def markdown_summary(report: RunReport) -> str:
             f"| {v.latency.p50_ms:.3f} | {v.latency.p90_ms:.3f} | {v.speedup.describe()} | {v.macs_ratio:.3f} |"
         )
     lines += ["", "![MACs vs latency](compare.png)", ""]
+    precision = report.optimize.precision
+    if precision is not None:
+        lines += ["", f"![pruning × precision]({PRECISION_PLOT})", "", *precision_markdown(precision)]
     return "\n".join(lines)
+
+
+def precision_markdown(p: PrecisionReport, layers_shown: int = 10) -> list[str]:
+    """The lean graph's drift from its fp32 twin, as report.md shows it: per output, and the layers that lost most."""
+    db = lambda v: "exact" if v is None else f"{v:.1f}"  # noqa: E731
+    how = f", format {p.format}, {p.method} calibration" if p.format else ""
+    lines = [
+        f"## {p.precision} accuracy (lean vs its fp32 twin)",
+        "",
+        f"Calibrated on {p.calibration}{how}; measured on {p.held_out} held-out sample(s).",
+        "",
+        "| output | max abs | mean abs | cosine | SQNR dB | top-1 agreement |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for o in p.outputs:
+        top1 = "-" if o.top1_agreement is None else f"{100 * o.top1_agreement:.1f} %"
+        lines.append(f"| {o.name} | {o.max_abs_error:.3g} | {o.mean_abs_error:.3g} | {o.cosine:.5f} | "
+                     f"{db(o.sqnr_db)} | {top1} |")  # fmt: skip
+    if p.layers:
+        lines += ["", f"Quantized layers that lose most ({min(layers_shown, len(p.layers))} of {len(p.layers)}; all in "
+                  "report.json):", "", "| node | module | op | input SQNR dB | output SQNR dB | lost dB |",
+                  "|---|---|---|---:|---:|---:|"]  # fmt: skip
+        for layer in p.layers[:layers_shown]:
+            lines.append(f"| {layer.node} | {layer.module or '-'} | {layer.op} | {db(layer.input_sqnr_db)} | "
+                         f"{db(layer.sqnr_db)} | {layer.loss_db:.1f} |")  # fmt: skip
+    if p.kept_fp32:
+        lines += ["", f"Kept in fp32: {', '.join(p.kept_fp32)}."]
+    if p.notes:
+        lines += ["", *(f"- {note}" for note in p.notes)]
+    return lines
 
 
 def speedup_lines(report: RunReport) -> list[str]:

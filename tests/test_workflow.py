@@ -8,7 +8,9 @@ import pytest
 
 from sparsecut.cli import main
 from sparsecut.report import RunReport
+from sparsecut.targets import get_target
 from sparsecut.targets.noise import speedup
+from sparsecut.workflow import run_files
 
 
 def test_run_end_to_end(tmp_path, checkpoint_factory, capsys):
@@ -91,13 +93,17 @@ def test_a_measured_build_of_a_lean_graph_writes_beside_it_and_leaves_it_alone(
 def test_run_at_int8_times_pruning_by_precision(tmp_path, checkpoint_factory):
     """--precision int8: baseline and lean are also written and timed in fp32 with the same channels, so pruning
     at int8, pruning at fp32 and the int8 speedup come from one interleaved run."""
+    import numpy as np
     import onnx
 
     out = tmp_path / "run"
+    data = tmp_path / "calibration.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((10, 3, 32, 32)).astype(np.float32))
     argv = ["run", str(checkpoint_factory("resnet-tiny")), "--arch", "resnet-tiny", "-o", str(out), "--iterations",
-            "30", "--rounds", "3", "--precision", "int8", "--no-measure"]  # fmt: skip
+            "30", "--rounds", "3", "--precision", "int8", "--no-measure", "--calibration", str(data)]  # fmt: skip
     assert main(argv) == 0
     report = RunReport.from_dict(json.loads((out / "report.json").read_text()))
+    assert report.optimize.precision.calibration == f"{data} (8 samples, 2 held out)"  # run calibrates as asked
     labels = [v.label for v in report.compare.variants]
     assert labels == ["exported", "baseline", "lean", "baseline-fp32", "lean-fp32"]
     v = {variant.label: variant for variant in report.compare.variants}
@@ -111,3 +117,10 @@ def test_run_at_int8_times_pruning_by_precision(tmp_path, checkpoint_factory):
     markdown = (out / "report.md").read_text()
     assert "- int8 speedup (lean fp32 / lean int8, same channels): " in markdown
     assert "- **pruning speedup** at int8 (dense baseline / lean" in markdown
+    assert (
+        "## int8 accuracy (lean vs its fp32 twin)" in markdown and "![pruning × precision](precision.png)" in markdown
+    )
+    lean = report.optimize.precision
+    assert lean is not None and f"| {lean.layers[0].node} | {lean.layers[0].module} | Conv |" in markdown
+    assert (out / "precision.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in out.iterdir()} <= set(run_files([get_target("onnxruntime")], "int8"))

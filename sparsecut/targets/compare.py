@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx_ir as ir
 
@@ -26,7 +27,14 @@ from sparsecut.targets.base import Artifact, BuildOptions, ProfileOptions, Targe
 from sparsecut.targets.noise import MIN_ROUNDS, speedup
 from sparsecut.targets.timing import measure, summarize
 
-__all__ = ["check_comparable", "compare_artifacts", "compare_models", "compare_runs", "plot_comparison"]
+__all__ = [
+    "check_comparable",
+    "compare_artifacts",
+    "compare_models",
+    "compare_runs",
+    "plot_comparison",
+    "plot_pruning_by_precision",
+]
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +274,58 @@ def plot_comparison(report: CompareReport, path: Path) -> None:
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
     ax.legend(loc="upper left", fontsize=8)
+    _save_figure(fig, path)
+
+
+def plot_pruning_by_precision(report: CompareReport, precision: str, path: Path) -> None:
+    """The 2×2 of `run --precision P`: dense and lean, each in fp32 and in P (labels baseline-fp32, baseline,
+    lean-fp32, lean), p50 with the 10–90 % spread of the rounds' medians, on the first backend; the four ratios
+    written over the bars they join."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from sparsecut.modelfile import check_output_path
+
+    check_output_path(path)
+    target = report.targets[0]
+    cells = {(dense, kind): report.variant(label, target)
+             for (dense, kind), label in {("dense", "fp32"): "baseline-fp32", ("dense", precision): "baseline",
+                                          ("lean", "fp32"): "lean-fp32", ("lean", precision): "lean"}.items()}  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    width = 0.38
+    for offset, kind, colour in ((-width / 2, "fp32", "tab:gray"), (width / 2, precision, "tab:blue")):
+        for x, model in enumerate(("dense", "lean")):
+            v = cells[(model, kind)]
+            medians = [float(np.median(r)) for r in v.rounds_ms] or [v.latency.p50_ms]
+            low, high = np.percentile(medians, [10, 90])
+            p50 = v.latency.p50_ms
+            ax.bar(x + offset, p50, width, color=colour, label=kind if x == 0 else None,
+                   yerr=[[max(p50 - low, 0)], [max(high - p50, 0)]], capsize=4)  # fmt: skip
+            ax.annotate(f"{p50:.2f} ms", (x + offset, 0), textcoords="offset points", xytext=(0, 5),
+                        ha="center", fontsize=8, color="white", fontweight="bold")  # fmt: skip
+    ratio = lambda a, b: cells[a].latency.p50_ms / cells[b].latency.p50_ms  # noqa: E731
+    lines = [
+        f"pruning at {precision}: {ratio(('dense', precision), ('lean', precision)):.2f}×",
+        f"pruning at fp32: {ratio(('dense', 'fp32'), ('lean', 'fp32')):.2f}×",
+        f"{precision} on lean: {ratio(('lean', 'fp32'), ('lean', precision)):.2f}×",
+        f"dense fp32 → lean {precision}: {ratio(('dense', 'fp32'), ('lean', precision)):.2f}×",
+    ]
+    ax.text(0.98, 0.97, "\n".join(lines), transform=ax.transAxes, ha="right", va="top", fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "lightgray"})  # fmt: skip
+    ax.set_xticks([0, 1], ["dense baseline", "lean"])
+    ax.set_ylabel("p50 latency, ms (bars: 10–90 % of the round medians)")
+    ax.set_title(f"pruning × precision, {target} on {report.device}"[:70], fontsize=9)
+    ax.legend(loc="upper center", fontsize=8)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """Write a figure as PNG atomically (staged beside `path`, then moved) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
         staged = Path(tmp) / path.name
