@@ -68,10 +68,12 @@ def plan_counts(
     batch: int,
     budget: float,
     progress: Callable[[int, int], None] | None = None,
+    precision: str = "fp32",
 ) -> CountPlan:
-    """Choose counts for `model` (folded, shapes inferred: as remove-dead-channels will see it)."""
+    """Choose counts for `model` (folded, shapes inferred: as remove-dead-channels will see it), its layers timed
+    in `precision` (fp32, fp16, "int8 FORMAT"): the precision the model will be written in."""
     analysis = DeadChannelAnalysis(model, align=1)
-    layers = _layers(model, analysis, batch)
+    layers = _layers(model, analysis, batch, precision)
     original = {s: sp.count for s, sp in enumerate(analysis.walk.spaces)}
     removed = analysis.coupling.per_space(analysis.decision.removable)
     live = {s: sp.count - int(removed[s]) for s, sp in enumerate(analysis.walk.spaces)}
@@ -153,7 +155,7 @@ def _time(layer: _Layer, s: int, c: int, count: dict[int, int], table: LatencyTa
         return math.inf
 
 
-def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[_Layer]:
+def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int, precision: str) -> list[_Layer]:
     """Conv, Gemm and MatMul nodes whose shapes are known, with the spaces they read and write."""
     found = []
     for node in model.graph:
@@ -186,6 +188,7 @@ def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[
                 groups=groups,
                 spatial=tuple(int(d) for d in spatial),  # type: ignore[arg-type]
                 batch=batch,
+                precision=precision,
             )
             multiple = groups if kind is Kind.CONV and groups > 1 else 1
             found.append(_Layer(node.name or "Conv", signature, space_in, space_out, multiple))
@@ -194,6 +197,7 @@ def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int) -> list[
             k, n = (int(shape[1]), int(shape[0])) if kind is Kind.GEMM and attr_int(node, "transB", 0) else (
                 int(shape[0]), int(shape[1]))  # fmt: skip
             rows = [d if isinstance(d, int) else batch for d in dims[:-1]]
-            signature = LayerSignature(node.op_type, c_in=k, c_out=n, spatial=tuple(rows), batch=batch)
+            signature = LayerSignature(node.op_type, c_in=k, c_out=n, spatial=tuple(rows), batch=batch,
+                                       precision=precision)  # fmt: skip
             found.append(_Layer(node.name or node.op_type, signature, space_in, space_out, 1))
     return found

@@ -1,5 +1,6 @@
 """The per-layer latency lookup table behind measured decisions: one layer (its real kernel, stride, dilation,
-groups, spatial size, batch) at one channel count, timed once on a device and kept on disk.
+groups, spatial size, batch, and the precision it will run in — an int8 layer in its format's Q/DQ) at one
+channel count, timed once on a device and kept on disk.
 
 A table belongs to one measuring context — device, backend name and version, threads, batch — and is stored
 under that key: a file written on another CPU or by another onnxruntime answers nothing here (a different key
@@ -39,9 +40,12 @@ class LayerSignature:
     groups: int = 1
     spatial: tuple[int, ...] = ()  # input spatial dims (Conv), or the rows of a Gemm/MatMul
     batch: int = 1
+    precision: str = "fp32"  # fp32, fp16, or "int8 FORMAT" (sparsecut/quantization.py): the layer as it will run
 
     def key(self) -> str:
-        return json.dumps(dataclasses.astuple(self), separators=(",", ":"))
+        """fp32 keys are the fields without the precision (tables written before it was a field stay valid)."""
+        fields = dataclasses.astuple(self)
+        return json.dumps(fields[:-1] if self.precision == "fp32" else fields, separators=(",", ":"))
 
     def with_channels(self, c_in: int | None = None, c_out: int | None = None) -> LayerSignature:
         """The same layer with other channel counts; a depthwise conv keeps one channel per group."""

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sparsecut.cpu import cpu_vector_extensions
 from sparsecut.errors import AccuracyError, GraphError
 from sparsecut.modelfile import check_output_path, load_model, publish
 from sparsecut.passes.channel_counts import CountPlan, plan_counts
@@ -38,6 +39,7 @@ from sparsecut.passes.drift import DriftBound
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
 from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
 from sparsecut.passes.registry import Setting, make_pass, parse_passes
+from sparsecut.quantization import cpu_int8_formats
 from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport, Speedup
 
 __all__ = ["BEST_BOUND", "FIXED", "Tuning", "optimize_measured"]
@@ -263,4 +265,7 @@ def _plan(source: Path, names: list[str], options: OptimizeOptions, table: Laten
     if tuning.progress is not None:
         report = tuning.progress
         progress = lambda done, total: report("timing layers", done, total)  # noqa: E731
-    return plan_counts(model, table, tuning.timer, tuning.batch, tuning.budget, progress)
+    precision = options.precision
+    if precision == "int8":  # the format it will be written in (convert_precision's default where none is named)
+        precision = f"int8 {options.int8_format or cpu_int8_formats(cpu_vector_extensions())[0]}"
+    return plan_counts(model, table, tuning.timer, tuning.batch, tuning.budget, progress, precision)

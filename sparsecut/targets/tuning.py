@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsecut.passes.latency_table import LayerSignature, default_table_path
 from sparsecut.passes.measured import Tuning
+from sparsecut.quantization import FORMATS, Int8Format
 from sparsecut.report import MeasuredVariant
 from sparsecut.targets.base import BuildOptions, ProfileOptions, Target, get_target
 from sparsecut.targets.compare import compare_models
@@ -116,12 +117,19 @@ class TargetLayerTimer:
 
 
 def one_layer_model(layer: LayerSignature) -> onnx.ModelProto:
-    """The layer alone: Conv (with bias), or a MatMul + bias Add over `rows × c_in`; seeded weights."""
+    """The layer alone, in the precision it will run in; seeded weights.
+
+    fp32: Conv (with bias), or a MatMul + bias Add over `rows × c_in`. fp16: the same in float16 throughout (a whole
+    fp16 graph casts only at its inputs and outputs). "int8 FORMAT": the Q/DQ form onnxruntime's quantizer writes
+    for a layer between quantized layers — input Q → DQ, per-output-channel int8 weight → DQ, fp32 bias, output
+    Q → DQ (the next layer's input) — in the format's activation type and weight range, which the backend fuses
+    into its int8 kernel (onnxruntime: QLinearConv / MatMulIntegerToFloat)."""
     rng = np.random.default_rng(0)
-    bias = numpy_helper.from_array(rng.standard_normal(layer.c_out).astype(np.float32), "b")
+    dtype = np.float16 if layer.precision == "fp16" else np.float32
+    bias = numpy_helper.from_array(rng.standard_normal(layer.c_out).astype(dtype), "b")
     if layer.op == "Conv":
         x_shape = [layer.batch, layer.c_in, *layer.spatial]
-        w = rng.standard_normal((layer.c_out, layer.c_in // layer.groups, *layer.kernel)).astype(np.float32)
+        w = rng.standard_normal((layer.c_out, layer.c_in // layer.groups, *layer.kernel)).astype(dtype)
         attrs: dict[str, Any] = {
             "group": layer.groups,
             "strides": list(layer.strides),
@@ -130,15 +138,55 @@ def one_layer_model(layer: LayerSignature) -> onnx.ModelProto:
         if layer.pads:
             attrs["pads"] = list(layer.pads)
         nodes = [helper.make_node("Conv", ["input", "w", "b"], ["y"], kernel_shape=list(layer.kernel), **attrs)]
+        channel_axis = 0
     else:
         x_shape = [*layer.spatial, layer.c_in] if layer.spatial else [layer.batch, layer.c_in]
-        w = rng.standard_normal((layer.c_in, layer.c_out)).astype(np.float32)
+        w = rng.standard_normal((layer.c_in, layer.c_out)).astype(dtype)
         nodes = [helper.make_node("MatMul", ["input", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+        channel_axis = 1
+    weights = [numpy_helper.from_array(w, "w"), bias]
+    if layer.precision.startswith("int8 "):
+        nodes, extra = _quantized(nodes, w, channel_axis, FORMATS[layer.precision.removeprefix("int8 ")])
+        weights = [bias, *extra]
+    elem = TensorProto.FLOAT16 if layer.precision == "fp16" else TensorProto.FLOAT
     graph = helper.make_graph(
         nodes,
         "layer",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(w, "w"), bias],
+        [helper.make_tensor_value_info("input", elem, x_shape)],
+        [helper.make_tensor_value_info("y", elem, None)],
+        weights,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _quantized(
+    nodes: list[onnx.NodeProto], w: np.ndarray, axis: int, fmt: Int8Format
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """`nodes` (reading `input` and `w`, writing `y`) with Q/DQ on the input, the weight and the output."""
+    activation = np.uint8 if fmt.unsigned_activations else np.int8
+    zero = activation(128 if fmt.unsigned_activations else 0)
+    limit = 63 if fmt.reduce_range else 127
+    scales = np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis)).astype(np.float32) / limit
+    shape = [-1 if i == axis else 1 for i in range(w.ndim)]
+    w_q = np.clip(np.round(w / scales.reshape(shape)), -limit, limit).astype(np.int8)
+    tensors = [
+        numpy_helper.from_array(w_q, "w_q"),
+        numpy_helper.from_array(scales, "w_scale"),
+        numpy_helper.from_array(np.zeros_like(scales, dtype=np.int8), "w_zero"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "a_scale"),
+        numpy_helper.from_array(np.array(zero), "a_zero"),
+    ]
+    renamed = []
+    for node in nodes:
+        inputs = ["x_dq" if i == "input" else "w_dq" if i == "w" else i for i in node.input]
+        outputs = ["y_float" if o == "y" else o for o in node.output]
+        renamed.append(helper.make_node(node.op_type, inputs, outputs, **{a.name: helper.get_attribute_value(a)
+                                                                          for a in node.attribute}))  # fmt: skip
+    return [
+        helper.make_node("QuantizeLinear", ["input", "a_scale", "a_zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "a_scale", "a_zero"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"], axis=axis),
+        *renamed,
+        helper.make_node("QuantizeLinear", ["y_float", "a_scale", "a_zero"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "a_scale", "a_zero"], ["y"]),
+    ], tensors

@@ -18,7 +18,7 @@ from sparsecut.passes.measured import Tuning, optimize_measured
 from sparsecut.quantization import FORMATS, cpu_int8_formats
 from sparsecut.report import MeasuredVariant, Speedup
 from tests.passes.graphs import GraphBuilder
-from tests.passes.test_channel_counts import FakeTimer
+from tests.passes.test_channel_counts import FakeTimer, dead_model
 
 
 def residual(path: Path) -> Path:
@@ -239,3 +239,20 @@ def test_best_needs_a_target(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "error: --precision best: needs --target (fp32, fp16 and int8 are measured there)" in err
+
+
+def test_channel_counts_are_timed_at_the_precision_written(tmp_path):
+    """Measured counts are decided on layers as they will run: int8 in the format written, fp32 for best."""
+    seen: list[str] = []
+    timer = FakeTimer(lambda layer: seen.append(layer.precision) or 1.0)
+    tuning = Tuning(target="fake", timer=timer, compare=by_format({"fp16": 12.0, "u8s8": 6.0, "s8s8": 9.0}),
+                    int8_formats=("u8s8", "s8s8"), budget=30.0)  # fmt: skip
+    source = dead_model(tmp_path)  # dead channels: their counts are timed
+    optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="int8"), tuning)
+    assert seen and set(seen) == {"int8 u8s8"}  # the target's first format, the one the channel round writes
+    seen.clear()
+    optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="int8", int8_format="s8s8"), tuning)
+    assert set(seen) == {"int8 s8s8"}
+    seen.clear()
+    optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="best"), tuning)
+    assert set(seen) == {"fp32"}  # best: the precision is chosen after the channels
