@@ -4,7 +4,8 @@ Per model: the dense baseline (every pass but channel removal) and lean (align 8
 every format of sparsecut/quantization.py (calibrated on seeded random inputs: the latency does not depend on the
 data, the drift figures are for a random-weight net and only show the formats' relative loss). All variants are
 timed in one interleaved run on each backend (onnxruntime; OpenVINO with --backends). Printed per backend: p50 and
-speedup vs dense fp32 with 95 % intervals, the drift of each int8 variant vs its fp32 graph, and the four figures
+speedup vs dense fp32 with 95 % intervals, the drift of each int8 variant vs its fp32 graph on held-out samples
+(max abs, worst output SQNR, top-1), per model the per-layer SQNR of lean int8 in every format, and the four figures
 the issue asks for: quantization speedup (lean fp32 / lean int8, best format), pruning speedup at int8 (dense int8
 / lean int8, same format), total (exported fp32 / lean int8), and which format the target names first
 (`int8_formats`) against the format that measured fastest.
@@ -55,8 +56,10 @@ def build_variants(name: str, folder: Path, formats: list[str]) -> tuple[dict[st
             out = folder / f"{name}.{kind}.{fmt}.onnx"
             report = convert_precision(source, out, PrecisionOptions("int8", int8_format=fmt))
             paths[f"{kind} {fmt}"] = out
+            sqnr = [o.sqnr_db for o in report.outputs if o.sqnr_db is not None]
             drift[f"{kind} {fmt}"] = {"max_abs": report.max_abs_error, "mean_abs": report.mean_abs_error,
-                                      "top1": report.top1_agreement}  # fmt: skip
+                                      "top1": report.top1_agreement, "sqnr_db": min(sqnr) if sqnr else None,
+                                      "layers": [layer.to_dict() for layer in report.layers]}  # fmt: skip
     return paths, drift
 
 
@@ -90,6 +93,27 @@ def bench(name: str, folder: Path, backends: list[str], formats: list[str], roun
     return {"model": name, "device": report.device, "rows": per_backend, "drift": drift, "summary": summary}
 
 
+def layers_table(console: Console, result: dict, formats: list[str], shown: int = 8) -> None:
+    """Per-layer SQNR of lean int8, each format side by side: the layers that lose most in the first format."""
+    drift = result["drift"]
+    first = drift[f"lean {formats[0]}"]["layers"]
+    by_format = {f: {layer["node"]: layer for layer in drift[f"lean {f}"]["layers"]} for f in formats}
+    table = Table(title=f"{result['model']}: lean int8, the {shown} layers that lose most in {formats[0]} (of "
+                  f"{len(first)}): output SQNR dB / dB lost, per format", title_justify="left")  # fmt: skip
+    table.add_column("node")
+    table.add_column("module")
+    for f in formats:
+        table.add_column(f, justify="right")
+    db = lambda v: "exact" if v is None else f"{v:.1f}"  # noqa: E731
+    for layer in first[:shown]:
+        cells = []
+        for f in formats:
+            other = by_format[f].get(layer["node"])
+            cells.append(f"{db(other['sqnr_db'])} / {other['loss_db']:.1f}" if other else "-")
+        table.add_row(layer["node"], layer["module"] or "-", *cells)
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
@@ -114,14 +138,16 @@ def main() -> None:
         for backend, rows in r["rows"].items():
             table = Table(title=f"{r['model']} on {r['device']} ({backend}): p50 and speedup vs dense fp32 (95 % "
                           "interval); int8 drift vs its fp32 graph", title_justify="left")  # fmt: skip
-            for column in ("variant", "p50 ms", "vs dense fp32", "max abs drift", "top-1 agreement"):
+            for column in ("variant", "p50 ms", "vs dense fp32", "max abs drift", "SQNR dB", "top-1 agreement"):
                 table.add_column(column, justify="left" if column == "variant" else "right")
             for label, row in rows.items():
                 s, d = row["vs_dense_fp32"], r["drift"].get(label)
                 table.add_row(label, f"{row['p50_ms']:.3f}", f"{s['value']:.2f} ({s['low']:.2f}–{s['high']:.2f})",
                               f"{d['max_abs']:.3g}" if d else "-",
+                              f"{d['sqnr_db']:.1f}" if d and d["sqnr_db"] is not None else "-",
                               f"{100 * d['top1']:.0f} %" if d and d["top1"] is not None else "-")  # fmt: skip
             console.print(table)
+        layers_table(console, r, args.formats)
     summary = Table(title="per model and backend (p50 ratios, best int8 format)")
     for column in ("model", "backend", "fastest format", "target names first", "named / fastest", "lean fp32 / int8",
                    "pruning at int8", "pruning at fp32", "exported fp32 / lean int8"):  # fmt: skip

@@ -98,6 +98,16 @@ def template(tmp_path_factory, checkpoint_factory) -> Path:
     (folder / "garbage.pt2").write_bytes(rng.bytes(3000))
     (folder / "garbage.safetensors").write_bytes(rng.bytes(300))
     (folder / "notes.txt").write_text("a user's file\n")
+    from PIL import Image
+
+    pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    for name, images in {"img-sizes": [pixels[:32, :32], pixels], "img-grey": [pixels[:32, :32, 0], pixels[:32, :32]],
+                         "img-text": [pixels[:32, :32], pixels[:32, :32]]}.items():  # fmt: skip
+        (folder / name).mkdir()
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(folder / name / f"{i}.png")
+    (folder / "img-text" / "labels.txt").write_text("cat\ndog\n")
+    (folder / "config.json").write_text('{"input_size": [3, 32], "mean": [0.5, 0.5, 0.5]}')
     (folder / "subdir").mkdir()
     (folder / "emptydir").mkdir()
     (folder / ".hidden").write_text("hidden\n")
@@ -277,6 +287,119 @@ CASES: dict[str, tuple[list[str], str]] = {
     "optimize calibration missing": (
         ["optimize", "model.onnx", "-o", "o.onnx", "--precision", "int8", "--calibration", "nope.npz"],
         "nope.npz: no such file",
+    ),
+    "optimize calibration empty folder": (
+        ["optimize", "model.onnx", "-o", "o.onnx", "--precision", "int8", "--calibration", "emptydir"],
+        "emptydir: calibration folder holds no .npy, .npz or image files",
+    ),
+    "optimize calibration mixed sizes": (
+        [
+            "optimize",
+            "model.onnx",
+            "-o",
+            "o.onnx",
+            "--precision",
+            "int8",
+            "--calibration",
+            "img-sizes",
+            "--mean",
+            "0.5,0.5,0.5",
+            "--std",
+            "0.5,0.5,0.5",
+        ],
+        "pixels, the model takes 32×32: pass --image-size (and --resize) to resize",
+    ),
+    "optimize calibration not an image": (
+        [
+            "optimize",
+            "model.onnx",
+            "-o",
+            "o.onnx",
+            "--precision",
+            "int8",
+            "--calibration",
+            "img-text",
+            "--mean",
+            "0.5,0.5,0.5",
+            "--std",
+            "0.5,0.5,0.5",
+        ],
+        "labels.txt: not an image (.jpg,",
+    ),
+    "optimize calibration wrong channels": (
+        [
+            "optimize",
+            "model.onnx",
+            "-o",
+            "o.onnx",
+            "--precision",
+            "int8",
+            "--calibration",
+            "img-grey",
+            "--mean",
+            "0.5,0.5,0.5",
+            "--std",
+            "0.5,0.5,0.5",
+        ],
+        "0.png: 1 channel(s) (mode L), the model takes 3",
+    ),
+    "optimize calibration images unnormalized": (
+        ["optimize", "model.onnx", "-o", "o.onnx", "--precision", "int8", "--calibration", "img-grey"],
+        "--calibration: images need their normalization stated",
+    ),
+    "optimize calibration too few": (
+        [
+            "optimize",
+            "model.onnx",
+            "-o",
+            "o.onnx",
+            "--precision",
+            "int8",
+            "--calibration",
+            "data.npz",
+            "--calibration-samples",
+            "5",
+        ],
+        "--calibration-samples: 5 asked, but data.npz holds 2 sample(s) and 1 are held out to judge accuracy",
+    ),
+    "optimize data config bad": (
+        ["optimize", "model.onnx", "-o", "o.onnx", "--precision", "int8", "--data-config", "config.json"],
+        "config.json: 'input_size' must be a list of 3 numbers (--data-config)",
+    ),
+    "optimize mean count": (
+        [
+            "optimize",
+            "model.onnx",
+            "-o",
+            "o.onnx",
+            "--precision",
+            "int8",
+            "--calibration",
+            "img-sizes",
+            "--mean",
+            "0.5,0.5",
+            "--std",
+            "0.5,0.5,0.5",
+            "--image-size",
+            "32",
+        ],
+        "--mean: 2 value(s) for a model input of 3 channel(s)",
+    ),
+    "optimize keep-fp32 nothing": (
+        ["optimize", "model.onnx", "-o", "o.onnx", "--precision", "int8", "--keep-fp32", "no.such.layer"],
+        "--keep-fp32: no node or module named 'no.such.layer' in",
+    ),
+    "optimize max-drift unreachable": (
+        ["optimize", "model.onnx", "-o", "o.onnx", "--precision", "int8", "--max-drift", "300dB"],
+        "--max-drift: SQNR ≥ 300 dB on every output holds only with every layer in fp32",
+    ),
+    "optimize max-drift top-1 without classes": (
+        ["optimize", "small8.onnx", "-o", "o.onnx", "--precision", "int8", "--max-drift", "1%"],
+        "--max-drift: a top-1 bound needs class scores (an N×K output)",
+    ),
+    "optimize best without target": (
+        ["optimize", "model.onnx", "-o", "o.onnx", "--precision", "best"],
+        "--precision best: needs --target",
     ),
     # optimize: options
     "optimize align 0": (["optimize", "model.onnx", "-o", "o.onnx", "--align", "0"], "--align"),
