@@ -200,3 +200,19 @@ def test_images_calibrate_from_the_cli(tmp_path, lean, capsys):
     assert (report["samples"], report["held_out"], report["method"]) == (8, 2, "percentile")
     assert "images 32×32, crop (crop_pct 0.875), bilinear, RGB, (p/255 − [0.485,0.456,0.406])" in report["calibration"]
     assert report["layers"] and report["outputs"][0]["sqnr_db"] > 0
+
+
+def test_every_calibration_sample_counts(tmp_path, lean):
+    """The ranges come from all samples, merged stride by stride (onnxruntime's own CalibMaxIntermediateOutputs
+    drops what it collected): one loud sample first among 17 sets the input's scale."""
+    from sparsecut.passes.precision import _quantize
+    from sparsecut.quantization import FORMATS
+
+    rng = np.random.default_rng(3)
+    samples = [{"input": rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(17)]
+    samples[0]["input"][0, 0, 0, 0] = 100.0
+    _quantize(lean, tmp_path / "q.onnx", samples, FORMATS["s8s8"], "minmax", [], tmp_path / "ranges.json")
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    scales = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    (first,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"]
+    assert float(scales[first.input[1]]) == pytest.approx(100.0 / 127, rel=1e-3)  # symmetric int8: |x| ≤ 100
