@@ -802,8 +802,9 @@ def _render_decision(decision: object) -> None:
             table.add_row(g.location, str(g.live), str(g.chosen), str(g.original),
                           "  ".join(f"{c}: {ms:.3f}" for c, ms in best))  # fmt: skip
         console.print(table)
-    end = Table(title="end to end, interleaved: input and the lean candidates", title_justify="left")
-    for column in ("variant", "p50 ms", "speedup vs input (95 % interval)"):
+    reference = decision.variants[0].name
+    end = Table(title=f"end to end, interleaved: {reference} and the lean candidates", title_justify="left")
+    for column in ("variant", "p50 ms", f"speedup vs {reference.split(' (')[0]} (95 % interval)"):
         end.add_column(column, justify="left" if column == "variant" else "right")
     for v in decision.variants:
         end.add_row(

@@ -12,6 +12,7 @@ from sparsecut.modelfile import atomic_write_text, graph_precision
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.measured import Tuning, optimize_measured
 from sparsecut.passes.precision import PrecisionOptions
+from sparsecut.passes.registry import baseline_passes
 from sparsecut.report import BuildReport, PrecisionReport, RunReport, write_json
 from sparsecut.targets import BuildOptions, ProfileOptions, Target, compare_runs, get_target
 from sparsecut.targets.compare import plot_pruning_by_precision
@@ -169,11 +170,6 @@ def run_workflow(
     write_json(report, out_dir / "report.json")
     atomic_write_text(out_dir / "report.md", markdown_summary(report))
     return report
-
-
-def baseline_passes(passes: Sequence[str]) -> tuple[str, ...]:
-    """The like-for-like baseline of a pipeline: every pass but channel removal."""
-    return tuple(p for p in passes if p != "remove-dead-channels")
 
 
 def side_file(output: Path, kind: str, inputs: Sequence[Path | None] = ()) -> Path:

@@ -8,7 +8,9 @@
    them end to end.
 3. The input and the candidates are timed interleaved on the target (the same runner and interval as
    `compare`); the fastest candidate is written. Unless it beats the input beyond noise, the report says plainly
-   that pruning does not pay on this target — the file is still written, flagged so in the report and JSON.
+   that pruning does not pay on this target — the file is still written, flagged so in the report and JSON. When
+   the candidates are in another precision (int8, fp16), the reference is the input through the same pipeline
+   and precision without channel removal: a speedup credited to pruning is never the precision's.
 4. The precision round. With `--precision int8` (and no `--int8-format`), the chosen lean graph is also quantized
    in every other int8 format the target offers (its types and Q/DQ placement: sparsecut/quantization.py) and
    kept in fp32; each format is checked against `--max-drift` on the held-out samples (layers put back in fp32
@@ -38,7 +40,7 @@ from sparsecut.passes.dead_channels import prepare_for_analysis
 from sparsecut.passes.drift import DriftBound
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
 from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
-from sparsecut.passes.registry import Setting, make_pass, parse_passes
+from sparsecut.passes.registry import Setting, baseline_passes, make_pass, parse_passes
 from sparsecut.quantization import cpu_int8_formats
 from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport, Speedup
 
@@ -99,10 +101,19 @@ def optimize_measured(
             (Path(tmp) / str(i)).mkdir()
             staged[name] = Path(tmp) / str(i) / output.name
             reports[name] = optimize_model(source, staged[name], variant_options)
-        timed = tuning.compare([source, *staged.values()])
+        # the reference: the input — or, when the candidates are in another precision, the input through the same
+        # pipeline and precision without channel removal, so that a speedup is pruning's alone, never precision's
+        reference, reference_name = source, "input"
+        if channel_options.precision != "fp32":
+            (Path(tmp) / "dense").mkdir()
+            reference = Path(tmp) / "dense" / output.name
+            dense = dataclasses.replace(channel_options, passes=baseline_passes(channel_options.passes))
+            optimize_model(source, reference, dense)
+            reference_name = f"dense {channel_options.precision} (no channel removal)"
+        timed = tuning.compare([reference, *staged.values()])
         variants = [
-            dataclasses.replace(v, name=name, model=str(source if name == "input" else output))
-            for v, name in zip(timed, ("input", *staged), strict=True)
+            dataclasses.replace(v, name=name, model=str(source if name == reference_name else output))
+            for v, name in zip(timed, (reference_name, *staged), strict=True)
         ]
         best = min(variants[1:], key=lambda v: v.p50_ms)
         written, fp32_file, int8_pays, chosen_precision = staged[best.name], None, None, ""
@@ -127,11 +138,12 @@ def optimize_measured(
         elif fp32_twin is not None and options.precision not in ("fp32", "best"):
             optimize_model(source, fp32_twin, dataclasses.replace(candidates[best.name], precision="fp32"))
     pays = best.speedup.low > 1.0
+    against = "the input" if channel_options.precision == "fp32" else variants[0].name
     verdict = (
-        f"{best.name} written: {best.speedup.describe()} faster than the input"
+        f"{best.name} written: {best.speedup.describe()} faster than {against}"
         if pays
         else f"pruning does not pay on this target: the fastest lean variant ({best.name}) is "
-        f"{best.speedup.describe()} vs the input; written anyway, flagged"
+        f"{best.speedup.describe()} vs {against}; written anyway, flagged"
     )
     verdict += _precision_verdict(formats, chosen_precision, int8_pays, best_asked, options)
     decision = MeasuredDecision(

@@ -21,7 +21,17 @@ from sparsecut.report import PassReport
 if TYPE_CHECKING:
     from sparsecut.passes.pipeline import OptimizeOptions
 
-__all__ = ["DEFAULT_PASSES", "PASSES", "REGISTRY", "PassSpec", "Setting", "make_pass", "parse_passes", "run_passes"]
+__all__ = [
+    "DEFAULT_PASSES",
+    "PASSES",
+    "REGISTRY",
+    "PassSpec",
+    "Setting",
+    "baseline_passes",
+    "make_pass",
+    "parse_passes",
+    "run_passes",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +123,11 @@ REGISTRY: dict[str, PassSpec] = {
 }
 PASSES: dict[str, str] = {name: spec.description for name, spec in REGISTRY.items()}
 DEFAULT_PASSES = ("fold-constants", "fold-batchnorm", "remove-dead-channels", "cleanup", "annotate-2to4")
+
+
+def baseline_passes(passes: Sequence[str]) -> tuple[str, ...]:
+    """The like-for-like baseline of a pipeline: every pass but channel removal."""
+    return tuple(p for p in passes if p != "remove-dead-channels")
 
 
 def parse_passes(names: Sequence[str]) -> list[str]:

@@ -256,3 +256,26 @@ def test_channel_counts_are_timed_at_the_precision_written(tmp_path):
     seen.clear()
     optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="best"), tuning)
     assert set(seen) == {"fp32"}  # best: the precision is chosen after the channels
+
+
+def test_pruning_at_int8_is_measured_against_the_dense_graph_at_int8(tmp_path):
+    """The channel round's reference is the input through the same pipeline and precision without channel removal:
+    the speedup credited to pruning is never the precision's."""
+    seen: list[tuple[bool, list[list[int]]]] = []
+    timing = by_format({"u8s8": 6.0, "s8s8": 9.0})
+
+    def compare(paths: list[Path]) -> list[MeasuredVariant]:
+        if not seen:  # the channel round: what its reference holds
+            reference = onnx.load(str(paths[0]))
+            quantized = "QuantizeLinear" in {n.op_type for n in reference.graph.node}
+            seen.append((quantized, sorted(list(t.dims) for t in reference.graph.initializer if len(t.dims) == 4)))
+        return timing(paths)
+
+    tuning = Tuning(target="fake", timer=FakeTimer(lambda layer: 1.0), compare=compare, int8_formats=("u8s8", "s8s8"),
+                    budget=30.0)  # fmt: skip
+    source = dead_model(tmp_path)
+    report = optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="int8", align=1), tuning)
+    assert report.decision.variants[0].name == "dense int8 (no channel removal)"
+    assert "dense int8 (no channel removal)" in report.decision.verdict
+    weights = sorted(list(t.dims) for t in onnx.load(str(source)).graph.initializer if len(t.dims) == 4)
+    assert seen == [(True, weights)]  # quantized, every channel still there
