@@ -11,6 +11,7 @@ the issue asks for: quantization speedup (lean fp32 / lean int8, best format), p
 (`int8_formats`) against the format that measured fastest.
 
     .venv/bin/python benchmarks/precision.py [--models resnet18 resnet50 ...] [--backends onnxruntime openvino]
+        [--max-drift 40dB]   # every int8 variant held to the bound: layers back in fp32 until it holds
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rich.table import Table
 from sparsecut.exporter import ExportOptions, export_module
 from sparsecut.models import make_pruned_model
 from sparsecut.passes import OptimizeOptions, optimize_model
+from sparsecut.passes.drift import DriftBound, parse_drift_bound
 from sparsecut.passes.precision import PrecisionOptions, convert_precision
 from sparsecut.quantization import FORMATS
 from sparsecut.targets import BuildOptions, ProfileOptions, compare_models, get_target
@@ -38,7 +40,9 @@ MODELS = ("resnet18", "resnet50", "efficientnet_b0", "vit_tiny_patch16_224")
 TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
 
 
-def build_variants(name: str, folder: Path, formats: list[str]) -> tuple[dict[str, Path], dict[str, dict]]:
+def build_variants(
+    name: str, folder: Path, formats: list[str], bound: DriftBound | None = None
+) -> tuple[dict[str, Path], dict[str, dict]]:
     exported = folder / f"{name}.onnx"
     if name.startswith("resnet"):
         model, shape = make_pruned_model(name, "l1-filter", 0.5), (1, 3, 224, 224)
@@ -54,17 +58,26 @@ def build_variants(name: str, folder: Path, formats: list[str]) -> tuple[dict[st
     for fmt in formats:
         for kind, source in (("dense", dense), ("lean", lean)):
             out = folder / f"{name}.{kind}.{fmt}.onnx"
-            report = convert_precision(source, out, PrecisionOptions("int8", int8_format=fmt))
+            report = convert_precision(source, out, PrecisionOptions("int8", int8_format=fmt, max_drift=bound))
             paths[f"{kind} {fmt}"] = out
             sqnr = [o.sqnr_db for o in report.outputs if o.sqnr_db is not None]
             drift[f"{kind} {fmt}"] = {"max_abs": report.max_abs_error, "mean_abs": report.mean_abs_error,
                                       "top1": report.top1_agreement, "sqnr_db": min(sqnr) if sqnr else None,
-                                      "layers": [layer.to_dict() for layer in report.layers]}  # fmt: skip
+                                      "layers": [layer.to_dict() for layer in report.layers],
+                                      "fallback": report.fallback}  # fmt: skip
     return paths, drift
 
 
-def bench(name: str, folder: Path, backends: list[str], formats: list[str], rounds: int, iterations: int) -> dict:
-    paths, drift = build_variants(name, folder, formats)
+def bench(
+    name: str,
+    folder: Path,
+    backends: list[str],
+    formats: list[str],
+    rounds: int,
+    iterations: int,
+    bound: DriftBound | None = None,
+) -> dict:
+    paths, drift = build_variants(name, folder, formats, bound)
     labels = list(paths)
     report = compare_models(
         list(paths.values()), target=",".join(backends), baseline=paths["dense fp32"],
@@ -123,7 +136,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--tvshim", type=Path, default=TVSHIM)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--max-drift", help="hold every int8 variant to this bound (30dB, 1%%): layers back in fp32")
     args = parser.parse_args()
+    bound = parse_drift_bound(args.max_drift) if args.max_drift else None
     load_tvshim(args.tvshim)
     logging.getLogger("sparsecut.passes.precision").setLevel(logging.ERROR)  # random calibration: said above
     console = Console(width=200)
@@ -131,21 +146,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sparsecut-precision-") as tmp:
         for name in args.models:
             console.print(f"{name} …")
-            results.append(bench(name, Path(tmp), args.backends, args.formats, args.rounds, args.iterations))
+            results.append(bench(name, Path(tmp), args.backends, args.formats, args.rounds, args.iterations, bound))
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2) + "\n")
     for r in results:
         for backend, rows in r["rows"].items():
             table = Table(title=f"{r['model']} on {r['device']} ({backend}): p50 and speedup vs dense fp32 (95 % "
                           "interval); int8 drift vs its fp32 graph", title_justify="left")  # fmt: skip
-            for column in ("variant", "p50 ms", "vs dense fp32", "max abs drift", "SQNR dB", "top-1 agreement"):
+            for column in ("variant", "p50 ms", "vs dense fp32", "max abs drift", "SQNR dB", "top-1 agreement",
+                           "layers in fp32"):  # fmt: skip
                 table.add_column(column, justify="left" if column == "variant" else "right")
             for label, row in rows.items():
                 s, d = row["vs_dense_fp32"], r["drift"].get(label)
                 table.add_row(label, f"{row['p50_ms']:.3f}", f"{s['value']:.2f} ({s['low']:.2f}–{s['high']:.2f})",
                               f"{d['max_abs']:.3g}" if d else "-",
                               f"{d['sqnr_db']:.1f}" if d and d["sqnr_db"] is not None else "-",
-                              f"{100 * d['top1']:.0f} %" if d and d["top1"] is not None else "-")  # fmt: skip
+                              f"{100 * d['top1']:.0f} %" if d and d["top1"] is not None else "-",
+                              str(len(d["fallback"])) if d else "-")  # fmt: skip
             console.print(table)
         layers_table(console, r, args.formats)
     summary = Table(title="per model and backend (p50 ratios, best int8 format)")
