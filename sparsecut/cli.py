@@ -817,11 +817,10 @@ def _render_decision(decision: object) -> None:
             formats.add_column(column, justify="right" if column == "p50 ms" else "left")
         for v in decision.formats:
             name = v.name + (" (written)" if v.name == decision.precision_written else "")
-            if v.refused:
-                formats.add_row(name, "-", "refused, not timed", escape(v.refused))
-                continue
             ratio = "reference" if v.name == "fp32" else v.speedup.describe()
             formats.add_row(name, f"{v.p50_ms:.3f}", ratio, escape(v.drift))
+        for name, why in decision.refused.items():
+            formats.add_row(name, "-", "refused by --max-drift, not timed", escape(why))
         console.print(formats)
     budget = "; the budget ran out (undecided spaces kept the fixed alignment)" if decision.budget_exhausted else ""
     console.print(

@@ -333,10 +333,9 @@ class CountDecision(Report):
 class MeasuredVariant(Report):
     name: str  # "input", "align N", "measured"; the precision round: "fp32", "fp16", "int8 FORMAT"
     model: str
-    p50_ms: float  # nan when refused (not timed)
+    p50_ms: float
     speedup: Speedup  # p50 of the input / p50 of this one
     drift: str = ""  # the precision round: accuracy on the held-out samples, in words
-    refused: str = ""  # the precision round: why it cannot be written (--max-drift), not timed then
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +358,9 @@ class MeasuredDecision(Report):
     formats: list[MeasuredVariant] = dataclasses.field(default_factory=list)
     int8_pays: bool | None = None  # the written int8 format beats fp32 beyond noise (None: no int8 asked)
     precision_written: str = ""  # the precision round's choice: "fp32", "fp16", "int8 FORMAT"
+    refused: dict[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # precision → why --max-drift refused it (untimed)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,6 @@ target for timings through `Tuning` (built by `targets/tuning.py`) and imports n
 from __future__ import annotations
 
 import dataclasses
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from sparsecut.passes.latency_table import LatencyTable, LayerTimer
 from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
 from sparsecut.passes.registry import Setting, baseline_passes, make_pass, parse_passes
 from sparsecut.quantization import cpu_int8_formats
-from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport, Speedup
+from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport
 
 __all__ = ["BEST_BOUND", "FIXED", "Tuning", "optimize_measured"]
 
@@ -118,6 +117,7 @@ def optimize_measured(
         best = min(variants[1:], key=lambda v: v.p50_ms)
         written, fp32_file, int8_pays, chosen_precision = staged[best.name], None, None, ""
         formats: list[MeasuredVariant] = []
+        refused: dict[str, str] = {}
         if rounds:
             counts = dataclasses.replace(candidates[best.name], max_drift=options.max_drift)
             # the channel round's graph is one of the precision round's: fp32 (best), or the first int8 format
@@ -127,8 +127,8 @@ def optimize_measured(
             if reusable == "fp32" or options.max_drift is None:
                 built = (reusable, staged[best.name], reports[best.name])
             round_ = _choose_precision(source, Path(tmp), output, counts, rounds, tuning, built, fp32_twin)
-            written, fp32_file, formats, reports[best.name], chosen_precision = round_
-            timed_int8 = [v for v in formats if v.name.startswith("int8") and not v.refused]
+            written, fp32_file, formats, refused, reports[best.name], chosen_precision = round_
+            timed_int8 = [v for v in formats if v.name.startswith("int8")]
             if timed_int8:  # formats[0] is fp32: every speedup is against it
                 int8_pays = min(timed_int8, key=lambda v: v.p50_ms).speedup.low > 1.0
         publish(written, output)
@@ -145,7 +145,7 @@ def optimize_measured(
         else f"pruning does not pay on this target: the fastest lean variant ({best.name}) is "
         f"{best.speedup.describe()} vs {against}; written anyway, flagged"
     )
-    verdict += _precision_verdict(formats, chosen_precision, int8_pays, best_asked, options)
+    verdict += _precision_verdict(formats, refused, chosen_precision, int8_pays, best_asked, options)
     decision = MeasuredDecision(
         target=tuning.target,
         context=table.context,
@@ -162,6 +162,7 @@ def optimize_measured(
         formats=formats,
         int8_pays=int8_pays,
         precision_written=chosen_precision,
+        refused=refused,
     )
     return dataclasses.replace(
         reports[best.name], output=str(output), decision=decision, seconds=time.perf_counter() - start
@@ -192,11 +193,12 @@ def _choose_precision(
     tuning: Tuning,
     built: tuple[str, Path, OptimizeReport] | None,
     fp32_twin: Path | None,
-) -> tuple[Path, Path, list[MeasuredVariant], OptimizeReport, str]:
+) -> tuple[Path, Path, list[MeasuredVariant], dict[str, str], OptimizeReport, str]:
     """The lean graph with `counts`' channels in each precision of `rounds`, built (a candidate that cannot meet
-    --max-drift is refused, not timed) and timed interleaved. `built`: the graph already written in `counts`'
-    `built`: (round, file, report) of a graph the channel round wrote already, reused. Returns the fastest file that passes (int8 asked: the fastest int8 format), the fp32
-    file, the timings, the written one's report and its name."""
+    --max-drift is refused, not timed) and timed interleaved. `built`: (round, file, report) of a graph the
+    channel round wrote already, reused. Returns the fastest file that passes (int8 asked: the fastest int8
+    format), the fp32 file, the timings, the refused rounds with why, the written one's report and its round's
+    name."""
     staged: dict[str, Path] = {}
     reports: dict[str, OptimizeReport] = {}
     refused: dict[str, str] = {}
@@ -217,19 +219,18 @@ def _choose_precision(
     if not any(name.startswith("int8") for name in staged) and "fp16" not in rounds:  # int8 asked, none passes
         reasons = "; ".join(f"{name}: {why}" for name, why in refused.items())
         raise AccuracyError(f"--max-drift: no int8 format meets the bound ({reasons}); nothing written")
+    if len(staged) == 1:  # fp32 alone passed (best): nothing to time it against
+        only = next(iter(staged))
+        return staged[only], staged["fp32"], [], refused, reports[only], only
     timed = dict(zip(staged, tuning.compare(list(staged.values())), strict=True))
     variants = []
-    for name in rounds:
-        if name in refused:
-            nothing = Speedup(math.nan, math.nan, math.nan)
-            variants.append(MeasuredVariant(name, name, math.nan, nothing, refused=refused[name]))
-            continue
+    for name in staged:
         precision = reports[name].precision
         drift = _drift_in_words(precision) if precision is not None else "reference"
         variants.append(dataclasses.replace(timed[name], name=name, model=name, drift=drift))
-    eligible = [v for v in variants if not v.refused and (v.name != "fp32" or "fp16" in rounds)]
+    eligible = [v for v in variants if v.name != "fp32" or "fp16" in rounds]
     fastest = min(eligible, key=lambda v: v.p50_ms)
-    return staged[fastest.name], staged["fp32"], variants, reports[fastest.name], fastest.name
+    return staged[fastest.name], staged["fp32"], variants, refused, reports[fastest.name], fastest.name
 
 
 def _drift_in_words(precision: PrecisionReport) -> str:
@@ -243,22 +244,27 @@ def _drift_in_words(precision: PrecisionReport) -> str:
 
 
 def _precision_verdict(
-    formats: list[MeasuredVariant], chosen: str, int8_pays: bool | None, best_asked: bool, options: OptimizeOptions
+    formats: list[MeasuredVariant],
+    refused: dict[str, str],
+    chosen: str,
+    int8_pays: bool | None,
+    best_asked: bool,
+    options: OptimizeOptions,
 ) -> str:
-    if not formats:
+    if not formats and not refused:
         return ""
     text = ""
     if best_asked:
-        written = next(v for v in formats if v.name == chosen)
+        written = next((v for v in formats if v.name == chosen), None)
         bound = options.max_drift.describe() if options.max_drift is not None else ""
-        text += f"; --precision best: {chosen} written ({written.speedup.describe()} vs fp32; {bound})"
+        speed = f"{written.speedup.describe()} vs fp32; " if written is not None and chosen != "fp32" else ""
+        text += f"; --precision best: {chosen} written ({speed}bound: {bound})"
     if int8_pays is False:
-        fastest = min((v for v in formats if v.name.startswith("int8") and not v.refused), key=lambda v: v.p50_ms)
+        fastest = min((v for v in formats if v.name.startswith("int8")), key=lambda v: v.p50_ms)
         text += (
             f"; int8 does not pay on this target: the fastest int8 format is {fastest.speedup.describe()} vs fp32"
             + ("" if best_asked else "; written as asked, flagged")
         )
-    refused = [v.name for v in formats if v.refused]
     if refused:
         text += f"; refused by --max-drift: {', '.join(refused)}"
     return text
