@@ -275,7 +275,7 @@ class LayerDrift(Report):
     module: str  # the PyTorch module it came from, where the graph tells
     sqnr_db: float | None  # of the value the next layers read; None: bit-exact
     input_sqnr_db: float | None  # of the input it reads (the worst, for two activations)
-    loss_db: float  # input SQNR − output SQNR: what this layer's rounding added (0 when both are exact)
+    loss_db: float  # input SQNR − output SQNR: what this layer's rounding added (an exact one counts as 300 dB)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,7 @@ __all__ = ["DriftBound", "measure_drift", "parse_drift_bound", "sqnr_db"]
 
 Feed = dict[str, np.ndarray]
 QUANTIZED_LAYERS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+EXACT_DB = 300.0  # a bit-exact tensor's SQNR where a difference is taken (float64 rounding lies far below)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +158,7 @@ def measure_drift(
         out = sqnr_db(sums[key][0], sums[key][1])
         ins = [sqnr_db(sums[k][0], sums[k][1]) for k in inputs]
         worst_in = min(ins, key=lambda v: math.inf if v is None else v) if ins else None
-        loss = (math.inf if worst_in is None else worst_in) - (math.inf if out is None else out)
+        loss = (EXACT_DB if worst_in is None else worst_in) - (EXACT_DB if out is None else out)
         layer_drift.append(
             LayerDrift(
                 node=node.name or "",
@@ -165,7 +166,7 @@ def measure_drift(
                 module=modules.get(node.name or "", ""),
                 sqnr_db=out,
                 input_sqnr_db=worst_in,
-                loss_db=0.0 if math.isnan(loss) else loss,
+                loss_db=loss,
             )
         )
     layer_drift.sort(key=lambda d: -d.loss_db)
@@ -222,7 +223,8 @@ def _quantized_layers(
             input_key = f"layer {source.name}"
             pairs.setdefault(input_key, (source.name or "", value.name or ""))
             inputs.append(input_key)
-        watched.append((node, key, inputs))
+        if inputs:  # a layer whose activations are not quantized has no loss of its own to measure
+            watched.append((node, key, inputs))
     return watched
 
 
