@@ -871,6 +871,11 @@ def build(
     calibration = calibrating.source
     if int8_format and precision != "int8":
         raise UsageError("--int8-format: only used with --precision int8")
+    if precision == "best" and (calibration is not None or keep or bound is not None or data_config is not None):
+        raise UsageError(
+            "--precision best: build takes the precision the graph has (TensorRT picks per layer); to quantize, "
+            "build with --precision int8 and the calibration options"
+        )
     batches = _batch_range(batch)
     _require(model, calibration, data_config)
     with OutputPlan([model, calibration, data_config]) as plan:

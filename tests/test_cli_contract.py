@@ -397,6 +397,10 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["optimize", "small8.onnx", "-o", "o.onnx", "--precision", "int8", "--max-drift", "1%"],
         "--max-drift: a top-1 bound needs class scores (an N×K output)",
     ),
+    "build best with calibration": (
+        ["build", "model.onnx", "-o", "o.ort.onnx", "--precision", "best", "--calibration", "data.npz"],
+        "--precision best: build takes the precision the graph has",
+    ),
     "optimize best without target": (
         ["optimize", "model.onnx", "-o", "o.onnx", "--precision", "best"],
         "--precision best: needs --target",
