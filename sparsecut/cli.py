@@ -1208,7 +1208,7 @@ def run(
 
 def _run(checkpoint: Path, out_dir: Path, option: str, arch: str | None, model: str | None, options: object) -> None:
     from sparsecut.targets import get_target
-    from sparsecut.workflow import STEPS, RunOptions, run_files, run_workflow, speedup_lines
+    from sparsecut.workflow import PRECISION_PLOT, STEPS, RunOptions, run_files, run_workflow, speedup_lines
 
     assert isinstance(options, RunOptions)
     with OutputPlan([checkpoint]) as plan:
@@ -1236,7 +1236,10 @@ def _run(checkpoint: Path, out_dir: Path, option: str, arch: str | None, model: 
     _render_compare(report.compare)
     for line in speedup_lines(report):
         console.print(line.removeprefix("- ").replace("**", ""))
-    console.print(f"report → {out_dir / 'report.json'}, {out_dir / 'report.md'}, plot → {out_dir / 'compare.png'}")
+    grid = f", pruning × precision → {out_dir / PRECISION_PLOT}" if options.precision != "fp32" else ""
+    console.print(
+        f"report → {out_dir / 'report.json'}, {out_dir / 'report.md'}, plot → {out_dir / 'compare.png'}{grid}"
+    )
 
 
 @app.command()
