@@ -236,7 +236,6 @@ def _numbers(option: str, text: str) -> tuple[float, ...]:
 
 
 def _calibration(
-    precision: str,
     calibration: Path | None,
     calibration_method: str,
     calibration_samples: int | None,
@@ -252,19 +251,10 @@ def _calibration(
     keep_fp32: str | None,
     max_drift: str | None,
 ) -> Int8Settings:
-    """The int8 options, checked; they need --precision int8 (or best)."""
+    """The int8 options, parsed and checked."""
     from sparsecut.calibration import Calibration, ImagePreprocessing, preprocessing_from_config
     from sparsecut.passes.drift import parse_drift_bound
 
-    given = {"--calibration": calibration, "--calibration-method": calibration_method != "minmax" or None,
-             "--calibration-samples": calibration_samples, "--held-out": held_out, "--image-size": image_size,
-             "--resize": resize, "--crop-pct": crop_pct, "--interpolation": interpolation,
-             "--channel-order": channel_order != "rgb" or None, "--mean": mean, "--std": std,
-             "--data-config": data_config, "--keep-fp32": keep_fp32, "--max-drift": max_drift}  # fmt: skip
-    if precision not in ("int8", "best"):
-        for option, value in given.items():
-            if value is not None:
-                raise UsageError(f"{option}: only used with --precision int8 or best")
     images = preprocessing_from_config(data_config) if data_config is not None else ImagePreprocessing()
     if image_size is not None:
         size = _numbers("--image-size", image_size)
@@ -321,15 +311,18 @@ _INT8_PARAMETERS = [
 
 def _int8_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give a command the int8 calibration and accuracy options. They reach it checked, as one keyword argument
-    `int8` (Int8Settings), and need the command's --precision int8 (or
-    best). One declaration for every command that quantizes (Typer reads the wrapper's signature)."""
+    `int8` (Int8Settings), and need the command's --precision int8 (or best): an option given off its default
+    otherwise is refused. One declaration for every command that quantizes (Typer reads the wrapper's signature)."""
     signature = signature_of(command, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "int8"]
 
     @functools.wraps(command)
     def with_int8(**kwargs: object) -> None:
         values = {p.name: kwargs.pop(p.name) for p in _INT8_PARAMETERS}
-        kwargs["int8"] = _calibration(str(kwargs["precision"]), **values)  # type: ignore[arg-type]
+        given = [p.name for p in _INT8_PARAMETERS if values[p.name] != p.default]
+        if given and kwargs["precision"] not in ("int8", "best"):
+            raise UsageError(f"--{given[0].replace('_', '-')}: only used with --precision int8 or best")
+        kwargs["int8"] = _calibration(**values)  # type: ignore[arg-type]
         command(**kwargs)
 
     with_int8.__signature__ = signature.replace(parameters=[*own, *_INT8_PARAMETERS])  # type: ignore[attr-defined]
