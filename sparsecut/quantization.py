@@ -56,7 +56,12 @@ FORMATS = {
 }  # fmt: skip
 
 
-def int8_format(name: str) -> Int8Format:
+def int8_format(name: str = "") -> Int8Format:
+    """The format named, or — "" — the default target's (onnxruntime's best on this CPU)."""
+    if not name:
+        from sparsecut.cpu import cpu_vector_extensions
+
+        name = cpu_int8_formats(cpu_vector_extensions())[0]
     if name not in FORMATS:
         raise InputError(f"--int8-format: unknown format {name!r}; known: {', '.join(FORMATS)}")
     return FORMATS[name]

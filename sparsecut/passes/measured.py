@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sparsecut.cpu import cpu_vector_extensions
 from sparsecut.errors import AccuracyError, GraphError
 from sparsecut.modelfile import check_output_path, load_model, publish
 from sparsecut.passes.channel_counts import CountPlan, plan_counts
@@ -40,7 +39,7 @@ from sparsecut.passes.drift import DriftBound
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
 from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
 from sparsecut.passes.registry import Setting, baseline_passes, make_pass, parse_passes
-from sparsecut.quantization import cpu_int8_formats
+from sparsecut.quantization import int8_format
 from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport
 
 __all__ = ["BEST_BOUND", "FIXED", "Tuning", "optimize_measured"]
@@ -285,5 +284,5 @@ def _plan(source: Path, names: list[str], options: OptimizeOptions, table: Laten
         progress = lambda done, total: report("timing layers", done, total)  # noqa: E731
     precision = options.precision
     if precision == "int8":  # the format it will be written in (convert_precision's default where none is named)
-        precision = f"int8 {options.int8_format or cpu_int8_formats(cpu_vector_extensions())[0]}"
+        precision = f"int8 {int8_format(options.int8_format).name}"
     return plan_counts(model, table, tuning.timer, tuning.batch, tuning.budget, progress, precision)

@@ -27,11 +27,10 @@ import numpy as np
 import onnx
 
 from sparsecut.calibration import Calibration, CalibrationSet, calibration_set
-from sparsecut.cpu import cpu_vector_extensions
 from sparsecut.errors import AccuracyError, GraphError, InputError
 from sparsecut.logs import quieted
 from sparsecut.passes.drift import DriftBound, measure_drift
-from sparsecut.quantization import Int8Format, cpu_int8_formats, int8_format
+from sparsecut.quantization import Int8Format, int8_format
 from sparsecut.report import LayerDrift, OutputDrift, PrecisionReport
 
 __all__ = ["FP16_BLOCKED_OPS", "PrecisionOptions", "convert_precision", "nodes_named"]
@@ -122,7 +121,7 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged = Path(tmp) / output.name
         if options.precision == "int8":
-            fmt = int8_format(options.int8_format or cpu_int8_formats(cpu_vector_extensions())[0])
+            fmt = int8_format(options.int8_format)
             notes.append(f"int8 format {fmt.describe()}")
             result = _quantize_within(source, staged, Path(tmp) / "ranges.json", data, fmt, keep, options)
             outputs, layers, kept, fallback, bound = result
