@@ -33,6 +33,7 @@ from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.drift import DriftBound, parse_drift_bound
 from sparsecut.passes.precision import PrecisionOptions, convert_precision
 from sparsecut.quantization import FORMATS
+from sparsecut.report import decibels
 from sparsecut.targets import BuildOptions, ProfileOptions, compare_models, get_target
 from sparsecut.workflow import baseline_passes
 
@@ -117,12 +118,11 @@ def layers_table(console: Console, result: dict, formats: list[str], shown: int 
     table.add_column("module")
     for f in formats:
         table.add_column(f, justify="right")
-    db = lambda v: "exact" if v is None else f"{v:.1f}"  # noqa: E731
     for layer in first[:shown]:
         cells = []
         for f in formats:
             other = by_format[f].get(layer["node"])
-            cells.append(f"{db(other['sqnr_db'])} / {other['loss_db']:.1f}" if other else "-")
+            cells.append(f"{decibels(other['sqnr_db'])} / {other['loss_db']:.1f}" if other else "-")
         table.add_row(layer["node"], layer["module"] or "-", *cells)
     console.print(table)
 

@@ -742,32 +742,28 @@ def _render_optimize(report: object, inspecting: bool = False) -> None:
 
 def _render_precision(p: object, layers_shown: int = 10) -> None:
     """The drift a precision conversion caused: per output, and the quantized layers that lost most."""
-    from sparsecut.report import PrecisionReport
+    from sparsecut.report import LayerDrift, OutputDrift, PrecisionReport
 
     assert isinstance(p, PrecisionReport)
-    db = lambda v: "exact" if v is None else f"{v:.1f}"  # noqa: E731
     how = f", {p.format}, {p.method} calibration" if p.format else ""
     console.print(
         f"[bold]{p.precision}[/bold]{how} on {escape(p.calibration)}: drift vs fp32 on {p.held_out} held-out "
         "sample(s) (not gated: precision changes the numbers by design)"
     )
     outputs = Table(title_justify="left")
-    for column in ("output", "max abs", "mean abs", "cosine", "SQNR dB", "top-1 agreement"):
+    for column in OutputDrift.COLUMNS:
         outputs.add_column(column, justify="left" if column == "output" else "right")
     for o in p.outputs:
-        top1 = "-" if o.top1_agreement is None else f"{100 * o.top1_agreement:.1f} %"
-        outputs.add_row(o.name, f"{o.max_abs_error:.3g}", f"{o.mean_abs_error:.3g}", f"{o.cosine:.5f}",
-                        db(o.sqnr_db), top1)  # fmt: skip
+        outputs.add_row(*o.cells())
     console.print(outputs)
     if p.layers:
         shown = p.layers[:layers_shown]
         layers = Table(title=f"quantized layers that lose most ({len(shown)} of {len(p.layers)}; all in --json)",
                        title_justify="left")  # fmt: skip
-        for column in ("node", "module", "op", "input SQNR dB", "output SQNR dB", "lost dB"):
+        for column in LayerDrift.COLUMNS:
             layers.add_column(column, justify="right" if "dB" in column else "left")
         for layer in shown:
-            layers.add_row(layer.node, layer.module or "-", layer.op, db(layer.input_sqnr_db), db(layer.sqnr_db),
-                           f"{layer.loss_db:.1f}")  # fmt: skip
+            layers.add_row(*layer.cells())
         console.print(layers)
     if p.kept_fp32:
         fallback = f" ({len(p.fallback)} put back by --max-drift)" if p.fallback else ""

@@ -41,6 +41,7 @@ __all__ = [
     "Speedup",
     "TwoFourRestore",
     "Variant",
+    "decibels",
     "write_json",
 ]
 
@@ -254,9 +255,16 @@ class EnforcedLayer(Report):
     permutation: str = "not searched"  # "reordered", "no better order found", or why the channels stay in place
 
 
+def decibels(value: float | None) -> str:
+    """An SQNR as the tables show it: one decimal, "exact" for a bit-exact tensor (None)."""
+    return "exact" if value is None else f"{value:.1f}"
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputDrift(Report):
     """One output of a converted graph against the fp32 graph, on the held-out samples."""
+
+    COLUMNS = ("output", "max abs", "mean abs", "cosine", "SQNR dB", "top-1 agreement")
 
     name: str
     max_abs_error: float
@@ -265,10 +273,18 @@ class OutputDrift(Report):
     sqnr_db: float | None  # 10·log10(Σ a² / Σ (a − b)²); None: bit-exact
     top1_agreement: float | None  # class scores (N×K): share of samples whose argmax survived
 
+    def cells(self) -> tuple[str, ...]:
+        """Its row under COLUMNS (terminal and report.md alike)."""
+        top1 = "-" if self.top1_agreement is None else f"{100 * self.top1_agreement:.1f} %"
+        return (self.name, f"{self.max_abs_error:.3g}", f"{self.mean_abs_error:.3g}", f"{self.cosine:.5f}",
+                decibels(self.sqnr_db), top1)  # fmt: skip
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerDrift(Report):
     """One quantized layer's output against its fp32 twin, on the held-out samples."""
+
+    COLUMNS = ("node", "module", "op", "input SQNR dB", "output SQNR dB", "lost dB")
 
     node: str
     op: str
@@ -276,6 +292,11 @@ class LayerDrift(Report):
     sqnr_db: float | None  # of the value the next layers read; None: bit-exact
     input_sqnr_db: float | None  # of the input it reads (the worst, for two activations)
     loss_db: float  # input SQNR − output SQNR: what this layer's rounding added (an exact one counts as 300 dB)
+
+    def cells(self) -> tuple[str, ...]:
+        """Its row under COLUMNS (terminal and report.md alike)."""
+        return (self.node, self.module or "-", self.op, decibels(self.input_sqnr_db), decibels(self.sqnr_db),
+                f"{self.loss_db:.1f}")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.measured import Tuning, optimize_measured
 from sparsecut.passes.precision import PrecisionOptions
 from sparsecut.passes.registry import baseline_passes
-from sparsecut.report import BuildReport, PrecisionReport, RunReport, write_json
+from sparsecut.report import BuildReport, LayerDrift, OutputDrift, PrecisionReport, RunReport, write_json
 from sparsecut.targets import BuildOptions, ProfileOptions, Target, compare_runs, get_target
 from sparsecut.targets.compare import plot_pruning_by_precision
 from sparsecut.targets.noise import speedup
@@ -271,32 +271,29 @@ def markdown_summary(report: RunReport) -> str:
 
 def precision_markdown(p: PrecisionReport, layers_shown: int = 10) -> list[str]:
     """The lean graph's drift from its fp32 twin, as report.md shows it: per output, and the layers that lost most."""
-    db = lambda v: "exact" if v is None else f"{v:.1f}"  # noqa: E731
     how = f", format {p.format}, {p.method} calibration" if p.format else ""
     lines = [
         f"## {p.precision} accuracy (lean vs its fp32 twin)",
         "",
         f"Calibrated on {p.calibration}{how}; measured on {p.held_out} held-out sample(s).",
         "",
-        "| output | max abs | mean abs | cosine | SQNR dB | top-1 agreement |",
-        "|---|---:|---:|---:|---:|---:|",
+        *_markdown_table(OutputDrift.COLUMNS, [o.cells() for o in p.outputs], text_columns=1),
     ]
-    for o in p.outputs:
-        top1 = "-" if o.top1_agreement is None else f"{100 * o.top1_agreement:.1f} %"
-        lines.append(f"| {o.name} | {o.max_abs_error:.3g} | {o.mean_abs_error:.3g} | {o.cosine:.5f} | "
-                     f"{db(o.sqnr_db)} | {top1} |")  # fmt: skip
     if p.layers:
-        lines += ["", f"Quantized layers that lose most ({min(layers_shown, len(p.layers))} of {len(p.layers)}; all in "
-                  "report.json):", "", "| node | module | op | input SQNR dB | output SQNR dB | lost dB |",
-                  "|---|---|---|---:|---:|---:|"]  # fmt: skip
-        for layer in p.layers[:layers_shown]:
-            lines.append(f"| {layer.node} | {layer.module or '-'} | {layer.op} | {db(layer.input_sqnr_db)} | "
-                         f"{db(layer.sqnr_db)} | {layer.loss_db:.1f} |")  # fmt: skip
+        shown = p.layers[:layers_shown]
+        lines += ["", f"Quantized layers that lose most ({len(shown)} of {len(p.layers)}; all in report.json):", "",
+                  *_markdown_table(LayerDrift.COLUMNS, [layer.cells() for layer in shown], text_columns=3)]  # fmt: skip
     if p.kept_fp32:
         lines += ["", f"Kept in fp32: {', '.join(p.kept_fp32)}."]
     if p.notes:
         lines += ["", *(f"- {note}" for note in p.notes)]
     return lines
+
+
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int) -> list[str]:
+    """A markdown table: the first `text_columns` left-aligned, the numbers after them right-aligned."""
+    align = "|".join("---" if i < text_columns else "---:" for i in range(len(columns)))
+    return [f"| {' | '.join(columns)} |", f"|{align}|", *(f"| {' | '.join(row)} |" for row in rows)]
 
 
 def speedup_lines(report: RunReport) -> list[str]:

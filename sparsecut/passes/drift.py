@@ -29,7 +29,7 @@ from sparsecut.checking import checking_session
 from sparsecut.errors import InputError
 from sparsecut.layer_names import module_names
 from sparsecut.modelfile import load_model
-from sparsecut.report import LayerDrift, OutputDrift
+from sparsecut.report import LayerDrift, OutputDrift, decibels
 
 __all__ = ["DriftBound", "measure_drift", "parse_drift_bound", "sqnr_db"]
 
@@ -94,7 +94,7 @@ def sqnr_db(signal_energy: float, noise_energy: float) -> float | None:
 
 
 def _db(value: float | None) -> str:
-    return "exact" if value is None else f"{value:.1f} dB"
+    return "exact" if value is None else f"{decibels(value)} dB"
 
 
 def measure_drift(
