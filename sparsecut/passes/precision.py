@@ -113,7 +113,6 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
         raise GraphError(f"unknown precision {options.precision!r}; known: fp32, fp16, int8")
     keep = nodes_named(model, options.keep_fp32, source) if options.precision == "int8" else []
     data = calibration_set(options.calibration, model, source, options.seed)
-    del model
     notes = []
     if data.random and options.precision == "int8":
         log.warning("int8 calibration on RANDOM data: scales will not fit real inputs; pass --calibration")
@@ -123,14 +122,13 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
         if options.precision == "int8":
             fmt = int8_format(options.int8_format)
             notes.append(f"int8 format {fmt.describe()}")
+            del model  # onnxruntime's quantizer reads the file itself
             result = _quantize_within(source, staged, Path(tmp) / "ranges.json", data, fmt, keep, options)
             outputs, layers, kept, fallback, bound = result
         else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            half = convert_float_to_float16(
-                onnx.load(str(source)), keep_io_types=True, op_block_list=list(options.fp16_blocked_ops)
-            )
+            half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(options.fp16_blocked_ops))
             onnx.save(half, str(staged))
             notes.append(f"kept in fp32: {', '.join(options.fp16_blocked_ops)}")
             _relabel_two_four(staged)
