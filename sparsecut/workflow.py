@@ -164,7 +164,7 @@ def run_workflow(
         else None,
     )
     if twins:
-        plot_pruning_by_precision(compared, options.precision, out_dir / PRECISION_PLOT)
+        plot_pruning_by_precision(compared, options.precision, out_dir / PRECISION_PLOT, seed=options.profile.seed)
     if publish_as is not None:
         report = report.map_strings(lambda text: text.replace(str(out_dir), str(publish_as)))
     write_json(report, out_dir / "report.json")

@@ -69,9 +69,8 @@ class OptimizeOptions:
     enforce_2to4: bool = False  # after the gate: changes the model (see enforce_two_four.py)
     min_channels: int = 64
     permutation_budget: float = 0.5  # seconds per channel space for enforce-2to4's reorder search; 0 turns it off
-    calibration: Calibration = dataclasses.field(
-        default_factory=Calibration
-    )  # --precision int8: samples, preprocessing, calibrator
+    # --precision int8: samples, preprocessing, calibrator
+    calibration: Calibration = dataclasses.field(default_factory=Calibration)
     keep_fp32: tuple[str, ...] = ()  # --precision int8: node or module names left in fp32
     max_drift: DriftBound | None = None  # --precision int8: layers go back to fp32 until it holds
     counts: tuple[tuple[str, int], ...] = ()  # measured decisions: (space, channels kept), replacing align there

@@ -277,10 +277,10 @@ def plot_comparison(report: CompareReport, path: Path) -> None:
     _save_figure(fig, path)
 
 
-def plot_pruning_by_precision(report: CompareReport, precision: str, path: Path) -> None:
+def plot_pruning_by_precision(report: CompareReport, precision: str, path: Path, seed: int = 0) -> None:
     """The 2×2 of `run --precision P`: dense and lean, each in fp32 and in P (labels baseline-fp32, baseline,
-    lean-fp32, lean), p50 with the 10–90 % spread of the rounds' medians, on the first backend; the four ratios
-    written over the bars they join."""
+    lean-fp32, lean), p50 with the 10–90 % spread of the rounds' medians, on the first backend; the four ratios,
+    each with its interval over the same rounds (`noise.speedup`, as the report's), in a box."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,19 +306,23 @@ def plot_pruning_by_precision(report: CompareReport, precision: str, path: Path)
                    yerr=[[max(p50 - low, 0)], [max(high - p50, 0)]], capsize=4)  # fmt: skip
             ax.annotate(f"{p50:.2f} ms", (x + offset, 0), textcoords="offset points", xytext=(0, 5),
                         ha="center", fontsize=8, color="white", fontweight="bold")  # fmt: skip
-    ratio = lambda a, b: cells[a].latency.p50_ms / cells[b].latency.p50_ms  # noqa: E731
+
+    def ratio(reference: tuple[str, str], candidate: tuple[str, str]) -> str:
+        s = speedup(cells[reference].rounds_ms, cells[candidate].rounds_ms, seed=seed)
+        return f"{s.value:.2f}× ({s.low:.2f}–{s.high:.2f})"
+
     lines = [
-        f"pruning at {precision}: {ratio(('dense', precision), ('lean', precision)):.2f}×",
-        f"pruning at fp32: {ratio(('dense', 'fp32'), ('lean', 'fp32')):.2f}×",
-        f"{precision} on lean: {ratio(('lean', 'fp32'), ('lean', precision)):.2f}×",
-        f"dense fp32 → lean {precision}: {ratio(('dense', 'fp32'), ('lean', precision)):.2f}×",
+        f"pruning at {precision}: {ratio(('dense', precision), ('lean', precision))}",
+        f"pruning at fp32: {ratio(('dense', 'fp32'), ('lean', 'fp32'))}",
+        f"{precision} on lean: {ratio(('lean', 'fp32'), ('lean', precision))}",
+        f"dense fp32 → lean {precision}: {ratio(('dense', 'fp32'), ('lean', precision))}",
     ]
-    ax.text(0.98, 0.97, "\n".join(lines), transform=ax.transAxes, ha="right", va="top", fontsize=8,
+    ax.text(0.98, 0.97, "\n".join([*lines, "(95 % intervals over the rounds)"]), transform=ax.transAxes, ha="right", va="top", fontsize=8,
             bbox={"facecolor": "white", "edgecolor": "lightgray"})  # fmt: skip
     ax.set_xticks([0, 1], ["dense baseline", "lean"])
     ax.set_ylabel("p50 latency, ms (bars: 10–90 % of the round medians)")
     ax.set_title(f"pruning × precision, {target} on {report.device}"[:70], fontsize=9)
-    ax.legend(loc="upper center", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(0.3, 1.0), fontsize=8)
     _save_figure(fig, path)
 
 
