@@ -35,6 +35,7 @@ from sparsecut.passes.precision import PrecisionOptions, convert_precision
 from sparsecut.quantization import FORMATS
 from sparsecut.report import decibels
 from sparsecut.targets import BuildOptions, ProfileOptions, compare_models, get_target
+from sparsecut.targets.noise import speedup
 from sparsecut.workflow import baseline_passes
 
 MODELS = ("resnet18", "resnet50", "efficientnet_b0", "vit_tiny_patch16_224")
@@ -85,24 +86,31 @@ def bench(
         options=ProfileOptions(iterations=iterations, warmup=5, per_layer=False), rounds=rounds,
     )  # fmt: skip
     per_backend: dict[str, dict] = {}
+    samples: dict[str, dict[str, list[list[float]]]] = {}
     for i, v in enumerate(report.variants):
         per_backend.setdefault(v.target, {})[labels[i % len(labels)]] = {
             "p50_ms": v.latency.p50_ms,
             "vs_dense_fp32": {"value": v.speedup.value, "low": v.speedup.low, "high": v.speedup.high},
         }
+        samples.setdefault(v.target, {})[labels[i % len(labels)]] = v.rounds_ms
     summary = {}
     for backend, rows in per_backend.items():
         p50 = {label: row["p50_ms"] for label, row in rows.items()}
         best = min(formats, key=lambda f: p50[f"lean {f}"])
         named = get_target(backend).int8_formats(BuildOptions())[0]
+
+        def ratio(reference: str, candidate: str) -> dict:  # with its interval over the same rounds
+            s = speedup(samples[backend][reference], samples[backend][candidate])  # noqa: B023
+            return {"value": s.value, "low": s.low, "high": s.high}
+
         summary[backend] = {
             "fastest_format": best,
             "target_names_first": named,
             "named_over_fastest_p50": p50[f"lean {named}"] / p50[f"lean {best}"] if named in formats else None,
-            "quantization_speedup": p50["lean fp32"] / p50[f"lean {best}"],
-            "pruning_speedup_int8": p50[f"dense {best}"] / p50[f"lean {best}"],
-            "pruning_speedup_fp32": p50["dense fp32"] / p50["lean fp32"],
-            "total": p50["exported fp32"] / p50[f"lean {best}"],
+            "quantization_speedup": ratio("lean fp32", f"lean {best}"),
+            "pruning_speedup_int8": ratio(f"dense {best}", f"lean {best}"),
+            "pruning_speedup_fp32": ratio("dense fp32", "lean fp32"),
+            "total": ratio("exported fp32", f"lean {best}"),
         }
     return {"model": name, "device": report.device, "rows": per_backend, "drift": drift, "summary": summary}
 
@@ -165,17 +173,18 @@ def main() -> None:
                               str(len(d["fallback"])) if d else "-")  # fmt: skip
             console.print(table)
         layers_table(console, r, args.formats)
-    summary = Table(title="per model and backend (p50 ratios, best int8 format)")
+    summary = Table(title="per model and backend (p50 ratios with 95 % intervals over the rounds, best int8 format)")
     for column in ("model", "backend", "fastest format", "target names first", "named / fastest", "lean fp32 / int8",
                    "pruning at int8", "pruning at fp32", "exported fp32 / lean int8"):  # fmt: skip
         summary.add_column(column, justify="left" if column in ("model", "backend") else "right")
     for r in results:
         for backend, s in r["summary"].items():
             named = s["named_over_fastest_p50"]
+            interval = lambda x: f"{x['value']:.2f} ({x['low']:.2f}–{x['high']:.2f})"  # noqa: E731
             summary.add_row(r["model"], backend, s["fastest_format"], s["target_names_first"],
-                            f"{named:.2f}" if named else "-", f"{s['quantization_speedup']:.2f}",
-                            f"{s['pruning_speedup_int8']:.2f}", f"{s['pruning_speedup_fp32']:.2f}",
-                            f"{s['total']:.2f}")  # fmt: skip
+                            f"{named:.2f}" if named else "-", interval(s["quantization_speedup"]),
+                            interval(s["pruning_speedup_int8"]), interval(s["pruning_speedup_fp32"]),
+                            interval(s["total"]))  # fmt: skip
     console.print(summary)
 
 
