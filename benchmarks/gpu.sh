@@ -16,10 +16,15 @@ SC=("$PY" -m sparsecut)
 log() { printf '%s %s\n' "$(date +%T)" "$*" | tee -a "$OUT/steps.log"; }
 
 "$PY" - <<'EOF' 2>&1 | tee "$OUT/environment.txt"
-import tensorrt, torch
-print("tensorrt", tensorrt.__version__, "| torch", torch.__version__, "| cuda", torch.cuda.is_available(),
-      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
-assert torch.cuda.is_available(), "no CUDA device"
+import sys
+try:
+    import tensorrt
+except ImportError as exc:
+    sys.exit(f"gpu.sh needs TensorRT >= 10 in this Python ({exc}); nothing was run")
+import torch
+if not torch.cuda.is_available():
+    sys.exit(f"gpu.sh needs a CUDA device and a CUDA build of torch (torch {torch.__version__}); nothing was run")
+print("tensorrt", tensorrt.__version__, "| torch", torch.__version__, "|", torch.cuda.get_device_name(0))
 EOF
 
 log "checkpoint and export"
