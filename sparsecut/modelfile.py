@@ -213,6 +213,7 @@ def save_model(
     check_output_path(path)
     if external_data is None:  # near protobuf's limit, weights go to a file of their own
         external_data = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
+    _raise_ir_version_for_initializers(model)
     data_name = f"{path.name}.data"
     with _staging_dir(path) as tmp:
         staged = tmp / path.name
@@ -234,6 +235,16 @@ def save_model(
             os.replace(tmp / data_name, path.parent / data_name)
         os.replace(staged, path)
     return external_data
+
+
+def _raise_ir_version_for_initializers(model: ir.Model) -> None:
+    """IR 3 required every initializer to be a graph input too; IR 4 lifted that. A model read as IR 3 whose
+    initializers stopped being inputs (read as constants, or new ones added by a pass) is written as IR 4, the
+    first version whose checker accepts it — onnxruntime ran it either way, the ONNX checker did not."""
+    if model.ir_version is not None and model.ir_version < 4:
+        inputs = set(model.graph.inputs)
+        if any(value not in inputs for value in model.graph.initializers.values()):
+            model.ir_version = 4
 
 
 def publish(staged: Path, output: Path) -> None:

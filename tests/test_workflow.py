@@ -32,6 +32,7 @@ def test_run_end_to_end(tmp_path, checkpoint_factory, capsys):
         "compare.png",
     }
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging left beside it
+    assert_standard_files_pass_the_checker(out)
     data = json.loads((out / "report.json").read_text())
     report = RunReport.from_dict(data)
     assert report.to_dict() == data
@@ -124,3 +125,18 @@ def test_run_at_int8_times_pruning_by_precision(tmp_path, checkpoint_factory):
     assert lean is not None and f"| {lean.layers[0].node} | {lean.layers[0].module} | Conv |" in markdown
     assert (out / "precision.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {p.name for p in out.iterdir()} <= set(run_files([get_target("onnxruntime")], "int8"))
+    assert_standard_files_pass_the_checker(out)
+
+
+def assert_standard_files_pass_the_checker(folder):
+    """Every ONNX file written whose ops are all standard passes the ONNX checker (onnxruntime's optimized
+    `.ort.onnx` may hold its own fused ops, which the checker does not know)."""
+    import onnx
+
+    checked = 0
+    for path in sorted(folder.glob("*.onnx")):
+        model = onnx.load(str(path))
+        if all(node.domain in ("", "ai.onnx") for node in model.graph.node):
+            onnx.checker.check_model(model, full_check=True)
+            checked += 1
+    assert checked >= 3, f"only {checked} files checked in {folder}"
