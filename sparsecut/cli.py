@@ -868,17 +868,16 @@ def build(
     batches = _batch_range(batch)
     _require(model, calibration, data_config)
     with OutputPlan([model, calibration, data_config]) as plan:
-        for suffix in get_target(target).artifact_companions:  # planned first: in place before the artifact
-            plan.file(output.with_suffix(suffix), "--output")
-        staged = plan.file(output, "--output", model=output.suffix == ".onnx")
+        artifact, *beside = get_target(target).build_files(output, BuildOptions(surgery=surgery)).items()
+        for path, option in beside:  # planned first: in place before the artifact
+            plan.file(path, option, model=path.suffix == ".onnx")
+        staged = plan.file(artifact[0], "--output", model=output.suffix == ".onnx")
         # written beside the artifact when they happen: the graph converted to the precision, the lean graph (named
-        # by side_file, never an input), the surgery's graph
+        # by side_file, never an input)
         sides = {}
         if precision in ("fp16", "int8"):
             converted_file = side_file(output, precision, [model, calibration])
             sides[precision] = plan.file(converted_file, "--precision", model=True, optional=True)
-        if surgery:
-            plan.file(output.with_name(f"{output.stem}.surgery.onnx"), "--surgery", optional=True)
         if measure:
             lean_file = side_file(output, "lean", [model, calibration])
             sides["lean"] = plan.file(lean_file, "--measure", model=True, optional=True)
@@ -984,12 +983,12 @@ def profile(
                 report = backend.profile(backend.load(model), options)
             report = _finish(plan, report, staged_json)
         else:
-            from sparsecut.targets.layer_diff import channel_block, diff_layers
+            from sparsecut.targets.layer_diff import diff_layers
 
             with console.status(f"timing {baseline} and {model} on {target}, per layer …"):
                 before = backend.profile(backend.load(baseline), options)
                 after = backend.profile(backend.load(model), options)
-            block = channel_block(target, after.precision)
+            block = backend.channel_block(after.precision)
             diff = _finish(plan, diff_layers(before, after, baseline, model, block), staged_json)
     if baseline is None:
         _render_latency(report, top)

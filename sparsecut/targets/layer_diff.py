@@ -24,21 +24,13 @@ import onnx_ir as ir
 from sparsecut.cost import dims_at_batch_one
 from sparsecut.errors import TargetError
 from sparsecut.report import LatencyReport, LayerDiff, LayerDiffReport, LayerTime
-from sparsecut.targets.environment import cpu_vector_extensions
 
-__all__ = ["SLOWER_THAN_MACS", "channel_block", "diff_layers"]
+__all__ = ["SLOWER_THAN_MACS", "diff_layers"]
 
 SLOWER_THAN_MACS = 1.25  # flagged: time ratio above this many times the MACs ratio
 MIN_SHARE = 0.01  # layers under 1 % of the baseline's time are not judged (their times are mostly noise)
 MEMORY_BOUND = 8.0  # MACs per byte read and written below which a layer's time follows its bytes
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def channel_block(target: str, precision: str = "fp32") -> int:
-    """The channel count a target's fast kernels work in multiples of, on this machine."""
-    if target == "tensorrt":
-        return 32 if precision == "int8" else 8
-    return 16 if "avx512f" in cpu_vector_extensions().split(",") else 8
 
 
 def diff_layers(

@@ -14,10 +14,8 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +28,9 @@ from sparsecut.errors import TargetError
 from sparsecut.feeds import input_specs, synthetic_inputs
 from sparsecut.modelfile import graph_precision
 from sparsecut.quantization import cpu_int8_formats
-from sparsecut.report import BuildReport, LatencyReport, LayerTime
-from sparsecut.targets.base import Artifact, BuildOptions, InputSpec, ProfileOptions, Runner, latency_report_of
-from sparsecut.targets.environment import cpu_name, host_environment
-from sparsecut.targets.timing import LatencyStats, measure, summarize
+from sparsecut.report import LayerTime
+from sparsecut.targets.base import Artifact, BuildOptions, Built, InputSpec, ProfileOptions, Runner, Target
+from sparsecut.targets.environment import cpu_name
 
 __all__ = ["OnnxRuntimeTarget", "random_inputs"]
 
@@ -85,71 +82,25 @@ def random_inputs(path: Path, batch: int, seed: int) -> dict[str, np.ndarray]:
     return synthetic_inputs(input_specs(path), batch, seed, path)
 
 
-class OnnxRuntimeTarget:
+class OnnxRuntimeTarget(Target):
     name = "onnxruntime"
     artifact_suffix = ".ort.onnx"
-    artifact_companions: tuple[str, ...] = ()
+    no_sparse_kernels = "onnxruntime on CPU has no 2:4 sparse kernels"
 
-    def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]:
-        from sparsecut.modelfile import check_output_path
-        from sparsecut.targets.surgery import apply_surgery
-
-        model, output = Path(model), Path(output)
-        if not model.exists():
-            raise TargetError(f"{model}: no such file")
-        check_output_path(output, model)
-        in_graph = graph_precision(model)
+    def _build_impl(self, source: Path, staged: Path, options: BuildOptions) -> Built:
+        in_graph = graph_precision(source)
         if options.precision not in ("best", in_graph):
             raise TargetError(
-                f"{model}: the graph is {in_graph}, not {options.precision}; onnxruntime runs the precision the "
+                f"{source}: the graph is {in_graph}, not {options.precision}; onnxruntime runs the precision the "
                 f"graph carries: run `sparsecut optimize --precision {options.precision}` (or `sparsecut build "
                 f"--precision {options.precision}`, which does it for you) first"
             )
-        notes = []
-        source = model
-        if options.surgery:
-            source = apply_surgery(model, options.surgery, output.with_name(f"{output.stem}.surgery.onnx"))
-            notes.append(f"surgery {options.surgery} applied; edited graph saved as {source.name}")
-        if options.sparsity:
-            notes.append("onnxruntime on CPU has no 2:4 sparse kernels; --sparsity changes nothing here")
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
-            staged = Path(tmp) / output.name
-            _session(
-                source, options.provider, options.threads, options.optimization, optimized_model_filepath=str(staged)
-            )
-            os.replace(staged, output)
-        report = BuildReport(
-            target=self.name,
-            source=str(model),
-            artifact=str(output),
-            precision=options.precision,
-            sparsity=options.sparsity,
-            seconds=time.perf_counter() - start,
-            environment={
-                **host_environment(),
-                "onnxruntime": _ort_version(),
-                "provider": options.provider,
-                "optimization": options.optimization,
-            },
-            notes=notes,
-        )
-        return Artifact(output, self.name, model), report
-
-    def load(self, path: Path) -> Artifact:
-        if not Path(path).exists():
-            raise TargetError(f"{path}: no such file")
-        return Artifact(Path(path), self.name, Path(path))
+        _session(source, options.provider, options.threads, options.optimization, optimized_model_filepath=str(staged))
+        return Built(_environment(options.provider, options.optimization))
 
     def run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         session = _session(artifact.path, "cpu", None, "all")
         return list(session.run(None, inputs))
-
-    def needs_build(self, path: Path) -> bool:
-        return False  # onnxruntime runs an ONNX file as it is (optimizing it when the session starts)
-
-    def precision_in_graph(self, precision: str) -> bool:
-        return True  # onnxruntime runs what the graph says
 
     def precision(self, artifact: Artifact) -> str:
         return graph_precision(artifact.path)
@@ -167,8 +118,15 @@ class OnnxRuntimeTarget:
     def device(self, options: ProfileOptions) -> str:
         return cpu_name() if options.provider == "cpu" else options.provider
 
+    def device_signature(self, options: ProfileOptions) -> str:
+        device = self.device(options)
+        return f"{device} [{cpu_vector_extensions()}]" if options.provider == "cpu" else device
+
     def backend_version(self) -> str:
         return _ort_version()
+
+    def environment(self, options: ProfileOptions) -> dict[str, str]:
+        return _environment(options.provider, options.optimization)
 
     @contextlib.contextmanager
     def runner(self, artifact: Artifact, options: ProfileOptions) -> Iterator[Runner]:
@@ -180,23 +138,6 @@ class OnnxRuntimeTarget:
         for out in session.get_outputs():
             binding.bind_output(out.name, "cpu")
         yield functools.partial(session.run_with_iobinding, binding)
-
-    def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport:
-        with self.runner(artifact, options) as run_once:
-            samples = measure(run_once, warmup=options.warmup, iterations=options.iterations, duration=options.duration)
-        stats = summarize(samples, options.batch)
-        layers = self.layer_times(artifact, options) if options.per_layer else []
-        return self.latency_report(artifact, options, stats, layers=layers)
-
-    def latency_report(
-        self, artifact: Artifact, options: ProfileOptions, stats: LatencyStats, **extra: Any
-    ) -> LatencyReport:
-        environment = {
-            "onnxruntime": _ort_version(),
-            "provider": options.provider,
-            "optimization": options.optimization,
-        }
-        return latency_report_of(self, artifact, options, stats, environment, **extra)
 
     def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
         """onnxruntime's profiler (each kernel's median over the runs), joined by node name with the graph's MACs. A node fused into another kernel
@@ -277,6 +218,10 @@ def _kernel_owners(graph: Any) -> Any:
         return None
 
     return owner
+
+
+def _environment(provider: str, optimization: str) -> dict[str, str]:
+    return {"onnxruntime": _ort_version(), "provider": provider, "optimization": optimization}
 
 
 def _ort_version() -> str:

@@ -17,7 +17,6 @@ OpenVINO is imported inside the methods: without it only this target fails, with
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import statistics
 import time
 from collections import defaultdict
@@ -30,10 +29,10 @@ import numpy as np
 
 from sparsecut.errors import TargetError
 from sparsecut.feeds import InputSpec, input_specs, synthetic_inputs
-from sparsecut.modelfile import check_output_path, graph_precision, sha256_of
-from sparsecut.report import BuildReport, LatencyReport, LayerTime
-from sparsecut.targets.base import Artifact, BuildOptions, ProfileOptions, Runner, latency_report_of
-from sparsecut.targets.environment import cpu_name, cpu_vector_extensions, host_environment
+from sparsecut.modelfile import graph_precision, sha256_of
+from sparsecut.report import LayerTime
+from sparsecut.targets.base import Artifact, BuildOptions, Built, ProfileOptions, Runner, Target
+from sparsecut.targets.environment import cpu_name, cpu_vector_extensions
 from sparsecut.targets.timing import LatencyStats, measure, summarize
 
 __all__ = ["DEVICES", "OpenVinoTarget"]
@@ -57,62 +56,36 @@ def _core() -> Any:
     return _ov().Core()
 
 
-class OpenVinoTarget:
+class OpenVinoTarget(Target):
     name = "openvino"
     artifact_suffix = ".ov.xml"
-    artifact_companions: tuple[str, ...] = (".bin",)  # the IR's weights
+    artifact_companions = (".bin",)  # the IR's weights
+    artifact_suffix_required = "OpenVINO IR is written as .xml (with its .bin beside it)"
+    no_sparse_kernels = "OpenVINO's CPU plugin has no 2:4 sparse kernels"
 
     # ------------------------------------------------------------------------------------------ build
-    def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]:
-        import tempfile
-
-        model, output = Path(model), Path(output)
-        if not model.exists():
-            raise TargetError(f"{model}: no such file")
-        if output.suffix != ".xml":
-            raise TargetError(f"{output}: OpenVINO IR is written as .xml (with its .bin beside it)")
-        check_output_path(output, model)
-        check_output_path(output.with_suffix(".bin"), model)
+    def _build_impl(self, source: Path, staged: Path, options: BuildOptions) -> Built:
         ov = _ov()
-        read = self._read(model)
-        config = self._config(model, options.device, options.precision, options.threads, options.hint)
-        notes = []
-        if options.sparsity:
-            notes.append("OpenVINO's CPU plugin has no 2:4 sparse kernels; --sparsity changes nothing here")
+        read = self._read(source)
+        config = self._config(source, options.device, options.precision, options.threads, options.hint)
         start = time.perf_counter()
-        self._compile(read, options.device, config, model)
+        self._compile(read, options.device, config, source)
         compile_seconds = time.perf_counter() - start
-        # the ONNX file it came from, so that profiling the IR later names its layers' MACs: its name only (a shipped
-        # model carries no path of the machine that built it), found again beside the IR if unchanged
-        read.set_rt_info(model.name, [*_SOURCE, "path"])
-        read.set_rt_info(sha256_of(model), [*_SOURCE, "sha256"])
-        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
-            staged = Path(tmp) / output.name
-            ov.save_model(read, str(staged), compress_to_fp16=False)
-            staged.with_suffix(".bin").replace(output.with_suffix(".bin"))
-            staged.replace(output)
-        report = BuildReport(
-            target=self.name,
-            source=str(model),
-            artifact=str(output),
-            precision=options.precision,
-            sparsity=options.sparsity,
-            seconds=time.perf_counter() - start,
-            environment={
-                **host_environment(),
+        # the ONNX file it was read from, so that profiling the IR later names its layers' MACs: its name only (a
+        # shipped model carries no path of the machine that built it), found again beside the IR if unchanged
+        read.set_rt_info(source.name, [*_SOURCE, "path"])
+        read.set_rt_info(sha256_of(source), [*_SOURCE, "sha256"])
+        ov.save_model(read, str(staged), compress_to_fp16=False)
+        return Built(
+            {
                 "openvino": self.backend_version(),
                 "device": self.device(ProfileOptions(device=options.device)),
                 "compile_seconds": f"{compile_seconds:.3f}",
                 **{f"config.{key}": str(value) for key, value in config.items()},
-            },
-            notes=notes,
+            }
         )
-        return Artifact(output, self.name, model), report
 
-    def load(self, path: Path) -> Artifact:
-        path = Path(path)
-        if not path.exists():
-            raise TargetError(f"{path}: no such file")
+    def _load_impl(self, path: Path) -> Artifact:
         if path.suffix != ".xml":
             return Artifact(path, self.name, path)
         weights = path.with_suffix(".bin")
@@ -149,18 +122,16 @@ class OpenVinoTarget:
 
         yield run_once
 
-    def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport:
+    def _profile_impl(
+        self, artifact: Artifact, options: ProfileOptions
+    ) -> tuple[LatencyStats, list[LayerTime], dict[str, str]]:
         """With `per_layer`, the end-to-end times and the performance counters come from the same runs (of a model
         compiled with counters on; their cost was not measurable here, 1.31 vs 1.36 ms on a 1.3 ms net), so the
         per-layer medians add up to the p50 they are shown beside (within 10 % here): two models timed one after
         the other on a busy 2-core machine differed by up to 25 %.
         `compare` and measured decisions time the plain compiled model."""
-        samples: list[int]
         if not options.per_layer:
-            with self.runner(artifact, options) as run_once:
-                samples = measure(run_once, warmup=options.warmup, iterations=options.iterations,
-                                  duration=options.duration)  # fmt: skip
-            return self.latency_report(artifact, options, summarize(samples, options.batch))
+            return super()._profile_impl(artifact, options)
         counters = _Counters(self, artifact, options)
         request = counters.request
 
@@ -168,14 +139,12 @@ class OpenVinoTarget:
             request.start_async()
             request.wait()
 
-        samples = []
+        samples: list[int] = []
         deadline = None if options.duration is None else time.perf_counter() + options.duration
         while len(samples) < options.iterations if deadline is None else time.perf_counter() < deadline or not samples:
             samples += measure(timed_run, warmup=0, iterations=1)
             counters.collect()
-        stats = summarize(samples, options.batch)
-        report = self.latency_report(artifact, options, stats, layers=counters.layers())
-        return dataclasses.replace(report, environment={**report.environment, "perf_counters": "on"})
+        return summarize(samples, options.batch), counters.layers(), {"perf_counters": "on"}
 
     def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
         """OpenVINO's performance counters per executed node, their median over runs, joined with the MACs of the
@@ -189,9 +158,6 @@ class OpenVinoTarget:
         return counters.layers()
 
     # ------------------------------------------------------------------------------------------ about it
-    def needs_build(self, path: Path) -> bool:
-        return False  # OpenVINO compiles an ONNX file as it is (or the IR `build` wrote)
-
     def precision_in_graph(self, precision: str = "int8") -> bool:
         return precision == "int8"  # fp16 is the plugin's hint; int8 needs the graph's Q/DQ
 
@@ -230,11 +196,8 @@ class OpenVinoTarget:
     def backend_version(self) -> str:
         return str(_ov().__version__).split("-", 1)[0]
 
-    def latency_report(
-        self, artifact: Artifact, options: ProfileOptions, stats: LatencyStats, **extra: Any
-    ) -> LatencyReport:
-        environment = {"openvino": self.backend_version(), "ov_device": options.device, "hint": options.hint}
-        return latency_report_of(self, artifact, options, stats, environment, **extra)
+    def environment(self, options: ProfileOptions) -> dict[str, str]:
+        return {"openvino": self.backend_version(), "ov_device": options.device, "hint": options.hint}
 
     # ------------------------------------------------------------------------------------------ internals
     def _read(self, path: Path) -> Any:

@@ -13,7 +13,6 @@ Everything TensorRT or CUDA is imported inside the methods: without TensorRT, on
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import time
@@ -24,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from sparsecut.errors import TargetError
-from sparsecut.modelfile import atomic_write_bytes, check_output_path, graph_precision
-from sparsecut.report import BuildReport, LatencyReport, LayerTime
-from sparsecut.targets.base import Artifact, BuildOptions, InputSpec, ProfileOptions, Runner
-from sparsecut.targets.environment import gpu_name, host_environment
+from sparsecut.modelfile import atomic_write_bytes, graph_precision
+from sparsecut.report import LayerTime
+from sparsecut.targets.base import Artifact, BuildOptions, Built, InputSpec, ProfileOptions, Runner, Target
+from sparsecut.targets.environment import gpu_name
 from sparsecut.targets.timing import LatencyStats, summarize
 
 __all__ = ["TensorRTTarget"]
@@ -56,26 +55,13 @@ def _torch_cuda() -> Any:
     return torch
 
 
-class TensorRTTarget:
+class TensorRTTarget(Target):
     name = "tensorrt"
     artifact_suffix = ".plan"
-    artifact_companions: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------------------------------------ build
-    def build(self, model: Path, output: Path, options: BuildOptions) -> tuple[Artifact, BuildReport]:
+    def _build_impl(self, source: Path, staged: Path, options: BuildOptions) -> Built:
         trt = _tensorrt()
-        model, output = Path(model), Path(output)
-        if not model.exists():
-            raise TargetError(f"{model}: no such file")
-        check_output_path(output, model)
-        notes: list[str] = []
-        source = model
-        if options.surgery:
-            from sparsecut.targets.surgery import apply_surgery
-
-            source = apply_surgery(model, options.surgery, output.with_name(f"{output.stem}.surgery.onnx"))
-            notes.append(f"surgery {options.surgery} applied; edited graph saved as {source.name}")
-
         logger = _CapturingLogger(trt)
         builder = trt.Builder(logger)
         legacy_precision = hasattr(trt.BuilderFlag, "FP16")  # gone in TensorRT 11
@@ -122,24 +108,16 @@ class TensorRTTarget:
         if serialized is None:
             raise TargetError(f"{source}: TensorRT could not build an engine: {logger.last_error() or 'see --verbose'}")
         seconds = time.perf_counter() - start
-        atomic_write_bytes(output, bytes(serialized))
+        staged.write_bytes(bytes(serialized))
         if options.timing_cache:
             atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
-
-        sparse = self._sparse_layers(trt, logger, bytes(serialized))
-        report = BuildReport(
-            target=self.name,
-            source=str(model),
-            artifact=str(output),
-            precision=options.precision,
-            sparsity=options.sparsity,
-            seconds=seconds,
-            environment={**host_environment(), "tensorrt": trt.__version__, "gpu": gpu_name() or "?"},
-            notes=notes + ([] if legacy_precision else ["strongly typed network: precision taken from the graph"]),
-            sparse_layers=sparse,
+        return Built(
+            {"tensorrt": trt.__version__, "gpu": gpu_name() or "?"},
+            notes=[] if legacy_precision else ["strongly typed network: precision taken from the graph"],
+            sparse_layers=self._sparse_layers(trt, logger, bytes(serialized)),
             expected_sparse=_two_four_weights(source),
+            seconds=seconds,
         )
-        return Artifact(output, self.name, model), report
 
     @staticmethod
     def _add_batch_profile(trt: Any, builder: Any, network: Any, config: Any, batch: tuple[int, int, int]) -> None:
@@ -174,11 +152,6 @@ class TensorRTTarget:
         return layers or [name.strip() for line in picked for name in line.split(",") if name.strip()]
 
     # ------------------------------------------------------------------------------------------------ run
-    def load(self, path: Path) -> Artifact:
-        if not Path(path).exists():
-            raise TargetError(f"{path}: no such file")
-        return Artifact(Path(path), self.name, Path(path))
-
     def _engine(self, artifact: Artifact) -> tuple[Any, Any]:
         trt = _tensorrt()
         logger = _CapturingLogger(trt)
@@ -230,6 +203,9 @@ class TensorRTTarget:
         context.execute_async_v3(stream.cuda_stream)
         stream.synchronize()
         return [t.cpu().numpy() for t in outputs.values()]
+
+    def channel_block(self, precision: str = "fp32") -> int:
+        return 32 if precision == "int8" else 8  # tensor cores: int8 tiles of 32 channels, fp16/tf32 of 8
 
     def needs_build(self, path: Path) -> bool:
         return Path(path).suffix == ".onnx"
@@ -302,13 +278,22 @@ class TensorRTTarget:
         yield launch, stream, context, trt
         del buffers
 
-    def profile(self, artifact: Artifact, options: ProfileOptions) -> LatencyReport:
+    def _profile_impl(
+        self, artifact: Artifact, options: ProfileOptions
+    ) -> tuple[LatencyStats, list[LayerTime], dict[str, str]]:
         """CUDA events around each launch: the GPU's time, not the host's."""
         with self._launcher(artifact, options) as (launch, stream, context, trt):
-            stats, layers = self._time(launch, stream, context, trt, options)
-        return self.latency_report(artifact, options, stats, layers=layers)
+            stats = self._time(launch, stream, options)
+            layers = self._layer_times(trt, context, stream) if options.per_layer else []
+        return stats, layers, {}
 
-    def _time(self, launch: Any, stream: Any, context: Any, trt: Any, options: ProfileOptions) -> tuple[Any, Any]:
+    def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
+        with self._launcher(artifact, options) as (launch, stream, context, trt):
+            launch()  # TensorRT allocates on the first launch
+            stream.synchronize()
+            return self._layer_times(trt, context, stream)
+
+    def _time(self, launch: Any, stream: Any, options: ProfileOptions) -> LatencyStats:
         torch = _torch_cuda()
         for _ in range(options.warmup):
             launch()
@@ -327,26 +312,10 @@ class TensorRTTarget:
                 deadline and time.perf_counter() >= deadline
             ):
                 break
-        stats = summarize(samples, options.batch)
-        layers = self._layer_times(trt, context, stream) if options.per_layer else []
-        return stats, layers
+        return summarize(samples, options.batch)
 
-    def latency_report(
-        self, artifact: Artifact, options: ProfileOptions, stats: LatencyStats, **extra: Any
-    ) -> LatencyReport:
-        trt = _tensorrt()
-        return LatencyReport(
-            model=str(artifact.path),
-            target=self.name,
-            device=self.device(options),
-            batch=options.batch,
-            precision=self.precision(artifact),
-            threads=None,
-            warmup=options.warmup,
-            **dataclasses.asdict(stats),
-            environment={**host_environment(), "tensorrt": trt.__version__, "cuda_graph": str(options.cuda_graph)},
-            **extra,
-        )
+    def environment(self, options: ProfileOptions) -> dict[str, str]:
+        return {"tensorrt": self.backend_version(), "cuda_graph": str(options.cuda_graph)}
 
     @staticmethod
     def _layer_times(trt: Any, context: Any, stream: Any, runs: int = 20) -> list[LayerTime]:

@@ -28,7 +28,6 @@ from sparsecut.quantization import FORMATS, Int8Format
 from sparsecut.report import MeasuredVariant
 from sparsecut.targets.base import BuildOptions, ProfileOptions, Target, get_target
 from sparsecut.targets.compare import compare_models
-from sparsecut.targets.environment import cpu_vector_extensions
 from sparsecut.targets.timing import measure
 
 __all__ = ["TargetLayerTimer", "one_layer_model", "tuning_for"]
@@ -87,11 +86,8 @@ class TargetLayerTimer:
 
     def context(self) -> dict[str, str]:
         version = self.backend.backend_version()  # first: a missing backend says how to install it
-        device = self.backend.device(self.options)
-        if self.options.provider == "cpu" and self.backend.name == "onnxruntime":
-            device = f"{device} [{cpu_vector_extensions()}]"
         return {
-            "device": device,
+            "device": self.backend.device_signature(self.options),
             "backend": self.backend.name,
             "version": version,
             "provider": self.options.provider,

@@ -65,6 +65,31 @@ def test_build_writes_ir_that_computes_what_onnxruntime_computes(tmp_path, dense
         np.testing.assert_allclose(target.run(runnable, x)[0], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_build_applies_the_surgery(tmp_path, dense_and_lean):
+    """`build --target openvino --surgery` once ignored the surgery silently: the IR computes the edited graph."""
+    _, lean = dense_and_lean
+    target = get_target("openvino")
+    spec = "tests.targets.surgeries:relu_to_half_leaky"
+    artifact, report = target.build(lean, tmp_path / "lean.ov.xml", BuildOptions(surgery=spec))
+    edited = tmp_path / "lean.ov.surgery.onnx"
+    assert f"surgery {spec} applied; edited graph saved as {edited.name}" in report.notes
+    assert "LeakyRelu" in {n.op_type for n in onnx.load(str(edited)).graph.node}
+    x = {"input": np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)}
+    ort = get_target("onnxruntime")
+    computed = target.run(target.load(artifact.path), x)[0]
+    np.testing.assert_allclose(computed, ort.run(ort.load(edited), x)[0], rtol=1e-4, atol=1e-4)
+    assert np.abs(computed - ort.run(ort.load(lean), x)[0]).max() > 1e-2  # not the unedited graph
+    assert target.load(artifact.path).source == edited  # the IR names the graph it was built from
+
+
+def test_build_cli_plans_the_surgery_graph_beside_the_ir(tmp_path, dense_and_lean):
+    _, lean = dense_and_lean
+    out = tmp_path / "l.ov.xml"
+    spec = "tests.targets.surgeries:relu_to_half_leaky"
+    assert main(["build", str(lean), "-o", str(out), "--target", "openvino", "--surgery", spec, "--no-measure"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.ov.bin", "l.ov.surgery.onnx", "l.ov.xml"]
+
+
 def test_loading_the_ir_finds_the_onnx_it_came_from(tmp_path, dense_and_lean):
     _, lean = dense_and_lean
     target = get_target("openvino")

@@ -1,0 +1,58 @@
+"""The target base class: what every target shares is done once, in `Target.build`/`load`/`profile`, so each
+target gets it — the files a build writes, staged and moved in together (the surgery's graph too), and nothing
+left behind when a build fails."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from sparsecut.errors import OutputPathError, TargetError
+from sparsecut.targets import TARGETS, BuildOptions, Target, get_target
+from tests.passes.graphs import GraphBuilder
+
+
+@pytest.fixture
+def relu_model(tmp_path):
+    g = GraphBuilder(shape=(4, 6, 6))
+    h = g.op("Relu", [g.conv("x", g.weight(8, 4, 3, 3), np.zeros(8), pad=1)])
+    path = tmp_path / "m.onnx"
+    onnx.save(g.model(h), path)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_every_target_is_a_target_and_names_the_files_its_build_writes(name):
+    module, _, cls = TARGETS[name].partition(":")
+    target = getattr(importlib.import_module(module), cls)()  # the class alone: its backend is imported lazily
+    assert isinstance(target, Target)
+    out = Path("out") / f"m{target.artifact_suffix}"
+    plain = target.build_files(out, BuildOptions())
+    assert list(plain) == [out, *(out.with_suffix(s) for s in target.artifact_companions)]
+    with_surgery = target.build_files(out, BuildOptions(surgery="mod:fn"))
+    assert list(with_surgery)[-1] == out.with_name(f"{out.stem}.surgery.onnx")
+    assert with_surgery[out.with_name(f"{out.stem}.surgery.onnx")] == "--surgery"
+
+
+def test_a_failed_build_leaves_no_surgery_graph_behind(tmp_path, relu_model):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(TargetError, match="the graph is fp32, not fp16"):
+        get_target("onnxruntime").build(
+            relu_model, tmp_path / "m.ort.onnx",
+            BuildOptions(precision="fp16", surgery="tests.targets.surgeries:relu_to_half_leaky"),
+        )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_surgery_graph_named_like_the_input_is_refused(tmp_path, relu_model):
+    model = tmp_path / "m.ort.surgery.onnx"
+    relu_model.rename(model)
+    with pytest.raises(OutputPathError, match="never overwrites its input"):
+        get_target("onnxruntime").build(
+            model, tmp_path / "m.ort.onnx", BuildOptions(surgery="tests.targets.surgeries:relu_to_half_leaky")
+        )
+    assert [p.name for p in tmp_path.iterdir()] == [model.name]
