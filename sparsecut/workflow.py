@@ -21,9 +21,11 @@ from sparsecut.targets.tuning import tuning_for
 
 __all__ = [
     "VARIANTS",
+    "PlannedFile",
     "RunOptions",
     "baseline_passes",
     "build_for_target",
+    "build_outputs",
     "markdown_summary",
     "run_workflow",
     "side_file",
@@ -182,6 +184,38 @@ def side_file(output: Path, kind: str, inputs: Sequence[Path | None] = ()) -> Pa
     while candidate.resolve() in taken:
         candidate, n = output.with_name(f"{stem}.{kind}-{n}.onnx"), n + 1
     return candidate
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedFile:
+    """One file a build may write, as a command plans it before any work."""
+
+    kind: str  # "artifact", "beside" (a companion or the surgery's graph), "lean", "fp16", "int8", "timing-cache"
+    path: Path
+    option: str  # the option that asks for it
+    model: bool = False  # an ONNX model, which may bring its `.data`
+    optional: bool = False  # written only when a step needs it (a graph still dead channels, another precision)
+
+
+def build_outputs(
+    target: Target, output: Path, options: BuildOptions, *, measure: bool, inputs: Sequence[Path | None]
+) -> list[PlannedFile]:
+    """Every file `build_for_target(…, output, options)` may write, in the order they are moved into place (the
+    artifact after what it needs beside it): the target's own files (`Target.build_files`), the graph converted to
+    the precision and the lean graph (`side_file`: named after the artifact, never one of `inputs`), the timing
+    cache it reads and updates."""
+    output = Path(output)
+    _, *beside = target.build_files(output, options).items()
+    files = [PlannedFile("beside", path, option, model=path.suffix == ".onnx") for path, option in beside]
+    files.append(PlannedFile("artifact", output, "--output", model=output.suffix == ".onnx"))
+    if options.precision in ("fp16", "int8"):
+        converted = side_file(output, options.precision, inputs)
+        files.append(PlannedFile(options.precision, converted, "--precision", model=True, optional=True))
+    if measure:
+        files.append(PlannedFile("lean", side_file(output, "lean", inputs), "--measure", model=True, optional=True))
+    if options.timing_cache is not None:
+        files.append(PlannedFile("timing-cache", options.timing_cache, "--timing-cache", optional=True))
+    return files
 
 
 def build_for_target(

@@ -56,3 +56,12 @@ def test_a_surgery_graph_named_like_the_input_is_refused(tmp_path, relu_model):
             model, tmp_path / "m.ort.onnx", BuildOptions(surgery="tests.targets.surgeries:relu_to_half_leaky")
         )
     assert [p.name for p in tmp_path.iterdir()] == [model.name]
+
+
+@pytest.mark.parametrize("module", ["onnxruntime", "openvino", "tensorrt"])
+def test_a_target_file_holds_no_copy_of_the_shared_preamble(module):
+    """What every build shares (output checks, surgery, staging, the host environment) is base.py's alone."""
+    text = (Path(__file__).parents[2] / "sparsecut" / "targets" / f"{module}.py").read_text()
+    for shared in ("check_output_path", "apply_surgery", "TemporaryDirectory(prefix=f\".{output", "host_environment",
+                   "BuildReport(", "LatencyReport(", "def build(", "def load(", "def profile("):  # fmt: skip
+        assert shared not in text, f"targets/{module}.py: {shared}"

@@ -1,0 +1,146 @@
+"""`sparsecut run` and `sparsecut demo`: checkpoint → export → dense baseline and lean → build → the variants timed
+interleaved, every file and one report in one folder; the demo does it on a reference model it prunes itself."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from sparsecut.cli.app import app, console, progress_bar, require_inputs
+from sparsecut.cli.int8 import Int8Settings, int8_options
+from sparsecut.cli.options import (
+    AlignOption,
+    AmountOption,
+    ArchOption,
+    BudgetOption,
+    CheckpointArgument,
+    DeviceOption,
+    HintOption,
+    InputShapeOption,
+    IterationsOption,
+    LutOption,
+    MeasureOption,
+    ModelFactoryOption,
+    OutputOption,
+    PrecisionOption,
+    RecipeOption,
+    RoundsOption,
+    SparsityOption,
+    TargetOption,
+    ThreadsOption,
+    TrustCheckpointOption,
+    TuneBudgetOption,
+)
+from sparsecut.cli.render import render_run
+from sparsecut.outputs import OutputPlan
+
+if TYPE_CHECKING:
+    from sparsecut.workflow import RunOptions  # the workflow brings torch: imported when a command runs
+
+
+@app.command()
+@int8_options
+def run(
+    checkpoint: CheckpointArgument,
+    out_dir: OutputOption,
+    arch: ArchOption = None,
+    model: ModelFactoryOption = None,
+    input_shape: InputShapeOption = None,
+    target: TargetOption = "onnxruntime",
+    precision: PrecisionOption = "fp32",
+    sparsity: SparsityOption = False,
+    align: AlignOption = 8,
+    iterations: IterationsOption = 300,
+    rounds: RoundsOption = 30,
+    budget: BudgetOption = None,
+    threads: ThreadsOption = None,
+    trust_checkpoint: TrustCheckpointOption = False,
+    measure: MeasureOption = True,
+    lut: LutOption = None,
+    tune_budget: TuneBudgetOption = 30.0,
+    device: DeviceOption = "CPU",
+    hint: HintOption = "latency",
+    int8: Int8Settings | None = None,
+) -> None:
+    """Export → optimize → build → time exported, dense baseline and lean interleaved, in one go, one report."""
+    from sparsecut.exporter import ExportOptions, parse_input_shape
+    from sparsecut.passes import OptimizeOptions
+    from sparsecut.targets import ProfileOptions
+    from sparsecut.workflow import RunOptions
+
+    assert int8 is not None and target is not None
+    options = RunOptions(
+        target=target,
+        precision=precision,
+        sparsity=sparsity,
+        export=ExportOptions(
+            input_shape=parse_input_shape(input_shape) if input_shape else None, trust_checkpoint=trust_checkpoint
+        ),
+        optimize=OptimizeOptions(
+            align=align, calibration=int8.calibration, keep_fp32=int8.keep_fp32, max_drift=int8.max_drift
+        ),
+        profile=ProfileOptions(
+            iterations=iterations, warmup=5, threads=threads or None, per_layer=False, device=device, hint=hint
+        ),
+        rounds=rounds,
+        budget=budget,
+        measured=measure,
+        table=lut,
+        tune_budget=tune_budget,
+    )
+    require_inputs(checkpoint, int8.calibration.source)
+    _run(checkpoint, out_dir, "--output", arch, model, options)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the demo's files.")] = Path("sparsecut-demo"),
+    arch: ArchOption = "resnet18",
+    recipe: RecipeOption = "l1-filter",
+    amount: AmountOption = 0.5,
+    budget: BudgetOption = None,
+    precision: PrecisionOption = "fp32",
+) -> None:
+    """The main job end to end on a reference model: prune, export, remove dead channels, measure like for like."""
+    from sparsecut.models import make_pruned_model, save_state_dict
+    from sparsecut.workflow import RunOptions
+
+    assert arch is not None
+    with tempfile.TemporaryDirectory(prefix="sparsecut-demo-") as tmp:
+        checkpoint = Path(tmp) / f"{arch}-{recipe}.pt"
+        with console.status(f"pruning {arch} with {recipe} …"):
+            save_state_dict(make_pruned_model(arch, recipe, amount), checkpoint)
+        console.print(f"pruned {arch} with {recipe} (amount {amount}) → timing exported, dense baseline and lean")
+        _run(checkpoint, out_dir, "--out-dir", arch, None, RunOptions(budget=budget, precision=precision))
+
+
+def _run(
+    checkpoint: Path, out_dir: Path, option: str, arch: str | None, model: str | None, options: RunOptions
+) -> None:
+    from sparsecut.targets import get_target
+    from sparsecut.workflow import STEPS, run_files, run_workflow
+
+    with OutputPlan([checkpoint]) as plan:
+        staged = plan.folder(
+            out_dir, option, run_files([get_target(name) for name in options.target.split(",")], options.precision)
+        )
+        with progress_bar() as bar:
+            task = bar.add_task("starting", total=len(STEPS))
+            timing = bar.add_task("timing, interleaved", total=options.rounds, visible=False)
+
+            def step(name: str) -> None:
+                bar.update(task, description=name, completed=STEPS.index(name))
+
+            def rounds(done: int, total: int) -> None:
+                bar.update(timing, visible=True, completed=done, total=total)
+
+            report = run_workflow(
+                checkpoint, staged, arch=arch, model_factory=model, options=options, step=step, progress=rounds,
+                publish_as=out_dir,
+            )  # fmt: skip
+            bar.update(task, description="done", completed=len(STEPS))
+        plan.commit()
+    render_run(report, out_dir)
