@@ -34,7 +34,8 @@ from sparsecut.exporter import ExportOptions, export_module
 from sparsecut.models import make_pruned_model
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.measured import optimize_measured
-from sparsecut.passes.precision import PrecisionOptions, convert_precision
+from sparsecut.passes.precision import PrecisionRequest, convert_precision
+from sparsecut.precision import Precision
 from sparsecut.targets import ProfileOptions, compare_models
 from sparsecut.targets.tuning import tuning_for
 from sparsecut.workflow import baseline_passes
@@ -75,7 +76,7 @@ def variants(source: Path, folder: Path, table: Path, budget: float) -> dict[str
         paths[f"lean measured on {backend}"] = out
     for name, origin in (("dense int8", "dense"), ("lean int8", "lean align 8")):
         out = folder / f"{stem}.{origin.replace(' ', '')}.int8.onnx"
-        convert_precision(paths[origin], out, PrecisionOptions("int8"))
+        convert_precision(paths[origin], out, PrecisionRequest(Precision("int8")))
         paths[name] = out
     return paths
 

@@ -31,7 +31,8 @@ from sparsecut.exporter import ExportOptions, export_module
 from sparsecut.models import make_pruned_model
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.drift import DriftBound, parse_drift_bound
-from sparsecut.passes.precision import PrecisionOptions, convert_precision
+from sparsecut.passes.precision import PrecisionRequest, convert_precision
+from sparsecut.precision import Precision
 from sparsecut.quantization import FORMATS
 from sparsecut.report import decibels
 from sparsecut.targets import BuildOptions, ProfileOptions, compare_models, get_target
@@ -60,7 +61,7 @@ def build_variants(
     for fmt in formats:
         for kind, source in (("dense", dense), ("lean", lean)):
             out = folder / f"{name}.{kind}.{fmt}.onnx"
-            report = convert_precision(source, out, PrecisionOptions("int8", int8_format=fmt, max_drift=bound))
+            report = convert_precision(source, out, PrecisionRequest(Precision("int8").in_format(fmt), max_drift=bound))
             paths[f"{kind} {fmt}"] = out
             sqnr = [o.sqnr_db for o in report.outputs if o.sqnr_db is not None]
             drift[f"{kind} {fmt}"] = {"max_abs": report.max_abs_error, "mean_abs": report.mean_abs_error,

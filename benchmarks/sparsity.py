@@ -30,7 +30,9 @@ from sparsecut.models.recipes import l1_filter
 from sparsecut.passes import AnnotateTwoFourPass, OptimizeOptions, optimize_model
 from sparsecut.passes.enforce_two_four import two_four_mask
 from sparsecut.passes.permutation import restore_order
+from sparsecut.passes.precision import PrecisionRequest
 from sparsecut.passes.two_four import two_four_violations
+from sparsecut.precision import Precision
 from sparsecut.report import OptimizeReport
 from sparsecut.targets import ProfileOptions, compare_models
 
@@ -53,7 +55,11 @@ def main() -> None:
         annotate(model)
         annotate_s = time.perf_counter() - start
         for precision in ("fp16", "int8"):
-            optimize_model(folder / "dense.onnx", folder / f"{precision}.onnx", OptimizeOptions(precision=precision))
+            optimize_model(
+                folder / "dense.onnx",
+                folder / f"{precision}.onnx",
+                OptimizeOptions(precision=PrecisionRequest(Precision(precision))),
+            )
         restore = _restore(args.arch, folder, console)
         enforce = optimize_model(folder / "dense.onnx", folder / "enforced.onnx", OptimizeOptions(enforce_2to4=True))
         report = compare_models(

@@ -23,6 +23,7 @@ import onnx_ir as ir
 
 from sparsecut import shapes
 from sparsecut.errors import GraphError, OutputPathError
+from sparsecut.precision import FP32, Precision
 
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD_BYTES",
@@ -442,15 +443,16 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def graph_precision(path: Path) -> str:
-    """What the graph computes in: int8 when it has Q/DQ, fp16 when its weights are half, else fp32."""
+def graph_precision(path: Path) -> Precision:
+    """What the graph computes in: int8 when it has Q/DQ, fp16 when its weights are half, else fp32 (an int8
+    graph's format is not read back: the precision is said by its kind)."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise GraphError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
     ops = {n.op_type for n in model.graph.node}
     if {"QuantizeLinear", "DequantizeLinear"} & ops or any(o.startswith("QLinear") for o in ops):
-        return "int8"
+        return Precision("int8")
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-        return "fp16"
-    return "fp32"
+        return Precision("fp16")
+    return FP32

@@ -11,8 +11,9 @@ from sparsecut.exporter import ExportOptions, export_checkpoint
 from sparsecut.modelfile import atomic_write_text, graph_precision
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.measured import Tuning, optimize_measured
-from sparsecut.passes.precision import PrecisionOptions
+from sparsecut.passes.precision import PrecisionRequest
 from sparsecut.passes.registry import baseline_passes
+from sparsecut.precision import FP32, Precision
 from sparsecut.report import BuildReport, LayerDrift, OutputDrift, PrecisionReport, RunReport, write_json
 from sparsecut.targets import BuildOptions, ProfileOptions, Target, compare_runs, get_target
 from sparsecut.targets.compare import plot_pruning_by_precision
@@ -39,21 +40,21 @@ REPORT_FILES = ("report.json", "report.md", "compare.png")
 PRECISION_PLOT = "precision.png"  # with --precision fp16/int8: the 2×2 of pruning × precision
 
 
-def run_files(targets: Sequence[Target], precision: str = "fp32") -> tuple[str, ...]:
+def run_files(targets: Sequence[Target], precision: Precision = FP32) -> tuple[str, ...]:
     """Every file `run_workflow` writes into its folder for `targets`: models, artifacts and what they bring."""
-    variants = VARIANTS if precision == "fp32" else (*VARIANTS, *FP32_TWINS)
+    twins = precision.kind != "fp32"
+    variants = (*VARIANTS, *FP32_TWINS) if twins else VARIANTS
     models = [f"{name}{ext}" for name in variants for ext in (".onnx", ".onnx.data")]
     for target in targets:
         for name in variants:
             artifact = Path(f"{name}{target.artifact_suffix}")
             models += [artifact.name, *(artifact.with_suffix(ext).name for ext in target.artifact_companions)]
-    return (*models, *REPORT_FILES, *((PRECISION_PLOT,) if precision != "fp32" else ()))
+    return (*models, *REPORT_FILES, *((PRECISION_PLOT,) if twins else ()))
 
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
     target: str = "onnxruntime"  # or several, "onnxruntime,openvino": lean's counts are measured on the first
-    precision: str = "fp32"
     sparsity: bool = False
     export: ExportOptions = dataclasses.field(default_factory=ExportOptions)
     optimize: OptimizeOptions = dataclasses.field(default_factory=OptimizeOptions)
@@ -65,6 +66,11 @@ class RunOptions:
     measured: bool = True  # lean's channel counts chosen by latency on the target (passes/measured.py)
     table: Path | None = None  # the latency table (default: in the user cache folder)
     tune_budget: float = 30.0  # seconds of layer measurements at most
+
+    @property
+    def precision(self) -> Precision:
+        """What baseline and lean are written in (`optimize.precision` asks for it, with its calibration)."""
+        return self.optimize.precision.precision
 
 
 def run_workflow(
@@ -88,7 +94,7 @@ def run_workflow(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     exported_path, baseline_path, lean_path = (out_dir / f"{name}.onnx" for name in VARIANTS)
-    twins = options.precision != "fp32"
+    twins = options.precision.kind != "fp32"
     variants = (*VARIANTS, *FP32_TWINS) if twins else VARIANTS
     paths = [out_dir / f"{name}.onnx" for name in variants]
 
@@ -98,14 +104,14 @@ def run_workflow(
     )
     step("baseline")
     backends = [get_target(name) for name in options.target.split(",")]
-    int8_format = (
-        options.optimize.int8_format or backends[0].int8_formats(BuildOptions(provider=options.profile.provider))[0]
-    )
-    lean_options = dataclasses.replace(options.optimize, precision=options.precision, int8_format=int8_format)
+    precision = options.precision
+    if precision.kind == "int8" and precision.format is None:  # the format the first target runs best
+        precision = precision.in_format(backends[0].int8_formats(BuildOptions(provider=options.profile.provider))[0])
+    lean_options = _at(options.optimize, precision)
     baseline_options = dataclasses.replace(lean_options, passes=baseline_passes(lean_options.passes))
     baseline = optimize_model(exported_path, baseline_path, baseline_options)
     if twins:
-        optimize_model(exported_path, paths[3], dataclasses.replace(baseline_options, precision="fp32"))
+        optimize_model(exported_path, paths[3], _at(baseline_options, FP32))
     step("optimize")
     if options.measured:
         tuning = tuning_for(
@@ -125,7 +131,7 @@ def run_workflow(
     else:
         optimized = optimize_model(exported_path, lean_path, lean_options)
         if twins:
-            optimize_model(exported_path, paths[4], dataclasses.replace(lean_options, precision="fp32"))
+            optimize_model(exported_path, paths[4], _at(lean_options, FP32))
     step("build")
     runs, builds = [], []
     for backend in backends:
@@ -166,12 +172,16 @@ def run_workflow(
         else None,
     )
     if twins:
-        plot_pruning_by_precision(compared, options.precision, out_dir / PRECISION_PLOT, seed=options.profile.seed)
+        plot_pruning_by_precision(compared, precision.kind, out_dir / PRECISION_PLOT, seed=options.profile.seed)
     if publish_as is not None:
         report = report.map_strings(lambda text: text.replace(str(out_dir), str(publish_as)))
     write_json(report, out_dir / "report.json")
     atomic_write_text(out_dir / "report.md", markdown_summary(report))
     return report
+
+
+def _at(options: OptimizeOptions, precision: Precision) -> OptimizeOptions:
+    return dataclasses.replace(options, precision=options.precision.at(precision))
 
 
 def side_file(output: Path, kind: str, inputs: Sequence[Path | None] = ()) -> Path:
@@ -208,9 +218,9 @@ def build_outputs(
     _, *beside = target.build_files(output, options).items()
     files = [PlannedFile("beside", path, option, model=path.suffix == ".onnx") for path, option in beside]
     files.append(PlannedFile("artifact", output, "--output", model=output.suffix == ".onnx"))
-    if options.precision in ("fp16", "int8"):
-        converted = side_file(output, options.precision, inputs)
-        files.append(PlannedFile(options.precision, converted, "--precision", model=True, optional=True))
+    if options.precision is not None and options.precision.kind in ("fp16", "int8"):
+        kind = options.precision.kind
+        files.append(PlannedFile(kind, side_file(output, kind, inputs), "--precision", model=True, optional=True))
     if measure:
         files.append(PlannedFile("lean", side_file(output, "lean", inputs), "--measure", model=True, optional=True))
     if options.timing_cache is not None:
@@ -223,7 +233,7 @@ def build_for_target(
     output: Path,
     target_name: str,
     options: BuildOptions,
-    converting: PrecisionOptions | None = None,
+    converting: PrecisionRequest | None = None,
     tuning: Tuning | None = None,
     sides: dict[str, Path] | None = None,
 ) -> tuple[BuildReport, PrecisionReport | None]:
@@ -236,7 +246,8 @@ def build_for_target(
       and the graph lacks it, the to-fp16 / quantize-int8 pass runs first and its graph is saved beside the
       artifact (`side_file(output, "fp16" / "int8")`).
 
-    `converting`: how (calibration, --keep-fp32, --max-drift); its precision and format are the build's.
+    `converting`: how (calibration, --keep-fp32, --max-drift); the precision is the build's (int8 without a format:
+    the target's best).
     `sides`: where those go, by kind, when the caller planned them (the CLI stages them with the artifact)."""
     from sparsecut.passes.precision import convert_precision
 
@@ -255,15 +266,16 @@ def build_for_target(
     converted = None
     wanted = options.precision
     if (
-        wanted in ("fp16", "int8")
+        wanted is not None
+        and wanted.kind in ("fp16", "int8")
         and model.exists()
-        and graph_precision(model) != wanted
+        and graph_precision(model).kind != wanted.kind
         and target.precision_in_graph(wanted)
     ):
-        prepared = sides.get(wanted) or side_file(output, wanted, [model, calibration])
-        int8_format = options.int8_format or target.int8_formats(options)[0]
-        how = dataclasses.replace(converting or PrecisionOptions(), precision=wanted, int8_format=int8_format)
-        converted = convert_precision(model, prepared, how)
+        prepared = sides.get(wanted.kind) or side_file(output, wanted.kind, [model, calibration])
+        if wanted.kind == "int8" and wanted.format is None:
+            wanted = wanted.in_format(target.int8_formats(options)[0])
+        converted = convert_precision(model, prepared, (converting or PrecisionRequest()).at(wanted))
         model = prepared
     _, report = target.build(model, output, options)
     return dataclasses.replace(report, notes=[*notes, *report.notes]), converted

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from sparsecut.cli import main
+from sparsecut.precision import Precision
 from sparsecut.report import RunReport
 from sparsecut.targets import get_target
 from sparsecut.targets.noise import speedup
@@ -124,7 +125,7 @@ def test_run_at_int8_times_pruning_by_precision(tmp_path, checkpoint_factory):
     lean = report.optimize.precision
     assert lean is not None and f"| {lean.layers[0].node} | {lean.layers[0].module} | Conv |" in markdown
     assert (out / "precision.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert {p.name for p in out.iterdir()} <= set(run_files([get_target("onnxruntime")], "int8"))
+    assert {p.name for p in out.iterdir()} <= set(run_files([get_target("onnxruntime")], Precision("int8")))
     assert_standard_files_pass_the_checker(out)
 
 

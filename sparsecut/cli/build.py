@@ -15,6 +15,7 @@ from typer._click.exceptions import UsageError  # typer ships click inside
 from sparsecut.cli.app import announce_json, app, console, finish, require_inputs
 from sparsecut.cli.int8 import Int8Settings, int8_options
 from sparsecut.cli.options import (
+    FP32,
     ONE,
     BatchOption,
     DeviceOption,
@@ -40,7 +41,7 @@ def build(
     model: Annotated[Path, typer.Argument(help="ONNX file to build.")],
     output: OutputOption,
     target: TargetOption = "onnxruntime",
-    precision: PrecisionOption = "fp32",
+    precision: PrecisionOption = FP32,
     sparsity: SparsityOption = False,
     batch: BatchOption = ONE,
     workspace: Annotated[int | None, typer.Option(min=1, help="TensorRT workspace limit, MiB.")] = None,
@@ -58,30 +59,27 @@ def build(
 ) -> None:
     """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs). Dead channels still
     in the graph are removed first, with channel counts measured on the target (`--no-measure`: built as given)."""
-    from sparsecut.passes.precision import PrecisionOptions
     from sparsecut.targets import BuildOptions, get_target
     from sparsecut.workflow import build_for_target, build_outputs
 
     assert int8 is not None and target is not None
-    calibrating, keep, bound, data_config = int8
-    calibration = calibrating.source
-    if int8_format and precision != "int8":
+    calibration, data_config = int8.calibration.source, int8.data_config
+    if int8_format and (precision is None or precision.kind != "int8"):
         raise UsageError("--int8-format: only used with --precision int8")
-    if precision == "best" and (calibration is not None or keep or bound is not None or data_config is not None):
+    if precision is None and (calibration is not None or int8.keep_fp32 or int8.max_drift is not None or data_config):
         raise UsageError(
             "--precision best: build takes the precision the graph has (TensorRT picks per layer); to quantize, "
             "build with --precision int8 and the calibration options"
         )
     require_inputs(model, calibration, data_config)
     options = BuildOptions(
-        precision=precision,
+        precision=precision.in_format(int8_format) if precision is not None else None,
         sparsity=sparsity,
         batch=batch.range,
         workspace_mb=workspace,
         provider=provider,
         device=device,
         hint=hint,
-        int8_format=int8_format,
         surgery=surgery,
         timing_cache=timing_cache,
     )
@@ -98,7 +96,7 @@ def build(
             tuning = tuning_for(target, batch=batch.opt, provider=provider, device=device, table=lut,
                                 budget=tune_budget, build=BuildOptions(sparsity=sparsity, device=device))  # fmt: skip
         with console.status(f"building {model} for {target} …"):
-            converting = PrecisionOptions(calibration=calibrating, keep_fp32=keep, max_drift=bound)
+            converting = int8.request(options.precision)
             options = dataclasses.replace(options, timing_cache=staged.get("timing-cache"))
             report, converted = build_for_target(model, staged["artifact"], target, options, converting, tuning, staged)
         report = finish(plan, report, staged_json)

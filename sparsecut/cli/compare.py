@@ -11,6 +11,7 @@ from typer._click.exceptions import UsageError  # typer ships click inside
 
 from sparsecut.cli.app import announce_json, app, finish, progress_bar, require_inputs
 from sparsecut.cli.options import (
+    FP32,
     ONE,
     BaselineOption,
     BatchOption,
@@ -39,7 +40,7 @@ def compare(
     rounds: RoundsOption = 20,
     budget: BudgetOption = None,
     threads: ThreadsOption = None,
-    precision: PrecisionOption = "fp32",
+    precision: PrecisionOption = FP32,
     sparsity: SparsityOption = False,
     allow_different_inputs: Annotated[
         bool,

@@ -18,10 +18,12 @@ from typer._click.exceptions import UsageError  # typer ships click inside
 
 from sparsecut.cli.options import one_of
 from sparsecut.errors import InputError
+from sparsecut.precision import Precision
 
 if TYPE_CHECKING:
     from sparsecut.calibration import Calibration
     from sparsecut.passes.drift import DriftBound
+    from sparsecut.passes.precision import PrecisionRequest
 
 __all__ = ["Int8Settings", "int8_options"]
 
@@ -168,6 +170,12 @@ class Int8Settings(NamedTuple):
     max_drift: DriftBound | None
     data_config: Path | None  # an input file too: never written over
 
+    def request(self, wanted: Precision | None) -> PrecisionRequest:
+        """The library's precision request: `wanted` (None: best), calibrated and judged as these options say."""
+        from sparsecut.passes.precision import PrecisionRequest
+
+        return PrecisionRequest(wanted, self.calibration, self.keep_fp32, self.max_drift)
+
 
 _INT8_PARAMETERS = [
     Parameter(name, Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
@@ -201,7 +209,8 @@ def int8_options(command: Callable[..., None]) -> Callable[..., None]:
     def with_int8(**kwargs: object) -> None:
         values = {p.name: kwargs.pop(p.name) for p in _INT8_PARAMETERS}
         given = [p.name for p in _INT8_PARAMETERS if values[p.name] != p.default]
-        if given and kwargs["precision"] not in ("int8", "best"):
+        precision = kwargs["precision"]
+        if given and isinstance(precision, Precision) and precision.kind != "int8":
             raise UsageError(f"--{given[0].replace('_', '-')}: only used with --precision int8 or best")
         kwargs["int8"] = _calibration(**values)  # type: ignore[arg-type]
         command(**kwargs)

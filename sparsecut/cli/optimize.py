@@ -13,6 +13,7 @@ from typer._click.exceptions import UsageError  # typer ships click inside
 from sparsecut.cli.app import announce_json, app, console, error_console, finish, progress_bar, require_inputs
 from sparsecut.cli.int8 import Int8Settings, int8_options
 from sparsecut.cli.options import (
+    FP32,
     ONE,
     AlignOption,
     AtolOption,
@@ -56,7 +57,7 @@ def optimize(
             callback=tolerance, help="--enforce-2to4: seconds per channel group to search a reorder (0: off)."
         ),
     ] = 0.5,
-    precision: PrecisionOption = "fp32",
+    precision: PrecisionOption = FP32,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the equivalence gate (loudly).")] = False,
     target: TargetOption = None,
     batch: BatchOption = ONE,
@@ -75,8 +76,11 @@ def optimize(
     from sparsecut.passes import OptimizeOptions, optimize_model
 
     assert int8 is not None
-    calibrating, keep, bound, data_config = int8
-    calibration = calibrating.source
+    calibration, data_config = int8.calibration.source, int8.data_config
+    if int8_format and (precision is None or precision.kind != "int8"):
+        raise UsageError("--int8-format: only used with --precision int8")
+    if precision is None and target is None:
+        raise UsageError("--precision best: needs --target (fp32, fp16 and int8 are measured there)")
     options = OptimizeOptions(
         passes=tuple(p.strip() for p in passes.split(",") if p.strip()),
         align=align,
@@ -84,20 +88,12 @@ def optimize(
         atol=atol,
         verify=not no_verify,
         data=data,
-        precision=precision,
-        calibration=calibrating,
-        keep_fp32=keep,
-        max_drift=bound,
+        precision=int8.request(precision.in_format(int8_format) if precision is not None else None),
         enforce_2to4=enforce_2to4,
         min_channels=min_channels,
         permutation_budget=permutation_budget,
         keep_stack_traces=keep_stack_traces,
-        int8_format=int8_format,
     )
-    if int8_format and precision != "int8":
-        raise UsageError("--int8-format: only used with --precision int8")
-    if precision == "best" and target is None:
-        raise UsageError("--precision best: needs --target (fp32, fp16 and int8 are measured there)")
     require_inputs(model, data, calibration, data_config)
     if no_verify:
         error_console.print(

@@ -16,8 +16,10 @@ from typing import Annotated
 import typer
 
 from sparsecut.opsets import MAX_OPSET, MIN_OPSET
+from sparsecut.precision import FP32, KINDS, Precision
 
 __all__ = [
+    "FP32",
     "ONE",
     "PRECISIONS",
     "SEVERAL_TARGETS",
@@ -179,14 +181,28 @@ PRECISIONS = {  # what each command takes (best: the fastest that meets --max-dr
 }
 
 
-def _precision(ctx: typer.Context, value: str) -> str:
-    return one_of(*PRECISIONS[ctx.info_name or ""])(value)
+def _parse_precision(text: str | Precision | None) -> Precision | None:
+    """`best` is None: the fastest measured on the target (optimize) or what the graph carries (build, compare)."""
+    if text is None or isinstance(text, Precision):  # the default
+        return text
+    if text == "best":
+        return None
+    if text not in KINDS:
+        raise typer.BadParameter(f"{text!r} is not a precision ({', '.join((*KINDS, 'best'))})")
+    return Precision(text)
+
+
+def _precision(ctx: typer.Context, value: Precision | None) -> Precision | None:
+    one_of(*PRECISIONS[ctx.info_name or ""])("best" if value is None else str(value))
+    return value
 
 
 PrecisionOption = Annotated[
-    str,
+    Precision | None,
     typer.Option(
+        parser=_parse_precision,
         callback=_precision,
+        metavar="PRECISION",
         help="fp32, fp16, int8, or best where the command takes it (optimize --target: the fastest within "
         "--max-drift; build, compare: what the graph has).",
     ),

@@ -12,6 +12,7 @@ import typer
 from sparsecut.cli.app import app, console, progress_bar, require_inputs
 from sparsecut.cli.int8 import Int8Settings, int8_options
 from sparsecut.cli.options import (
+    FP32,
     AlignOption,
     AmountOption,
     ArchOption,
@@ -50,7 +51,7 @@ def run(
     model: ModelFactoryOption = None,
     input_shape: InputShapeOption = None,
     target: TargetOption = "onnxruntime",
-    precision: PrecisionOption = "fp32",
+    precision: PrecisionOption = FP32,
     sparsity: SparsityOption = False,
     align: AlignOption = 8,
     iterations: IterationsOption = 300,
@@ -74,14 +75,11 @@ def run(
     assert int8 is not None and target is not None
     options = RunOptions(
         target=target,
-        precision=precision,
         sparsity=sparsity,
         export=ExportOptions(
             input_shape=parse_input_shape(input_shape) if input_shape else None, trust_checkpoint=trust_checkpoint
         ),
-        optimize=OptimizeOptions(
-            align=align, calibration=int8.calibration, keep_fp32=int8.keep_fp32, max_drift=int8.max_drift
-        ),
+        optimize=OptimizeOptions(align=align, precision=int8.request(precision)),
         profile=ProfileOptions(
             iterations=iterations, warmup=5, threads=threads or None, per_layer=False, device=device, hint=hint
         ),
@@ -102,10 +100,12 @@ def demo(
     recipe: RecipeOption = "l1-filter",
     amount: AmountOption = 0.5,
     budget: BudgetOption = None,
-    precision: PrecisionOption = "fp32",
+    precision: PrecisionOption = FP32,
 ) -> None:
     """The main job end to end on a reference model: prune, export, remove dead channels, measure like for like."""
     from sparsecut.models import make_pruned_model, save_state_dict
+    from sparsecut.passes import OptimizeOptions
+    from sparsecut.passes.precision import PrecisionRequest
     from sparsecut.workflow import RunOptions
 
     assert arch is not None
@@ -114,7 +114,8 @@ def demo(
         with console.status(f"pruning {arch} with {recipe} …"):
             save_state_dict(make_pruned_model(arch, recipe, amount), checkpoint)
         console.print(f"pruned {arch} with {recipe} (amount {amount}) → timing exported, dense baseline and lean")
-        _run(checkpoint, out_dir, "--out-dir", arch, None, RunOptions(budget=budget, precision=precision))
+        asked = OptimizeOptions(precision=PrecisionRequest(precision))
+        _run(checkpoint, out_dir, "--out-dir", arch, None, RunOptions(budget=budget, optimize=asked))
 
 
 def _run(

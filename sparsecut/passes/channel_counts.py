@@ -26,6 +26,7 @@ import onnx_ir as ir
 from sparsecut.passes.channels import DeadChannelAnalysis, Kind
 from sparsecut.passes.latency_table import LatencyTable, LayerSignature, LayerTimer
 from sparsecut.passes.nodes import attr_int, attr_ints
+from sparsecut.precision import FP32, Precision
 from sparsecut.report import CountDecision
 
 __all__ = ["SPAN", "CountPlan", "candidate_counts", "plan_counts"]
@@ -68,12 +69,12 @@ def plan_counts(
     batch: int,
     budget: float,
     progress: Callable[[int, int], None] | None = None,
-    precision: str = "fp32",
+    precision: Precision = FP32,
 ) -> CountPlan:
     """Choose counts for `model` (folded, shapes inferred: as remove-dead-channels will see it), its layers timed
-    in `precision` (fp32, fp16, "int8 FORMAT"): the precision the model will be written in."""
+    in `precision` (int8 in its format): the precision the model will be written in."""
     analysis = DeadChannelAnalysis(model, align=1)
-    layers = _layers(model, analysis, batch, precision)
+    layers = _layers(model, analysis, batch, str(precision))
     original = {s: sp.count for s, sp in enumerate(analysis.walk.spaces)}
     removed = analysis.coupling.per_space(analysis.decision.removable)
     live = {s: sp.count - int(removed[s]) for s, sp in enumerate(analysis.walk.spaces)}

@@ -40,7 +40,7 @@ class LayerSignature:
     groups: int = 1
     spatial: tuple[int, ...] = ()  # input spatial dims (Conv), or the rows of a Gemm/MatMul
     batch: int = 1
-    precision: str = "fp32"  # fp32, fp16, or "int8 FORMAT" (sparsecut/quantization.py): the layer as it will run
+    precision: str = "fp32"  # str(Precision): fp32, fp16, "int8 FORMAT" — the layer as it will run
 
     def key(self) -> str:
         """fp32 keys are the fields without the precision (tables written before it was a field stay valid)."""

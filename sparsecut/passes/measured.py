@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sparsecut.errors import AccuracyError, GraphError
 from sparsecut.modelfile import check_output_path, load_model, publish
@@ -39,6 +40,7 @@ from sparsecut.passes.drift import DriftBound
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
 from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
 from sparsecut.passes.registry import Setting, baseline_passes, make_pass, parse_passes
+from sparsecut.precision import FP32, Precision
 from sparsecut.quantization import int8_format
 from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport
 
@@ -65,8 +67,8 @@ class Tuning:
 def optimize_measured(
     source: Path, output: Path, options: OptimizeOptions, tuning: Tuning, fp32_twin: Path | None = None
 ) -> OptimizeReport:
-    """`options.precision` may be "best" here: fp32, fp16 and the target's int8 formats are measured and the fastest
-    that meets `options.max_drift` (BEST_BOUND when none is given) is written.
+    """`options.precision` may ask for the best here: fp32, fp16 and the target's int8 formats are measured and the
+    fastest that meets its `max_drift` (BEST_BOUND when none is given) is written.
 
     `fp32_twin`: where to also write the chosen lean graph in fp32 (same channels) when another precision is
     written — the like-for-like reference of the precision's own speedup."""
@@ -76,17 +78,19 @@ def optimize_measured(
     if tuning.budget <= 0:
         raise GraphError(f"--tune-budget {tuning.budget}: give a positive number of seconds")
     start = time.perf_counter()
-    best_asked = options.precision == "best"
-    if best_asked and options.max_drift is None:
-        options = dataclasses.replace(options, max_drift=BEST_BOUND)
+    best_asked = options.precision.best
+    if best_asked and options.precision.max_drift is None:
+        options = _asking(options, max_drift=BEST_BOUND)
     rounds = _precision_round(options, tuning)
-    if options.precision == "int8" and not options.int8_format and tuning.int8_formats:
-        options = dataclasses.replace(options, int8_format=tuning.int8_formats[0])
+    wanted = options.precision.wanted
+    if wanted is not None and wanted.kind == "int8" and wanted.format is None and tuning.int8_formats:
+        options = _asking(options, wanted=wanted.in_format(tuning.int8_formats[0]))
     # the channel round: at the precision written (int8 in the target's first format, its bound checked in the
     # precision round), or fp32 when the precision is still to be chosen
-    channel_options = dataclasses.replace(options, precision="fp32") if best_asked else options
+    channel_options = _asking(options, wanted=FP32) if best_asked else options
     if rounds:
-        channel_options = dataclasses.replace(channel_options, max_drift=None)
+        channel_options = _asking(channel_options, max_drift=None)
+    channel_precision = channel_options.precision.precision
     table = LatencyTable(tuning.table, tuning.timer.context())
     plan = _plan(source, names, channel_options, table, tuning)
     table.save()
@@ -102,12 +106,12 @@ def optimize_measured(
         # the reference: the input — or, when the candidates are in another precision, the input through the same
         # pipeline and precision without channel removal, so that a speedup is pruning's alone, never precision's
         reference, reference_name = source, "input"
-        if channel_options.precision != "fp32":
+        if channel_precision.kind != "fp32":
             (Path(tmp) / "dense").mkdir()
             reference = Path(tmp) / "dense" / output.name
             dense = dataclasses.replace(channel_options, passes=baseline_passes(channel_options.passes))
             optimize_model(source, reference, dense)
-            reference_name = f"dense {channel_options.precision} (no channel removal)"
+            reference_name = f"dense {channel_precision.kind} (no channel removal)"
         timed = tuning.compare([reference, *staged.values()])
         variants = [
             dataclasses.replace(v, name=name, model=str(source if name == reference_name else output))
@@ -118,12 +122,12 @@ def optimize_measured(
         formats: list[MeasuredVariant] = []
         refused: dict[str, str] = {}
         if rounds:
-            counts = dataclasses.replace(candidates[best.name], max_drift=options.max_drift)
+            counts = _asking(candidates[best.name], max_drift=options.precision.max_drift)
             # the channel round's graph is one of the precision round's: fp32 (best), or the first int8 format
             # when no bound is to be checked
-            reusable = "fp32" if best_asked else f"int8 {options.int8_format}"
+            reusable = str(channel_precision)
             built = None
-            if reusable == "fp32" or options.max_drift is None:
+            if reusable == "fp32" or options.precision.max_drift is None:
                 built = (reusable, staged[best.name], reports[best.name])
             round_ = _choose_precision(source, Path(tmp), output, counts, rounds, tuning, built, fp32_twin)
             written, fp32_file, formats, refused, reports[best.name], chosen_precision = round_
@@ -134,10 +138,10 @@ def optimize_measured(
         if fp32_twin is not None and chosen_precision not in ("", "fp32"):
             assert fp32_file is not None
             publish(fp32_file, fp32_twin)
-        elif fp32_twin is not None and options.precision not in ("fp32", "best"):
-            optimize_model(source, fp32_twin, dataclasses.replace(candidates[best.name], precision="fp32"))
+        elif fp32_twin is not None and channel_precision.kind != "fp32":
+            optimize_model(source, fp32_twin, _asking(candidates[best.name], wanted=FP32))
     pays = best.speedup.low > 1.0
-    against = "the input" if channel_options.precision == "fp32" else variants[0].name
+    against = "the input" if channel_precision.kind == "fp32" else variants[0].name
     verdict = (
         f"{best.name} written: {best.speedup.describe()} faster than {against}"
         if pays
@@ -171,16 +175,24 @@ def optimize_measured(
 def _precision_round(options: OptimizeOptions, tuning: Tuning) -> dict[str, OptimizeOptions]:
     """The precisions measured against each other after the channel round (empty: nothing to choose): fp32
     first — every speedup is against it —, then fp16 (`best`) and each int8 format of the target."""
-    choosing_format = options.precision == "int8" and not options.int8_format and len(tuning.int8_formats) > 1
-    if options.precision != "best" and not choosing_format:
+    wanted = options.precision.wanted
+    choosing_format = (
+        wanted is not None and wanted.kind == "int8" and wanted.format is None and len(tuning.int8_formats) > 1
+    )
+    if not options.precision.best and not choosing_format:
         return {}
-    fp32 = dataclasses.replace(options, precision="fp32", int8_format="", keep_fp32=(), max_drift=None)
-    rounds = {"fp32": fp32}
-    if options.precision == "best":
-        rounds["fp16"] = dataclasses.replace(options, precision="fp16", int8_format="", keep_fp32=())
+    rounds = {"fp32": _asking(options, wanted=FP32, keep_fp32=(), max_drift=None)}
+    if options.precision.best:
+        rounds["fp16"] = _asking(options, wanted=Precision("fp16"), keep_fp32=())
     for name in tuning.int8_formats:
-        rounds[f"int8 {name}"] = dataclasses.replace(options, precision="int8", int8_format=name)
+        int8 = Precision("int8").in_format(name)
+        rounds[str(int8)] = _asking(options, wanted=int8)
     return rounds
+
+
+def _asking(options: OptimizeOptions, **request: Any) -> OptimizeOptions:
+    """`options` with these fields of its precision request changed."""
+    return dataclasses.replace(options, precision=dataclasses.replace(options.precision, **request))
 
 
 def _choose_precision(
@@ -255,7 +267,7 @@ def _precision_verdict(
     text = ""
     if best_asked:
         written = next((v for v in formats if v.name == chosen), None)
-        bound = options.max_drift.describe() if options.max_drift is not None else ""
+        bound = options.precision.max_drift.describe() if options.precision.max_drift is not None else ""
         speed = f"{written.speedup.describe()} vs fp32; " if written is not None and chosen != "fp32" else ""
         text += f"; --precision best: {chosen} written ({speed}bound: {bound})"
     if int8_pays is False:
@@ -282,7 +294,7 @@ def _plan(source: Path, names: list[str], options: OptimizeOptions, table: Laten
     if tuning.progress is not None:
         report = tuning.progress
         progress = lambda done, total: report("timing layers", done, total)  # noqa: E731
-    precision = options.precision
-    if precision == "int8":  # the format it will be written in (convert_precision's default where none is named)
-        precision = f"int8 {int8_format(options.int8_format).name}"
+    precision = options.precision.precision
+    if precision.kind == "int8" and precision.format is None:  # written in convert_precision's default format
+        precision = precision.in_format(int8_format().name)
     return plan_counts(model, table, tuning.timer, tuning.batch, tuning.budget, progress, precision)

@@ -14,7 +14,6 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
-from sparsecut.calibration import Calibration
 from sparsecut.cost import count_costs, count_params
 from sparsecut.errors import GraphError, VerificationError
 from sparsecut.gctools import PausedCollector
@@ -31,7 +30,6 @@ from sparsecut.modelfile import (
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.cleanup import unread_initializers
 from sparsecut.passes.dead_channels import prepare_for_analysis
-from sparsecut.passes.drift import DriftBound
 from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
 from sparsecut.passes.gate import (
     BackgroundRuns,
@@ -43,7 +41,7 @@ from sparsecut.passes.gate import (
     loadable_reference,
 )
 from sparsecut.passes.permute_two_four import PermuteForTwoFourPass
-from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionOptions, convert_precision
+from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionRequest, convert_precision
 from sparsecut.passes.registry import DEFAULT_PASSES, PASSES, parse_passes, run_passes
 from sparsecut.passes.two_four import AnnotateTwoFourPass, two_four_weights
 from sparsecut.report import EnforcedLayer, ModelCost, OptimizeReport, OutputCheck, PassReport
@@ -65,17 +63,13 @@ class OptimizeOptions:
     verify: bool = True
     data: Path | None = None  # .npz of real inputs, checked in addition to the random ones
     seed: int = 0
-    precision: str = "fp32"  # fp16 / int8: converted after the gate, drift reported (see precision.py)
+    # fp16 / int8: converted after the gate, drift reported (see precision.py); best: only with a target
+    precision: PrecisionRequest = dataclasses.field(default_factory=PrecisionRequest)
     enforce_2to4: bool = False  # after the gate: changes the model (see enforce_two_four.py)
     min_channels: int = 64
     permutation_budget: float = 0.5  # seconds per channel space for enforce-2to4's reorder search; 0 turns it off
-    # --precision int8: samples, preprocessing, calibrator
-    calibration: Calibration = dataclasses.field(default_factory=Calibration)
-    keep_fp32: tuple[str, ...] = ()  # --precision int8: node or module names left in fp32
-    max_drift: DriftBound | None = None  # --precision int8: layers go back to fp32 until it holds
     counts: tuple[tuple[str, int], ...] = ()  # measured decisions: (space, channels kept), replacing align there
     keep_stack_traces: bool = False  # the exporter's per-node Python stack traces (its machine's file paths)
-    int8_format: str = ""  # --precision int8: sparsecut/quantization.py's format; "": this CPU's for onnxruntime
 
 
 def _load_checked(path: Path) -> ir.Model:
@@ -112,8 +106,9 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     source, output = Path(source), Path(output)
     check_output_path(output, source)
     names = parse_passes(options.passes)
-    if options.precision not in ("fp32", "fp16", "int8"):
-        raise GraphError(f"unknown --precision {options.precision!r}; known: fp32, fp16, int8")
+    wanted = options.precision.precision  # best is measured on a target (optimize_measured), never here
+    if wanted.kind not in ("fp32", "fp16", "int8"):
+        raise GraphError(f"--precision {wanted}: optimize writes fp32, fp16 or int8")
     start = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp,
@@ -148,20 +143,9 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         enforced: list[EnforcedLayer] = []
         if options.enforce_2to4:  # the steps that change the numbers by design come after the gate
             current, enforced = _enforce_two_four(current, Path(tmp), output, feeds, options)
-        if options.precision != "fp32":
+        if wanted.kind != "fp32":
             converted = _stage(Path(tmp), "precision", output)
-            precision = convert_precision(
-                current,
-                converted,
-                PrecisionOptions(
-                    options.precision,
-                    options.calibration,
-                    seed=options.seed,
-                    int8_format=options.int8_format,
-                    keep_fp32=options.keep_fp32,
-                    max_drift=options.max_drift,
-                ),
-            )
+            precision = convert_precision(current, converted, options.precision, seed=options.seed)
             current = converted
         publish(current, output)
     return OptimizeReport(
@@ -214,7 +198,7 @@ def _transform(
         loadable_reference(model, source, _stage(folder, "input", source).parent) if options.verify else source
     )
     external = reads_external_data(model) or None  # weights that came external stay external
-    if options.precision == "int8" and QUANTIZED_OPS & {node.op_type for node in model.graph}:
+    if options.precision.precision.kind == "int8" and QUANTIZED_OPS & {node.op_type for node in model.graph}:
         raise GraphError(
             f"{source}: the model is already quantized (it has Q/DQ or integer ops); refusing to quantize twice"
         )

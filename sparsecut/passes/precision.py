@@ -30,10 +30,11 @@ from sparsecut.calibration import Calibration, CalibrationSet, calibration_set
 from sparsecut.errors import AccuracyError, GraphError, InputError
 from sparsecut.logs import quieted
 from sparsecut.passes.drift import DriftBound, measure_drift
+from sparsecut.precision import FP32, Precision
 from sparsecut.quantization import Int8Format, int8_format
 from sparsecut.report import LayerDrift, OutputDrift, PrecisionReport
 
-__all__ = ["FP16_BLOCKED_OPS", "PrecisionOptions", "convert_precision", "nodes_named"]
+__all__ = ["FP16_BLOCKED_OPS", "PrecisionRequest", "convert_precision", "nodes_named"]
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,29 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
 
 
 @dataclasses.dataclass(frozen=True)
-class PrecisionOptions:
-    precision: str = "fp32"  # fp32 | fp16 | int8
+class PrecisionRequest:
+    """What a command asks of the precision: one (or, `wanted` None, the best measured on a target — optimize
+    --target), and how int8 is calibrated and judged."""
+
+    wanted: Precision | None = FP32  # None: the fastest that meets `max_drift`, measured on a target
     calibration: Calibration = dataclasses.field(default_factory=Calibration)
-    fp16_blocked_ops: tuple[str, ...] = FP16_BLOCKED_OPS
-    seed: int = 0
-    int8_format: str = ""  # see sparsecut/quantization.py; "": this CPU's best for onnxruntime, the default target
     keep_fp32: tuple[str, ...] = ()  # int8: node or module names left in fp32
-    max_drift: DriftBound | None = None  # int8: layers go back to fp32 until it holds
+    max_drift: DriftBound | None = None  # int8: layers go back to fp32 until it holds; fp16: checked
+
+    @property
+    def best(self) -> bool:
+        return self.wanted is None
+
+    @property
+    def precision(self) -> Precision:
+        """The precision asked for (not `best`, which a target decides)."""
+        if self.wanted is None:
+            raise GraphError("--precision best: needs --target (fp32, fp16 and int8 are measured there)")
+        return self.wanted
+
+    def at(self, precision: Precision) -> PrecisionRequest:
+        """The same request for `precision`: calibration, bound and kept layers as they are."""
+        return dataclasses.replace(self, wanted=precision)
 
 
 class _Reader:
@@ -97,9 +113,9 @@ def nodes_named(model: onnx.ModelProto, names: Sequence[str], source: Path) -> l
     return chosen
 
 
-def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> PrecisionReport:
-    """Write `source` converted to `options.precision` at `output` (atomically) and measure the drift on the
-    held-out samples."""
+def convert_precision(source: Path, output: Path, request: PrecisionRequest, seed: int = 0) -> PrecisionReport:
+    """Write `source` converted to the requested precision at `output` (atomically) and measure the drift on the
+    held-out samples. int8 without a format: this CPU's best for onnxruntime, the default target."""
     from sparsecut.modelfile import atomic_write_bytes, check_output_path
 
     source, output = Path(source), Path(output)
@@ -109,51 +125,52 @@ def convert_precision(source: Path, output: Path, options: PrecisionOptions) -> 
         raise GraphError(
             f"{source}: the model is already quantized (it has Q/DQ or integer ops); refusing to quantize twice"
         )
-    if options.precision not in ("fp16", "int8"):
-        raise GraphError(f"unknown precision {options.precision!r}; known: fp32, fp16, int8")
-    keep = nodes_named(model, options.keep_fp32, source) if options.precision == "int8" else []
-    data = calibration_set(options.calibration, model, source, options.seed)
+    wanted = request.precision
+    if wanted.kind not in ("fp16", "int8"):
+        raise GraphError(f"precision {wanted} is not one this pass writes; known: fp16, int8")
+    keep = nodes_named(model, request.keep_fp32, source) if wanted.kind == "int8" else []
+    data = calibration_set(request.calibration, model, source, seed)
     notes = []
-    if data.random and options.precision == "int8":
+    if data.random and wanted.kind == "int8":
         log.warning("int8 calibration on RANDOM data: scales will not fit real inputs; pass --calibration")
         notes.append("calibrated on random data: accuracy on real inputs is unknown — pass --calibration")
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged = Path(tmp) / output.name
-        if options.precision == "int8":
-            fmt = int8_format(options.int8_format)
+        if wanted.kind == "int8":
+            fmt = wanted.format or int8_format()
             notes.append(f"int8 format {fmt.describe()}")
             del model  # onnxruntime's quantizer reads the file itself
-            result = _quantize_within(source, staged, Path(tmp) / "ranges.json", data, fmt, keep, options)
+            result = _quantize_within(source, staged, Path(tmp) / "ranges.json", data, fmt, keep, request)
             outputs, layers, kept, fallback, bound = result
         else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(options.fp16_blocked_ops))
+            half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_BLOCKED_OPS))
             onnx.save(half, str(staged))
-            notes.append(f"kept in fp32: {', '.join(options.fp16_blocked_ops)}")
+            notes.append(f"kept in fp32: {', '.join(FP16_BLOCKED_OPS)}")
             _relabel_two_four(staged)
             outputs, _ = measure_drift(source, staged, data.held_out)
             layers, kept, fallback, bound = [], [], [], ""
-            if options.max_drift is not None:
-                if not options.max_drift.holds(outputs):
+            if request.max_drift is not None:
+                if not request.max_drift.holds(outputs):
                     raise AccuracyError(
-                        f"--max-drift: {options.max_drift.describe()} not reached in fp16: "
-                        f"{options.max_drift.shortfall(outputs)} (nothing written)"
+                        f"--max-drift: {request.max_drift.describe()} not reached in fp16: "
+                        f"{request.max_drift.shortfall(outputs)} (nothing written)"
                     )
-                bound = f"{options.max_drift.describe()}: holds ({options.max_drift.shortfall(outputs)})"
+                bound = f"{request.max_drift.describe()}: holds ({request.max_drift.shortfall(outputs)})"
         atomic_write_bytes(output, staged.read_bytes())
     classes = [o.top1_agreement for o in outputs if o.top1_agreement is not None]
     return PrecisionReport(
-        precision=options.precision,
+        precision=wanted.kind,
         calibration=data.origin,
         samples=len(data.calibrate),
         max_abs_error=max((o.max_abs_error for o in outputs), default=0.0),
         mean_abs_error=float(np.mean([o.mean_abs_error for o in outputs])) if outputs else 0.0,
         top1_agreement=classes[0] if classes else None,
         notes=notes,
-        format=fmt.name if options.precision == "int8" else "",
+        format=fmt.name if wanted.kind == "int8" else "",
         held_out=len(data.held_out),
-        method=options.calibration.method if options.precision == "int8" else "",
+        method=request.calibration.method if wanted.kind == "int8" else "",
         outputs=outputs,
         layers=layers,
         kept_fp32=kept,
@@ -169,13 +186,13 @@ def _quantize_within(
     data: CalibrationSet,
     fmt: Int8Format,
     keep: list[str],
-    options: PrecisionOptions,
+    request: PrecisionRequest,
 ) -> tuple[list[OutputDrift], list[LayerDrift], list[str], list[str], str]:
-    """Quantize, measure; while `options.max_drift` does not hold, put the layer that lost most back in fp32."""
+    """Quantize, measure; while `request.max_drift` does not hold, put the layer that lost most back in fp32."""
     kept, fallback = list(keep), list[str]()
-    bound = options.max_drift
+    bound = request.max_drift
     while True:
-        _quantize(source, staged, data.calibrate, fmt, options.calibration.method, kept, ranges)
+        _quantize(source, staged, data.calibrate, fmt, request.calibration.method, kept, ranges)
         _relabel_two_four(staged)
         outputs, layers = measure_drift(source, staged, data.held_out, layers=True)
         if bound is None:

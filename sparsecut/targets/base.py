@@ -30,6 +30,7 @@ from sparsecut.cpu import cpu_vector_extensions
 from sparsecut.errors import TargetError
 from sparsecut.feeds import InputSpec
 from sparsecut.modelfile import check_output_path
+from sparsecut.precision import FP32, Precision
 from sparsecut.report import BuildReport, LatencyReport, LayerTime
 from sparsecut.targets.timing import LatencyStats, measure, summarize
 
@@ -48,7 +49,7 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
-    precision: str = "fp32"  # fp32 | fp16 | int8 | best
+    precision: Precision | None = FP32  # None: what the graph carries (best: TensorRT ≤ 10 picks per layer)
     sparsity: bool = False  # TensorRT: enable 2:4 sparse kernels
     batch: tuple[int, int, int] = (1, 1, 1)  # min, opt, max of the dynamic batch axis
     workspace_mb: int | None = None
@@ -59,7 +60,6 @@ class BuildOptions:
     hint: str = "latency"  # OpenVINO's performance hint: latency | throughput
     surgery: str | None = None  # MODULE:FUNCTION on a gs.Graph, applied just before the build
     timing_cache: Path | None = None  # TensorRT
-    int8_format: str = ""  # int8 put into the graph first: this format ("": the target's best, int8_formats()[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +76,7 @@ class ProfileOptions:
     seed: int = 0
     device: str = "CPU"  # OpenVINO: CPU | GPU | NPU | AUTO
     hint: str = "latency"  # OpenVINO's performance hint: latency | throughput
-    precision: str = "fp32"  # what a target that takes the precision as a hint (OpenVINO) is asked for
+    precision: Precision = FP32  # what a target that takes the precision as a hint (OpenVINO) is asked for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +145,7 @@ class Target(abc.ABC):
             target=self.name,
             source=str(model),
             artifact=str(output),
-            precision=options.precision,
+            precision=options.precision.kind if options.precision is not None else "best",
             sparsity=options.sparsity,
             seconds=built.seconds if built.seconds is not None else time.perf_counter() - start,
             environment={**_host_environment(), **built.environment},
@@ -261,7 +261,7 @@ class Target(abc.ABC):
         """Whether `path` must go through `build` before this target can time it (an ONNX file for TensorRT)."""
         return False
 
-    def precision_in_graph(self, precision: str) -> bool:
+    def precision_in_graph(self, precision: Precision) -> bool:
         """Whether `precision` (fp16, int8), when not the graph's, must be put into the graph before `build`
         (True), or can be asked of the builder (TensorRT ≤ 10's FP16/INT8 flags, OpenVINO's fp16 hint)."""
         return True

@@ -88,12 +88,12 @@ class OnnxRuntimeTarget(Target):
     no_sparse_kernels = "onnxruntime on CPU has no 2:4 sparse kernels"
 
     def _build_impl(self, source: Path, staged: Path, options: BuildOptions) -> Built:
-        in_graph = graph_precision(source)
-        if options.precision not in ("best", in_graph):
+        in_graph, wanted = graph_precision(source), options.precision
+        if wanted is not None and wanted.kind != in_graph.kind:
             raise TargetError(
-                f"{source}: the graph is {in_graph}, not {options.precision}; onnxruntime runs the precision the "
-                f"graph carries: run `sparsecut optimize --precision {options.precision}` (or `sparsecut build "
-                f"--precision {options.precision}`, which does it for you) first"
+                f"{source}: the graph is {in_graph}, not {wanted.kind}; onnxruntime runs the precision the "
+                f"graph carries: run `sparsecut optimize --precision {wanted.kind}` (or `sparsecut build "
+                f"--precision {wanted.kind}`, which does it for you) first"
             )
         _session(source, options.provider, options.threads, options.optimization, optimized_model_filepath=str(staged))
         return Built(_environment(options.provider, options.optimization))
@@ -103,7 +103,7 @@ class OnnxRuntimeTarget(Target):
         return list(session.run(None, inputs))
 
     def precision(self, artifact: Artifact) -> str:
-        return graph_precision(artifact.path)
+        return str(graph_precision(artifact.path))
 
     def int8_formats(self, options: BuildOptions) -> tuple[str, ...]:
         if options.provider == "tensorrt":

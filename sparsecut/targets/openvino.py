@@ -30,6 +30,7 @@ import numpy as np
 from sparsecut.errors import TargetError
 from sparsecut.feeds import InputSpec, input_specs, synthetic_inputs
 from sparsecut.modelfile import graph_precision, sha256_of
+from sparsecut.precision import FP32, Precision
 from sparsecut.report import LayerTime
 from sparsecut.targets.base import Artifact, BuildOptions, Built, ProfileOptions, Runner, Target
 from sparsecut.targets.environment import cpu_name, cpu_vector_extensions
@@ -158,12 +159,12 @@ class OpenVinoTarget(Target):
         return counters.layers()
 
     # ------------------------------------------------------------------------------------------ about it
-    def precision_in_graph(self, precision: str = "int8") -> bool:
-        return precision == "int8"  # fp16 is the plugin's hint; int8 needs the graph's Q/DQ
+    def precision_in_graph(self, precision: Precision) -> bool:
+        return precision.kind == "int8"  # fp16 is the plugin's hint; int8 needs the graph's Q/DQ
 
     def precision(self, artifact: Artifact) -> str:
         if artifact.path.suffix == ".onnx":
-            return graph_precision(artifact.path)
+            return str(graph_precision(artifact.path))
         model = self._read(artifact.path)
         types = {op.get_type_name() for op in model.get_ops()}
         return "int8" if types & {"FakeQuantize", "FakeConvert"} else "fp32"
@@ -207,7 +208,10 @@ class OpenVinoTarget(Target):
             said = _first_line(exc)
             raise TargetError(f"{path}: OpenVINO cannot read it ({said}{_unconverted_nodes(path, said)})") from exc
 
-    def _config(self, path: Path, device: str, precision: str, threads: int | None, hint: str) -> dict[str, Any]:
+    def _config(
+        self, path: Path, device: str, precision: Precision | None, threads: int | None, hint: str
+    ) -> dict[str, Any]:
+        """`precision` None: what the graph carries, the plugin left to its own choice."""
         if device not in DEVICES:
             raise TargetError(f"unknown --device {device!r}; known: {', '.join(DEVICES)}")
         if hint not in _HINTS:
@@ -220,8 +224,9 @@ class OpenVinoTarget(Target):
         config: dict[str, Any] = {"PERFORMANCE_HINT": _HINTS[hint]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        in_graph = graph_precision(path) if path.suffix == ".onnx" else "fp32"
-        if precision == "fp16":
+        in_graph = graph_precision(path) if path.suffix == ".onnx" else FP32
+        kind = precision.kind if precision is not None else "best"
+        if kind == "fp16":
             capabilities = self._capabilities(device)
             if "FP16" not in capabilities:
                 raise TargetError(
@@ -229,13 +234,13 @@ class OpenVinoTarget(Target):
                     "fp16 would run slower or silently in fp32 here — build fp32, or int8 from a quantized graph"
                 )
             config["INFERENCE_PRECISION_HINT"] = "f16"
-        elif precision == "int8":
-            if in_graph != "int8":
+        elif kind == "int8":
+            if in_graph.kind != "int8":
                 raise TargetError(
                     f"{path}: the graph is {in_graph}, not int8; OpenVINO runs int8 from the graph's Q/DQ: run "
                     "`sparsecut optimize --precision int8` (or `sparsecut build --precision int8`) first"
                 )
-        elif precision != "best" and device != "AUTO":
+        elif kind != "best" and device != "AUTO":
             config["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16/fp16 where the CPU has them
         return config
 
@@ -253,7 +258,7 @@ class OpenVinoTarget(Target):
             raise TargetError(f"{path}: OpenVINO cannot compile it for {device} ({_first_line(exc)})") from exc
 
     def _compiled(self, artifact: Artifact, options: ProfileOptions, profiling: bool = False) -> Any:
-        precision = "fp16" if options.precision == "fp16" else "fp32"
+        precision = options.precision if options.precision.kind == "fp16" else FP32
         config = self._config(artifact.path, options.device, precision, options.threads, options.hint)
         if profiling:
             config["PERF_COUNT"] = True

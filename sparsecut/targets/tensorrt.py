@@ -24,6 +24,7 @@ import numpy as np
 
 from sparsecut.errors import TargetError
 from sparsecut.modelfile import atomic_write_bytes, graph_precision
+from sparsecut.precision import Precision
 from sparsecut.report import LayerTime
 from sparsecut.targets.base import Artifact, BuildOptions, Built, InputSpec, ProfileOptions, Runner, Target
 from sparsecut.targets.environment import gpu_name
@@ -65,11 +66,12 @@ class TensorRTTarget(Target):
         logger = _CapturingLogger(trt)
         builder = trt.Builder(logger)
         legacy_precision = hasattr(trt.BuilderFlag, "FP16")  # gone in TensorRT 11
-        in_graph = graph_precision(source)
+        in_graph = graph_precision(source).kind
+        asked = options.precision.kind if options.precision is not None else "best"
         flags = 0
         if not legacy_precision:
             flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-            wanted = {"fp16": "fp16", "int8": "int8", "best": in_graph}.get(options.precision, "fp32")
+            wanted = in_graph if asked == "best" else asked
             if wanted != in_graph:
                 step = {"fp16": "--precision fp16", "int8": "--precision int8 --calibration DATA"}.get(wanted, "")
                 raise TargetError(
@@ -86,10 +88,10 @@ class TensorRTTarget(Target):
         config = builder.create_builder_config()
         if options.workspace_mb:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
-        if legacy_precision and options.precision in ("fp16", "best"):
+        if legacy_precision and asked in ("fp16", "best"):
             config.set_flag(trt.BuilderFlag.FP16)
-        if legacy_precision and options.precision in ("int8", "best"):
-            if in_graph != "int8" and options.precision == "int8":
+        if legacy_precision and asked in ("int8", "best"):
+            if in_graph != "int8" and asked == "int8":
                 raise TargetError(
                     f"{source}: INT8 needs explicit Q/DQ in the graph: run `sparsecut optimize --precision int8` first"
                 )
@@ -210,7 +212,7 @@ class TensorRTTarget(Target):
     def needs_build(self, path: Path) -> bool:
         return Path(path).suffix == ".onnx"
 
-    def precision_in_graph(self, precision: str) -> bool:
+    def precision_in_graph(self, precision: Precision) -> bool:
         try:
             import tensorrt as trt
         except ImportError:
@@ -218,7 +220,7 @@ class TensorRTTarget(Target):
         return not hasattr(trt.BuilderFlag, "FP16")  # TensorRT 11 builds strongly typed networks only
 
     def precision(self, artifact: Artifact) -> str:
-        return graph_precision(artifact.source) if artifact.source.suffix == ".onnx" else "engine"
+        return str(graph_precision(artifact.source)) if artifact.source.suffix == ".onnx" else "engine"
 
     def int8_formats(self, options: BuildOptions) -> tuple[str, ...]:
         return ("trt-s8",)  # symmetric, outputs kept int8: TensorRT picks (sparse) int8 kernels only there

@@ -24,7 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsecut.passes.latency_table import LayerSignature, default_table_path
 from sparsecut.passes.measured import Tuning
-from sparsecut.quantization import FORMATS, Int8Format
+from sparsecut.precision import Precision
+from sparsecut.quantization import Int8Format
 from sparsecut.report import MeasuredVariant
 from sparsecut.targets.base import BuildOptions, ProfileOptions, Target, get_target
 from sparsecut.targets.compare import compare_models
@@ -121,7 +122,8 @@ def one_layer_model(layer: LayerSignature) -> onnx.ModelProto:
     Q → DQ (the next layer's input) — in the format's activation type and weight range, which the backend fuses
     into its int8 kernel (onnxruntime: QLinearConv / MatMulIntegerToFloat)."""
     rng = np.random.default_rng(0)
-    dtype = np.float16 if layer.precision == "fp16" else np.float32
+    precision = Precision.parse(layer.precision)
+    dtype = np.float16 if precision.kind == "fp16" else np.float32
     bias = numpy_helper.from_array(rng.standard_normal(layer.c_out).astype(dtype), "b")
     if layer.op == "Conv":
         x_shape = [layer.batch, layer.c_in, *layer.spatial]
@@ -141,10 +143,10 @@ def one_layer_model(layer: LayerSignature) -> onnx.ModelProto:
         nodes = [helper.make_node("MatMul", ["input", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
         channel_axis = 1
     weights = [numpy_helper.from_array(w, "w"), bias]
-    if layer.precision.startswith("int8 "):
-        nodes, extra = _quantized(nodes, w, channel_axis, FORMATS[layer.precision.removeprefix("int8 ")])
+    if precision.format is not None:
+        nodes, extra = _quantized(nodes, w, channel_axis, precision.format)
         weights = [bias, *extra]
-    elem = TensorProto.FLOAT16 if layer.precision == "fp16" else TensorProto.FLOAT
+    elem = TensorProto.FLOAT16 if precision.kind == "fp16" else TensorProto.FLOAT
     graph = helper.make_graph(
         nodes,
         "layer",

@@ -9,7 +9,9 @@ import pytest
 
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.enforce_two_four import two_four_mask
+from sparsecut.passes.precision import PrecisionRequest
 from sparsecut.passes.two_four import two_four_violations
+from sparsecut.precision import Precision
 from tests.passes.graphs import GraphBuilder
 
 
@@ -87,6 +89,10 @@ def test_enforce_then_quantize_keeps_labels(tmp_path, precision):
     g = GraphBuilder(shape=(64, 4, 4))
     y = g.conv(g.op("Relu", [g.conv("x", g.weight(64, 64, 1, 1))]), g.weight(64, 64, 1, 1))
     onnx.save(g.model(y), tmp_path / "in.onnx")
-    optimize_model(tmp_path / "in.onnx", tmp_path / "out.onnx", OptimizeOptions(enforce_2to4=True, precision=precision))
+    optimize_model(
+        tmp_path / "in.onnx",
+        tmp_path / "out.onnx",
+        OptimizeOptions(enforce_2to4=True, precision=PrecisionRequest(Precision(precision))),
+    )
     model = onnx.load(str(tmp_path / "out.onnx"))
     assert any(t.doc_string == "SPARSE_2_4" for t in model.graph.initializer)

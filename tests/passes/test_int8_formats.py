@@ -15,6 +15,8 @@ from sparsecut.errors import AccuracyError
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.drift import DriftBound
 from sparsecut.passes.measured import Tuning, optimize_measured
+from sparsecut.passes.precision import PrecisionRequest
+from sparsecut.precision import Precision
 from sparsecut.quantization import FORMATS, cpu_int8_formats
 from sparsecut.report import MeasuredVariant, Speedup
 from tests.passes.graphs import GraphBuilder
@@ -35,7 +37,11 @@ def residual(path: Path) -> Path:
 
 def quantized(tmp_path: Path, fmt: str) -> onnx.ModelProto:
     out = tmp_path / f"{fmt}.onnx"
-    report = optimize_model(residual(tmp_path / "in.onnx"), out, OptimizeOptions(precision="int8", int8_format=fmt))
+    report = optimize_model(
+        residual(tmp_path / "in.onnx"),
+        out,
+        OptimizeOptions(precision=PrecisionRequest(Precision("int8").in_format(fmt))),
+    )
     assert report.precision is not None and report.precision.format == fmt
     assert f"int8 format {FORMATS[fmt].describe()}" in report.precision.notes
     return onnx.load(str(out))
@@ -88,7 +94,11 @@ def test_two_four_survives_quantization(tmp_path):
 
 
 def test_default_is_this_cpus_format_for_onnxruntime(tmp_path):
-    report = optimize_model(residual(tmp_path / "in.onnx"), tmp_path / "q.onnx", OptimizeOptions(precision="int8"))
+    report = optimize_model(
+        residual(tmp_path / "in.onnx"),
+        tmp_path / "q.onnx",
+        OptimizeOptions(precision=PrecisionRequest(Precision("int8"))),
+    )
     assert report.precision is not None
     assert report.precision.format == cpu_int8_formats(cpu_vector_extensions())[0]
 
@@ -128,8 +138,9 @@ def _optimize(tmp_path, p50s, formats=("u8s8", "s8s8"), **options):
     tuning = Tuning(target="fake", timer=FakeTimer(lambda layer: 1.0), compare=by_format(p50s),
                     int8_formats=formats, budget=30.0)  # fmt: skip
     source = residual(tmp_path / "in.onnx")
-    options = {"precision": "int8", **options}
-    return optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(**options), tuning)
+    wanted = options.pop("precision", Precision("int8"))  # None: best
+    request = PrecisionRequest(wanted, **options)
+    return optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision=request), tuning)
 
 
 def test_the_fastest_int8_format_is_written(tmp_path):
@@ -153,7 +164,7 @@ def test_int8_that_does_not_pay_is_said(tmp_path):
 def test_a_format_named_by_the_user_is_not_chosen_for_them(tmp_path):
     tuning = Tuning(target="fake", timer=FakeTimer(lambda layer: 1.0), compare=by_format({"u8s8": 1.0, "s8s8": 9.0}),
                     int8_formats=("u8s8", "s8s8"), budget=30.0)  # fmt: skip
-    options = OptimizeOptions(precision="int8", int8_format="s8s8")
+    options = OptimizeOptions(precision=PrecisionRequest(Precision.parse("int8 s8s8")))
     report = optimize_measured(residual(tmp_path / "in.onnx"), tmp_path / "out.onnx", options, tuning)
     assert report.decision.formats == [] and report.decision.int8_pays is None
     assert report.precision.format == "s8s8"
@@ -180,7 +191,13 @@ def test_the_fp32_twin_has_the_written_channels(tmp_path):
     tuning = Tuning(target="fake", timer=FakeTimer(lambda layer: 1.0), compare=by_format({"u8s8": 6.0, "s8s8": 9.0}),
                     int8_formats=("u8s8", "s8s8"), budget=30.0)  # fmt: skip
     source = residual(tmp_path / "in.onnx")
-    optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="int8"), tuning, tmp_path / "t.onnx")
+    optimize_measured(
+        source,
+        tmp_path / "out.onnx",
+        OptimizeOptions(precision=PrecisionRequest(Precision("int8"))),
+        tuning,
+        tmp_path / "t.onnx",
+    )
     twin, written = onnx.load(str(tmp_path / "t.onnx")), onnx.load(str(tmp_path / "out.onnx"))
     assert "QuantizeLinear" not in {n.op_type for n in twin.graph.node}
 
@@ -199,23 +216,23 @@ def test_the_fp32_twin_has_the_written_channels(tmp_path):
 
 def test_best_writes_the_fastest_precision_that_meets_the_bound(tmp_path):
     p50s = {"fp32": 10.0, "fp16": 7.0, "u8s8": 6.0, "s8s8": 9.0}
-    report = _optimize(tmp_path, p50s, precision="best", max_drift=DriftBound(min_sqnr_db=1.0))
+    report = _optimize(tmp_path, p50s, precision=None, max_drift=DriftBound(min_sqnr_db=1.0))
     decision = report.decision
     assert [v.name for v in decision.formats] == ["fp32", "fp16", "int8 u8s8", "int8 s8s8"]
     assert decision.precision_written == "int8 u8s8" and report.precision.format == "u8s8"
     assert _activation_zero_points(onnx.load(str(tmp_path / "out.onnx")))[0].dtype == np.uint8
     assert all(v.drift.startswith("SQNR ") for v in decision.formats[1:])
     assert "--precision best: int8 u8s8 written" in decision.verdict
-    report = _optimize(tmp_path, {**p50s, "fp16": 5.0}, precision="best", max_drift=DriftBound(min_sqnr_db=1.0))
+    report = _optimize(tmp_path, {**p50s, "fp16": 5.0}, precision=None, max_drift=DriftBound(min_sqnr_db=1.0))
     assert report.decision.precision_written == "fp16" and report.precision.precision == "fp16"
-    report = _optimize(tmp_path, {**p50s, "fp32": 4.0}, precision="best")  # fp32 is a candidate like any other
+    report = _optimize(tmp_path, {**p50s, "fp32": 4.0}, precision=None)  # fp32 is a candidate like any other
     assert report.decision.precision_written == "fp32" and report.precision is None
     assert "SQNR ≥ 25 dB on every output" in report.decision.verdict  # the default bound, said
 
 
 def test_a_candidate_over_the_bound_is_refused_not_timed(tmp_path):
     p50s = {"fp32": 10.0, "fp16": 7.0, "u8s8": 6.0, "s8s8": 9.0}
-    report = _optimize(tmp_path, p50s, precision="best", max_drift=DriftBound(min_sqnr_db=200.0))
+    report = _optimize(tmp_path, p50s, precision=None, max_drift=DriftBound(min_sqnr_db=200.0))
     refused = report.decision.refused
     assert report.decision.precision_written == "fp32"  # nothing else reaches 200 dB
     assert refused["fp16"].startswith("SQNR ≥ 200 dB on every output not reached in fp16: the worst output")
@@ -248,13 +265,17 @@ def test_channel_counts_are_timed_at_the_precision_written(tmp_path):
     tuning = Tuning(target="fake", timer=timer, compare=by_format({"fp16": 12.0, "u8s8": 6.0, "s8s8": 9.0}),
                     int8_formats=("u8s8", "s8s8"), budget=30.0)  # fmt: skip
     source = dead_model(tmp_path)  # dead channels: their counts are timed
-    optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="int8"), tuning)
+    optimize_measured(
+        source, tmp_path / "out.onnx", OptimizeOptions(precision=PrecisionRequest(Precision("int8"))), tuning
+    )
     assert seen and set(seen) == {"int8 u8s8"}  # the target's first format, the one the channel round writes
     seen.clear()
-    optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="int8", int8_format="s8s8"), tuning)
+    optimize_measured(
+        source, tmp_path / "out.onnx", OptimizeOptions(precision=PrecisionRequest(Precision.parse("int8 s8s8"))), tuning
+    )
     assert set(seen) == {"int8 s8s8"}
     seen.clear()
-    optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="best"), tuning)
+    optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision=PrecisionRequest(None)), tuning)
     assert set(seen) == {"fp32"}  # best: the precision is chosen after the channels
 
 
@@ -274,7 +295,9 @@ def test_pruning_at_int8_is_measured_against_the_dense_graph_at_int8(tmp_path):
     tuning = Tuning(target="fake", timer=FakeTimer(lambda layer: 1.0), compare=compare, int8_formats=("u8s8", "s8s8"),
                     budget=30.0)  # fmt: skip
     source = dead_model(tmp_path)
-    report = optimize_measured(source, tmp_path / "out.onnx", OptimizeOptions(precision="int8", align=1), tuning)
+    report = optimize_measured(
+        source, tmp_path / "out.onnx", OptimizeOptions(precision=PrecisionRequest(Precision("int8")), align=1), tuning
+    )
     assert report.decision.variants[0].name == "dense int8 (no channel removal)"
     assert "dense int8 (no channel removal)" in report.decision.verdict
     weights = sorted(list(t.dims) for t in onnx.load(str(source)).graph.initializer if len(t.dims) == 4)

@@ -12,6 +12,8 @@ from sparsecut.calibration import Calibration
 from sparsecut.cli import main
 from sparsecut.errors import GraphError
 from sparsecut.passes import OptimizeOptions, optimize_model
+from sparsecut.passes.precision import PrecisionRequest
+from sparsecut.precision import Precision
 from tests.conftest import run_onnx
 
 
@@ -32,7 +34,7 @@ def calibration(tmp_path_factory):
 
 
 def test_int8_qdq_runs_keeps_2to4_labels_and_reports_drift(tmp_path, exported, calibration):
-    options = OptimizeOptions(precision="int8", calibration=Calibration(calibration))
+    options = OptimizeOptions(precision=PrecisionRequest(Precision("int8"), Calibration(calibration)))
     report = optimize_model(exported, tmp_path / "q.onnx", options)
     q = report.precision
     assert q is not None and (q.samples, q.held_out) == (13, 3)  # a fifth held out to judge accuracy
@@ -52,7 +54,9 @@ def test_int8_qdq_runs_keeps_2to4_labels_and_reports_drift(tmp_path, exported, c
 
 
 def test_fp16_keeps_fp32_io_and_small_drift(tmp_path, exported):
-    report = optimize_model(exported, tmp_path / "h.onnx", OptimizeOptions(precision="fp16"))
+    report = optimize_model(
+        exported, tmp_path / "h.onnx", OptimizeOptions(precision=PrecisionRequest(Precision("fp16")))
+    )
     model = onnx.load(str(tmp_path / "h.onnx"))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
@@ -64,10 +68,14 @@ def test_fp16_keeps_fp32_io_and_small_drift(tmp_path, exported):
 
 def test_refuses_to_quantize_twice(tmp_path, exported, calibration):
     optimize_model(
-        exported, tmp_path / "q.onnx", OptimizeOptions(precision="int8", calibration=Calibration(calibration))
+        exported,
+        tmp_path / "q.onnx",
+        OptimizeOptions(precision=PrecisionRequest(Precision("int8"), Calibration(calibration))),
     )
     with pytest.raises(GraphError, match=r"q\.onnx: the model is already quantized .*; refusing to quantize twice"):
-        optimize_model(tmp_path / "q.onnx", tmp_path / "qq.onnx", OptimizeOptions(precision="int8"))
+        optimize_model(
+            tmp_path / "q.onnx", tmp_path / "qq.onnx", OptimizeOptions(precision=PrecisionRequest(Precision("int8")))
+        )
     assert not (tmp_path / "qq.onnx").exists()
 
 
@@ -113,9 +121,9 @@ def _weights_quantized(path) -> set[str]:
 
 
 def test_per_output_and_per_layer_drift(tmp_path, lean, calibration):
-    from sparsecut.passes.precision import PrecisionOptions, convert_precision
+    from sparsecut.passes.precision import convert_precision
 
-    report = convert_precision(lean, tmp_path / "q.onnx", PrecisionOptions("int8", Calibration(calibration)))
+    report = convert_precision(lean, tmp_path / "q.onnx", PrecisionRequest(Precision("int8"), Calibration(calibration)))
     (output,) = report.outputs
     assert output.sqnr_db is not None and 10 < output.sqnr_db < 60 and 0.99 < output.cosine <= 1
     assert output.top1_agreement == report.top1_agreement
@@ -128,11 +136,15 @@ def test_per_output_and_per_layer_drift(tmp_path, lean, calibration):
 
 
 def test_keep_fp32_by_node_or_module_name(tmp_path, lean, calibration):
-    from sparsecut.passes.precision import PrecisionOptions, convert_precision
+    from sparsecut.passes.precision import convert_precision
 
-    everything = convert_precision(lean, tmp_path / "all.onnx", PrecisionOptions("int8", Calibration(calibration)))
+    everything = convert_precision(
+        lean, tmp_path / "all.onnx", PrecisionRequest(Precision("int8"), Calibration(calibration))
+    )
     first = everything.layers[-1]  # any layer; its module name reaches the same node
-    options = PrecisionOptions("int8", Calibration(calibration), keep_fp32=(everything.layers[0].node, first.module))
+    options = PrecisionRequest(
+        Precision("int8"), Calibration(calibration), keep_fp32=(everything.layers[0].node, first.module)
+    )
     report = convert_precision(lean, tmp_path / "q.onnx", options)
     assert report.kept_fp32 == [everything.layers[0].node, first.node] and report.fallback == []
     assert _weights_quantized(tmp_path / "q.onnx") == _weights_quantized(tmp_path / "all.onnx") - set(report.kept_fp32)
@@ -140,12 +152,14 @@ def test_keep_fp32_by_node_or_module_name(tmp_path, lean, calibration):
 
 def test_max_drift_puts_the_worst_layers_back_one_by_one(tmp_path, lean, calibration):
     from sparsecut.passes.drift import DriftBound
-    from sparsecut.passes.precision import PrecisionOptions, convert_precision
+    from sparsecut.passes.precision import convert_precision
 
-    plain = convert_precision(lean, tmp_path / "all.onnx", PrecisionOptions("int8", Calibration(calibration)))
+    plain = convert_precision(
+        lean, tmp_path / "all.onnx", PrecisionRequest(Precision("int8"), Calibration(calibration))
+    )
     assert plain.outputs[0].sqnr_db is not None
     bound = DriftBound(min_sqnr_db=plain.outputs[0].sqnr_db + 1.0)
-    report = convert_precision(lean, tmp_path / "q.onnx", PrecisionOptions("int8", Calibration(calibration),
+    report = convert_precision(lean, tmp_path / "q.onnx", PrecisionRequest(Precision("int8"), Calibration(calibration),
                                                                            max_drift=bound))  # fmt: skip
     assert report.fallback and report.fallback[0] == plain.layers[0].node  # the layer that lost most goes first
     assert report.kept_fp32 == report.fallback

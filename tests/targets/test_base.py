@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from sparsecut.errors import OutputPathError, TargetError
+from sparsecut.precision import Precision
 from sparsecut.targets import TARGETS, BuildOptions, Target, get_target
 from tests.passes.graphs import GraphBuilder
 
@@ -43,7 +44,7 @@ def test_a_failed_build_leaves_no_surgery_graph_behind(tmp_path, relu_model):
     with pytest.raises(TargetError, match="the graph is fp32, not fp16"):
         get_target("onnxruntime").build(
             relu_model, tmp_path / "m.ort.onnx",
-            BuildOptions(precision="fp16", surgery="tests.targets.surgeries:relu_to_half_leaky"),
+            BuildOptions(precision=Precision("fp16"), surgery="tests.targets.surgeries:relu_to_half_leaky"),
         )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 

@@ -12,6 +12,7 @@ from sparsecut.cli import main
 from sparsecut.errors import TargetError
 from sparsecut.exporter import export_checkpoint
 from sparsecut.passes import optimize_model
+from sparsecut.precision import FP32
 from sparsecut.report import CompareReport
 from sparsecut.targets import BuildOptions, ProfileOptions, compare_models, get_target
 from sparsecut.viewer import serve_model, stop_serving
@@ -87,6 +88,6 @@ def test_tensorrt_target_without_tensorrt_says_how_to_install(tmp_path, dense_an
 )
 def test_tensorrt_build_and_profile(tmp_path, dense_and_lean):
     target = get_target("tensorrt")
-    artifact, report = target.build(dense_and_lean[1], tmp_path / "lean.plan", BuildOptions(precision="fp32"))
+    artifact, report = target.build(dense_and_lean[1], tmp_path / "lean.plan", BuildOptions(precision=FP32))
     latency = target.profile(artifact, ProfileOptions(iterations=20))
     assert latency.p50_ms > 0 and report.artifact.endswith("lean.plan")

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from sparsecut.cli import main
 from sparsecut.cost import count_costs
 from sparsecut.errors import TargetError
+from sparsecut.precision import Precision
 from sparsecut.report import LatencyReport
 from sparsecut.targets import BuildOptions, ProfileOptions, get_target
 from tests.passes.graphs import GraphBuilder
@@ -126,7 +127,7 @@ def test_onnxruntime_build_refuses_a_precision_the_graph_lacks(tmp_path, small_m
     with pytest.raises(
         TargetError, match="the graph is fp32, not fp16; onnxruntime runs the precision the graph carries"
     ):
-        get_target("onnxruntime").build(small_model, tmp_path / "x.ort.onnx", BuildOptions(precision="fp16"))
+        get_target("onnxruntime").build(small_model, tmp_path / "x.ort.onnx", BuildOptions(precision=Precision("fp16")))
 
 
 def test_build_removes_dead_channels_left_in_the_graph_with_measured_counts(tmp_path, capsys):

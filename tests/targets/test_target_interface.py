@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sparsecut.exporter import export_checkpoint
+from sparsecut.precision import FP32, Precision
 from sparsecut.targets import BuildOptions, ProfileOptions, compare_models
 from sparsecut.targets import base as targets_base
 from tests.targets import fake_target
@@ -22,7 +23,7 @@ def fake(monkeypatch):
 def test_compare_times_engines_built_with_the_users_options(tmp_path, checkpoint_factory, fake):
     export_checkpoint(checkpoint_factory("resnet-tiny"), tmp_path / "a.onnx", arch="resnet-tiny")
     (tmp_path / "b.onnx").write_bytes((tmp_path / "a.onnx").read_bytes())
-    wanted = BuildOptions(precision="int8", sparsity=True, batch=(1, 4, 8))
+    wanted = BuildOptions(precision=Precision("int8"), sparsity=True, batch=(1, 4, 8))
     report = compare_models(
         [tmp_path / "a.onnx", tmp_path / "b.onnx"],
         target="fake",
@@ -51,9 +52,9 @@ def test_run_builds_every_variant_with_the_users_options(tmp_path, checkpoint_fa
     assert report.optimize.decision is not None and report.optimize.decision.target == "fake"
     variants = [(name, o) for name, o in fake.BUILDS if name in ("exported.onnx", "baseline.onnx", "lean.onnx")]
     assert [(name, o.sparsity, o.precision) for name, o in variants[-3:]] == [
-        ("exported.onnx", True, "fp32"),
-        ("baseline.onnx", True, "fp32"),
-        ("lean.onnx", True, "fp32"),
+        ("exported.onnx", True, FP32),
+        ("baseline.onnx", True, FP32),
+        ("lean.onnx", True, FP32),
     ]
     assert set(fake.TIMED) == {".engine"}
     assert sorted(p.name for p in (tmp_path / "run").glob("*.engine")) == [
