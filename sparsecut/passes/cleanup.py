@@ -17,12 +17,19 @@ from onnx_ir.passes.common import (
     TopologicalSortPass,
 )
 
+from sparsecut.passes.contract import OptimizePass
+
 __all__ = ["CleanupPass", "unread_initializers"]
 
 _SUBGRAPHS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
 
 
-class CleanupPass(ir.passes.InPlacePass):
+class CleanupPass(OptimizePass):
+    """Ensures: every node after the producers of its inputs, and no initializer nobody reads."""
+
+    name = "cleanup"
+    description = "remove identities and unused nodes, sort topologically"
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         work = _look(model)
         modified = False
@@ -36,6 +43,17 @@ class CleanupPass(ir.passes.InPlacePass):
         if work.out_of_order:
             modified |= TopologicalSortPass()(model).modified
         return ir.passes.PassResult(model, modified=modified)
+
+    def ensures(self, model: ir.Model) -> None:
+        produced = set(model.graph.inputs) | set(model.graph.initializers.values())
+        for node in model.graph:
+            late = [v for v in node.inputs if v is not None and v.producer() is not None and v not in produced]
+            if late:
+                raise ir.passes.PostconditionError(f"node {node.name!r} reads {late[0].name!r} before its producer")
+            produced.update(node.outputs)
+        unread = unread_initializers(model.graph)
+        if unread:
+            raise ir.passes.PostconditionError(f"initializer(s) nobody reads are left: {', '.join(unread[:3])}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,13 +18,15 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
+from sparsecut.cost import count_params
 from sparsecut.passes.channels import DeadChannelAnalysis, rewrite_channels
 from sparsecut.passes.channels.canonical import canonicalize
 from sparsecut.passes.constants import FoldConstantsPass
+from sparsecut.passes.contract import Composed, OptimizePass, interface_shapes
 from sparsecut.passes.nodes import source_name
 from sparsecut.passes.permutation import restore_order
 from sparsecut.passes.two_four import is_two_four, reduction_axis, two_four_violations
-from sparsecut.report import TwoFourRestore
+from sparsecut.report import PassReport, TwoFourRestore
 from sparsecut.shapes import infer_shapes
 
 __all__ = ["RemoveDeadChannelsPass", "plan_two_four_restores", "prepare_for_analysis", "reduction_matrix"]
@@ -32,8 +34,14 @@ __all__ = ["RemoveDeadChannelsPass", "plan_two_four_restores", "prepare_for_anal
 log = logging.getLogger(__name__)
 
 
-class RemoveDeadChannelsPass(ir.passes.InPlacePass):
-    """Remove dead channels (zero, or constant where every consumer absorbs the constant exactly)."""
+class RemoveDeadChannelsPass(OptimizePass):
+    """Remove dead channels (zero, or constant where every consumer absorbs the constant exactly).
+
+    Ensures: the model's interface (its inputs' and outputs' shapes) is what it was, and it holds no parameter
+    more than before — channel removal only slices and folds."""
+
+    name = "remove-dead-channels"
+    description = "physically remove zero/constant channels across coupled groups"
 
     def __init__(
         self,
@@ -44,11 +52,30 @@ class RemoveDeadChannelsPass(ir.passes.InPlacePass):
     ) -> None:
         super().__init__()
         self.align = align
-        self.enabled_groups = enabled_groups
+        self.enabled_groups = enabled_groups  # only these groups lose channels (the gate's bisection)
         self.counts = counts  # measured decisions: channels to keep per space (replaces align there)
         self.fold = fold  # False when fold-constants just ran
         self.analysis: DeadChannelAnalysis | None = None
         self.two_four: list[TwoFourRestore] = []
+        self._before: tuple[dict[str, tuple[int | str | None, ...] | None], int] | None = None
+
+    @classmethod
+    def composed(cls, at: Composed) -> RemoveDeadChannelsPass:
+        groups = set(at.enabled_groups) if at.enabled_groups is not None else None
+        return cls(at.align, groups, fold=not at.folded, counts=dict(at.counts))
+
+    def requires(self, model: ir.Model) -> None:
+        self._before = interface_shapes(model), count_params(model)
+
+    def ensures(self, model: ir.Model) -> None:
+        assert self._before is not None
+        interface, params = self._before
+        for name, after in interface_shapes(model).items():
+            before = interface.get(name)
+            if before is not None and after is not None and _fixed(before) != _fixed(after):
+                raise ir.passes.PostconditionError(f"{name}: the model's interface changed, {before} → {after}")
+        if count_params(model) > params:
+            raise ir.passes.PostconditionError(f"parameters grew: {params:,} → {count_params(model):,}")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         prepared = prepare_for_analysis(model, self.fold)
@@ -60,6 +87,35 @@ class RemoveDeadChannelsPass(ir.passes.InPlacePass):
         rewrite_channels(model, analysis, orders)
         log.info("removed %d channels", analysis.total_removed)
         return ir.passes.PassResult(model, modified=True)
+
+    def report(self, modified: bool, seconds: float) -> PassReport:
+        analysis = self.analysis
+        if analysis is None:
+            return PassReport(self.name, modified, seconds, "nothing to do")
+        groups = analysis.group_reports()
+        dead = sum(g.dead for g in groups)
+        shrunk = sum(1 for g in groups if g.channels_after < g.channels_before)
+        summary = f"{analysis.total_removed} channel(s) removed of {dead} dead, in {shrunk} group(s)"
+        restored = [r for r in self.two_four if r.restored]
+        if self.two_four:
+            summary += f"; 2:4 kept by reordering channels for {len(restored)} of {len(self.two_four)} weight group(s)"
+        return PassReport(
+            self.name,
+            modified,
+            seconds,
+            summary,
+            groups,
+            dict(analysis.walk.no_rule),
+            declined=dict(analysis.walk.declined),
+            two_four=self.two_four,
+            rule_errors=list(analysis.walk.rule_errors),
+            heads=analysis.head_reports(),
+        )
+
+
+def _fixed(dims: tuple[int | str | None, ...]) -> tuple[int | None, ...]:
+    """The dims a caller relies on: the static ones (a symbolic dim may be named or refined on the way)."""
+    return tuple(d if isinstance(d, int) else None for d in dims)
 
 
 def prepare_for_analysis(model: ir.Model, fold: bool = True) -> bool:

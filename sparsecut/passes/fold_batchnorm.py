@@ -12,11 +12,16 @@ from onnxscript.rewriter import RewriteRuleSet
 from onnxscript.rewriter.rules.common._fuse_batchnorm import FuseBatchNormIntoConv, FuseBatchNormIntoGemm
 
 from sparsecut.passes.constants import FoldConstantsPass
+from sparsecut.passes.contract import OptimizePass
+from sparsecut.report import PassReport
 
 __all__ = ["FoldBatchNormPass"]
 
 
-class FoldBatchNormPass(ir.passes.InPlacePass):
+class FoldBatchNormPass(OptimizePass):
+    name = "fold-batchnorm"
+    description = "fold BatchNormalization into the preceding Conv/Gemm"
+
     def __init__(self) -> None:
         super().__init__()
         self.folded = 0
@@ -30,3 +35,6 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         rules = RewriteRuleSet([FuseBatchNormIntoConv().rule(), FuseBatchNormIntoGemm().rule()])
         self.folded = rules.apply_to_model(model)
         return ir.passes.PassResult(model, modified=self.folded > 0)
+
+    def report(self, modified: bool, seconds: float) -> PassReport:
+        return PassReport(self.name, modified, seconds, f"{self.folded} BatchNormalization folded")

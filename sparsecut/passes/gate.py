@@ -10,7 +10,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,7 @@ from sparsecut.errors import GraphError, InputError
 from sparsecut.feeds import model_input_specs, read_arrays, synthetic_inputs
 from sparsecut.modelfile import is_external, load_model, reads_external_data, save_model
 from sparsecut.passes.dead_channels import RemoveDeadChannelsPass
-from sparsecut.passes.registry import Setting, make_pass
+from sparsecut.passes.registry import Step
 from sparsecut.report import OutputCheck
 
 if TYPE_CHECKING:
@@ -176,13 +176,14 @@ def compare_files(
 def diagnose(
     source: Path,
     output: Path,
-    names: list[str],
+    steps: Sequence[Step],
     feeds: Feeds,
     options: OptimizeOptions,
     checks: list[OutputCheck],
     runs_as: Path | None = None,
 ) -> str:
-    """Find the first pass (and dead-channel group) whose result differs; return the one-line error."""
+    """Find the first pass (and dead-channel group) whose result differs; return the one-line error. `steps`: the
+    pipeline as it ran (`registry.compose`), replayed one pass at a time."""
     worst = max(checks, key=lambda c: c.max_rel_error)
     head = (
         f"{output}: not written: the optimized graph differs from {source.name} "
@@ -194,28 +195,26 @@ def diagnose(
         return not all(c.passed for c in _checks(reference, run_feeds(model, feeds), feeds, options, source))
 
     model = load_model(source)
-    for index, name in enumerate(names):
-        make_pass(name, options)(model)
+    for index, step in enumerate(steps):
+        step.make()(model)
         if differs(model):
-            if name != "remove-dead-channels":
-                return f"{head}; pass {name!r} broke it"
-            group = _bisect_groups(source, names[:index], options, differs)
+            if step.name != RemoveDeadChannelsPass.name:
+                return f"{head}; pass {step.name!r} broke it"
+            group = _bisect_groups(source, steps[:index], step, differs)
             return f"{head}; pass 'remove-dead-channels' broke it{group}"
     return f"{head}; no single pass reproduces it"
 
 
-def _bisect_groups(
-    source: Path, prefix: list[str], options: OptimizeOptions, differs: Callable[[ir.Model], bool]
-) -> str:
+def _bisect_groups(source: Path, prefix: Sequence[Step], step: Step, differs: Callable[[ir.Model], bool]) -> str:
     """Smallest prefix of the groups that, applied alone, changes the outputs: its last group is the culprit."""
 
     def prepared() -> ir.Model:
         model = load_model(source)
-        for name in prefix:
-            make_pass(name, options)(model)
+        for earlier in prefix:
+            earlier.make()(model)
         return model
 
-    probe = make_pass("remove-dead-channels", options)
+    probe = step.make()
     probe(prepared())
     assert isinstance(probe, RemoveDeadChannelsPass)
     assert probe.analysis is not None
@@ -224,7 +223,7 @@ def _bisect_groups(
     while lo < hi:
         mid = (lo + hi) // 2
         model = prepared()
-        make_pass("remove-dead-channels", options, Setting(enabled_groups={g.group for g in groups[:mid]}))(model)
+        step.make(enabled_groups={g.group for g in groups[:mid]})(model)
         if differs(model):
             hi = mid
         else:

@@ -39,7 +39,7 @@ from sparsecut.passes.dead_channels import prepare_for_analysis
 from sparsecut.passes.drift import DriftBound
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
 from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
-from sparsecut.passes.registry import Setting, baseline_passes, make_pass, parse_passes
+from sparsecut.passes.registry import baseline_passes, compose, parse_passes, run_steps
 from sparsecut.precision import FP32, Precision
 from sparsecut.quantization import int8_format
 from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport
@@ -287,8 +287,7 @@ def _plan(source: Path, names: list[str], options: OptimizeOptions, table: Laten
         raise GraphError("--target decides channel counts: the pipeline needs remove-dead-channels")
     model = load_model(source, infer_shapes=True)
     before = names[: names.index("remove-dead-channels")]
-    for index, name in enumerate(before):
-        make_pass(name, options, Setting(folded="fold-constants" in names[:index]))(model)
+    run_steps(model, compose(before, options))
     prepare_for_analysis(model, fold="fold-constants" not in before)
     progress = None
     if tuning.progress is not None:

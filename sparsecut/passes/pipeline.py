@@ -42,7 +42,7 @@ from sparsecut.passes.gate import (
 )
 from sparsecut.passes.permute_two_four import PermuteForTwoFourPass
 from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionRequest, convert_precision
-from sparsecut.passes.registry import DEFAULT_PASSES, PASSES, parse_passes, run_passes
+from sparsecut.passes.registry import DEFAULT_PASSES, PASSES, compose, parse_passes, run_steps
 from sparsecut.passes.two_four import AnnotateTwoFourPass, two_four_weights
 from sparsecut.report import EnforcedLayer, ModelCost, OptimizeReport, OutputCheck, PassReport
 
@@ -136,7 +136,8 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
             reference_run, candidate_run = done.gate or (None, None)
             checks = compare_files(source, lossless, feeds, options, reference_run, candidate_run, runs_as=reference)
             if not all(c.passed for c in checks):
-                raise VerificationError(diagnose(source, output, names, feeds, options, checks, runs_as=reference))
+                steps = compose(names, options)  # what _transform ran: the replay is the run
+                raise VerificationError(diagnose(source, output, steps, feeds, options, checks, runs_as=reference))
         else:
             log.warning("equivalence gate skipped (--no-verify): %s is NOT checked against %s", output, source)
         current, precision = lossless, None
@@ -210,12 +211,11 @@ def _transform(
     # MACs before are counted where the shapes are known: after fold-constants, which computes what the exporter
     # left to run time (pads, sizes) and so the spatial sizes after them; the parameters are the input's own
     params_before = count_params(model)
-    folds_first = names[:1] == ["fold-constants"]
-    reports = run_passes(model, names[:1], options) if folds_first else []
+    steps = compose(names, options)
+    first = 1 if names[:1] == ["fold-constants"] else 0
+    reports = run_steps(model, steps[:first])
     before = dataclasses.replace(count_costs(model), params=params_before)
-    reports += (
-        run_passes(model, names[1:], options, ran=names[:1]) if folds_first else run_passes(model, names, options)
-    )
+    reports += run_steps(model, steps[first:])
     for name in unread_initializers(model.graph):  # a fold's leftovers, whichever passes ran (cleanup may not have)
         del model.graph.initializers[name]
     if not options.keep_stack_traces:
@@ -282,9 +282,9 @@ def _inspect(source: Path, align: int) -> OptimizeReport:
     model = _load_checked(source)
     before = count_costs(model)
     names = ["fold-constants", "fold-batchnorm"]
-    reports = run_passes(model, names, OptimizeOptions(align=align))
+    reports = run_steps(model, compose(names, OptimizeOptions(align=align)))
     prepare_for_analysis(model, fold=False)
-    reports += run_passes(model, ["annotate-2to4"], OptimizeOptions())
+    reports += run_steps(model, compose(["annotate-2to4"], OptimizeOptions(), ran=names))
     t0 = time.perf_counter()
     analysis = DeadChannelAnalysis(model, align)
     groups = analysis.group_reports()

@@ -19,8 +19,9 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
+from sparsecut.passes.contract import OptimizePass
 from sparsecut.passes.nodes import attr_int, constant_array, tensor_array
-from sparsecut.report import SparsityLayer
+from sparsecut.report import PassReport, SparsityLayer
 
 __all__ = [
     "AnnotateTwoFourPass",
@@ -96,7 +97,13 @@ def is_two_four(weight: np.ndarray, axis: int) -> bool:
     return two_four_violations(weight, axis)[0] == 0.0
 
 
-class AnnotateTwoFourPass(ir.passes.InPlacePass):
+class AnnotateTwoFourPass(OptimizePass):
+    """Ensures: the weights labelled 2:4 are exactly those that are — a label an earlier run left on a weight that
+    is no longer 2:4 (its channels removed since) is taken off, since TensorRT would trust it."""
+
+    name = "annotate-2to4"
+    description = "label 2:4-sparse weights for TensorRT (metadata and SPARSE_2_4 doc string)"
+
     def __init__(self) -> None:
         super().__init__()
         self.layers: list[SparsityLayer] = []
@@ -128,6 +135,10 @@ class AnnotateTwoFourPass(ir.passes.InPlacePass):
                 if source.metadata_props.get(METADATA_KEY) != "2:4":
                     _label(source)
                     modified = True
+        sparse = {layer.weight for layer in self.layers if layer.is_2to4}
+        for name in labelled(model) - sparse:
+            _unlabel(model.graph.initializers[name])
+            modified = True
         summary = {
             "layers": len(self.layers),
             "layers_2to4": sum(layer.is_2to4 for layer in self.layers),
@@ -138,6 +149,47 @@ class AnnotateTwoFourPass(ir.passes.InPlacePass):
             model.metadata_props["pkg.sparsecut.sparsity.summary"] = encoded
             modified = True
         return ir.passes.PassResult(model, modified=modified)
+
+    def ensures(self, model: ir.Model) -> None:
+        sparse = {layer.weight for layer in self.layers if layer.is_2to4}
+        wrong = labelled(model) ^ sparse
+        if wrong:
+            raise ir.passes.PostconditionError(f"2:4 labels disagree with the weights: {', '.join(sorted(wrong)[:3])}")
+
+    def report(self, modified: bool, seconds: float) -> PassReport:
+        sparse = [layer for layer in self.layers if layer.is_2to4]
+        summary = f"{len(sparse)} of {len(self.layers)} weight(s) are 2:4 along their reduction axis"
+        return PassReport(self.name, modified, seconds, summary, sparsity=self.layers)
+
+
+def labelled(model: ir.Model) -> set[str]:
+    """Initializers that carry the 2:4 label: on the value, or on the tensor as a file stores it (its metadata or
+    the SPARSE_2_4 doc string)."""
+    return {name for name, value in model.graph.initializers.items() if _has_label(value)}
+
+
+def _has_label(value: ir.Value) -> bool:
+    if value.metadata_props.get(METADATA_KEY):
+        return True
+    tensor = value.const_value
+    if tensor is None:
+        return False
+    return bool(tensor.metadata_props.get(METADATA_KEY)) or getattr(tensor, "doc_string", None) == SPARSE_DOC
+
+
+def _unlabel(value: ir.Value) -> None:
+    value.metadata_props.pop(METADATA_KEY, None)
+    tensor = value.const_value
+    if tensor is None:
+        return
+    tensor.metadata_props.pop(METADATA_KEY, None)
+    try:
+        if tensor.doc_string == SPARSE_DOC:
+            tensor.doc_string = None
+    except AttributeError:
+        proto = getattr(tensor, "raw", None)
+        if proto is not None and getattr(proto, "doc_string", "") == SPARSE_DOC:
+            proto.doc_string = ""
 
 
 def _label(value: ir.Value) -> None:
