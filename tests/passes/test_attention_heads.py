@@ -450,3 +450,33 @@ def test_timm_attention_loses_its_dead_head_from_either_exporter(tmp_path, dynam
     assert step.barriers == {} and step.declined == {}
     projections = sorted(_weights(ir.load(tmp_path / "out.onnx")).values())  # (TorchScript renames the weights)
     assert [shape for shape in projections if len(shape) == 2] == [(24, DIM), (DIM, 3 * 24)]
+
+
+class AttentionReturningWeights(Attention):
+    """Returns the attention weights too (as `output_attentions=True` does): the heads reach a graph output."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        weights = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(-1)
+        return self.o((weights @ v).transpose(1, 2).reshape(b, n, DIM)), weights
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_an_attention_block_the_tracer_refuses_says_why(tmp_path, dynamo):
+    """The tracer's reason reaches the report ("Softmax: no rule" said nothing about attention)."""
+    torch.manual_seed(0)
+    attn = AttentionReturningWeights(sdpa=False)
+    with torch.no_grad():
+        attn.v.weight[_v_rows(attn, 1)] = 0.0
+        attn.v.bias[_v_rows(attn, 1)] = 0.0
+    if dynamo:
+        export_module(attn.eval(), tmp_path / "in.onnx", ExportOptions(input_shape=(1, SEQ, DIM)))
+    else:
+        torch.onnx.export(attn.eval(), (torch.randn(2, SEQ, DIM),), str(tmp_path / "in.onnx"), dynamo=False,
+                          opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    step = next(p for p in inspect_model(tmp_path / "in.onnx", align=1).passes if p.name.startswith("remove-dead"))
+    assert "Softmax" not in step.barriers  # never "no rule"
+    assert step.declined.get("Softmax: attention not recognized (heads reach a graph input/output or a constant)")

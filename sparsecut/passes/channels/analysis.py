@@ -141,11 +141,13 @@ class _Walker:
         self.declined: dict[str, int] = {}
         self.rule_errors: list[str] = []
         self.shape_values = _shape_values(graph)
+        self.refused_attention: dict[ir.Node, str] = {}  # Softmax → why the attention tracer gave up there
 
     def run(self) -> ChannelWalk:
         walk = self.spaces
         walk.prefer_axes(self.graph, elementwise_ops())
-        blocks = {found.anchor: found for found in find_attention_blocks(self.graph)}
+        found_blocks, self.refused_attention = find_attention_blocks(self.graph)
+        blocks = {found.anchor: found for found in found_blocks}
         for found in blocks.values():  # multi-node patterns, claimed before the walk reaches them
             walk.claimed.update((node, found.anchor) for node in found.nodes if node is not found.anchor)
         with np.errstate(all="ignore"):  # rules compute on constants: 1/0, exp overflow and NaN are expected
@@ -220,7 +222,7 @@ class _Walker:
         """Run the node's rule; without a rule, or when it declines or fails, the node is a barrier."""
         rule = _rule_for(node)
         if rule is None:
-            self._barrier(node, NO_RULE)
+            self._barrier(node, self.refused_attention.get(node, NO_RULE))
             return
         outcome = self._analyze(node, rule)
         if isinstance(outcome, Decline):

@@ -113,9 +113,14 @@ class AttentionBlock:
         return self.kv_of(h) * self.head_dim + i
 
 
-def find_attention_blocks(graph: ir.Graph) -> list[AttentionBlock]:
-    """Every attention block around a Softmax that this rule understands; the others are left alone."""
+NOT_SCORES = "scores are not [B, H, N, N]"  # a Softmax that is no attention's (a classifier's): nothing to say
+
+
+def find_attention_blocks(graph: ir.Graph) -> tuple[list[AttentionBlock], dict[ir.Node, str]]:
+    """Every attention block around a Softmax that this rule understands; the others are left alone, and where
+    their Softmax reads [B, H, N, N] scores (an attention block after all), why the tracer gave up."""
     blocks: list[AttentionBlock] = []
+    refused: dict[ir.Node, str] = {}
     taken: set[ir.Node] = set()
     order = {node: i for i, node in enumerate(graph)}
     elementwise = elementwise_ops() | _MASKING
@@ -124,12 +129,14 @@ def find_attention_blocks(graph: ir.Graph) -> list[AttentionBlock]:
             continue
         try:
             block = _Tracer(node, order, elementwise).trace()
-        except NoMatch:
+        except NoMatch as exc:
+            if str(exc) != NOT_SCORES:
+                refused[node] = f"attention not recognized ({exc})"
             continue
         if taken.isdisjoint(block.nodes):
             taken.update(block.nodes)
             blocks.append(block)
-    return blocks
+    return blocks, refused
 
 
 class _Tracer:
@@ -152,7 +159,7 @@ class _Tracer:
     def trace(self) -> AttentionBlock:
         scores = self.softmax.inputs[0]
         if scores is None or scores.shape is None or len(scores.shape) != 4:
-            raise NoMatch("scores are not [B, H, N, N]")
+            raise NoMatch(NOT_SCORES)
         heads = scores.shape[1]
         if not isinstance(heads, int) or heads < 2 or attr_int(self.softmax, "axis", -1) % 4 != 3:
             raise NoMatch("no static head axis")
