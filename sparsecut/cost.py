@@ -17,9 +17,9 @@ from sparsecut.modelfile import elements_of_type
 from sparsecut.report import LayerCost, ModelCost
 from sparsecut.shapes import infer_shapes
 
-__all__ = ["count_costs", "count_params", "dims_at_batch_one"]
+__all__ = ["LAYER_OPS", "count_costs", "count_params", "dims_at_batch_one"]
 
-_LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # the ops whose MACs are counted: "layers"
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 _WEIGHT_TYPES = frozenset({*_FLOAT_TYPES, ir.DataType.INT8, ir.DataType.UINT8})
 _LAYER_WEIGHT_TYPES = frozenset({*_FLOAT_TYPES, ir.DataType.INT8})
@@ -32,7 +32,7 @@ def count_costs(model: ir.Model) -> ModelCost:
     layers = []
     for node in model.graph:
         op = node.op_type
-        if op not in _LAYERS:
+        if op not in LAYER_OPS:
             continue
         params = sum(_weight_elements(v) for v in node.inputs if v is not None)
         layers.append(LayerCost(node.name or op, op, _macs(node), params))
@@ -64,7 +64,7 @@ def dims_at_batch_one(value: ir.Value | None) -> list[int] | None:
 def _macs(node: ir.Node) -> int:
     op = node.op_type
     inputs = node.inputs
-    if op not in _LAYERS or len(inputs) < 2:
+    if op not in LAYER_OPS or len(inputs) < 2:
         return 0
     w, y = dims_at_batch_one(inputs[1]), dims_at_batch_one(node.outputs[0])
     if w is None or y is None:

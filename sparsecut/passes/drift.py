@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsecut.checking import checking_session
+from sparsecut.cost import LAYER_OPS
 from sparsecut.errors import InputError
 from sparsecut.layer_names import module_names
 from sparsecut.modelfile import load_model
@@ -34,7 +35,6 @@ from sparsecut.report import LayerDrift, OutputDrift, decibels
 __all__ = ["DriftBound", "measure_drift", "parse_drift_bound", "sqnr_db"]
 
 Feed = dict[str, np.ndarray]
-QUANTIZED_LAYERS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 EXACT_DB = 300.0  # a bit-exact tensor's SQNR where a difference is taken (float64 rounding lies far below)
 
 
@@ -204,7 +204,7 @@ def _quantized_layers(
     }
     watched = []
     for node in got.graph:
-        if node.op_type not in QUANTIZED_LAYERS:
+        if node.op_type not in LAYER_OPS:
             continue
         dequantized = [v for v in node.inputs if v is not None and _source(v) is not v]
         output = _seen(node.outputs[0])

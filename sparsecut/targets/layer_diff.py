@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from sparsecut.cost import dims_at_batch_one
+from sparsecut.cost import LAYER_OPS, dims_at_batch_one
 from sparsecut.errors import TargetError
 from sparsecut.report import LatencyReport, LayerDiff, LayerDiffReport, LayerTime
 
@@ -30,7 +30,6 @@ __all__ = ["SLOWER_THAN_MACS", "diff_layers"]
 SLOWER_THAN_MACS = 1.25  # flagged: time ratio above this many times the MACs ratio
 MIN_SHARE = 0.01  # layers under 1 % of the baseline's time are not judged (their times are mostly noise)
 MEMORY_BOUND = 8.0  # MACs per byte read and written below which a layer's time follows its bytes
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def diff_layers(
@@ -119,7 +118,7 @@ def _layer_shapes(model: ir.Model) -> dict[str, _Shape]:
     infer_shapes(model)
     shapes = {}
     for node in model.graph:
-        if node.op_type not in _WEIGHTED or len(node.inputs) < 2:
+        if node.op_type not in LAYER_OPS or len(node.inputs) < 2:
             continue
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
         dims = [dims_at_batch_one(v) for v in (x, w, y)]

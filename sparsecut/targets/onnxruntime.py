@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sparsecut.cost import LAYER_OPS
 from sparsecut.cpu import cpu_vector_extensions
 from sparsecut.errors import TargetError
 from sparsecut.feeds import input_specs, synthetic_inputs
@@ -201,7 +202,7 @@ def _kernel_owners(graph: Any) -> Any:
     the value the fused chain produces; follow such chains back to the Conv/Gemm/MatMul that starts them."""
     names = {node.name: node.name for node in graph.graph if node.name}
     for node in graph.graph:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if node.op_type not in LAYER_OPS:
             continue
         value = node.outputs[0]
         for _ in range(4):  # a fused chain is short: Conv → Add → Relu at most, in practice
