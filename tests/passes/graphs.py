@@ -93,3 +93,32 @@ def weights(model: ir.Model, op_type: str) -> list[np.ndarray]:
 
 def removal(report: OptimizeReport) -> list:
     return next(p for p in report.passes if p.name == "remove-dead-channels").groups
+
+
+def remove_in_memory(model: onnx.ModelProto, align: int = 1, batch: int = 2) -> tuple[ir.Model, list]:
+    """A channel rule's analysis and rewrite checked in memory, with no file and no CLI: the graph is read as
+    remove-dead-channels reads it, its dead channels removed, and both graphs run in onnxruntime (from bytes) on
+    seeded inputs — the outputs must agree (rtol 1e-4). Returns the lean graph and its group reports."""
+    import onnxruntime as ort
+
+    from sparsecut.passes.channels import DeadChannelAnalysis, rewrite_channels
+    from sparsecut.passes.dead_channels import prepare_for_analysis
+
+    lean = ir.from_proto(model)
+    prepare_for_analysis(lean)
+    analysis = DeadChannelAnalysis(lean, align)
+    assert not analysis.walk.rule_errors, analysis.walk.rule_errors
+    groups = analysis.group_reports()
+    rewrite_channels(lean, analysis)
+    rng = np.random.default_rng(0)
+    feeds = {
+        i.name: rng.standard_normal([batch if not isinstance(d, int) else d for d in i.shape]).astype(np.float32)
+        for i in ir.from_proto(model).graph.inputs
+    }
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    before = ort.InferenceSession(model.SerializeToString(), options).run(None, feeds)
+    after = ort.InferenceSession(ir.to_proto(lean).SerializeToString(), options).run(None, feeds)
+    for b, a in zip(before, after, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    return lean, groups
