@@ -21,9 +21,11 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.passes.channels import constraints, report
-from sparsecut.passes.channels.constraints import Coupling, Decision
+from sparsecut.passes.channels.constraints import Coupling, Decision, couple, decide
 from sparsecut.passes.channels.heads import AttentionBlock, find_attention_blocks
+from sparsecut.passes.channels.report import group_reports as _group_reports
+from sparsecut.passes.channels.report import head_reports as _head_reports
+from sparsecut.passes.channels.report import location as _location
 from sparsecut.passes.channels.rules import ORDER_FREE, READERS, ChannelRule, Decline, Kind, Plan, elementwise_ops
 from sparsecut.passes.channels.rules import rule_for as _rule_for
 from sparsecut.passes.channels.rules.attention import AttentionRule
@@ -54,8 +56,8 @@ class DeadChannelAnalysis:
         `enabled_groups`: only these coupled groups lose channels (the gate's bisection)."""
         self.graph = model.graph
         self.walk: ChannelWalk = walk_graph(model.graph)
-        self.coupling: Coupling = constraints.couple(self.walk, model.graph)
-        self.decision: Decision = constraints.decide(
+        self.coupling: Coupling = couple(self.walk, model.graph)
+        self.decision: Decision = decide(
             self.coupling, max(1, align), dict(counts or {}), enabled_groups, self.space_key
         )
 
@@ -116,13 +118,13 @@ class DeadChannelAnalysis:
         return int(self.decision.removable.sum())
 
     def group_reports(self) -> list[ChannelGroupReport]:
-        return report.group_reports(self)
+        return _group_reports(self)
 
     def head_reports(self) -> list[HeadReport]:
-        return report.head_reports(self)
+        return _head_reports(self)
 
     def location(self, members: list[int]) -> str:
-        return report.location(self, members)
+        return _location(self, members)
 
 
 def walk_graph(graph: ir.Graph) -> ChannelWalk:
@@ -144,28 +146,28 @@ class _Walker:
         self.refused_attention: dict[ir.Node, str] = {}  # Softmax → why the attention tracer gave up there
 
     def run(self) -> ChannelWalk:
-        walk = self.spaces
-        walk.prefer_axes(self.graph, elementwise_ops())
+        spaces = self.spaces
+        spaces.prefer_axes(self.graph, elementwise_ops())
         found_blocks, self.refused_attention = find_attention_blocks(self.graph)
         blocks = {found.anchor: found for found in found_blocks}
         for found in blocks.values():  # multi-node patterns, claimed before the walk reaches them
-            walk.claimed.update((node, found.anchor) for node in found.nodes if node is not found.anchor)
+            spaces.claimed.update((node, found.anchor) for node in found.nodes if node is not found.anchor)
         with np.errstate(all="ignore"):  # rules compute on constants: 1/0, exp overflow and NaN are expected
             self._walk_nodes(blocks)
         for value in self.graph.outputs:
-            if value in walk.space_of:
-                walk.veto(value, "graph output")
+            if value in spaces.space_of:
+                spaces.veto(value, "graph output")
             elif value in self.shape_values:
-                for dim in walk.shapes.dims(value):
-                    walk.veto(dim.value, "its channel count is a graph output")
-        return walk.resolve(self.plans, self.rules, self.barriers, self.no_rule, self.declined, self.rule_errors)
+                for dim in spaces.shapes.dims(value):
+                    spaces.veto(dim.value, "its channel count is a graph output")
+        return spaces.resolve(self.plans, self.rules, self.barriers, self.no_rule, self.declined, self.rule_errors)
 
     def _walk_nodes(self, blocks: dict[ir.Node, AttentionBlock]) -> None:
-        walk = self.spaces
+        spaces = self.spaces
         passed: dict[ir.Node, list[ir.Node]] = {}  # per anchor not reached yet: its nodes passed so far
         accepted: set[ir.Node] = set()  # anchors whose block the attention rule took
         for node in self.graph:
-            anchor = walk.claimed.get(node)
+            anchor = spaces.claimed.get(node)
             if anchor is not None:  # part of a pattern another node's rule covers (a channel shuffle, attention)
                 if anchor in accepted:
                     self._outside_reads(node, blocks[anchor])
@@ -188,7 +190,7 @@ class _Walker:
                         self._outside_reads(claimed, block)
                     continue
                 for claimed in block.nodes:  # not understood after all: each node goes its own way
-                    walk.claimed.pop(claimed, None)
+                    spaces.claimed.pop(claimed, None)
                 for claimed in passed.pop(node, []):  # passed already: a barrier after the fact
                     self._barrier(claimed, outcome.reason)
             self._apply(node)
@@ -238,26 +240,26 @@ class _Walker:
 
     def _check_shape_reads(self, node: ir.Node, following: frozenset[Dim] = frozenset()) -> None:
         """Channel counts that a computed shape input of `node` depends on stay, but those its rule says follow."""
-        walk = self.spaces
+        spaces = self.spaces
         for value in node.inputs:
             if value is not None and value in self.shape_values:
-                for dim in walk.shapes.dims(value) - following:
-                    walk.veto(dim.value, f"its channel count is read by {node.op_type} {node.name!r}")
+                for dim in spaces.shapes.dims(value) - following:
+                    spaces.veto(dim.value, f"its channel count is read by {node.op_type} {node.name!r}")
 
     def _barrier(self, node: ir.Node, reason: str) -> None:
-        walk = self.spaces
+        spaces = self.spaces
         self.barriers[node] = reason
-        touched = [v for v in node.inputs if v is not None and v in walk.space_of]
+        touched = [v for v in node.inputs if v is not None and v in spaces.space_of]
         for value in touched:
-            walk.veto(value, f"read by {node.op_type} ({reason})")
+            spaces.veto(value, f"read by {node.op_type} ({reason})")
         self._check_shape_reads(node)
         # counted where it stops real channels: more than one, in a float tensor (not shape arithmetic)
-        if any(walk.count_of(v) > 1 and v.dtype is not None and v.dtype.is_floating_point() for v in touched):
+        if any(spaces.count_of(v) > 1 and v.dtype is not None and v.dtype.is_floating_point() for v in touched):
             counts, key = (
                 (self.no_rule, node.op_type) if reason == NO_RULE else (self.declined, f"{node.op_type}: {reason}")
             )
             counts[key] = counts.get(key, 0) + 1
-        walk.seal(node, reason)
+        spaces.seal(node, reason)
 
 
 _SOURCES = frozenset({"Shape", "Size"})  # shape values computed from a tensor's shape: their rule reads the tensor

@@ -37,8 +37,8 @@ class AttentionRule(ChannelRule[AttentionPlan]):
     def __init__(self, block: AttentionBlock) -> None:
         self.block = block
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> AttentionPlan | Decline:
-        why = analyze_block(self.block, walk)
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> AttentionPlan | Decline:
+        why = analyze_block(self.block, spaces)
         return Decline(why) if why else AttentionPlan(Kind.ATTENTION, self.block)
 
     def constrain(
@@ -82,40 +82,40 @@ class AttentionRule(ChannelRule[AttentionPlan]):
         rewrite_block(plan.block, rw)
 
 
-def analyze_block(block: AttentionBlock, walk: ChannelSpaces) -> str | None:
+def analyze_block(block: AttentionBlock, spaces: ChannelSpaces) -> str | None:
     """Register the exit with its states and couple every head's features across entries and exit. Returns why
     not when an entry's channels are not known (the block's nodes then go their own ways), else None."""
     features = block.heads * block.head_dim
     for entry in block.entries:
-        if entry.value not in walk.axis or walk.axis[entry.value] != len(entry.value.shape or ()) - 1:
+        if entry.value not in spaces.axis or spaces.axis[entry.value] != len(entry.value.shape or ()) - 1:
             return f"attention block: the channels of {entry.value.name!r} are not known on its last axis"
     exit_value = block.exit
-    walk.register(exit_value, 2, features)
+    spaces.register(exit_value, 2, features)
     v = block.v_entry.value
     source = block.v_features()
-    live, const = walk.live[v][source], walk.const[v][source]
+    live, const = spaces.live[v][source], spaces.const[v][source]
     if not block.stochastic:
         live = live | (const != 0)  # rows that may not sum to 1 (a NaN guard): a constant V is no longer constant
-    walk.set_state(exit_value, live.copy(), np.where(live, 0.0, const))
+    spaces.set_state(exit_value, live.copy(), np.where(live, 0.0, const))
     d = block.head_dim
     exit_index = np.arange(features)
     head_of = exit_index // d
     if not block.separate:  # fused qkv: every part of a head goes with the head
-        walk.maps.append((exit_value, exit_index, exit_value, head_of * d))
+        spaces.maps.append((exit_value, exit_index, exit_value, head_of * d))
         for entry in block.entries:
-            walk.add_map(
+            spaces.add_map(
                 block.anchor, entry.value, _entry_features(block, entry), exit_value, _exit_features(block, entry)
             )
         return None
     assert block.q_entry is not None and block.k_entry is not None
     q, k = block.q_entry.value, block.k_entry.value
-    walk.add_map(block.anchor, v, source, exit_value, exit_index)  # exit (h, i) carries v (kv(h), i)
+    spaces.add_map(block.anchor, v, source, exit_value, exit_index)  # exit (h, i) carries v (kv(h), i)
     k_of_q = block.kv_of(head_of) * d + exit_index % d
-    walk.add_map(block.anchor, q, exit_index, k, k_of_q)  # q (h, d) meets k (kv(h), d) in the scores
+    spaces.add_map(block.anchor, q, exit_index, k, k_of_q)  # q (h, d) meets k (kv(h), d) in the scores
     if "v" in block.fixed_dims:
-        walk.maps.append((exit_value, exit_index, exit_value, head_of * d))
+        spaces.maps.append((exit_value, exit_index, exit_value, head_of * d))
     if "qk" in block.fixed_dims:
-        walk.maps.append((q, exit_index, q, head_of * d))
+        spaces.maps.append((q, exit_index, q, head_of * d))
     return None
 
 

@@ -116,7 +116,7 @@ class ChannelRule(Generic[P]):
     holds_constants: ClassVar[bool] = True  # False: nothing in the node depends on the channel count
     elementwise: ClassVar[bool] = False  # channel k of every operand of the output's rank is channel k of the output
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> P | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> P | Decline:
         raise NotImplementedError
 
     def backward(self, node: ir.Node, plan: P, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]) -> None:
@@ -146,7 +146,7 @@ class ChannelRule(Generic[P]):
     def rewrite(self, node: ir.Node, plan: P, rw: ChannelRewrite) -> None:
         raise NotImplementedError
 
-    def followed_count(self, node: ir.Node, walk: ChannelSpaces) -> Dim | None:
+    def followed_count(self, node: ir.Node, spaces: ChannelSpaces) -> Dim | None:
         """The channel count the node reads in a computed shape input and that follows by itself when channels go:
         the count of a tensor that carries the channels of the node's first input (a Reshape back to its own
         input's count; SE's `gate.expand_as(x)`) — the walk checks at its end that the two share their channels.
@@ -203,17 +203,17 @@ def elementwise_ops() -> frozenset[str]:
     return frozenset(op for op, rule in RULES.items() if rule.elementwise)
 
 
-def count_followed(walk: ChannelSpaces, node: ir.Node, shape: ir.Value | None, position: int) -> Dim | None:
+def count_followed(spaces: ChannelSpaces, node: ir.Node, shape: ir.Value | None, position: int) -> Dim | None:
     """Entry `position` of the computed shape `shape`, where it is the channel count of a tensor with as many
     channels as the node's first input (see `ChannelRule.followed_count`)."""
     x = node.inputs[0]
-    if shape is None or x is None or x not in walk.axis or constant_array(shape) is not None:
+    if shape is None or x is None or x not in spaces.axis or constant_array(shape) is not None:
         return None
-    entry = walk.shapes.entry(shape, position)
-    return entry if isinstance(entry, Dim) and walk.count_of(entry.value) == walk.count_of(x) else None
+    entry = spaces.shapes.entry(shape, position)
+    return entry if isinstance(entry, Dim) and spaces.count_of(entry.value) == spaces.count_of(x) else None
 
 
-def channel_input(node: ir.Node, walk: ChannelSpaces, axis: int | None = None) -> ir.Value | Decline:
+def channel_input(node: ir.Node, spaces: ChannelSpaces, axis: int | None = None) -> ir.Value | Decline:
     """The node's first input with its channels registered on `axis` (when None: the axis it has, else the one its
     readers want), or why it has none there: absent, of unknown rank, a constant, or channels on another axis."""
     x = node.inputs[0] if node.inputs else None
@@ -221,5 +221,5 @@ def channel_input(node: ir.Node, walk: ChannelSpaces, axis: int | None = None) -
         return Decline("input absent or of unknown rank")
     if constant_array(x) is not None:
         return Decline("its input is a constant")
-    why = walk.ensure(x, walk.default_axis(x) if axis is None else axis)
+    why = spaces.ensure(x, spaces.default_axis(x) if axis is None else axis)
     return Decline(why) if why else x

@@ -69,17 +69,17 @@ class UnaryRule(NoConstants[Plan]):
     op_types = (*_UNARY, *_UNARY_WITH_ATTRS)
     elementwise = True
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x, y = channel_input(node, walk), node.outputs[0]
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, spaces), node.outputs[0]
         if isinstance(x, Decline):
             return x
         fn = _unary_function(node)
         if fn is None:
             return Decline("Clip bounds computed at run time")
-        walk.register(y, walk.axis[x], walk.count_of(x), like=x)
-        live = walk.live[x]
+        spaces.register(y, spaces.axis[x], spaces.count_of(x), like=x)
+        live = spaces.live[x]
         # (an all-LIVE input has no constant to map: a LIVE channel's constant is never read)
-        walk.set_state(y, live, walk.const[x] if live.all() else fn(walk.const[x]))
+        spaces.set_state(y, live, spaces.const[x] if live.all() else fn(spaces.const[x]))
         return PASSTHROUGH
 
 
@@ -91,13 +91,13 @@ class ElementwiseRule(ChannelRule[Plan]):
     op_types = (*_BINARY, "Sum", "Mean")
     elementwise = True
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
         y = node.outputs[0]
         if y.shape is None:
             return Decline("output shape unknown")
         if node.op_type in _BINARY and len(node.inputs) != 2:
             return Decline(f"{len(node.inputs)} operands")
-        if node.op_type in _BINARY and self._same_channels(node, walk):
+        if node.op_type in _BINARY and self._same_channels(node, spaces):
             return ELEMENTWISE
         rank = len(y.shape)
         arrays = [constant_array(v) for v in node.inputs]
@@ -106,19 +106,19 @@ class ElementwiseRule(ChannelRule[Plan]):
             return Decline("every operand is a constant")
         # the output's channel axis: the first registered dynamic operand's, aligned from the right
         axis = next(
-            (walk.axis[v] + rank - len(v.shape) for v in dynamic if v in walk.axis and v.shape is not None), None
+            (spaces.axis[v] + rank - len(v.shape) for v in dynamic if v in spaces.axis and v.shape is not None), None
         )
         if axis is None:  # no operand seen yet: the axis the first one's readers want
             first = dynamic[0]
-            axis = walk.default_axis(first) + rank - len(first.shape) if first.shape is not None else 1
+            axis = spaces.default_axis(first) + rank - len(first.shape) if first.shape is not None else 1
             axis = axis if 0 <= axis < rank else (1 if rank > 1 else 0)
-        count = walk.static_count(y, axis)
+        count = spaces.static_count(y, axis)
         if count is None:
             return Decline(f"no static size on the channel axis {axis}")
         for v in node.inputs:
             if v is None or v.shape is None:
                 return Decline("an operand of unknown rank")
-        walk.register(y, axis, count)
+        spaces.register(y, axis, count)
         lives, consts = [], []
         everywhere, nowhere, naught = np.ones(count, bool), np.zeros(count, bool), np.zeros(count)
         for v, array in zip(node.inputs, arrays, strict=True):
@@ -135,14 +135,14 @@ class ElementwiseRule(ChannelRule[Plan]):
                     consts.append(values)
                 continue
             if extent == count:
-                why = walk.ensure(v, operand_axis)
+                why = spaces.ensure(v, operand_axis)
                 if why:
                     return Decline(why)
-                if walk.count_of(v) != count:
-                    return Decline(f"operand {v.name!r} has {walk.count_of(v)} channels, the output {count}")
-                walk.link(v, y)
-                lives.append(walk.live[v])
-                consts.append(walk.const[v])
+                if spaces.count_of(v) != count:
+                    return Decline(f"operand {v.name!r} has {spaces.count_of(v)} channels, the output {count}")
+                spaces.link(v, y)
+                lives.append(spaces.live[v])
+                consts.append(spaces.const[v])
             elif extent == 1:  # a dynamic tensor broadcast over channels: LIVE for every channel
                 lives.append(everywhere)
                 consts.append(naught)
@@ -152,13 +152,13 @@ class ElementwiseRule(ChannelRule[Plan]):
             [~live & (const == 0) for live, const in zip(lives, consts, strict=True)] if node.op_type == "Mul" else []
         )
         live, const = _combine(node.op_type, lives, consts, zeros)
-        walk.set_state(y, live, const)
+        spaces.set_state(y, live, const)
         if node.op_type == "Mul":  # x · 0 = 0: a channel zeroed by one factor is not needed from the others
-            walk.gates[node] = [np.any([z for j, z in enumerate(zeros) if j != i], axis=0) for i in range(len(zeros))]
+            spaces.gates[node] = [np.any([z for j, z in enumerate(zeros) if j != i], axis=0) for i in range(len(zeros))]
         return ELEMENTWISE
 
     @staticmethod
-    def _same_channels(node: ir.Node, walk: ChannelSpaces) -> bool:
+    def _same_channels(node: ir.Node, spaces: ChannelSpaces) -> bool:
         """The usual case in fewer steps (a residual Add, an SE Mul after its Expand): two dynamic operands of the
         output's rank that carry channels on the same axis, as many as the output. False: not this case, nothing
         registered."""
@@ -166,29 +166,29 @@ class ElementwiseRule(ChannelRule[Plan]):
         y = node.outputs[0]
         if a is None or b is None:
             return False
-        axis = walk.axis.get(a)
-        if axis is None or walk.axis.get(b) != axis or a.const_value is not None:
+        axis = spaces.axis.get(a)
+        if axis is None or spaces.axis.get(b) != axis or a.const_value is not None:
             return False
         rank = len(y.shape)  # type: ignore[arg-type]
         if a.shape is None or b.shape is None or len(a.shape) != rank or len(b.shape) != rank:
             return False
-        count = walk.static_count(y, axis)
+        count = spaces.static_count(y, axis)
         if count is None or a.shape[axis] != count or b.shape[axis] != count or b.const_value is not None:
             return False
-        if walk.count_of(a) != count or walk.count_of(b) != count:
+        if spaces.count_of(a) != count or spaces.count_of(b) != count:
             return False
         if (a.dtype is not None and a.dtype not in FLOATING) or (b.dtype is not None and b.dtype not in FLOATING):
             return False  # shapes, indices and masks carry no channels (as `ensure` says)
-        walk.register(y, axis, count)
-        walk.link(a, y)
-        walk.link(b, y)
-        lives, consts = [walk.live[a], walk.live[b]], [walk.const[a], walk.const[b]]
+        spaces.register(y, axis, count)
+        spaces.link(a, y)
+        spaces.link(b, y)
+        lives, consts = [spaces.live[a], spaces.live[b]], [spaces.const[a], spaces.const[b]]
         mul = node.op_type == "Mul"
         zeros = [~live & (const == 0) for live, const in zip(lives, consts, strict=True)] if mul else []
         live, const = _combine(node.op_type, lives, consts, zeros)
-        walk.set_state(y, live, const)
+        spaces.set_state(y, live, const)
         if mul:
-            walk.gates[node] = [zeros[1], zeros[0]]
+            spaces.gates[node] = [zeros[1], zeros[0]]
         return True
 
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:

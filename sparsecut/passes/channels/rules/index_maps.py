@@ -58,7 +58,7 @@ class ConcatRule(NoConstants[Plan]):
 
     op_types = ("Concat",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
         y = node.outputs[0]
         if y.shape is None:
             return Decline("output of unknown rank")
@@ -67,34 +67,34 @@ class ConcatRule(NoConstants[Plan]):
         inputs = [v for v in node.inputs if v is not None]
         if any(constant_array(v) is not None for v in inputs):
             return Decline("a constant is concatenated")
-        channel_axis = next((walk.axis[v] for v in inputs if v in walk.axis), 1 if rank > 1 else 0)
+        channel_axis = next((spaces.axis[v] for v in inputs if v in spaces.axis), 1 if rank > 1 else 0)
         for v in inputs:
-            why = walk.ensure(v, channel_axis)
+            why = spaces.ensure(v, channel_axis)
             if why:
                 return Decline(why)
         if axis != channel_axis:
-            count = walk.static_count(y, channel_axis)
-            if count is None or any(walk.count_of(v) != count for v in inputs):
+            count = spaces.static_count(y, channel_axis)
+            if count is None or any(spaces.count_of(v) != count for v in inputs):
                 return Decline("inputs with different channel counts")
-            walk.register(y, channel_axis, count, like=inputs[0])
+            spaces.register(y, channel_axis, count, like=inputs[0])
             for v in inputs[1:]:
-                walk.link(v, y)
-            live = np.any([walk.live[v] for v in inputs], axis=0)
-            consts = np.array([walk.const[v] for v in inputs])
+                spaces.link(v, y)
+            live = np.any([spaces.live[v] for v in inputs], axis=0)
+            consts = np.array([spaces.const[v] for v in inputs])
             live |= np.any(consts != consts[0], axis=0)
-            walk.set_state(y, live, consts[0])
+            spaces.set_state(y, live, consts[0])
             return PASSTHROUGH
-        total = sum(walk.count_of(v) for v in inputs)
-        if walk.static_count(y, axis) != total:
+        total = sum(spaces.count_of(v) for v in inputs)
+        if spaces.static_count(y, axis) != total:
             return Decline("output channel count is not the inputs' sum")
-        walk.register(y, axis, total)
+        spaces.register(y, axis, total)
         offset = 0
         for v in inputs:
-            n = walk.count_of(v)
-            walk.add_map(node, v, np.arange(n), y, np.arange(offset, offset + n))
+            n = spaces.count_of(v)
+            spaces.add_map(node, v, np.arange(n), y, np.arange(offset, offset + n))
             offset += n
-        walk.set_state(
-            y, np.concatenate([walk.live[v] for v in inputs]), np.concatenate([walk.const[v] for v in inputs])
+        spaces.set_state(
+            y, np.concatenate([spaces.live[v] for v in inputs]), np.concatenate([spaces.const[v] for v in inputs])
         )
         return CONCAT
 
@@ -107,31 +107,33 @@ class SplitRule(ChannelRule[Plan]):
 
     op_types = ("Split",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x = channel_input(node, walk)
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x = channel_input(node, spaces)
         if isinstance(x, Decline):
             return x
         assert x.shape is not None
         rank = len(x.shape)
         axis = attr_int(node, "axis", 0) % rank
-        counts = [walk.static_count(o, axis) for o in node.outputs]
+        counts = [spaces.static_count(o, axis) for o in node.outputs]
         if any(c is None for c in counts):
             return Decline("part sizes unknown")
-        if axis != walk.axis[x]:
+        if axis != spaces.axis[x]:
             for out in node.outputs:
-                walk.same_state(out, x)
+                spaces.same_state(out, x)
             return PASSTHROUGH
         sizes_value = node.inputs[1] if len(node.inputs) > 1 else None
         if sizes_value is not None and constant_array(sizes_value) is None:
             return Decline("sizes computed at run time")
-        if sum(c for c in counts if c is not None) != walk.count_of(x):
+        if sum(c for c in counts if c is not None) != spaces.count_of(x):
             return Decline("parts do not add up to the input's channels")
         offset = 0
         for out, n in zip(node.outputs, counts, strict=True):
             assert n is not None
-            walk.register(out, axis, n)
-            walk.add_map(node, x, np.arange(offset, offset + n), out, np.arange(n))
-            walk.set_state(out, walk.live[x][offset : offset + n].copy(), walk.const[x][offset : offset + n].copy())
+            spaces.register(out, axis, n)
+            spaces.add_map(node, x, np.arange(offset, offset + n), out, np.arange(n))
+            spaces.set_state(
+                out, spaces.live[x][offset : offset + n].copy(), spaces.const[x][offset : offset + n].copy()
+            )
             offset += n
         return SPLIT
 
@@ -152,24 +154,24 @@ class SliceRule(ChannelRule[Plan]):
 
     op_types = ("Slice",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x, y = channel_input(node, walk), node.outputs[0]
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, spaces), node.outputs[0]
         if isinstance(x, Decline):
             return x
         assert x.shape is not None
-        bounds = slice_bounds(node, len(x.shape), walk.axis[x])
+        bounds = slice_bounds(node, len(x.shape), spaces.axis[x])
         if bounds is None:
             return Decline("bounds, axes or steps computed at run time, or a step other than 1 on the channel axis")
-        count = walk.count_of(x)
+        count = spaces.count_of(x)
         if not isinstance(bounds, tuple):  # "untouched": sliced along other axes only
-            walk.same_state(y, x)
+            spaces.same_state(y, x)
             return PASSTHROUGH
         start, end = max(0, min(bounds[0], count)), max(0, min(bounds[1], count))
-        if end <= start or walk.static_count(y, walk.axis[x]) != end - start:
+        if end <= start or spaces.static_count(y, spaces.axis[x]) != end - start:
             return Decline("an empty slice of channels")
-        walk.register(y, walk.axis[x], end - start)
-        walk.add_map(node, x, np.arange(start, end), y, np.arange(end - start))
-        walk.set_state(y, walk.live[x][start:end].copy(), walk.const[x][start:end].copy())
+        spaces.register(y, spaces.axis[x], end - start)
+        spaces.add_map(node, x, np.arange(start, end), y, np.arange(end - start))
+        spaces.set_state(y, spaces.live[x][start:end].copy(), spaces.const[x][start:end].copy())
         return SLICE
 
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
@@ -195,27 +197,29 @@ class SliceRule(ChannelRule[Plan]):
             rw.set_constant(node, index, array)  # (a fresh constant where the bounds were shared)
 
 
-def _expand(walk: ChannelSpaces, node: ir.Node, x: ir.Value, y: ir.Value, axis: int, inner: int) -> None:
+def _expand(spaces: ChannelSpaces, node: ir.Node, x: ir.Value, y: ir.Value, axis: int, inner: int) -> None:
     """y's channel axis holds x's channel k as `inner` consecutive features: y[k·inner + i] ↔ x[k]."""
-    count = walk.count_of(x)
+    count = spaces.count_of(x)
     if inner == 1:
-        walk.register(y, axis, count, like=x)
-        walk.set_state(y, walk.live[x].copy(), walk.const[x].copy())
+        spaces.register(y, axis, count, like=x)
+        spaces.set_state(y, spaces.live[x].copy(), spaces.const[x].copy())
         return
-    walk.register(y, axis, count * inner)
-    walk.add_map(node, x, np.repeat(np.arange(count), inner), y, np.arange(count * inner))
-    walk.set_state(y, np.repeat(walk.live[x], inner), np.repeat(walk.const[x], inner))
+    spaces.register(y, axis, count * inner)
+    spaces.add_map(node, x, np.repeat(np.arange(count), inner), y, np.arange(count * inner))
+    spaces.set_state(y, np.repeat(spaces.live[x], inner), np.repeat(spaces.const[x], inner))
 
 
-def _merge(walk: ChannelSpaces, node: ir.Node, x: ir.Value, y: ir.Value, axis: int, channels: int, inner: int) -> None:
+def _merge(
+    spaces: ChannelSpaces, node: ir.Node, x: ir.Value, y: ir.Value, axis: int, channels: int, inner: int
+) -> None:
     """x's channel axis holds y's channel k as `inner` consecutive features: x[k·inner + i] ↔ y[k] (a Linear's
     output reshaped to (C, H, W)). A channel is constant only when all its features are the same constant."""
-    walk.register(y, axis, channels)
-    walk.add_map(node, x, np.arange(channels * inner), y, np.repeat(np.arange(channels), inner))
-    live_x = walk.live[x].reshape(channels, inner)
-    const_x = walk.const[x].reshape(channels, inner)
+    spaces.register(y, axis, channels)
+    spaces.add_map(node, x, np.arange(channels * inner), y, np.repeat(np.arange(channels), inner))
+    live_x = spaces.live[x].reshape(channels, inner)
+    const_x = spaces.const[x].reshape(channels, inner)
     live = live_x.any(axis=1) | ~np.all(const_x == const_x[:, :1], axis=1)
-    walk.set_state(y, live, const_x[:, 0].copy())
+    spaces.set_state(y, live, const_x[:, 0].copy())
 
 
 @register
@@ -224,19 +228,19 @@ class FlattenRule(NoConstants[Plan]):
 
     op_types = ("Flatten",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x, y = channel_input(node, walk), node.outputs[0]
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, spaces), node.outputs[0]
         if isinstance(x, Decline):
             return x
         assert x.shape is not None
         rank = len(x.shape)
         axis = attr_int(node, "axis", 1) % (rank + 1) if rank else 0
         trailing = [d for d in list(x.shape)[axis + 1 :] if isinstance(d, int)]
-        if axis != walk.axis[x]:
-            return Decline(f"flattens from axis {axis}, the channels are on axis {walk.axis[x]}")
+        if axis != spaces.axis[x]:
+            return Decline(f"flattens from axis {axis}, the channels are on axis {spaces.axis[x]}")
         if len(trailing) != rank - axis - 1:
             return Decline("axes after the channels of unknown size")
-        _expand(walk, node, x, y, 1, math.prod(trailing))  # Flatten's output is 2-D: the channels start axis 1
+        _expand(spaces, node, x, y, 1, math.prod(trailing))  # Flatten's output is 2-D: the channels start axis 1
         return FLATTEN
 
 
@@ -261,31 +265,31 @@ class ReshapeRule(ChannelRule[Plan]):
 
     op_types = ("Reshape",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x, shape_value, y = channel_input(node, walk), node.inputs[1], node.outputs[0]
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x, shape_value, y = channel_input(node, spaces), node.inputs[1], node.outputs[0]
         if isinstance(x, Decline):
             return x
         if shape_value is None or x.shape is None or y.shape is None:
             return Decline("output of unknown rank")
-        axis = walk.axis[x]
+        axis = spaces.axis[x]
         in_dims, out_dims = list(x.shape), list(y.shape)
-        position = _carried_axis(in_dims, out_dims, axis, walk.count_of(x))
+        position = _carried_axis(in_dims, out_dims, axis, spaces.count_of(x))
         if position is None:
             return Decline(f"{_dims(in_dims)} → {_dims(out_dims)} changes the axes before the channels")
         editable = shape_element(shape_value, position) is not None
-        if not editable and self.followed_count(node, walk) is None:
+        if not editable and self.followed_count(node, spaces) is None:
             return Decline("the target's channel entry is computed at run time, not from this tensor's channels")
         if position == axis and editable:
-            pattern = group_norm(node, walk, x, y) or self._shuffle(node, walk, x, y, axis)
+            pattern = group_norm(node, spaces, x, y) or self._shuffle(node, spaces, x, y, axis)
             if pattern is not None:
                 return pattern
-        count, channels = walk.count_of(x), out_dims[position]
+        count, channels = spaces.count_of(x), out_dims[position]
         after_in, after_out = in_dims[axis + 1 :], out_dims[position + 1 :]
         if channels == count and (after_out or not after_in) and (position == axis or after_in == after_out):
             if position != axis and not self._names_count(shape_value, position, count):
                 return Decline("a 0 in the target copies another axis than the channels")
-            walk.register(y, position, count, like=x)
-            walk.set_state(y, walk.live[x].copy(), walk.const[x].copy())
+            spaces.register(y, position, count, like=x)
+            spaces.set_state(y, spaces.live[x].copy(), spaces.const[x].copy())
             return RESHAPE
         if not editable or position != axis:
             return Decline("a target computed from the channel count that also moves the channels")
@@ -295,21 +299,21 @@ class ReshapeRule(ChannelRule[Plan]):
             return Decline("axes after the channels of unknown size")
         for m in range(len(sizes_in) + 1):  # y's channel axis = x's channels · the next m axes of x
             if channels == count * math.prod(sizes_in[:m]) and sizes_in[m:] == sizes_out:
-                _expand(walk, node, x, y, axis, math.prod(sizes_in[:m]))
+                _expand(spaces, node, x, y, axis, math.prod(sizes_in[:m]))
                 return RESHAPE
         for m in range(1, len(sizes_out) + 1):  # x's channel axis = y's channels · the next m axes of y
             inner = math.prod(sizes_out[:m])
             if channels * inner == count and sizes_in == sizes_out[m:]:
-                _merge(walk, node, x, y, axis, channels, inner)
+                _merge(spaces, node, x, y, axis, channels, inner)
                 return RESHAPE
         return Decline(f"{_dims(in_dims)} → {_dims(out_dims)} mixes channels with other axes")
 
-    def followed_count(self, node: ir.Node, walk: ChannelSpaces) -> Dim | None:
+    def followed_count(self, node: ir.Node, spaces: ChannelSpaces) -> Dim | None:
         x, y = node.inputs[0], node.outputs[0]
-        if x is None or x not in walk.axis or x.shape is None or y.shape is None:
+        if x is None or x not in spaces.axis or x.shape is None or y.shape is None:
             return None
-        position = _carried_axis(list(x.shape), list(y.shape), walk.axis[x], walk.count_of(x))
-        return None if position is None else count_followed(walk, node, node.inputs[1], position)
+        position = _carried_axis(list(x.shape), list(y.shape), spaces.axis[x], spaces.count_of(x))
+        return None if position is None else count_followed(spaces, node, node.inputs[1], position)
 
     @staticmethod
     def _names_count(shape_value: ir.Value, position: int, count: int) -> bool:
@@ -321,9 +325,9 @@ class ReshapeRule(ChannelRule[Plan]):
         array = constant_array(holder)
         return array is not None and int(array.reshape(-1)[entry]) in (count, -1)
 
-    def _shuffle(self, node: ir.Node, walk: ChannelSpaces, x: ir.Value, y: ir.Value, axis: int) -> ShufflePlan | None:
+    def _shuffle(self, node: ir.Node, spaces: ChannelSpaces, x: ir.Value, y: ir.Value, axis: int) -> ShufflePlan | None:
         assert x.shape is not None and y.shape is not None
-        in_dims, out_dims, count = list(x.shape), list(y.shape), walk.count_of(x)
+        in_dims, out_dims, count = list(x.shape), list(y.shape), spaces.count_of(x)
         if len(out_dims) != len(in_dims) + 1 or not _same_tail(out_dims[axis + 2 :], in_dims[axis + 1 :]):
             return None
         groups, per_group = out_dims[axis], out_dims[axis + 1]
@@ -348,12 +352,12 @@ class ReshapeRule(ChannelRule[Plan]):
         if shape_element(node.inputs[1], axis + 1) is None or shape_element(back.inputs[1], axis) is None:
             return None
         source = np.arange(count).reshape(groups, per_group).T.reshape(-1)  # z[k] = x[source[k]]
-        walk.register(z, axis, count)
-        walk.add_map(node, x, source, z, np.arange(count))
-        walk.maps.append((z, np.arange(count), z, (np.arange(count) // groups) * groups))  # channel j of every group
-        walk.set_state(z, walk.live[x][source].copy(), walk.const[x][source].copy())
-        walk.claimed[transpose] = node
-        walk.claimed[back] = node
+        spaces.register(z, axis, count)
+        spaces.add_map(node, x, source, z, np.arange(count))
+        spaces.maps.append((z, np.arange(count), z, (np.arange(count) // groups) * groups))  # channel j of every group
+        spaces.set_state(z, spaces.live[x][source].copy(), spaces.const[x][source].copy())
+        spaces.claimed[transpose] = node
+        spaces.claimed[back] = node
         return ShufflePlan(Kind.SHUFFLE, transpose, back, groups)
 
     def backward(self, node: ir.Node, plan: Plan, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]) -> None:

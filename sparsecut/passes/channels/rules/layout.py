@@ -36,14 +36,14 @@ class TransposeRule(NoConstants[Plan]):
 
     op_types = ("Transpose",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x, y = channel_input(node, walk), node.outputs[0]
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, spaces), node.outputs[0]
         if isinstance(x, Decline):
             return x
         assert x.shape is not None
         perm = attr_ints(node, "perm") or list(reversed(range(len(x.shape))))
-        walk.register(y, list(perm).index(walk.axis[x]), walk.count_of(x), like=x)
-        walk.set_state(y, walk.live[x].copy(), walk.const[x].copy())
+        spaces.register(y, list(perm).index(spaces.axis[x]), spaces.count_of(x), like=x)
+        spaces.set_state(y, spaces.live[x].copy(), spaces.const[x].copy())
         return PASSTHROUGH
 
 
@@ -54,27 +54,27 @@ class ExpandRule(ChannelRule[Plan]):
 
     op_types = ("Expand",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x, shape_value, y = channel_input(node, walk), node.inputs[1], node.outputs[0]
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x, shape_value, y = channel_input(node, spaces), node.inputs[1], node.outputs[0]
         if isinstance(x, Decline):
             return x
         if shape_value is None or x.shape is None or y.shape is None:
             return Decline("output of unknown rank")
-        axis = walk.axis[x] + len(y.shape) - len(x.shape)
-        if walk.static_count(y, axis) != walk.count_of(x):
+        axis = spaces.axis[x] + len(y.shape) - len(x.shape)
+        if spaces.static_count(y, axis) != spaces.count_of(x):
             return Decline("expands the channel axis")
-        entry = walk.shapes.entry(shape_value, axis)
-        if entry != 1 and shape_element(shape_value, axis) is None and self.followed_count(node, walk) is None:
+        entry = spaces.shapes.entry(shape_value, axis)
+        if entry != 1 and shape_element(shape_value, axis) is None and self.followed_count(node, spaces) is None:
             return Decline("the target's channel entry is computed at run time, not from this tensor's channels")
-        walk.register(y, axis, walk.count_of(x), like=x)
-        walk.set_state(y, walk.live[x].copy(), walk.const[x].copy())
+        spaces.register(y, axis, spaces.count_of(x), like=x)
+        spaces.set_state(y, spaces.live[x].copy(), spaces.const[x].copy())
         return PASSTHROUGH
 
-    def followed_count(self, node: ir.Node, walk: ChannelSpaces) -> Dim | None:
+    def followed_count(self, node: ir.Node, spaces: ChannelSpaces) -> Dim | None:
         x, y = node.inputs[0], node.outputs[0]
-        if x is None or x not in walk.axis or x.shape is None or y.shape is None:
+        if x is None or x not in spaces.axis or x.shape is None or y.shape is None:
             return None
-        return count_followed(walk, node, node.inputs[1], walk.axis[x] + len(y.shape) - len(x.shape))
+        return count_followed(spaces, node, node.inputs[1], spaces.axis[x] + len(y.shape) - len(x.shape))
 
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
         y = node.outputs[0]
@@ -94,8 +94,8 @@ class SqueezeRule(NoConstants[Plan]):
 
     op_types = ("Squeeze", "Unsqueeze")
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x, y = channel_input(node, walk), node.outputs[0]
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, spaces), node.outputs[0]
         if isinstance(x, Decline):
             return x
         if x.shape is None or y.shape is None:
@@ -104,7 +104,7 @@ class SqueezeRule(NoConstants[Plan]):
         axes_array = constant_array(axes_value) if axes_value is not None else None
         if axes_array is None:
             return Decline("axes not given as a constant")
-        axis = walk.axis[x]
+        axis = spaces.axis[x]
         if node.op_type == "Squeeze":
             axes = {int(a) % len(x.shape) for a in axes_array.reshape(-1)}
             if axis in axes:
@@ -116,8 +116,8 @@ class SqueezeRule(NoConstants[Plan]):
             for a in sorted(axes):
                 if a <= new_axis:
                     new_axis += 1
-        walk.register(y, new_axis, walk.count_of(x), like=x)
-        walk.set_state(y, walk.live[x].copy(), walk.const[x].copy())
+        spaces.register(y, new_axis, spaces.count_of(x), like=x)
+        spaces.set_state(y, spaces.live[x].copy(), spaces.const[x].copy())
         return PASSTHROUGH
 
 
@@ -130,5 +130,5 @@ class ShapeRule(NoConstants[Plan]):
 
     op_types = ("Shape", "Size")
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
         return SHAPE

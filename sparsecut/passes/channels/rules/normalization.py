@@ -38,21 +38,21 @@ class BatchNormRule(ChannelRule[Plan]):
 
     op_types = ("BatchNormalization",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
         params = [constant_array(v) if v is not None else None for v in node.inputs[1:5]]
         if len(node.outputs) > 1 and any(o.uses() for o in node.outputs[1:]):
             return Decline("training-mode statistics are read")
         if any(p is None for p in params):
             return Decline("scale, bias, mean or variance computed at run time")
-        x, y = channel_input(node, walk, 1), node.outputs[0]
+        x, y = channel_input(node, spaces, 1), node.outputs[0]
         if isinstance(x, Decline):
             return x
         gamma, beta, mean, var = (np.asarray(p, np.float64).reshape(-1) for p in params)
         eps = attr_float(node, "epsilon", 1e-5)
-        walk.register(y, 1, walk.count_of(x), like=x)
+        spaces.register(y, 1, spaces.count_of(x), like=x)
         scale = gamma / np.sqrt(var + eps)
-        walk.set_state(y, walk.live[x] & (gamma != 0), scale * (walk.const[x] - mean) + beta)
-        walk.gates[node] = [gamma == 0]
+        spaces.set_state(y, spaces.live[x] & (gamma != 0), scale * (spaces.const[x] - mean) + beta)
+        spaces.gates[node] = [gamma == 0]
         return BATCHNORM
 
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
@@ -72,20 +72,20 @@ class LayerNormRule(NoConstants[Plan]):
 
     op_types = ("LayerNormalization",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
         shape = node.inputs[0].shape if node.inputs[0] is not None else None
         rank = len(shape) if shape is not None else 0
         if rank < 2 or attr_int(node, "axis", -1) % rank != rank - 1:
             return Decline(f"normalizes from axis {attr_int(node, 'axis', -1)}, not over the last axis alone")
-        x, y = channel_input(node, walk, rank - 1), node.outputs[0]
+        x, y = channel_input(node, spaces, rank - 1), node.outputs[0]
         if isinstance(x, Decline):
             return x
-        count = walk.count_of(x)
-        walk.register(y, rank - 1, count)
-        walk.set_state(y, np.ones(count, bool), np.zeros(count))
+        count = spaces.count_of(x)
+        spaces.register(y, rank - 1, count)
+        spaces.set_state(y, np.ones(count, bool), np.zeros(count))
         reason = f"normalized by LayerNormalization {node.name!r} (a dead channel still counts in its statistics)"
-        walk.veto(x, reason)
-        walk.veto(y, reason)
+        spaces.veto(x, reason)
+        spaces.veto(y, reason)
         return LAYERNORM
 
 
@@ -96,7 +96,7 @@ class GroupNormPlan(Plan):
     groups: int
 
 
-def group_norm(node: ir.Node, walk: ChannelSpaces, x: ir.Value, y: ir.Value) -> GroupNormPlan | Decline | None:
+def group_norm(node: ir.Node, spaces: ChannelSpaces, x: ir.Value, y: ir.Value) -> GroupNormPlan | Decline | None:
     """GroupNorm as both exporters write it: Reshape x [B, C, S…] → [B, G, (C/G)·S] (this node), then
     InstanceNormalization over the last axis (scale and bias per group), then a Reshape back to x's shape. None
     where `node` does not start that pattern.
@@ -105,9 +105,9 @@ def group_norm(node: ir.Node, walk: ChannelSpaces, x: ir.Value, y: ir.Value) -> 
     still counts in the statistics of the live ones: a group goes only when all its channels are dead. Then its
     channels hold constants c_k, and z_k = (c_k − μ)/√(σ² + ε)·s_g + b_g with μ, σ² over the group's constants.
     The rewrite keeps whole groups: G and the channel count in both targets, s and b sliced by group."""
-    if walk.axis[x] != 1 or x.shape is None or y.shape is None or len(y.shape) != 3:
+    if spaces.axis[x] != 1 or x.shape is None or y.shape is None or len(y.shape) != 3:
         return None
-    groups, count = y.shape[1], walk.count_of(x)
+    groups, count = y.shape[1], spaces.count_of(x)
     uses = list(y.uses())
     if not isinstance(groups, int) or groups < 1 or count % groups or len(uses) != 1 or y.is_graph_output():
         return None
@@ -126,28 +126,28 @@ def group_norm(node: ir.Node, walk: ChannelSpaces, x: ir.Value, y: ir.Value) -> 
     if shape_element(node.inputs[1], 1) is None or shape_element(back.inputs[1], 1) is None:  # type: ignore[arg-type]
         return Decline("GroupNorm whose group count or channel count is computed at run time")
     per = count // groups
-    live = walk.live[x].reshape(groups, per)
-    const = walk.const[x].reshape(groups, per)
+    live = spaces.live[x].reshape(groups, per)
+    const = spaces.const[x].reshape(groups, per)
     live_group = np.asarray(live.any(axis=1), bool)
     mean = const.mean(axis=1, keepdims=True)
     var = ((const - mean) ** 2).mean(axis=1, keepdims=True)
     eps = attr_float(norm, "epsilon", 1e-5)
     normalized = (const - mean) / np.sqrt(var + eps) * scale.reshape(-1, 1) + bias.reshape(-1, 1)
-    walk.register(z, 1, count)
+    spaces.register(z, 1, count)
     channels = np.arange(count)
-    walk.add_map(node, x, channels, z, channels)
-    walk.maps.append((z, channels, z, channels // per * per))  # a group's channels go together
-    walk.set_state(z, np.repeat(live_group, per), np.where(live_group[:, None], 0.0, normalized).reshape(-1))
-    partly = np.repeat(live_group, per) & ~walk.live[x]
+    spaces.add_map(node, x, channels, z, channels)
+    spaces.maps.append((z, channels, z, channels // per * per))  # a group's channels go together
+    spaces.set_state(z, np.repeat(live_group, per), np.where(live_group[:, None], 0.0, normalized).reshape(-1))
+    partly = np.repeat(live_group, per) & ~spaces.live[x]
     if partly.any():
-        walk.veto(
+        spaces.veto(
             x,
             f"normalized by GroupNorm {norm.name!r} with live channels in its group (a dead channel still "
             "counts in the group's statistics)",
             partly,
         )
-    walk.claimed[norm] = node
-    walk.claimed[back] = node
+    spaces.claimed[norm] = node
+    spaces.claimed[back] = node
     return GroupNormPlan(Kind.GROUPNORM, norm, back, groups)
 
 

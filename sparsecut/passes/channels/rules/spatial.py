@@ -38,18 +38,18 @@ class PoolRule(NoConstants[Plan]):
 
     op_types = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
         if len(node.outputs) > 1 and node.outputs[1].uses():
             return Decline("its indices are read")
-        x, y = channel_input(node, walk, 1), node.outputs[0]
+        x, y = channel_input(node, spaces, 1), node.outputs[0]
         if isinstance(x, Decline):
             return x
-        walk.register(y, 1, walk.count_of(x), like=x)
-        live, const = walk.live[x].copy(), walk.const[x].copy()
+        spaces.register(y, 1, spaces.count_of(x), like=x)
+        live, const = spaces.live[x].copy(), spaces.const[x].copy()
         counts_padding = node.op_type == "AveragePool" and attr_int(node, "count_include_pad", 0) == 1
         if (counts_padding and conv_padded(node)) or node.op_type in ("LpPool", "GlobalLpPool"):
             live |= const != 0
-        walk.set_state(y, live, const)
+        spaces.set_state(y, live, const)
         return PASSTHROUGH
 
 
@@ -60,8 +60,8 @@ class ReduceRule(NoConstants[Plan]):
 
     op_types = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x, y = channel_input(node, walk), node.outputs[0]
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, spaces), node.outputs[0]
         if isinstance(x, Decline):
             return x
         assert x.shape is not None
@@ -69,19 +69,19 @@ class ReduceRule(NoConstants[Plan]):
         axes = reduce_axes(node, rank)
         if axes is None:
             return Decline("axes computed at run time")
-        if walk.axis[x] in axes:
+        if spaces.axis[x] in axes:
             return Decline("reduces over the channel axis")
         keep = attr_int(node, "keepdims", 1)
-        new_axis = walk.axis[x] if keep else walk.axis[x] - sum(1 for a in axes if a < walk.axis[x])
-        walk.register(y, new_axis, walk.count_of(x), like=x)
-        const, live = walk.const[x].copy(), walk.live[x].copy()
+        new_axis = spaces.axis[x] if keep else spaces.axis[x] - sum(1 for a in axes if a < spaces.axis[x])
+        spaces.register(y, new_axis, spaces.count_of(x), like=x)
+        const, live = spaces.const[x].copy(), spaces.live[x].copy()
         if node.op_type == "ReduceSum":
             sizes = [x.shape[a] for a in axes]
             if all(isinstance(s, int) for s in sizes):
                 const = const * math.prod(sizes)
             else:
                 live |= const != 0
-        walk.set_state(y, live, const)
+        spaces.set_state(y, live, const)
         return PASSTHROUGH
 
 
@@ -94,31 +94,31 @@ class ResizeRule(ChannelRule[Plan]):
 
     op_types = ("Resize", "Upsample")
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x, y = channel_input(node, walk, 1), node.outputs[0]
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, spaces, 1), node.outputs[0]
         if isinstance(x, Decline):
             return x
-        if walk.static_count(y, 1) != walk.count_of(x):
+        if spaces.static_count(y, 1) != spaces.count_of(x):
             return Decline("output channel count unknown or different")
         position = _channel_position(node, 1)
         if position is None:  # the channel axis is not resized
-            walk.same_state(y, x)
+            spaces.same_state(y, x)
             return PASSTHROUGH
         scales, sizes = _scales(node), _sizes(node)
         if sizes is not None:
             editable = shape_element(sizes, position) is not None
-            if not editable and self.followed_count(node, walk) is None:
+            if not editable and self.followed_count(node, spaces) is None:
                 return Decline("sizes' channel entry is computed at run time, not from this tensor's channels")
         elif scales is not None:
-            entry = walk.shapes.entry(scales, position)
+            entry = spaces.shapes.entry(scales, position)
             if not (isinstance(entry, (int, float)) and entry == 1):
                 return Decline("scales' channel entry is computed at run time")
-        walk.same_state(y, x)
+        spaces.same_state(y, x)
         return PASSTHROUGH
 
-    def followed_count(self, node: ir.Node, walk: ChannelSpaces) -> Dim | None:
+    def followed_count(self, node: ir.Node, spaces: ChannelSpaces) -> Dim | None:
         position = _channel_position(node, 1)
-        return None if position is None else count_followed(walk, node, _sizes(node), position)
+        return None if position is None else count_followed(spaces, node, _sizes(node), position)
 
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
         sizes, position, y = _sizes(node), _channel_position(node, 1), node.outputs[0]
@@ -159,8 +159,8 @@ class PadRule(NoConstants[Plan]):
 
     op_types = ("Pad",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
-        x, y = channel_input(node, walk), node.outputs[0]
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x, y = channel_input(node, spaces), node.outputs[0]
         if isinstance(x, Decline):
             return x
         assert x.shape is not None
@@ -171,10 +171,10 @@ class PadRule(NoConstants[Plan]):
         listed = constant_array(axes) if axes is not None else np.arange(len(x.shape))
         if listed is None:
             return Decline("axes computed at run time")
-        position = _channel_position(node, walk.axis[x])
+        position = _channel_position(node, spaces.axis[x])
         if position is not None:  # pads hold the begins of the padded axes, then their ends
             for index in (position, position + listed.size):
-                entry = walk.shapes.entry(pads, index)
+                entry = spaces.shapes.entry(pads, index)
                 if not isinstance(entry, (int, float)):
                     return Decline("the channel axis' pads are computed at run time")
                 if entry != 0:
@@ -186,7 +186,7 @@ class PadRule(NoConstants[Plan]):
             if value is None or value.size != 1:
                 return Decline("padding value computed at run time")
             fill = float(value.reshape(-1)[0])
-        walk.register(y, walk.axis[x], walk.count_of(x), like=x)
-        live, const = walk.live[x], walk.const[x]
-        walk.set_state(y, live | (const != fill) if mode == "constant" else live, const)
+        spaces.register(y, spaces.axis[x], spaces.count_of(x), like=x)
+        live, const = spaces.live[x], spaces.const[x]
+        spaces.set_state(y, live | (const != fill) if mode == "constant" else live, const)
         return PASSTHROUGH

@@ -51,14 +51,14 @@ class _WeightedRule(ChannelRule[P]):
         needed[x] |= self.reads(node, plan, walk) @ needed[node.outputs[0]]  # bool: any read by a needed output
 
 
-def _reading(node: ir.Node, walk: ChannelSpaces, reads: int, writes: int) -> ir.Value | Decline:
+def _reading(node: ir.Node, spaces: ChannelSpaces, reads: int, writes: int) -> ir.Value | Decline:
     """The input of a conv whose weight reads `reads` channels and writes `writes`, or why it cannot be read."""
-    x = channel_input(node, walk, 1)
+    x = channel_input(node, spaces, 1)
     if isinstance(x, Decline):
         return x
-    if walk.count_of(x) != reads:
-        return Decline(f"input has {walk.count_of(x)} channels, the weight reads {reads}")
-    if walk.static_count(node.outputs[0], 1) != writes:
+    if spaces.count_of(x) != reads:
+        return Decline(f"input has {spaces.count_of(x)} channels, the weight reads {reads}")
+    if spaces.static_count(node.outputs[0], 1) != writes:
         return Decline("output channel count unknown")
     return x
 
@@ -70,34 +70,34 @@ class ConvRule(_WeightedRule[Plan]):
 
     op_types = ("Conv",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
         w_value, y = node.inputs[1], node.outputs[0]
-        kernel = walk.kernel(w_value) if w_value is not None else None
+        kernel = spaces.kernel(w_value) if w_value is not None else None
         if kernel is None:
             return Decline("weight computed at run time")
         nonzero = kernel.nonzero  # [K, C/g]
         out_ch, per_group = nonzero.shape
         groups = attr_int(node, "group", 1)
-        x = _reading(node, walk, per_group * groups, out_ch)
+        x = _reading(node, spaces, per_group * groups, out_ch)
         if isinstance(x, Decline):
             return x
         bias = bias_array(node, 2, out_ch)
         if bias is None:
             return Decline("bias computed at run time")
         padded = conv_padded(node)
-        in_live, in_const = walk.live[x], walk.const[x]
+        in_live, in_const = spaces.live[x], spaces.const[x]
         if groups > 1 and groups == out_ch and per_group == 1:  # depthwise, multiplier 1: input k ↔ output k
-            walk.register(y, 1, out_ch, like=x)
+            spaces.register(y, 1, out_ch, like=x)
             w_nonzero = nonzero[:, 0]
             live = (in_live & w_nonzero) | (padded & (in_const != 0) & w_nonzero)
-            walk.set_state(y, live, bias + kernel.sums[:, 0] * in_const)
-            walk.gates[node] = [~w_nonzero]  # an all-zero filter does not need its input channel
+            spaces.set_state(y, live, bias + kernel.sums[:, 0] * in_const)
+            spaces.gates[node] = [~w_nonzero]  # an all-zero filter does not need its input channel
             return DEPTHWISE
-        walk.register(y, 1, out_ch)
-        walk.sink(x, node, f"constant read by padded conv {node.name!r}" if padded else None)
+        spaces.register(y, 1, out_ch)
+        spaces.sink(x, node, f"constant read by padded conv {node.name!r}" if padded else None)
         if groups == 1:
             live = nonzero @ (in_live | (in_const != 0)) if padded else nonzero @ in_live  # bool: any of the ands
-            walk.set_state(y, live, bias + kernel.sums @ in_const if np.count_nonzero(in_const) else bias)
+            spaces.set_state(y, live, bias + kernel.sums @ in_const if np.count_nonzero(in_const) else bias)
             return CONV
         live = np.zeros(out_ch, bool)
         out_per_group = out_ch // groups
@@ -107,7 +107,7 @@ class ConvRule(_WeightedRule[Plan]):
             reaching = in_live[cols] | (in_const[cols] != 0) if padded else in_live[cols]
             live[rows] = nonzero[rows] @ reaching
             bias[rows] += kernel.sums[rows] @ in_const[cols]
-        walk.set_state(y, live, bias)
+        spaces.set_state(y, live, bias)
         return CONV
 
     def backward(self, node: ir.Node, plan: Plan, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]) -> None:
@@ -207,25 +207,25 @@ class ConvTransposeRule(_WeightedRule[Plan]):
 
     op_types = ("ConvTranspose",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
         w_value, y = node.inputs[1], node.outputs[0]
-        weight = walk.weight(w_value) if w_value is not None else None
+        weight = spaces.weight(w_value) if w_value is not None else None
         if weight is None or weight.ndim < 3:
             return Decline("weight computed at run time")
         if attr_int(node, "group", 1) != 1:
             return Decline(f"group={attr_int(node, 'group', 1)}")
         in_ch, out_ch = weight.shape[:2]
-        x = _reading(node, walk, in_ch, out_ch)
+        x = _reading(node, spaces, in_ch, out_ch)
         if isinstance(x, Decline):
             return x
         bias = bias_array(node, 2, out_ch)
         if bias is None:
             return Decline("bias computed at run time")
-        walk.register(y, 1, out_ch)
-        walk.sink(x, node, f"constant read by ConvTranspose {node.name!r}")
+        spaces.register(y, 1, out_ch)
+        spaces.sink(x, node, f"constant read by ConvTranspose {node.name!r}")
         reads = np.any(weight != 0, axis=tuple(range(2, weight.ndim)))  # [C_in, C_out]
-        reaching = walk.live[x] | (walk.const[x] != 0)
-        walk.set_state(y, np.any(reads & reaching[:, None], axis=0), bias.astype(np.float64))
+        reaching = spaces.live[x] | (spaces.const[x] != 0)
+        spaces.set_state(y, np.any(reads & reaching[:, None], axis=0), bias.astype(np.float64))
         return CONV_TRANSPOSE
 
     def reads(self, node: ir.Node, plan: Plan, walk: ChannelWalk) -> np.ndarray:
@@ -252,16 +252,16 @@ class GemmRule(_WeightedRule[Plan]):
 
     op_types = ("Gemm",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> Plan | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
         a, y = node.inputs[0], node.outputs[0]
         if a is None or len(node.inputs) < 2 or node.inputs[1] is None:
             return Decline("fewer than two inputs")
         if attr_int(node, "transA", 0):
             return Decline("transA=1 (its input is read transposed)")
-        b = walk.weight(node.inputs[1])
+        b = spaces.weight(node.inputs[1])
         if b is None or b.ndim != 2:
             return Decline("B computed at run time")
-        why = walk.ensure(a, 1)
+        why = spaces.ensure(a, 1)
         if why:
             return Decline(why)
         b = b.T if attr_int(node, "transB", 0) else b  # [K, N]
@@ -272,12 +272,12 @@ class GemmRule(_WeightedRule[Plan]):
         c = bias_array(node, 2, n)
         if c is None:
             return Decline("C computed at run time")
-        if walk.count_of(a) != b.shape[0]:
-            return Decline(f"input has {walk.count_of(a)} channels, B reads {b.shape[0]}")
-        walk.register(y, 1, n)
-        walk.sink(a, node, None)
-        live = np.any((b != 0) & walk.live[a][:, None], axis=0)
-        walk.set_state(y, live, alpha * (walk.const[a] @ b) + beta * c)
+        if spaces.count_of(a) != b.shape[0]:
+            return Decline(f"input has {spaces.count_of(a)} channels, B reads {b.shape[0]}")
+        spaces.register(y, 1, n)
+        spaces.sink(a, node, None)
+        live = np.any((b != 0) & spaces.live[a][:, None], axis=0)
+        spaces.set_state(y, live, alpha * (spaces.const[a] @ b) + beta * c)
         return GEMM
 
     def reads(self, node: ir.Node, plan: Plan, walk: ChannelWalk) -> np.ndarray:
@@ -310,27 +310,27 @@ class MatMulRule(_WeightedRule[MatMulPlan]):
 
     op_types = ("MatMul",)
 
-    def analyze(self, node: ir.Node, walk: ChannelSpaces) -> MatMulPlan | Decline:
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> MatMulPlan | Decline:
         a, b_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
         if a is None or b_value is None or y.shape is None or a.shape is None:
             return Decline("an input or output of unknown rank")
-        b = walk.weight(b_value)
+        b = spaces.weight(b_value)
         if b is None or b.ndim != 2:
             return Decline("B is not a constant matrix (a product of two activations)")
         if constant_array(a) is not None:
             return Decline("A is a constant")
-        why = walk.ensure(a, -1)
+        why = spaces.ensure(a, -1)
         if why:
             return Decline(why)
-        if walk.count_of(a) != b.shape[0]:
-            return Decline(f"A has {walk.count_of(a)} channels, B reads {b.shape[0]}")
-        if walk.static_count(y, -1) != b.shape[1]:
+        if spaces.count_of(a) != b.shape[0]:
+            return Decline(f"A has {spaces.count_of(a)} channels, B reads {b.shape[0]}")
+        if spaces.static_count(y, -1) != b.shape[1]:
             return Decline("output feature count unknown")
-        walk.register(y, len(y.shape) - 1, b.shape[1])
+        spaces.register(y, len(y.shape) - 1, b.shape[1])
         bias_add = single_bias_add(y, b.shape[1])
-        walk.sink(a, node, None if bias_add is not None else f"constant read by MatMul {node.name!r} with no bias")
-        live = np.any((b != 0) & walk.live[a][:, None], axis=0)
-        walk.set_state(y, live, walk.const[a] @ b)
+        spaces.sink(a, node, None if bias_add is not None else f"constant read by MatMul {node.name!r} with no bias")
+        live = np.any((b != 0) & spaces.live[a][:, None], axis=0)
+        spaces.set_state(y, live, spaces.const[a] @ b)
         return MatMulPlan(Kind.MATMUL, bias_add)
 
     def reads(self, node: ir.Node, plan: MatMulPlan, walk: ChannelWalk) -> np.ndarray:
