@@ -13,6 +13,7 @@ from sparsecut.cli.app import console
 from sparsecut.report import (
     BuildReport,
     CompareReport,
+    EnforcedLayer,
     ExportReport,
     LatencyReport,
     LayerDiffReport,
@@ -20,6 +21,7 @@ from sparsecut.report import (
     MeasuredDecision,
     OptimizeReport,
     OutputDrift,
+    PassReport,
     PrecisionReport,
     RunReport,
 )
@@ -70,46 +72,70 @@ def render_optimize(report: OptimizeReport, inspecting: bool = False) -> None:
     2:4 (a table of "no" says nothing the summary line does not)."""
     full = inspecting or logging.getLogger().isEnabledFor(logging.INFO)
     for step in report.passes:
-        console.print(f"[bold]{step.name}[/bold]: {step.summary} ({step.seconds:.2f} s)")
-        if step.groups:
-            table = Table(title_justify="left")
-            for column in ("group", "channels", "dead", "kept dead: why"):
-                table.add_column(column)
-            for group in step.groups:
-                why = "; ".join(f"{n}× {reason}" for reason, n in group.kept_dead.items()) or "-"
-                table.add_row(group.location, f"{group.channels_before} → {group.channels_after}", str(group.dead), why)
-            console.print(table)
-        if step.heads:
-            heads = Table(title="attention heads", title_justify="left")
-            for column in ("block (output projection)", "heads", "K/V heads", "dead", "removed", "head dim q/k, v",
-                           "dead kept: why"):  # fmt: skip
-                heads.add_column(column)
-            for block in step.heads:
-                why = "; ".join(f"{n}× {reason}" for reason, n in block.kept.items()) or "-"
-                dims = f"{block.head_dim} → {block.qk_dim_after}, {block.v_dim_after}"
-                heads.add_row(block.location, str(block.heads), str(block.kv_heads), str(block.dead),
-                              str(block.removable), dims, why)  # fmt: skip
-            console.print(heads)
-        if step.sparsity and (full or any(layer.is_2to4 for layer in step.sparsity)):
-            sparse = Table(title_justify="left")
-            for column in ("layer", "weight", "reduction", "2:4", "violating", "note"):
-                sparse.add_column(column)
-            for layer in step.sparsity[: None if full else 40]:
-                notes = [n for n, on in (("padded to ×4", layer.padded), ("< 256 ch", layer.too_small)) if on]
-                sparse.add_row(layer.node, layer.weight, str(layer.reduction), "yes" if layer.is_2to4 else "no",
-                               f"{100 * layer.violating_share:.0f} %", "; ".join(notes))  # fmt: skip
-            console.print(sparse)
-        if step.barriers:
-            stops = ", ".join(f"{op} ×{n}" for op, n in sorted(step.barriers.items()))
-            console.print(f"  channels stopped at ops without a rule: {stops}")
-        if step.declined:
-            console.print("  channels stopped where a rule declined:")
-            for why, n in sorted(step.declined.items()):
-                console.print(f"    {escape(why)} ×{n}")
-        for failure in step.rule_errors:
-            console.print(
-                f"  [yellow]warning:[/yellow] a channel rule gave up, its channels are kept: {escape(failure)}"
-            )
+        _render_pass(step, full)
+    _render_totals(report)
+    _render_two_four_kept_and_lost(report)
+    if report.enforced:
+        _render_enforced(report.enforced)
+    if report.precision is not None:
+        render_precision(report.precision)
+    if report.decision is not None:
+        render_decision(report.decision)
+    if report.output is None:
+        console.print("inspect only: nothing written")
+    elif report.verified:
+        worst = max(report.checks, key=lambda c: c.max_rel_error)
+        console.print(
+            f"[green]verified[/green] on {len(report.checks)} input set(s): max abs {worst.max_abs_error:.2e}, "
+            f"rel {worst.max_rel_error:.2e} (rtol {report.rtol:g}, atol {report.atol:g}) → {report.output}"
+        )
+    else:
+        console.print(f"[bold red]NOT verified[/bold red] (--no-verify) → {report.output}")
+
+
+def _render_pass(step: PassReport, full: bool) -> None:
+    """One pass: its summary, its channel groups and attention heads, its 2:4 table, and where channels stopped."""
+    console.print(f"[bold]{step.name}[/bold]: {step.summary} ({step.seconds:.2f} s)")
+    if step.groups:
+        table = Table(title_justify="left")
+        for column in ("group", "channels", "dead", "kept dead: why"):
+            table.add_column(column)
+        for group in step.groups:
+            why = "; ".join(f"{n}× {reason}" for reason, n in group.kept_dead.items()) or "-"
+            table.add_row(group.location, f"{group.channels_before} → {group.channels_after}", str(group.dead), why)
+        console.print(table)
+    if step.heads:
+        heads = Table(title="attention heads", title_justify="left")
+        for column in ("block (output projection)", "heads", "K/V heads", "dead", "removed", "head dim q/k, v",
+                       "dead kept: why"):  # fmt: skip
+            heads.add_column(column)
+        for block in step.heads:
+            why = "; ".join(f"{n}× {reason}" for reason, n in block.kept.items()) or "-"
+            dims = f"{block.head_dim} → {block.qk_dim_after}, {block.v_dim_after}"
+            heads.add_row(block.location, str(block.heads), str(block.kv_heads), str(block.dead),
+                          str(block.removable), dims, why)  # fmt: skip
+        console.print(heads)
+    if step.sparsity and (full or any(layer.is_2to4 for layer in step.sparsity)):
+        sparse = Table(title_justify="left")
+        for column in ("layer", "weight", "reduction", "2:4", "violating", "note"):
+            sparse.add_column(column)
+        for layer in step.sparsity[: None if full else 40]:
+            notes = [n for n, on in (("padded to ×4", layer.padded), ("< 256 ch", layer.too_small)) if on]
+            sparse.add_row(layer.node, layer.weight, str(layer.reduction), "yes" if layer.is_2to4 else "no",
+                           f"{100 * layer.violating_share:.0f} %", "; ".join(notes))  # fmt: skip
+        console.print(sparse)
+    if step.barriers:
+        stops = ", ".join(f"{op} ×{n}" for op, n in sorted(step.barriers.items()))
+        console.print(f"  channels stopped at ops without a rule: {stops}")
+    if step.declined:
+        console.print("  channels stopped where a rule declined:")
+        for why, n in sorted(step.declined.items()):
+            console.print(f"    {escape(why)} ×{n}")
+    for failure in step.rule_errors:
+        console.print(f"  [yellow]warning:[/yellow] a channel rule gave up, its channels are kept: {escape(failure)}")
+
+
+def _render_totals(report: OptimizeReport) -> None:
     totals = Table(title="totals (per sample)", title_justify="left")
     for column in ("", "before", "after", "after/before"):
         totals.add_column(column)
@@ -121,6 +147,9 @@ def render_optimize(report: OptimizeReport, inspecting: bool = False) -> None:
     console.print(totals)
     for note in report.notes:
         console.print(f"note: {escape(note)}")
+
+
+def _render_two_four_kept_and_lost(report: OptimizeReport) -> None:
     restores = [r for p in report.passes for r in p.two_four]
     reordered = [w for r in restores if r.restored and r.reordered for w in r.weights]
     if reordered:
@@ -137,40 +166,28 @@ def render_optimize(report: OptimizeReport, inspecting: bool = False) -> None:
             console.print(
                 f"  [yellow]{weight}: {reasons.get(weight) or 'its channels could not be reordered'}[/yellow]"
             )
-    if report.enforced:
-        pruned = [e for e in report.enforced if e.pruned]
-        console.print(
-            f"[bold red]enforce-2to4[/bold red]: pruned {len(pruned)} of {len(report.enforced)} weights to 2:4: the "
-            "output does NOT compute what the input computes (the lossless steps before it were verified)"
+
+
+def _render_enforced(enforced: list[EnforcedLayer]) -> None:
+    pruned = [e for e in enforced if e.pruned]
+    console.print(
+        f"[bold red]enforce-2to4[/bold red]: pruned {len(pruned)} of {len(enforced)} weights to 2:4: the "
+        "output does NOT compute what the input computes (the lossless steps before it were verified)"
+    )
+    if not pruned:
+        console.print("  [yellow]no layer was eligible; nothing pruned[/yellow]")
+        return
+    table = Table(title="enforce-2to4: share of |w| kept", title_justify="left")
+    for column in ("weight", "kept", "without reorder", "channel reorder"):
+        table.add_column(column)
+    for layer in pruned:
+        table.add_row(
+            layer.weight,
+            f"{100 * layer.magnitude_kept:.2f} %",
+            f"{100 * layer.magnitude_kept_without_permutation:.2f} %",
+            layer.permutation,
         )
-        if pruned:
-            table = Table(title="enforce-2to4: share of |w| kept", title_justify="left")
-            for column in ("weight", "kept", "without reorder", "channel reorder"):
-                table.add_column(column)
-            for enforced in pruned:
-                table.add_row(
-                    enforced.weight,
-                    f"{100 * enforced.magnitude_kept:.2f} %",
-                    f"{100 * enforced.magnitude_kept_without_permutation:.2f} %",
-                    enforced.permutation,
-                )
-            console.print(table)
-        if not pruned:
-            console.print("  [yellow]no layer was eligible; nothing pruned[/yellow]")
-    if report.precision is not None:
-        render_precision(report.precision)
-    if report.decision is not None:
-        render_decision(report.decision)
-    if report.output is None:
-        console.print("inspect only: nothing written")
-    elif report.verified:
-        worst = max(report.checks, key=lambda c: c.max_rel_error)
-        console.print(
-            f"[green]verified[/green] on {len(report.checks)} input set(s): max abs {worst.max_abs_error:.2e}, "
-            f"rel {worst.max_rel_error:.2e} (rtol {report.rtol:g}, atol {report.atol:g}) → {report.output}"
-        )
-    else:
-        console.print(f"[bold red]NOT verified[/bold red] (--no-verify) → {report.output}")
+    console.print(table)
 
 
 def render_precision(p: PrecisionReport, layers_shown: int = 10) -> None:
