@@ -18,6 +18,7 @@ from sparsecut.report import BuildReport, LayerDrift, OutputDrift, PrecisionRepo
 from sparsecut.targets import BuildOptions, ProfileOptions, Target, compare_runs, get_target
 from sparsecut.targets.compare import plot_pruning_by_precision
 from sparsecut.targets.noise import speedup
+from sparsecut.targets.tensorrt import TensorRTOptions
 from sparsecut.targets.tuning import tuning_for
 
 __all__ = [
@@ -106,7 +107,7 @@ def run_workflow(
     backends = [get_target(name) for name in options.target.split(",")]
     precision = options.precision
     if precision.kind == "int8" and precision.format is None:  # the format the first target runs best
-        precision = precision.in_format(backends[0].int8_formats(BuildOptions(provider=options.profile.provider))[0])
+        precision = precision.in_format(backends[0].int8_formats(BuildOptions(backends=options.profile.backends))[0])
     lean_options = _at(options.optimize, precision)
     baseline_options = dataclasses.replace(lean_options, passes=baseline_passes(lean_options.passes))
     baseline = optimize_model(exported_path, baseline_path, baseline_options)
@@ -118,13 +119,11 @@ def run_workflow(
             backends[0].name,
             batch=options.profile.batch,
             threads=options.profile.threads,
-            provider=options.profile.provider,
-            device=options.profile.device,
-            hint=options.profile.hint,
+            backends=options.profile.backends,
             table=options.table,
             budget=options.tune_budget,
             build=BuildOptions(
-                sparsity=options.sparsity, threads=options.profile.threads, device=options.profile.device
+                sparsity=options.sparsity, threads=options.profile.threads, backends=options.profile.backends
             ),
         )
         optimized = optimize_measured(exported_path, lean_path, lean_options, tuning, paths[4] if twins else None)
@@ -140,7 +139,7 @@ def run_workflow(
             # precision optimize put into them
             build = BuildOptions(
                 precision=graph_precision(path), sparsity=options.sparsity, threads=options.profile.threads,
-                device=options.profile.device, hint=options.profile.hint,
+                backends=options.profile.backends,
             )  # fmt: skip
             artifact, built = backend.build(path, out_dir / f"{name}{backend.artifact_suffix}", build)
             runs.append((artifact, backend))
@@ -223,8 +222,9 @@ def build_outputs(
         files.append(PlannedFile(kind, side_file(output, kind, inputs), "--precision", model=True, optional=True))
     if measure:
         files.append(PlannedFile("lean", side_file(output, "lean", inputs), "--measure", model=True, optional=True))
-    if options.timing_cache is not None:
-        files.append(PlannedFile("timing-cache", options.timing_cache, "--timing-cache", optional=True))
+    timing_cache = options.backend(TensorRTOptions).timing_cache
+    if timing_cache is not None:
+        files.append(PlannedFile("timing-cache", timing_cache, "--timing-cache", optional=True))
     return files
 
 

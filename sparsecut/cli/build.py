@@ -30,6 +30,7 @@ from sparsecut.cli.options import (
     SparsityOption,
     TargetOption,
     TuneBudgetOption,
+    backend_options,
 )
 from sparsecut.cli.render import render_build, render_precision
 from sparsecut.outputs import OutputPlan
@@ -76,12 +77,10 @@ def build(
         precision=precision.in_format(int8_format) if precision is not None else None,
         sparsity=sparsity,
         batch=batch.range,
-        workspace_mb=workspace,
-        provider=provider,
-        device=device,
-        hint=hint,
+        backends=backend_options(
+            provider=provider, device=device, hint=hint, workspace=workspace, timing_cache=timing_cache
+        ),
         surgery=surgery,
-        timing_cache=timing_cache,
     )
     planned = build_outputs(get_target(target), output, options, measure=measure, inputs=[model, calibration])
     with OutputPlan([model, calibration, data_config]) as plan:
@@ -93,11 +92,13 @@ def build(
         if measure:
             from sparsecut.targets.tuning import tuning_for
 
-            tuning = tuning_for(target, batch=batch.opt, provider=provider, device=device, table=lut,
-                                budget=tune_budget, build=BuildOptions(sparsity=sparsity, device=device))  # fmt: skip
+            tuning = tuning_for(target, batch=batch.opt, backends=options.backends, table=lut, budget=tune_budget,
+                                build=BuildOptions(sparsity=sparsity, backends=options.backends))  # fmt: skip
         with console.status(f"building {model} for {target} …"):
             converting = int8.request(options.precision)
-            options = dataclasses.replace(options, timing_cache=staged.get("timing-cache"))
+            staged_cache = staged.get("timing-cache")  # the target reads and updates the staged copy
+            options = dataclasses.replace(options, backends=backend_options(
+                provider=provider, device=device, hint=hint, workspace=workspace, timing_cache=staged_cache))  # fmt: skip
             report, converted = build_for_target(model, staged["artifact"], target, options, converting, tuning, staged)
         report = finish(plan, report, staged_json)
     if converted is not None:

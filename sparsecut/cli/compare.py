@@ -25,6 +25,7 @@ from sparsecut.cli.options import (
     SparsityOption,
     TargetOption,
     ThreadsOption,
+    backend_options,
 )
 from sparsecut.cli.render import render_compare
 from sparsecut.outputs import OutputPlan
@@ -59,8 +60,9 @@ def compare(
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: the plot is a PNG file; name it *.png")
     require_inputs(*models)
+    backends = backend_options(device=device, hint=hint)
     options = ProfileOptions(batch=batch.opt, iterations=iterations, threads=threads or None, per_layer=False,
-                             device=device, hint=hint)  # fmt: skip
+                             backends=backends)  # fmt: skip
     with OutputPlan(models) as plan:
         staged_plot = plan.file(plot, "--plot") if plot else None
         staged_json = plan.file(json_path, "--json") if json_path else None
@@ -68,7 +70,7 @@ def compare(
             task = bar.add_task("timing, interleaved", total=rounds)
             report = compare_models(
                 models, target=target, options=options,
-                build=BuildOptions(precision=precision, sparsity=sparsity, device=device, hint=hint),
+                build=BuildOptions(precision=precision, sparsity=sparsity, backends=backends),
                 rounds=rounds, budget=budget, baseline=baseline, allow_different_inputs=allow_different_inputs,
                 plot=staged_plot, progress=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip

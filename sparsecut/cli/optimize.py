@@ -30,6 +30,7 @@ from sparsecut.cli.options import (
     TargetOption,
     ThreadsOption,
     TuneBudgetOption,
+    backend_options,
     tolerance,
 )
 from sparsecut.cli.render import render_optimize
@@ -115,8 +116,9 @@ def optimize(
                 def progress(what: str, done: int, total: int) -> None:
                     bar.update(task, description=what, completed=done, total=total)
 
-                tuning = tuning_for(target, batch=batch.opt, threads=threads or None, provider=provider,
-                                    device=device, table=lut, budget=tune_budget, progress=progress)  # fmt: skip
+                tuning = tuning_for(target, batch=batch.opt, threads=threads or None,
+                                    backends=backend_options(provider=provider, device=device), table=lut,
+                                    budget=tune_budget, progress=progress)  # fmt: skip
                 report = optimize_measured(model, staged, options, tuning)
         report = finish(plan, report, staged_json)
     render_optimize(report)

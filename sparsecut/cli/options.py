@@ -17,6 +17,7 @@ import typer
 
 from sparsecut.opsets import MAX_OPSET, MIN_OPSET
 from sparsecut.precision import FP32, KINDS, Precision
+from sparsecut.targets.base import BackendOptions
 
 __all__ = [
     "FP32",
@@ -54,6 +55,7 @@ __all__ = [
     "ThreadsOption",
     "TrustCheckpointOption",
     "TuneBudgetOption",
+    "backend_options",
     "one_of",
     "positive",
     "tolerance",
@@ -116,6 +118,30 @@ ThreadsOption = Annotated[int | None, typer.Option(min=0, help="Intra-op threads
 ProviderOption = Annotated[
     str, typer.Option(callback=one_of("cpu", "cuda", "tensorrt"), help="--target onnxruntime: execution provider.")
 ]
+
+
+def backend_options(
+    *,
+    provider: str = "cpu",
+    device: str = "CPU",
+    hint: str = "latency",
+    workspace: int | None = None,
+    timing_cache: Path | None = None,
+    cuda_graph: bool = False,
+) -> tuple[BackendOptions, ...]:
+    """The targets' own settings, from the options that name them (--provider; --device, --hint; --workspace,
+    --timing-cache, --cuda-graph): each target reads only its own."""
+    from sparsecut.targets.onnxruntime import OnnxRuntimeOptions
+    from sparsecut.targets.openvino import OpenVinoOptions
+    from sparsecut.targets.tensorrt import TensorRTOptions
+
+    return (
+        OnnxRuntimeOptions(provider=provider),
+        OpenVinoOptions(device=device, hint=hint),
+        TensorRTOptions(workspace_mb=workspace, timing_cache=timing_cache, cuda_graph=cuda_graph),
+    )
+
+
 SparsityOption = Annotated[bool, typer.Option("--sparsity", help="Enable 2:4 sparse kernels (TensorRT).")]
 
 

@@ -21,6 +21,7 @@ from sparsecut.cli.options import (
     ProviderOption,
     TargetOption,
     ThreadsOption,
+    backend_options,
     positive,
 )
 from sparsecut.cli.render import render_latency, render_layer_diff
@@ -64,10 +65,7 @@ def profile(
         duration=duration,
         threads=threads or None,
         per_layer=per_layer,
-        provider=provider,
-        cuda_graph=cuda_graph,
-        device=device,
-        hint=hint,
+        backends=backend_options(provider=provider, device=device, hint=hint, cuda_graph=cuda_graph),
     )
     with OutputPlan([model, baseline]) as plan:
         staged_json = plan.file(json_path, "--json") if json_path else None

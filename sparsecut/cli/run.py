@@ -34,6 +34,7 @@ from sparsecut.cli.options import (
     ThreadsOption,
     TrustCheckpointOption,
     TuneBudgetOption,
+    backend_options,
 )
 from sparsecut.cli.render import render_run
 from sparsecut.outputs import OutputPlan
@@ -81,7 +82,11 @@ def run(
         ),
         optimize=OptimizeOptions(align=align, precision=int8.request(precision)),
         profile=ProfileOptions(
-            iterations=iterations, warmup=5, threads=threads or None, per_layer=False, device=device, hint=hint
+            iterations=iterations,
+            warmup=5,
+            threads=threads or None,
+            per_layer=False,
+            backends=backend_options(device=device, hint=hint),
         ),
         rounds=rounds,
         budget=budget,

@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Generic, TypeVar, final
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from sparsecut.targets.timing import LatencyStats, measure, summarize
 __all__ = [
     "TARGETS",
     "Artifact",
+    "BackendOptions",
     "BuildOptions",
     "Built",
     "InputSpec",
@@ -48,34 +49,40 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class BuildOptions:
-    precision: Precision | None = FP32  # None: what the graph carries (best: TensorRT ≤ 10 picks per layer)
-    sparsity: bool = False  # TensorRT: enable 2:4 sparse kernels
-    batch: tuple[int, int, int] = (1, 1, 1)  # min, opt, max of the dynamic batch axis
-    workspace_mb: int | None = None
-    provider: str = "cpu"  # onnxruntime: cpu | cuda | tensorrt
-    threads: int | None = None
-    optimization: str = "all"  # onnxruntime graph optimization level: disable | basic | extended | all
-    device: str = "CPU"  # OpenVINO: CPU | GPU | NPU | AUTO
-    hint: str = "latency"  # OpenVINO's performance hint: latency | throughput
-    surgery: str | None = None  # MODULE:FUNCTION on a gs.Graph, applied just before the build
-    timing_cache: Path | None = None  # TensorRT
+class BackendOptions:
+    """A target's own settings: each target has one subclass (`Target.options_type`) and reads only its own."""
+
+
+OptionsT = TypeVar("OptionsT", bound=BackendOptions)
 
 
 @dataclasses.dataclass(frozen=True)
-class ProfileOptions:
+class _WithBackends:
+    backends: tuple[BackendOptions, ...] = ()  # the targets' own settings, one per target; absent: its defaults
+
+    def backend(self, kind: type[OptionsT]) -> OptionsT:
+        """The settings of the target whose options are `kind` (its defaults where none were given)."""
+        return next((b for b in self.backends if isinstance(b, kind)), kind())
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions(_WithBackends):
+    precision: Precision | None = FP32  # None: what the graph carries (best: TensorRT ≤ 10 picks per layer)
+    sparsity: bool = False  # TensorRT: enable 2:4 sparse kernels
+    batch: tuple[int, int, int] = (1, 1, 1)  # min, opt, max of the dynamic batch axis
+    threads: int | None = None
+    surgery: str | None = None  # MODULE:FUNCTION on a gs.Graph, applied just before the build
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileOptions(_WithBackends):
     batch: int = 1
     warmup: int = 10
     iterations: int = 100
     duration: float | None = None
     threads: int | None = None
     per_layer: bool = True
-    provider: str = "cpu"
-    optimization: str = "all"
-    cuda_graph: bool = False  # TensorRT
     seed: int = 0
-    device: str = "CPU"  # OpenVINO: CPU | GPU | NPU | AUTO
-    hint: str = "latency"  # OpenVINO's performance hint: latency | throughput
     precision: Precision = FP32  # what a target that takes the precision as a hint (OpenVINO) is asked for
 
 
@@ -102,10 +109,11 @@ class Built:
 Runner = Callable[[], object]  # one inference on inputs bound once, as a timing loop calls it
 
 
-class Target(abc.ABC):
-    """A backend that builds, runs and times ONNX models on one kind of device."""
+class Target(abc.ABC, Generic[OptionsT]):
+    """A backend that builds, runs and times ONNX models on one kind of device; `OptionsT`, its own settings."""
 
     name: ClassVar[str]
+    options_type: type[OptionsT]  # its settings, as `BuildOptions.backends` / `ProfileOptions.backends` carry them
     artifact_suffix: ClassVar[str]  # what `build` writes: ".ort.onnx", ".plan"
     artifact_companions: ClassVar[tuple[str, ...]] = ()  # written beside it, suffix in place of its last: (".bin",)
     # an output not ending in the artifact suffix's last part is refused with this reason, where one is given
@@ -200,6 +208,10 @@ class Target(abc.ABC):
             **extra,
         )
 
+    def own(self, options: BuildOptions | ProfileOptions) -> OptionsT:
+        """This target's settings among `options.backends`."""
+        return options.backend(self.options_type)
+
     # ------------------------------------------------------------------------------------------ hooks
     @abc.abstractmethod
     def _build_impl(self, source: Path, staged: Path, options: BuildOptions) -> Built:
@@ -290,10 +302,10 @@ TARGETS = {
 }
 
 
-def get_target(name: str) -> Target:
+def get_target(name: str) -> Target[Any]:
     if name not in TARGETS:
         raise TargetError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
     module_name, _, cls = TARGETS[name].partition(":")
     module = importlib.import_module(module_name)  # the module imports its backend lazily, in the target's methods
-    target: Target = getattr(module, cls)()
+    target: Target[Any] = getattr(module, cls)()
     return target

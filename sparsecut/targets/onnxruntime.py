@@ -11,6 +11,7 @@ where the installed onnxruntime has them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -30,10 +31,19 @@ from sparsecut.feeds import input_specs, synthetic_inputs
 from sparsecut.modelfile import graph_precision
 from sparsecut.quantization import cpu_int8_formats
 from sparsecut.report import LayerTime
-from sparsecut.targets.base import Artifact, BuildOptions, Built, InputSpec, ProfileOptions, Runner, Target
+from sparsecut.targets.base import (
+    Artifact,
+    BackendOptions,
+    BuildOptions,
+    Built,
+    InputSpec,
+    ProfileOptions,
+    Runner,
+    Target,
+)
 from sparsecut.targets.environment import cpu_name
 
-__all__ = ["OnnxRuntimeTarget", "random_inputs"]
+__all__ = ["OnnxRuntimeOptions", "OnnxRuntimeTarget", "random_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +93,15 @@ def random_inputs(path: Path, batch: int, seed: int) -> dict[str, np.ndarray]:
     return synthetic_inputs(input_specs(path), batch, seed, path)
 
 
-class OnnxRuntimeTarget(Target):
+@dataclasses.dataclass(frozen=True)
+class OnnxRuntimeOptions(BackendOptions):
+    provider: str = "cpu"  # cpu | cuda | tensorrt (execution providers, where the installed onnxruntime has them)
+    optimization: str = "all"  # graph optimization level: disable | basic | extended | all
+
+
+class OnnxRuntimeTarget(Target[OnnxRuntimeOptions]):
     name = "onnxruntime"
+    options_type = OnnxRuntimeOptions
     artifact_suffix = ".ort.onnx"
     no_sparse_kernels = "onnxruntime on CPU has no 2:4 sparse kernels"
 
@@ -96,8 +113,9 @@ class OnnxRuntimeTarget(Target):
                 f"graph carries: run `sparsecut optimize --precision {wanted.kind}` (or `sparsecut build "
                 f"--precision {wanted.kind}`, which does it for you) first"
             )
-        _session(source, options.provider, options.threads, options.optimization, optimized_model_filepath=str(staged))
-        return Built(_environment(options.provider, options.optimization))
+        own = self.own(options)
+        _session(source, own.provider, options.threads, own.optimization, optimized_model_filepath=str(staged))
+        return Built(_environment(own.provider, own.optimization))
 
     def run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         session = _session(artifact.path, "cpu", None, "all")
@@ -107,9 +125,10 @@ class OnnxRuntimeTarget(Target):
         return str(graph_precision(artifact.path))
 
     def int8_formats(self, options: BuildOptions) -> tuple[str, ...]:
-        if options.provider == "tensorrt":
+        provider = self.own(options).provider
+        if provider == "tensorrt":
             return ("trt-s8",)
-        if options.provider == "cuda":
+        if provider == "cuda":
             return ("s8s8",)  # onnxruntime's CUDA provider runs signed int8 QDQ
         return cpu_int8_formats(cpu_vector_extensions())  # x86: u8s8 (reduce-range without VNNI); ARM: s8s8
 
@@ -117,22 +136,25 @@ class OnnxRuntimeTarget(Target):
         return input_specs(artifact.path)
 
     def device(self, options: ProfileOptions) -> str:
-        return cpu_name() if options.provider == "cpu" else options.provider
+        provider = self.own(options).provider
+        return cpu_name() if provider == "cpu" else provider
 
     def device_signature(self, options: ProfileOptions) -> str:
         device = self.device(options)
-        return f"{device} [{cpu_vector_extensions()}]" if options.provider == "cpu" else device
+        return f"{device} [{cpu_vector_extensions()}]" if self.own(options).provider == "cpu" else device
 
     def backend_version(self) -> str:
         return _ort_version()
 
     def environment(self, options: ProfileOptions) -> dict[str, str]:
-        return _environment(options.provider, options.optimization)
+        own = self.own(options)
+        return _environment(own.provider, own.optimization)
 
     @contextlib.contextmanager
     def runner(self, artifact: Artifact, options: ProfileOptions) -> Iterator[Runner]:
         feeds = random_inputs(artifact.path, options.batch, options.seed)  # reads the file first: clearer errors
-        session = _session(artifact.path, options.provider, options.threads, options.optimization)
+        own = self.own(options)
+        session = _session(artifact.path, own.provider, options.threads, own.optimization)
         binding = session.io_binding()
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
@@ -150,8 +172,9 @@ class OnnxRuntimeTarget(Target):
 
         runs = max(5, min(options.iterations, 100))
         with tempfile.TemporaryDirectory(prefix="sparsecut-profile-") as tmp:
+            own = self.own(options)
             session = _session(
-                artifact.path, options.provider, options.threads, options.optimization,
+                artifact.path, own.provider, options.threads, own.optimization,
                 enable_profiling=True, profile_file_prefix=str(Path(tmp) / "ort"),
             )  # fmt: skip
             feeds = random_inputs(artifact.path, options.batch, options.seed)

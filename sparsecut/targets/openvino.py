@@ -17,6 +17,7 @@ OpenVINO is imported inside the methods: without it only this target fails, with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 import time
 from collections import defaultdict
@@ -32,11 +33,11 @@ from sparsecut.feeds import InputSpec, input_specs, synthetic_inputs
 from sparsecut.modelfile import graph_precision, sha256_of
 from sparsecut.precision import FP32, Precision
 from sparsecut.report import LayerTime
-from sparsecut.targets.base import Artifact, BuildOptions, Built, ProfileOptions, Runner, Target
+from sparsecut.targets.base import Artifact, BackendOptions, BuildOptions, Built, ProfileOptions, Runner, Target
 from sparsecut.targets.environment import cpu_name, cpu_vector_extensions
 from sparsecut.targets.timing import LatencyStats, measure, summarize
 
-__all__ = ["DEVICES", "OpenVinoTarget"]
+__all__ = ["DEVICES", "OpenVinoOptions", "OpenVinoTarget"]
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -57,8 +58,15 @@ def _core() -> Any:
     return _ov().Core()
 
 
-class OpenVinoTarget(Target):
+@dataclasses.dataclass(frozen=True)
+class OpenVinoOptions(BackendOptions):
+    device: str = "CPU"  # CPU | GPU | NPU | AUTO
+    hint: str = "latency"  # the plugin's performance hint: latency | throughput
+
+
+class OpenVinoTarget(Target[OpenVinoOptions]):
     name = "openvino"
+    options_type = OpenVinoOptions
     artifact_suffix = ".ov.xml"
     artifact_companions = (".bin",)  # the IR's weights
     artifact_suffix_required = "OpenVINO IR is written as .xml (with its .bin beside it)"
@@ -68,9 +76,10 @@ class OpenVinoTarget(Target):
     def _build_impl(self, source: Path, staged: Path, options: BuildOptions) -> Built:
         ov = _ov()
         read = self._read(source)
-        config = self._config(source, options.device, options.precision, options.threads, options.hint)
+        own = self.own(options)
+        config = self._config(source, own.device, options.precision, options.threads, own.hint)
         start = time.perf_counter()
-        self._compile(read, options.device, config, source)
+        self._compile(read, own.device, config, source)
         compile_seconds = time.perf_counter() - start
         # the ONNX file it was read from, so that profiling the IR later names its layers' MACs: its name only (a
         # shipped model carries no path of the machine that built it), found again beside the IR if unchanged
@@ -80,7 +89,7 @@ class OpenVinoTarget(Target):
         return Built(
             {
                 "openvino": self.backend_version(),
-                "device": self.device(ProfileOptions(device=options.device)),
+                "device": self.device(ProfileOptions(backends=(own,))),
                 "compile_seconds": f"{compile_seconds:.3f}",
                 **{f"config.{key}": str(value) for key, value in config.items()},
             }
@@ -186,19 +195,21 @@ class OpenVinoTarget(Target):
         return specs
 
     def device(self, options: ProfileOptions) -> str:
-        if options.device == "CPU":
+        device = self.own(options).device
+        if device == "CPU":
             extensions = cpu_vector_extensions()
             return f"{cpu_name()} ({extensions})" if extensions else cpu_name()
         try:
-            return f"{options.device}: {_core().get_property(options.device, 'FULL_DEVICE_NAME')}"
+            return f"{device}: {_core().get_property(device, 'FULL_DEVICE_NAME')}"
         except Exception:
-            return options.device
+            return device
 
     def backend_version(self) -> str:
         return str(_ov().__version__).split("-", 1)[0]
 
     def environment(self, options: ProfileOptions) -> dict[str, str]:
-        return {"openvino": self.backend_version(), "ov_device": options.device, "hint": options.hint}
+        own = self.own(options)
+        return {"openvino": self.backend_version(), "ov_device": own.device, "hint": own.hint}
 
     # ------------------------------------------------------------------------------------------ internals
     def _read(self, path: Path) -> Any:
@@ -259,10 +270,11 @@ class OpenVinoTarget(Target):
 
     def _compiled(self, artifact: Artifact, options: ProfileOptions, profiling: bool = False) -> Any:
         precision = options.precision if options.precision.kind == "fp16" else FP32
-        config = self._config(artifact.path, options.device, precision, options.threads, options.hint)
+        own = self.own(options)
+        config = self._config(artifact.path, own.device, precision, options.threads, own.hint)
         if profiling:
             config["PERF_COUNT"] = True
-        return self._compile(self._read(artifact.path), options.device, config, artifact.path)
+        return self._compile(self._read(artifact.path), own.device, config, artifact.path)
 
 
 class _Counters:

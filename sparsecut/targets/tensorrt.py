@@ -13,6 +13,7 @@ Everything TensorRT or CUDA is imported inside the methods: without TensorRT, on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -26,11 +27,20 @@ from sparsecut.errors import TargetError
 from sparsecut.modelfile import atomic_write_bytes, graph_precision
 from sparsecut.precision import Precision
 from sparsecut.report import LayerTime
-from sparsecut.targets.base import Artifact, BuildOptions, Built, InputSpec, ProfileOptions, Runner, Target
+from sparsecut.targets.base import (
+    Artifact,
+    BackendOptions,
+    BuildOptions,
+    Built,
+    InputSpec,
+    ProfileOptions,
+    Runner,
+    Target,
+)
 from sparsecut.targets.environment import gpu_name
 from sparsecut.targets.timing import LatencyStats, summarize
 
-__all__ = ["TensorRTTarget"]
+__all__ = ["TensorRTOptions", "TensorRTTarget"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +66,16 @@ def _torch_cuda() -> Any:
     return torch
 
 
-class TensorRTTarget(Target):
+@dataclasses.dataclass(frozen=True)
+class TensorRTOptions(BackendOptions):
+    workspace_mb: int | None = None  # the builder's workspace limit
+    timing_cache: Path | None = None  # read before the build and updated after it
+    cuda_graph: bool = False  # timing: replay a captured CUDA graph
+
+
+class TensorRTTarget(Target[TensorRTOptions]):
     name = "tensorrt"
+    options_type = TensorRTOptions
     artifact_suffix = ".plan"
 
     # ------------------------------------------------------------------------------------------------ build
@@ -85,9 +103,10 @@ class TensorRTTarget(Target):
             detail = "; ".join(f"node {e.node()} ({e.node_name()}, {e.node_operator()}): {e.desc()}" for e in errors)
             raise TargetError(f"{source}: TensorRT's ONNX parser rejected the graph: {detail}")
 
+        own = self.own(options)
         config = builder.create_builder_config()
-        if options.workspace_mb:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+        if own.workspace_mb:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, own.workspace_mb << 20)
         if legacy_precision and asked in ("fp16", "best"):
             config.set_flag(trt.BuilderFlag.FP16)
         if legacy_precision and asked in ("int8", "best"):
@@ -99,9 +118,7 @@ class TensorRTTarget(Target):
         if options.sparsity:
             config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-        cache_bytes = (
-            options.timing_cache.read_bytes() if options.timing_cache and options.timing_cache.exists() else b""
-        )
+        cache_bytes = own.timing_cache.read_bytes() if own.timing_cache and own.timing_cache.exists() else b""
         config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
         self._add_batch_profile(trt, builder, network, config, options.batch)
 
@@ -111,8 +128,8 @@ class TensorRTTarget(Target):
             raise TargetError(f"{source}: TensorRT could not build an engine: {logger.last_error() or 'see --verbose'}")
         seconds = time.perf_counter() - start
         staged.write_bytes(bytes(serialized))
-        if options.timing_cache:
-            atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
+        if own.timing_cache:
+            atomic_write_bytes(own.timing_cache, bytes(config.get_timing_cache().serialize()))
         return Built(
             {"tensorrt": trt.__version__, "gpu": gpu_name() or "?"},
             notes=[] if legacy_precision else ["strongly typed network: precision taken from the graph"],
@@ -270,7 +287,7 @@ class TensorRTTarget(Target):
         def launch() -> None:
             context.execute_async_v3(stream.cuda_stream)
 
-        if options.cuda_graph:
+        if self.own(options).cuda_graph:
             launch()  # TensorRT allocates on the first launch; capture a steady-state one
             stream.synchronize()
             graph = torch.cuda.CUDAGraph()
@@ -317,7 +334,7 @@ class TensorRTTarget(Target):
         return summarize(samples, options.batch)
 
     def environment(self, options: ProfileOptions) -> dict[str, str]:
-        return {"tensorrt": self.backend_version(), "cuda_graph": str(options.cuda_graph)}
+        return {"tensorrt": self.backend_version(), "cuda_graph": str(self.own(options).cuda_graph)}
 
     @staticmethod
     def _layer_times(trt: Any, context: Any, stream: Any, runs: int = 20) -> list[LayerTime]:

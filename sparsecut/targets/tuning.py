@@ -27,8 +27,9 @@ from sparsecut.passes.measured import Tuning
 from sparsecut.precision import Precision
 from sparsecut.quantization import Int8Format
 from sparsecut.report import MeasuredVariant
-from sparsecut.targets.base import BuildOptions, ProfileOptions, Target, get_target
+from sparsecut.targets.base import BackendOptions, BuildOptions, ProfileOptions, Target, get_target
 from sparsecut.targets.compare import compare_models
+from sparsecut.targets.onnxruntime import OnnxRuntimeOptions
 from sparsecut.targets.timing import measure
 
 __all__ = ["TargetLayerTimer", "one_layer_model", "tuning_for"]
@@ -39,9 +40,7 @@ def tuning_for(
     *,
     batch: int = 1,
     threads: int | None = None,
-    provider: str = "cpu",
-    device: str = "CPU",
-    hint: str = "latency",
+    backends: tuple[BackendOptions, ...] = (),
     table: Path | None = None,
     budget: float = 30.0,
     rounds: int = 20,
@@ -49,17 +48,17 @@ def tuning_for(
     build: BuildOptions | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Tuning:
-    """`table`: the latency table file (default: in the user cache folder); `build`: the user's build options, for
-    the candidates timed end to end (where the target builds)."""
+    """`backends`: the targets' own settings (its provider, device …); `table`: the latency table file (default: in
+    the user cache folder); `build`: the user's build options, for the candidates timed end to end (where the
+    target builds)."""
     backend = get_target(target)
-    profile = ProfileOptions(batch=batch, threads=threads, provider=provider, warmup=3, per_layer=False,
-                             device=device, hint=hint)  # fmt: skip
+    profile = ProfileOptions(batch=batch, threads=threads, warmup=3, per_layer=False, backends=backends)
     timer = TargetLayerTimer(backend, profile)
     timer.context()  # a target that cannot run here (TensorRT missing) says so now, before anything is measured
 
     def compare(paths: list[Path]) -> list[MeasuredVariant]:
-        options = ProfileOptions(batch=batch, threads=threads, provider=provider, iterations=iterations, warmup=5,
-                                 per_layer=False, device=device, hint=hint)  # fmt: skip
+        options = ProfileOptions(batch=batch, threads=threads, iterations=iterations, warmup=5, per_layer=False,
+                                 backends=backends)  # fmt: skip
         report = compare_models(
             paths,
             target=target,
@@ -70,7 +69,7 @@ def tuning_for(
         )
         return [MeasuredVariant("", v.model, v.latency.p50_ms, v.speedup) for v in report.variants]
 
-    formats = backend.int8_formats(build or BuildOptions(provider=provider))
+    formats = backend.int8_formats(build or BuildOptions(backends=backends))
     return Tuning(target=target, timer=timer, compare=compare, batch=batch, table=table or default_table_path(),
                   int8_formats=formats,
                   budget=budget,
@@ -80,7 +79,7 @@ def tuning_for(
 class TargetLayerTimer:
     """One layer alone on a target, through the target's own build and runner."""
 
-    def __init__(self, backend: Target, options: ProfileOptions, seconds: float = 0.02) -> None:
+    def __init__(self, backend: Target[Any], options: ProfileOptions, seconds: float = 0.02) -> None:
         self.backend = backend
         self.options = options
         self.seconds = seconds  # per layer: runs until this much time was spent (and at least 5 runs)
@@ -91,7 +90,8 @@ class TargetLayerTimer:
             "device": self.backend.device_signature(self.options),
             "backend": self.backend.name,
             "version": version,
-            "provider": self.options.provider,
+            # the key of tables written before targets owned their options: onnxruntime's provider, for all
+            "provider": self.options.backend(OnnxRuntimeOptions).provider,
             "threads": str(self.options.threads or "default"),
             "batch": str(self.options.batch),
         }

@@ -66,3 +66,25 @@ def test_a_target_file_holds_no_copy_of_the_shared_preamble(module):
     for shared in ("check_output_path", "apply_surgery", "TemporaryDirectory(prefix=f\".{output", "host_environment",
                    "BuildReport(", "LatencyReport(", "def build(", "def load(", "def profile("):  # fmt: skip
         assert shared not in text, f"targets/{module}.py: {shared}"
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_every_target_owns_its_options_and_reads_only_its_own(name):
+    import dataclasses
+
+    from sparsecut.targets import BuildOptions, ProfileOptions
+    from sparsecut.targets.base import BackendOptions
+    from sparsecut.targets.onnxruntime import OnnxRuntimeOptions
+    from sparsecut.targets.openvino import OpenVinoOptions
+    from sparsecut.targets.tensorrt import TensorRTOptions
+
+    module, _, cls = TARGETS[name].partition(":")
+    target = getattr(importlib.import_module(module), cls)()
+    kind = target.options_type
+    assert issubclass(kind, BackendOptions) and kind.__module__ == module  # declared in the target's own file
+    given = (OnnxRuntimeOptions(provider="cuda"), OpenVinoOptions(device="GPU"), TensorRTOptions(workspace_mb=64))
+    mine = next(o for o in given if isinstance(o, kind))
+    assert target.own(BuildOptions(backends=given)) is mine and target.own(ProfileOptions(backends=given)) is mine
+    assert target.own(BuildOptions()) == kind()  # none given: its defaults
+    shared = {f.name for f in dataclasses.fields(BuildOptions)} | {f.name for f in dataclasses.fields(ProfileOptions)}
+    assert not shared & {f.name for f in dataclasses.fields(kind)}  # no backend's setting in the shared options

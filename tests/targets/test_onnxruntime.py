@@ -16,6 +16,7 @@ from sparsecut.errors import TargetError
 from sparsecut.precision import Precision
 from sparsecut.report import LatencyReport
 from sparsecut.targets import BuildOptions, ProfileOptions, get_target
+from sparsecut.targets.onnxruntime import OnnxRuntimeOptions
 from tests.passes.graphs import GraphBuilder
 
 
@@ -33,7 +34,10 @@ def small_model(tmp_path):
 
 def test_per_layer_join_covers_every_node_and_all_macs(small_model):
     target = get_target("onnxruntime")
-    report = target.profile(target.load(small_model), ProfileOptions(iterations=5, warmup=1, optimization="disable"))
+    report = target.profile(
+        target.load(small_model),
+        ProfileOptions(iterations=5, warmup=1, backends=(OnnxRuntimeOptions(optimization="disable"),)),
+    )
     graph = ir.load(small_model)
     names = [layer.name for layer in report.layers]
     assert sorted(names) == sorted(n.name for n in graph.graph)  # every node once, nothing invented
