@@ -113,3 +113,24 @@ def test_cleanup_that_leaves_a_node_before_its_producer_is_stopped(monkeypatch):
         CleanupPass()(model)
     monkeypatch.undo()
     assert CleanupPass()(model).modified  # the real sort puts it right, and the contract holds
+
+
+def test_a_rule_that_declines_halfway_leaves_no_trace_in_the_walk(monkeypatch):
+    """A rule's analyze is a check: what it recorded enters the walk only with its plan (PendingWrites)."""
+    from sparsecut.passes.channels import DeadChannelAnalysis
+    from sparsecut.passes.channels.rules import RULES, ChannelRule, Decline
+
+    class Halfway(ChannelRule):
+        def analyze(self, node, spaces):  # type: ignore[no-untyped-def]
+            spaces.veto(node.inputs[0], "recorded by a rule that then declined")
+            return Decline("declined halfway")
+
+    monkeypatch.setitem(RULES, "Relu", Halfway())
+    g = GraphBuilder()
+    h = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(2,)), np.zeros(8))])
+    model = ir.from_proto(g.model(g.conv(h, g.weight(3, 8, 1, 1))))
+    from sparsecut.passes.dead_channels import prepare_for_analysis
+
+    prepare_for_analysis(model)
+    (group,) = DeadChannelAnalysis(model, 1).group_reports()
+    assert group.kept_dead == {"read by Relu (declined halfway)": 1}  # the barrier's reason, and nothing else

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import onnx_ir as ir
@@ -30,7 +31,7 @@ from sparsecut.passes.channels.rules import ORDER_FREE, READERS, ChannelRule, De
 from sparsecut.passes.channels.rules import rule_for as _rule_for
 from sparsecut.passes.channels.rules.attention import AttentionRule
 from sparsecut.passes.channels.shape_values import Dim, is_shape_value
-from sparsecut.passes.channels.spaces import ChannelSpaces, ChannelWalk, Weights
+from sparsecut.passes.channels.spaces import ChannelSpaces, ChannelWalk, PendingWrites, Weights
 from sparsecut.passes.nodes import attr_int, is_constant
 from sparsecut.report import ChannelGroupReport, HeadReport
 
@@ -210,8 +211,13 @@ class _Walker:
                 return
 
     def _analyze(self, node: ir.Node, rule: ChannelRule) -> Plan | Decline:
+        """The rule's check of `node`; what it recorded enters the walk only with a plan (`PendingWrites`)."""
+        view = PendingWrites(self.spaces)
         try:
-            return rule.analyze(node, self.spaces)
+            outcome = rule.analyze(node, cast(ChannelSpaces, view))
+            if isinstance(outcome, Plan):
+                view.apply()
+            return outcome
         except Exception as exc:  # a rule never aborts the analysis: the node becomes a barrier, and says why
             tensor = node.outputs[0].name if node.outputs else "?"
             self.rule_errors.append(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -29,7 +29,17 @@ from sparsecut.passes.nodes import weight_array
 if TYPE_CHECKING:
     from sparsecut.passes.channels.rules.base import ChannelRule, Plan
 
-__all__ = ["FLOATING", "ChannelSpaces", "ChannelWalk", "IndexMap", "Kernel", "Space", "Weights", "add_reason"]
+__all__ = [
+    "FLOATING",
+    "ChannelSpaces",
+    "ChannelWalk",
+    "IndexMap",
+    "Kernel",
+    "PendingWrites",
+    "Space",
+    "Weights",
+    "add_reason",
+]
 
 IndexMap = tuple[ir.Value, np.ndarray, ir.Value, np.ndarray]  # a[ia[i]] is the same channel as b[ib[i]]
 FLOATING = frozenset(t for t in ir.DataType if t.is_floating_point())  # the types that carry channels
@@ -208,6 +218,18 @@ class ChannelSpaces:
         self.maps.append((a, ia, b, ib))
         self.node_maps.setdefault(node, []).append((a, ia, b, ib))
 
+    def tie(self, a: ir.Value, ia: np.ndarray, b: ir.Value, ib: np.ndarray) -> None:
+        """Channel ia[i] of `a` goes with channel ib[i] of `b` (a group's channels together), in no node's own map."""
+        self.maps.append((a, ia, b, ib))
+
+    def gate(self, node: ir.Node, gates: list[np.ndarray]) -> None:
+        """Per input position of `node`: the channels whose value cannot reach its output."""
+        self.gates[node] = gates
+
+    def claim(self, node: ir.Node, by: ir.Node) -> None:
+        """`node` is part of a pattern `by`'s rule covers: the walk passes it by."""
+        self.claimed[node] = by
+
     def veto(self, value: ir.Value, reason: str, channels: np.ndarray | None = None) -> None:
         """These channels of `value` (all when None; a mask or indices) must stay, for `reason`."""
         self.vetoes.append((value, channels, reason))
@@ -348,6 +370,33 @@ class ChannelSpaces:
             rule_errors=rule_errors,
             weights=self.weights,
         )
+
+
+class PendingWrites:
+    """The spaces as one rule's `analyze` sees them: reads go through, writes wait. The walker applies them, in
+    order, when the rule returns a plan, and drops them when it declines — so a rule's decision is a pure check of
+    its node, and a rule that declines halfway through leaves no trace in the walk. (`ensure` is a read: it
+    registers an input's channel axis once, as any later reader would find it.)"""
+
+    WRITES = frozenset(
+        {"register", "require_same", "link", "add_map", "tie", "gate", "claim", "veto", "sink", "set_state",
+         "same_state", "seal"}
+    )  # fmt: skip
+
+    def __init__(self, spaces: ChannelSpaces) -> None:
+        self._spaces = spaces
+        self._pending: list[tuple[Callable[..., None], tuple[object, ...], dict[str, object]]] = []
+
+    def __getattr__(self, name: str) -> object:
+        found = getattr(self._spaces, name)
+        if name not in self.WRITES:
+            return found
+        return lambda *args, **kwargs: self._pending.append((found, args, kwargs))
+
+    def apply(self) -> None:
+        for write, args, kwargs in self._pending:
+            write(*args, **kwargs)
+        self._pending.clear()
 
 
 def add_reason(reasons: dict[int, str], count: int, channels: np.ndarray | Iterable[int] | None, reason: str) -> None:

@@ -101,7 +101,7 @@ def analyze_block(block: AttentionBlock, spaces: ChannelSpaces) -> str | None:
     exit_index = np.arange(features)
     head_of = exit_index // d
     if not block.separate:  # fused qkv: every part of a head goes with the head
-        spaces.maps.append((exit_value, exit_index, exit_value, head_of * d))
+        spaces.tie(exit_value, exit_index, exit_value, head_of * d)
         for entry in block.entries:
             spaces.add_map(
                 block.anchor, entry.value, _entry_features(block, entry), exit_value, _exit_features(block, entry)
@@ -113,9 +113,9 @@ def analyze_block(block: AttentionBlock, spaces: ChannelSpaces) -> str | None:
     k_of_q = block.kv_of(head_of) * d + exit_index % d
     spaces.add_map(block.anchor, q, exit_index, k, k_of_q)  # q (h, d) meets k (kv(h), d) in the scores
     if "v" in block.fixed_dims:
-        spaces.maps.append((exit_value, exit_index, exit_value, head_of * d))
+        spaces.tie(exit_value, exit_index, exit_value, head_of * d)
     if "qk" in block.fixed_dims:
-        spaces.maps.append((q, exit_index, q, head_of * d))
+        spaces.tie(q, exit_index, q, head_of * d)
     return None
 
 

@@ -154,7 +154,7 @@ class ElementwiseRule(ChannelRule[Plan]):
         live, const = _combine(node.op_type, lives, consts, zeros)
         spaces.set_state(y, live, const)
         if node.op_type == "Mul":  # x · 0 = 0: a channel zeroed by one factor is not needed from the others
-            spaces.gates[node] = [np.any([z for j, z in enumerate(zeros) if j != i], axis=0) for i in range(len(zeros))]
+            spaces.gate(node, [np.any([z for j, z in enumerate(zeros) if j != i], axis=0) for i in range(len(zeros))])
         return ELEMENTWISE
 
     @staticmethod
@@ -188,7 +188,7 @@ class ElementwiseRule(ChannelRule[Plan]):
         live, const = _combine(node.op_type, lives, consts, zeros)
         spaces.set_state(y, live, const)
         if mul:
-            spaces.gates[node] = [zeros[1], zeros[0]]
+            spaces.gate(node, [zeros[1], zeros[0]])
         return True
 
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:

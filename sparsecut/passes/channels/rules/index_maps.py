@@ -354,10 +354,10 @@ class ReshapeRule(ChannelRule[Plan]):
         source = np.arange(count).reshape(groups, per_group).T.reshape(-1)  # z[k] = x[source[k]]
         spaces.register(z, axis, count)
         spaces.add_map(node, x, source, z, np.arange(count))
-        spaces.maps.append((z, np.arange(count), z, (np.arange(count) // groups) * groups))  # channel j of every group
+        spaces.tie(z, np.arange(count), z, (np.arange(count) // groups) * groups)  # channel j of every group
         spaces.set_state(z, spaces.live[x][source].copy(), spaces.const[x][source].copy())
-        spaces.claimed[transpose] = node
-        spaces.claimed[back] = node
+        spaces.claim(transpose, node)
+        spaces.claim(back, node)
         return ShufflePlan(Kind.SHUFFLE, transpose, back, groups)
 
     def backward(self, node: ir.Node, plan: Plan, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]) -> None:

@@ -52,7 +52,7 @@ class BatchNormRule(ChannelRule[Plan]):
         spaces.register(y, 1, spaces.count_of(x), like=x)
         scale = gamma / np.sqrt(var + eps)
         spaces.set_state(y, spaces.live[x] & (gamma != 0), scale * (spaces.const[x] - mean) + beta)
-        spaces.gates[node] = [gamma == 0]
+        spaces.gate(node, [gamma == 0])
         return BATCHNORM
 
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
@@ -136,7 +136,7 @@ def group_norm(node: ir.Node, spaces: ChannelSpaces, x: ir.Value, y: ir.Value) -
     spaces.register(z, 1, count)
     channels = np.arange(count)
     spaces.add_map(node, x, channels, z, channels)
-    spaces.maps.append((z, channels, z, channels // per * per))  # a group's channels go together
+    spaces.tie(z, channels, z, channels // per * per)  # a group's channels go together
     spaces.set_state(z, np.repeat(live_group, per), np.where(live_group[:, None], 0.0, normalized).reshape(-1))
     partly = np.repeat(live_group, per) & ~spaces.live[x]
     if partly.any():
@@ -146,8 +146,8 @@ def group_norm(node: ir.Node, spaces: ChannelSpaces, x: ir.Value, y: ir.Value) -
             "counts in the group's statistics)",
             partly,
         )
-    spaces.claimed[norm] = node
-    spaces.claimed[back] = node
+    spaces.claim(norm, node)
+    spaces.claim(back, node)
     return GroupNormPlan(Kind.GROUPNORM, norm, back, groups)
 
 

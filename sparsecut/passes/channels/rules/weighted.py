@@ -91,7 +91,7 @@ class ConvRule(_WeightedRule[Plan]):
             w_nonzero = nonzero[:, 0]
             live = (in_live & w_nonzero) | (padded & (in_const != 0) & w_nonzero)
             spaces.set_state(y, live, bias + kernel.sums[:, 0] * in_const)
-            spaces.gates[node] = [~w_nonzero]  # an all-zero filter does not need its input channel
+            spaces.gate(node, [~w_nonzero])  # an all-zero filter does not need its input channel
             return DEPTHWISE
         spaces.register(y, 1, out_ch)
         spaces.sink(x, node, f"constant read by padded conv {node.name!r}" if padded else None)
