@@ -129,8 +129,9 @@ def optimize_measured(
             built = None
             if reusable == "fp32" or options.precision.max_drift is None:
                 built = (reusable, staged[best.name], reports[best.name])
-            round_ = _choose_precision(source, Path(tmp), output, counts, rounds, tuning, built, fp32_twin)
-            written, fp32_file, formats, refused, reports[best.name], chosen_precision = round_
+            chosen = _choose_precision(source, Path(tmp), output, counts, rounds, tuning, built, fp32_twin)
+            written, fp32_file, formats, refused = chosen.file, chosen.fp32_file, chosen.timed, chosen.refused
+            reports[best.name], chosen_precision = chosen.report, chosen.name
             timed_int8 = [v for v in formats if v.name.startswith("int8")]
             if timed_int8:  # formats[0] is fp32: every speedup is against it
                 int8_pays = min(timed_int8, key=lambda v: v.p50_ms).speedup.low > 1.0
@@ -195,6 +196,18 @@ def _asking(options: OptimizeOptions, **request: Any) -> OptimizeOptions:
     return dataclasses.replace(options, precision=dataclasses.replace(options.precision, **request))
 
 
+@dataclasses.dataclass(frozen=True)
+class _PrecisionChoice:
+    """The precision round's outcome."""
+
+    name: str  # the round written: "fp32", "fp16", "int8 FORMAT"
+    file: Path  # its graph, staged
+    report: OptimizeReport
+    fp32_file: Path  # the same channels in fp32 (the precision's like-for-like reference)
+    timed: list[MeasuredVariant]  # every round that passed, timed interleaved (empty: one passed, nothing timed)
+    refused: dict[str, str]  # rounds that could not meet --max-drift, with why
+
+
 def _choose_precision(
     source: Path,
     folder: Path,
@@ -204,12 +217,11 @@ def _choose_precision(
     tuning: Tuning,
     built: tuple[str, Path, OptimizeReport] | None,
     fp32_twin: Path | None,
-) -> tuple[Path, Path, list[MeasuredVariant], dict[str, str], OptimizeReport, str]:
+) -> _PrecisionChoice:
     """The lean graph with `counts`' channels in each precision of `rounds`, built (a candidate that cannot meet
     --max-drift is refused, not timed) and timed interleaved. `built`: (round, file, report) of a graph the
-    channel round wrote already, reused. Returns the fastest file that passes (int8 asked: the fastest int8
-    format), the fp32 file, the timings, the refused rounds with why, the written one's report and its round's
-    name."""
+    channel round wrote already, reused. Written: the fastest round that passes (int8 asked: the fastest int8
+    format)."""
     staged: dict[str, Path] = {}
     reports: dict[str, OptimizeReport] = {}
     refused: dict[str, str] = {}
@@ -232,7 +244,7 @@ def _choose_precision(
         raise AccuracyError(f"--max-drift: no int8 format meets the bound ({reasons}); nothing written")
     if len(staged) == 1:  # fp32 alone passed (best): nothing to time it against
         only = next(iter(staged))
-        return staged[only], staged["fp32"], [], refused, reports[only], only
+        return _PrecisionChoice(only, staged[only], reports[only], staged["fp32"], [], refused)
     timed = dict(zip(staged, tuning.compare(list(staged.values())), strict=True))
     variants = []
     for name in staged:
@@ -241,7 +253,9 @@ def _choose_precision(
         variants.append(dataclasses.replace(timed[name], name=name, model=name, drift=drift))
     eligible = [v for v in variants if v.name != "fp32" or "fp16" in rounds]
     fastest = min(eligible, key=lambda v: v.p50_ms)
-    return staged[fastest.name], staged["fp32"], variants, refused, reports[fastest.name], fastest.name
+    return _PrecisionChoice(
+        fastest.name, staged[fastest.name], reports[fastest.name], staged["fp32"], variants, refused
+    )
 
 
 def _drift_in_words(precision: PrecisionReport) -> str:
