@@ -3,22 +3,22 @@
 import onnx_graphsurgeon as gs
 
 
-def relu_to_leaky(graph: gs.Graph) -> gs.Graph:
+def _relu_to_leaky(graph: gs.Graph, alpha: float) -> gs.Graph:
     for node in graph.nodes:
         if node.op == "Relu":
             node.op = "LeakyRelu"
-            node.attrs["alpha"] = 0.0
+            node.attrs["alpha"] = alpha
     return graph
 
 
-def broken(graph: gs.Graph) -> str:
-    return "not a graph"
+def relu_to_leaky(graph: gs.Graph) -> gs.Graph:
+    return _relu_to_leaky(graph, 0.0)
 
 
 def relu_to_half_leaky(graph: gs.Graph) -> gs.Graph:
     """Changes what the model computes (negative inputs pass at half), so a build that ignored it shows."""
-    for node in graph.nodes:
-        if node.op == "Relu":
-            node.op = "LeakyRelu"
-            node.attrs["alpha"] = 0.5
-    return graph
+    return _relu_to_leaky(graph, 0.5)
+
+
+def broken(graph: gs.Graph) -> str:
+    return "not a graph"
