@@ -10,7 +10,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
@@ -45,6 +44,7 @@ from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionRequest, convert_
 from sparsecut.passes.registry import DEFAULT_PASSES, PASSES, compose, parse_passes, run_steps
 from sparsecut.passes.two_four import AnnotateTwoFourPass, two_four_weights
 from sparsecut.report import EnforcedLayer, ModelCost, OptimizeReport, OutputCheck, PassReport
+from sparsecut.validity import check_graph
 
 __all__ = ["DEFAULT_PASSES", "PASSES", "OptimizeOptions", "inspect_model", "optimize_model"]
 
@@ -74,11 +74,7 @@ class OptimizeOptions:
 
 def _load_checked(path: Path) -> ir.Model:
     model = load_model(path, infer_shapes=True)
-    try:
-        onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
-        raise GraphError(f"{path}: fails the ONNX checker ({first[:200]})") from exc
+    check_graph(path)
     return model
 
 
