@@ -19,10 +19,50 @@ __all__ = ["SharedShapes", "TensorShape", "apply_shapes", "infer_shapes", "take_
 log = logging.getLogger(__name__)
 
 
+# onnxruntime's own ops (what its model builder writes) whose listed outputs have the shape and type of their first
+# input: onnx's inference does not know them, and stops there
+_LIKE_FIRST_INPUT = {
+    ("", "SimplifiedLayerNormalization"): (0,),
+    ("com.microsoft", "SkipSimplifiedLayerNormalization"): (0, 3),
+    ("com.microsoft", "SkipLayerNormalization"): (0, 3),
+    ("com.microsoft", "RotaryEmbedding"): (0,),
+    ("com.microsoft", "FastGelu"): (0,),
+    ("com.microsoft", "BiasGelu"): (0,),
+    ("com.microsoft", "QuickGelu"): (0,),
+    ("com.microsoft", "Gelu"): (0,),
+}
+
+
 def infer_shapes(model: ir.Model, *, force: bool = False, refine: bool = False) -> None:
     """Fill in missing shapes (all of them with `force`) of the main graph's values; with `refine`, also the sizes
     a shape left unknown and inference now knows (after constants were folded: a Slice whose bounds were computed
-    from a shape, as the TorchScript exporter writes `chunk`, has an output of unknown size until they are)."""
+    from a shape, as the TorchScript exporter writes `chunk`, has an output of unknown size until they are).
+    Past onnxruntime's own ops that keep their input's shape (`_LIKE_FIRST_INPUT`), inference goes on."""
+    _infer(model, force, refine)
+    for _ in range(8):  # each round passes one more such op on a path (a decoder: one per norm)
+        if not _runtime_op_shapes(model):
+            break
+        _infer(model, False, refine)
+
+
+def _runtime_op_shapes(model: ir.Model) -> bool:
+    """Give the outputs of `_LIKE_FIRST_INPUT` ops their input's shape and type where they have none."""
+    filled = False
+    for node in model.graph:
+        outputs = _LIKE_FIRST_INPUT.get(("" if node.domain == "ai.onnx" else node.domain, node.op_type))
+        source = node.inputs[0] if outputs and node.inputs else None
+        if source is None or source.shape is None:
+            continue
+        for index in outputs:  # type: ignore[union-attr]
+            if index < len(node.outputs) and node.outputs[index].shape is None:
+                node.outputs[index].shape = source.shape
+                if node.outputs[index].dtype is None and source.dtype is not None:
+                    node.outputs[index].dtype = source.dtype
+                filled = True
+    return filled
+
+
+def _infer(model: ir.Model, force: bool, refine: bool) -> None:
     if not (force or refine) and all(value.shape is not None for node in model.graph for value in node.outputs):
         return
     try:

@@ -1,8 +1,9 @@
 """Channel rules, one module per op family; importing the package registers them all (see base.py for the
 interface). The attention rule (attention.py) is not registered by op type: the analysis makes one per block."""
 
-from sparsecut.passes.channels.rules import elementwise, index_maps, layout, normalization, spatial, weighted
+from sparsecut.passes.channels.rules import elementwise, index_maps, layout, normalization, rms, spatial, weighted
 from sparsecut.passes.channels.rules.base import (
+    DOMAIN_RULES,
     ORDER_FREE,
     READERS,
     RULES,
@@ -17,6 +18,7 @@ from sparsecut.passes.channels.rules.base import (
 )
 
 __all__ = [
+    "DOMAIN_RULES",
     "ORDER_FREE",
     "READERS",
     "RULES",
@@ -31,6 +33,7 @@ __all__ = [
     "layout",
     "normalization",
     "register",
+    "rms",
     "rule_for",
     "spatial",
     "weighted",

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from sparsecut.passes.channels.rewrite import ChannelRewrite
 
 __all__ = [
+    "DOMAIN_RULES",
     "ORDER_FREE",
     "READERS",
     "RULES",
@@ -69,6 +70,8 @@ class Kind(enum.Enum):
     RESHAPE = "reshape"
     SHUFFLE = "shuffle"  # Reshape (groups, C/g) → Transpose → Reshape: a channel permutation
     ATTENTION = "attention"  # the first node of a multi-head attention block (rules/attention.py)
+    RMSNORM = "rmsnorm"  # x / √(mean(x²) + ε) · g over the channel axis (rules/rms.py)
+    RMS_STATISTIC = "rms-statistic"  # the mean(x²) of an RMSNorm written in plain ops (rules/rms.py)
 
 
 # kinds whose result does not depend on the order of the channels they carry (when the rewrite follows it)
@@ -84,6 +87,8 @@ ORDER_FREE = frozenset(
         Kind.CONV,
         Kind.GEMM,
         Kind.MATMUL,
+        Kind.RMSNORM,
+        Kind.RMS_STATISTIC,
     }
 )
 READERS = frozenset({Kind.CONV, Kind.GEMM, Kind.MATMUL})  # reduce over their input's channels with a weight
@@ -113,6 +118,7 @@ class ChannelRule(Generic[P]):
     needed output channel; `rewrite` edits the node for the channels that go."""
 
     op_types: ClassVar[tuple[str, ...]] = ()
+    domain: ClassVar[str] = ""  # the ops' domain: "" (ONNX's) or a runtime's own (onnxruntime's com.microsoft)
     holds_constants: ClassVar[bool] = True  # False: nothing in the node depends on the channel count
     elementwise: ClassVar[bool] = False  # channel k of every operand of the output's rank is channel k of the output
 
@@ -173,7 +179,8 @@ class NoConstants(ChannelRule[P]):
         pass
 
 
-RULES: dict[str, ChannelRule] = {}
+RULES: dict[str, ChannelRule] = {}  # by op type, in ONNX's default domain
+DOMAIN_RULES: dict[tuple[str, str], ChannelRule] = {}  # by (domain, op type), for a runtime's own ops
 
 
 def register(cls: type[ChannelRule]) -> type[ChannelRule]:
@@ -185,17 +192,21 @@ def register(cls: type[ChannelRule]) -> type[ChannelRule]:
         raise TypeError(f"{cls.__name__}: a channel rule needs op_types")
     if not cls.holds_constants and cls.rewrite is not NoConstants.rewrite:
         raise TypeError(f"{cls.__name__}: a rule whose rewrite edits the node holds constants; the rewrite skips it")
-    taken = [op for op in cls.op_types if op in RULES]
+    table: dict = RULES if cls.domain == "" else DOMAIN_RULES
+    keys = list(cls.op_types) if cls.domain == "" else [(cls.domain, op) for op in cls.op_types]
+    taken = [key for key in keys if key in table]
     if taken:
-        raise TypeError(f"{cls.__name__}: {taken[0]} already has a rule ({type(RULES[taken[0]]).__name__})")
+        raise TypeError(f"{cls.__name__}: {taken[0]} already has a rule ({type(table[taken[0]]).__name__})")
     rule = cls()
-    for op in cls.op_types:
-        RULES[op] = rule
+    for key in keys:
+        table[key] = rule
     return cls
 
 
 def rule_for(node: ir.Node) -> ChannelRule | None:
-    return RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if node.domain in ("", "ai.onnx"):
+        return RULES.get(node.op_type)
+    return DOMAIN_RULES.get((node.domain, node.op_type))
 
 
 def elementwise_ops() -> frozenset[str]:

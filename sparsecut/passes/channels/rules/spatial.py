@@ -19,6 +19,7 @@ from sparsecut.passes.channels.rules.base import (
     count_followed,
     register,
 )
+from sparsecut.passes.channels.rules.rms import RmsStatisticPlan, rewrite_rms_statistic, rms_statistic
 from sparsecut.passes.channels.shape_values import Dim
 from sparsecut.passes.channels.spaces import ChannelSpaces
 from sparsecut.passes.nodes import attr_int, attr_ints, constant_array, conv_padded, reduce_axes, shape_element
@@ -54,9 +55,9 @@ class PoolRule(NoConstants[Plan]):
 
 
 @register
-class ReduceRule(NoConstants[Plan]):
+class ReduceRule(ChannelRule[Plan]):
     """Reductions over axes other than the channel axis (SE's ReduceMean): channels pass; ReduceSum multiplies a
-    constant by the number of elements summed."""
+    constant by the number of elements summed. Over the channel axis, only an RMSNorm's mean square (rms.py)."""
 
     op_types = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
 
@@ -70,7 +71,11 @@ class ReduceRule(NoConstants[Plan]):
         if axes is None:
             return Decline("axes computed at run time")
         if spaces.axis[x] in axes:
-            return Decline("reduces over the channel axis")
+            return (
+                rms_statistic(node, spaces, x, axes)
+                if node.op_type == "ReduceMean"
+                else Decline("reduces over the channel axis")
+            )
         keep = attr_int(node, "keepdims", 1)
         new_axis = spaces.axis[x] if keep else spaces.axis[x] - sum(1 for a in axes if a < spaces.axis[x])
         spaces.register(y, new_axis, spaces.count_of(x), like=x)
@@ -83,6 +88,10 @@ class ReduceRule(NoConstants[Plan]):
                 live |= const != 0
         spaces.set_state(y, live, const)
         return PASSTHROUGH
+
+    def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
+        if isinstance(plan, RmsStatisticPlan):
+            rewrite_rms_statistic(node, plan, rw)
 
 
 @register
