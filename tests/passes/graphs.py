@@ -111,10 +111,11 @@ def remove_in_memory(model: onnx.ModelProto, align: int = 1, batch: int = 2) -> 
     groups = analysis.group_reports()
     rewrite_channels(lean, analysis)
     rng = np.random.default_rng(0)
-    feeds = {
-        i.name: rng.standard_normal([batch if not isinstance(d, int) else d for d in i.shape]).astype(np.float32)
-        for i in ir.from_proto(model).graph.inputs
-    }
+    feeds = {}
+    for i in ir.from_proto(model).graph.inputs:
+        dims = [batch if not isinstance(d, int) else d for d in i.shape]
+        integer = i.dtype is not None and not i.dtype.is_floating_point()  # token ids: small, valid indices
+        feeds[i.name] = rng.integers(0, 4, dims) if integer else rng.standard_normal(dims).astype(np.float32)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     before = ort.InferenceSession(model.SerializeToString(), options).run(None, feeds)

@@ -211,3 +211,53 @@ def test_both_exporters_rmsnorm_loses_the_dead_hidden_channels(tmp_path, exporte
     shapes = [tuple(t.dims) for t in lean.graph.initializer]
     assert sorted(tuple(sorted(s)) for s in shapes if len(s) == 2) == [(8, live), (10, live), (live, 24), (live, 24)]
     assert sum(1 for s in shapes if s == (live,)) == 4  # embed's and down's biases, both gains
+
+
+def _with_embedding(model: onnx.ModelProto, tie: bool = False) -> onnx.ModelProto:
+    """The stack fed by token ids through an embedding table [20, HIDDEN] whose dead columns are zero (the
+    embedding's rows replace the first writer); `tie`: lm_head reads the same table, transposed."""
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((20, HIDDEN)).astype(np.float32)
+    table[:, DEAD] = 0.0
+    first = model.graph.node[0]
+    assert first.op_type == "MatMul" and first.input[0] == "x"
+    model.graph.initializer.append(numpy_helper.from_array(table, "tokens"))
+    first.CopyFrom(helper.make_node("Gather", ["tokens", "ids"], [first.output[0]], name="embed", axis=0))
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 5]))
+    if tie:
+        head = next(n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] == "head")
+        model.graph.node.insert(0, helper.make_node("Transpose", ["tokens"], ["tokens_t"], perm=[1, 0]))
+        model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == "head"))
+        head.input[1] = "tokens_t"
+        bias = next(t for t in model.graph.initializer if t.name == "head_bias")
+        bias.CopyFrom(numpy_helper.from_array(np.zeros(20, np.float32), "head_bias"))
+    return model
+
+
+def test_embedding_columns_go_with_the_hidden_channels():
+    lean, _ = remove_in_memory(_with_embedding(Decoder("simplified").model()))
+    live = HIDDEN - len(DEAD)
+    assert _shapes(lean)["tokens"] == (20, live) and _shapes(lean)["head"] == (live, 10)
+
+
+def test_an_embedding_tied_with_lm_head_is_kept_whole_and_says_why():
+    lean, groups = remove_in_memory(_with_embedding(Decoder("simplified").model(), tie=True))
+    assert _shapes(lean)["tokens"] == (20, HIDDEN)
+    reasons = {why for g in groups for why in g.kept_dead}
+    assert "its embedding table 'tokens' is read by another node too (tied with lm_head?)" in reasons
+
+
+def test_a_class_token_gather_passes_channels():
+    """ViT's `x[:, 0]`: Gather along the token axis, channels on the last axis pass to the head."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, HIDDEN)).astype(np.float32)
+    w[:, DEAD] = 0.0
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0, np.int64), "first"),
+             numpy_helper.from_array(rng.standard_normal((HIDDEN, 3)).astype(np.float32), "head")]  # fmt: skip
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("Gather", ["a", "first"], ["cls"], axis=1),
+             helper.make_node("MatMul", ["cls", "head"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 5, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)  # fmt: skip
+    lean, _ = remove_in_memory(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    assert _shapes(lean)["w"] == (8, HIDDEN - len(DEAD)) and _shapes(lean)["head"] == (HIDDEN - len(DEAD), 3)

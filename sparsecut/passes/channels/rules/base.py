@@ -70,6 +70,8 @@ class Kind(enum.Enum):
     RESHAPE = "reshape"
     SHUFFLE = "shuffle"  # Reshape (groups, C/g) → Transpose → Reshape: a channel permutation
     ATTENTION = "attention"  # the first node of a multi-head attention block (rules/attention.py)
+    EMBEDDING = "embedding"  # rows of a constant table gathered by index: its columns are the channels
+    TIED_EMBEDDING = "tied-embedding"  # the same, from a table another node reads too: every channel kept
     RMSNORM = "rmsnorm"  # x / √(mean(x²) + ε) · g over the channel axis (rules/rms.py)
     RMS_STATISTIC = "rms-statistic"  # the mean(x²) of an RMSNorm written in plain ops (rules/rms.py)
 
@@ -89,6 +91,7 @@ ORDER_FREE = frozenset(
         Kind.MATMUL,
         Kind.RMSNORM,
         Kind.RMS_STATISTIC,
+        Kind.EMBEDDING,
     }
 )
 READERS = frozenset({Kind.CONV, Kind.GEMM, Kind.MATMUL})  # reduce over their input's channels with a weight

@@ -34,13 +34,15 @@ from sparsecut.passes.nodes import attr_int, attr_ints, constant_array, same_dim
 if TYPE_CHECKING:
     from sparsecut.passes.channels.rewrite import ChannelRewrite
 
-__all__ = ["ConcatRule", "FlattenRule", "ReshapeRule", "ShufflePlan", "SliceRule", "SplitRule"]
+__all__ = ["ConcatRule", "FlattenRule", "GatherRule", "ReshapeRule", "ShufflePlan", "SliceRule", "SplitRule"]
 
 PASSTHROUGH = Plan(Kind.PASSTHROUGH)
 CONCAT = Plan(Kind.CONCAT)
 SPLIT = Plan(Kind.SPLIT)
 SLICE = Plan(Kind.SLICE)
 FLATTEN = Plan(Kind.FLATTEN)
+EMBEDDING = Plan(Kind.EMBEDDING)
+TIED_EMBEDDING = Plan(Kind.TIED_EMBEDDING)
 RESHAPE = Plan(Kind.RESHAPE)
 
 
@@ -220,6 +222,52 @@ def _merge(
     const_x = spaces.const[x].reshape(channels, inner)
     live = live_x.any(axis=1) | ~np.all(const_x == const_x[:, :1], axis=1)
     spaces.set_state(y, live, const_x[:, 0].copy())
+
+
+@register
+class GatherRule(ChannelRule[Plan]):
+    """An embedding — rows of a constant table [V, N] gathered by token ids along axis 0 — has the table's columns
+    as its channels, on its last axis: a column that is zero everywhere is ZERO, one constant down the column is
+    CONST; the rewrite keeps the table's kept columns. A table another node reads too (tied with lm_head) is kept
+    whole: slicing it for one reader would store it twice. From a computed tensor along another axis than the
+    channels' (`x[:, 0]`, a class token): channels pass, the axis moving as the indices' rank says."""
+
+    op_types = ("Gather",)
+
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        data, indices, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        if data is None or indices is None or data.shape is None or indices.shape is None:
+            return Decline("data or indices of unknown rank")
+        axis = attr_int(node, "axis", 0) % len(data.shape)
+        table = constant_array(data)
+        if table is not None:
+            if table.ndim != 2 or axis != 0 or constant_array(indices) is not None:
+                return Decline("gathers from a constant that is no [tokens, channels] table read by index")
+            count = table.shape[1]
+            spaces.register(y, len(indices.shape), count)
+            zero = ~np.any(table != 0, axis=0)
+            constant = np.all(table == table[:1], axis=0)
+            spaces.set_state(y, ~(zero | constant), np.where(constant, table[0], 0.0).astype(np.float64))
+            if len(list(data.uses())) > 1 or data.is_graph_output():
+                spaces.veto(y, f"its embedding table {data.name!r} is read by another node too (tied with lm_head?)")
+                return TIED_EMBEDDING
+            return EMBEDDING
+        x = channel_input(node, spaces)
+        if isinstance(x, Decline):
+            return x
+        channels = spaces.axis[x]
+        if channels == axis:
+            return Decline("gathers along the channel axis")
+        moved = channels if channels < axis else channels + len(indices.shape) - 1
+        spaces.register(y, moved, spaces.count_of(x), like=x)
+        spaces.set_state(y, spaces.live[x].copy(), spaces.const[x].copy())
+        return PASSTHROUGH
+
+    def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
+        if plan is EMBEDDING:
+            table = constant_array(node.inputs[0])
+            assert table is not None
+            rw.set_constant(node, 0, table[:, rw.kept(node.outputs[0])])
 
 
 @register
