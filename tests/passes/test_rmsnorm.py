@@ -261,3 +261,37 @@ def test_a_class_token_gather_passes_channels():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)  # fmt: skip
     lean, _ = remove_in_memory(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
     assert _shapes(lean)["w"] == (8, HIDDEN - len(DEAD)) and _shapes(lean)["head"] == (HIDDEN - len(DEAD), 3)
+
+
+def test_a_writer_reading_an_opaque_tensor_still_loses_its_dead_output_channels():
+    """o_proj reads the attention's output, reshaped at run time (no static size: no rule knows its channels);
+    its zero columns are still zero channels of the residual stream, which goes on losing them."""
+    rng = np.random.default_rng(0)
+    embed = rng.standard_normal((8, HIDDEN)).astype(np.float32)
+    embed[:, DEAD] = 0.0
+    o_proj = rng.standard_normal((12, HIDDEN)).astype(np.float32)
+    o_proj[:, DEAD] = 0.0
+    inits = [numpy_helper.from_array(embed, "embed"), numpy_helper.from_array(o_proj, "o_proj"),
+             numpy_helper.from_array(rng.standard_normal((HIDDEN, 12)).astype(np.float32), "v_proj"),
+             numpy_helper.from_array(rng.standard_normal((HIDDEN, 3)).astype(np.float32), "head"),
+             numpy_helper.from_array(np.array([0, 1], np.int64), "first_two"),
+             numpy_helper.from_array(np.array([-1], np.int64), "rest")]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "embed"], ["h"]),
+        helper.make_node("MatMul", ["h", "v_proj"], ["v"]),
+        helper.make_node("Shape", ["v"], ["v_shape"]),
+        helper.make_node("Gather", ["v_shape", "first_two"], ["batch_seq"]),
+        helper.make_node("Concat", ["batch_seq", "rest"], ["target"], axis=0),
+        helper.make_node("Relu", ["v"], ["a"]),
+        helper.make_node("Reshape", ["a", "target"], ["opaque"]),  # [b, s, -1]: no static size
+        helper.make_node("MatMul", ["opaque", "o_proj"], ["o"]),
+        helper.make_node("Add", ["h", "o"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "head"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "opaque", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)  # fmt: skip
+    lean, _ = remove_in_memory(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    live = HIDDEN - len(DEAD)
+    shapes = _shapes(lean)
+    assert (shapes["embed"], shapes["o_proj"], shapes["v_proj"], shapes["head"]) == ((8, live), (12, live),
+                                                                                     (live, 12), (live, 3))  # fmt: skip

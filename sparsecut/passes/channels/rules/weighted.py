@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.channels.rules.base import ChannelRule, Decline, Keep, Kind, P, Plan, channel_input, register
-from sparsecut.passes.channels.spaces import ChannelSpaces, ChannelWalk
+from sparsecut.passes.channels.spaces import FLOATING, ChannelSpaces, ChannelWalk
 from sparsecut.passes.nodes import attr_float, attr_int, bias_array, constant_array, conv_padded, single_bias_add
 
 if TYPE_CHECKING:
@@ -306,7 +306,10 @@ class GemmRule(_WeightedRule[Plan]):
 @register
 class MatMulRule(_WeightedRule[MatMulPlan]):
     """MatMul by a constant B [K, N] on the last axis (transformer MLPs as dynamo exports nn.Linear). A constant
-    input channel is absorbed only by the bias Add that follows (`single_bias_add`)."""
+    input channel is absorbed only by the bias Add that follows (`single_bias_add`). An input no rule knows the
+    channels of and of no static size (an attention's output, reshaped at run time) is opaque: every channel of it
+    stays, and the output's channels are still B's columns — a zero column is a zero channel (o_proj's dead rows
+    in a decoder's residual stream)."""
 
     op_types = ("MatMul",)
 
@@ -320,6 +323,10 @@ class MatMulRule(_WeightedRule[MatMulPlan]):
         if constant_array(a) is not None:
             return Decline("A is a constant")
         why = spaces.ensure(a, -1)
+        if why and a not in spaces.axis and spaces.static_count(y, -1) == b.shape[1] and a.dtype in FLOATING:
+            spaces.register(y, len(y.shape) - 1, b.shape[1])  # opaque input: all of its channels LIVE and kept
+            spaces.set_state(y, np.any(b != 0, axis=0), np.zeros(b.shape[1]))
+            return MatMulPlan(Kind.MATMUL, single_bias_add(y, b.shape[1]))
         if why:
             return Decline(why)
         if spaces.count_of(a) != b.shape[0]:
