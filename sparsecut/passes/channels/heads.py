@@ -160,8 +160,10 @@ class _Tracer:
         scores = self.softmax.inputs[0]
         if scores is None or scores.shape is None or len(scores.shape) != 4:
             raise NoMatch(NOT_SCORES)
+        if attr_int(self.softmax, "axis", -1) % 4 != 3:
+            raise NoMatch(NOT_SCORES)  # a softmax over another axis (YOLO's DFL): no attention's
         heads = scores.shape[1]
-        if not isinstance(heads, int) or heads < 2 or attr_int(self.softmax, "axis", -1) % 4 != 3:
+        if not isinstance(heads, int) or heads < 2:
             raise NoMatch("no static head axis")
         self.heads = heads
         self.kv_heads = heads
