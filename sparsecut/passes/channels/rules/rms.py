@@ -70,9 +70,20 @@ def _rescaled(array: np.ndarray, kept: np.ndarray, factor: float) -> np.ndarray:
     return (array.reshape(-1)[kept].astype(np.float64) * factor).astype(array.dtype)
 
 
-def _set_epsilon(node: ir.Node, factor: float) -> None:
+def _rewrite_norm(node: ir.Node, rw: ChannelRewrite, gain_index: int) -> np.ndarray | None:
+    """A contrib RMSNorm over the kept channels: its `epsilon` ·N/L, its gain (input `gain_index`) sliced and
+    ·√(N/L). Returns the kept channels, or None where its channels did not change."""
+    y = node.outputs[0]
+    if not rw.changed(y):
+        return None
+    kept = rw.kept(y)
+    factor = _factor(rw.count(y), len(kept))
+    gain = constant_array(node.inputs[gain_index])
+    assert gain is not None
+    rw.set_constant(node, gain_index, _rescaled(gain, kept, factor))
     epsilon = attr_float(node, "epsilon", 1e-5) * factor * factor  # ε · N/L
     node.attributes["epsilon"] = ir.AttrFloat32("epsilon", epsilon)
+    return kept
 
 
 @register
@@ -104,15 +115,7 @@ class SimplifiedLayerNormRule(ChannelRule[Plan]):
         _needs_everything(node, [node.inputs[0]], needed)  # type: ignore[list-item]
 
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
-        y = node.outputs[0]
-        if not rw.changed(y):
-            return
-        kept = rw.kept(y)
-        factor = _factor(rw.count(y), len(kept))
-        scale = constant_array(node.inputs[1])
-        assert scale is not None
-        rw.set_constant(node, 1, _rescaled(scale, kept, factor))
-        _set_epsilon(node, factor)
+        _rewrite_norm(node, rw, 1)
 
 
 @register
@@ -164,18 +167,10 @@ class SkipSimplifiedLayerNormRule(ChannelRule[Plan]):
         _needs_everything(node, [v for v in node.inputs[:2] if v is not None], needed)
 
     def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
-        y = node.outputs[0]
-        if not rw.changed(y):
-            return
-        kept = rw.kept(y)
-        factor = _factor(rw.count(y), len(kept))
-        gamma = constant_array(node.inputs[2])
-        assert gamma is not None
-        rw.set_constant(node, 2, _rescaled(gamma, kept, factor))
+        kept = _rewrite_norm(node, rw, 2)
         bias = constant_array(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
-        if bias is not None:
+        if kept is not None and bias is not None:
             rw.set_constant(node, 4, _rescaled(bias, kept, 1.0))
-        _set_epsilon(node, factor)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
