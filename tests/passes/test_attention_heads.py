@@ -480,3 +480,34 @@ def test_an_attention_block_the_tracer_refuses_says_why(tmp_path, dynamo):
     step = next(p for p in inspect_model(tmp_path / "in.onnx", align=1).passes if p.name.startswith("remove-dead"))
     assert "Softmax" not in step.barriers  # never "no rule"
     assert step.declined.get("Softmax: attention not recognized (heads reach a graph input/output or a constant)")
+
+
+@pytest.mark.slow
+def test_timm_deit_torchscript_fused_attention_loses_its_dead_heads(tmp_path):
+    """timm's DeiT (fused qkv, F.scaled_dot_product_attention) as the TorchScript exporter writes it — unbind as
+    Split + Squeeze, canonicalized to Gather — with two of its three heads' V zeroed in every block: both go."""
+    import importlib.util
+
+    shim = Path(__file__).resolve().parents[2].parent / "shared" / "tvshim.py"
+    if not shim.exists():
+        pytest.skip(f"timm needs {shim} on these machines")
+    spec = importlib.util.spec_from_file_location("tvshim", shim)
+    assert spec is not None and spec.loader is not None
+    tvshim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tvshim)
+    timm = pytest.importorskip("timm", reason="timm is a benchmark-only dependency (pip install timm)")
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64).eval()
+    d = 64
+    with torch.no_grad():
+        for block in model.blocks:
+            dim = block.attn.qkv.weight.shape[1]
+            for head in (1, 2):
+                block.attn.qkv.weight[2 * dim + head * d : 2 * dim + (head + 1) * d] = 0.0
+                block.attn.qkv.bias[2 * dim + head * d : 2 * dim + (head + 1) * d] = 0.0
+    torch.onnx.export(model, (torch.randn(2, 3, 64, 64),), str(tmp_path / "in.onnx"), dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    report = optimize_model(tmp_path / "in.onnx", tmp_path / "out.onnx", OptimizeOptions(align=1))
+    assert report.verified and all(c.passed for c in report.checks)
+    heads = next(p for p in report.passes if p.name == "remove-dead-channels").heads
+    assert [(h.heads, h.removable) for h in heads] == [(3, 2)] * 12
