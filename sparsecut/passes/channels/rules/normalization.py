@@ -25,7 +25,15 @@ from sparsecut.passes.nodes import attr_float, attr_int, constant_array, same_di
 if TYPE_CHECKING:
     from sparsecut.passes.channels.rewrite import ChannelRewrite
 
-__all__ = ["BatchNormRule", "GroupNormPlan", "LayerNormRule", "group_norm", "group_norm_backward", "rewrite_group_norm"]
+__all__ = [
+    "BatchNormRule",
+    "GroupNormPlan",
+    "LayerNormRule",
+    "group_norm",
+    "group_norm_backward",
+    "last_axis_rank",
+    "rewrite_group_norm",
+]
 
 BATCHNORM = Plan(Kind.BATCHNORM)
 LAYERNORM = Plan(Kind.LAYERNORM)
@@ -73,10 +81,9 @@ class LayerNormRule(NoConstants[Plan]):
     op_types = ("LayerNormalization",)
 
     def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
-        shape = node.inputs[0].shape if node.inputs[0] is not None else None
-        rank = len(shape) if shape is not None else 0
-        if rank < 2 or attr_int(node, "axis", -1) % rank != rank - 1:
-            return Decline(f"normalizes from axis {attr_int(node, 'axis', -1)}, not over the last axis alone")
+        rank = last_axis_rank(node, 2)
+        if isinstance(rank, Decline):
+            return rank
         x, y = channel_input(node, spaces, rank - 1), node.outputs[0]
         if isinstance(x, Decline):
             return x
@@ -87,6 +94,15 @@ class LayerNormRule(NoConstants[Plan]):
         spaces.veto(x, reason)
         spaces.veto(y, reason)
         return LAYERNORM
+
+
+def last_axis_rank(node: ir.Node, least: int = 1) -> int | Decline:
+    """The rank of a normalization's input, where it normalizes over the last axis alone (its `axis`)."""
+    shape = node.inputs[0].shape if node.inputs[0] is not None else None
+    rank = len(shape) if shape is not None else 0
+    if rank < least or attr_int(node, "axis", -1) % rank != rank - 1:
+        return Decline(f"normalizes from axis {attr_int(node, 'axis', -1)}, not over the last axis alone")
+    return rank
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.channels.rules.base import ChannelRule, Decline, Kind, Plan, channel_input, register
+from sparsecut.passes.channels.rules.normalization import last_axis_rank
 from sparsecut.passes.channels.spaces import ChannelSpaces, ChannelWalk
 from sparsecut.passes.nodes import attr_float, attr_int, constant_array
 
@@ -93,10 +94,9 @@ class SimplifiedLayerNormRule(ChannelRule[Plan]):
     op_types = ("SimplifiedLayerNormalization",)
 
     def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
-        shape = node.inputs[0].shape if node.inputs[0] is not None else None
-        rank = len(shape) if shape is not None else 0
-        if rank < 1 or attr_int(node, "axis", -1) % rank != rank - 1:
-            return Decline(f"normalizes from axis {attr_int(node, 'axis', -1)}, not over the last axis alone")
+        rank = last_axis_rank(node)
+        if isinstance(rank, Decline):
+            return rank
         if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
             return Decline("its inverse standard deviation is read")
         scale = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
