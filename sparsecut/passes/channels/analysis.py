@@ -145,6 +145,7 @@ class _Walker:
         self.rule_errors: list[str] = []
         self.shape_values = _shape_values(graph)
         self.refused_attention: dict[ir.Node, str] = {}  # Softmax → why the attention tracer gave up there
+        self.view = PendingWrites(self.spaces)  # what a rule's analyze sees: see `_analyze`
 
     def run(self) -> ChannelWalk:
         spaces = self.spaces
@@ -212,13 +213,16 @@ class _Walker:
 
     def _analyze(self, node: ir.Node, rule: ChannelRule) -> Plan | Decline:
         """The rule's check of `node`; what it recorded enters the walk only with a plan (`PendingWrites`)."""
-        view = PendingWrites(self.spaces)
+        view = self.view
         try:
             outcome = rule.analyze(node, cast(ChannelSpaces, view))
             if isinstance(outcome, Plan):
                 view.apply()
+            else:
+                view.drop()
             return outcome
-        except Exception as exc:  # a rule never aborts the analysis: the node becomes a barrier, and says why
+        except Exception as exc:
+            view.drop()  # a rule never aborts the analysis: the node becomes a barrier, and says why
             tensor = node.outputs[0].name if node.outputs else "?"
             self.rule_errors.append(
                 f"{node.op_type} {node.name!r} (output {tensor!r}): {type(exc).__name__}: {str(exc)[:120]}"

@@ -388,14 +388,27 @@ class PendingWrites:
         self._pending: list[tuple[Callable[..., None], tuple[object, ...], dict[str, object]]] = []
 
     def __getattr__(self, name: str) -> object:
+        """Asked once per name: what is found (the spaces never rebind an attribute) or, for a write, its recorder
+        is kept on the view, so the walk reads through it at plain attribute speed (one view serves every node)."""
         found = getattr(self._spaces, name)
-        if name not in self.WRITES:
-            return found
-        return lambda *args, **kwargs: self._pending.append((found, args, kwargs))
+        if name in self.WRITES:
+            pending, write = self._pending, found
+
+            def record(*args: object, **kwargs: object) -> None:
+                pending.append((write, args, kwargs))
+
+            found = record
+        setattr(self, name, found)
+        return found
 
     def apply(self) -> None:
+        """Make the recorded writes, in order."""
         for write, args, kwargs in self._pending:
             write(*args, **kwargs)
+        self._pending.clear()
+
+    def drop(self) -> None:
+        """Forget the recorded writes (the rule declined)."""
         self._pending.clear()
 
 
