@@ -128,6 +128,7 @@ class OutputCheck(Report):
     max_abs_error: float
     max_rel_error: float  # max |a - b| / max |reference|
     passed: bool
+    label: str = ""  # what was fed, where it is not a seeded random batch (a decoder's generation: its lengths, seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +211,7 @@ class HeadReport(Report):
     kept: dict[str, int]  # reason → dead heads it kept
     qk_dim_after: int = 0  # head dims of q/k and of v that stay (in every kept head)
     v_dim_after: int = 0
+    cache: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # KV cache input/output → K/V heads kept
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,16 +34,64 @@ _LIKE_FIRST_INPUT = {
 _RUNTIME_OP_TYPES = frozenset(op for _, op in _LIKE_FIRST_INPUT)
 
 
-def infer_shapes(model: ir.Model, *, force: bool = False, refine: bool = False) -> None:
+def infer_shapes(model: ir.Model, *, force: bool = False, refine: bool = False, symbolic: bool = False) -> None:
     """Fill in missing shapes (all of them with `force`) of the main graph's values; with `refine`, also the sizes
     a shape left unknown and inference now knows (after constants were folded: a Slice whose bounds were computed
     from a shape, as the TorchScript exporter writes `chunk`, has an output of unknown size until they are).
-    Past onnxruntime's own ops that keep their input's shape (`_LIKE_FIRST_INPUT`), inference goes on."""
+    Past onnxruntime's own ops that keep their input's shape (`_LIKE_FIRST_INPUT`), inference goes on.
+
+    With `symbolic`, where onnx's inference leaves a size unknown, onnxruntime's symbolic shape inference
+    (`refine_symbolic`) fills in what it can compute."""
     _infer(model, force, refine)
     for _ in range(8):  # each round passes one more such op on a path (a decoder: one per norm)
         if not _runtime_op_shapes(model):
             break
         _infer(model, False, refine)
+    if symbolic and _has_unknown_sizes(model):
+        refine_symbolic(model)
+
+
+def _has_unknown_sizes(model: ir.Model) -> bool:
+    """Whether onnx's inference left a shape or a size unknown, or named a size itself (`unk__N`: it could not
+    compute it)."""
+    for node in model.graph:
+        for value in node.outputs:
+            if value.shape is None:
+                if value.uses() or value.is_graph_output():
+                    return True  # (past an op onnx's inference does not know: GroupQueryAttention)
+                continue
+            for dim in value.shape:
+                if not isinstance(dim, int) and (dim.value is None or str(dim.value).startswith("unk__")):
+                    return True
+    return False
+
+
+def refine_symbolic(model: ir.Model) -> bool:
+    """Sizes onnx's inference cannot compute, from onnxruntime's symbolic shape inference (sympy arithmetic on the
+    dims): a sequence model's Reshape to (B, N, -1, D) computed from Shape(x) — the head count, B·N·H·D / (B·N·D) —
+    and the Expand of repeat_kv, which onnx leaves unknown. Only sizes that become static are taken; True when one
+    did. Where onnxruntime's inference fails (an op it does not know), nothing changes."""
+    try:
+        from onnx_ir.passes.common._c_api_utils import call_onnx_api
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:  # sympy missing, or a future onnxruntime/onnx-ir moved them
+        return False
+
+    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+        _constants_as_tensors(proto.graph)
+        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+
+    try:
+        inferred = call_onnx_api(infer, model)
+    except Exception as exc:  # its own asserts and sympy's errors: nothing to refine
+        log.debug("symbolic shape inference failed (%s); shapes left as they were", exc)
+        return False
+    shapes = take_shapes(inferred.graph)
+    known = sum(isinstance(d, int) for n in model.graph for v in n.outputs if v.shape is not None for d in v.shape)
+    apply_shapes(model.graph, shapes, refine=True)
+    return known != sum(
+        isinstance(d, int) for n in model.graph for v in n.outputs if v.shape is not None for d in v.shape
+    )
 
 
 def _runtime_op_shapes(model: ir.Model) -> bool:
@@ -63,6 +111,24 @@ def _runtime_op_shapes(model: ir.Model) -> bool:
                     node.outputs[index].dtype = source.dtype
                 filled = True
     return filled
+
+
+_CONSTANT_ATTRIBUTES = {"value_int": (onnx.TensorProto.INT64, False), "value_ints": (onnx.TensorProto.INT64, True),
+                        "value_float": (onnx.TensorProto.FLOAT, False), "value_floats": (onnx.TensorProto.FLOAT, True)}  # fmt: skip
+
+
+def _constants_as_tensors(graph: onnx.GraphProto) -> None:
+    """Constant nodes with `value_int(s)`/`value_float(s)` (what folding writes for small shapes) as `value`
+    tensors: onnxruntime's symbolic inference reads only `value`."""
+    for node in graph.node:
+        if node.op_type != "Constant" or len(node.attribute) != 1 or node.attribute[0].name not in _CONSTANT_ATTRIBUTES:
+            continue
+        attribute = node.attribute[0]
+        dtype, many = _CONSTANT_ATTRIBUTES[attribute.name]
+        data = onnx.helper.get_attribute_value(attribute)
+        tensor = onnx.helper.make_tensor("value", dtype, [len(data)] if many else [], data if many else [data])
+        del node.attribute[:]
+        node.attribute.append(onnx.helper.make_attribute("value", tensor))
 
 
 def _infer(model: ir.Model, force: bool, refine: bool) -> None:
@@ -149,7 +215,14 @@ def apply_shapes(graph: ir.Graph, shapes: Shapes, force: bool = False, refine: b
             found = shapes.get(value.name) if value.name else None
             if found is None:
                 continue
-            if force or value.shape is None or (refine and _knows_more(found.dims, value.shape)):
+            # (a graph output's declared shape is the model's interface: refined sizes do not change it)
+            refined = (
+                refine
+                and value.shape is not None
+                and not value.is_graph_output()
+                and _knows_more(found.dims, value.shape)
+            )
+            if force or value.shape is None or refined:
                 if found.shape is None:
                     found.shape = shared(found.dims)
                 value.shape = found.shape

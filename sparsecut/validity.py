@@ -44,6 +44,7 @@ def check_graph(path: Path) -> None:
         for node in runtime_nodes:
             node.domain = _RUNTIME_DOMAIN
         proto.opset_import.append(onnx.helper.make_opsetid(_RUNTIME_DOMAIN, 1))
+        _external_as_inputs(proto.graph)
         try:
             onnx.checker.check_model(proto)
             return
@@ -51,6 +52,22 @@ def check_graph(path: Path) -> None:
             refusal = exc
     first = str(refusal).strip().splitlines()[0] if str(refusal).strip() else "invalid"
     raise GraphError(f"{path}: fails the ONNX checker ({first[:200]})") from refusal
+
+
+def _external_as_inputs(graph: onnx.GraphProto) -> None:
+    """Weights stored in a data file become typed graph inputs of the in-memory copy: the checker would look for
+    the file beside the working directory instead of the model (it was checked with the model, by path)."""
+    external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        return
+    names = {t.name for t in external}
+    kept = [t for t in graph.initializer if t.name not in names]
+    listed = {value.name for value in graph.input}
+    for tensor in external:
+        if tensor.name not in listed:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 @functools.cache

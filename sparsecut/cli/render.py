@@ -44,24 +44,26 @@ def render_export(report: ExportReport) -> None:
     table.add_column(style="bold")
     table.add_column()
     exporter = report.exporter + (f" ({report.exporter_note})" if report.exporter_note else "")
+    decoder = not report.input_shape  # a Hugging Face decoder folder: its exporter's own graph, no masks to fold
+    nodes = f"{report.nodes_exported} as torch.onnx wrote them → {report.nodes} after folding constants"
     rows = [
         ("architecture", report.architecture),
         ("exporter", exporter),
         ("opset", str(report.opset)),
-        ("graph nodes", f"{report.nodes_exported} as torch.onnx wrote them → {report.nodes} after folding constants"),
-        ("input shape", "×".join(map(str, report.input_shape)) + " (batch dynamic)"),
+        ("graph nodes", str(report.nodes) if decoder else nodes),
+        ("input shape", "token ids, KV cache (dynamic)" if decoder else "×".join(map(str, report.input_shape)) + " (batch dynamic)"),
         ("parameters", f"{report.parameters:,} ({report.zero_parameters:,} exactly zero)"),
-        ("masks folded", str(len(report.folded_masks))),
-        ("layers resized", str(len(report.resized_layers))),
+        *([] if decoder else [("masks folded", str(len(report.folded_masks))),
+                              ("layers resized", str(len(report.resized_layers)))]),
         ("sha256", report.checkpoint_sha256[:16] + "…" if report.checkpoint_sha256 else "-"),
         ("export time", f"{report.export_seconds:.1f} s"),
-    ]
+    ]  # fmt: skip
     for name, value in rows:
         table.add_row(name, value)
     for check in report.checks:
         verdict = "[green]ok[/green]" if check.passed else "[red]FAILED[/red]"
         table.add_row(
-            f"check batch {check.batch_size}",
+            check.label or f"check batch {check.batch_size}",
             f"{verdict}  max abs {check.max_abs_error:.2e}, rel {check.max_rel_error:.2e} (rtol {report.rtol:g})",
         )
     console.print(table)
@@ -85,8 +87,9 @@ def render_optimize(report: OptimizeReport, inspecting: bool = False) -> None:
         console.print("inspect only: nothing written")
     elif report.verified:
         worst = max(report.checks, key=lambda c: c.max_rel_error)
+        fed = "; ".join(c.label for c in report.checks if c.label) or f"{len(report.checks)} input set(s)"
         console.print(
-            f"[green]verified[/green] on {len(report.checks)} input set(s): max abs {worst.max_abs_error:.2e}, "
+            f"[green]verified[/green] on {fed}: max abs {worst.max_abs_error:.2e}, "
             f"rel {worst.max_rel_error:.2e} (rtol {report.rtol:g}, atol {report.atol:g}) → {report.output}"
         )
     else:
@@ -112,9 +115,21 @@ def _render_pass(step: PassReport, full: bool) -> None:
         for block in step.heads:
             why = "; ".join(f"{n}× {reason}" for reason, n in block.kept.items()) or "-"
             dims = f"{block.head_dim} → {block.qk_dim_after}, {block.v_dim_after}"
-            heads.add_row(block.location, str(block.heads), str(block.kv_heads), str(block.dead),
+            kept_kv = next(iter(block.cache.values()), None)
+            kv = f"{block.kv_heads} → {len(kept_kv)}" if kept_kv is not None else str(block.kv_heads)
+            heads.add_row(block.location, str(block.heads), kv, str(block.dead),
                           str(block.removable), dims, why)  # fmt: skip
         console.print(heads)
+        changed = [block for block in step.heads if block.cache]
+        if changed:
+            console.print(
+                "  the model's interface changed: these KV cache inputs and outputs hold fewer K/V heads (feed the "
+                "lean model its own presents as pasts):"
+            )
+            for block in changed:
+                kept = next(iter(block.cache.values()))
+                console.print(f"    {', '.join(sorted(block.cache))}: {block.kv_heads} → {len(kept)} heads "
+                              f"(kept {', '.join(map(str, kept))})")  # fmt: skip
     if step.sparsity and (full or any(layer.is_2to4 for layer in step.sparsity)):
         sparse = Table(title_justify="left")
         for column in ("layer", "weight", "reduction", "2:4", "violating", "note"):

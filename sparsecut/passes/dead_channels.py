@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 class RemoveDeadChannelsPass(OptimizePass):
     """Remove dead channels (zero, or constant where every consumer absorbs the constant exactly).
 
-    Ensures: the model's interface (its inputs' and outputs' shapes) is what it was, and it holds no parameter
-    more than before — channel removal only slices and folds."""
+    Ensures: the model's interface (its inputs' and outputs' shapes) is what it was — but for the head count of a
+    decoder's KV cache, where K/V heads went (`cache_heads`) — and it holds no parameter more than before: channel
+    removal only slices and folds."""
 
     name = "remove-dead-channels"
     description = "physically remove zero/constant channels across coupled groups"
@@ -70,9 +71,15 @@ class RemoveDeadChannelsPass(OptimizePass):
     def ensures(self, model: ir.Model) -> None:
         assert self._before is not None
         interface, params = self._before
+        cache = self.cache_heads()
         for name, after in interface_shapes(model).items():
             before = interface.get(name)
-            if before is not None and after is not None and _fixed(before) != _fixed(after):
+            if before is None or after is None or _fixed(before) == _fixed(after):
+                continue
+            expected = list(before)
+            if name in cache:  # a KV cache of fewer K/V heads: the one change allowed
+                expected[1] = len(cache[name])
+            if _fixed(tuple(expected)) != _fixed(after):
                 raise ir.passes.PostconditionError(f"{name}: the model's interface changed, {before} → {after}")
         if count_params(model) > params:
             raise ir.passes.PostconditionError(f"parameters grew: {params:,} → {count_params(model):,}")
@@ -87,6 +94,13 @@ class RemoveDeadChannelsPass(OptimizePass):
         rewrite_channels(model, analysis, orders)
         log.info("removed %d channels", analysis.total_removed)
         return ir.passes.PassResult(model, modified=True)
+
+    def cache_heads(self) -> dict[str, list[int]]:
+        """The KV cache inputs and outputs whose K/V heads (axis 1) were removed: name → the heads kept. The model's
+        interface changes there: a caller feeds the lean model its own presents as its pasts."""
+        if self.analysis is None or self.analysis.total_removed == 0:
+            return {}
+        return {name: kept for block in self.analysis.head_reports() for name, kept in block.cache.items()}
 
     def report(self, modified: bool, seconds: float) -> PassReport:
         analysis = self.analysis
@@ -123,13 +137,13 @@ def prepare_for_analysis(model: ir.Model, fold: bool = True) -> bool:
     `fold` False when fold-constants just ran), exporter variants in one form (`canonical.py`), shapes inferred.
     True when the graph changed."""
     modified = fold and FoldConstantsPass()(model).modified
-    infer_shapes(model)
+    infer_shapes(model, symbolic=True)
     for _ in range(4):  # sizes read as numbers let more fold, and folded targets more read as canonical forms
         if not canonicalize(model):
             break
         modified = True
         FoldConstantsPass()(model)
-        infer_shapes(model)  # the canonical forms' new values
+        infer_shapes(model, symbolic=True)  # the canonical forms' new values
     return modified
 
 

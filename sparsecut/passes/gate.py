@@ -10,7 +10,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsecut.checking import checking_session, compare_outputs
+from sparsecut.decoder import DecoderInterface, generate
 from sparsecut.errors import GraphError, InputError
 from sparsecut.feeds import model_input_specs, read_arrays, synthetic_inputs
 from sparsecut.modelfile import is_external, load_model, reads_external_data, save_model
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackgroundRuns",
     "Feeds",
+    "Generation",
     "Reference",
     "Unrunnable",
     "compare_files",
@@ -43,12 +45,45 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Reference = concurrent.futures.Future  # the input graph's outputs on the gate's feeds, computed in the background
-Feeds = list[tuple[str, dict[str, np.ndarray]]]  # (label, inputs by name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """A KV-cache decoder's feed: a greedy generation from a seeded prompt (`decoder.generate`), each graph fed
+    its own presents. Its outputs: every step's logits, the final caches, and the tokens chosen."""
+
+    interface: DecoderInterface
+    prompt: np.ndarray  # [B, P] token ids
+    count: int  # tokens generated: the prefill's, then count − 1 decode steps
+    seed: int
+
+    def describe(self) -> str:
+        batch, length = self.prompt.shape
+        return (
+            f"greedy generation, batch {batch}: prefill {length} tokens (seed {self.seed}), "
+            f"{self.count - 1} decode steps"
+        )
+
+    def run(self, session: object) -> list[np.ndarray]:
+        done = generate(session, self.interface, self.prompt, self.count)
+        return [*done.logits, *(done.caches[present] for _, present in self.interface.caches), done.tokens]
+
+
+Feeds = list[tuple[str, dict[str, np.ndarray] | Generation]]  # (label, inputs by name or a generation)
+
+GENERATION_PROMPT = 16  # prompt tokens of the gate's generation
+GENERATION_TOKENS = 32  # tokens it generates
 
 
 def gate_inputs(model: ir.Model, options: OptimizeOptions, source: Path) -> Feeds:
     """Seeded random inputs at batch 1 and 2 (the first axis is the batch), plus the user's data file. With data,
-    inputs of symbolic non-batch shape are fed the data alone."""
+    inputs of symbolic non-batch shape are fed the data alone. A KV-cache decoder (without data) is driven
+    instead: a greedy generation from a seeded prompt (`Generation`)."""
+    decoder = DecoderInterface.of(model, source) if options.data is None else None
+    if decoder is not None:
+        prompt = np.random.default_rng(options.seed).integers(0, decoder.vocab, (2, GENERATION_PROMPT))
+        drive = Generation(decoder, prompt, GENERATION_TOKENS, options.seed)
+        return [(drive.describe(), drive)]
     try:
         specs = model_input_specs(model)
     except InputError as exc:
@@ -82,7 +117,10 @@ def run_feeds(model: ir.Model | Path, feeds: Feeds, held: list[object] | None = 
     `held`: the session is put there, to be released when its holder drops it, instead of on return."""
     try:
         with checking_session(model) as session:
-            outputs = [session.run(None, inputs) for _, inputs in feeds]  # type: ignore[attr-defined]
+            outputs = [
+                inputs.run(session) if isinstance(inputs, Generation) else session.run(None, inputs)  # type: ignore[attr-defined]
+                for _, inputs in feeds
+            ]
             if held is not None:
                 held.append(session)
             return outputs
@@ -131,6 +169,7 @@ def _checks(
     feeds: Feeds,
     options: OptimizeOptions,
     source: Path,
+    cache_heads: Mapping[str, list[int]] | None = None,
 ) -> list[OutputCheck]:
     if isinstance(reference, Unrunnable):
         raise GraphError(
@@ -140,12 +179,35 @@ def _checks(
         )
     if isinstance(candidate, Unrunnable):
         return [OutputCheck(0, float("inf"), float("inf"), False)]
-    return [
-        compare_outputs(
-            ref, got, options.rtol, options.atol, batch=int(next(iter(inputs.values())).shape[0]) if inputs else 0
-        )
-        for ref, got, (_, inputs) in zip(reference, candidate, feeds, strict=True)
-    ]
+    checks = []
+    for ref, got, (_, inputs) in zip(reference, candidate, feeds, strict=True):
+        if isinstance(inputs, Generation):
+            checks.append(_generation_check(ref, got, inputs, options, cache_heads or {}))
+        else:
+            batch = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+            checks.append(compare_outputs(ref, got, options.rtol, options.atol, batch=batch))
+    return checks
+
+
+def _generation_check(
+    ref: list[np.ndarray],
+    got: list[np.ndarray],
+    drive: Generation,
+    options: OptimizeOptions,
+    cache_heads: Mapping[str, list[int]],
+) -> OutputCheck:
+    """Every step's logits and the final caches — the reference's restricted to the K/V heads the candidate kept
+    (`cache_heads`: present name → kept heads) — within tolerance, and the same greedy tokens."""
+    steps = len(ref) - 1 - len(drive.interface.caches)
+    ref_tokens, got_tokens = ref[-1], got[-1]
+    restricted = list(ref[:steps])
+    for (_, present), array in zip(drive.interface.caches, ref[steps:-1], strict=True):
+        kept = cache_heads.get(present)
+        restricted.append(array if kept is None else array[:, kept])
+    check = compare_outputs(restricted, got[:-1], options.rtol, options.atol, batch=drive.prompt.shape[0])
+    same = ref_tokens.shape == got_tokens.shape and bool(np.array_equal(ref_tokens, got_tokens))
+    label = f"{drive.describe()}; greedy tokens {'identical' if same else 'DIFFER'}"
+    return dataclasses.replace(check, passed=check.passed and same, label=label)
 
 
 def compare_files(
@@ -157,20 +219,22 @@ def compare_files(
     candidate: Reference | None = None,
     parallel: bool = False,
     runs_as: Path | None = None,
+    cache_heads: Mapping[str, list[int]] | None = None,
 ) -> list[OutputCheck]:
     """Run both graphs and compare. `reference`, `candidate`: the source's and the staged file's outputs, already
     on their way; `parallel`: both at once in two threads (onnxruntime releases the GIL) — for small models only,
     so that a big one never has two copies of its weights in memory; `runs_as`: the file onnxruntime runs for
-    `source` (`loadable_reference`)."""
+    `source` (`loadable_reference`); `cache_heads`: a decoder's KV caches that lost K/V heads, by present output,
+    and the heads kept (the reference's are compared on those)."""
     run = runs_as or source
     if reference is not None:
         got = candidate.result() if candidate is not None else run_feeds(staged, feeds)
-        return _checks(reference.result(), got, feeds, options, source)
+        return _checks(reference.result(), got, feeds, options, source, cache_heads)
     if not parallel:
-        return _checks(run_feeds(run, feeds), run_feeds(staged, feeds), feeds, options, source)
+        return _checks(run_feeds(run, feeds), run_feeds(staged, feeds), feeds, options, source, cache_heads)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         reference, candidate = pool.submit(run_feeds, run, feeds), pool.submit(run_feeds, staged, feeds)
-        return _checks(reference.result(), candidate.result(), feeds, options, source)
+        return _checks(reference.result(), candidate.result(), feeds, options, source, cache_heads)
 
 
 def diagnose(
@@ -190,14 +254,20 @@ def diagnose(
         f"(max abs {worst.max_abs_error:.3g}, rel {worst.max_rel_error:.3g} > rtol {options.rtol:g})"
     )
     reference = run_feeds(runs_as or source, feeds)
+    cache_heads: dict[str, list[int]] = {}  # K/V heads kept so far (a decoder's caches are compared on those)
 
-    def differs(model: ir.Model) -> bool:
-        return not all(c.passed for c in _checks(reference, run_feeds(model, feeds), feeds, options, source))
+    def differs(model: ir.Model, removal: ir.passes.PassBase | None = None) -> bool:
+        if isinstance(removal, RemoveDeadChannelsPass):  # (the bisection's partial removals keep more heads)
+            cache_heads.clear()
+            cache_heads.update(removal.cache_heads())
+        checks = _checks(reference, run_feeds(model, feeds), feeds, options, source, cache_heads)
+        return not all(c.passed for c in checks)
 
     model = load_model(source)
     for index, step in enumerate(steps):
-        step.make()(model)
-        if differs(model):
+        applied = step.make()
+        applied(model)
+        if differs(model, applied):
             if step.name != RemoveDeadChannelsPass.name:
                 return f"{head}; pass {step.name!r} broke it"
             group = _bisect_groups(source, steps[:index], step, differs)
@@ -205,7 +275,9 @@ def diagnose(
     return f"{head}; no single pass reproduces it"
 
 
-def _bisect_groups(source: Path, prefix: Sequence[Step], step: Step, differs: Callable[[ir.Model], bool]) -> str:
+def _bisect_groups(
+    source: Path, prefix: Sequence[Step], step: Step, differs: Callable[[ir.Model, ir.passes.PassBase], bool]
+) -> str:
     """Smallest prefix of the groups that, applied alone, changes the outputs: its last group is the culprit."""
 
     def prepared() -> ir.Model:
@@ -223,8 +295,9 @@ def _bisect_groups(source: Path, prefix: Sequence[Step], step: Step, differs: Ca
     while lo < hi:
         mid = (lo + hi) // 2
         model = prepared()
-        step.make(enabled_groups={g.group for g in groups[:mid]})(model)
-        if differs(model):
+        partial = step.make(enabled_groups={g.group for g in groups[:mid]})
+        partial(model)
+        if differs(model, partial):
             hi = mid
         else:
             lo = mid + 1

@@ -209,6 +209,8 @@ def shape_element(shape_value: ir.Value, position: int) -> tuple[str, Any] | Non
     if len(shape_value.uses()) != 1:
         return None
     producer = shape_value.producer()
+    if producer is not None and producer.op_type == "Identity" and producer.inputs[0] is not None:
+        return shape_element(producer.inputs[0], position)  # (the shape the Identity copies)
     if producer is None or producer.op_type != "Concat":
         return None
     offset = 0

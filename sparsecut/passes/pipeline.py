@@ -130,7 +130,17 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         checks: list[OutputCheck] = []
         if options.verify:
             reference_run, candidate_run = done.gate or (None, None)
-            checks = compare_files(source, lossless, feeds, options, reference_run, candidate_run, runs_as=reference)
+            cache_heads = {name: kept for step in done.reports for h in step.heads for name, kept in h.cache.items()}
+            checks = compare_files(
+                source,
+                lossless,
+                feeds,
+                options,
+                reference_run,
+                candidate_run,
+                runs_as=reference,
+                cache_heads=cache_heads,
+            )
             if not all(c.passed for c in checks):
                 steps = compose(names, options)  # what _transform ran: the replay is the run
                 raise VerificationError(diagnose(source, output, steps, feeds, options, checks, runs_as=reference))

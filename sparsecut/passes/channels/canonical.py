@@ -17,6 +17,11 @@ the graph. None of them changes what the graph computes (and the equivalence gat
   size it computes with (`b, c, h, w = x.shape`; ShuffleNet's `x.view(b, g, c // g, h, w)`); once the sizes are
   numbers the constant folder computes the rest, and the rules edit the resulting constants as any other (a
   channel count in them is rewritten with the channels that go).
+- a Reshape/Expand target Concat that several nodes read → one Concat per reader (`_unshare_shape_concats`).
+- `Where(Equal(s, -1), 1, s)` → `s` where no entry of s can be -1 (every one a constant ≥ 0 or a size read from a
+  shape), and `Reshape(s, [-1])` of a 1-D s → s: the TorchScript exporter's `expand(b, h, r, n, d)` (repeat_kv)
+  replaces -1 entries of the target by 1 at run time; without it the target is the Concat of sizes and constants
+  that the rules edit (the K/V head count in it).
 """
 
 from __future__ import annotations
@@ -104,20 +109,132 @@ class StaticSizeOfShape(RewriteRuleClassBase):
         return op.Constant(value=ir.tensor(self._sizes))
 
 
+class ExpandTargetOfSizes(RewriteRuleClassBase):
+    """`Where(Equal(s, -1), 1, s)`: entries -1 of a target shape made 1 — nothing to do where none can be -1."""
+
+    def pattern(self, op, s, minus, ones):
+        return op.Where(op.Equal(s, minus), ones, s)
+
+    def check(self, context, s: ir.Value, minus: ir.Value, ones: ir.Value) -> MatchResult:
+        result = MatchResult()
+        m, o = _filled(minus, 0), _filled(ones, 0)
+        if m is None or o is None or not (np.all(m == -1) and np.all(o == 1)):
+            return result.fail("not the -1 → 1 replacement")
+        if s.shape is None or len(s.shape) != 1 or not _nonnegative(s, 0):
+            return result.fail("an entry may be -1")
+        if context.output_values[0].is_graph_output():
+            return result.fail("a graph output keeps its name")
+        return result
+
+    def rewrite(self, op, s: ir.Value, minus: ir.Value, ones: ir.Value):
+        return s
+
+
+class FlatReshapeOfVector(RewriteRuleClassBase):
+    """`Reshape(s, [-1])` of a 1-D tensor: s itself."""
+
+    def pattern(self, op, s, shape):
+        return op.Reshape(s, shape)
+
+    def check(self, context, s: ir.Value, shape: ir.Value) -> MatchResult:
+        result = MatchResult()
+        target = constant_array(shape)
+        if target is None or target.tolist() != [-1] or s.shape is None or len(s.shape) != 1:
+            return result.fail("not a 1-D tensor reshaped to [-1]")
+        if context.output_values[0].is_graph_output():
+            return result.fail("a graph output keeps its name")
+        return result
+
+    def rewrite(self, op, s: ir.Value, shape: ir.Value):
+        return s
+
+
+def _filled(value: ir.Value, depth: int) -> np.ndarray | None:
+    """A small tensor computed from constants only, through the ConstantOfShape that the constant folder leaves
+    (it never folds one) and arithmetic on it: its value; None where it is computed from anything else."""
+    array = constant_array(value)
+    if array is not None or depth > 4:
+        return array
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "ConstantOfShape" and node.inputs[0] is not None:
+        shape = constant_array(node.inputs[0])
+        fill = node.attributes.get("value")
+        if shape is None or shape.size > 1 or int(np.prod(shape)) > 64:
+            return None
+        filler = fill.as_tensor().numpy().reshape(-1)[:1] if fill is not None else np.zeros(1, np.float32)
+        return np.full(shape.astype(np.int64), filler[0], filler.dtype)
+    if node.op_type in ("Mul", "Add") and len(node.inputs) == 2:
+        a, b = (_filled(v, depth + 1) if v is not None else None for v in node.inputs)
+        if a is not None and b is not None:
+            return a * b if node.op_type == "Mul" else a + b
+    return None
+
+
+def _nonnegative(value: ir.Value, depth: int) -> bool:
+    """Whether every entry of a shape value is ≥ 0: constants ≥ 0 and sizes read from shapes, moved around."""
+    array = constant_array(value)
+    if array is not None:
+        return bool(np.all(array >= 0))
+    node = value.producer()
+    if node is None or depth > 8:
+        return False
+    if node.op_type == "Shape":
+        return True
+    if node.op_type in ("Gather", "Unsqueeze", "Squeeze", "Reshape", "Identity", "Cast", "Slice"):
+        return node.inputs[0] is not None and _nonnegative(node.inputs[0], depth + 1)
+    if node.op_type == "Concat":
+        return all(v is not None and _nonnegative(v, depth + 1) for v in node.inputs)
+    return False
+
+
 _RULES = RewriteRuleSet(
-    [IdentityOfConstant.rule(), SqueezeOfSplit.rule(), StaticSizeOfShape.rule(), materialize_reshape_shape_rule]
+    [
+        IdentityOfConstant.rule(),
+        SqueezeOfSplit.rule(),
+        StaticSizeOfShape.rule(),
+        materialize_reshape_shape_rule,
+        ExpandTargetOfSizes.rule(),
+        FlatReshapeOfVector.rule(),
+    ]
 )
 
 
 def canonicalize(model: ir.Model) -> bool:
     """Rewrite the exporter variants above in place; True when any was found."""
+    unshared = _unshare_shape_concats(model.graph)
     if not any(_candidate(node) for node in model.graph):
-        return False  # (the rewriter visits every node: 15k-node graphs pay for nothing to find)
+        return unshared  # (the rewriter visits every node: 15k-node graphs pay for nothing to find)
     with quieted("onnxscript.rewriter"):
         modified = RewritePass(_RULES)(model).modified
     if modified:
         RemoveUnusedNodesPass()(model)
-    return modified
+    return modified or unshared
+
+
+def _unshare_shape_concats(graph: ir.Graph) -> bool:
+    """A Reshape/Expand target computed by a Concat that other nodes read too (dynamo computes [B, N, C] once for
+    every Reshape of that shape, in every layer) gets a Concat of its own: a rule edits one node's target (the
+    channel count in it) without changing another's."""
+    changed = False
+    for node in list(graph):
+        if node.op_type not in ("Reshape", "Expand") or len(node.inputs) < 2 or node.inputs[1] is None:
+            continue
+        target = node.inputs[1]
+        concat = target.producer()
+        if concat is None or concat.op_type != "Concat" or len(target.uses()) < 2:
+            continue
+        copy = ir.Node("", "Concat", list(concat.inputs), attributes=list(concat.attributes.values()),
+                       name=f"{concat.name}_for_{node.name}")  # fmt: skip
+        copy.outputs[0].name = f"{target.name}_for_{node.name}"
+        copy.outputs[0].shape = target.shape
+        if target.dtype is not None:
+            copy.outputs[0].dtype = target.dtype
+        graph.insert_before(node, copy)
+        node.replace_input_with(1, copy.outputs[0])
+        changed = True
+    return changed
 
 
 def _candidate(node: ir.Node) -> bool:
@@ -130,4 +247,10 @@ def _candidate(node: ir.Node) -> bool:
     if op == "Gather":
         producer = node.inputs[0].producer() if node.inputs[0] is not None else None
         return producer is not None and producer.op_type == "Shape"
-    return op == "Reshape" and len(node.inputs) > 1 and constant_array(node.inputs[1]) is None
+    if op == "Where":
+        producer = node.inputs[0].producer() if node.inputs[0] is not None else None
+        return producer is not None and producer.op_type == "Equal"
+    if op != "Reshape" or len(node.inputs) < 2 or node.inputs[1] is None:
+        return False
+    target = constant_array(node.inputs[1])
+    return target is None or target.tolist() == [-1]

@@ -96,6 +96,7 @@ class AttentionBlock:
     q_entry: Entry | None = None  # separate q/k/v entries (None for timm's fused qkv)
     k_entry: Entry | None = None
     fixed_dims: frozenset[str] = frozenset()  # "qk", "v": parts whose head dims must stay whole
+    cache: tuple[ir.Value, ...] = ()  # KV cache graph inputs/outputs [B, H_kv, T, D]: their head count changes
 
     @property
     def separate(self) -> bool:
@@ -153,6 +154,7 @@ class _Tracer:
         self.head_dim = 0
         self.pending: list[tuple[ir.Node, int | None]] = []  # shape checks, run once every label is known
         self.fixed_dims: set[str] = set()  # parts ("qk", "v") whose head dims must stay (RoPE, per-dim constants)
+        self.cache: list[ir.Value] = []  # KV cache inputs and outputs the block reads and writes
         self._via: ir.Value = softmax.inputs[0]  # type: ignore[assignment]
 
     # ------------------------------------------------------------------------------------------ closure
@@ -207,6 +209,7 @@ class _Tracer:
             q_entry=q_entry,
             k_entry=k_entry,
             fixed_dims=frozenset(self.fixed_dims),
+            cache=tuple(self.cache),
         )
 
     def _label(self, value: ir.Value, label: Label) -> bool:
@@ -219,10 +222,12 @@ class _Tracer:
                 self.labels[value] = dataclasses.replace(known, part="mixed")
                 self.fixed_dims.update(("qk", "v"))
             return False
-        if value.is_graph_output() or value.is_graph_input() or constant_array(value) is not None:
-            raise NoMatch("heads reach a graph input/output or a constant")
+        if constant_array(value) is not None:
+            raise NoMatch("heads reach a constant")
         if value.shape is None or not (0 <= label.axis < len(value.shape)):
             raise NoMatch("unknown rank")
+        if value.is_graph_output() or value.is_graph_input():
+            self._cache(value, label)
         if not label.merged:
             count = value.shape[label.axis]
             expected = self.kv_heads if label.kv else self.heads
@@ -230,6 +235,17 @@ class _Tracer:
                 raise NoMatch("head count differs")
         self.labels[value] = label
         return True
+
+    def _cache(self, value: ir.Value, label: Label) -> None:
+        """A KV cache tensor (past input, present output): [B, H_kv, T, D], heads on axis 1, their dims last. Its
+        head count follows the kept K/V heads (the model's interface changes); its head dims stay whole."""
+        assert value.shape is not None
+        if label.merged or len(value.shape) != 4 or label.axis != 1 or label.dim != 3 or label.part not in ("qk", "v"):
+            raise NoMatch(f"heads reach the graph's input/output {value.name!r} in another layout than a KV cache's")
+        if not isinstance(value.shape[1], int):
+            raise NoMatch(f"the KV cache {value.name!r} has no static head count (axis 1 is {value.shape[1]})")
+        self.cache.append(value)
+        self.fixed_dims.add(label.part)
 
     def _neighbours(self, value: ir.Value) -> list[ir.Node]:
         found = []
@@ -599,6 +615,11 @@ class _Tracer:
                     raise NoMatch("fused V part unknown")
                 return entry, slot
             dynamic = [v for v in node.inputs if v is not None and constant_array(v) is None and v in self.labels]
+            if node.op_type == "Concat":  # V appended to the cache's past: V itself goes on
+                dynamic = [v for v in dynamic if v not in self.cache]
+                if len(dynamic) == 1:
+                    value = dynamic[0]
+                    continue
             if node.op_type in ("Slice", "Gather", "Split") and node.inputs[0] is not None:
                 fused = node.inputs[0].shape is not None and node.inputs[0].shape[0] == 3
                 if node.op_type == "Split" and fused and attr_int(node, "axis", 0) == 0:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sparsecut.passes.channels.heads import AttentionBlock
 from sparsecut.passes.channels.rules import READERS
 from sparsecut.passes.channels.rules.attention import AttentionPlan
 from sparsecut.passes.nodes import source_name
@@ -15,7 +16,7 @@ from sparsecut.report import ChannelGroupReport, HeadReport
 if TYPE_CHECKING:
     from sparsecut.passes.channels.analysis import DeadChannelAnalysis
 
-__all__ = ["group_reports", "head_reports", "location"]
+__all__ = ["GQA_GROUPS", "group_reports", "head_reports", "location"]
 
 
 def group_reports(a: DeadChannelAnalysis) -> list[ChannelGroupReport]:
@@ -113,9 +114,12 @@ def head_reports(a: DeadChannelAnalysis) -> list[HeadReport]:
         dead = np.asarray(~live.any(axis=1), bool)
         removed = np.asarray(np.asarray(a.removed(block.exit)).reshape(block.heads, d).all(axis=1), bool)
         kept: dict[str, int] = {}
+        group_removed = np.asarray(removed.reshape(block.kv_heads, -1).all(axis=1), bool)
+        group_of = block.kv_of(np.arange(block.heads))
         for h in range(block.heads):
             if dead[h] and not removed[h]:
-                reason = reasons(s, h * d)
+                grouped = block.kv_heads < block.heads and not group_removed[group_of[h]]
+                reason = GQA_GROUPS if grouped else reasons(s, h * d)
                 kept[reason] = kept.get(reason, 0) + 1
         kept_heads = max(1, int((~removed).sum()))
         v_after = int((~np.asarray(a.removed(block.exit))).sum()) // kept_heads
@@ -136,6 +140,16 @@ def head_reports(a: DeadChannelAnalysis) -> list[HeadReport]:
                 kept=kept,
                 qk_dim_after=qk_after,
                 v_dim_after=v_after,
+                cache={str(v.name): kept_kv for v in block.cache} if (kept_kv := _kept_kv(block, removed)) else {},
             )
         )
     return reports
+
+
+GQA_GROUPS = "a query head of a live K/V group (GQA: every group keeps the same number of query heads)"
+
+
+def _kept_kv(block: AttentionBlock, removed: np.ndarray) -> list[int]:
+    """The K/V heads a KV cache keeps, where it loses any (else empty)."""
+    kept = sorted(set(block.kv_of(np.flatnonzero(~removed)).tolist()))
+    return kept if len(kept) < block.kv_heads else []

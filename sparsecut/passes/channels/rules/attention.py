@@ -4,21 +4,21 @@ as one unit at its anchor (the analysis claims its other nodes). The math is in 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.channels.heads import AttentionBlock, Entry
-from sparsecut.passes.channels.rules.base import ChannelRule, Decline, Keep, Kind, Plan
+from sparsecut.passes.channels.rules.base import ChannelRule, Decline, Keep, Kind, Plan, register
 from sparsecut.passes.channels.spaces import ChannelSpaces, ChannelWalk
-from sparsecut.passes.nodes import shape_element
+from sparsecut.passes.nodes import attr_int, shape_element
 
 if TYPE_CHECKING:
     from sparsecut.passes.channels.constraints import Coupling
     from sparsecut.passes.channels.rewrite import ChannelRewrite
 
-__all__ = ["EQUAL_DIMS", "AttentionPlan", "AttentionRule"]
+__all__ = ["EQUAL_DIMS", "AttentionPlan", "AttentionRule", "GroupQueryAttentionRule", "group_query_block"]
 
 EQUAL_DIMS = "heads keep equal head dims (one reshape splits them)"
 
@@ -32,7 +32,7 @@ class AttentionRule(ChannelRule[AttentionPlan]):
     """The pattern rule of one block, run at its anchor (the analysis claims the rest). Not registered by op
     type: the analysis makes one per block `heads.find_attention_blocks` found."""
 
-    op_types = ()
+    op_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, block: AttentionBlock) -> None:
         self.block = block
@@ -210,3 +210,134 @@ def _set_count(node: ir.Node, position: int, count: int, rw: ChannelRewrite) -> 
     if shape is not None and shape_element(shape, position) is not None:  # a constant, or a constant piece
         rw.set_shape_element(node, position, count)
     # else computed from the block's own shapes: follows by itself
+
+
+@register
+class GroupQueryAttentionRule(AttentionRule):
+    """onnxruntime's GroupQueryAttention (com.microsoft), as onnxruntime-genai's model builder writes every decoder
+    layer: one node reads the packed projection [B, S, (H + 2·H_kv)·D] (or q, k and v apart), the layer's past
+    K/V [B, H_kv, P, D] and the rotary caches, and writes the attention output [B, S, H·D] and the presents. Its
+    math is the attention block's (heads.py): a head whose output features are not needed, or whose V is zero,
+    contributes nothing; a K/V head goes with every query head of its group; head dims stay (rotary, the cache).
+    The rewrite sets `num_heads`/`kv_num_heads` and the cache inputs' and outputs' head counts."""
+
+    op_types = ("GroupQueryAttention",)
+    domain = "com.microsoft"
+
+    def __init__(self) -> None:
+        pass  # one instance serves every node: the block is in each node's plan
+
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> AttentionPlan | Decline:
+        block = group_query_block(node)
+        if isinstance(block, Decline):
+            return block
+        packed = block.v_entry.value
+        rank = len(packed.shape or ())
+        why = spaces.ensure(packed, rank - 1) if packed in spaces.axis else "its input's channels are not known"
+        if why:
+            return Decline(f"GroupQueryAttention: {why}")
+        if spaces.count_of(packed) != (block.heads + 2 * block.kv_heads) * block.head_dim:
+            return Decline("GroupQueryAttention: the packed input's size disagrees with num_heads/kv_num_heads")
+        q, k, v = _packed_parts(block)
+        exit_value, d = block.exit, block.head_dim
+        features = block.heads * d
+        spaces.register(exit_value, 2, features)
+        live, const = spaces.live[packed][v], spaces.const[packed][v]
+        if not block.stochastic:
+            live = live | (const != 0)
+        spaces.set_state(exit_value, live.copy(), np.where(live, 0.0, const))
+        exit_index = np.arange(features)
+        spaces.add_map(node, packed, v, exit_value, exit_index)  # exit (h, i) carries v (kv(h), i)
+        spaces.add_map(node, packed, q, packed, k)  # q (h, d) meets k (kv(h), d)
+        head = exit_index // d * d
+        spaces.tie(exit_value, exit_index, exit_value, head)  # whole heads: rotary pairs, the cache's head dim
+        spaces.tie(packed, q, packed, q[head])
+        spaces.tie(packed, k, packed, k[head])
+        return AttentionPlan(Kind.ATTENTION, block)
+
+    def constrain(
+        self, node: ir.Node, plan: AttentionPlan, coupling: Coupling, removable: np.ndarray, keep: Keep
+    ) -> bool:
+        return False  # whole heads are tied, and a K/V head goes only with its group (the maps above)
+
+    def backward(
+        self, node: ir.Node, plan: AttentionPlan, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]
+    ) -> None:
+        """As the attention block's (`block_backward`), on the parts of the packed input."""
+        block = plan.block
+        packed, d = block.v_entry.value, block.head_dim
+        q, k, v = _packed_parts(block)
+        exit_needed = needed[block.exit].reshape(block.heads, d)
+        scores_matter = exit_needed.any(axis=1) & walk.live[packed][v].reshape(block.heads, d).any(axis=1)
+        live, const = walk.live[packed], walk.const[packed]
+        pair = np.repeat(scores_matter, d) & live[k] & (live[q] | (const[q] != 0))
+        target = needed[packed]
+        np.logical_or.at(target, q, pair)
+        np.logical_or.at(target, k, pair)
+        np.logical_or.at(target, v, exit_needed.reshape(-1))
+
+    def rewrite(self, node: ir.Node, plan: AttentionPlan, rw: ChannelRewrite) -> None:
+        block = plan.block
+        kept_heads = np.unique(rw.kept(block.exit) // block.head_dim)
+        kv_heads = len(np.unique(block.kv_of(kept_heads)))
+        node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(kept_heads))
+        node.attributes["kv_num_heads"] = ir.AttrInt64("kv_num_heads", kv_heads)
+        for value in block.cache:
+            if value.shape is not None:
+                value.shape = ir.Shape([kv_heads if axis == 1 else dim for axis, dim in enumerate(value.shape)])
+
+
+def _packed_parts(block: AttentionBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per exit feature (h, i): its q, k and v features in the packed [q | k | v] input (k and v: of kv(h))."""
+    d, heads, kv = block.head_dim, block.heads, block.kv_heads
+    index = np.arange(heads * d)
+    shared = block.kv_of(index // d) * d + index % d
+    return index, heads * d + shared, (heads + kv) * d + shared
+
+
+def group_query_block(node: ir.Node) -> AttentionBlock | Decline:
+    """The GroupQueryAttention node as an attention block (its one node is entry, anchor and exit), or why not."""
+    heads, kv_heads = attr_int(node, "num_heads", 0), attr_int(node, "kv_num_heads", 0)
+    inputs = list(node.inputs) + [None] * (12 - len(node.inputs))
+    packed = inputs[0]
+    if packed is None or packed.shape is None or not isinstance(packed.shape[-1], int):
+        return Decline("GroupQueryAttention: its input has no static size")
+    if inputs[1] is not None or inputs[2] is not None:
+        return Decline("GroupQueryAttention: separate q/k/v inputs (only the packed form is read)")
+    if any(v is not None for v in inputs[9:]):
+        return Decline("GroupQueryAttention: position ids, an attention bias or a head sink is given")
+    if heads < 1 or kv_heads < 1 or heads % kv_heads or packed.shape[-1] % (heads + 2 * kv_heads):
+        return Decline(
+            f"GroupQueryAttention: num_heads {heads} / kv_num_heads {kv_heads} disagree with its input's "
+            f"{packed.shape[-1]} features"
+        )
+    outputs = list(node.outputs)
+    out = outputs[0].shape
+    if out is None or len(out) != 3 or out[2] != heads * packed.shape[-1] // (heads + 2 * kv_heads):
+        return Decline("GroupQueryAttention: its output's shape is not known")
+    if len(outputs) > 3 and any(o.uses() or o.is_graph_output() for o in outputs[3:]):
+        return Decline("GroupQueryAttention: its attention scores are read")
+    cache = [v for v in (inputs[3], inputs[4], *outputs[1:3]) if v is not None]
+    for value in cache:
+        if not (value.is_graph_input() or value.is_graph_output()):
+            return Decline(f"GroupQueryAttention: the cache {value.name!r} is not the model's input or output")
+        if value.shape is None or len(value.shape) != 4 or value.shape[1] != kv_heads:
+            return Decline(f"GroupQueryAttention: the cache {value.name!r} has no static head count {kv_heads}")
+    d = packed.shape[-1] // (heads + 2 * kv_heads)
+    entry = Entry(node, packed, kv=False, fused=True)
+    return AttentionBlock(
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=d,
+        nodes=[node],
+        labels={},
+        entries=[entry],
+        exit_node=node,
+        exit=outputs[0],
+        v_entry=entry,
+        v_slot=2,
+        stochastic=attr_int(node, "smooth_softmax", 0) == 0,
+        anchor=node,
+        fixed_dims=frozenset(("qk", "v")),
+        cache=tuple(cache),
+    )

@@ -1,0 +1,298 @@
+"""A Llama-architecture decoder with a KV cache, small enough for unit tests, written the way Hugging Face writes it
+(RMSNorm in plain ops, GQA with repeat_kv as Unsqueeze → Expand → Reshape, RoPE's rotate-half, the past
+concatenated on the sequence axis, a causal mask built from the attention mask), exported with the interface
+optimum-onnx and onnxruntime-genai give a decoder: `input_ids`, `attention_mask`, `position_ids`,
+`past_key_values.N.key/value` → `logits`, `present.N.key/value`. And masking as structured LLM pruning leaves it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+VOCAB, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, MLP, LAYERS = 64, 32, 4, 2, 16, 48, 2  # (GQA wants head dims of 16·k)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(1 + 0.1 * torch.randn(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(HIDDEN, HEADS * HEAD_DIM, bias=False)
+        self.k = nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
+        self.v = nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
+        self.o = nn.Linear(HEADS * HEAD_DIM, HIDDEN, bias=False)
+
+    def forward(self, x, cos, sin, mask, past_k, past_v):  # type: ignore[no-untyped-def]
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, -1, HEAD_DIM).transpose(1, 2)
+        k = self.k(x).view(b, n, -1, HEAD_DIM).transpose(1, 2)
+        v = self.v(x).view(b, n, -1, HEAD_DIM).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k = torch.cat([past_k, k], dim=2)
+        v = torch.cat([past_v, v], dim=2)
+        present = (k, v)
+        repeat = HEADS // KV_HEADS
+        t = k.shape[2]
+        k = k[:, :, None].expand(b, KV_HEADS, repeat, t, HEAD_DIM).reshape(b, HEADS, t, HEAD_DIM)
+        v = v[:, :, None].expand(b, KV_HEADS, repeat, t, HEAD_DIM).reshape(b, HEADS, t, HEAD_DIM)
+        scores = q @ k.transpose(2, 3) / HEAD_DIM**0.5 + mask
+        out = torch.softmax(scores, dim=-1) @ v
+        return self.o(out.transpose(1, 2).reshape(b, n, -1)), present
+
+
+class Layer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = RMSNorm(HIDDEN), RMSNorm(HIDDEN)
+        self.attn = Attention()
+        self.gate = nn.Linear(HIDDEN, MLP, bias=False)
+        self.up = nn.Linear(HIDDEN, MLP, bias=False)
+        self.down = nn.Linear(MLP, HIDDEN, bias=False)
+
+    def forward(self, x, cos, sin, mask, past_k, past_v):  # type: ignore[no-untyped-def]
+        attended, present = self.attn(self.norm1(x), cos, sin, mask, past_k, past_v)
+        x = x + attended
+        h = self.norm2(x)
+        return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h)), present
+
+
+class Decoder(nn.Module):
+    """forward(input_ids, attention_mask, position_ids, past_key_values.0.key, past_key_values.0.value, …)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(VOCAB, HIDDEN)
+        self.layers = nn.ModuleList(Layer() for _ in range(LAYERS))
+        self.norm = RMSNorm(HIDDEN)
+        self.head = nn.Linear(HIDDEN, VOCAB, bias=False)
+        inverse = 1.0 / (10000 ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM))
+        self.register_buffer("inverse", inverse, persistent=False)
+
+    def forward(self, input_ids, attention_mask, position_ids, *pasts):  # type: ignore[no-untyped-def]
+        x = self.embed(input_ids)
+        angles = position_ids[..., None].float() * self.inverse
+        angles = torch.cat([angles, angles], dim=-1)[:, None]
+        cos, sin = angles.cos(), angles.sin()
+        n = input_ids.shape[1]
+        total = attention_mask.shape[1]
+        query = (total - n + torch.arange(n))[:, None]
+        allowed = (torch.arange(total)[None, :] <= query)[None, None] & (attention_mask[:, None, None, :] > 0)
+        mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+        presents = []
+        for index, layer in enumerate(self.layers):
+            x, (k, v) = layer(x, cos, sin, mask, pasts[2 * index], pasts[2 * index + 1])
+            presents += [k, v]
+        return (self.head(self.norm(x)), *presents)
+
+
+def cache_names() -> tuple[list[str], list[str]]:
+    pasts = [f"past_key_values.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
+    return pasts, [name.replace("past_key_values", "present") for name in pasts]
+
+
+def mask_like_llm_pruning(model: Decoder, extra_query_head: bool = False) -> dict[str, object]:
+    """Layer i loses K/V group i % KV_HEADS with its query heads (q rows, o columns), a third of its MLP neurons,
+    and every layer the hidden channels 3 and 17 (embedding columns, every residual writer's rows). With
+    `extra_query_head`, layer 0 also loses one query head of a live group (its q rows and o columns)."""
+    group = HEADS // KV_HEADS
+    hidden = [3, 17]
+    with torch.no_grad():
+        model.embed.weight[:, hidden] = 0
+        for index, layer in enumerate(model.layers):
+            dead = index % KV_HEADS
+            heads = list(range(dead * group, (dead + 1) * group))
+            if extra_query_head and index == 0:
+                heads.append((heads[-1] + 1) % HEADS)
+            for h in heads:
+                layer.attn.q.weight[h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
+                layer.attn.o.weight[:, h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
+            rows = slice(dead * HEAD_DIM, (dead + 1) * HEAD_DIM)
+            layer.attn.k.weight[rows] = 0
+            layer.attn.v.weight[rows] = 0
+            neurons = np.arange(index, MLP, 3)
+            layer.gate.weight[neurons] = 0
+            layer.up.weight[neurons] = 0
+            layer.down.weight[:, neurons] = 0
+            layer.attn.o.weight[hidden] = 0
+            layer.down.weight[hidden] = 0
+    return {"hidden": hidden, "neurons": [len(np.arange(i, MLP, 3)) for i in range(LAYERS)]}
+
+
+def export_decoder(model: Decoder, path: Path, dynamo: bool) -> Path:
+    """The decoder as optimum-onnx's interface has it, exported by either PyTorch exporter."""
+    pasts, presents = cache_names()
+    batch, n, past = 2, 3, 4
+    example = (
+        torch.randint(0, VOCAB, (batch, n)),
+        torch.ones(batch, past + n, dtype=torch.int64),
+        torch.arange(past, past + n)[None].expand(batch, n).contiguous(),
+        *(torch.randn(batch, KV_HEADS, past, HEAD_DIM) for _ in pasts),
+    )
+    names = ["input_ids", "attention_mask", "position_ids", *pasts]
+    if dynamo:
+        auto = torch.export.Dim.AUTO
+        shapes = (
+            {0: auto, 1: auto},
+            {0: auto, 1: auto},
+            {0: auto, 1: auto},
+            tuple({0: auto, 2: auto} for _ in pasts),
+        )  # (the pasts are one *args)
+        torch.onnx.export(
+            model.eval(),
+            example,
+            str(path),
+            dynamo=True,
+            input_names=names,
+            output_names=["logits", *presents],
+            dynamic_shapes=shapes,
+            optimize=True,
+        )
+    else:
+        axes = {
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "total"},
+            "position_ids": {0: "batch", 1: "sequence"},
+            "logits": {0: "batch", 1: "sequence"},
+            **{p: {0: "batch", 2: "past"} for p in pasts},
+            **{p: {0: "batch", 2: "total"} for p in presents},
+        }
+        torch.onnx.export(
+            model.eval(),
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=names,
+            output_names=["logits", *presents],
+            dynamic_axes=axes,
+        )
+    return path
+
+
+def builder_decoder(model: Decoder, path: Path) -> Path:
+    """The same decoder in the form onnxruntime-genai's model builder writes (`-p fp32 -e cpu`): the token table
+    gathered, SimplifiedLayerNormalization then com.microsoft SkipSimplifiedLayerNormalization carrying the
+    residual stream, one packed q|k|v MatMul into GroupQueryAttention (rotary inside, from cos/sin caches, positions
+    from the attention mask), past [B, H_kv, P, kv_cache_dim] → present; no position_ids input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def weight(name: str, array: np.ndarray) -> str:
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
+        return name
+
+    def linear(name: str, x: str, *layers: nn.Linear) -> str:
+        w = torch.cat([layer.weight for layer in layers]).detach().numpy().T
+        nodes.append(helper.make_node("MatMul", [x, weight(f"{name}.weight", w)], [f"{name}.out"], name=name))
+        return f"{name}.out"
+
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[onnx.TensorProto] = []
+    pasts, presents = cache_names()
+    angles = np.arange(256)[:, None] * model.inverse.numpy()[None]
+    weight("cos_cache", np.cos(angles))
+    weight("sin_cache", np.sin(angles))
+    initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axes1"))
+    initializers.append(numpy_helper.from_array(np.array(1, np.int64), "one"))
+    nodes += [
+        helper.make_node("ReduceSum", ["attention_mask", "axes1"], ["mask_sum"], keepdims=0),
+        helper.make_node("Sub", ["mask_sum", "one"], ["seqlens"]),
+        helper.make_node("Cast", ["seqlens"], ["seqlens_k"], to=TensorProto.INT32),
+        helper.make_node("Shape", ["attention_mask"], ["mask_shape"]),
+        helper.make_node("Gather", ["mask_shape", "one"], ["total"], axis=0),
+        helper.make_node("Cast", ["total"], ["total_seq_len"], to=TensorProto.INT32),
+        helper.make_node("Gather", [weight("embed", model.embed.weight.detach().numpy()), "input_ids"], ["x0"]),
+        helper.make_node(
+            "SimplifiedLayerNormalization",
+            ["x0", weight("norm1.0", model.layers[0].norm1.weight.detach().numpy())],
+            ["h0"],
+            epsilon=1e-5,
+            axis=-1,
+            stash_type=1,
+        ),
+    ]
+    residual, normed = "x0", "h0"
+    for i, layer in enumerate(model.layers):
+        qkv = linear(f"qkv.{i}", normed, layer.attn.q, layer.attn.k, layer.attn.v)
+        nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [qkv, "", "", pasts[2 * i], pasts[2 * i + 1], "seqlens_k", "total_seq_len", "cos_cache", "sin_cache"],
+                [f"attn.{i}", presents[2 * i], presents[2 * i + 1]],
+                domain="com.microsoft",
+                num_heads=HEADS,
+                kv_num_heads=KV_HEADS,
+                do_rotary=1,
+                scale=HEAD_DIM**-0.5,
+                name=f"gqa.{i}",
+            )
+        )
+        o = linear(f"o.{i}", f"attn.{i}", layer.attn.o)
+        nodes.append(
+            helper.make_node(
+                "SkipSimplifiedLayerNormalization",
+                [residual, o, weight(f"norm2.{i}", layer.norm2.weight.detach().numpy())],
+                [f"h2.{i}", "", "", f"x1.{i}"],
+                domain="com.microsoft",
+                epsilon=1e-5,
+            )
+        )
+        gate, up = linear(f"gate.{i}", f"h2.{i}", layer.gate), linear(f"up.{i}", f"h2.{i}", layer.up)
+        nodes += [
+            helper.make_node("Sigmoid", [gate], [f"sig.{i}"]),
+            helper.make_node("Mul", [gate, f"sig.{i}"], [f"silu.{i}"]),
+            helper.make_node("Mul", [f"silu.{i}", up], [f"mlp.{i}"]),
+        ]
+        down = linear(f"down.{i}", f"mlp.{i}", layer.down)
+        last = i == len(model.layers) - 1
+        gain = (model.norm if last else model.layers[i + 1].norm1).weight.detach().numpy()
+        normed, residual = f"h.{i + 1}", f"x.{i + 1}"
+        nodes.append(
+            helper.make_node(
+                "SkipSimplifiedLayerNormalization",
+                [f"x1.{i}", down, weight(f"norm1.{i + 1}", gain)],
+                [normed, "", "", residual],
+                domain="com.microsoft",
+                epsilon=1e-5,
+            )
+        )
+    linear("head", normed, model.head)
+    nodes[-1].output[0] = "logits"
+    cache = ["batch_size", KV_HEADS, "past_sequence_length", "kv_cache_dim"]
+    present = ["batch_size", KV_HEADS, "total_sequence_length", "kv_cache_dim"]
+    graph = helper.make_graph(
+        nodes,
+        "builder",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+            *(helper.make_tensor_value_info(p, TensorProto.FLOAT, cache) for p in pasts),
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", VOCAB]),
+            *(helper.make_tensor_value_info(p, TensorProto.FLOAT, present) for p in presents),
+        ],
+        initializers,
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
+    onnx.save(proto, str(path))
+    return path

@@ -1,0 +1,159 @@
+"""KV-cache decoders (tests/passes/decoders.py: a Llama-architecture decoder as optimum-onnx's interface has it),
+exported by both PyTorch exporters: a dead K/V group goes with its query heads and that layer's cache inputs
+and outputs hold fewer heads; the gate drives both graphs through a prefill and greedy decode steps, with no data
+from the user."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from sparsecut.decoder import DecoderInterface, generate
+from sparsecut.errors import InputError
+from sparsecut.modelfile import load_model
+from sparsecut.passes import OptimizeOptions, optimize_model
+from sparsecut.passes.channels.report import GQA_GROUPS
+from tests.passes.decoders import (
+    HEAD_DIM,
+    HIDDEN,
+    LAYERS,
+    MLP,
+    VOCAB,
+    Decoder,
+    builder_decoder,
+    export_decoder,
+    mask_like_llm_pruning,
+)
+from tests.passes.graphs import weights
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["torchscript", "dynamo"])
+def masked(request, tmp_path_factory) -> Path:
+    model = Decoder()
+    mask_like_llm_pruning(model, extra_query_head=True)
+    return export_decoder(model, tmp_path_factory.mktemp("decoder") / "masked.onnx", dynamo=request.param)
+
+
+def _dims(value_info) -> list:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_a_dead_kv_group_goes_with_its_query_heads_and_the_cache_loses_its_head(masked, tmp_path):
+    """Per layer one K/V group (of 2) and its 2 query heads, a third of the MLP neurons and 2 of 32 hidden channels
+    are dead: all go, exactly — every weight's shape is the physically smaller decoder's; each layer's past and
+    present hold 1 K/V head; the query head of a live group in layer 0 stays, with the reason."""
+    report = optimize_model(masked, tmp_path / "lean.onnx", OptimizeOptions(align=1))
+    (check,) = report.checks
+    assert check.passed and check.max_rel_error < 1e-5
+    assert check.label == (
+        "greedy generation, batch 2: prefill 16 tokens (seed 0), 31 decode steps; greedy tokens identical"
+    )
+    lean = load_model(tmp_path / "lean.onnx")
+    hidden, heads, neurons = HIDDEN - 2, 2, MLP - MLP // 3
+    per_layer = [(hidden, heads * HEAD_DIM), (hidden, HEAD_DIM), (hidden, HEAD_DIM), (heads * HEAD_DIM, hidden),
+                 (hidden, neurons), (hidden, neurons), (neurons, hidden)]  # fmt: skip
+    shapes = [w.shape for w in weights(lean, "MatMul") if w is not None]
+    assert shapes == per_layer * LAYERS + [(hidden, VOCAB)]
+    table = next(n.inputs[0] for n in lean.graph if n.op_type == "Gather" and n.inputs[0].const_value is not None)
+    assert table.const_value.shape == (VOCAB, hidden)
+    proto = onnx.load(str(tmp_path / "lean.onnx"), load_external_data=False)
+    caches = {v.name: _dims(v)[1] for v in [*proto.graph.input, *proto.graph.output] if "key" in v.name or "value" in v.name}  # fmt: skip
+    assert caches == {name: 1 for name in caches} and len(caches) == 4 * LAYERS
+    step = next(p for p in report.passes if p.name == "remove-dead-channels")
+    assert [(h.heads, h.kv_heads, h.dead, h.removable) for h in step.heads] == [(4, 2, 3, 2), (4, 2, 2, 2)]
+    assert step.heads[0].kept == {GQA_GROUPS: 1}
+    assert step.heads[0].cache == {f"{kind}.0.{part}": [1] for kind in ("past_key_values", "present")
+                                   for part in ("key", "value")}  # fmt: skip
+
+
+def test_the_lean_decoder_generates_what_the_masked_one_does(masked, tmp_path):
+    """Outside the gate: onnxruntime's greedy generation (batch 3, a 5-token prompt, 12 tokens) from the lean file
+    gives the masked file's tokens and logits, the lean one fed its own smaller caches."""
+    import onnxruntime as ort
+
+    optimize_model(masked, tmp_path / "lean.onnx", OptimizeOptions(align=1))
+    interface = DecoderInterface.of(load_model(masked), masked)
+    assert interface is not None
+    prompt = np.random.default_rng(7).integers(0, VOCAB, (3, 5))
+    runs = [generate(ort.InferenceSession(str(p)), interface, prompt, 12) for p in (masked, tmp_path / "lean.onnx")]
+    np.testing.assert_array_equal(runs[0].tokens, runs[1].tokens)
+    for a, b in zip(runs[0].logits, runs[1].logits, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+    assert runs[1].caches["present.1.value"].shape == (3, 1, 5 + 11, HEAD_DIM)
+
+
+def test_a_past_with_no_present_is_refused_naming_it(tmp_path):
+    model = export_decoder(Decoder(), tmp_path / "masked.onnx", dynamo=False)
+    proto = onnx.load(str(model))
+    kept = [o for o in proto.graph.output if o.name != "present.1.value"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    onnx.save(proto, str(tmp_path / "broken.onnx"))
+    with pytest.raises(InputError) as raised:
+        optimize_model(tmp_path / "broken.onnx", tmp_path / "lean.onnx", OptimizeOptions(align=1))
+    assert str(raised.value) == (
+        f"{tmp_path / 'broken.onnx'}: the past input 'past_key_values.1.value' has no matching present output "
+        "('present.1.value')"
+    )
+    assert not (tmp_path / "lean.onnx").exists()
+
+
+def test_a_cache_with_a_symbolic_head_axis_keeps_its_heads_with_the_reason(tmp_path):
+    """A decoder whose past head axis is symbolic: no head goes (the cache's size cannot be rewritten), said so;
+    driven with --data instead (the gate cannot size an empty past)."""
+    model = Decoder()
+    mask_like_llm_pruning(model)
+    path = export_decoder(model, tmp_path / "masked.onnx", dynamo=False)
+    proto = onnx.load(str(path))
+    for value in [*proto.graph.input, *proto.graph.output]:
+        if value.name.startswith(("past_key_values", "present")):
+            value.type.tensor_type.shape.dim[1].dim_param = "kv_heads"
+    onnx.save(proto, str(tmp_path / "symbolic.onnx"))
+    with pytest.raises(InputError, match=r"the past input 'past_key_values.0.key' has no static head count"):
+        optimize_model(tmp_path / "symbolic.onnx", tmp_path / "lean.onnx", OptimizeOptions(align=1))
+    from sparsecut.passes import inspect_model
+
+    step = next(p for p in inspect_model(tmp_path / "symbolic.onnx", align=1).passes if "remove-dead" in p.name)
+    assert not step.heads
+    assert any("has no static head count" in reason for reason in step.declined)
+
+
+def test_groupqueryattention_as_the_genai_builder_writes_it_loses_the_dead_group(tmp_path):
+    """The same masked decoder in onnxruntime-genai's builder form (GroupQueryAttention on a packed q|k|v MatMul,
+    rotary inside, SkipSimplifiedLayerNormalization, caches with a symbolic head dim): each layer's node gets
+    num_heads 2 / kv_num_heads 1, the packed weight loses the group's q, k and v columns, the caches one head."""
+    import onnxruntime as ort
+
+    model = Decoder()
+    mask_like_llm_pruning(model, extra_query_head=True)
+    source = builder_decoder(model, tmp_path / "builder.onnx")
+    plain = export_decoder(model, tmp_path / "plain.onnx", dynamo=False)
+    prompt = np.random.default_rng(3).integers(0, VOCAB, (2, 6))
+    built, exported = (
+        generate(ort.InferenceSession(str(p)), DecoderInterface.of(load_model(p), p), prompt, 6)
+        for p in (source, plain)
+    )
+    np.testing.assert_array_equal(built.tokens, exported.tokens)  # the builder form is the same decoder
+    report = optimize_model(source, tmp_path / "lean.onnx", OptimizeOptions(align=1))
+    (check,) = report.checks
+    assert check.passed and check.label.endswith("greedy tokens identical")
+    lean = load_model(tmp_path / "lean.onnx")
+    gqa = [n for n in lean.graph if n.op_type == "GroupQueryAttention"]
+    assert [(n.attributes["num_heads"].value, n.attributes["kv_num_heads"].value) for n in gqa] == [(2, 1)] * LAYERS
+    hidden = HIDDEN - 2
+    shapes = [w.shape for w in weights(lean, "MatMul") if w is not None]
+    neurons = MLP - MLP // 3
+    per_layer = [
+        (hidden, 4 * HEAD_DIM),
+        (2 * HEAD_DIM, hidden),
+        (hidden, neurons),
+        (hidden, neurons),
+        (neurons, hidden),
+    ]
+    assert shapes == per_layer * LAYERS + [(hidden, VOCAB)]
+    proto = onnx.load(str(tmp_path / "lean.onnx"), load_external_data=False)
+    heads = {v.name: _dims(v)[1] for v in [*proto.graph.input, *proto.graph.output] if v.name.startswith(("past", "present"))}  # fmt: skip
+    assert heads == {name: 1 for name in heads} and len(heads) == 4 * LAYERS
