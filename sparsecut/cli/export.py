@@ -14,6 +14,8 @@ from sparsecut.cli.options import (
     ArchOption,
     AtolOption,
     CheckpointArgument,
+    DecoderExporterOption,
+    ExporterPythonOption,
     InputShapeOption,
     JsonOption,
     KeepStackTracesOption,
@@ -25,6 +27,7 @@ from sparsecut.cli.options import (
     TrustCheckpointOption,
 )
 from sparsecut.cli.render import render_export
+from sparsecut.errors import OutputPathError
 from sparsecut.opsets import MIN_OPSET
 from sparsecut.outputs import OutputPlan
 
@@ -41,10 +44,29 @@ def export(
     atol: AtolOption = 1e-5,
     trust_checkpoint: TrustCheckpointOption = False,
     keep_stack_traces: KeepStackTracesOption = False,
+    exporter: DecoderExporterOption = "genai",
+    python: ExporterPythonOption = None,
     json_path: JsonOption = None,
 ) -> None:
-    """Export a pruned checkpoint to ONNX, verified against PyTorch in onnxruntime."""
+    """Export a pruned checkpoint to ONNX, verified against PyTorch in onnxruntime. A Hugging Face decoder folder
+    (save_pretrained) becomes a KV-cache decoder folder (-o is a folder), verified against transformers' own
+    greedy generation."""
     from sparsecut.exporter import ExportOptions, export_checkpoint, parse_input_shape
+    from sparsecut.exporter.decoders import DecoderExportOptions, export_decoder_folder, is_decoder_folder
+
+    if is_decoder_folder(checkpoint):
+        if output.exists() and (not output.is_dir() or any(output.iterdir())):
+            raise OutputPathError(f"{output}: --output for a decoder folder must be a new or empty folder")
+        decoder_options = DecoderExportOptions(exporter=exporter, python=python, rtol=rtol, atol=atol)
+        with OutputPlan([checkpoint]) as plan:
+            staged = plan.folder(output, "--output", ["model.onnx", "model.onnx.data", "genai_config.json"])
+            staged_json = plan.file(json_path, "--json") if json_path else None
+            with console.status(f"exporting {checkpoint} with {exporter} …"):
+                report = export_decoder_folder(checkpoint, staged, decoder_options)
+            report = finish(plan, report, staged_json)
+        render_export(report)
+        announce_json(json_path)
+        return
 
     options = ExportOptions(
         input_shape=parse_input_shape(input_shape) if input_shape else None,

@@ -33,7 +33,9 @@ __all__ = [
     "BatchSizes",
     "BudgetOption",
     "CheckpointArgument",
+    "DecoderExporterOption",
     "DeviceOption",
+    "ExporterPythonOption",
     "HintOption",
     "InputShapeOption",
     "Int8FormatOption",
@@ -285,7 +287,23 @@ BudgetOption = Annotated[
 
 # ------------------------------------------------------------------------------------------ export and checks
 CheckpointArgument = Annotated[
-    Path, typer.Argument(help="Pruned checkpoint: .pt/.pth state_dict, .safetensors, or torch.export .pt2.")
+    Path,
+    typer.Argument(
+        help="Pruned checkpoint: .pt/.pth state_dict, .safetensors, or torch.export .pt2; or a Hugging Face decoder "
+        "folder (save_pretrained, safetensors)."
+    ),
+]
+DecoderExporterOption = Annotated[
+    str,
+    typer.Option(
+        "--exporter", help="For a Hugging Face decoder folder: genai (onnxruntime-genai's model builder) or optimum."
+    ),
+]
+ExporterPythonOption = Annotated[
+    str | None,
+    typer.Option(
+        "--python", help="For a Hugging Face decoder folder: the Python that has the exporter (default: this one)."
+    ),
 ]
 ArchOption = Annotated[str | None, typer.Option(help="Reference architecture (see `sparsecut models`).")]
 RecipeOption = Annotated[str, typer.Option(help="Pruning recipe (see `sparsecut models`).")]
