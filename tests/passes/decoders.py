@@ -136,6 +136,15 @@ def mask_like_llm_pruning(model: Decoder, extra_query_head: bool = False) -> dic
     return {"hidden": hidden, "neurons": [len(np.arange(i, MLP, 3)) for i in range(LAYERS)]}
 
 
+def mask_query_heads(model: Decoder, layer: int, heads: list[int]) -> None:
+    """Query heads of live K/V groups: their q rows and output-projection columns zero (their K/V heads live)."""
+    attention = model.layers[layer].attn
+    with torch.no_grad():
+        for h in heads:
+            attention.q.weight[h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
+            attention.o.weight[:, h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
+
+
 def export_decoder(model: Decoder, path: Path, dynamo: bool) -> Path:
     """The decoder as optimum-onnx's interface has it, exported by either PyTorch exporter."""
     pasts, presents = cache_names()

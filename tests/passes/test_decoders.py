@@ -26,6 +26,7 @@ from tests.passes.decoders import (
     builder_decoder,
     export_decoder,
     mask_like_llm_pruning,
+    mask_query_heads,
 )
 from tests.passes.graphs import weights
 
@@ -44,7 +45,8 @@ def _dims(value_info) -> list:
 def test_a_dead_kv_group_goes_with_its_query_heads_and_the_cache_loses_its_head(masked, tmp_path):
     """Per layer one K/V group (of 2) and its 2 query heads, a third of the MLP neurons and 2 of 32 hidden channels
     are dead: all go, exactly — every weight's shape is the physically smaller decoder's; each layer's past and
-    present hold 1 K/V head; the query head of a live group in layer 0 stays, with the reason."""
+    present hold 1 K/V head. Layer 0 also lost a query head of its live group, the only live one: it goes too
+    (one query head per group is still equal groups)."""
     report = optimize_model(masked, tmp_path / "lean.onnx", OptimizeOptions(align=1))
     (check,) = report.checks
     assert check.passed and check.max_rel_error < 1e-5
@@ -52,21 +54,52 @@ def test_a_dead_kv_group_goes_with_its_query_heads_and_the_cache_loses_its_head(
         "greedy generation, batch 2: prefill 16 tokens (seed 0), 31 decode steps; greedy tokens identical"
     )
     lean = load_model(tmp_path / "lean.onnx")
-    hidden, heads, neurons = HIDDEN - 2, 2, MLP - MLP // 3
-    per_layer = [(hidden, heads * HEAD_DIM), (hidden, HEAD_DIM), (hidden, HEAD_DIM), (heads * HEAD_DIM, hidden),
-                 (hidden, neurons), (hidden, neurons), (neurons, hidden)]  # fmt: skip
+    hidden, neurons = HIDDEN - 2, MLP - MLP // 3
+
+    def layer(heads: int) -> list[tuple[int, int]]:
+        return [(hidden, heads * HEAD_DIM), (hidden, HEAD_DIM), (hidden, HEAD_DIM), (heads * HEAD_DIM, hidden),
+                (hidden, neurons), (hidden, neurons), (neurons, hidden)]  # fmt: skip
+
     shapes = [w.shape for w in weights(lean, "MatMul") if w is not None]
-    assert shapes == per_layer * LAYERS + [(hidden, VOCAB)]
+    assert shapes == layer(1) + layer(2) + [(hidden, VOCAB)]
     table = next(n.inputs[0] for n in lean.graph if n.op_type == "Gather" and n.inputs[0].const_value is not None)
     assert table.const_value.shape == (VOCAB, hidden)
     proto = onnx.load(str(tmp_path / "lean.onnx"), load_external_data=False)
     caches = {v.name: _dims(v)[1] for v in [*proto.graph.input, *proto.graph.output] if "key" in v.name or "value" in v.name}  # fmt: skip
     assert caches == {name: 1 for name in caches} and len(caches) == 4 * LAYERS
     step = next(p for p in report.passes if p.name == "remove-dead-channels")
-    assert [(h.heads, h.kv_heads, h.dead, h.removable) for h in step.heads] == [(4, 2, 3, 2), (4, 2, 2, 2)]
-    assert step.heads[0].kept == {GQA_GROUPS: 1}
+    assert [(h.heads, h.kv_heads, h.dead, h.removable) for h in step.heads] == [(4, 2, 3, 3), (4, 2, 2, 2)]
+    assert step.heads[0].kept == {}
     assert step.heads[0].cache == {f"{kind}.0.{part}": [1] for kind in ("past_key_values", "present")
                                    for part in ("key", "value")}  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["torchscript", "dynamo", "builder"])
+def test_query_heads_of_live_groups_go_in_equal_numbers_per_group(tmp_path, form):
+    """No K/V group dead; layer 0 lost one query head in each group (heads 1 and 3): both go, repeat_kv's repeat
+    count becomes 1 — exact; layer 1 lost one in group 0 only (head 0): it stays, said so (GQA needs equal groups)."""
+    model = Decoder()
+    mask_query_heads(model, 0, [1, 3])
+    mask_query_heads(model, 1, [0])
+    if form == "builder":
+        source = builder_decoder(model, tmp_path / "masked.onnx")
+    else:
+        source = export_decoder(model, tmp_path / "masked.onnx", dynamo=form == "dynamo")
+    report = optimize_model(source, tmp_path / "lean.onnx", OptimizeOptions(align=1))
+    assert report.checks[0].passed
+    step = next(p for p in report.passes if p.name == "remove-dead-channels")
+    assert [(h.heads, h.kv_heads, h.dead, h.removable) for h in step.heads] == [(4, 2, 2, 2), (4, 2, 1, 0)]
+    assert step.heads[1].kept == {GQA_GROUPS: 1}
+    assert all(not h.cache for h in step.heads)  # every K/V head stays: the interface is unchanged
+    lean = load_model(tmp_path / "lean.onnx")
+    if form == "builder":  # the packed q|k|v: 2 (4) query heads and the 2 K/V heads' k and v
+        gqa = [n for n in lean.graph if n.op_type == "GroupQueryAttention"]
+        assert [(n.attributes["num_heads"].value, n.attributes["kv_num_heads"].value) for n in gqa] == [(2, 2), (4, 2)]
+        assert [w.shape for w in weights(lean, "MatMul") if w is not None][0:10:5] == [(HIDDEN, 6 * HEAD_DIM),
+                                                                                      (HIDDEN, 8 * HEAD_DIM)]  # fmt: skip
+    else:
+        q = [w.shape for w in weights(lean, "MatMul") if w is not None][0:14:7]
+        assert q == [(HIDDEN, 2 * HEAD_DIM), (HIDDEN, 4 * HEAD_DIM)]
 
 
 def test_the_lean_decoder_generates_what_the_masked_one_does(masked, tmp_path):
@@ -124,7 +157,8 @@ def test_a_cache_with_a_symbolic_head_axis_keeps_its_heads_with_the_reason(tmp_p
 def test_groupqueryattention_as_the_genai_builder_writes_it_loses_the_dead_group(tmp_path):
     """The same masked decoder in onnxruntime-genai's builder form (GroupQueryAttention on a packed q|k|v MatMul,
     rotary inside, SkipSimplifiedLayerNormalization, caches with a symbolic head dim): each layer's node gets
-    num_heads 2 / kv_num_heads 1, the packed weight loses the group's q, k and v columns, the caches one head."""
+    kv_num_heads 1 and num_heads 2 (layer 0: 1, its live group's dead query head gone too), the packed weight
+    loses those heads' q, k and v columns, the caches one head."""
     import onnxruntime as ort
 
     model = Decoder()
@@ -142,18 +176,15 @@ def test_groupqueryattention_as_the_genai_builder_writes_it_loses_the_dead_group
     assert check.passed and check.label.endswith("greedy tokens identical")
     lean = load_model(tmp_path / "lean.onnx")
     gqa = [n for n in lean.graph if n.op_type == "GroupQueryAttention"]
-    assert [(n.attributes["num_heads"].value, n.attributes["kv_num_heads"].value) for n in gqa] == [(2, 1)] * LAYERS
-    hidden = HIDDEN - 2
+    assert [(n.attributes["num_heads"].value, n.attributes["kv_num_heads"].value) for n in gqa] == [(1, 1), (2, 1)]
+    hidden, neurons = HIDDEN - 2, MLP - MLP // 3
+
+    def layer(heads: int) -> list[tuple[int, int]]:
+        return [(hidden, (heads + 2) * HEAD_DIM), (heads * HEAD_DIM, hidden), (hidden, neurons), (hidden, neurons),
+                (neurons, hidden)]  # fmt: skip
+
     shapes = [w.shape for w in weights(lean, "MatMul") if w is not None]
-    neurons = MLP - MLP // 3
-    per_layer = [
-        (hidden, 4 * HEAD_DIM),
-        (2 * HEAD_DIM, hidden),
-        (hidden, neurons),
-        (hidden, neurons),
-        (neurons, hidden),
-    ]
-    assert shapes == per_layer * LAYERS + [(hidden, VOCAB)]
+    assert shapes == layer(1) + layer(2) + [(hidden, VOCAB)]
     proto = onnx.load(str(tmp_path / "lean.onnx"), load_external_data=False)
     heads = {v.name: _dims(v)[1] for v in [*proto.graph.input, *proto.graph.output] if v.name.startswith(("past", "present"))}  # fmt: skip
     assert heads == {name: 1 for name in heads} and len(heads) == 4 * LAYERS

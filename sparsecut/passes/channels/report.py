@@ -9,7 +9,7 @@ import numpy as np
 
 from sparsecut.passes.channels.heads import AttentionBlock
 from sparsecut.passes.channels.rules import READERS
-from sparsecut.passes.channels.rules.attention import AttentionPlan
+from sparsecut.passes.channels.rules.attention import GQA_GROUPS, AttentionPlan
 from sparsecut.passes.nodes import source_name
 from sparsecut.report import ChannelGroupReport, HeadReport
 
@@ -144,9 +144,6 @@ def head_reports(a: DeadChannelAnalysis) -> list[HeadReport]:
             )
         )
     return reports
-
-
-GQA_GROUPS = "a query head of a live K/V group (GQA: every group keeps the same number of query heads)"
 
 
 def _kept_kv(block: AttentionBlock, removed: np.ndarray) -> list[int]:

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from sparsecut.passes.channels.constraints import Coupling
     from sparsecut.passes.channels.rewrite import ChannelRewrite
 
-__all__ = ["EQUAL_DIMS", "AttentionPlan", "AttentionRule", "GroupQueryAttentionRule", "group_query_block"]
+__all__ = ["EQUAL_DIMS", "GQA_GROUPS", "AttentionPlan", "AttentionRule", "GroupQueryAttentionRule", "group_query_block"]
 
 EQUAL_DIMS = "heads keep equal head dims (one reshape splits them)"
+GQA_GROUPS = "a query head of a live K/V group (GQA: every group keeps the same number of query heads)"
+NEEDS_KV = "its K/V head is read by a query head that stays"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class AttentionRule(ChannelRule[AttentionPlan]):
         """Heads keep equal counts of q/k dims and of v dims, and a head goes only when both its parts go (one
         reshape splits every projection into heads of one size)."""
         block = plan.block
+        if grouped(block):
+            return constrain_groups(block, _parts(block), coupling, removable, keep)
         if not block.separate:
             return False
         assert block.q_entry is not None
@@ -109,6 +113,9 @@ def analyze_block(block: AttentionBlock, spaces: ChannelSpaces) -> str | None:
         return None
     assert block.q_entry is not None and block.k_entry is not None
     q, k = block.q_entry.value, block.k_entry.value
+    if grouped(block):
+        couple_groups(spaces, block, _parts(block))
+        return None
     spaces.add_map(block.anchor, v, source, exit_value, exit_index)  # exit (h, i) carries v (kv(h), i)
     k_of_q = block.kv_of(head_of) * d + exit_index % d
     spaces.add_map(block.anchor, q, exit_index, k, k_of_q)  # q (h, d) meets k (kv(h), d) in the scores
@@ -177,6 +184,10 @@ def rewrite_block(block: AttentionBlock, rw: ChannelRewrite) -> None:
     kept_heads = np.unique(kept_exit // block.head_dim)
     heads = len(kept_heads)
     kv_heads = len(set(block.kv_of(kept_heads).tolist()))
+    if grouped(block):  # query heads of live groups may go too: the K/V heads are the kept ones of k
+        assert block.k_entry is not None
+        kv_heads = len(rw.kept(block.k_entry.value)) // block.head_dim
+    repeat = block.heads // block.kv_heads
     dims = {"v": len(kept_exit) // heads}  # new head dims of the parts whose dims may change
     if block.separate:
         assert block.q_entry is not None
@@ -191,6 +202,8 @@ def rewrite_block(block: AttentionBlock, rw: ChannelRewrite) -> None:
             continue
         shape = list(value.shape)
         shape[label.axis] = kv_heads if label.kv else heads
+        if label.kv and len(shape) == 5 and shape[label.axis + 1] == repeat:  # repeat_kv's [B, H_kv, r, N, D]
+            shape[label.axis + 1] = heads // kv_heads
         if label.dim is not None and label.part in dims and shape[label.dim] == block.head_dim:
             shape[label.dim] = dims[label.part]
         value.shape = ir.Shape(shape)
@@ -200,6 +213,13 @@ def rewrite_block(block: AttentionBlock, rw: ChannelRewrite) -> None:
             continue
         if not out.merged:
             _set_count(node, out.axis, kv_heads if out.kv else heads, rw)
+        if (
+            out.kv
+            and node.op_type == "Expand"
+            and len(node.outputs[0].shape or ()) == 5
+            and heads // kv_heads != repeat
+        ):
+            _set_count(node, out.axis + 1, heads // kv_heads, rw)  # query heads per group changed
         if out.dim is not None and out.part in dims:
             _set_count(node, out.dim, dims[out.part], rw)
     _set_count(block.exit_node, 2, len(kept_exit), rw)
@@ -238,7 +258,7 @@ class GroupQueryAttentionRule(AttentionRule):
             return Decline(f"GroupQueryAttention: {why}")
         if spaces.count_of(packed) != (block.heads + 2 * block.kv_heads) * block.head_dim:
             return Decline("GroupQueryAttention: the packed input's size disagrees with num_heads/kv_num_heads")
-        q, k, v = _packed_parts(block)
+        _, _, v = _packed_parts(block)
         exit_value, d = block.exit, block.head_dim
         features = block.heads * d
         spaces.register(exit_value, 2, features)
@@ -246,19 +266,13 @@ class GroupQueryAttentionRule(AttentionRule):
         if not block.stochastic:
             live = live | (const != 0)
         spaces.set_state(exit_value, live.copy(), np.where(live, 0.0, const))
-        exit_index = np.arange(features)
-        spaces.add_map(node, packed, v, exit_value, exit_index)  # exit (h, i) carries v (kv(h), i)
-        spaces.add_map(node, packed, q, packed, k)  # q (h, d) meets k (kv(h), d)
-        head = exit_index // d * d
-        spaces.tie(exit_value, exit_index, exit_value, head)  # whole heads: rotary pairs, the cache's head dim
-        spaces.tie(packed, q, packed, q[head])
-        spaces.tie(packed, k, packed, k[head])
+        couple_groups(spaces, block, _parts(block))
         return AttentionPlan(Kind.ATTENTION, block)
 
     def constrain(
         self, node: ir.Node, plan: AttentionPlan, coupling: Coupling, removable: np.ndarray, keep: Keep
     ) -> bool:
-        return False  # whole heads are tied, and a K/V head goes only with its group (the maps above)
+        return constrain_groups(plan.block, _parts(plan.block), coupling, removable, keep)
 
     def backward(
         self, node: ir.Node, plan: AttentionPlan, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]
@@ -279,7 +293,9 @@ class GroupQueryAttentionRule(AttentionRule):
     def rewrite(self, node: ir.Node, plan: AttentionPlan, rw: ChannelRewrite) -> None:
         block = plan.block
         kept_heads = np.unique(rw.kept(block.exit) // block.head_dim)
-        kv_heads = len(np.unique(block.kv_of(kept_heads)))
+        kept = rw.kept(block.v_entry.value)
+        d, heads = block.head_dim, block.heads
+        kv_heads = int(((kept >= heads * d) & (kept < (heads + block.kv_heads) * d)).sum()) // d
         node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(kept_heads))
         node.attributes["kv_num_heads"] = ir.AttrInt64("kv_num_heads", kv_heads)
         for value in block.cache:
@@ -341,3 +357,82 @@ def group_query_block(node: ir.Node) -> AttentionBlock | Decline:
         fixed_dims=frozenset(("qk", "v")),
         cache=tuple(cache),
     )
+
+
+# ---------------------------------------------------------------------------------------------------- GQA groups
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """Where a grouped block's exit, q, k and v features are: per query head h and dim i, exit[h·D + i] and
+    q[q_index[h·D + i]]; per K/V head g and dim i, k[k_index[g·D + i]] and v[v_index[g·D + i]]."""
+
+    exit: ir.Value
+    q: ir.Value
+    q_index: np.ndarray
+    k: ir.Value
+    k_index: np.ndarray
+    v: ir.Value
+    v_index: np.ndarray
+
+
+def grouped(block: AttentionBlock) -> bool:
+    """Whole heads (head dims fixed: rotary, a KV cache) of a GQA block whose K/V heads the query heads share:
+    a query head may go alone (its output features not needed), in equal numbers per live group."""
+    if block.separate:
+        return block.kv_heads < block.heads and {"qk", "v"} <= block.fixed_dims
+    return block.exit_node.op_type == "GroupQueryAttention"
+
+
+def _parts(block: AttentionBlock) -> _Parts:
+    d, heads, kv = block.head_dim, block.heads, block.kv_heads
+    if block.separate:
+        assert block.q_entry is not None and block.k_entry is not None
+        return _Parts(block.exit, block.q_entry.value, np.arange(heads * d), block.k_entry.value,
+                      np.arange(kv * d), block.v_entry.value, np.arange(kv * d))  # fmt: skip
+    packed = block.v_entry.value  # [q | k | v]
+    return _Parts(block.exit, packed, np.arange(heads * d), packed, heads * d + np.arange(kv * d), packed,
+                  (heads + kv) * d + np.arange(kv * d))  # fmt: skip
+
+
+def couple_groups(spaces: ChannelSpaces, block: AttentionBlock, parts: _Parts) -> None:
+    """A query head's output features and its q features go together, whole; a K/V head's k and v features go
+    together, whole (a layer's two caches keep the same heads). Which K/V heads may go, and how many query heads
+    per group, is `constrain_groups`' (no index map joins a query head to its group: it may go alone)."""
+    d = block.head_dim
+    exit_index = np.arange(block.heads * d)
+    spaces.tie(parts.exit, exit_index, parts.exit, exit_index // d * d)
+    spaces.tie(parts.exit, exit_index, parts.q, parts.q_index)
+    kv_index = np.arange(block.kv_heads * d)
+    spaces.tie(parts.k, parts.k_index, parts.k, parts.k_index[kv_index // d * d])
+    spaces.tie(parts.k, parts.k_index, parts.v, parts.v_index)
+
+
+def constrain_groups(
+    block: AttentionBlock, parts: _Parts, coupling: Coupling, removable: np.ndarray, keep: Keep
+) -> bool:
+    """A K/V head that a staying query head reads stays; every live group keeps the same number of query heads
+    (the dead ones of the groups with fewer stay, `GQA_GROUPS`)."""
+    d = block.head_dim
+    exit_start, k_start = coupling.span(parts.exit).start, coupling.span(parts.k).start
+    q_gone = removable[exit_start + np.arange(block.heads) * d]
+    kv_gone = removable[k_start + parts.k_index[np.arange(block.kv_heads) * d]].copy()
+    group = block.kv_of(np.arange(block.heads))
+    changed = False
+    for g in np.flatnonzero(kv_gone):
+        if not q_gone[group == g].all():
+            keep(removable, k_start + parts.k_index[g * d : (g + 1) * d], NEEDS_KV)
+            keep(removable, coupling.span(parts.v).start + parts.v_index[g * d : (g + 1) * d], NEEDS_KV)
+            kv_gone[g] = False
+            changed = True
+    live = np.flatnonzero(~kv_gone)
+    if not len(live):
+        return changed
+    counts: dict[int, int] = {int(g): int((~q_gone[group == g]).sum()) for g in live}
+    target = max(counts.values())
+    for kv, count in counts.items():
+        if count < target:
+            restore = np.flatnonzero((group == kv) & q_gone)[: target - count]
+            for h in restore:
+                keep(removable, exit_start + h * d + np.arange(d), GQA_GROUPS)
+                keep(removable, coupling.span(parts.q).start + parts.q_index[h * d : (h + 1) * d], GQA_GROUPS)
+            changed = True
+    return changed
