@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from sparsecut.decoder import DecoderInterface, generate
 from sparsecut.errors import InputError
@@ -18,7 +19,9 @@ from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.channels.report import GQA_GROUPS
 from tests.passes.decoders import (
     HEAD_DIM,
+    HEADS,
     HIDDEN,
+    KV_HEADS,
     LAYERS,
     MLP,
     VOCAB,
@@ -188,3 +191,37 @@ def test_groupqueryattention_as_the_genai_builder_writes_it_loses_the_dead_group
     proto = onnx.load(str(tmp_path / "lean.onnx"), load_external_data=False)
     heads = {v.name: _dims(v)[1] for v in [*proto.graph.input, *proto.graph.output] if v.name.startswith(("past", "present"))}  # fmt: skip
     assert heads == {name: 1 for name in heads} and len(heads) == 4 * LAYERS
+
+
+def test_groupqueryattention_attributes_that_disagree_with_its_input_keep_every_head(tmp_path):
+    """num_heads/kv_num_heads that do not divide the packed projection: the node is a barrier, said so."""
+    from sparsecut.passes import inspect_model
+
+    model = Decoder()
+    mask_like_llm_pruning(model)
+    path = builder_decoder(model, tmp_path / "builder.onnx")
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        if node.op_type == "GroupQueryAttention":
+            next(a for a in node.attribute if a.name == "num_heads").i = 5
+    onnx.save(proto, str(tmp_path / "wrong.onnx"))
+    step = next(p for p in inspect_model(tmp_path / "wrong.onnx", align=1).passes if "remove-dead" in p.name)
+    assert not step.heads
+    reason = (
+        "GroupQueryAttention: num_heads 5 / kv_num_heads 2 disagree with its input's "
+        f"{(HEADS + 2 * KV_HEADS) * HEAD_DIM} features"
+    )
+    assert step.declined[reason] == LAYERS
+
+
+def test_a_hidden_channel_one_layer_writes_is_kept(tmp_path):
+    """Hidden channel 17 is zero in the embedding and every writer but layer 1's down projection: it is live in
+    the residual stream from there on, so it stays everywhere (it is one channel of one stream); channel 3 goes."""
+    model = Decoder()
+    mask_like_llm_pruning(model)
+    with torch.no_grad():
+        model.layers[1].down.weight[17] = 0.5
+    source = export_decoder(model, tmp_path / "masked.onnx", dynamo=False)
+    optimize_model(source, tmp_path / "lean.onnx", OptimizeOptions(align=1))
+    lean = load_model(tmp_path / "lean.onnx")
+    assert [w.shape for w in weights(lean, "MatMul") if w is not None][-1] == (HIDDEN - 1, VOCAB)

@@ -255,9 +255,9 @@ class GroupQueryAttentionRule(AttentionRule):
         rank = len(packed.shape or ())
         why = spaces.ensure(packed, rank - 1) if packed in spaces.axis else "its input's channels are not known"
         if why:
-            return Decline(f"GroupQueryAttention: {why}")
+            return Decline(f"{why}")
         if spaces.count_of(packed) != (block.heads + 2 * block.kv_heads) * block.head_dim:
-            return Decline("GroupQueryAttention: the packed input's size disagrees with num_heads/kv_num_heads")
+            return Decline("the packed input's size disagrees with num_heads/kv_num_heads")
         _, _, v = _packed_parts(block)
         exit_value, d = block.exit, block.head_dim
         features = block.heads * d
@@ -317,28 +317,28 @@ def group_query_block(node: ir.Node) -> AttentionBlock | Decline:
     inputs = list(node.inputs) + [None] * (12 - len(node.inputs))
     packed = inputs[0]
     if packed is None or packed.shape is None or not isinstance(packed.shape[-1], int):
-        return Decline("GroupQueryAttention: its input has no static size")
+        return Decline("its input has no static size")
     if inputs[1] is not None or inputs[2] is not None:
-        return Decline("GroupQueryAttention: separate q/k/v inputs (only the packed form is read)")
+        return Decline("separate q/k/v inputs (only the packed form is read)")
     if any(v is not None for v in inputs[9:]):
-        return Decline("GroupQueryAttention: position ids, an attention bias or a head sink is given")
+        return Decline("position ids, an attention bias or a head sink is given")
     if heads < 1 or kv_heads < 1 or heads % kv_heads or packed.shape[-1] % (heads + 2 * kv_heads):
         return Decline(
-            f"GroupQueryAttention: num_heads {heads} / kv_num_heads {kv_heads} disagree with its input's "
+            f"num_heads {heads} / kv_num_heads {kv_heads} disagree with its input's "
             f"{packed.shape[-1]} features"
         )
     outputs = list(node.outputs)
     out = outputs[0].shape
     if out is None or len(out) != 3 or out[2] != heads * packed.shape[-1] // (heads + 2 * kv_heads):
-        return Decline("GroupQueryAttention: its output's shape is not known")
+        return Decline("its output's shape is not known")
     if len(outputs) > 3 and any(o.uses() or o.is_graph_output() for o in outputs[3:]):
-        return Decline("GroupQueryAttention: its attention scores are read")
+        return Decline("its attention scores are read")
     cache = [v for v in (inputs[3], inputs[4], *outputs[1:3]) if v is not None]
     for value in cache:
         if not (value.is_graph_input() or value.is_graph_output()):
-            return Decline(f"GroupQueryAttention: the cache {value.name!r} is not the model's input or output")
+            return Decline(f"the cache {value.name!r} is not the model's input or output")
         if value.shape is None or len(value.shape) != 4 or value.shape[1] != kv_heads:
-            return Decline(f"GroupQueryAttention: the cache {value.name!r} has no static head count {kv_heads}")
+            return Decline(f"the cache {value.name!r} has no static head count {kv_heads}")
     d = packed.shape[-1] // (heads + 2 * kv_heads)
     entry = Entry(node, packed, kv=False, fused=True)
     return AttentionBlock(
