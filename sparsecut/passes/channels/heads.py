@@ -311,7 +311,9 @@ class _Tracer:
             aligned = axis - offset
             size = value.shape[aligned] if aligned >= 0 else 1
             expected = self.kv_heads if label.kv else self.heads
-            if size == 1 and (expected != 1 or constant_array(value) is not None):  # (one K/V head: size 1 is it)
+            if size == 1 and (expected != 1 or constant_array(value) is not None or _spreads(value, aligned)):
+                # (one K/V head: size 1 is it, unless the tensor is broadcast over more heads elsewhere — RoPE's
+                # cos/sin, shared by q and the one k head of multi-query attention)
                 if value in self.labels:
                     raise NoMatch("a head tensor broadcast")
                 if dim is not None and dim - offset >= 0 and value.shape[dim - offset] != 1:
@@ -699,6 +701,23 @@ class _Tracer:
             y = uses[0].node.outputs[0]
             uses = list(y.uses())
         return len(uses) == 1 and uses[0].node.op_type == "MatMul" and uses[0].idx == 0
+
+
+def _spreads(value: ir.Value, axis: int) -> bool:
+    """Whether `value`, of size 1 on `axis`, is broadcast by some arithmetic reader to a larger size there."""
+    if value.shape is None:
+        return False
+    for use in value.uses():
+        if use.node.op_type not in ("Mul", "Add", "Sub", "Div", "Where"):
+            continue
+        out = use.node.outputs[0] if use.node.outputs else None
+        if out is None or out.shape is None:
+            continue
+        at = axis + len(out.shape) - len(value.shape)
+        size = out.shape[at] if 0 <= at < len(out.shape) else None
+        if isinstance(size, int) and size > 1:
+            return True
+    return False
 
 
 _SHAPE_INPUTS = {"Reshape", "Expand", "Tile", "Slice", "ConstantOfShape", "Range", "Resize", "Squeeze", "Unsqueeze"}
