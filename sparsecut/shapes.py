@@ -81,6 +81,8 @@ def refine_symbolic(model: ir.Model) -> bool:
         _constants_as_tensors(proto.graph)
         return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
 
+    _inline_external_constants(model)
+
     try:
         inferred = call_onnx_api(infer, model)
     except Exception as exc:  # its own asserts and sympy's errors: nothing to refine
@@ -115,6 +117,22 @@ def _runtime_op_shapes(model: ir.Model) -> bool:
 
 _CONSTANT_ATTRIBUTES = {"value_int": (onnx.TensorProto.INT64, False), "value_ints": (onnx.TensorProto.INT64, True),
                         "value_float": (onnx.TensorProto.FLOAT, False), "value_floats": (onnx.TensorProto.FLOAT, True)}  # fmt: skip
+
+
+_INLINE_BYTES = 1 << 16
+
+
+def _inline_external_constants(model: ir.Model) -> None:
+    """Constant nodes whose small tensor an exporter stored in the data file (optimum writes RoPE's inverse
+    frequencies there) hold it in memory instead (the same values): onnxruntime's symbolic inference reads a
+    Constant's value, and the serialized copy it gets has no folder to find the data file in."""
+    for node in model.graph:
+        if node.op_type != "Constant":
+            continue
+        attribute = node.attributes.get("value")
+        tensor = attribute.value if attribute is not None else None
+        if isinstance(tensor, ir.ExternalTensor) and tensor.nbytes <= _INLINE_BYTES:
+            node.attributes["value"] = ir.AttrTensor("value", ir.Tensor(tensor.numpy(), name=tensor.name))
 
 
 def _constants_as_tensors(graph: onnx.GraphProto) -> None:
