@@ -31,12 +31,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, heads: int, kv_heads: int) -> None:
         super().__init__()
-        self.q = nn.Linear(HIDDEN, HEADS * HEAD_DIM, bias=False)
-        self.k = nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
-        self.v = nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
-        self.o = nn.Linear(HEADS * HEAD_DIM, HIDDEN, bias=False)
+        self.heads, self.kv_heads = heads, kv_heads
+        self.q = nn.Linear(HIDDEN, heads * HEAD_DIM, bias=False)
+        self.k = nn.Linear(HIDDEN, kv_heads * HEAD_DIM, bias=False)
+        self.v = nn.Linear(HIDDEN, kv_heads * HEAD_DIM, bias=False)
+        self.o = nn.Linear(heads * HEAD_DIM, HIDDEN, bias=False)
 
     def forward(self, x, cos, sin, mask, past_k, past_v):  # type: ignore[no-untyped-def]
         b, n, _ = x.shape
@@ -48,20 +49,22 @@ class Attention(nn.Module):
         k = torch.cat([past_k, k], dim=2)
         v = torch.cat([past_v, v], dim=2)
         present = (k, v)
-        repeat = HEADS // KV_HEADS
+        heads, kv_heads = self.heads, self.kv_heads
         t = k.shape[2]
-        k = k[:, :, None].expand(b, KV_HEADS, repeat, t, HEAD_DIM).reshape(b, HEADS, t, HEAD_DIM)
-        v = v[:, :, None].expand(b, KV_HEADS, repeat, t, HEAD_DIM).reshape(b, HEADS, t, HEAD_DIM)
+        if kv_heads < heads:  # repeat_kv, as Hugging Face writes it
+            repeat = heads // kv_heads
+            k = k[:, :, None].expand(b, kv_heads, repeat, t, HEAD_DIM).reshape(b, heads, t, HEAD_DIM)
+            v = v[:, :, None].expand(b, kv_heads, repeat, t, HEAD_DIM).reshape(b, heads, t, HEAD_DIM)
         scores = q @ k.transpose(2, 3) / HEAD_DIM**0.5 + mask
         out = torch.softmax(scores, dim=-1) @ v
         return self.o(out.transpose(1, 2).reshape(b, n, -1)), present
 
 
 class Layer(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, heads: int, kv_heads: int) -> None:
         super().__init__()
         self.norm1, self.norm2 = RMSNorm(HIDDEN), RMSNorm(HIDDEN)
-        self.attn = Attention()
+        self.attn = Attention(heads, kv_heads)
         self.gate = nn.Linear(HIDDEN, MLP, bias=False)
         self.up = nn.Linear(HIDDEN, MLP, bias=False)
         self.down = nn.Linear(MLP, HIDDEN, bias=False)
@@ -76,11 +79,12 @@ class Layer(nn.Module):
 class Decoder(nn.Module):
     """forward(input_ids, attention_mask, position_ids, past_key_values.0.key, past_key_values.0.value, …)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, heads: int = HEADS, kv_heads: int = KV_HEADS) -> None:
         super().__init__()
         torch.manual_seed(seed)
+        self.heads, self.kv_heads = heads, kv_heads
         self.embed = nn.Embedding(VOCAB, HIDDEN)
-        self.layers = nn.ModuleList(Layer() for _ in range(LAYERS))
+        self.layers = nn.ModuleList(Layer(heads, kv_heads) for _ in range(LAYERS))
         self.norm = RMSNorm(HIDDEN)
         self.head = nn.Linear(HIDDEN, VOCAB, bias=False)
         inverse = 1.0 / (10000 ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM))
@@ -109,18 +113,18 @@ def cache_names() -> tuple[list[str], list[str]]:
 
 
 def mask_like_llm_pruning(model: Decoder, extra_query_head: bool = False) -> dict[str, object]:
-    """Layer i loses K/V group i % KV_HEADS with its query heads (q rows, o columns), a third of its MLP neurons,
+    """Layer i loses K/V group i % kv_heads with its query heads (q rows, o columns), a third of its MLP neurons,
     and every layer the hidden channels 3 and 17 (embedding columns, every residual writer's rows). With
     `extra_query_head`, layer 0 also loses one query head of a live group (its q rows and o columns)."""
-    group = HEADS // KV_HEADS
+    group = model.heads // model.kv_heads
     hidden = [3, 17]
     with torch.no_grad():
         model.embed.weight[:, hidden] = 0
         for index, layer in enumerate(model.layers):
-            dead = index % KV_HEADS
+            dead = index % model.kv_heads
             heads = list(range(dead * group, (dead + 1) * group))
             if extra_query_head and index == 0:
-                heads.append((heads[-1] + 1) % HEADS)
+                heads.append((heads[-1] + 1) % model.heads)
             for h in heads:
                 layer.attn.q.weight[h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
                 layer.attn.o.weight[:, h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
@@ -153,7 +157,7 @@ def export_decoder(model: Decoder, path: Path, dynamo: bool) -> Path:
         torch.randint(0, VOCAB, (batch, n)),
         torch.ones(batch, past + n, dtype=torch.int64),
         torch.arange(past, past + n)[None].expand(batch, n).contiguous(),
-        *(torch.randn(batch, KV_HEADS, past, HEAD_DIM) for _ in pasts),
+        *(torch.randn(batch, model.kv_heads, past, HEAD_DIM) for _ in pasts),
     )
     names = ["input_ids", "attention_mask", "position_ids", *pasts]
     if dynamo:
@@ -196,7 +200,7 @@ def export_decoder(model: Decoder, path: Path, dynamo: bool) -> Path:
     return path
 
 
-def builder_decoder(model: Decoder, path: Path) -> Path:
+def builder_decoder(model: Decoder, path: Path, separate: bool = False) -> Path:
     """The same decoder in the form onnxruntime-genai's model builder writes (`-p fp32 -e cpu`): the token table
     gathered, SimplifiedLayerNormalization then com.microsoft SkipSimplifiedLayerNormalization carrying the
     residual stream, one packed q|k|v MatMul into GroupQueryAttention (rotary inside, from cos/sin caches, positions
@@ -238,16 +242,20 @@ def builder_decoder(model: Decoder, path: Path) -> Path:
         ),
     ]
     residual, normed = "x0", "h0"
+    qkv: list[str]
     for i, layer in enumerate(model.layers):
-        qkv = linear(f"qkv.{i}", normed, layer.attn.q, layer.attn.k, layer.attn.v)
+        if separate:  # (the builder's `disable_qkv_fusion`, and some EPs)
+            qkv = [linear(f"{part}.{i}", normed, getattr(layer.attn, part)) for part in ("q", "k", "v")]
+        else:
+            qkv = [linear(f"qkv.{i}", normed, layer.attn.q, layer.attn.k, layer.attn.v), "", ""]
         nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
-                [qkv, "", "", pasts[2 * i], pasts[2 * i + 1], "seqlens_k", "total_seq_len", "cos_cache", "sin_cache"],
+                [*qkv, pasts[2 * i], pasts[2 * i + 1], "seqlens_k", "total_seq_len", "cos_cache", "sin_cache"],
                 [f"attn.{i}", presents[2 * i], presents[2 * i + 1]],
                 domain="com.microsoft",
-                num_heads=HEADS,
-                kv_num_heads=KV_HEADS,
+                num_heads=model.heads,
+                kv_num_heads=model.kv_heads,
                 do_rotary=1,
                 scale=HEAD_DIM**-0.5,
                 name=f"gqa.{i}",
@@ -284,8 +292,8 @@ def builder_decoder(model: Decoder, path: Path) -> Path:
         )
     linear("head", normed, model.head)
     nodes[-1].output[0] = "logits"
-    cache = ["batch_size", KV_HEADS, "past_sequence_length", "kv_cache_dim"]
-    present = ["batch_size", KV_HEADS, "total_sequence_length", "kv_cache_dim"]
+    cache = ["batch_size", model.kv_heads, "past_sequence_length", "kv_cache_dim"]
+    present = ["batch_size", model.kv_heads, "total_sequence_length", "kv_cache_dim"]
     graph = helper.make_graph(
         nodes,
         "builder",

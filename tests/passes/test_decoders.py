@@ -77,15 +77,15 @@ def test_a_dead_kv_group_goes_with_its_query_heads_and_the_cache_loses_its_head(
                                    for part in ("key", "value")}  # fmt: skip
 
 
-@pytest.mark.parametrize("form", ["torchscript", "dynamo", "builder"])
+@pytest.mark.parametrize("form", ["torchscript", "dynamo", "builder", "builder-separate"])
 def test_query_heads_of_live_groups_go_in_equal_numbers_per_group(tmp_path, form):
     """No K/V group dead; layer 0 lost one query head in each group (heads 1 and 3): both go, repeat_kv's repeat
     count becomes 1 — exact; layer 1 lost one in group 0 only (head 0): it stays, said so (GQA needs equal groups)."""
     model = Decoder()
     mask_query_heads(model, 0, [1, 3])
     mask_query_heads(model, 1, [0])
-    if form == "builder":
-        source = builder_decoder(model, tmp_path / "masked.onnx")
+    if form.startswith("builder"):
+        source = builder_decoder(model, tmp_path / "masked.onnx", separate=form == "builder-separate")
     else:
         source = export_decoder(model, tmp_path / "masked.onnx", dynamo=form == "dynamo")
     report = optimize_model(source, tmp_path / "lean.onnx", OptimizeOptions(align=1))
@@ -95,7 +95,12 @@ def test_query_heads_of_live_groups_go_in_equal_numbers_per_group(tmp_path, form
     assert step.heads[1].kept == {GQA_GROUPS: 1}
     assert all(not h.cache for h in step.heads)  # every K/V head stays: the interface is unchanged
     lean = load_model(tmp_path / "lean.onnx")
-    if form == "builder":  # the packed q|k|v: 2 (4) query heads and the 2 K/V heads' k and v
+    if form == "builder-separate":
+        gqa = [n for n in lean.graph if n.op_type == "GroupQueryAttention"]
+        assert [(n.attributes["num_heads"].value, n.attributes["kv_num_heads"].value) for n in gqa] == [(2, 2), (4, 2)]
+        q = [w.shape for w in weights(lean, "MatMul") if w is not None][0:14:7]
+        assert q == [(HIDDEN, 2 * HEAD_DIM), (HIDDEN, 4 * HEAD_DIM)]
+    elif form == "builder":  # the packed q|k|v: 2 (4) query heads and the 2 K/V heads' k and v
         gqa = [n for n in lean.graph if n.op_type == "GroupQueryAttention"]
         assert [(n.attributes["num_heads"].value, n.attributes["kv_num_heads"].value) for n in gqa] == [(2, 2), (4, 2)]
         assert [w.shape for w in weights(lean, "MatMul") if w is not None][0:10:5] == [(HIDDEN, 6 * HEAD_DIM),

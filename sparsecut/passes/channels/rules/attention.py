@@ -251,22 +251,24 @@ class GroupQueryAttentionRule(AttentionRule):
         block = group_query_block(node)
         if isinstance(block, Decline):
             return block
-        packed = block.v_entry.value
-        rank = len(packed.shape or ())
-        why = spaces.ensure(packed, rank - 1) if packed in spaces.axis else "its input's channels are not known"
-        if why:
-            return Decline(f"{why}")
-        if spaces.count_of(packed) != (block.heads + 2 * block.kv_heads) * block.head_dim:
-            return Decline("the packed input's size disagrees with num_heads/kv_num_heads")
-        _, _, v = _packed_parts(block)
-        exit_value, d = block.exit, block.head_dim
-        features = block.heads * d
-        spaces.register(exit_value, 2, features)
-        live, const = spaces.live[packed][v], spaces.const[packed][v]
+        parts = _parts(block)
+        d, kv = block.head_dim, block.kv_heads
+        sizes = {parts.q: 0, parts.k: 0, parts.v: 0}
+        for value, count in ((parts.q, block.heads * d), (parts.k, kv * d), (parts.v, kv * d)):
+            sizes[value] += count
+        for value, count in sizes.items():
+            why = spaces.ensure(value, len(value.shape or ()) - 1) if value in spaces.axis else "channels not known"
+            if why:
+                return Decline(f"its input {value.name!r}: {why}")
+            if spaces.count_of(value) != count:
+                return Decline(f"its input {value.name!r} has {spaces.count_of(value)} features, not {count}")
+        spaces.register(block.exit, 2, block.heads * d)
+        source = _v_of_exit(block, parts)
+        live, const = spaces.live[parts.v][source], spaces.const[parts.v][source]
         if not block.stochastic:
             live = live | (const != 0)
-        spaces.set_state(exit_value, live.copy(), np.where(live, 0.0, const))
-        couple_groups(spaces, block, _parts(block))
+        spaces.set_state(block.exit, live.copy(), np.where(live, 0.0, const))
+        couple_groups(spaces, block, parts)
         return AttentionPlan(Kind.ATTENTION, block)
 
     def constrain(
@@ -277,25 +279,25 @@ class GroupQueryAttentionRule(AttentionRule):
     def backward(
         self, node: ir.Node, plan: AttentionPlan, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]
     ) -> None:
-        """As the attention block's (`block_backward`), on the parts of the packed input."""
+        """As the attention block's (`block_backward`), on the q, k and v features (packed or apart)."""
         block = plan.block
-        packed, d = block.v_entry.value, block.head_dim
-        q, k, v = _packed_parts(block)
+        parts, d = _parts(block), block.head_dim
+        index = np.arange(block.heads * d)
+        v_of_exit = _v_of_exit(block, parts)
+        k_of_q = parts.k_index[block.kv_of(index // d) * d + index % d]
         exit_needed = needed[block.exit].reshape(block.heads, d)
-        scores_matter = exit_needed.any(axis=1) & walk.live[packed][v].reshape(block.heads, d).any(axis=1)
-        live, const = walk.live[packed], walk.const[packed]
-        pair = np.repeat(scores_matter, d) & live[k] & (live[q] | (const[q] != 0))
-        target = needed[packed]
-        np.logical_or.at(target, q, pair)
-        np.logical_or.at(target, k, pair)
-        np.logical_or.at(target, v, exit_needed.reshape(-1))
+        scores_matter = exit_needed.any(axis=1) & walk.live[parts.v][v_of_exit].reshape(block.heads, d).any(axis=1)
+        q_live, q_const = walk.live[parts.q][parts.q_index], walk.const[parts.q][parts.q_index]
+        pair = np.repeat(scores_matter, d) & walk.live[parts.k][k_of_q] & (q_live | (q_const != 0))
+        np.logical_or.at(needed[parts.q], parts.q_index, pair)
+        np.logical_or.at(needed[parts.k], k_of_q, pair)
+        np.logical_or.at(needed[parts.v], v_of_exit, exit_needed.reshape(-1))
 
     def rewrite(self, node: ir.Node, plan: AttentionPlan, rw: ChannelRewrite) -> None:
         block = plan.block
-        kept_heads = np.unique(rw.kept(block.exit) // block.head_dim)
-        kept = rw.kept(block.v_entry.value)
-        d, heads = block.head_dim, block.heads
-        kv_heads = int(((kept >= heads * d) & (kept < (heads + block.kv_heads) * d)).sum()) // d
+        parts, d = _parts(block), block.head_dim
+        kept_heads = np.unique(rw.kept(block.exit) // d)
+        kv_heads = int(np.isin(rw.kept(parts.k), parts.k_index).sum()) // d
         node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(kept_heads))
         node.attributes["kv_num_heads"] = ir.AttrInt64("kv_num_heads", kv_heads)
         for value in block.cache:
@@ -303,12 +305,11 @@ class GroupQueryAttentionRule(AttentionRule):
                 value.shape = ir.Shape([kv_heads if axis == 1 else dim for axis, dim in enumerate(value.shape)])
 
 
-def _packed_parts(block: AttentionBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per exit feature (h, i): its q, k and v features in the packed [q | k | v] input (k and v: of kv(h))."""
-    d, heads, kv = block.head_dim, block.heads, block.kv_heads
-    index = np.arange(heads * d)
-    shared = block.kv_of(index // d) * d + index % d
-    return index, heads * d + shared, (heads + kv) * d + shared
+def _v_of_exit(block: AttentionBlock, parts: _Parts) -> np.ndarray:
+    """Per exit feature (h, i): the v feature it carries, v (kv(h), i)."""
+    d = block.head_dim
+    index = np.arange(block.heads * d)
+    return parts.v_index[block.kv_of(index // d) * d + index % d]
 
 
 def group_query_block(node: ir.Node) -> AttentionBlock | Decline:
@@ -318,18 +319,23 @@ def group_query_block(node: ir.Node) -> AttentionBlock | Decline:
     packed = inputs[0]
     if packed is None or packed.shape is None or not isinstance(packed.shape[-1], int):
         return Decline("its input has no static size")
-    if inputs[1] is not None or inputs[2] is not None:
-        return Decline("separate q/k/v inputs (only the packed form is read)")
+    separate = inputs[1] is not None and inputs[2] is not None
+    if (inputs[1] is None) != (inputs[2] is None):
+        return Decline("a key without a value input, or a value without a key")
     if any(v is not None for v in inputs[9:]):
         return Decline("position ids, an attention bias or a head sink is given")
-    if heads < 1 or kv_heads < 1 or heads % kv_heads or packed.shape[-1] % (heads + 2 * kv_heads):
+    parts = heads if separate else heads + 2 * kv_heads
+    if heads < 1 or kv_heads < 1 or heads % kv_heads or packed.shape[-1] % parts:
         return Decline(
-            f"num_heads {heads} / kv_num_heads {kv_heads} disagree with its input's "
-            f"{packed.shape[-1]} features"
+            f"num_heads {heads} / kv_num_heads {kv_heads} disagree with its input's {packed.shape[-1]} features"
         )
+    d = packed.shape[-1] // parts
+    for value in (inputs[1], inputs[2]) if separate else ():
+        if value is None or value.shape is None or value.shape[-1] != kv_heads * d:
+            return Decline(f"kv_num_heads {kv_heads} disagrees with its key/value inputs")
     outputs = list(node.outputs)
     out = outputs[0].shape
-    if out is None or len(out) != 3 or out[2] != heads * packed.shape[-1] // (heads + 2 * kv_heads):
+    if out is None or len(out) != 3 or out[2] != heads * d:
         return Decline("its output's shape is not known")
     if len(outputs) > 3 and any(o.uses() or o.is_graph_output() for o in outputs[3:]):
         return Decline("its attention scores are read")
@@ -339,21 +345,29 @@ def group_query_block(node: ir.Node) -> AttentionBlock | Decline:
             return Decline(f"the cache {value.name!r} is not the model's input or output")
         if value.shape is None or len(value.shape) != 4 or value.shape[1] != kv_heads:
             return Decline(f"the cache {value.name!r} has no static head count {kv_heads}")
-    d = packed.shape[-1] // (heads + 2 * kv_heads)
-    entry = Entry(node, packed, kv=False, fused=True)
+    if separate:
+        assert inputs[1] is not None and inputs[2] is not None
+        q = Entry(node, packed, kv=False, fused=False)
+        k, v = Entry(node, inputs[1], kv=True, fused=False), Entry(node, inputs[2], kv=True, fused=False)
+        entries, v_entry, q_entry, k_entry = [q, k, v], v, q, k
+    else:
+        entry = Entry(node, packed, kv=False, fused=True)
+        entries, v_entry, q_entry, k_entry = [entry], entry, None, None
     return AttentionBlock(
         heads=heads,
         kv_heads=kv_heads,
         head_dim=d,
         nodes=[node],
         labels={},
-        entries=[entry],
+        entries=entries,
         exit_node=node,
         exit=outputs[0],
-        v_entry=entry,
+        v_entry=v_entry,
         v_slot=2,
         stochastic=attr_int(node, "smooth_softmax", 0) == 0,
         anchor=node,
+        q_entry=q_entry,
+        k_entry=k_entry,
         fixed_dims=frozenset(("qk", "v")),
         cache=tuple(cache),
     )
@@ -377,9 +391,9 @@ class _Parts:
 def grouped(block: AttentionBlock) -> bool:
     """Whole heads (head dims fixed: rotary, a KV cache) of a GQA block whose K/V heads the query heads share:
     a query head may go alone (its output features not needed), in equal numbers per live group."""
-    if block.separate:
-        return block.kv_heads < block.heads and {"qk", "v"} <= block.fixed_dims
-    return block.exit_node.op_type == "GroupQueryAttention"
+    if block.exit_node.op_type == "GroupQueryAttention":
+        return True
+    return block.separate and block.kv_heads < block.heads and {"qk", "v"} <= block.fixed_dims
 
 
 def _parts(block: AttentionBlock) -> _Parts:
