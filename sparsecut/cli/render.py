@@ -123,8 +123,8 @@ def _render_pass(step: PassReport, full: bool) -> None:
         changed = [block for block in step.heads if block.cache]
         if changed:
             console.print(
-                "  the model's interface changed: these KV cache inputs and outputs hold fewer K/V heads (feed the "
-                "lean model its own presents as pasts):"
+                "  KV caches with fewer K/V heads — the model's interface: a generator feeds the lean model its own "
+                "presents as pasts:"
             )
             for block in changed:
                 kept = next(iter(block.cache.values()))

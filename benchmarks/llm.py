@@ -1,0 +1,187 @@
+"""Pruned LLM decoders, physically smaller and exact: masked Llama-architecture decoders (benchmarks/llm_model.py:
+per layer one K/V group with its query heads, in layer 0 one query head of a live group, 10–50 % of the MLP
+neurons, 24/256 of the hidden channels), exported by both LLM exporters — optimum-onnx (plain ops) and
+onnxruntime-genai's model builder (GroupQueryAttention) — and optimized by sparsecut (align 1, gated by its
+generation drive: prefill + greedy decode, no --data).
+
+Per size × exporter: parameters before → after; the zero weights of the masked checkpoint and how many the lean
+graph still holds (the rest, with the reasons the report gives); K/V heads per layer in the lean graph's cache
+inputs; the gate's max rel error and greedy agreement; and, independently of the gate, the lean graph's greedy
+generation (sparsecut.decoder.generate on onnxruntime) against transformers' own (`generate`, the same prompt):
+tokens identical and the rel error of every step's logits. Optimize time and peak RSS (of the `sparsecut optimize`
+process) against the fp32 weight bytes.
+
+The exporters live in their own venvs (optimum-onnx 0.1 pins transformers 4.57; the genai 0.18 builder wants
+transformers 5 and onnx-ir), each with torch==2.13.0 in the same pip call:
+
+    python -m venv /tmp/optvenv && /tmp/optvenv/bin/pip install torch==2.13.0 optimum-onnx "transformers==4.57.*"
+    python -m venv /tmp/genaivenv && /tmp/genaivenv/bin/pip install torch==2.13.0 "onnxruntime-genai==0.18.*" \\
+        "transformers>=5" onnx-ir
+    .venv/bin/python benchmarks/llm.py --sizes tiny 100m [--exporters optimum genai] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from rich.console import Console
+from rich.table import Table
+
+from sparsecut.decoder import DecoderInterface, generate
+from sparsecut.modelfile import load_model
+
+HERE = Path(__file__).resolve().parent
+console = Console(width=180)
+
+
+def _run(command: list[str], what: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done
+
+
+def _optimize(source: Path, output: Path) -> tuple[dict, float, float]:
+    """`sparsecut optimize --align 1 --json`, in a process of its own: its report, seconds and peak RSS (GiB)."""
+    report = output.with_suffix(".report.json")
+    command = [sys.executable, "-m", "sparsecut", "optimize", str(source), "-o", str(output), "--align", "1",
+               "--json", str(report)]  # fmt: skip
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"optimize {source} failed:\n{process.stderr.read()[-3000:] if process.stderr else ''}")
+    return json.loads(report.read_text()), seconds, usage.ru_maxrss / 2**20
+
+
+def _zero_weights(path: Path) -> int:
+    model = onnx.load(str(path))
+    return int(sum((onnx.numpy_helper.to_array(t) == 0).sum() for t in model.graph.initializer if len(t.dims) == 2))
+
+
+def _cache_heads(path: Path) -> list[int]:
+    model = onnx.load(str(path), load_external_data=False)
+    found = {}
+    for value in model.graph.input:
+        match = re.match(r"past_key_values\.(\d+)\.key$", value.name)
+        if match:
+            found[int(match.group(1))] = value.type.tensor_type.shape.dim[1].dim_value
+    return [found[i] for i in sorted(found)]
+
+
+def _against_transformers(lean: Path, reference: Path) -> tuple[bool, float]:
+    """The lean graph's greedy generation from transformers' prompt: tokens identical, max rel error of the
+    logits (each step's last position, against the largest reference logit of that step)."""
+    import onnxruntime as ort
+
+    ref = np.load(reference)
+    interface = DecoderInterface.of(load_model(lean), lean)
+    assert interface is not None
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    done = generate(ort.InferenceSession(str(lean), options), interface, ref["prompt"], ref["tokens"].shape[1])
+    logits = np.stack([step[:, -1] for step in done.logits], axis=1)
+    rel = float(np.max(np.abs(logits - ref["logits"]).max(axis=-1) / np.abs(ref["logits"]).max(axis=-1)))
+    return bool(np.array_equal(done.tokens, ref["tokens"])), rel
+
+
+def _export(exporter: str, masked: Path, out: Path, python: dict[str, str]) -> Path:
+    if exporter == "optimum":
+        cli = str(Path(python["optimum"]).with_name("optimum-cli"))
+        _run([cli, "export", "onnx", "--model", str(masked), "--task", "text-generation-with-past", str(out)],
+             "optimum-cli export")  # fmt: skip
+    else:
+        _run([python["genai"], "-m", "onnxruntime_genai.models.builder", "-i", str(masked), "-o", str(out), "-p",
+              "fp32", "-e", "cpu", "-c", str(out.parent / "builder-cache")], "the genai model builder")  # fmt: skip
+    return out / "model.onnx"
+
+
+def run(size: str, exporters: list[str], python: dict[str, str], work: Path, reuse: bool) -> list[dict]:
+    """`reuse`: the masked folder, the reference and the exports already in `work` (from an earlier run) are
+    taken as they are; only optimize runs again."""
+    masked, recorded = work / f"{size}-masked", work / f"{size}-masks.json"
+    reference = work / f"{size}-reference.npz"
+    if not (reuse and recorded.exists() and reference.exists()):
+        printed = _run([python["optimum"], str(HERE / "llm_model.py"), str(masked), "--size", size],
+                       "making the masked model").stdout  # fmt: skip
+        recorded.write_text(printed.strip().splitlines()[-1])
+        _run([python["optimum"], str(HERE / "llm_model.py"), str(masked), "--reference", str(reference)],
+             "transformers' generation")  # fmt: skip
+    masks = json.loads(recorded.read_text())
+    rows = []
+    for exporter in exporters:
+        exported = work / f"{size}-{exporter}" / "model.onnx"
+        source = exported if reuse and exported.exists() else _export(exporter, masked, exported.parent, python)
+        lean = work / f"{size}-{exporter}-lean" / "model.onnx"
+        lean.parent.mkdir(exist_ok=True)
+        report, seconds, rss = _optimize(source, lean)
+        check = report["checks"][0]
+        removal = next(p for p in report["passes"] if p["name"] == "remove-dead-channels")
+        kept = {}
+        for group in removal["groups"]:
+            for reason, count in group["kept_dead"].items():
+                kept[reason] = kept.get(reason, 0) + count
+        same_tokens, rel = _against_transformers(lean, reference)
+        weight_bytes = sum(p.stat().st_size for p in source.parent.glob("model.onnx*"))
+        rows.append({
+            "size": size, "exporter": exporter, "params_before": report["before"]["params"],
+            "params_after": report["after"]["params"], "zero_weights_masked": masks["zero_weights"],
+            "zero_weights_left": _zero_weights(lean), "kept_dead": kept,
+            "kv_heads": _cache_heads(lean), "gate": check["label"], "gate_rel": check["max_rel_error"],
+            "transformers_tokens_identical": same_tokens, "transformers_rel": rel,
+            "optimize_s": seconds, "peak_rss_gib": rss, "weights_gib": weight_bytes / 2**30,
+        })  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["tiny"], choices=["tiny", "100m", "1b"])
+    parser.add_argument("--exporters", nargs="+", default=["optimum", "genai"], choices=["optimum", "genai"])
+    parser.add_argument("--optimum-python", default="/tmp/optvenv/bin/python")
+    parser.add_argument("--genai-python", default="/tmp/genaivenv/bin/python")
+    parser.add_argument("--work", type=Path, help="keep the models here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="take the masked folders and exports --work holds")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    python = {"optimum": args.optimum_python, "genai": args.genai_python}
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="sparsecut-llm-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for size in args.sizes:
+            console.print(f"[bold]{size}[/bold]: masking, exporting, optimizing …")
+            rows += run(size, args.exporters, python, work, args.reuse)
+    table = Table(title="masked → lean decoders (align 1, gated by generation)", title_justify="left")
+    for column in ("size", "exporter", "params", "zero weights left", "K/V heads", "gate rel", "vs transformers",
+                   "optimize", "peak RSS / weights"):  # fmt: skip
+        table.add_column(column)
+    for r in rows:
+        left = f"{r['zero_weights_left']:,} of {r['zero_weights_masked']:,} ({100 * r['zero_weights_left'] / max(1, r['zero_weights_masked']):.1f} %)"  # fmt: skip
+        table.add_row(
+            r["size"], r["exporter"], f"{r['params_before']:,} → {r['params_after']:,}", left,
+            "/".join(map(str, r["kv_heads"])), f"{r['gate_rel']:.1e}",
+            f"tokens {'identical' if r['transformers_tokens_identical'] else 'DIFFER'}, rel {r['transformers_rel']:.1e}",
+            f"{r['optimize_s']:.1f} s", f"{r['peak_rss_gib']:.2f} / {r['weights_gib']:.2f} GiB",
+        )  # fmt: skip
+    console.print(table)
+    for r in rows:
+        if r["kept_dead"]:
+            console.print(f"{r['size']} {r['exporter']}: dead channels kept: {r['kept_dead']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
