@@ -96,13 +96,20 @@ def _head_dim_of_reader(past: ir.Value) -> int | None:
 
 
 def _last_size(value: ir.Value) -> int | None:
-    """The static size of a value's last axis: from its shape, or from the weight of the MatMul that computes it."""
-    if value.shape is not None and isinstance(value.shape[-1], int):
-        return value.shape[-1]
-    producer = value.producer()
-    if producer is not None and producer.op_type == "MatMul" and producer.inputs[1] is not None:
-        weight = producer.inputs[1].const_value
-        return int(weight.shape[-1]) if weight is not None and isinstance(weight.shape[-1], int) else None
+    """The static size of a value's last axis: from its shape, or from the weight of the MatMul that computes it
+    (through a RotaryEmbedding, Identity or Cast)."""
+    for _ in range(4):  # through ops that keep the size (RotaryEmbedding before the attention)
+        if value.shape is not None and isinstance(value.shape[-1], int):
+            return value.shape[-1]
+        producer = value.producer()
+        if producer is None:
+            return None
+        if producer.op_type == "MatMul" and producer.inputs[1] is not None:
+            weight = producer.inputs[1].const_value
+            return int(weight.shape[-1]) if weight is not None and isinstance(weight.shape[-1], int) else None
+        if producer.op_type not in ("RotaryEmbedding", "Identity", "Cast") or producer.inputs[0] is None:
+            return None
+        value = producer.inputs[0]
     return None
 
 

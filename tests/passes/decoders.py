@@ -200,7 +200,7 @@ def export_decoder(model: Decoder, path: Path, dynamo: bool) -> Path:
     return path
 
 
-def builder_decoder(model: Decoder, path: Path, separate: bool = False) -> Path:
+def builder_decoder(model: Decoder, path: Path, separate: bool = False, rotary: bool = False) -> Path:
     """The same decoder in the form onnxruntime-genai's model builder writes (`-p fp32 -e cpu`): the token table
     gathered, SimplifiedLayerNormalization then com.microsoft SkipSimplifiedLayerNormalization carrying the
     residual stream, one packed q|k|v MatMul into GroupQueryAttention (rotary inside, from cos/sin caches, positions
@@ -244,7 +244,13 @@ def builder_decoder(model: Decoder, path: Path, separate: bool = False) -> Path:
     residual, normed = "x0", "h0"
     qkv: list[str]
     for i, layer in enumerate(model.layers):
-        if separate:  # (the builder's `disable_qkv_fusion`, and some EPs)
+        if rotary:  # RotaryEmbedding before an attention that does not rotate (the builder for DirectML)
+            q, k, v = (linear(f"{part}.{i}", normed, getattr(layer.attn, part)) for part in ("q", "k", "v"))
+            for name, heads in ((q, model.heads), (k, model.kv_heads)):
+                nodes.append(helper.make_node("RotaryEmbedding", [name, "position_ids", "cos_cache", "sin_cache"],
+                                              [f"{name}.rot"], domain="com.microsoft", num_heads=heads))  # fmt: skip
+            qkv = [f"{q}.rot", f"{k}.rot", v]
+        elif separate:  # (the builder's `disable_qkv_fusion`, and some EPs)
             qkv = [linear(f"{part}.{i}", normed, getattr(layer.attn, part)) for part in ("q", "k", "v")]
         else:
             qkv = [linear(f"qkv.{i}", normed, layer.attn.q, layer.attn.k, layer.attn.v), "", ""]
@@ -256,7 +262,7 @@ def builder_decoder(model: Decoder, path: Path, separate: bool = False) -> Path:
                 domain="com.microsoft",
                 num_heads=model.heads,
                 kv_num_heads=model.kv_heads,
-                do_rotary=1,
+                do_rotary=0 if rotary else 1,
                 scale=HEAD_DIM**-0.5,
                 name=f"gqa.{i}",
             )
@@ -300,6 +306,11 @@ def builder_decoder(model: Decoder, path: Path, separate: bool = False) -> Path:
         [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+            *(
+                [helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
+                if rotary
+                else []
+            ),
             *(helper.make_tensor_value_info(p, TensorProto.FLOAT, cache) for p in pasts),
         ],
         [

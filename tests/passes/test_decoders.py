@@ -77,7 +77,7 @@ def test_a_dead_kv_group_goes_with_its_query_heads_and_the_cache_loses_its_head(
                                    for part in ("key", "value")}  # fmt: skip
 
 
-@pytest.mark.parametrize("form", ["torchscript", "dynamo", "builder", "builder-separate"])
+@pytest.mark.parametrize("form", ["torchscript", "dynamo", "builder", "builder-separate", "builder-rotary"])
 def test_query_heads_of_live_groups_go_in_equal_numbers_per_group(tmp_path, form):
     """No K/V group dead; layer 0 lost one query head in each group (heads 1 and 3): both go, repeat_kv's repeat
     count becomes 1 — exact; layer 1 lost one in group 0 only (head 0): it stays, said so (GQA needs equal groups)."""
@@ -85,7 +85,9 @@ def test_query_heads_of_live_groups_go_in_equal_numbers_per_group(tmp_path, form
     mask_query_heads(model, 0, [1, 3])
     mask_query_heads(model, 1, [0])
     if form.startswith("builder"):
-        source = builder_decoder(model, tmp_path / "masked.onnx", separate=form == "builder-separate")
+        source = builder_decoder(
+            model, tmp_path / "masked.onnx", separate=form == "builder-separate", rotary=form == "builder-rotary"
+        )
     else:
         source = export_decoder(model, tmp_path / "masked.onnx", dynamo=form == "dynamo")
     report = optimize_model(source, tmp_path / "lean.onnx", OptimizeOptions(align=1))
@@ -95,7 +97,10 @@ def test_query_heads_of_live_groups_go_in_equal_numbers_per_group(tmp_path, form
     assert step.heads[1].kept == {GQA_GROUPS: 1}
     assert all(not h.cache for h in step.heads)  # every K/V head stays: the interface is unchanged
     lean = load_model(tmp_path / "lean.onnx")
-    if form == "builder-separate":
+    if form == "builder-rotary":  # RotaryEmbedding on q and k, then GroupQueryAttention without rotary
+        rotary = [n.attributes["num_heads"].value for n in lean.graph if n.op_type == "RotaryEmbedding"]
+        assert rotary == [2, 2, 4, 2]  # layer 0: q 4 → 2 heads, k 2; layer 1 unchanged
+    if form in ("builder-separate", "builder-rotary"):
         gqa = [n for n in lean.graph if n.op_type == "GroupQueryAttention"]
         assert [(n.attributes["num_heads"].value, n.attributes["kv_num_heads"].value) for n in gqa] == [(2, 2), (4, 2)]
         q = [w.shape for w in weights(lean, "MatMul") if w is not None][0:14:7]

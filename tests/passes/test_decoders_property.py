@@ -1,5 +1,6 @@
 """Property: on KV-cache decoders (tests/passes/decoders.py: MHA, GQA or MQA; plain ops from the TorchScript
-exporter, or onnxruntime-genai's builder form) with random dead K/V groups, dead query heads, MLP neurons and
+exporter, or onnxruntime-genai's builder forms: packed or separate q/k/v, rotary inside GroupQueryAttention or
+RotaryEmbedding before it) with random dead K/V groups, dead query heads, MLP neurons and
 hidden channels, `optimize` passes its generation gate, never makes the model larger, and each layer keeps
 exactly the heads that matter: the K/V groups with a live query head (one whose output-projection columns and
 V are not zero — zero q rows alone leave uniform attention, still live), each with as many query heads as the
@@ -23,7 +24,7 @@ from tests.passes.decoders import HEAD_DIM, HIDDEN, LAYERS, MLP, Decoder, builde
 @st.composite
 def decoders(draw: st.DrawFn) -> tuple[Decoder, str, list[tuple[int, int]]]:
     heads, kv_heads = draw(st.sampled_from([(4, 2), (4, 4), (4, 1)]))
-    form = draw(st.sampled_from(["torchscript", "builder", "builder-separate"]))
+    form = draw(st.sampled_from(["torchscript", "builder", "builder-separate", "builder-rotary"]))
     model = Decoder(seed=draw(st.integers(0, 1000)), heads=heads, kv_heads=kv_heads)
     group = heads // kv_heads
     expected = []
@@ -62,7 +63,7 @@ def _check(example: tuple[Decoder, str, list[tuple[int, int]]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "masked.onnx"
         if form.startswith("builder"):
-            builder_decoder(model, source, separate=form == "builder-separate")
+            builder_decoder(model, source, separate=form == "builder-separate", rotary=form == "builder-rotary")
         else:
             export_decoder(model, source, dynamo=False)
         report = optimize_model(source, Path(tmp) / "lean.onnx", OptimizeOptions(align=1))

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsecut.passes.channels.heads import AttentionBlock, Entry
-from sparsecut.passes.channels.rules.base import ChannelRule, Decline, Keep, Kind, Plan, register
+from sparsecut.passes.channels.rules.base import ChannelRule, Decline, Keep, Kind, Plan, channel_input, register
 from sparsecut.passes.channels.spaces import ChannelSpaces, ChannelWalk
 from sparsecut.passes.nodes import attr_int, shape_element
 
@@ -18,7 +18,15 @@ if TYPE_CHECKING:
     from sparsecut.passes.channels.constraints import Coupling
     from sparsecut.passes.channels.rewrite import ChannelRewrite
 
-__all__ = ["EQUAL_DIMS", "GQA_GROUPS", "AttentionPlan", "AttentionRule", "GroupQueryAttentionRule", "group_query_block"]
+__all__ = [
+    "EQUAL_DIMS",
+    "GQA_GROUPS",
+    "AttentionPlan",
+    "AttentionRule",
+    "GroupQueryAttentionRule",
+    "RotaryEmbeddingRule",
+    "group_query_block",
+]
 
 EQUAL_DIMS = "heads keep equal head dims (one reshape splits them)"
 GQA_GROUPS = "a query head of a live K/V group (GQA: every group keeps the same number of query heads)"
@@ -450,3 +458,59 @@ def constrain_groups(
                 keep(removable, coupling.span(parts.q).start + parts.q_index[h * d : (h + 1) * d], GQA_GROUPS)
             changed = True
     return changed
+
+
+@register
+class RotaryEmbeddingRule(ChannelRule[Plan]):
+    """onnxruntime's RotaryEmbedding (com.microsoft) on q or k laid out [B, S, H·D] (`num_heads` set), as
+    onnxruntime-genai's builder writes it before an attention op that does not rotate itself: each head's dims
+    rotate among themselves (d with d + D/2, or with d + 1 interleaved), by position. So a head goes whole or not
+    at all; a head that is zero stays zero; a constant one is no longer constant (the rotation depends on the
+    position). The rewrite sets `num_heads` to the heads kept."""
+
+    op_types = ("RotaryEmbedding",)
+    domain = "com.microsoft"
+
+    def analyze(self, node: ir.Node, spaces: ChannelSpaces) -> Plan | Decline:
+        x = node.inputs[0] if node.inputs else None
+        heads = attr_int(node, "num_heads", 0)
+        if x is None or x.shape is None or len(x.shape) != 3 or heads < 1:
+            return Decline("not [batch, sequence, heads · head dim] with num_heads set")
+        if attr_int(node, "is_packed_batching", 0):
+            return Decline("packed batching")
+        checked = channel_input(node, spaces, 2)
+        if isinstance(checked, Decline):
+            return checked
+        count = spaces.count_of(x)
+        if count % heads:
+            return Decline(f"num_heads {heads} does not divide its {count} features")
+        d = count // heads
+        rotated = attr_int(node, "rotary_embedding_dim", 0)
+        if rotated and rotated != d:
+            return Decline(f"rotates {rotated} of each head's {d} dims")  # (the rest pass: not read here)
+        y = node.outputs[0]
+        spaces.register(y, 2, count, like=x)
+        per_head = (spaces.live[x] | (spaces.const[x] != 0)).reshape(heads, d).any(axis=1)
+        spaces.set_state(y, np.repeat(per_head, d), np.zeros(count))
+        index = np.arange(count)
+        spaces.tie(x, index, x, index // d * d)  # whole heads
+        return ROTARY
+
+    def backward(self, node: ir.Node, plan: Plan, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]) -> None:
+        """A needed output dim needs its whole head of input (dims rotate in pairs within the head)."""
+        x, y = node.inputs[0], node.outputs[0]
+        if x is None or x not in needed or y not in needed:
+            return
+        heads = attr_int(node, "num_heads", 1)
+        head_needed = needed[y].reshape(heads, -1).any(axis=1)
+        needed[x] |= np.repeat(head_needed, len(needed[x]) // heads)
+
+    def rewrite(self, node: ir.Node, plan: Plan, rw: ChannelRewrite) -> None:
+        x = node.inputs[0]
+        assert x is not None
+        heads = attr_int(node, "num_heads", 1)
+        d = rw.count(x) // heads
+        node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(rw.kept(x)) // d)
+
+
+ROTARY = Plan(Kind.ROTARY)

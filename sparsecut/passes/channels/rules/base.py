@@ -74,6 +74,7 @@ class Kind(enum.Enum):
     TIED_EMBEDDING = "tied-embedding"  # the same, from a table another node reads too: every channel kept
     RMSNORM = "rmsnorm"  # x / √(mean(x²) + ε) · g over the channel axis (rules/rms.py)
     RMS_STATISTIC = "rms-statistic"  # the mean(x²) of an RMSNorm written in plain ops (rules/rms.py)
+    ROTARY = "rotary"  # onnxruntime's RotaryEmbedding: dims rotate within each head (rules/attention.py)
 
 
 # kinds whose result does not depend on the order of the channels they carry (when the rewrite follows it)
