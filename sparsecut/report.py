@@ -19,6 +19,8 @@ __all__ = [
     "ChannelGroupReport",
     "CompareReport",
     "CountDecision",
+    "DecoderCompareReport",
+    "DecoderVariant",
     "EnforcedLayer",
     "ExportReport",
     "LatencyReport",
@@ -524,6 +526,39 @@ class CompareReport(Report):
     @property
     def targets(self) -> list[str]:
         return list(dict.fromkeys(v.target or self.target for v in self.variants))
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderVariant(Report):
+    """One KV-cache decoder timed by `compare` (targets/decoding.py): prefill and decode p50s, ratios vs the
+    baseline with their intervals."""
+
+    label: str
+    model: str
+    params: int
+    weight_bytes: int
+    kv_bytes_per_token: int  # the cache one token adds, all layers, K and V
+    kv_heads: list[int]  # per layer
+    prefill_ms: dict[str, float]  # prompt length → p50 ms (time to first token)
+    decode_ms: dict[str, float]  # context length → p50 ms per token
+    prefill_speedup: dict[str, Speedup] = dataclasses.field(default_factory=dict)  # vs the baseline
+    decode_speedup: dict[str, Speedup] = dataclasses.field(default_factory=dict)
+
+    def tokens_per_s(self, context: int) -> float:
+        return 1000.0 / self.decode_ms[str(context)]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderCompareReport(Report):
+    """`compare` of KV-cache decoders: prefill (time to first token) and decode (per token), interleaved."""
+
+    target: str
+    device: str
+    rounds: int
+    steps: int
+    variants: list[DecoderVariant]
+    baseline: int = 0
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

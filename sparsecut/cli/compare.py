@@ -50,16 +50,28 @@ def compare(
     plot: Annotated[Path | None, typer.Option(help="PNG plot of MACs vs latency.")] = None,
     device: DeviceOption = "CPU",
     hint: HintOption = "latency",
+    prompt: Annotated[
+        str, typer.Option(help="KV-cache decoders: prefill lengths to time (tokens, comma-separated).")
+    ] = "128,512",
+    context: Annotated[
+        str, typer.Option(help="KV-cache decoders: cache lengths the decode steps run against (comma-separated).")
+    ] = "128,1024",
+    steps: Annotated[int, typer.Option(help="KV-cache decoders: decode steps timed per context and round.")] = 8,
     json_path: JsonOption = None,
 ) -> None:
     """Measure variants interleaved; params, MACs, latency and speedup vs a baseline, with its interval. Several
-    targets (`--target onnxruntime,openvino`): every variant on every backend in the same rounds."""
+    targets (`--target onnxruntime,openvino`): every variant on every backend in the same rounds. KV-cache
+    decoders are timed as generators run them: prefill (time to first token) and decode (ms per token, tokens/s),
+    each step fed the last step's cache."""
     from sparsecut.targets import BuildOptions, ProfileOptions, compare_models
 
     assert target is not None
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: the plot is a PNG file; name it *.png")
     require_inputs(*models)
+    if _decoders(models):
+        _compare_decoders(models, target, baseline, rounds, threads, prompt, context, steps, json_path)
+        return
     backends = backend_options(device=device, hint=hint)
     options = ProfileOptions(batch=batch.opt, iterations=iterations, threads=threads or None, per_layer=False,
                              backends=backends)  # fmt: skip
@@ -76,4 +88,52 @@ def compare(
             )  # fmt: skip
         report = finish(plan, report, staged_json)
     render_compare(report)
+    announce_json(json_path)
+
+
+def _decoders(models: list[Path]) -> bool:
+    """Whether every model is a KV-cache decoder (checked on its inputs, without reading the weights)."""
+    from sparsecut.feeds import input_specs
+
+    return all(
+        m.suffix == ".onnx" and any(spec.name.startswith("past_key_values.") for spec in input_specs(m)) for m in models
+    )
+
+
+def _lengths(text: str, option: str) -> tuple[int, ...]:
+    try:
+        lengths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} {text}: token counts, comma-separated (128,512)") from None
+    if not lengths or min(lengths) < 1:
+        raise UsageError(f"{option} {text}: token counts of at least 1")
+    return lengths
+
+
+def _compare_decoders(
+    models: list[Path],
+    target: str,
+    baseline: Path | None,
+    rounds: int,
+    threads: int | None,
+    prompt: str,
+    context: str,
+    steps: int,
+    json_path: Path | None,
+) -> None:
+    from sparsecut.cli.render import render_decoder_compare
+    from sparsecut.targets.decoding import DecodeOptions, compare_decoders
+
+    if target != "onnxruntime":
+        raise UsageError(f"--target {target}: KV-cache decoders are timed on onnxruntime (its own generation loop)")
+    options = DecodeOptions(prompts=_lengths(prompt, "--prompt"), contexts=_lengths(context, "--context"),
+                            steps=steps, rounds=rounds, threads=threads or None)  # fmt: skip
+    index = next((i for i, m in enumerate(models) if baseline is not None and m.resolve() == baseline.resolve()), 0)
+    with OutputPlan(models) as plan:
+        staged_json = plan.file(json_path, "--json") if json_path else None
+        with progress_bar() as bar:
+            task = bar.add_task("timing prefill and decode, interleaved", total=rounds)
+            report = compare_decoders(models, options, index, lambda done, total: bar.update(task, completed=done))
+        report = finish(plan, report, staged_json)
+    render_decoder_compare(report)
     announce_json(json_path)

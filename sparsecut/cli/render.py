@@ -13,6 +13,7 @@ from sparsecut.cli.app import console
 from sparsecut.report import (
     BuildReport,
     CompareReport,
+    DecoderCompareReport,
     EnforcedLayer,
     ExportReport,
     LatencyReport,
@@ -24,12 +25,14 @@ from sparsecut.report import (
     PassReport,
     PrecisionReport,
     RunReport,
+    Speedup,
 )
 
 __all__ = [
     "render_build",
     "render_compare",
     "render_decision",
+    "render_decoder_compare",
     "render_export",
     "render_latency",
     "render_layer_diff",
@@ -356,6 +359,34 @@ def render_compare(report: CompareReport) -> None:
     console.print(table)
     if report.plot:
         console.print(f"plot → {report.plot}")
+
+
+def render_decoder_compare(report: DecoderCompareReport) -> None:
+    base = report.variants[report.baseline]
+    table = Table(
+        title=f"decoders on {report.device} ({report.target}, {report.rounds} interleaved rounds, {report.steps} "
+        f"decode steps each); ratios vs {base.label} [95 % interval; ≈: within noise]",
+        title_justify="left",
+    )
+    prompts, contexts = list(base.prefill_ms), list(base.decode_ms)
+    columns = ["model", "params", "weights MB", "KV heads", "KV bytes/token",
+               *(f"prefill {p} ms" for p in prompts), *(f"decode @{c} tok/s" for c in contexts)]  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for i, v in enumerate(report.variants):
+        heads = "/".join(map(str, v.kv_heads)) if len(set(v.kv_heads)) > 1 else f"{v.kv_heads[0]} ×{len(v.kv_heads)}"
+        pre = [f"{v.prefill_ms[p]:.2f}" + ("" if i == report.baseline else f" {_ratio(v.prefill_speedup[p])}")
+               for p in prompts]  # fmt: skip
+        dec = [f"{1000 / v.decode_ms[c]:.1f}" + ("" if i == report.baseline else f" {_ratio(v.decode_speedup[c])}")
+               for c in contexts]  # fmt: skip
+        table.add_row(v.label, f"{v.params:,}", f"{v.weight_bytes / 1e6:.1f}", heads, f"{v.kv_bytes_per_token:,}",
+                      *pre, *dec)  # fmt: skip
+    console.print(table)
+
+
+def _ratio(speedup: Speedup) -> str:
+    """A speedup in a table cell: value and 95 % interval, flagged where the interval holds 1."""
+    return f"{speedup.value:.2f}× [{speedup.low:.2f}–{speedup.high:.2f}]" + ("≈" if speedup.within_noise else "")
 
 
 def render_run(report: RunReport, out_dir: Path) -> None:

@@ -1,0 +1,205 @@
+"""Timing a KV-cache decoder the way LLM users quote it, on onnxruntime: prefill (time to first token) at given
+prompt lengths, and decode (ms per token, tokens/s) at given context lengths — variants interleaved round by
+round, each ratio against the baseline with its 95 % interval (noise.py).
+
+One forward pass with fixed inputs is neither: a prefill runs the prompt with an empty past (compute-bound), a
+decode step runs one token against a cache of C earlier ones (bound by the bytes of weights and cache read per
+token). Each step here is what a generator does: the presents of one step, kept as onnxruntime's own buffers
+(IOBinding), are bound as the next step's pasts — no copy through numpy — and the next token is the greedy one.
+A lean decoder with fewer K/V heads runs the same loop on its own smaller caches (`decoder.py`).
+
+Per round and variant: each prefill length timed once; for each context length, a cache of that length is built
+by an untimed prefill, then `steps` decode steps are timed, one sample each. Sessions never spin
+(`session.intra_op.allow_spinning` 0): variants timed in turn would otherwise slow each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsecut.decoder import DecoderInterface
+from sparsecut.errors import InputError
+from sparsecut.modelfile import load_model
+from sparsecut.report import DecoderCompareReport, DecoderVariant
+from sparsecut.targets.noise import speedup
+from sparsecut.targets.timing import percentile
+
+__all__ = ["DecodeOptions", "DecoderSession", "compare_decoders", "time_round"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    prompts: tuple[int, ...] = (128, 512)  # prefill lengths (tokens)
+    contexts: tuple[int, ...] = (128, 1024)  # cache lengths the decode steps run against
+    steps: int = 8  # timed decode steps per context and round
+    rounds: int = 10
+    threads: int | None = None
+    seed: int = 0
+
+
+class DecoderSession:
+    """A KV-cache decoder in an onnxruntime session, driven step by step with IOBinding."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        model = load_model(path)
+        interface = DecoderInterface.of(model, path)
+        if interface is None:
+            raise InputError(f"{path}: not a KV-cache decoder (no input_ids and past_key_values.N.* inputs)")
+        self.path, self.interface = path, interface
+        self.params = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
+        self.weight_bytes = sum(
+            v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
+        )
+        declared = {str(v.name): v.shape for v in model.graph.inputs}
+        self.heads = {}
+        for (past, _), (heads, dim) in zip(interface.caches, interface.cache_shapes, strict=True):
+            shape = declared[past]
+            self.heads[past] = (shape[1] if shape is not None and isinstance(shape[1], int) else heads, dim)
+        del model
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._ort = ort
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def kv_heads(self) -> list[int]:
+        return [heads for past, (heads, _) in self.heads.items() if past.endswith(".key")]
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return sum(heads * dim * 4 for heads, dim in self.heads.values())
+
+    def empty_cache(self) -> dict[str, Any]:
+        return {
+            past: self._ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, 0, dim), np.float32))
+            for past, (heads, dim) in self.heads.items()
+        }
+
+    def step(self, ids: np.ndarray, cache: dict[str, Any], start: int) -> tuple[Any, dict[str, Any]]:
+        """One forward pass of `ids` [1, S] after `start` cached tokens: (logits OrtValue, the new cache)."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        total = start + ids.shape[1]
+        if self.interface.mask:
+            binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
+        if self.interface.positions:
+            binding.bind_cpu_input("position_ids", np.arange(start, total, dtype=np.int64)[None])
+        for past, value in cache.items():
+            binding.bind_ortvalue_input(past, value)
+        for name in self.outputs:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        values = dict(zip(self.outputs, binding.get_outputs(), strict=True))
+        return values["logits"], {past: values[present] for past, present in self.interface.caches}
+
+
+def _next_token(logits: Any) -> np.ndarray:
+    return np.asarray(logits.numpy()[:, -1].argmax(-1), np.int64)[:, None]
+
+
+def time_round(
+    session: DecoderSession,
+    prompts: Sequence[int],
+    contexts: Sequence[int],
+    steps: int,
+    rng: np.random.Generator,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> tuple[dict[int, float], dict[int, list[float]]]:
+    """One round for one variant: ms of each prefill, and the ms of each of `steps` decode steps per context."""
+    vocab = session.interface.vocab
+    prefill: dict[int, float] = {}
+    for length in prompts:
+        ids = rng.integers(0, vocab, (1, length))
+        start = clock()
+        session.step(ids, session.empty_cache(), 0)
+        prefill[length] = (clock() - start) / 1e6
+    decode: dict[int, list[float]] = {}
+    for context in contexts:
+        logits, cache = session.step(rng.integers(0, vocab, (1, context)), session.empty_cache(), 0)
+        samples = []
+        for position in range(context, context + steps):
+            token = _next_token(logits)
+            start = clock()
+            logits, cache = session.step(token, cache, position)
+            samples.append((clock() - start) / 1e6)
+        decode[context] = samples
+    return prefill, decode
+
+
+def compare_decoders(
+    models: Sequence[Path],
+    options: DecodeOptions = DecodeOptions(),
+    baseline: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> DecoderCompareReport:
+    """Time `models` interleaved (every round runs each in turn); ratios against `models[baseline]`."""
+    from sparsecut.targets.environment import cpu_name, host_environment
+
+    sessions = [DecoderSession(Path(m), options.threads) for m in models]
+    vocabs = {s.interface.vocab for s in sessions}
+    if len(vocabs) != 1:
+        raise InputError(f"{models[0]}: the decoders differ in vocabulary ({sorted(vocabs)}); nothing to compare")
+    rng = np.random.default_rng(options.seed)
+    prefill: list[dict[int, list[list[float]]]] = [{p: [] for p in options.prompts} for _ in sessions]
+    decode: list[dict[int, list[list[float]]]] = [{c: [] for c in options.contexts} for _ in sessions]
+    for session in sessions:  # warm-up: one round each, untimed
+        time_round(session, options.prompts[:1], options.contexts[:1], 2, rng)
+    for r in range(options.rounds):
+        for i, session in enumerate(sessions):
+            round_prefill, round_decode = time_round(session, options.prompts, options.contexts, options.steps, rng)
+            for p, ms in round_prefill.items():
+                prefill[i][p].append([ms])
+            for c, samples in round_decode.items():
+                decode[i][c].append(samples)
+        if progress is not None:
+            progress(r + 1, options.rounds)
+    variants = []
+    for i, session in enumerate(sessions):
+        pre = {str(p): _p50(rounds) for p, rounds in prefill[i].items()}
+        dec = {str(c): _p50(rounds) for c, rounds in decode[i].items()}
+        pre_speed = {str(p): speedup(prefill[baseline][p], prefill[i][p]) for p in options.prompts}
+        dec_speed = {str(c): speedup(decode[baseline][c], decode[i][c]) for c in options.contexts}
+        variants.append(
+            DecoderVariant(
+                label=Path(models[i]).stem if len({Path(m).stem for m in models}) == len(models) else str(models[i]),
+                model=str(models[i]),
+                params=int(session.params),
+                weight_bytes=int(session.weight_bytes),
+                kv_bytes_per_token=session.kv_bytes_per_token,
+                kv_heads=session.kv_heads,
+                prefill_ms=pre,
+                decode_ms=dec,
+                prefill_speedup=pre_speed if i != baseline else {},
+                decode_speedup=dec_speed if i != baseline else {},
+            )
+        )
+    import onnxruntime as ort
+
+    return DecoderCompareReport(
+        target="onnxruntime",
+        device=cpu_name(),
+        rounds=options.rounds,
+        steps=options.steps,
+        variants=variants,
+        baseline=baseline,
+        environment={
+            **host_environment(),
+            "onnxruntime": ort.__version__,
+            "threads": str(options.threads or "default"),
+        },
+    )
+
+
+def _p50(rounds: list[list[float]]) -> float:
+    return percentile(sorted(x for r in rounds for x in r), 50)

@@ -1,0 +1,113 @@
+"""Decoder timing (targets/decoding.py): prefill and decode phases timed apart, each decode step fed the previous
+step's presents; variants interleaved with intervals. The clock is a fake one where values are asserted: no
+timing is judged here (benchmarks/llm.py measures)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from sparsecut.errors import InputError
+from sparsecut.passes import OptimizeOptions, optimize_model
+from sparsecut.targets.decoding import DecodeOptions, DecoderSession, compare_decoders, time_round
+from tests.passes.decoders import HEAD_DIM, LAYERS, Decoder, export_decoder, mask_like_llm_pruning
+
+
+@pytest.fixture(scope="module")
+def decoders(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("decoding")
+    model = Decoder()
+    mask_like_llm_pruning(model)
+    masked = export_decoder(model, folder / "masked.onnx", dynamo=False)
+    optimize_model(masked, folder / "lean.onnx", OptimizeOptions(align=1))
+    return masked, folder / "lean.onnx"
+
+
+def test_prefill_and_decode_are_timed_apart_and_each_step_reads_the_last_steps_cache(decoders):
+    session = DecoderSession(decoders[1])
+    calls = []
+    step = session.step
+
+    def recording(ids, cache, start):
+        lengths = {next(iter(cache.values())).shape()[2]}
+        calls.append((ids.shape[1], start, lengths))
+        return step(ids, cache, start)
+
+    session.step = recording  # type: ignore[method-assign]
+    ticks = itertools.count(0, 1_000_000)  # every clock reading 1 ms after the last
+    prefill, decode = time_round(session, [5, 9], [4], 3, np.random.default_rng(0), clock=lambda: next(ticks))
+    assert prefill == {5: 1.0, 9: 1.0} and decode == {4: [1.0, 1.0, 1.0]}
+    # two prefills from an empty cache; the untimed prefill of the context; three decode steps, one token each,
+    # each after the cache the step before it returned
+    assert calls == [(5, 0, {0}), (9, 0, {0}), (4, 0, {0}), (1, 4, {4}), (1, 5, {5}), (1, 6, {6})]
+
+
+def test_variants_are_compared_with_their_caches_and_intervals(decoders):
+    masked, lean = decoders
+    report = compare_decoders([masked, lean], DecodeOptions(prompts=(8,), contexts=(8,), steps=2, rounds=3))
+    before, after = report.variants
+    assert (before.kv_heads, after.kv_heads) == ([2] * LAYERS, [1] * LAYERS)
+    assert (before.kv_bytes_per_token, after.kv_bytes_per_token) == (
+        2 * LAYERS * 2 * HEAD_DIM * 4,
+        2 * LAYERS * HEAD_DIM * 4,
+    )
+    assert after.weight_bytes < before.weight_bytes and after.params < before.params
+    assert not before.decode_speedup and set(after.decode_speedup) == {"8"} and set(after.prefill_speedup) == {"8"}
+    speed = after.decode_speedup["8"]
+    assert speed.low <= speed.value <= speed.high
+    assert report.rounds == 3 and report.environment["onnxruntime"]
+
+
+def test_a_model_that_is_no_decoder_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "relu.onnx"))
+    with pytest.raises(InputError) as raised:
+        DecoderSession(tmp_path / "relu.onnx")
+    assert (
+        str(raised.value)
+        == f"{tmp_path / 'relu.onnx'}: not a KV-cache decoder (no input_ids and past_key_values.N.* inputs)"
+    )
+
+
+def test_compare_times_decoders_as_generators_run_them(decoders, tmp_path, capsys):
+    import json
+
+    from sparsecut.cli import main
+
+    masked, lean = decoders
+    code = main(["compare", str(masked), str(lean), "--prompt", "8,16", "--context", "8", "--steps", "2",
+                 "--rounds", "3", "--json", str(tmp_path / "r.json")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["kind"] == "DecoderCompareReport"
+    assert [v["kv_heads"] for v in report["variants"]] == [[2] * LAYERS, [1] * LAYERS]
+    assert list(report["variants"][1]["prefill_speedup"]) == ["8", "16"]
+    assert "prefill 16 ms" in out and "decode @8 tok/s" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--prompt", "0"], "error: --prompt 0: token counts of at least 1"),
+        (["--context", "a,b"], "error: --context a,b: token counts, comma-separated (128,512)"),
+        (["--target", "openvino"], "error: --target openvino: KV-cache decoders are timed on onnxruntime (its own "
+                                   "generation loop)"),
+    ],
+)  # fmt: skip
+def test_compare_refuses_bad_decoder_options_in_one_line(decoders, capsys, argv, message):
+    from sparsecut.cli import main
+
+    code = main(["compare", str(decoders[0]), str(decoders[1]), *argv])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == message
