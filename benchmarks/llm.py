@@ -17,7 +17,11 @@ transformers 5 and onnx-ir), each with torch==2.13.0 in the same pip call:
     python -m venv /tmp/optvenv && /tmp/optvenv/bin/pip install torch==2.13.0 optimum-onnx "transformers==4.57.*"
     python -m venv /tmp/genaivenv && /tmp/genaivenv/bin/pip install torch==2.13.0 "onnxruntime-genai==0.18.*" \\
         "transformers>=5" onnx-ir
-    .venv/bin/python benchmarks/llm.py --sizes tiny 100m [--exporters optimum genai] [--json out.json]
+    .venv/bin/python benchmarks/llm.py --sizes tiny 100m [--exporters optimum genai] [--time 10] [--json out.json]
+
+With `--time ROUNDS`: masked vs lean on onnxruntime as a generator runs them (`sparsecut compare` of decoders):
+prefill at 128 and 512 tokens, decode tokens/s at contexts 128 and 1024, interleaved, with 95 % intervals —
+beside the weight-bytes and MACs ratios that bound them.
 """
 
 from __future__ import annotations
@@ -107,7 +111,25 @@ def _export(exporter: str, masked: Path, out: Path, python: dict[str, str]) -> P
     return out / "model.onnx"
 
 
-def run(size: str, exporters: list[str], python: dict[str, str], work: Path, reuse: bool) -> list[dict]:
+def _timing(masked: Path, lean: Path, rounds: int) -> dict:
+    """Masked vs lean on onnxruntime as a generator runs them (targets/decoding.py): prefill at 128 and 512
+    tokens, decode at contexts 128 and 1024, interleaved; tokens/s and speedups with their intervals."""
+    from sparsecut.targets.decoding import DecodeOptions, compare_decoders
+
+    report = compare_decoders([masked, lean], DecodeOptions(prompts=(128, 512), contexts=(128, 1024), rounds=rounds))
+    before, after = report.variants
+    return {
+        "device": report.device,
+        "weight_bytes_ratio": before.weight_bytes / after.weight_bytes,
+        "kv_bytes_per_token": [before.kv_bytes_per_token, after.kv_bytes_per_token],
+        "tokens_per_s": {c: [before.tokens_per_s(int(c)), after.tokens_per_s(int(c))] for c in before.decode_ms},
+        "decode_speedup": {c: s.to_dict() for c, s in after.decode_speedup.items()},
+        "prefill_ms": {p: [before.prefill_ms[p], after.prefill_ms[p]] for p in before.prefill_ms},
+        "prefill_speedup": {p: s.to_dict() for p, s in after.prefill_speedup.items()},
+    }
+
+
+def run(size: str, exporters: list[str], python: dict[str, str], work: Path, reuse: bool, timed: int) -> list[dict]:
     """`reuse`: the masked folder, the reference and the exports already in `work` (from an earlier run) are
     taken as they are; only optimize runs again."""
     masked, recorded = work / f"{size}-masked", work / f"{size}-masks.json"
@@ -134,6 +156,7 @@ def run(size: str, exporters: list[str], python: dict[str, str], work: Path, reu
                 kept[reason] = kept.get(reason, 0) + count
         same_tokens, rel = _against_transformers(lean, reference)
         weight_bytes = sum(p.stat().st_size for p in source.parent.glob("model.onnx*"))
+        timing = _timing(source, lean, timed) if timed else {}
         rows.append({
             "size": size, "exporter": exporter, "params_before": report["before"]["params"],
             "params_after": report["after"]["params"], "zero_weights_masked": masks["zero_weights"],
@@ -141,6 +164,7 @@ def run(size: str, exporters: list[str], python: dict[str, str], work: Path, reu
             "kv_heads": _cache_heads(lean), "gate": check["label"], "gate_rel": check["max_rel_error"],
             "transformers_tokens_identical": same_tokens, "transformers_rel": rel,
             "optimize_s": seconds, "peak_rss_gib": rss, "weights_gib": weight_bytes / 2**30,
+            "macs_ratio": report["before"]["macs"] / max(1, report["after"]["macs"]), **timing,
         })  # fmt: skip
     return rows
 
@@ -153,6 +177,8 @@ def main() -> None:
     parser.add_argument("--genai-python", default="/tmp/genaivenv/bin/python")
     parser.add_argument("--work", type=Path, help="keep the models here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="take the masked folders and exports --work holds")
+    parser.add_argument("--time", type=int, default=0, metavar="ROUNDS",
+                        help="also time masked vs lean prefill and decode, interleaved, in this many rounds")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     python = {"optimum": args.optimum_python, "genai": args.genai_python}
@@ -162,7 +188,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         for size in args.sizes:
             console.print(f"[bold]{size}[/bold]: masking, exporting, optimizing …")
-            rows += run(size, args.exporters, python, work, args.reuse)
+            rows += run(size, args.exporters, python, work, args.reuse, args.time)
     table = Table(title="masked → lean decoders (align 1, gated by generation)", title_justify="left")
     for column in ("size", "exporter", "params", "zero weights left", "K/V heads", "gate rel", "vs transformers",
                    "optimize", "peak RSS / weights"):  # fmt: skip
@@ -176,6 +202,24 @@ def main() -> None:
             f"{r['optimize_s']:.1f} s", f"{r['peak_rss_gib']:.2f} / {r['weights_gib']:.2f} GiB",
         )  # fmt: skip
     console.print(table)
+    timed = [r for r in rows if "tokens_per_s" in r]
+    if timed:
+        speed = Table(title=f"masked → lean on onnxruntime ({timed[0]['device']}); [95 % interval]",
+                      title_justify="left")  # fmt: skip
+        for column in ("size", "exporter", "weight bytes ratio", "MACs ratio", "decode @128 tok/s", "decode @1024 tok/s",
+                       "prefill 128", "prefill 512"):  # fmt: skip
+            speed.add_column(column)
+
+        def ratio(s: dict) -> str:
+            return f"{s['value']:.2f}× [{s['low']:.2f}–{s['high']:.2f}]"
+
+        for r in timed:
+            tps, dec, pre = r["tokens_per_s"], r["decode_speedup"], r["prefill_speedup"]
+            speed.add_row(r["size"], r["exporter"], f"{r['weight_bytes_ratio']:.2f}×", f"{r['macs_ratio']:.2f}×",
+                          *(f"{tps[c][0]:.1f} → {tps[c][1]:.1f} ({ratio(dec[c])})" for c in ("128", "1024")),
+                          *(f"{r['prefill_ms'][p][0]:.1f} → {r['prefill_ms'][p][1]:.1f} ms ({ratio(pre[p])})"
+                            for p in ("128", "512")))  # fmt: skip
+        console.print(speed)
     for r in rows:
         if r["kept_dead"]:
             console.print(f"{r['size']} {r['exporter']}: dead channels kept: {r['kept_dead']}")
