@@ -52,18 +52,23 @@ def infer_shapes(model: ir.Model, *, force: bool = False, refine: bool = False, 
 
 
 def _has_unknown_sizes(model: ir.Model) -> bool:
-    """Whether onnx's inference left a shape or a size unknown, or named a size itself (`unk__N`: it could not
-    compute it)."""
+    """Whether onnx's inference left something attention tracing needs unknown: a shape past an op it does not
+    know (GroupQueryAttention), or — in a graph with a Softmax — a size of a Reshape's or Expand's output it could
+    not compute (`unk__N`: the head count of a Reshape to (B, N, -1, D) computed from Shape(x), repeat_kv's Expand,
+    as both PyTorch exporters write a decoder). A graph without attention is left to onnx's inference: onnxruntime's
+    symbolic inference costs seconds on big graphs."""
+    softmax, unknown = False, False
     for node in model.graph:
         for value in node.outputs:
             if value.shape is None:
                 if value.uses() or value.is_graph_output():
-                    return True  # (past an op onnx's inference does not know: GroupQueryAttention)
-                continue
-            for dim in value.shape:
-                if not isinstance(dim, int) and (dim.value is None or str(dim.value).startswith("unk__")):
                     return True
-    return False
+                continue
+            if node.op_type in ("Reshape", "Expand") and not unknown:
+                unknown = any(not isinstance(d, int) and (d.value is None or str(d.value).startswith("unk__"))
+                              for d in value.shape)  # fmt: skip
+        softmax = softmax or node.op_type == "Softmax"
+    return softmax and unknown
 
 
 def refine_symbolic(model: ir.Model) -> bool:

@@ -85,10 +85,8 @@ def test_a_reshape_back_to_a_tensors_own_channel_count_follows_it(tmp_path):
     assert weights(lean, "MatMul")[0].shape == (5, 3)
 
 
-def test_a_reshape_by_another_tensors_channel_count_is_a_constant_where_the_shape_is_static(tmp_path):
-    """A target computed from another tensor's channel count, where the reshaped shape is static but for the batch:
-    onnxruntime's symbolic inference knows it, the target becomes that constant (onnxscript's rule), and each conv
-    loses its own dead channel (a Reshape whose size stays computed keeps both: the Resize test above)."""
+def test_a_reshape_by_another_tensors_channel_count_keeps_both(tmp_path):
+    """A target computed from another tensor's channel count does not follow: both keep their channels."""
     g = GraphBuilder()
     a = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(1,)))])
     b = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(4,)))])
@@ -97,8 +95,10 @@ def test_a_reshape_by_another_tensors_channel_count_is_a_constant_where_the_shap
     y = g.op("MatMul", [g.op("ReduceMean", [flat, g.const([2])], keepdims=0), g.const(g.weight(8, 3))])
     side = g.op("MatMul", [g.op("ReduceMean", [b, g.const([2, 3])], keepdims=0), g.const(g.weight(8, 3))])
     y = g.op("Add", [y, side])
-    _report, lean = optimize(tmp_path, g.model(y))
-    assert [w.shape[0] for w in weights(lean, "Conv")] == [7, 7]
+    report, lean = optimize(tmp_path, g.model(y))
+    assert [w.shape[0] for w in weights(lean, "Conv")] == [8, 8]
+    kept = {reason for r in removal(report) for reason in r.kept_dead}
+    assert any("its channel count is read by Reshape" in reason for reason in kept)
 
 
 class SamePadding(nn.Module):
