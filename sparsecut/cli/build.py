@@ -29,6 +29,7 @@ from sparsecut.cli.options import (
     ProviderOption,
     SparsityOption,
     TargetOption,
+    TokenizerOption,
     TuneBudgetOption,
     backend_options,
 )
@@ -55,6 +56,7 @@ def build(
     measure: MeasureOption = True,
     lut: LutOption = None,
     tune_budget: TuneBudgetOption = 30.0,
+    tokenizer: TokenizerOption = None,
     json_path: JsonOption = None,
     int8: Int8Settings | None = None,
 ) -> None:
@@ -72,13 +74,20 @@ def build(
             "--precision best: build takes the precision the graph has (TensorRT picks per layer); to quantize, "
             "build with --precision int8 and the calibration options"
         )
-    require_inputs(model, calibration, data_config)
+    require_inputs(model, calibration, data_config, tokenizer)
+    if target == "onnxruntime-genai":
+        measure = False  # a decoder's channels are removed by optimize (gated by generation), before the build
     options = BuildOptions(
         precision=precision.in_format(int8_format) if precision is not None else None,
         sparsity=sparsity,
         batch=batch.range,
         backends=backend_options(
-            provider=provider, device=device, hint=hint, workspace=workspace, timing_cache=timing_cache
+            provider=provider,
+            device=device,
+            hint=hint,
+            workspace=workspace,
+            timing_cache=timing_cache,
+            tokenizer=tokenizer,
         ),
         surgery=surgery,
     )
@@ -98,7 +107,8 @@ def build(
             converting = int8.request(options.precision)
             staged_cache = staged.get("timing-cache")  # the target reads and updates the staged copy
             options = dataclasses.replace(options, backends=backend_options(
-                provider=provider, device=device, hint=hint, workspace=workspace, timing_cache=staged_cache))  # fmt: skip
+                provider=provider, device=device, hint=hint, workspace=workspace, timing_cache=staged_cache,
+                tokenizer=tokenizer))  # fmt: skip
             report, converted = build_for_target(model, staged["artifact"], target, options, converting, tuning, staged)
         report = finish(plan, report, staged_json)
     if converted is not None:

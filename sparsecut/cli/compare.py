@@ -92,12 +92,15 @@ def compare(
 
 
 def _decoders(models: list[Path]) -> bool:
-    """Whether every model is a KV-cache decoder (checked on its inputs, without reading the weights)."""
+    """Whether every model is a KV-cache decoder (checked on its inputs, without reading the weights): an ONNX
+    file, or an onnxruntime-genai folder."""
     from sparsecut.feeds import input_specs
 
-    return all(
-        m.suffix == ".onnx" and any(spec.name.startswith("past_key_values.") for spec in input_specs(m)) for m in models
-    )
+    def graph(m: Path) -> Path | None:
+        return m / "model.onnx" if (m / "genai_config.json").is_file() else m if m.suffix == ".onnx" else None
+
+    files = [graph(m) for m in models]
+    return all(f is not None and any(s.name.startswith("past_key_values.") for s in input_specs(f)) for f in files)
 
 
 def _lengths(text: str, option: str) -> tuple[int, ...]:
@@ -124,8 +127,17 @@ def _compare_decoders(
     from sparsecut.cli.render import render_decoder_compare
     from sparsecut.targets.decoding import DecodeOptions, compare_decoders
 
-    if target != "onnxruntime":
-        raise UsageError(f"--target {target}: KV-cache decoders are timed on onnxruntime (its own generation loop)")
+    if target not in ("onnxruntime", "onnxruntime-genai"):
+        raise UsageError(
+            f"--target {target}: KV-cache decoders are timed on onnxruntime (sparsecut's generation loop) or "
+            "onnxruntime-genai (its generator)"
+        )
+    folders = [m for m in models if m.is_dir()]
+    if (target == "onnxruntime-genai") != (len(folders) == len(models)):
+        raise UsageError(
+            f"--target {target}: onnxruntime-genai times its folders (sparsecut build --target onnxruntime-genai), "
+            "onnxruntime ONNX files"
+        )
     options = DecodeOptions(prompts=_lengths(prompt, "--prompt"), contexts=_lengths(context, "--context"),
                             steps=steps, rounds=rounds, threads=threads or None)  # fmt: skip
     index = next((i for i, m in enumerate(models) if baseline is not None and m.resolve() == baseline.resolve()), 0)
@@ -133,7 +145,9 @@ def _compare_decoders(
         staged_json = plan.file(json_path, "--json") if json_path else None
         with progress_bar() as bar:
             task = bar.add_task("timing prefill and decode, interleaved", total=rounds)
-            report = compare_decoders(models, options, index, lambda done, total: bar.update(task, completed=done))
+            report = compare_decoders(
+                models, options, index, lambda done, total: bar.update(task, completed=done), target=target
+            )
         report = finish(plan, report, staged_json)
     render_decoder_compare(report)
     announce_json(json_path)

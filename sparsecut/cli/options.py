@@ -55,6 +55,7 @@ __all__ = [
     "SparsityOption",
     "TargetOption",
     "ThreadsOption",
+    "TokenizerOption",
     "TrustCheckpointOption",
     "TuneBudgetOption",
     "backend_options",
@@ -107,7 +108,8 @@ def _targets(ctx: typer.Context, value: str | None) -> str | None:
 TargetOption = Annotated[
     str | None,
     typer.Option(
-        callback=_targets, help="onnxruntime, openvino or tensorrt (compare and run: several, comma-separated)."
+        callback=_targets,
+        help="onnxruntime, openvino, tensorrt or onnxruntime-genai (compare and run: several, comma-separated).",
     ),
 ]
 DeviceOption = Annotated[
@@ -130,10 +132,12 @@ def backend_options(
     workspace: int | None = None,
     timing_cache: Path | None = None,
     cuda_graph: bool = False,
+    tokenizer: Path | None = None,
 ) -> tuple[BackendOptions, ...]:
     """The targets' own settings, from the options that name them (--provider; --device, --hint; --workspace,
-    --timing-cache, --cuda-graph): each target reads only its own."""
+    --timing-cache, --cuda-graph; --tokenizer): each target reads only its own."""
     from sparsecut.targets.onnxruntime import OnnxRuntimeOptions
+    from sparsecut.targets.onnxruntime_genai import GenaiOptions
     from sparsecut.targets.openvino import OpenVinoOptions
     from sparsecut.targets.tensorrt import TensorRTOptions
 
@@ -141,6 +145,7 @@ def backend_options(
         OnnxRuntimeOptions(provider=provider),
         OpenVinoOptions(device=device, hint=hint),
         TensorRTOptions(workspace_mb=workspace, timing_cache=timing_cache, cuda_graph=cuda_graph),
+        GenaiOptions(tokenizer=tokenizer),
     )
 
 
@@ -291,6 +296,13 @@ CheckpointArgument = Annotated[
     typer.Argument(
         help="Pruned checkpoint: .pt/.pth state_dict, .safetensors, or torch.export .pt2; or a Hugging Face decoder "
         "folder (save_pretrained, safetensors)."
+    ),
+]
+TokenizerOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--tokenizer",
+        help="--target onnxruntime-genai: the folder with genai_config.json and the tokenizer (default: the model's).",
     ),
 ]
 DecoderExporterOption = Annotated[

@@ -149,8 +149,8 @@ def _exporter_version(python: str, exporter: str) -> str:
         raise ExportError(f"--python {python}: cannot run it ({exc.strerror})") from None
     if done.returncode:
         raise ExportError(
-            f"--exporter {exporter}: {package} is not installed for {python} (pip install {install} there, or "
-            "point --python at a venv that has it)"
+            f"--exporter {exporter}: {package}'s exporter does not import in {python} (pip install {install} there, "
+            "or point --python at a venv that has it)"
         )
     return done.stdout.strip()
 

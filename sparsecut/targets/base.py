@@ -299,6 +299,7 @@ TARGETS = {
     "onnxruntime": "sparsecut.targets.onnxruntime:OnnxRuntimeTarget",
     "openvino": "sparsecut.targets.openvino:OpenVinoTarget",
     "tensorrt": "sparsecut.targets.tensorrt:TensorRTTarget",
+    "onnxruntime-genai": "sparsecut.targets.onnxruntime_genai:OnnxRuntimeGenaiTarget",
 }
 
 

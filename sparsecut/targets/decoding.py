@@ -30,7 +30,7 @@ from sparsecut.report import DecoderCompareReport, DecoderVariant
 from sparsecut.targets.noise import speedup
 from sparsecut.targets.timing import percentile
 
-__all__ = ["DecodeOptions", "DecoderSession", "compare_decoders", "time_round"]
+__all__ = ["DecodeOptions", "DecoderSession", "GenaiSession", "compare_decoders", "time_round"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,17 @@ class DecoderSession:
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        self._read(path)
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._ort = ort
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def _read(self, path: Path) -> None:
+        """The decoder's interface and sizes, from its graph."""
         model = load_model(path)
         interface = DecoderInterface.of(model, path)
         if interface is None:
@@ -63,14 +74,6 @@ class DecoderSession:
         for (past, _), (heads, dim) in zip(interface.caches, interface.cache_shapes, strict=True):
             shape = declared[past]
             self.heads[past] = (shape[1] if shape is not None and isinstance(shape[1], int) else heads, dim)
-        del model
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self._ort = ort
-        self.outputs = [o.name for o in self.session.get_outputs()]
 
     @property
     def kv_heads(self) -> list[int]:
@@ -85,6 +88,12 @@ class DecoderSession:
             past: self._ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, 0, dim), np.float32))
             for past, (heads, dim) in self.heads.items()
         }
+
+    def time_prefill(self, ids: np.ndarray, clock: Callable[[], int]) -> float:
+        return _time_prefill(self, ids, clock)
+
+    def time_decode(self, ids: np.ndarray, steps: int, clock: Callable[[], int]) -> list[float]:
+        return _time_decode(self, ids, steps, clock)
 
     def step(self, ids: np.ndarray, cache: dict[str, Any], start: int) -> tuple[Any, dict[str, Any]]:
         """One forward pass of `ids` [1, S] after `start` cached tokens: (logits OrtValue, the new cache)."""
@@ -108,8 +117,62 @@ def _next_token(logits: Any) -> np.ndarray:
     return np.asarray(logits.numpy()[:, -1].argmax(-1), np.int64)[:, None]
 
 
+def _time_prefill(session: DecoderSession, ids: np.ndarray, clock: Callable[[], int]) -> float:
+    start = clock()
+    session.step(ids, session.empty_cache(), 0)
+    return (clock() - start) / 1e6
+
+
+def _time_decode(session: DecoderSession, ids: np.ndarray, steps: int, clock: Callable[[], int]) -> list[float]:
+    logits, cache = session.step(ids, session.empty_cache(), 0)
+    samples = []
+    for position in range(ids.shape[1], ids.shape[1] + steps):
+        token = _next_token(logits)
+        start = clock()
+        logits, cache = session.step(token, cache, position)
+        samples.append((clock() - start) / 1e6)
+    return samples
+
+
+class GenaiSession:
+    """A decoder folder in onnxruntime-genai's own generator: a prefill is `append_tokens` of the prompt on a fresh
+    generator, a decode step `generate_next_token` (greedy: pick the token, run the model on it)."""
+
+    def __init__(self, folder: Path) -> None:
+        from sparsecut.targets.onnxruntime_genai import CONFIG, genai_module
+
+        if not (folder / CONFIG).is_file():
+            raise InputError(f"{folder}: not an onnxruntime-genai folder (no {CONFIG}); build one first")
+        self.og = genai_module()
+        self.graph = DecoderSession.__new__(DecoderSession)  # its sizes, read from the graph, without a session
+        self.graph._read(folder / "model.onnx")
+        self.interface = self.graph.interface
+        self.model = self.og.Model(str(folder))
+
+    def generator(self, length: int) -> Any:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=length, min_length=length, do_sample=False)  # (no early end-of-text)
+        return self.og.Generator(self.model, params)
+
+    def time_prefill(self, ids: np.ndarray, clock: Callable[[], int]) -> float:
+        generator = self.generator(ids.shape[1] + 1)
+        start = clock()
+        generator.append_tokens(ids.astype(np.int32))
+        return (clock() - start) / 1e6
+
+    def time_decode(self, ids: np.ndarray, steps: int, clock: Callable[[], int]) -> list[float]:
+        generator = self.generator(ids.shape[1] + steps + 1)
+        generator.append_tokens(ids.astype(np.int32))
+        samples = []
+        for _ in range(steps):
+            start = clock()
+            generator.generate_next_token()
+            samples.append((clock() - start) / 1e6)
+        return samples
+
+
 def time_round(
-    session: DecoderSession,
+    session: DecoderSession | GenaiSession,
     prompts: Sequence[int],
     contexts: Sequence[int],
     steps: int,
@@ -118,22 +181,8 @@ def time_round(
 ) -> tuple[dict[int, float], dict[int, list[float]]]:
     """One round for one variant: ms of each prefill, and the ms of each of `steps` decode steps per context."""
     vocab = session.interface.vocab
-    prefill: dict[int, float] = {}
-    for length in prompts:
-        ids = rng.integers(0, vocab, (1, length))
-        start = clock()
-        session.step(ids, session.empty_cache(), 0)
-        prefill[length] = (clock() - start) / 1e6
-    decode: dict[int, list[float]] = {}
-    for context in contexts:
-        logits, cache = session.step(rng.integers(0, vocab, (1, context)), session.empty_cache(), 0)
-        samples = []
-        for position in range(context, context + steps):
-            token = _next_token(logits)
-            start = clock()
-            logits, cache = session.step(token, cache, position)
-            samples.append((clock() - start) / 1e6)
-        decode[context] = samples
+    prefill = {length: session.time_prefill(rng.integers(0, vocab, (1, length)), clock) for length in prompts}
+    decode = {context: session.time_decode(rng.integers(0, vocab, (1, context)), steps, clock) for context in contexts}
     return prefill, decode
 
 
@@ -142,11 +191,17 @@ def compare_decoders(
     options: DecodeOptions = DecodeOptions(),
     baseline: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    target: str = "onnxruntime",
 ) -> DecoderCompareReport:
-    """Time `models` interleaved (every round runs each in turn); ratios against `models[baseline]`."""
+    """Time `models` interleaved (every round runs each in turn); ratios against `models[baseline]`. `target`:
+    onnxruntime (ONNX files, this module's loop) or onnxruntime-genai (its folders, its generator)."""
     from sparsecut.targets.environment import cpu_name, host_environment
 
-    sessions = [DecoderSession(Path(m), options.threads) for m in models]
+    sessions: list[DecoderSession | GenaiSession] = (
+        [GenaiSession(Path(m)) for m in models]
+        if target == "onnxruntime-genai"
+        else [DecoderSession(Path(m), options.threads) for m in models]
+    )
     vocabs = {s.interface.vocab for s in sessions}
     if len(vocabs) != 1:
         raise InputError(f"{models[0]}: the decoders differ in vocabulary ({sorted(vocabs)}); nothing to compare")
@@ -166,6 +221,7 @@ def compare_decoders(
             progress(r + 1, options.rounds)
     variants = []
     for i, session in enumerate(sessions):
+        sizes = session.graph if isinstance(session, GenaiSession) else session
         pre = {str(p): _p50(rounds) for p, rounds in prefill[i].items()}
         dec = {str(c): _p50(rounds) for c, rounds in decode[i].items()}
         pre_speed = {str(p): speedup(prefill[baseline][p], prefill[i][p]) for p in options.prompts}
@@ -174,10 +230,10 @@ def compare_decoders(
             DecoderVariant(
                 label=Path(models[i]).stem if len({Path(m).stem for m in models}) == len(models) else str(models[i]),
                 model=str(models[i]),
-                params=int(session.params),
-                weight_bytes=int(session.weight_bytes),
-                kv_bytes_per_token=session.kv_bytes_per_token,
-                kv_heads=session.kv_heads,
+                params=int(sizes.params),
+                weight_bytes=int(sizes.weight_bytes),
+                kv_bytes_per_token=sizes.kv_bytes_per_token,
+                kv_heads=sizes.kv_heads,
                 prefill_ms=pre,
                 decode_ms=dec,
                 prefill_speedup=pre_speed if i != baseline else {},
@@ -186,18 +242,17 @@ def compare_decoders(
         )
     import onnxruntime as ort
 
+    versions = {"onnxruntime": ort.__version__}
+    if isinstance(sessions[0], GenaiSession):
+        versions["onnxruntime-genai"] = str(sessions[0].og.__version__)
     return DecoderCompareReport(
-        target="onnxruntime",
+        target=target,
         device=cpu_name(),
         rounds=options.rounds,
         steps=options.steps,
         variants=variants,
         baseline=baseline,
-        environment={
-            **host_environment(),
-            "onnxruntime": ort.__version__,
-            "threads": str(options.threads or "default"),
-        },
+        environment={**host_environment(), **versions, "threads": str(options.threads or "default")},
     )
 
 

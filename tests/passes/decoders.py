@@ -324,3 +324,40 @@ def builder_decoder(model: Decoder, path: Path, separate: bool = False, rotary: 
     )
     onnx.save(proto, str(path))
     return path
+
+
+def genai_folder(model: Decoder, folder: Path) -> Path:
+    """The decoder as onnxruntime-genai's builder leaves a folder: the builder-form model, genai_config.json and a
+    word-level tokenizer (w0 … wN) — what onnxruntime-genai generates from."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    builder_decoder(model, folder / "model.onnx")
+    decoder = {
+        "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+        "filename": "model.onnx", "head_size": HEAD_DIM, "hidden_size": HIDDEN,
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                   "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
+        "num_attention_heads": model.heads, "num_hidden_layers": LAYERS, "num_key_value_heads": model.kv_heads,
+    }  # fmt: skip
+    config = {
+        "model": {"bos_token_id": 1, "context_length": 256, "decoder": decoder, "eos_token_id": 2, "pad_token_id": 2,
+                  "type": "llama", "vocab_size": VOCAB},
+        "search": {"do_sample": False, "max_length": 256, "min_length": 0, "num_beams": 1, "num_return_sequences": 1,
+                   "past_present_share_buffer": True, "top_k": 50, "top_p": 1.0, "temperature": 1.0},
+    }  # fmt: skip
+    (folder / "genai_config.json").write_text(json.dumps(config, indent=4))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for t, i in list(vocab.items())[:3]],
+        "normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None, "decoder": None,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    }  # fmt: skip
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "model_max_length": 256,
+         "tokenizer_class": "PreTrainedTokenizerFast"}))  # fmt: skip
+    return folder

@@ -1,0 +1,158 @@
+"""The onnxruntime-genai target: a KV-cache decoder as the folder onnxruntime-genai generates from, timed through
+its own generator — the runtime LLM users ship on CPUs.
+
+- build: `<name>.genai/` holds the model (`model.onnx`, its weights in `model.onnx.data` when large),
+  `genai_config.json` and the tokenizer files, carried from the folder the model came from (the genai builder's,
+  which `sparsecut export DIR` writes) or from `--tokenizer DIR`. The config stays as it was: onnxruntime-genai
+  sizes each layer's cache from the model's own past inputs (checked with 0.18: a lean graph of 3 K/V heads in
+  every layer, whose config says 4, generates the masked model's tokens), so per-layer head counts need no entry.
+- profile: one decode step (`generate_next_token`) after a prompt of 128 tokens, the generator restarted when its
+  length runs out; `compare --target onnxruntime-genai` times prefill and decode apart (decoding.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsecut.errors import TargetError
+from sparsecut.feeds import input_specs
+from sparsecut.modelfile import load_model, reads_external_data, save_model
+from sparsecut.report import LayerTime
+from sparsecut.targets.base import (
+    Artifact,
+    BackendOptions,
+    BuildOptions,
+    Built,
+    InputSpec,
+    ProfileOptions,
+    Runner,
+    Target,
+)
+from sparsecut.targets.environment import cpu_name
+
+__all__ = ["GenaiOptions", "OnnxRuntimeGenaiTarget", "genai_module"]
+
+CONFIG = "genai_config.json"
+_CARRIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+            "merges.txt", "generation_config.json", "chat_template.jinja")  # fmt: skip
+PROFILE_PROMPT = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class GenaiOptions(BackendOptions):
+    tokenizer: Path | None = None  # the folder with genai_config.json and the tokenizer (default: the model's own)
+
+
+def genai_module() -> Any:
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        raise TargetError(
+            "--target onnxruntime-genai needs onnxruntime-genai (pip install 'sparsecut[genai]', or "
+            "'onnxruntime-genai>=0.18')"
+        ) from None
+    return og
+
+
+class OnnxRuntimeGenaiTarget(Target[GenaiOptions]):
+    name = "onnxruntime-genai"
+    options_type = GenaiOptions
+    artifact_suffix = ".genai"
+    no_sparse_kernels = "onnxruntime-genai runs no 2:4 sparse kernels"
+
+    def _build_impl(self, source: Path, staged: Path, options: BuildOptions) -> Built:
+        og = genai_module()
+        folder = self.own(options).tokenizer or source.parent
+        config = folder / CONFIG
+        if not config.is_file():
+            raise TargetError(
+                f"{source}: no {CONFIG} in {folder}; name the folder onnxruntime-genai's builder wrote with "
+                "--tokenizer DIR (sparsecut export DIR makes one)"
+            )
+        if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+            raise TargetError(f"--tokenizer {folder}: no tokenizer.json or tokenizer.model there")
+        staged.mkdir()
+        model = load_model(source)
+        save_model(model, staged / "model.onnx", external_data=reads_external_data(model) or None)
+        settings = json.loads(config.read_text())
+        settings.setdefault("model", {}).setdefault("decoder", {})["filename"] = "model.onnx"
+        (staged / CONFIG).write_text(json.dumps(settings, indent=4))
+        carried = [name for name in _CARRIED if (folder / name).is_file()]
+        for name in carried:
+            shutil.copyfile(folder / name, staged / name)
+        return Built(
+            environment={"onnxruntime-genai": og.__version__},
+            notes=[f"{CONFIG} and {', '.join(carried)} from {folder}"],
+        )
+
+    def build_files(self, output: Path, options: BuildOptions) -> dict[Path, str]:
+        if Path(output).exists():
+            raise TargetError(f"{output}: --output exists; the genai folder is written new")
+        return super().build_files(output, options)
+
+    def _load_impl(self, path: Path) -> Artifact:
+        if not (path / CONFIG).is_file():
+            raise TargetError(f"{path}: not an onnxruntime-genai folder (no {CONFIG}); build one first")
+        return Artifact(path, self.name, path / "model.onnx")
+
+    def needs_build(self, path: Path) -> bool:
+        return not Path(path).is_dir()
+
+    @contextlib.contextmanager
+    def runner(self, artifact: Artifact, options: ProfileOptions) -> Iterator[Runner]:
+        og = genai_module()
+        model = og.Model(str(artifact.path))
+        vocab = json.loads((artifact.path / CONFIG).read_text())["model"].get("vocab_size", 32)
+        prompt = np.random.default_rng(options.seed).integers(0, vocab, (1, PROFILE_PROMPT)).astype(np.int32)
+        length = PROFILE_PROMPT + 64
+        state: dict[str, Any] = {}
+
+        def restart() -> None:
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=length, min_length=length, do_sample=False)
+            state["generator"] = generator = og.Generator(model, params)
+            generator.append_tokens(prompt)
+
+        def run_once() -> None:
+            if state["generator"].is_done():
+                restart()  # (one step in 64 also pays for a prefill: the median does not see it)
+            state["generator"].generate_next_token()
+
+        restart()
+        yield run_once
+
+    def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
+        return []  # the generator's sessions are its own: no per-layer profile through it
+
+    def run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise TargetError(f"{artifact.path}: onnxruntime-genai runs token ids through its generator, not feeds")
+
+    def inputs(self, artifact: Artifact) -> list[InputSpec]:
+        return input_specs(artifact.path / "model.onnx" if artifact.path.is_dir() else artifact.path)
+
+    def device(self, options: ProfileOptions) -> str:
+        return cpu_name()
+
+    def backend_version(self) -> str:
+        return str(genai_module().__version__)
+
+    def environment(self, options: ProfileOptions) -> dict[str, str]:
+        return {"onnxruntime-genai": self.backend_version()}
+
+    def precision(self, artifact: Artifact) -> str:
+        model = artifact.path / "model.onnx" if artifact.path.is_dir() else artifact.path
+        import onnx
+
+        proto = onnx.load(str(model), load_external_data=False)
+        return "int4" if any(node.op_type == "MatMulNBits" for node in proto.graph.node) else "fp32"
+
+    def int8_formats(self, options: BuildOptions) -> tuple[str, ...]:
+        return ()
