@@ -119,6 +119,7 @@ class Target(abc.ABC, Generic[OptionsT]):
     # an output not ending in the artifact suffix's last part is refused with this reason, where one is given
     artifact_suffix_required: ClassVar[str | None] = None
     no_sparse_kernels: ClassVar[str | None] = None  # why --sparsity changes nothing here, where it does not
+    measures_layers: ClassVar[bool] = True  # False: it times whole models only (no measured channel counts)
 
     # ------------------------------------------------------------------------------------------ shared, final
     @final

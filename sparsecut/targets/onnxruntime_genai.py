@@ -67,6 +67,7 @@ class OnnxRuntimeGenaiTarget(Target[GenaiOptions]):
     options_type = GenaiOptions
     artifact_suffix = ".genai"
     no_sparse_kernels = "onnxruntime-genai runs no 2:4 sparse kernels"
+    measures_layers = False
 
     def _build_impl(self, source: Path, staged: Path, options: BuildOptions) -> Built:
         og = genai_module()

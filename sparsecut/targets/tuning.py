@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from sparsecut.errors import TargetError
 from sparsecut.passes.latency_table import LayerSignature, default_table_path
 from sparsecut.passes.measured import Tuning
 from sparsecut.precision import Precision
@@ -52,6 +53,11 @@ def tuning_for(
     the user cache folder); `build`: the user's build options, for the candidates timed end to end (where the
     target builds)."""
     backend = get_target(target)
+    if not backend.measures_layers:
+        raise TargetError(
+            f"--target {target}: channel counts are not measured through it (it times whole decoders); optimize "
+            "without --target, or measure on onnxruntime"
+        )
     profile = ProfileOptions(batch=batch, threads=threads, warmup=3, per_layer=False, backends=backends)
     timer = TargetLayerTimer(backend, profile)
     timer.context()  # a target that cannot run here (TensorRT missing) says so now, before anything is measured

@@ -75,6 +75,7 @@ def test_every_target_owns_its_options_and_reads_only_its_own(name):
     from sparsecut.targets import BuildOptions, ProfileOptions
     from sparsecut.targets.base import BackendOptions
     from sparsecut.targets.onnxruntime import OnnxRuntimeOptions
+    from sparsecut.targets.onnxruntime_genai import GenaiOptions
     from sparsecut.targets.openvino import OpenVinoOptions
     from sparsecut.targets.tensorrt import TensorRTOptions
 
@@ -82,9 +83,24 @@ def test_every_target_owns_its_options_and_reads_only_its_own(name):
     target = getattr(importlib.import_module(module), cls)()
     kind = target.options_type
     assert issubclass(kind, BackendOptions) and kind.__module__ == module  # declared in the target's own file
-    given = (OnnxRuntimeOptions(provider="cuda"), OpenVinoOptions(device="GPU"), TensorRTOptions(workspace_mb=64))
+    given = (OnnxRuntimeOptions(provider="cuda"), OpenVinoOptions(device="GPU"), TensorRTOptions(workspace_mb=64),
+             GenaiOptions(tokenizer=Path("tok")))  # fmt: skip
     mine = next(o for o in given if isinstance(o, kind))
     assert target.own(BuildOptions(backends=given)) is mine and target.own(ProfileOptions(backends=given)) is mine
     assert target.own(BuildOptions()) == kind()  # none given: its defaults
     shared = {f.name for f in dataclasses.fields(BuildOptions)} | {f.name for f in dataclasses.fields(ProfileOptions)}
     assert not shared & {f.name for f in dataclasses.fields(kind)}  # no backend's setting in the shared options
+
+
+def test_a_target_that_times_whole_decoders_measures_no_channel_counts(tmp_path, capsys):
+    from sparsecut.cli import main
+
+    g = GraphBuilder()
+    onnx.save(g.model(g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1, dead_rows=(1,)))])), str(tmp_path / "m.onnx"))
+    code = main(["optimize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--target", "onnxruntime-genai"])
+    assert code != 0
+    assert capsys.readouterr().err.strip() == (
+        "error: --target onnxruntime-genai: channel counts are not measured through it (it times whole decoders); "
+        "optimize without --target, or measure on onnxruntime"
+    )
+    assert not (tmp_path / "o.onnx").exists()

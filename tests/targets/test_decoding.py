@@ -101,8 +101,10 @@ def test_compare_times_decoders_as_generators_run_them(decoders, tmp_path, capsy
     [
         (["--prompt", "0"], "error: --prompt 0: token counts of at least 1"),
         (["--context", "a,b"], "error: --context a,b: token counts, comma-separated (128,512)"),
-        (["--target", "openvino"], "error: --target openvino: KV-cache decoders are timed on onnxruntime (its own "
-                                   "generation loop)"),
+        (["--target", "openvino"], "error: --target openvino: KV-cache decoders are timed on onnxruntime "
+                                   "(sparsecut's generation loop) or onnxruntime-genai (its generator)"),
+        (["--target", "onnxruntime-genai"], "error: --target onnxruntime-genai: onnxruntime-genai times its folders "
+                                            "(sparsecut build --target onnxruntime-genai), onnxruntime ONNX files"),
     ],
 )  # fmt: skip
 def test_compare_refuses_bad_decoder_options_in_one_line(decoders, capsys, argv, message):
