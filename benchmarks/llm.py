@@ -111,14 +111,30 @@ def _export(exporter: str, masked: Path, out: Path, python: dict[str, str]) -> P
     return out / "model.onnx"
 
 
-def _timing(masked: Path, lean: Path, rounds: int) -> dict:
+def _timing(masked: Path, lean: Path, rounds: int, int4: bool) -> dict:
     """Masked vs lean on onnxruntime as a generator runs them (targets/decoding.py): prefill at 128 and 512
-    tokens, decode at contexts 128 and 1024, interleaved; tokens/s and speedups with their intervals."""
+    tokens, decode at contexts 128 and 1024, interleaved; tokens/s and speedups with their intervals. With
+    `int4`, both also in weight-only int4 (MatMulNBits), all four in the same rounds: the 2×2."""
+    from sparsecut.passes.precision import PrecisionRequest, convert_precision
+    from sparsecut.precision import Precision
     from sparsecut.targets.decoding import DecodeOptions, compare_decoders
 
-    report = compare_decoders([masked, lean], DecodeOptions(prompts=(128, 512), contexts=(128, 1024), rounds=rounds))
-    before, after = report.variants
+    models = [masked, lean]
+    if int4:
+        for fp32 in (masked, lean):
+            quantized = fp32.with_name(fp32.stem + ".int4.onnx")
+            convert_precision(fp32, quantized, PrecisionRequest(Precision("int4")))
+            models.append(quantized)
+    report = compare_decoders(models, DecodeOptions(prompts=(128, 512), contexts=(128, 1024), rounds=rounds))
+    before, after = report.variants[:2]
+    grid = {}
+    if int4:
+        for variant, name in zip(report.variants[2:], ("masked int4", "lean int4"), strict=True):
+            grid[name] = {
+                c: [variant.tokens_per_s(int(c)), variant.decode_speedup[c].to_dict()] for c in variant.decode_ms
+            }
     return {
+        "int4": grid,
         "device": report.device,
         "weight_bytes_ratio": before.weight_bytes / after.weight_bytes,
         "kv_bytes_per_token": [before.kv_bytes_per_token, after.kv_bytes_per_token],
@@ -129,7 +145,9 @@ def _timing(masked: Path, lean: Path, rounds: int) -> dict:
     }
 
 
-def run(size: str, exporters: list[str], python: dict[str, str], work: Path, reuse: bool, timed: int) -> list[dict]:
+def run(
+    size: str, exporters: list[str], python: dict[str, str], work: Path, reuse: bool, timed: int, int4: bool
+) -> list[dict]:
     """`reuse`: the masked folder, the reference and the exports already in `work` (from an earlier run) are
     taken as they are; only optimize runs again."""
     masked, recorded = work / f"{size}-masked", work / f"{size}-masks.json"
@@ -156,7 +174,7 @@ def run(size: str, exporters: list[str], python: dict[str, str], work: Path, reu
                 kept[reason] = kept.get(reason, 0) + count
         same_tokens, rel = _against_transformers(lean, reference)
         weight_bytes = sum(p.stat().st_size for p in source.parent.glob("model.onnx*"))
-        timing = _timing(source, lean, timed) if timed else {}
+        timing = _timing(source, lean, timed, int4) if timed else {}
         rows.append({
             "size": size, "exporter": exporter, "params_before": report["before"]["params"],
             "params_after": report["after"]["params"], "zero_weights_masked": masks["zero_weights"],
@@ -179,6 +197,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="take the masked folders and exports --work holds")
     parser.add_argument("--time", type=int, default=0, metavar="ROUNDS",
                         help="also time masked vs lean prefill and decode, interleaved, in this many rounds")  # fmt: skip
+    parser.add_argument("--int4", action="store_true", help="with --time: masked and lean in int4 too (the 2×2)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     python = {"optimum": args.optimum_python, "genai": args.genai_python}
@@ -188,7 +207,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         for size in args.sizes:
             console.print(f"[bold]{size}[/bold]: masking, exporting, optimizing …")
-            rows += run(size, args.exporters, python, work, args.reuse, args.time)
+            rows += run(size, args.exporters, python, work, args.reuse, args.time, args.int4)
     table = Table(title="masked → lean decoders (align 1, gated by generation)", title_justify="left")
     for column in ("size", "exporter", "params", "zero weights left", "K/V heads", "gate rel", "vs transformers",
                    "optimize", "peak RSS / weights"):  # fmt: skip
@@ -220,6 +239,12 @@ def main() -> None:
                           *(f"{r['prefill_ms'][p][0]:.1f} → {r['prefill_ms'][p][1]:.1f} ms ({ratio(pre[p])})"
                             for p in ("128", "512")))  # fmt: skip
         console.print(speed)
+        for r in timed:
+            for name, contexts in r.get("int4", {}).items():
+                cells = ", ".join(
+                    f"@{c}: {tps:.1f} tok/s ({ratio(s)} vs masked fp32)" for c, (tps, s) in contexts.items()
+                )
+                console.print(f"{r['size']} {r['exporter']} {name}: {cells}")
     for r in rows:
         if r["kept_dead"]:
             console.print(f"{r['size']} {r['exporter']}: dead channels kept: {r['kept_dead']}")

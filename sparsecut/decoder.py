@@ -123,11 +123,14 @@ class Generation:
     caches: dict[str, np.ndarray]  # present output name → its last value
 
 
-def generate(session: object, interface: DecoderInterface, prompt: np.ndarray, count: int) -> Generation:
+def generate(
+    session: object, interface: DecoderInterface, prompt: np.ndarray, count: int, forced: np.ndarray | None = None
+) -> Generation:
     """Generate `count` tokens greedily: a prefill of `prompt` [B, P] with an empty past (which gives the first),
     then `count` − 1 decode steps, each fed the previous step's presents as its pasts. `session`: an onnxruntime
     InferenceSession; its own past inputs' head counts size the empty caches (`interface` may be another graph's
-    of the same model, with more heads)."""
+    of the same model, with more heads). `forced` [B, count]: the tokens fed instead of the greedy ones (another
+    graph's, so that both are compared in the same context); `tokens` still holds this graph's own choices."""
     batch = prompt.shape[0]
     declared = {i.name: i.shape for i in session.get_inputs()}  # type: ignore[attr-defined]
     pasts = {}
@@ -151,6 +154,8 @@ def generate(session: object, interface: DecoderInterface, prompt: np.ndarray, c
         logits.append(outputs["logits"])
         ids = outputs["logits"][:, -1].argmax(-1).astype(np.int64)[:, None]
         tokens.append(ids[:, 0])
+        if forced is not None:
+            ids = forced[:, len(tokens) - 1 : len(tokens)].astype(np.int64)
         start = total
         pasts = {past: outputs[present] for past, present in interface.caches}
     caches = {present: outputs[present] for _, present in interface.caches}

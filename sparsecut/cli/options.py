@@ -206,7 +206,7 @@ BatchOption = Annotated[
 
 # ------------------------------------------------------------------------------------------ precision
 PRECISIONS = {  # what each command takes (best: the fastest that meets --max-drift, measured on --target)
-    "optimize": ("fp32", "fp16", "int8", "best"),
+    "optimize": ("fp32", "fp16", "int8", "int4", "best"),
     "build": ("fp32", "fp16", "int8", "best"),
     "compare": ("fp32", "fp16", "int8", "best"),
     "run": ("fp32", "fp16", "int8"),

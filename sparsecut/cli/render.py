@@ -210,11 +210,15 @@ def _render_enforced(enforced: list[EnforcedLayer]) -> None:
 
 def render_precision(p: PrecisionReport, layers_shown: int = 10) -> None:
     """The drift a precision conversion caused: per output, and the quantized layers that lost most."""
-    how = f", {p.format}, {p.method} calibration" if p.format else ""
-    console.print(
-        f"[bold]{p.precision}[/bold]{how} on {escape(p.calibration)}: drift vs fp32 on {p.held_out} held-out "
-        "sample(s) (not gated: precision changes the numbers by design)"
-    )
+    if p.precision == "int4":  # weight-only: no calibration; the drift is measured on generation (its notes)
+        console.print(f"[bold]int4[/bold] {p.format}, weight-only: drift vs fp32 (not gated: precision changes the "
+                      "numbers by design)")  # fmt: skip
+    else:
+        how = f", {p.format}, {p.method} calibration" if p.format else ""
+        console.print(
+            f"[bold]{p.precision}[/bold]{how} on {escape(p.calibration)}: drift vs fp32 on {p.held_out} held-out "
+            "sample(s) (not gated: precision changes the numbers by design)"
+        )
     outputs = Table(title_justify="left")
     for column in OutputDrift.COLUMNS:
         outputs.add_column(column, justify="left" if column == "output" else "right")

@@ -40,7 +40,7 @@ from sparsecut.passes.gate import (
     loadable_reference,
 )
 from sparsecut.passes.permute_two_four import PermuteForTwoFourPass
-from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionRequest, convert_precision
+from sparsecut.passes.precision import QUANTIZED_OPS, PrecisionRequest, check_int4, convert_precision
 from sparsecut.passes.registry import DEFAULT_PASSES, PASSES, compose, parse_passes, run_steps
 from sparsecut.passes.two_four import AnnotateTwoFourPass, two_four_weights
 from sparsecut.report import EnforcedLayer, ModelCost, OptimizeReport, OutputCheck, PassReport
@@ -103,8 +103,10 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
     check_output_path(output, source)
     names = parse_passes(options.passes)
     wanted = options.precision.precision  # best is measured on a target (optimize_measured), never here
-    if wanted.kind not in ("fp32", "fp16", "int8"):
-        raise GraphError(f"--precision {wanted}: optimize writes fp32, fp16 or int8")
+    if wanted.kind not in ("fp32", "fp16", "int8", "int4"):
+        raise GraphError(f"--precision {wanted}: optimize writes fp32, fp16, int8 or int4")
+    if wanted.kind == "int4":
+        check_int4(source)  # before any work
     start = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,8 +127,11 @@ def convert_precision(source: Path, output: Path, request: PrecisionRequest, see
             f"{source}: the model is already quantized (it has Q/DQ or integer ops); refusing to quantize twice"
         )
     wanted = request.precision
-    if wanted.kind not in ("fp16", "int8"):
-        raise GraphError(f"precision {wanted} is not one this pass writes; known: fp16, int8")
+    if wanted.kind not in ("fp16", "int8", "int4"):
+        raise GraphError(f"precision {wanted} is not one this pass writes; known: fp16, int8, int4")
+    if wanted.kind == "int4":
+        del model
+        return _int4(source, output, wanted, request, seed)
     keep = nodes_named(model, request.keep_fp32, source) if wanted.kind == "int8" else []
     data = calibration_set(request.calibration, model, source, seed)
     notes = []
@@ -177,6 +181,122 @@ def convert_precision(source: Path, output: Path, request: PrecisionRequest, see
         fallback=fallback,
         bound=bound,
     )
+
+
+INT4_BLOCK = 32
+INT4_ACCURACY_LEVEL = 4  # MatMulNBits computes with int8 activations (onnxruntime's fastest CPU path)
+
+
+def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionRequest, seed: int) -> PrecisionReport:
+    """Weight-only int4: every MatMul with a constant 2-D weight becomes MatMulNBits (onnxruntime's
+    MatMulNBitsQuantizer, round to nearest, symmetric, blocks of `block_size` along the reduction axis). No
+    calibration: the drift is measured on a KV-cache decoder's own generation (`decoder_drift`), else on seeded
+    random inputs."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    from sparsecut.modelfile import atomic_write_bytes, initializer_bytes, load_model
+
+    check_int4(source)
+    model = onnx.load(str(source))
+    block = wanted.block_size or INT4_BLOCK
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL)
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    quantizer.process()
+    large = initializer_bytes(load_model(source)) > (1 << 30)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
+        staged = Path(tmp) / output.name
+        quantizer.model.save_model_to_file(str(staged), use_external_data_format=large)
+        del quantizer, model
+        samples = (
+            None
+            if is_decoder(source)
+            else calibration_set(
+                request.calibration, onnx.load(str(source), load_external_data=False), source, seed
+            ).held_out
+        )
+        drift, notes = (
+            decoder_drift(source, staged, seed) if samples is None else (measure_drift(source, staged, samples)[0], [])
+        )
+        if request.max_drift is not None and not request.max_drift.holds(drift):
+            raise AccuracyError(
+                f"--max-drift: {request.max_drift.describe()} not reached in int4: "
+                f"{request.max_drift.shortfall(drift)} (nothing written)"
+            )
+        if large:
+            for path in Path(tmp).iterdir():
+                if path != staged:
+                    os.replace(path, output.parent / path.name)
+        atomic_write_bytes(output, staged.read_bytes())
+    describe = f"b{block}, symmetric, round to nearest (MatMulNBitsQuantizer), accuracy level {INT4_ACCURACY_LEVEL}"
+    return PrecisionReport(
+        precision="int4",
+        calibration="none (weight-only)",
+        samples=0,
+        max_abs_error=max((o.max_abs_error for o in drift), default=0.0),
+        mean_abs_error=float(np.mean([o.mean_abs_error for o in drift])) if drift else 0.0,
+        top1_agreement=drift[0].top1_agreement if drift else None,
+        notes=[f"int4 {describe}", *notes],
+        format=f"b{block}",
+        outputs=drift,
+    )
+
+
+def is_decoder(path: Path) -> bool:
+    """Whether `path` is a KV-cache decoder (its inputs, read without the weights)."""
+    from sparsecut.feeds import input_specs
+
+    return any(spec.name.startswith("past_key_values.") for spec in input_specs(path))
+
+
+def check_int4(source: Path, name: Path | None = None) -> None:
+    """int4 has something to quantize: a MatMul with a constant 2-D weight (read without loading the weights).
+    `name`: the file the message names (the user's, where `source` is a staged copy)."""
+    model = onnx.load(str(source), load_external_data=False)
+    weights = {t.name for t in model.graph.initializer if len(t.dims) == 2}
+    if not any(n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in weights for n in model.graph.node):
+        raise GraphError(f"{name or source}: --precision int4 quantizes MatMul weights, and this graph has none")
+
+
+def decoder_drift(reference: Path, candidate: Path, seed: int, count: int = 32) -> tuple[list[OutputDrift], list[str]]:
+    """A converted KV-cache decoder against its source: both fed the source's greedy tokens (a 16-token seeded
+    prompt, `count` tokens), each step's logits compared (SQNR, cosine, top-1 agreement per step); and the
+    converted graph's own greedy continuation, how long it stays the source's."""
+    import onnxruntime as ort
+
+    from sparsecut.decoder import DecoderInterface, generate
+    from sparsecut.modelfile import load_model
+
+    interface = DecoderInterface.of(load_model(reference), reference)
+    assert interface is not None
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sessions = [
+        ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (reference, candidate)
+    ]
+    prompt = np.random.default_rng(seed).integers(0, interface.vocab, (1, 16))
+    source = generate(sessions[0], interface, prompt, count)
+    forced = generate(sessions[1], interface, prompt, count, forced=source.tokens)
+    free = generate(sessions[1], interface, prompt, count)
+    a = np.concatenate([step[:, -1] for step in source.logits]).astype(np.float64)
+    b = np.concatenate([step[:, -1] for step in forced.logits]).astype(np.float64)
+    noise = float(((a - b) ** 2).sum())
+    agree = float((a.argmax(-1) == b.argmax(-1)).mean())
+    cosine = float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-30))
+    drift = OutputDrift(
+        name="logits",
+        max_abs_error=float(np.abs(a - b).max()),
+        mean_abs_error=float(np.abs(a - b).mean()),
+        cosine=cosine,
+        sqnr_db=None if noise == 0 else float(10 * np.log10((a * a).sum() / noise)),
+        top1_agreement=agree,
+    )
+    differ = np.flatnonzero(free.tokens[0] != source.tokens[0])
+    same = int(differ[0]) if len(differ) else count
+    return [drift], [
+        f"drift on generation: prompt 16 tokens (seed {seed}), {count} tokens; top-1 agreement per step with the "
+        f"source's tokens fed to both: {100 * agree:.1f} %; its own greedy continuation: {same} of {count} tokens "
+        "identical before the first difference"
+    ]
 
 
 def _quantize_within(

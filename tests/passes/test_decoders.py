@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from sparsecut.decoder import DecoderInterface, generate
-from sparsecut.errors import InputError
+from sparsecut.errors import GraphError, InputError
 from sparsecut.modelfile import load_model
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.channels.report import GQA_GROUPS
+from sparsecut.passes.precision import PrecisionRequest
+from sparsecut.precision import Precision
 from tests.passes.decoders import (
     HEAD_DIM,
     HEADS,
@@ -235,3 +237,47 @@ def test_a_hidden_channel_one_layer_writes_is_kept(tmp_path):
     optimize_model(source, tmp_path / "lean.onnx", OptimizeOptions(align=1))
     lean = load_model(tmp_path / "lean.onnx")
     assert [w.shape for w in weights(lean, "MatMul") if w is not None][-1] == (HIDDEN - 1, VOCAB)
+
+
+def test_int4_writes_matmulnbits_and_measures_drift_on_generation(tmp_path):
+    """--precision int4 after the lean graph is gated: every MatMul weight → MatMulNBits (blocks of 32, symmetric,
+    round to nearest), the graph runs, the drift is measured on the decoder's own generation."""
+    import onnxruntime as ort
+
+    model = Decoder()
+    mask_like_llm_pruning(model)
+    source = export_decoder(model, tmp_path / "masked.onnx", dynamo=False)
+    report = optimize_model(
+        source, tmp_path / "int4.onnx", OptimizeOptions(align=1, precision=PrecisionRequest(Precision("int4")))
+    )
+    assert report.checks[0].passed  # the lean graph, before int4
+    assert report.precision is not None and report.precision.precision == "int4" and report.precision.format == "b32"
+    (drift,) = report.precision.outputs
+    assert drift.name == "logits" and drift.sqnr_db is not None and 0 <= drift.top1_agreement <= 1
+    assert any(
+        note.startswith("drift on generation: prompt 16 tokens (seed 0), 32 tokens") for note in report.precision.notes
+    )
+    proto = onnx.load(str(tmp_path / "int4.onnx"))
+    weights = {t.name for t in proto.graph.initializer}
+    assert not [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert [n.op_type for n in proto.graph.node].count("MatMulNBits") == 7 * LAYERS + 1  # (scores and weights·V stay)
+    interface = DecoderInterface.of(load_model(tmp_path / "int4.onnx"), tmp_path / "int4.onnx")
+    done = generate(ort.InferenceSession(str(tmp_path / "int4.onnx")), interface, np.zeros((1, 4), np.int64), 3)
+    assert done.tokens.shape == (1, 3)
+
+
+def test_int4_on_a_graph_without_matmul_weights_is_refused(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "relu.onnx"))
+    with pytest.raises(GraphError) as raised:
+        optimize_model(tmp_path / "relu.onnx", tmp_path / "out.onnx",
+                       OptimizeOptions(precision=PrecisionRequest(Precision("int4"))))  # fmt: skip
+    assert (
+        str(raised.value)
+        == f"{tmp_path / 'relu.onnx'}: --precision int4 quantizes MatMul weights, and this graph has none"
+    )
+    assert not (tmp_path / "out.onnx").exists()
