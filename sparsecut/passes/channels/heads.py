@@ -31,7 +31,9 @@ Head dims (DESIGN.md: exact conditions), for separate q/k/v projections:
 One reshape splits each projection into heads of one size, so every kept head keeps the same number of q/k dims
 and of v dims (dead ones stay to even them out, reported), and a head goes only when both its q/k and v dims go.
 With GQA, q dims of a group are coupled through their shared k; a K/V head goes only with every Q head that shares
-it. The rewrite writes the new head counts and head dims into the shape constants of the block's Reshapes and
+it — except where heads go whole (rotary and a KV cache fix the head dims: a decoder), where a query head may go
+alone as long as every live group keeps the same number (rules/attention.py, `constrain_groups`). A KV cache (a past
+input concatenated with K or V, a present output) is part of the block: its head count follows the kept K/V heads. The rewrite writes the new head counts and head dims into the shape constants of the block's Reshapes and
 Expands (or leaves -1, 0, and sizes computed from the block's own shapes to follow). timm's fused qkv keeps whole
 heads (q, k and v share one reshape).
 """

@@ -246,8 +246,9 @@ class GroupQueryAttentionRule(AttentionRule):
     layer: one node reads the packed projection [B, S, (H + 2·H_kv)·D] (or q, k and v apart), the layer's past
     K/V [B, H_kv, P, D] and the rotary caches, and writes the attention output [B, S, H·D] and the presents. Its
     math is the attention block's (heads.py): a head whose output features are not needed, or whose V is zero,
-    contributes nothing; a K/V head goes with every query head of its group; head dims stay (rotary, the cache).
-    The rewrite sets `num_heads`/`kv_num_heads` and the cache inputs' and outputs' head counts."""
+    contributes nothing; a K/V head stays while a query head reads it, and query heads go in equal numbers per
+    live group (`constrain_groups`); head dims stay (rotary, the cache). The rewrite sets `num_heads` /
+    `kv_num_heads` and the cache inputs' and outputs' head counts."""
 
     op_types = ("GroupQueryAttention",)
     domain = "com.microsoft"
