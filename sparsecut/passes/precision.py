@@ -200,8 +200,9 @@ def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionReque
     model = onnx.load(str(source))
     block = wanted.block_size or INT4_BLOCK
     config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL)
-    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-    quantizer.process()
+    with quieted("onnxruntime.quantization.matmul_nbits_quantizer"):  # (a log line per node otherwise)
+        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+        quantizer.process()
     large = initializer_bytes(load_model(source)) > (1 << 30)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged = Path(tmp) / output.name
