@@ -16,16 +16,20 @@ from sparsecut.cli.options import (
     BaselineOption,
     BatchOption,
     BudgetOption,
+    ContextOption,
     DeviceOption,
     HintOption,
     IterationsOption,
     JsonOption,
     PrecisionOption,
+    PromptOption,
     RoundsOption,
     SparsityOption,
+    StepsOption,
     TargetOption,
     ThreadsOption,
     backend_options,
+    token_lengths,
 )
 from sparsecut.cli.render import render_compare
 from sparsecut.outputs import OutputPlan
@@ -50,13 +54,9 @@ def compare(
     plot: Annotated[Path | None, typer.Option(help="PNG plot of MACs vs latency.")] = None,
     device: DeviceOption = "CPU",
     hint: HintOption = "latency",
-    prompt: Annotated[
-        str, typer.Option(help="KV-cache decoders: prefill lengths to time (tokens, comma-separated).")
-    ] = "128,512",
-    context: Annotated[
-        str, typer.Option(help="KV-cache decoders: cache lengths the decode steps run against (comma-separated).")
-    ] = "128,1024",
-    steps: Annotated[int, typer.Option(help="KV-cache decoders: decode steps timed per context and round.")] = 8,
+    prompt: PromptOption = "128,512",
+    context: ContextOption = "128,1024",
+    steps: StepsOption = 8,
     json_path: JsonOption = None,
 ) -> None:
     """Measure variants interleaved; params, MACs, latency and speedup vs a baseline, with its interval. Several
@@ -103,16 +103,6 @@ def _decoders(models: list[Path]) -> bool:
     return all(f is not None and any(s.name.startswith("past_key_values.") for s in input_specs(f)) for f in files)
 
 
-def _lengths(text: str, option: str) -> tuple[int, ...]:
-    try:
-        lengths = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise UsageError(f"{option} {text}: token counts, comma-separated (128,512)") from None
-    if not lengths or min(lengths) < 1:
-        raise UsageError(f"{option} {text}: token counts of at least 1")
-    return lengths
-
-
 def _compare_decoders(
     models: list[Path],
     target: str,
@@ -138,7 +128,7 @@ def _compare_decoders(
             f"--target {target}: onnxruntime-genai times its folders (sparsecut build --target onnxruntime-genai), "
             "onnxruntime ONNX files"
         )
-    options = DecodeOptions(prompts=_lengths(prompt, "--prompt"), contexts=_lengths(context, "--context"),
+    options = DecodeOptions(prompts=token_lengths(prompt, "--prompt"), contexts=token_lengths(context, "--context"),
                             steps=steps, rounds=rounds, threads=threads or None)  # fmt: skip
     index = next((i for i, m in enumerate(models) if baseline is not None and m.resolve() == baseline.resolve()), 0)
     with OutputPlan(models) as plan:

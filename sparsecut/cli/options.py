@@ -33,6 +33,7 @@ __all__ = [
     "BatchSizes",
     "BudgetOption",
     "CheckpointArgument",
+    "ContextOption",
     "DecoderExporterOption",
     "DeviceOption",
     "ExporterPythonOption",
@@ -48,11 +49,13 @@ __all__ = [
     "OpsetOption",
     "OutputOption",
     "PrecisionOption",
+    "PromptOption",
     "ProviderOption",
     "RecipeOption",
     "RoundsOption",
     "RtolOption",
     "SparsityOption",
+    "StepsOption",
     "TargetOption",
     "ThreadsOption",
     "TokenizerOption",
@@ -61,6 +64,7 @@ __all__ = [
     "backend_options",
     "one_of",
     "positive",
+    "token_lengths",
     "tolerance",
 ]
 
@@ -122,6 +126,19 @@ ThreadsOption = Annotated[int | None, typer.Option(min=0, help="Intra-op threads
 ProviderOption = Annotated[
     str, typer.Option(callback=one_of("cpu", "cuda", "tensorrt"), help="--target onnxruntime: execution provider.")
 ]
+
+
+def token_lengths(text: str, option: str) -> tuple[int, ...]:
+    """`128,512` → (128, 512): token counts of --prompt / --context."""
+    from typer._click.exceptions import UsageError
+
+    try:
+        lengths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} {text}: token counts, comma-separated (128,512)") from None
+    if not lengths or min(lengths) < 1:
+        raise UsageError(f"{option} {text}: token counts of at least 1")
+    return lengths
 
 
 def backend_options(
@@ -298,6 +315,13 @@ CheckpointArgument = Annotated[
         "folder (save_pretrained, safetensors)."
     ),
 ]
+PromptOption = Annotated[
+    str, typer.Option(help="KV-cache decoders: prefill lengths to time (tokens, comma-separated).")
+]
+ContextOption = Annotated[
+    str, typer.Option(help="KV-cache decoders: cache lengths the decode steps run against (comma-separated).")
+]
+StepsOption = Annotated[int, typer.Option(min=1, help="KV-cache decoders: decode steps timed per context and round.")]
 TokenizerOption = Annotated[
     Path | None,
     typer.Option(

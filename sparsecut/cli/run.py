@@ -18,7 +18,10 @@ from sparsecut.cli.options import (
     ArchOption,
     BudgetOption,
     CheckpointArgument,
+    ContextOption,
+    DecoderExporterOption,
     DeviceOption,
+    ExporterPythonOption,
     HintOption,
     InputShapeOption,
     IterationsOption,
@@ -27,14 +30,17 @@ from sparsecut.cli.options import (
     ModelFactoryOption,
     OutputOption,
     PrecisionOption,
+    PromptOption,
     RecipeOption,
     RoundsOption,
     SparsityOption,
+    StepsOption,
     TargetOption,
     ThreadsOption,
     TrustCheckpointOption,
     TuneBudgetOption,
     backend_options,
+    token_lengths,
 )
 from sparsecut.cli.render import render_run
 from sparsecut.outputs import OutputPlan
@@ -65,15 +71,26 @@ def run(
     tune_budget: TuneBudgetOption = 30.0,
     device: DeviceOption = "CPU",
     hint: HintOption = "latency",
+    exporter: DecoderExporterOption = "genai",
+    python: ExporterPythonOption = None,
+    prompt: PromptOption = "128,512",
+    context: ContextOption = "128,1024",
+    steps: StepsOption = 8,
     int8: Int8Settings | None = None,
 ) -> None:
-    """Export → optimize → build → time exported, dense baseline and lean interleaved, in one go, one report."""
+    """Export → optimize → build → time exported, dense baseline and lean interleaved, in one go, one report. A
+    Hugging Face decoder folder: export (--exporter, --python) → lean (gated by generation) → exported vs lean timed
+    as generators run them (prefill, decode), on onnxruntime or onnxruntime-genai."""
     from sparsecut.exporter import ExportOptions, parse_input_shape
+    from sparsecut.exporter.decoders import is_decoder_folder
     from sparsecut.passes import OptimizeOptions
     from sparsecut.targets import ProfileOptions
     from sparsecut.workflow import RunOptions
 
     assert int8 is not None and target is not None
+    if is_decoder_folder(checkpoint):
+        _run_decoder(checkpoint, out_dir, target, exporter, python, rounds, threads, prompt, context, steps)
+        return
     options = RunOptions(
         target=target,
         sparsity=sparsity,
@@ -150,3 +167,45 @@ def _run(
             bar.update(task, description="done", completed=len(STEPS))
         plan.commit()
     render_run(report, out_dir)
+
+
+def _run_decoder(
+    folder: Path,
+    out_dir: Path,
+    target: str,
+    exporter: str,
+    python: str | None,
+    rounds: int,
+    threads: int | None,
+    prompt: str,
+    context: str,
+    steps: int,
+) -> None:
+    from typer._click.exceptions import UsageError
+
+    from sparsecut.cli.render import render_decoder_compare, render_export, render_optimize
+    from sparsecut.decoder_run import DECODER_RUN_FILES, DECODER_STEPS, run_decoder
+    from sparsecut.exporter.decoders import DecoderExportOptions
+    from sparsecut.targets.decoding import DecodeOptions
+
+    if target not in ("onnxruntime", "onnxruntime-genai"):
+        raise UsageError(f"--target {target}: a decoder folder runs on onnxruntime or onnxruntime-genai")
+    decode = DecodeOptions(prompts=token_lengths(prompt, "--prompt"), contexts=token_lengths(context, "--context"),
+                           steps=steps, rounds=rounds, threads=threads or None)  # fmt: skip
+    with OutputPlan([folder]) as plan:
+        staged = plan.folder(out_dir, "--output", DECODER_RUN_FILES)
+        with progress_bar() as bar:
+            task = bar.add_task("starting", total=len(DECODER_STEPS))
+            timing = bar.add_task("timing prefill and decode, interleaved", total=rounds, visible=False)
+            report = run_decoder(
+                folder, staged, DecoderExportOptions(exporter=exporter, python=python), decode, target,
+                step=lambda name: bar.update(task, description=name, completed=DECODER_STEPS.index(name)),
+                progress=lambda done, total: bar.update(timing, visible=True, completed=done, total=total),
+                relocate=plan.relocate,
+            )  # fmt: skip
+            bar.update(task, description="done", completed=len(DECODER_STEPS))
+        plan.commit()
+    render_export(report.export)
+    render_optimize(report.optimize)
+    render_decoder_compare(report.compare)
+    console.print(f"report → {out_dir / 'report.json'}, {out_dir / 'report.md'}")

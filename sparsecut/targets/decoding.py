@@ -192,6 +192,7 @@ def compare_decoders(
     baseline: int = 0,
     progress: Callable[[int, int], None] | None = None,
     target: str = "onnxruntime",
+    labels: Sequence[str] | None = None,
 ) -> DecoderCompareReport:
     """Time `models` interleaved (every round runs each in turn); ratios against `models[baseline]`. `target`:
     onnxruntime (ONNX files, this module's loop) or onnxruntime-genai (its folders, its generator)."""
@@ -228,7 +229,7 @@ def compare_decoders(
         dec_speed = {str(c): speedup(decode[baseline][c], decode[i][c]) for c in options.contexts}
         variants.append(
             DecoderVariant(
-                label=Path(models[i]).stem if len({Path(m).stem for m in models}) == len(models) else str(models[i]),
+                label=labels[i] if labels else _label(models, i),
                 model=str(models[i]),
                 params=int(sizes.params),
                 weight_bytes=int(sizes.weight_bytes),
@@ -254,6 +255,11 @@ def compare_decoders(
         baseline=baseline,
         environment={**host_environment(), **versions, "threads": str(options.threads or "default")},
     )
+
+
+def _label(models: Sequence[Path], i: int) -> str:
+    """A variant's name: its file's stem where those differ, else its path."""
+    return Path(models[i]).stem if len({Path(m).stem for m in models}) == len(models) else str(models[i])
 
 
 def _p50(rounds: list[list[float]]) -> float:
