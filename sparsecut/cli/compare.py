@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from typer._click.exceptions import UsageError  # typer ships click inside
 
-from sparsecut.cli.app import announce_json, app, finish, progress_bar, require_inputs
+from sparsecut.cli.app import announce_json, app, console, finish, progress_bar, require_inputs
 from sparsecut.cli.options import (
     FP32,
     ONE,
@@ -51,7 +51,9 @@ def compare(
         bool,
         typer.Option("--allow-different-inputs", help="Time models whose inputs differ (their ratio means little)."),
     ] = False,
-    plot: Annotated[Path | None, typer.Option(help="PNG plot of MACs vs latency.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="PNG plot of MACs vs latency (decoders: tokens/s vs weight bytes).")
+    ] = None,
     device: DeviceOption = "CPU",
     hint: HintOption = "latency",
     prompt: PromptOption = "128,512",
@@ -70,7 +72,7 @@ def compare(
         raise UsageError(f"--plot {plot}: the plot is a PNG file; name it *.png")
     require_inputs(*models)
     if _decoders(models):
-        _compare_decoders(models, target, baseline, rounds, threads, prompt, context, steps, json_path)
+        _compare_decoders(models, target, baseline, rounds, threads, prompt, context, steps, json_path, plot)
         return
     backends = backend_options(device=device, hint=hint)
     options = ProfileOptions(batch=batch.opt, iterations=iterations, threads=threads or None, per_layer=False,
@@ -113,9 +115,10 @@ def _compare_decoders(
     context: str,
     steps: int,
     json_path: Path | None,
+    plot: Path | None,
 ) -> None:
     from sparsecut.cli.render import render_decoder_compare
-    from sparsecut.targets.decoding import DecodeOptions, compare_decoders
+    from sparsecut.targets.decoding import DecodeOptions, compare_decoders, plot_decoders
 
     if target not in ("onnxruntime", "onnxruntime-genai"):
         raise UsageError(
@@ -133,11 +136,16 @@ def _compare_decoders(
     index = next((i for i, m in enumerate(models) if baseline is not None and m.resolve() == baseline.resolve()), 0)
     with OutputPlan(models) as plan:
         staged_json = plan.file(json_path, "--json") if json_path else None
+        staged_plot = plan.file(plot, "--plot") if plot else None
         with progress_bar() as bar:
             task = bar.add_task("timing prefill and decode, interleaved", total=rounds)
             report = compare_decoders(
                 models, options, index, lambda done, total: bar.update(task, completed=done), target=target
             )
+        if staged_plot is not None:
+            plot_decoders(report, staged_plot)
         report = finish(plan, report, staged_json)
     render_decoder_compare(report)
+    if plot is not None:
+        console.print(f"plot → {plot}")
     announce_json(json_path)

@@ -264,3 +264,38 @@ def _label(models: Sequence[Path], i: int) -> str:
 
 def _p50(rounds: list[list[float]]) -> float:
     return percentile(sorted(x for r in rounds for x in r), 50)
+
+
+def plot_decoders(report: DecoderCompareReport, path: Path) -> None:
+    """Decode tokens/s against weight bytes, per context length, with the bytes-bound line through the baseline
+    (tokens/s ∝ 1 / bytes read per token: where decode is bound by reading the weights, lean lands on it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparsecut.modelfile import check_output_path
+    from sparsecut.targets.compare import _save_figure
+
+    check_output_path(path)
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    base = report.variants[report.baseline]
+    mb = [v.weight_bytes / 1e6 for v in report.variants]
+    span = np.linspace(min(mb) * 0.8, max(mb) * 1.1, 50)
+    for c in base.decode_ms:
+        tps = [v.tokens_per_s(int(c)) for v in report.variants]
+        low = [t - (base.tokens_per_s(int(c)) * v.decode_speedup[c].low if v.decode_speedup else t)
+               for v, t in zip(report.variants, tps, strict=True)]  # fmt: skip
+        high = [(base.tokens_per_s(int(c)) * v.decode_speedup[c].high if v.decode_speedup else t) - t
+                for v, t in zip(report.variants, tps, strict=True)]  # fmt: skip
+        shown = ax.errorbar(mb, tps, yerr=[low, high], fmt="o", capsize=3, label=f"decode at context {c}")
+        bound = base.tokens_per_s(int(c)) * (base.weight_bytes / 1e6) / span
+        ax.plot(span, bound, "--", color=shown[0].get_color(), alpha=0.5, label=f"∝ 1 / weight bytes (context {c})")
+    for v, x in zip(report.variants, mb, strict=True):
+        ax.annotate(v.label, (x, v.tokens_per_s(int(next(iter(v.decode_ms))))), textcoords="offset points",
+                    xytext=(6, 6), fontsize=8)  # fmt: skip
+    ax.set_xlabel("weights, MB")
+    ax.set_ylabel("decode, tokens/s")
+    ax.set_title(f"{report.target} on {report.device}"[:70], fontsize=9)
+    ax.legend(fontsize=7)
+    _save_figure(fig, path)

@@ -86,7 +86,7 @@ def test_compare_times_decoders_as_generators_run_them(decoders, tmp_path, capsy
 
     masked, lean = decoders
     code = main(["compare", str(masked), str(lean), "--prompt", "8,16", "--context", "8", "--steps", "2",
-                 "--rounds", "3", "--json", str(tmp_path / "r.json")])  # fmt: skip
+                 "--rounds", "3", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     report = json.loads((tmp_path / "r.json").read_text())
@@ -94,6 +94,7 @@ def test_compare_times_decoders_as_generators_run_them(decoders, tmp_path, capsy
     assert [v["kv_heads"] for v in report["variants"]] == [[2] * LAYERS, [1] * LAYERS]
     assert list(report["variants"][1]["prefill_speedup"]) == ["8", "16"]
     assert "prefill 16 ms" in out and "decode @8 tok/s" in out
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # tokens/s vs weight bytes
 
 
 @pytest.mark.parametrize(
