@@ -543,6 +543,8 @@ class DecoderVariant(Report):
     decode_ms: dict[str, float]  # context length → p50 ms per token
     prefill_speedup: dict[str, Speedup] = dataclasses.field(default_factory=dict)  # vs the baseline
     decode_speedup: dict[str, Speedup] = dataclasses.field(default_factory=dict)
+    decode_layers: list[LayerTime] = dataclasses.field(default_factory=list)  # a decode step, per node, largest first
+    decode_by_op: dict[str, float] = dataclasses.field(default_factory=dict)  # a decode step, ms per op type (all)
 
     def tokens_per_s(self, context: int) -> float:
         return 1000.0 / self.decode_ms[str(context)]
@@ -559,6 +561,7 @@ class DecoderCompareReport(Report):
     variants: list[DecoderVariant]
     baseline: int = 0
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    layers: int = 0  # the costliest nodes of a decode step to show (each variant's list holds them all)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,6 +59,9 @@ def compare(
     prompt: PromptOption = "128,512",
     context: ContextOption = "128,1024",
     steps: StepsOption = 8,
+    layers: Annotated[
+        int, typer.Option(min=0, help="KV-cache decoders: show the N nodes a decode step spends most time in.")
+    ] = 0,
     json_path: JsonOption = None,
 ) -> None:
     """Measure variants interleaved; params, MACs, latency and speedup vs a baseline, with its interval. Several
@@ -72,7 +75,7 @@ def compare(
         raise UsageError(f"--plot {plot}: the plot is a PNG file; name it *.png")
     require_inputs(*models)
     if _decoders(models):
-        _compare_decoders(models, target, baseline, rounds, threads, prompt, context, steps, json_path, plot)
+        _compare_decoders(models, target, baseline, rounds, threads, prompt, context, steps, layers, json_path, plot)
         return
     backends = backend_options(device=device, hint=hint)
     options = ProfileOptions(batch=batch.opt, iterations=iterations, threads=threads or None, per_layer=False,
@@ -114,6 +117,7 @@ def _compare_decoders(
     prompt: str,
     context: str,
     steps: int,
+    layers: int,
     json_path: Path | None,
     plot: Path | None,
 ) -> None:
@@ -132,7 +136,7 @@ def _compare_decoders(
             "onnxruntime ONNX files"
         )
     options = DecodeOptions(prompts=token_lengths(prompt, "--prompt"), contexts=token_lengths(context, "--context"),
-                            steps=steps, rounds=rounds, threads=threads or None)  # fmt: skip
+                            steps=steps, rounds=rounds, threads=threads or None, layers=layers)  # fmt: skip
     index = next((i for i, m in enumerate(models) if baseline is not None and m.resolve() == baseline.resolve()), 0)
     with OutputPlan(models) as plan:
         staged_json = plan.file(json_path, "--json") if json_path else None

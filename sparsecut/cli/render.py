@@ -386,6 +386,35 @@ def render_decoder_compare(report: DecoderCompareReport) -> None:
         table.add_row(v.label, f"{v.params:,}", f"{v.weight_bytes / 1e6:.1f}", heads, f"{v.kv_bytes_per_token:,}",
                       *pre, *dec)  # fmt: skip
     console.print(table)
+    if base.decode_layers:
+        _render_decode_layers(report)
+
+
+def _render_decode_layers(report: DecoderCompareReport) -> None:
+    """Where a decode step's time goes: per op type for every variant, then the baseline's costliest nodes beside
+    each variant's time for the same node (a node the variant lacks: -)."""
+    base = report.variants[report.baseline]
+    context = next(iter(base.decode_ms))
+    by_op = [v.decode_by_op for v in report.variants]
+    ops = list(by_op[report.baseline])
+    table = Table(
+        title=f"a decode step at context {context}, ms per op type (onnxruntime's profiler)", title_justify="left"
+    )
+    table.add_column("op")
+    for v in report.variants:
+        table.add_column(v.label, justify="right")
+    for op in ops:
+        table.add_row(op, *(f"{found.get(op, 0.0):.3f}" for found in by_op))
+    console.print(table)
+    nodes = Table(title=f"{base.label}'s costliest nodes in a decode step, ms", title_justify="left")
+    nodes.add_column("node")
+    nodes.add_column("op")
+    for v in report.variants:
+        nodes.add_column(v.label, justify="right")
+    times = [{layer.name: layer.ms for layer in v.decode_layers} for v in report.variants]
+    for layer in base.decode_layers[: report.layers]:
+        nodes.add_row(layer.name, layer.op_type, *(f"{t[layer.name]:.3f}" if layer.name in t else "-" for t in times))
+    console.print(nodes)
 
 
 def _ratio(speedup: Speedup) -> str:

@@ -26,15 +26,25 @@ import numpy as np
 from sparsecut.decoder import DecoderInterface
 from sparsecut.errors import InputError
 from sparsecut.modelfile import load_model
-from sparsecut.report import DecoderCompareReport, DecoderVariant
+from sparsecut.report import DecoderCompareReport, DecoderVariant, LayerTime
 from sparsecut.targets.noise import speedup
 from sparsecut.targets.timing import percentile
 
-__all__ = ["DecodeOptions", "DecoderSession", "GenaiSession", "compare_decoders", "time_round"]
+__all__ = [
+    "DecodeOptions",
+    "DecoderSession",
+    "GenaiSession",
+    "compare_decoders",
+    "decode_layer_times",
+    "plot_decoders",
+    "time_by_op",
+    "time_round",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeOptions:
+    layers: int = 0  # > 0: where a decode step's time goes (onnxruntime's profiler), this many nodes kept
     prompts: tuple[int, ...] = (128, 512)  # prefill lengths (tokens)
     contexts: tuple[int, ...] = (128, 1024)  # cache lengths the decode steps run against
     steps: int = 8  # timed decode steps per context and round
@@ -220,6 +230,7 @@ def compare_decoders(
                 decode[i][c].append(samples)
         if progress is not None:
             progress(r + 1, options.rounds)
+    layers = [_layers(m, options, target) for m in models]
     variants = []
     for i, session in enumerate(sessions):
         sizes = session.graph if isinstance(session, GenaiSession) else session
@@ -239,6 +250,8 @@ def compare_decoders(
                 decode_ms=dec,
                 prefill_speedup=pre_speed if i != baseline else {},
                 decode_speedup=dec_speed if i != baseline else {},
+                decode_layers=layers[i],
+                decode_by_op=time_by_op(layers[i]),
             )
         )
     import onnxruntime as ort
@@ -254,7 +267,17 @@ def compare_decoders(
         variants=variants,
         baseline=baseline,
         environment={**host_environment(), **versions, "threads": str(options.threads or "default")},
+        layers=options.layers,
     )
+
+
+def _layers(model: Path, options: DecodeOptions, target: str) -> list[LayerTime]:
+    """Every node of a decode step at the first context, largest first (onnxruntime's profiler; an onnxruntime-genai
+    folder's own model profiled through sparsecut's loop), where `options.layers` asks for them."""
+    if not options.layers:
+        return []
+    graph = Path(model) / "model.onnx" if target == "onnxruntime-genai" else Path(model)
+    return decode_layer_times(graph, options.contexts[0], options.steps, options.threads)
 
 
 def _label(models: Sequence[Path], i: int) -> str:
@@ -299,3 +322,56 @@ def plot_decoders(report: DecoderCompareReport, path: Path) -> None:
     ax.set_title(f"{report.target} on {report.device}"[:70], fontsize=9)
     ax.legend(fontsize=7)
     _save_figure(fig, path)
+
+
+def decode_layer_times(path: Path, context: int, steps: int = 8, threads: int | None = None) -> list[LayerTime]:
+    """Where a decode step's time goes, per node: onnxruntime's profiler over `steps` decode steps after a cache of
+    `context` tokens (the prefill that builds it and the first step, which allocates, left out); each node's median
+    over the steps, largest first."""
+    import json
+    import statistics
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="sparsecut-decode-profile-") as tmp:
+        session = DecoderSession.__new__(DecoderSession)
+        session._read(path)
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "decode")
+        session.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session._ort = ort
+        session.outputs = [o.name for o in session.session.get_outputs()]
+        ids = np.random.default_rng(0).integers(0, session.interface.vocab, (1, context))
+        _time_decode(session, ids, steps + 1, time.perf_counter_ns)
+        trace = json.loads(Path(session.session.end_profiling()).read_text())
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
+    decode_runs = runs[2:]  # the prefill, and the first step (it allocates)
+    times: dict[str, list[float]] = {}
+    ops: dict[str, str] = {}
+    for event in trace:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        if not any(start <= event["ts"] <= end for start, end in decode_runs):
+            continue
+        node = event["name"][: -len("_kernel_time")]
+        times.setdefault(node, []).append(event["dur"] / 1000.0)
+        ops[node] = event.get("args", {}).get("op_name", "?")
+    per_step = {node: statistics.median(ms) * len(ms) / max(1, len(decode_runs)) for node, ms in times.items()}
+    total = sum(per_step.values()) or 1.0
+    rows = [LayerTime(node, ops[node], ms, 100 * ms / total, 0, 0.0, 0.0, [node]) for node, ms in per_step.items()]
+    return sorted(rows, key=lambda r: r.ms, reverse=True)
+
+
+def time_by_op(layers: Sequence[LayerTime]) -> dict[str, float]:
+    """A decode step's time per op type (ms), largest first."""
+    found: dict[str, float] = {}
+    for layer in layers:
+        found[layer.op_type] = found.get(layer.op_type, 0.0) + layer.ms
+    return dict(sorted(found.items(), key=lambda item: -item[1]))

@@ -114,3 +114,21 @@ def test_compare_refuses_bad_decoder_options_in_one_line(decoders, capsys, argv,
     code = main(["compare", str(decoders[0]), str(decoders[1]), *argv])
     assert code == 2
     assert capsys.readouterr().err.strip() == message
+
+
+def test_a_decode_steps_time_is_split_by_node_and_op(decoders, tmp_path, capsys):
+    import json
+
+    from sparsecut.cli import main
+    from sparsecut.targets.decoding import decode_layer_times, time_by_op
+
+    rows = decode_layer_times(decoders[1], 8, steps=3)
+    assert rows and [r.ms for r in rows] == sorted((r.ms for r in rows), reverse=True)
+    assert {r.op_type for r in rows} >= {"MatMul", "Softmax"} and abs(sum(r.time_pct for r in rows) - 100) < 1e-6
+    assert sum(time_by_op(rows).values()) == pytest.approx(sum(r.ms for r in rows))
+    code = main(["compare", str(decoders[0]), str(decoders[1]), "--prompt", "8", "--context", "8", "--steps", "2",
+                 "--rounds", "3", "--layers", "3", "--json", str(tmp_path / "r.json")])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["layers"] == 3 and all(v["decode_layers"] and v["decode_by_op"] for v in report["variants"])
+    assert "costliest nodes in a decode step" in capsys.readouterr().out
