@@ -111,7 +111,7 @@ def _export(exporter: str, masked: Path, out: Path, python: dict[str, str]) -> P
     return out / "model.onnx"
 
 
-def _timing(masked: Path, lean: Path, rounds: int, int4: bool) -> dict:
+def _timing(masked: Path, lean: Path, rounds: int, int4: bool, uniform: Path | None = None) -> dict:
     """Masked vs lean on onnxruntime as a generator runs them (targets/decoding.py): prefill at 128 and 512
     tokens, decode at contexts 128 and 1024, interleaved; tokens/s and speedups with their intervals. With
     `int4`, both also in weight-only int4 (MatMulNBits), all four in the same rounds: the 2×2."""
@@ -119,7 +119,7 @@ def _timing(masked: Path, lean: Path, rounds: int, int4: bool) -> dict:
     from sparsecut.precision import Precision
     from sparsecut.targets.decoding import DecodeOptions, compare_decoders
 
-    models = [masked, lean]
+    models = [masked, lean, *([uniform] if uniform is not None else [])]
     if int4:
         for fp32 in (masked, lean):
             quantized = fp32.with_name(fp32.stem + ".int4.onnx")
@@ -128,8 +128,12 @@ def _timing(masked: Path, lean: Path, rounds: int, int4: bool) -> dict:
     report = compare_decoders(models, DecodeOptions(prompts=(128, 512), contexts=(128, 1024), rounds=rounds))
     before, after = report.variants[:2]
     grid = {}
+    if uniform is not None:
+        same = report.variants[2]
+        grid["uniform"] = {c: [same.tokens_per_s(int(c)), same.decode_speedup[c].to_dict()] for c in same.decode_ms}
+        grid["uniform"]["weight_bytes"] = same.weight_bytes
     if int4:
-        for variant, name in zip(report.variants[2:], ("masked int4", "lean int4"), strict=True):
+        for variant, name in zip(report.variants[-2:], ("masked int4", "lean int4"), strict=True):
             grid[name] = {
                 c: [variant.tokens_per_s(int(c)), variant.decode_speedup[c].to_dict()] for c in variant.decode_ms
             }
@@ -146,7 +150,14 @@ def _timing(masked: Path, lean: Path, rounds: int, int4: bool) -> dict:
 
 
 def run(
-    size: str, exporters: list[str], python: dict[str, str], work: Path, reuse: bool, timed: int, int4: bool
+    size: str,
+    exporters: list[str],
+    python: dict[str, str],
+    work: Path,
+    reuse: bool,
+    timed: int,
+    int4: bool,
+    with_uniform: bool = False,
 ) -> list[dict]:
     """`reuse`: the masked folder, the reference and the exports already in `work` (from an earlier run) are
     taken as they are; only optimize runs again."""
@@ -174,7 +185,15 @@ def run(
                 kept[reason] = kept.get(reason, 0) + count
         same_tokens, rel = _against_transformers(lean, reference)
         weight_bytes = sum(p.stat().st_size for p in source.parent.glob("model.onnx*"))
-        timing = _timing(source, lean, timed, int4) if timed else {}
+        uniform = None
+        if timed and with_uniform:
+            made = work / f"{size}-uniform"
+            if not (reuse and (made / "config.json").exists()):
+                _run([python["optimum"], str(HERE / "llm_model.py"), str(made), "--size", size, "--uniform"],
+                     "making the uniform model")  # fmt: skip
+            exported = work / f"{size}-uniform-{exporter}" / "model.onnx"
+            uniform = exported if reuse and exported.exists() else _export(exporter, made, exported.parent, python)
+        timing = _timing(source, lean, timed, int4, uniform) if timed else {}
         rows.append({
             "size": size, "exporter": exporter, "params_before": report["before"]["params"],
             "params_after": report["after"]["params"], "zero_weights_masked": masks["zero_weights"],
@@ -198,6 +217,8 @@ def main() -> None:
     parser.add_argument("--time", type=int, default=0, metavar="ROUNDS",
                         help="also time masked vs lean prefill and decode, interleaved, in this many rounds")  # fmt: skip
     parser.add_argument("--int4", action="store_true", help="with --time: masked and lean in int4 too (the 2×2)")
+    parser.add_argument("--uniform", action="store_true",
+                        help="with --time: also a uniform physically smaller model of about the lean bytes")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     python = {"optimum": args.optimum_python, "genai": args.genai_python}
@@ -207,7 +228,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         for size in args.sizes:
             console.print(f"[bold]{size}[/bold]: masking, exporting, optimizing …")
-            rows += run(size, args.exporters, python, work, args.reuse, args.time, args.int4)
+            rows += run(size, args.exporters, python, work, args.reuse, args.time, args.int4, args.uniform)
     table = Table(title="masked → lean decoders (align 1, gated by generation)", title_justify="left")
     for column in ("size", "exporter", "params", "zero weights left", "K/V heads", "gate rel", "vs transformers",
                    "optimize", "peak RSS / weights"):  # fmt: skip
@@ -241,10 +262,10 @@ def main() -> None:
         console.print(speed)
         for r in timed:
             for name, contexts in r.get("int4", {}).items():
-                cells = ", ".join(
-                    f"@{c}: {tps:.1f} tok/s ({ratio(s)} vs masked fp32)" for c, (tps, s) in contexts.items()
-                )
-                console.print(f"{r['size']} {r['exporter']} {name}: {cells}")
+                shown = {c: v for c, v in contexts.items() if c != "weight_bytes"}
+                cells = ", ".join(f"@{c}: {tps:.1f} tok/s ({ratio(s)} vs masked fp32)" for c, (tps, s) in shown.items())
+                extra = f" ({contexts['weight_bytes'] / 1e6:.1f} MB)" if "weight_bytes" in contexts else ""
+                console.print(f"{r['size']} {r['exporter']} {name}{extra}: {cells}")
     for r in rows:
         if r["kept_dead"]:
             console.print(f"{r['size']} {r['exporter']}: dead channels kept: {r['kept_dead']}")

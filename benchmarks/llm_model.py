@@ -10,6 +10,7 @@ model builder wants 5); `benchmarks/llm.py` calls it there:
 
     python benchmarks/llm_model.py OUT_DIR [--size tiny|100m|1b] [--seed 0]
     python benchmarks/llm_model.py OUT_DIR --reference REF.npz [--prompt 16] [--tokens 32]
+    python benchmarks/llm_model.py OUT_DIR --size 100m --uniform
 
 Prints one JSON line: what was masked, per layer (and its count of zero weights). With `--reference`, instead:
 transformers' own greedy generation from the saved folder (a seeded prompt, batch 1, no cache tricks), its tokens
@@ -36,6 +37,37 @@ SIZES = {  # hidden, layers, heads, kv heads, head dim, MLP, vocab
 }
 MLP_SHARES = (0.1, 0.3, 0.5, 0.2)  # of the MLP neurons dead, by layer (cycled)
 HIDDEN_SHARE = 24 / 256
+
+
+def make_uniform(out: Path, size: str, seed: int) -> dict:
+    """A physically smaller decoder of about the lean one's bytes, uniform across layers: one K/V group fewer (with
+    its query heads), the hidden size less the masked channels, the MLP at the mean width the masking leaves — the
+    model a width-pruning method that keeps layers equal would ship. Random init: only its speed is compared."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, layers, heads, kv_heads, head_dim, mlp, vocab = SIZES[size]
+    group = heads // kv_heads
+    kept = [mlp - round(MLP_SHARES[i % len(MLP_SHARES)] * mlp) for i in range(layers)]
+    heads_left = heads - group
+    live = hidden - round(HIDDEN_SHARE * hidden)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=-(-live // heads_left) * heads_left,  # (transformers 5 wants it a multiple of the heads)
+        intermediate_size=round(sum(kept) / layers),
+        num_hidden_layers=layers,
+        num_attention_heads=heads_left,
+        num_key_value_heads=kv_heads - 1,
+        head_dim=head_dim,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    _save_tokenizer(out, vocab)
+    return {"size": size, "uniform": True, "params": sum(p.numel() for p in model.parameters())}
 
 
 def make_masked(out: Path, size: str, seed: int) -> dict:
@@ -127,11 +159,15 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", type=Path)
+    parser.add_argument("--uniform", action="store_true", help="a uniform physically smaller model of the lean bytes")
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
     if args.reference is not None:
         reference(args.out, args.reference, args.prompt, args.tokens, args.seed)
+        return
+    if args.uniform:
+        print(json.dumps(make_uniform(args.out, args.size, args.seed)))
         return
     print(json.dumps(make_masked(args.out, args.size, args.seed)))
 
