@@ -373,7 +373,7 @@ def render_decoder_compare(report: DecoderCompareReport) -> None:
         title_justify="left",
     )
     prompts, contexts = list(base.prefill_ms), list(base.decode_ms)
-    columns = ["model", "params", "weights MB", "KV heads", "KV bytes/token",
+    columns = ["model", "params", "weights MB", "memory MB", "KV heads", "KV bytes/token",
                *(f"prefill {p} ms" for p in prompts), *(f"decode @{c} tok/s" for c in contexts)]  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
@@ -383,8 +383,9 @@ def render_decoder_compare(report: DecoderCompareReport) -> None:
                for p in prompts]  # fmt: skip
         dec = [f"{1000 / v.decode_ms[c]:.1f}" + ("" if i == report.baseline else f" {_ratio(v.decode_speedup[c])}")
                for c in contexts]  # fmt: skip
-        table.add_row(v.label, f"{v.params:,}", f"{v.weight_bytes / 1e6:.1f}", heads, f"{v.kv_bytes_per_token:,}",
-                      *pre, *dec)  # fmt: skip
+        memory = f"{v.memory_mb:.0f}" if v.memory_mb is not None else "-"
+        table.add_row(v.label, f"{v.params:,}", f"{v.weight_bytes / 1e6:.1f}", memory, heads,
+                      f"{v.kv_bytes_per_token:,}", *pre, *dec)  # fmt: skip
     console.print(table)
     if base.decode_layers:
         _render_decode_layers(report)

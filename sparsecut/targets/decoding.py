@@ -9,7 +9,9 @@ token). Each step here is what a generator does: the presents of one step, kept 
 A lean decoder with fewer K/V heads runs the same loop on its own smaller caches (`decoder.py`).
 
 Per round and variant: each prefill length timed once; for each context length, a cache of that length is built
-by an untimed prefill, then `steps` decode steps are timed, one sample each. Sessions never spin
+by an untimed prefill, then `steps` decode steps are timed, one sample each. Before the rounds each variant is
+loaded and warmed at the longest prompt and context, one after another: the resident memory that added is its
+memory (weights, onnxruntime's arena, the caches). Sessions never spin
 (`session.intra_op.allow_spinning` 0): variants timed in turn would otherwise slow each other.
 """
 
@@ -208,19 +210,21 @@ def compare_decoders(
     onnxruntime (ONNX files, this module's loop) or onnxruntime-genai (its folders, its generator)."""
     from sparsecut.targets.environment import cpu_name, host_environment
 
-    sessions: list[DecoderSession | GenaiSession] = (
-        [GenaiSession(Path(m)) for m in models]
-        if target == "onnxruntime-genai"
-        else [DecoderSession(Path(m), options.threads) for m in models]
-    )
+    rng = np.random.default_rng(options.seed)
+    sessions: list[DecoderSession | GenaiSession] = []
+    memory: list[float | None] = []
+    for m in models:  # one at a time, each warmed at the longest prompt and context: the memory it added
+        before = _resident_mb()
+        session = GenaiSession(Path(m)) if target == "onnxruntime-genai" else DecoderSession(Path(m), options.threads)
+        time_round(session, [max(options.prompts)], [max(options.contexts)], 2, rng)
+        after = _resident_mb()
+        sessions.append(session)
+        memory.append(after - before if before is not None and after is not None else None)
     vocabs = {s.interface.vocab for s in sessions}
     if len(vocabs) != 1:
         raise InputError(f"{models[0]}: the decoders differ in vocabulary ({sorted(vocabs)}); nothing to compare")
-    rng = np.random.default_rng(options.seed)
     prefill: list[dict[int, list[list[float]]]] = [{p: [] for p in options.prompts} for _ in sessions]
     decode: list[dict[int, list[list[float]]]] = [{c: [] for c in options.contexts} for _ in sessions]
-    for session in sessions:  # warm-up: one round each, untimed
-        time_round(session, options.prompts[:1], options.contexts[:1], 2, rng)
     for r in range(options.rounds):
         for i, session in enumerate(sessions):
             round_prefill, round_decode = time_round(session, options.prompts, options.contexts, options.steps, rng)
@@ -252,6 +256,7 @@ def compare_decoders(
                 decode_speedup=dec_speed if i != baseline else {},
                 decode_layers=layers[i],
                 decode_by_op=time_by_op(layers[i]),
+                memory_mb=memory[i],
             )
         )
     import onnxruntime as ort
@@ -278,6 +283,17 @@ def _layers(model: Path, options: DecodeOptions, target: str) -> list[LayerTime]
         return []
     graph = Path(model) / "model.onnx" if target == "onnxruntime-genai" else Path(model)
     return decode_layer_times(graph, options.contexts[0], options.steps, options.threads)
+
+
+def _resident_mb() -> float | None:
+    """This process's resident memory (Linux's /proc), MB; None where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _label(models: Sequence[Path], i: int) -> str:
