@@ -89,10 +89,12 @@ class OnnxRuntimeGenaiTarget(Target[GenaiOptions]):
         carried = [name for name in _CARRIED if (folder / name).is_file()]
         for name in carried:
             shutil.copyfile(folder / name, staged / name)
+        computes = self.precision(Artifact(staged, self.name, source))
         return Built(
             environment={"onnxruntime-genai": og.__version__},
-            notes=[f"{CONFIG} and {', '.join(carried)} from {folder}"],
-        )
+            notes=[f"{CONFIG} and {', '.join(carried)} from {folder}",
+                   f"the graph computes in {computes} (onnxruntime-genai runs it as written: no conversion here)"],
+        )  # fmt: skip
 
     def build_files(self, output: Path, options: BuildOptions) -> dict[Path, str]:
         if Path(output).exists():
