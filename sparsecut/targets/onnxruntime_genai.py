@@ -73,9 +73,9 @@ class OnnxRuntimeGenaiTarget(Target[GenaiOptions]):
         og = genai_module()
         folder = self.own(options).tokenizer or source.parent
         config = folder / CONFIG
-        if not config.is_file():
+        if not config.is_file() and not (folder / "config.json").is_file():
             raise TargetError(
-                f"{source}: no {CONFIG} in {folder}; name the folder onnxruntime-genai's builder wrote with "
+                f"{source}: no {CONFIG} (or Hugging Face config.json) in {folder}; name the exporter's folder with "
                 "--tokenizer DIR (sparsecut export DIR makes one)"
             )
         if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
@@ -83,16 +83,18 @@ class OnnxRuntimeGenaiTarget(Target[GenaiOptions]):
         staged.mkdir()
         model = load_model(source)
         save_model(model, staged / "model.onnx", external_data=reads_external_data(model) or None)
-        settings = json.loads(config.read_text())
+        written = not config.is_file()
+        settings = json.loads(config.read_text()) if config.is_file() else genai_config(folder / "config.json", model)
         settings.setdefault("model", {}).setdefault("decoder", {})["filename"] = "model.onnx"
         (staged / CONFIG).write_text(json.dumps(settings, indent=4))
         carried = [name for name in _CARRIED if (folder / name).is_file()]
         for name in carried:
             shutil.copyfile(folder / name, staged / name)
         computes = self.precision(Artifact(staged, self.name, source))
+        origin = f"{CONFIG} written from {folder / 'config.json'}" if written else f"{CONFIG} from {folder}"
         return Built(
             environment={"onnxruntime-genai": og.__version__},
-            notes=[f"{CONFIG} and {', '.join(carried)} from {folder}",
+            notes=[f"{origin}; {', '.join(carried)} from {folder}",
                    f"the graph computes in {computes} (onnxruntime-genai runs it as written: no conversion here)"],
         )  # fmt: skip
 
@@ -159,3 +161,46 @@ class OnnxRuntimeGenaiTarget(Target[GenaiOptions]):
 
     def int8_formats(self, options: BuildOptions) -> tuple[str, ...]:
         return ()
+
+
+def genai_config(hf_config: Path, model: Any) -> dict[str, Any]:
+    """A genai_config.json for a decoder another exporter wrote (optimum-onnx's: input_ids, attention_mask,
+    position_ids, past_key_values.N.* → logits, present.N.*), from the Hugging Face config beside it and the graph's
+    own input names. The per-layer K/V heads are the graph's: onnxruntime-genai reads them from its inputs."""
+    try:
+        hf = json.loads(hf_config.read_text())
+    except (OSError, ValueError) as exc:
+        raise TargetError(f"{hf_config}: not a readable JSON config ({exc})") from None
+    names = {str(v.name) for v in model.graph.inputs}
+    inputs = {"input_ids": "input_ids", "past_key_names": "past_key_values.%d.key",
+              "past_value_names": "past_key_values.%d.value"}  # fmt: skip
+    for optional in ("attention_mask", "position_ids"):
+        if optional in names:
+            inputs[optional] = optional
+    heads = hf.get("num_attention_heads", 1)
+    eos = hf.get("eos_token_id", 0)
+    eos = eos[0] if isinstance(eos, list) else eos
+    decoder = {
+        "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+        "filename": "model.onnx",
+        "head_size": hf.get("head_dim") or hf.get("hidden_size", 0) // heads,
+        "hidden_size": hf.get("hidden_size"),
+        "inputs": inputs,
+        "outputs": {
+            "logits": "logits",
+            "present_key_names": "present.%d.key",
+            "present_value_names": "present.%d.value",
+        },
+        "num_attention_heads": heads,
+        "num_hidden_layers": hf.get("num_hidden_layers"),
+        "num_key_value_heads": hf.get("num_key_value_heads", heads),
+    }
+    context = hf.get("max_position_embeddings", 2048)
+    return {
+        "model": {"bos_token_id": hf.get("bos_token_id", eos), "context_length": context, "decoder": decoder,
+                  "eos_token_id": eos, "pad_token_id": hf.get("pad_token_id") or eos,
+                  "type": hf.get("model_type", "llama"), "vocab_size": hf.get("vocab_size")},
+        "search": {"do_sample": False, "max_length": context, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False, "top_k": 50, "top_p": 1.0,
+                   "temperature": 1.0},
+    }  # fmt: skip

@@ -95,3 +95,33 @@ def test_without_the_package_the_target_says_how_to_install_it(monkeypatch):
     assert str(raised.value) == (
         "--target onnxruntime-genai needs onnxruntime-genai (pip install 'sparsecut[genai]', or 'onnxruntime-genai>=0.18')"
     )
+
+
+def test_an_optimum_style_export_gets_a_genai_config_written_from_its_config_json(tmp_path, capsys):
+    """A decoder exported with optimum's interface (position_ids, plain ops) and a Hugging Face config.json beside
+    it, no genai_config.json: build writes one (the graph's inputs, the config's sizes); the masked and the lean
+    folders generate the same tokens in onnxruntime-genai."""
+    from tests.passes.decoders import HEAD_DIM, HIDDEN, export_decoder
+
+    model = Decoder()
+    mask_like_llm_pruning(model)
+    folder = tmp_path / "optimum"
+    folder.mkdir()
+    export_decoder(model, folder / "model.onnx", dynamo=False)
+    genai_folder(model, tmp_path / "builder")  # (for its tokenizer files)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_text((tmp_path / "builder" / name).read_text())
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN, "head_dim": HEAD_DIM,
+        "num_attention_heads": model.heads, "num_key_value_heads": model.kv_heads, "num_hidden_layers": LAYERS,
+        "vocab_size": VOCAB, "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2}))  # fmt: skip
+    optimize_model(folder / "model.onnx", tmp_path / "lean.onnx", OptimizeOptions(align=1))
+    for source, out, extra in ((folder / "model.onnx", "masked.genai", []),
+                               (tmp_path / "lean.onnx", "lean.genai", ["--tokenizer", str(folder)])):  # fmt: skip
+        code = main(["build", str(source), "-o", str(tmp_path / out), "--target", "onnxruntime-genai", *extra])
+        assert code == 0, capsys.readouterr().err
+    config = json.loads((tmp_path / "lean.genai" / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["inputs"]["position_ids"] == "position_ids"
+    assert config["model"]["decoder"]["num_key_value_heads"] == model.kv_heads  # the graph has 1: it is read there
+    prompt = np.random.default_rng(1).integers(3, VOCAB, (1, 10))
+    assert _generate(tmp_path / "lean.genai", prompt, 16) == _generate(tmp_path / "masked.genai", prompt, 16)
