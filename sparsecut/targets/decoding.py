@@ -86,6 +86,22 @@ class DecoderSession:
         for (past, _), (heads, dim) in zip(interface.caches, interface.cache_shapes, strict=True):
             shape = declared[past]
             self.heads[past] = (shape[1] if shape is not None and isinstance(shape[1], int) else heads, dim)
+        self.positions = _positions(model)
+
+    def check_lengths(self, options: DecodeOptions) -> None:
+        """Every prompt, and every context with its decode steps, fits the positions the model has (a rotary cache's
+        rows: what onnxruntime's attention ops index by position); a plain-op graph computes RoPE for any position."""
+        limit = self.positions
+        if limit is None:
+            return
+        for length in options.prompts:
+            if length > limit:
+                raise InputError(f"--prompt {length}: beyond {self.path.name}'s {limit} positions")
+        for length in options.contexts:
+            if length + options.steps + 1 > limit:
+                raise InputError(
+                    f"--context {length}: with {options.steps} decode steps, beyond {self.path.name}'s {limit} positions"
+                )
 
     @property
     def kv_heads(self) -> list[int]:
@@ -216,6 +232,7 @@ def compare_decoders(
     for m in models:  # one at a time, each warmed at the longest prompt and context: the memory it added
         before = _resident_mb()
         session = GenaiSession(Path(m)) if target == "onnxruntime-genai" else DecoderSession(Path(m), options.threads)
+        (session.graph if isinstance(session, GenaiSession) else session).check_lengths(options)
         time_round(session, [max(options.prompts)], [max(options.contexts)], 2, rng)
         after = _resident_mb()
         sessions.append(session)
@@ -283,6 +300,21 @@ def _layers(model: Path, options: DecodeOptions, target: str) -> list[LayerTime]
         return []
     graph = Path(model) / "model.onnx" if target == "onnxruntime-genai" else Path(model)
     return decode_layer_times(graph, options.contexts[0], options.steps, options.threads)
+
+
+def _positions(model: Any) -> int | None:
+    """The positions a decoder can take, where its graph bounds them: the rows of the rotary cos cache that
+    onnxruntime's GroupQueryAttention / RotaryEmbedding read (the builder sizes it to the context length)."""
+    for node in model.graph:
+        if node.op_type == "GroupQueryAttention" and len(node.inputs) > 7:
+            cos = node.inputs[7]
+        elif node.op_type == "RotaryEmbedding" and len(node.inputs) > 2:
+            cos = node.inputs[2]
+        else:
+            continue
+        if cos is not None and cos.const_value is not None:
+            return int(cos.const_value.shape[0])
+    return None
 
 
 def _resident_mb() -> float | None:

@@ -135,3 +135,24 @@ def test_a_decode_steps_time_is_split_by_node_and_op(decoders, tmp_path, capsys)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["layers"] == 3 and all(v["decode_layers"] and v["decode_by_op"] for v in report["variants"])
     assert "costliest nodes in a decode step" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--prompt", "300", "--context", "8"], "--prompt 300: beyond model.onnx's 256 positions"),
+        (["--prompt", "8", "--context", "250", "--steps", "8"],
+         "--context 250: with 8 decode steps, beyond model.onnx's 256 positions"),
+    ],
+)  # fmt: skip
+def test_lengths_beyond_the_models_positions_are_refused(tmp_path, capsys, argv, message):
+    """The builder sizes its rotary cache to the context length: a prompt or a context past it is refused in one line
+    (a plain-op graph computes RoPE for any position: no limit there)."""
+    from sparsecut.cli import main
+    from tests.passes.decoders import builder_decoder
+
+    (tmp_path / "m").mkdir()
+    source = builder_decoder(Decoder(), tmp_path / "m" / "model.onnx")  # cos/sin caches of 256 positions
+    code = main(["compare", str(source), str(source), "--rounds", "3", *argv])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
