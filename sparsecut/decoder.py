@@ -96,8 +96,8 @@ def _head_dim_of_reader(past: ir.Value) -> int | None:
 
 
 def _last_size(value: ir.Value) -> int | None:
-    """The static size of a value's last axis: from its shape, or from the weight of the MatMul that computes it
-    (through a RotaryEmbedding, Identity or Cast)."""
+    """The static size of a value's last axis: from its shape, or from the weight of the MatMul (or MatMulNBits)
+    that computes it (through a RotaryEmbedding, Identity or Cast)."""
     for _ in range(4):  # through ops that keep the size (RotaryEmbedding before the attention)
         if value.shape is not None and isinstance(value.shape[-1], int):
             return value.shape[-1]
@@ -107,6 +107,8 @@ def _last_size(value: ir.Value) -> int | None:
         if producer.op_type == "MatMul" and producer.inputs[1] is not None:
             weight = producer.inputs[1].const_value
             return int(weight.shape[-1]) if weight is not None and isinstance(weight.shape[-1], int) else None
+        if producer.op_type == "MatMulNBits":  # int4: its N attribute is the output size
+            return producer.attributes.get_int("N", 0) or None
         if producer.op_type not in ("RotaryEmbedding", "Identity", "Cast") or producer.inputs[0] is None:
             return None
         value = producer.inputs[0]

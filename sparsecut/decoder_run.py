@@ -16,12 +16,14 @@ from pathlib import Path
 from sparsecut.exporter.decoders import DecoderExportOptions, export_decoder_folder
 from sparsecut.modelfile import atomic_write_text
 from sparsecut.passes import OptimizeOptions, optimize_model
-from sparsecut.report import DecoderCompareReport, ExportReport, OptimizeReport, Report, write_json
+from sparsecut.passes.precision import PrecisionRequest, convert_precision
+from sparsecut.precision import Precision
+from sparsecut.report import DecoderCompareReport, ExportReport, OptimizeReport, PrecisionReport, Report, write_json
 from sparsecut.targets.decoding import DecodeOptions, compare_decoders
 
 __all__ = ["DECODER_RUN_FILES", "DecoderRunReport", "run_decoder"]
 
-DECODER_RUN_FILES = ("exported", "lean", "report.json", "report.md")
+DECODER_RUN_FILES = ("exported", "lean", "exported-int4", "lean-int4", "report.json", "report.md")
 DECODER_STEPS = ("export", "optimize", "build", "compare")
 
 
@@ -32,6 +34,7 @@ class DecoderRunReport(Report):
     export: ExportReport
     optimize: OptimizeReport
     compare: DecoderCompareReport
+    int4: list[PrecisionReport] = dataclasses.field(default_factory=list)  # exported, lean: their drift (the 2×2)
 
 
 def run_decoder(
@@ -40,6 +43,7 @@ def run_decoder(
     export: DecoderExportOptions,
     decode: DecodeOptions,
     target: str = "onnxruntime",
+    int4: bool = False,
     step: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     relocate: Callable[[str], str] | None = None,
@@ -57,22 +61,35 @@ def run_decoder(
     lean.mkdir()
     optimize_report = optimize_model(exported / "model.onnx", lean / "model.onnx", OptimizeOptions(align=1))
     say("build")
-    models = [exported / "model.onnx", lean / "model.onnx"]
+    folders, labels = [exported, lean], ["exported", "lean"]
+    quantized: list[PrecisionReport] = []
+    if int4:  # the 2×2: both in weight-only int4 too
+        for folder_fp32, name in ((exported, "exported-int4"), (lean, "lean-int4")):
+            (out / name).mkdir()
+            request = PrecisionRequest(Precision("int4"))
+            quantized.append(convert_precision(folder_fp32 / "model.onnx", out / name / "model.onnx", request))
+            folders.append(out / name)
+            labels.append(name.replace("-", " "))
+    models = [f / "model.onnx" for f in folders]
     if target == "onnxruntime-genai":
         from sparsecut.targets import BuildOptions
         from sparsecut.targets.onnxruntime_genai import GenaiOptions, OnnxRuntimeGenaiTarget
 
-        built = out / "lean.genai"
-        OnnxRuntimeGenaiTarget().build(
-            lean / "model.onnx", built, BuildOptions(backends=(GenaiOptions(tokenizer=exported),))
-        )
-        for path in built.iterdir():  # the folder onnxruntime-genai reads: the lean model beside its config
-            path.replace(lean / path.name)
-        built.rmdir()
-        models = [exported, lean]
+        for folder_ in folders[1:]:
+            built = out / f"{folder_.name}.genai"
+            OnnxRuntimeGenaiTarget().build(
+                folder_ / "model.onnx", built, BuildOptions(backends=(GenaiOptions(tokenizer=exported),))
+            )
+            for path in built.iterdir():  # the folder onnxruntime-genai reads: the model beside its config
+                path.replace(folder_ / path.name)
+            built.rmdir()
+        models = folders
     say("compare")
-    compare = compare_decoders(models, decode, 0, progress, target=target, labels=("exported", "lean"))
-    report = DecoderRunReport(export_report, optimize_report, compare)
+    ratios = (
+        [("pruning at int4", 2, 3), ("int4 (lean)", 1, 3), ("total: exported fp32 → lean int4", 0, 3)] if int4 else []
+    )
+    compare = compare_decoders(models, decode, 0, progress, target=target, labels=labels, ratios=ratios)
+    report = DecoderRunReport(export_report, optimize_report, compare, quantized)
     if relocate is not None:
         report = report.map_strings(relocate)
     write_json(report, out / "report.json")
@@ -82,7 +99,7 @@ def run_decoder(
 
 def markdown(report: DecoderRunReport) -> str:
     """report.md: what was exported, what went, and how much faster it generates."""
-    base, lean = report.compare.variants
+    base, lean = report.compare.variants[:2]
     steps = next((p for p in report.optimize.passes if p.name == "remove-dead-channels"), None)
     lines = [
         f"# {report.export.checkpoint}: a pruned decoder, physically smaller",
@@ -112,4 +129,17 @@ def markdown(report: DecoderRunReport) -> str:
         s = lean.decode_speedup[c]
         lines.append(f"| decode at context {c} | {base.tokens_per_s(int(c)):.1f} tokens/s | "
                      f"{lean.tokens_per_s(int(c)):.1f} tokens/s | {s.value:.2f}× ({s.low:.2f}–{s.high:.2f}) |")  # fmt: skip
+    for variant in report.compare.variants[2:]:
+        for c in base.decode_ms:
+            s = variant.decode_speedup[c]
+            lines.append(f"| {variant.label}: decode at context {c} | | {variant.tokens_per_s(int(c)):.1f} tokens/s | "
+                         f"{s.value:.2f}× ({s.low:.2f}–{s.high:.2f}) |")  # fmt: skip
+    if report.compare.ratios:
+        lines += ["", "## The 2×2 (same rounds)", "", "| | decode | prefill |", "|---|---|---|"]
+        for ratio in report.compare.ratios:
+            decode = ", ".join(f"@{c} {s.value:.2f}× ({s.low:.2f}–{s.high:.2f})" for c, s in ratio.decode.items())
+            prefill = ", ".join(f"{p} {s.value:.2f}× ({s.low:.2f}–{s.high:.2f})" for p, s in ratio.prefill.items())
+            lines.append(f"| {ratio.name} ({ratio.candidate} vs {ratio.reference}) | {decode} | {prefill} |")
+    for drift in report.int4:
+        lines += ["", f"int4 drift: {'; '.join(drift.notes)}"]
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ __all__ = [
     "CompareReport",
     "CountDecision",
     "DecoderCompareReport",
+    "DecoderRatio",
     "DecoderVariant",
     "EnforcedLayer",
     "ExportReport",
@@ -552,6 +553,18 @@ class DecoderVariant(Report):
 
 
 @dataclasses.dataclass(frozen=True)
+class DecoderRatio(Report):
+    """One more ratio from the same interleaved rounds: `candidate` against `reference` (not the baseline) —
+    the pruning speedup at int4, the int4 speedup of the lean model."""
+
+    name: str
+    reference: str
+    candidate: str
+    decode: dict[str, Speedup]  # per context length
+    prefill: dict[str, Speedup]  # per prompt length
+
+
+@dataclasses.dataclass(frozen=True)
 class DecoderCompareReport(Report):
     """`compare` of KV-cache decoders: prefill (time to first token) and decode (per token), interleaved."""
 
@@ -563,6 +576,7 @@ class DecoderCompareReport(Report):
     baseline: int = 0
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
     layers: int = 0  # the costliest nodes of a decode step to show (each variant's list holds them all)
+    ratios: list[DecoderRatio] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,3 +67,28 @@ def test_run_on_a_decoder_folder_refuses_other_targets(exported_by_builder, tmp_
         "error: --target openvino: a decoder folder runs on onnxruntime or onnxruntime-genai"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_run_with_int4_times_the_two_by_two(exported_by_builder, tmp_path, capsys):
+    """--precision int4: exported and lean in weight-only int4 too, the four in the same rounds; the pruning
+    speedup at int4, the int4 speedup and the total stated as ratios of their own."""
+    out = tmp_path / "run"
+    code = main(["run", str(exported_by_builder), "-o", str(out), "--precision", "int4", "--prompt", "8",
+                 "--context", "8", "--steps", "2", "--rounds", "3"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["exported", "exported-int4", "lean", "lean-int4", "report.json",
+                                                     "report.md"]  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    labels = [v["label"] for v in report["compare"]["variants"]]
+    assert labels == ["exported", "lean", "exported int4", "lean int4"]
+    ratios = [(r["name"], r["reference"], r["candidate"]) for r in report["compare"]["ratios"]]
+    assert ratios == [("pruning at int4", "exported int4", "lean int4"), ("int4 (lean)", "lean", "lean int4"),
+                      ("total: exported fp32 → lean int4", "exported", "lean int4")]  # fmt: skip
+    assert [d["precision"] for d in report["int4"]] == ["int4", "int4"]
+    assert "## The 2×2 (same rounds)" in (out / "report.md").read_text()
+
+
+def test_int4_for_a_vision_checkpoint_run_is_refused(tmp_path, capsys):
+    code = main(["run", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "run"), "--precision", "int4"])
+    assert code == 2
+    assert "weight-only int4 is for decoders" in capsys.readouterr().err

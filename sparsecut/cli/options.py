@@ -226,7 +226,7 @@ PRECISIONS = {  # what each command takes (best: the fastest that meets --max-dr
     "optimize": ("fp32", "fp16", "int8", "int4", "best"),
     "build": ("fp32", "fp16", "int8", "best"),
     "compare": ("fp32", "fp16", "int8", "best"),
-    "run": ("fp32", "fp16", "int8"),
+    "run": ("fp32", "fp16", "int8", "int4"),
     "demo": ("fp32", "fp16", "int8"),
 }
 

@@ -387,6 +387,10 @@ def render_decoder_compare(report: DecoderCompareReport) -> None:
         table.add_row(v.label, f"{v.params:,}", f"{v.weight_bytes / 1e6:.1f}", memory, heads,
                       f"{v.kv_bytes_per_token:,}", *pre, *dec)  # fmt: skip
     console.print(table)
+    for ratio in report.ratios:
+        decode = ", ".join(f"@{c} {_ratio(s)}" for c, s in ratio.decode.items())
+        prefill = ", ".join(f"{p} {_ratio(s)}" for p, s in ratio.prefill.items())
+        console.print(f"{ratio.name} ({ratio.candidate} vs {ratio.reference}): decode {decode}; prefill {prefill}")
     if base.decode_layers:
         _render_decode_layers(report)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer._click.exceptions import UsageError  # typer ships click inside
 
 from sparsecut.cli.app import app, console, progress_bar, require_inputs
 from sparsecut.cli.int8 import Int8Settings, int8_options
@@ -88,9 +89,14 @@ def run(
     from sparsecut.workflow import RunOptions
 
     assert int8 is not None and target is not None
+    int4 = precision is not None and precision.kind == "int4"
     if is_decoder_folder(checkpoint):
-        _run_decoder(checkpoint, out_dir, target, exporter, python, rounds, threads, prompt, context, steps)
+        if precision is not None and precision.kind not in ("fp32", "int4"):
+            raise UsageError(f"--precision {precision}: a decoder folder runs in fp32, with int4 beside it (the 2×2)")
+        _run_decoder(checkpoint, out_dir, target, exporter, python, rounds, threads, prompt, context, steps, int4)
         return
+    if int4:
+        raise UsageError("--precision int4: weight-only int4 is for decoders (a Hugging Face folder)")
     options = RunOptions(
         target=target,
         sparsity=sparsity,
@@ -180,10 +186,9 @@ def _run_decoder(
     prompt: str,
     context: str,
     steps: int,
+    int4: bool,
 ) -> None:
-    from typer._click.exceptions import UsageError
-
-    from sparsecut.cli.render import render_decoder_compare, render_export, render_optimize
+    from sparsecut.cli.render import render_decoder_compare, render_export, render_optimize, render_precision
     from sparsecut.decoder_run import DECODER_RUN_FILES, DECODER_STEPS, run_decoder
     from sparsecut.exporter.decoders import DecoderExportOptions
     from sparsecut.targets.decoding import DecodeOptions
@@ -198,7 +203,7 @@ def _run_decoder(
             task = bar.add_task("starting", total=len(DECODER_STEPS))
             timing = bar.add_task("timing prefill and decode, interleaved", total=rounds, visible=False)
             report = run_decoder(
-                folder, staged, DecoderExportOptions(exporter=exporter, python=python), decode, target,
+                folder, staged, DecoderExportOptions(exporter=exporter, python=python), decode, target, int4,
                 step=lambda name: bar.update(task, description=name, completed=DECODER_STEPS.index(name)),
                 progress=lambda done, total: bar.update(timing, visible=True, completed=done, total=total),
                 relocate=plan.relocate,
@@ -208,4 +213,6 @@ def _run_decoder(
     render_export(report.export)
     render_optimize(report.optimize)
     render_decoder_compare(report.compare)
+    for drift in report.int4:
+        render_precision(drift)
     console.print(f"report → {out_dir / 'report.json'}, {out_dir / 'report.md'}")

@@ -28,7 +28,7 @@ import numpy as np
 from sparsecut.decoder import DecoderInterface
 from sparsecut.errors import InputError
 from sparsecut.modelfile import load_model
-from sparsecut.report import DecoderCompareReport, DecoderVariant, LayerTime
+from sparsecut.report import DecoderCompareReport, DecoderRatio, DecoderVariant, LayerTime
 from sparsecut.targets.noise import speedup
 from sparsecut.targets.timing import percentile
 
@@ -221,9 +221,11 @@ def compare_decoders(
     progress: Callable[[int, int], None] | None = None,
     target: str = "onnxruntime",
     labels: Sequence[str] | None = None,
+    ratios: Sequence[tuple[str, int, int]] = (),
 ) -> DecoderCompareReport:
     """Time `models` interleaved (every round runs each in turn); ratios against `models[baseline]`. `target`:
-    onnxruntime (ONNX files, this module's loop) or onnxruntime-genai (its folders, its generator)."""
+    onnxruntime (ONNX files, this module's loop) or onnxruntime-genai (its folders, its generator). `ratios`:
+    (name, reference, candidate) — more ratios from the same rounds, between two variants (the 2×2's)."""
     from sparsecut.targets.environment import cpu_name, host_environment
 
     rng = np.random.default_rng(options.seed)
@@ -290,6 +292,16 @@ def compare_decoders(
         baseline=baseline,
         environment={**host_environment(), **versions, "threads": str(options.threads or "default")},
         layers=options.layers,
+        ratios=[
+            DecoderRatio(
+                name,
+                variants[a].label,
+                variants[b].label,
+                {str(c): speedup(decode[a][c], decode[b][c]) for c in options.contexts},
+                {str(p): speedup(prefill[a][p], prefill[b][p]) for p in options.prompts},
+            )
+            for name, a, b in ratios
+        ],
     )
 
 
