@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from sparsecut.errors import InputError
 from sparsecut.opsets import MAX_OPSET, MIN_OPSET
 from sparsecut.precision import FP32, KINDS, Precision
 from sparsecut.targets.base import BackendOptions
@@ -237,13 +238,17 @@ def _parse_precision(text: str | Precision | None) -> Precision | None:
         return text
     if text == "best":
         return None
-    if text not in KINDS:
+    kind = text.split(" ", 1)[0]
+    if kind not in KINDS or (kind != "int4" and text != kind):  # (int4 takes a block size and a method: int4 b32 hqq)
         raise typer.BadParameter(f"{text!r} is not a precision ({', '.join((*KINDS, 'best'))})")
-    return Precision(text)
+    try:
+        return Precision.parse(text)
+    except InputError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--precision ")) from None
 
 
 def _precision(ctx: typer.Context, value: Precision | None) -> Precision | None:
-    one_of(*PRECISIONS[ctx.info_name or ""])("best" if value is None else str(value))
+    one_of(*PRECISIONS[ctx.info_name or ""])("best" if value is None else value.kind)
     return value
 
 

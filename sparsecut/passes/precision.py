@@ -192,14 +192,23 @@ def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionReque
     MatMulNBitsQuantizer, round to nearest, symmetric, blocks of `block_size` along the reduction axis). No
     calibration: the drift is measured on a KV-cache decoder's own generation (`decoder_drift`), else on seeded
     random inputs."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
     from sparsecut.modelfile import atomic_write_bytes, initializer_bytes, load_model
 
     check_int4(source)
     model = onnx.load(str(source))
     block = wanted.block_size or INT4_BLOCK
-    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL)
+    if wanted.method == "hqq":  # half-quadratic: scales and zero points optimized per block, asymmetric, no data
+        config = HQQWeightOnlyQuantConfig(block_size=block, bits=4)
+        describe = f"b{block}, asymmetric, HQQ (onnxruntime's HQQWeightOnlyQuantConfig)"
+    else:
+        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL)
+        describe = f"b{block}, symmetric, round to nearest (MatMulNBitsQuantizer), accuracy level {INT4_ACCURACY_LEVEL}"
     with quieted("onnxruntime.quantization.matmul_nbits_quantizer"):  # (a log line per node otherwise)
         quantizer = MatMulNBitsQuantizer(model, algo_config=config)
         quantizer.process()
@@ -228,7 +237,6 @@ def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionReque
                 if path != staged:
                     os.replace(path, output.parent / path.name)
         atomic_write_bytes(output, staged.read_bytes())
-    describe = f"b{block}, symmetric, round to nearest (MatMulNBitsQuantizer), accuracy level {INT4_ACCURACY_LEVEL}"
     return PrecisionReport(
         precision="int4",
         calibration="none (weight-only)",
@@ -237,7 +245,7 @@ def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionReque
         mean_abs_error=float(np.mean([o.mean_abs_error for o in drift])) if drift else 0.0,
         top1_agreement=drift[0].top1_agreement if drift else None,
         notes=[f"int4 {describe}", *notes],
-        format=f"b{block}",
+        format=f"b{block}" + (f" {wanted.method}" if wanted.method else ""),
         outputs=drift,
     )
 

@@ -281,3 +281,17 @@ def test_int4_on_a_graph_without_matmul_weights_is_refused(tmp_path):
         == f"{tmp_path / 'relu.onnx'}: --precision int4 quantizes MatMul weights, and this graph has none"
     )
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_int4_hqq_is_asked_in_the_precision(tmp_path):
+    """`int4 hqq`: onnxruntime's half-quadratic quantizer (asymmetric, no data) instead of round to nearest."""
+    model = Decoder()
+    mask_like_llm_pruning(model)
+    source = export_decoder(model, tmp_path / "masked.onnx", dynamo=False)
+    wanted = PrecisionRequest(Precision.parse("int4 b64 hqq"))
+    report = optimize_model(source, tmp_path / "int4.onnx", OptimizeOptions(align=1, precision=wanted))
+    assert report.precision is not None and report.precision.format == "b64 hqq"
+    assert report.precision.notes[0] == "int4 b64, asymmetric, HQQ (onnxruntime's HQQWeightOnlyQuantConfig)"
+    nbits = [n for n in onnx.load(str(tmp_path / "int4.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 7 * LAYERS + 1
+    assert {next(a.i for a in n.attribute if a.name == "block_size") for n in nbits} == {64}
