@@ -546,7 +546,9 @@ class DecoderVariant(Report):
     decode_speedup: dict[str, Speedup] = dataclasses.field(default_factory=dict)
     decode_layers: list[LayerTime] = dataclasses.field(default_factory=list)  # a decode step, per node, largest first
     decode_by_op: dict[str, float] = dataclasses.field(default_factory=dict)  # a decode step, ms per op type (all)
-    memory_mb: float | None = None  # resident memory its session added, warmed at the longest prompt and context
+    # resident memory its session added, warmed at the longest prompt and context (approximate: the process's RSS
+    # before and after, garbage collected; memory another part of the process returns meanwhile is subtracted)
+    memory_mb: float | None = None
 
     def tokens_per_s(self, context: int) -> float:
         return 1000.0 / self.decode_ms[str(context)]

@@ -18,6 +18,7 @@ memory (weights, onnxruntime's arena, the caches). Sessions never spin
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -232,10 +233,12 @@ def compare_decoders(
     sessions: list[DecoderSession | GenaiSession] = []
     memory: list[float | None] = []
     for m in models:  # one at a time, each warmed at the longest prompt and context: the memory it added
+        gc.collect()  # (garbage freed while the session loads would hide part of it)
         before = _resident_mb()
         session = GenaiSession(Path(m)) if target == "onnxruntime-genai" else DecoderSession(Path(m), options.threads)
         (session.graph if isinstance(session, GenaiSession) else session).check_lengths(options)
         time_round(session, [max(options.prompts)], [max(options.contexts)], 2, rng)
+        gc.collect()  # (the graph read for its sizes is dropped: the session's memory is what stays)
         after = _resident_mb()
         sessions.append(session)
         memory.append(after - before if before is not None and after is not None else None)
