@@ -43,7 +43,8 @@ def run_decoder(
     export: DecoderExportOptions,
     decode: DecodeOptions,
     target: str = "onnxruntime",
-    int4: bool = False,
+    int4: Precision | None = None,
+    align: int = 8,
     step: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     relocate: Callable[[str], str] | None = None,
@@ -59,14 +60,14 @@ def run_decoder(
     say("optimize")
     lean = out / "lean"
     lean.mkdir()
-    optimize_report = optimize_model(exported / "model.onnx", lean / "model.onnx", OptimizeOptions(align=1))
+    optimize_report = optimize_model(exported / "model.onnx", lean / "model.onnx", OptimizeOptions(align=align))
     say("build")
     folders, labels = [exported, lean], ["exported", "lean"]
     quantized: list[PrecisionReport] = []
-    if int4:  # the 2×2: both in weight-only int4 too
+    if int4 is not None:  # the 2×2: both in weight-only int4 too (its block size and method)
         for folder_fp32, name in ((exported, "exported-int4"), (lean, "lean-int4")):
             (out / name).mkdir()
-            request = PrecisionRequest(Precision("int4"))
+            request = PrecisionRequest(int4)
             quantized.append(convert_precision(folder_fp32 / "model.onnx", out / name / "model.onnx", request))
             folders.append(out / name)
             labels.append(name.replace("-", " "))

@@ -47,6 +47,7 @@ from sparsecut.cli.render import render_run
 from sparsecut.outputs import OutputPlan
 
 if TYPE_CHECKING:
+    from sparsecut.precision import Precision
     from sparsecut.workflow import RunOptions  # the workflow brings torch: imported when a command runs
 
 
@@ -89,13 +90,14 @@ def run(
     from sparsecut.workflow import RunOptions
 
     assert int8 is not None and target is not None
-    int4 = precision is not None and precision.kind == "int4"
+    int4 = precision if precision is not None and precision.kind == "int4" else None
     if is_decoder_folder(checkpoint):
         if precision is not None and precision.kind not in ("fp32", "int4"):
             raise UsageError(f"--precision {precision}: a decoder folder runs in fp32, with int4 beside it (the 2×2)")
-        _run_decoder(checkpoint, out_dir, target, exporter, python, rounds, threads, prompt, context, steps, int4)
+        _run_decoder(checkpoint, out_dir, target, exporter, python, rounds, threads, prompt, context, steps, int4,
+                     align)  # fmt: skip
         return
-    if int4:
+    if int4 is not None:
         raise UsageError("--precision int4: weight-only int4 is for decoders (a Hugging Face folder)")
     options = RunOptions(
         target=target,
@@ -186,7 +188,8 @@ def _run_decoder(
     prompt: str,
     context: str,
     steps: int,
-    int4: bool,
+    int4: Precision | None,
+    align: int,
 ) -> None:
     from sparsecut.cli.render import render_decoder_compare, render_export, render_optimize, render_precision
     from sparsecut.decoder_run import DECODER_RUN_FILES, DECODER_STEPS, run_decoder
@@ -203,7 +206,7 @@ def _run_decoder(
             task = bar.add_task("starting", total=len(DECODER_STEPS))
             timing = bar.add_task("timing prefill and decode, interleaved", total=rounds, visible=False)
             report = run_decoder(
-                folder, staged, DecoderExportOptions(exporter=exporter, python=python), decode, target, int4,
+                folder, staged, DecoderExportOptions(exporter=exporter, python=python), decode, target, int4, align,
                 step=lambda name: bar.update(task, description=name, completed=DECODER_STEPS.index(name)),
                 progress=lambda done, total: bar.update(timing, visible=True, completed=done, total=total),
                 relocate=plan.relocate,
