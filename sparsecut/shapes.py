@@ -71,16 +71,16 @@ def _has_unknown_sizes(model: ir.Model) -> bool:
     return softmax and unknown
 
 
-def refine_symbolic(model: ir.Model) -> bool:
+def refine_symbolic(model: ir.Model) -> None:
     """Sizes onnx's inference cannot compute, from onnxruntime's symbolic shape inference (sympy arithmetic on the
     dims): a sequence model's Reshape to (B, N, -1, D) computed from Shape(x) — the head count, B·N·H·D / (B·N·D) —
-    and the Expand of repeat_kv, which onnx leaves unknown. Only sizes that become static are taken; True when one
-    did. Where onnxruntime's inference fails (an op it does not know), nothing changes."""
+    and the Expand of repeat_kv, which onnx leaves unknown. Only sizes that become static are taken. Where
+    onnxruntime's inference fails (an op it does not know), nothing changes."""
     try:
         from onnx_ir.passes.common._c_api_utils import call_onnx_api
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:  # sympy missing, or a future onnxruntime/onnx-ir moved them
-        return False
+        return
 
     def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
         _constants_as_tensors(proto.graph)
@@ -92,13 +92,8 @@ def refine_symbolic(model: ir.Model) -> bool:
         inferred = call_onnx_api(infer, model)
     except Exception as exc:  # its own asserts and sympy's errors: nothing to refine
         log.debug("symbolic shape inference failed (%s); shapes left as they were", exc)
-        return False
-    shapes = take_shapes(inferred.graph)
-    known = sum(isinstance(d, int) for n in model.graph for v in n.outputs if v.shape is not None for d in v.shape)
-    apply_shapes(model.graph, shapes, refine=True)
-    return known != sum(
-        isinstance(d, int) for n in model.graph for v in n.outputs if v.shape is not None for d in v.shape
-    )
+        return
+    apply_shapes(model.graph, take_shapes(inferred.graph), refine=True)
 
 
 def _runtime_op_shapes(model: ir.Model) -> bool:
