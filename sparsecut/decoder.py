@@ -24,7 +24,7 @@ import onnx_ir as ir
 
 from sparsecut.errors import InputError
 
-__all__ = ["DecoderInterface", "Generation", "generate"]
+__all__ = ["DecoderInterface", "Generation", "generate", "step_inputs"]
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _KNOWN = ("input_ids", "attention_mask", "position_ids")
@@ -125,6 +125,18 @@ class Generation:
     caches: dict[str, np.ndarray]  # present output name → its last value
 
 
+def step_inputs(interface: DecoderInterface, ids: np.ndarray, start: int) -> dict[str, np.ndarray]:
+    """The inputs besides the caches of one forward pass of `ids` [B, S] after `start` cached tokens: the ids, an
+    attention mask over all `start` + S tokens, their positions — those the decoder takes."""
+    total = start + ids.shape[1]
+    found = {"input_ids": ids}
+    if interface.mask:
+        found["attention_mask"] = np.ones((ids.shape[0], total), np.int64)
+    if interface.positions:
+        found["position_ids"] = np.broadcast_to(np.arange(start, total, dtype=np.int64), ids.shape).copy()
+    return found
+
+
 def generate(
     session: object, interface: DecoderInterface, prompt: np.ndarray, count: int, forced: np.ndarray | None = None
 ) -> Generation:
@@ -146,19 +158,14 @@ def generate(
     ids, start = prompt.astype(np.int64), 0
     outputs: dict[str, np.ndarray] = {}
     for _ in range(max(1, count)):
-        total = start + ids.shape[1]
-        feed = {"input_ids": ids, **pasts}
-        if interface.mask:
-            feed["attention_mask"] = np.ones((batch, total), np.int64)
-        if interface.positions:
-            feed["position_ids"] = np.broadcast_to(np.arange(start, total, dtype=np.int64), ids.shape).copy()
+        feed = {**step_inputs(interface, ids, start), **pasts}
         outputs = dict(zip(names, session.run(None, feed), strict=True))  # type: ignore[attr-defined]
         logits.append(outputs["logits"])
         ids = outputs["logits"][:, -1].argmax(-1).astype(np.int64)[:, None]
         tokens.append(ids[:, 0])
         if forced is not None:
             ids = forced[:, len(tokens) - 1 : len(tokens)].astype(np.int64)
-        start = total
+        start += feed["input_ids"].shape[1]
         pasts = {past: outputs[present] for past, present in interface.caches}
     caches = {present: outputs[present] for _, present in interface.caches}
     return Generation(logits, np.stack(tokens, axis=1), caches)

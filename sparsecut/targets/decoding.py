@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsecut.decoder import DecoderInterface
+from sparsecut.decoder import DecoderInterface, step_inputs
 from sparsecut.errors import InputError
 from sparsecut.modelfile import load_model
 from sparsecut.report import DecoderCompareReport, DecoderRatio, DecoderVariant, LayerTime
@@ -35,6 +35,7 @@ from sparsecut.targets.timing import percentile
 
 __all__ = [
     "DecodeOptions",
+    "DecoderGraph",
     "DecoderSession",
     "GenaiSession",
     "compare_decoders",
@@ -56,32 +57,19 @@ class DecodeOptions:
     seed: int = 0
 
 
-class DecoderSession:
-    """A KV-cache decoder in an onnxruntime session, driven step by step with IOBinding."""
+class DecoderGraph:
+    """What a KV-cache decoder's graph says of itself: its interface, parameters and weight bytes, the K/V heads and
+    head dim of each cache, and the positions it can take."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        self._read(path)
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self._ort = ort
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def _read(self, path: Path) -> None:
-        """The decoder's interface and sizes, from its graph."""
+    def __init__(self, path: Path) -> None:
         model = load_model(path)
         interface = DecoderInterface.of(model, path)
         if interface is None:
             raise InputError(f"{path}: not a KV-cache decoder (no input_ids and past_key_values.N.* inputs)")
         self.path, self.interface = path, interface
-        self.params = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
-        self.weight_bytes = sum(
-            v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
-        )
+        tensors = [v.const_value for v in model.graph.initializers.values() if v.const_value is not None]
+        self.params = sum(t.size for t in tensors)
+        self.weight_bytes = sum(t.nbytes for t in tensors)
         declared = {str(v.name): v.shape for v in model.graph.inputs}
         self.heads = {}
         for (past, _), (heads, dim) in zip(interface.caches, interface.cache_shapes, strict=True):
@@ -112,27 +100,57 @@ class DecoderSession:
     def kv_bytes_per_token(self) -> int:
         return sum(heads * dim * 4 for heads, dim in self.heads.values())
 
+
+class DecoderSession:
+    """A KV-cache decoder in an onnxruntime session, driven step by step with IOBinding. `profile_prefix`: the
+    session records onnxruntime's profile there (`decode_layer_times`)."""
+
+    def __init__(self, path: Path, threads: int | None = None, profile_prefix: str | None = None) -> None:
+        import onnxruntime as ort
+
+        self.graph = DecoderGraph(path)
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._ort = ort
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def interface(self) -> DecoderInterface:
+        return self.graph.interface
+
     def empty_cache(self) -> dict[str, Any]:
         return {
             past: self._ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, 0, dim), np.float32))
-            for past, (heads, dim) in self.heads.items()
+            for past, (heads, dim) in self.graph.heads.items()
         }
 
     def time_prefill(self, ids: np.ndarray, clock: Callable[[], int]) -> float:
-        return _time_prefill(self, ids, clock)
+        start = clock()
+        self.step(ids, self.empty_cache(), 0)
+        return (clock() - start) / 1e6
 
     def time_decode(self, ids: np.ndarray, steps: int, clock: Callable[[], int]) -> list[float]:
-        return _time_decode(self, ids, steps, clock)
+        """After an untimed prefill of `ids`, `steps` greedy decode steps timed one by one."""
+        logits, cache = self.step(ids, self.empty_cache(), 0)
+        samples = []
+        for position in range(ids.shape[1], ids.shape[1] + steps):
+            token = np.asarray(logits.numpy()[:, -1].argmax(-1), np.int64)[:, None]
+            start = clock()
+            logits, cache = self.step(token, cache, position)
+            samples.append((clock() - start) / 1e6)
+        return samples
 
     def step(self, ids: np.ndarray, cache: dict[str, Any], start: int) -> tuple[Any, dict[str, Any]]:
         """One forward pass of `ids` [1, S] after `start` cached tokens: (logits OrtValue, the new cache)."""
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", ids)
-        total = start + ids.shape[1]
-        if self.interface.mask:
-            binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
-        if self.interface.positions:
-            binding.bind_cpu_input("position_ids", np.arange(start, total, dtype=np.int64)[None])
+        for name, array in step_inputs(self.interface, ids, start).items():
+            binding.bind_cpu_input(name, array)
         for past, value in cache.items():
             binding.bind_ortvalue_input(past, value)
         for name in self.outputs:
@@ -140,27 +158,6 @@ class DecoderSession:
         self.session.run_with_iobinding(binding)
         values = dict(zip(self.outputs, binding.get_outputs(), strict=True))
         return values["logits"], {past: values[present] for past, present in self.interface.caches}
-
-
-def _next_token(logits: Any) -> np.ndarray:
-    return np.asarray(logits.numpy()[:, -1].argmax(-1), np.int64)[:, None]
-
-
-def _time_prefill(session: DecoderSession, ids: np.ndarray, clock: Callable[[], int]) -> float:
-    start = clock()
-    session.step(ids, session.empty_cache(), 0)
-    return (clock() - start) / 1e6
-
-
-def _time_decode(session: DecoderSession, ids: np.ndarray, steps: int, clock: Callable[[], int]) -> list[float]:
-    logits, cache = session.step(ids, session.empty_cache(), 0)
-    samples = []
-    for position in range(ids.shape[1], ids.shape[1] + steps):
-        token = _next_token(logits)
-        start = clock()
-        logits, cache = session.step(token, cache, position)
-        samples.append((clock() - start) / 1e6)
-    return samples
 
 
 class GenaiSession:
@@ -173,10 +170,12 @@ class GenaiSession:
         if not (folder / CONFIG).is_file():
             raise InputError(f"{folder}: not an onnxruntime-genai folder (no {CONFIG}); build one first")
         self.og = genai_module()
-        self.graph = DecoderSession.__new__(DecoderSession)  # its sizes, read from the graph, without a session
-        self.graph._read(folder / "model.onnx")
-        self.interface = self.graph.interface
+        self.graph = DecoderGraph(folder / "model.onnx")
         self.model = self.og.Model(str(folder))
+
+    @property
+    def interface(self) -> DecoderInterface:
+        return self.graph.interface
 
     def generator(self, length: int) -> Any:
         params = self.og.GeneratorParams(self.model)
@@ -236,7 +235,7 @@ def compare_decoders(
         gc.collect()  # (garbage freed while the session loads would hide part of it)
         before = _resident_mb()
         session = GenaiSession(Path(m)) if target == "onnxruntime-genai" else DecoderSession(Path(m), options.threads)
-        (session.graph if isinstance(session, GenaiSession) else session).check_lengths(options)
+        session.graph.check_lengths(options)
         time_round(session, [max(options.prompts)], [max(options.contexts)], 2, rng)
         gc.collect()  # (the graph read for its sizes is dropped: the session's memory is what stays)
         after = _resident_mb()
@@ -259,7 +258,7 @@ def compare_decoders(
     layers = [_layers(m, options, target) for m in models]
     variants = []
     for i, session in enumerate(sessions):
-        sizes = session.graph if isinstance(session, GenaiSession) else session
+        graph = session.graph
         pre = {str(p): _p50(rounds) for p, rounds in prefill[i].items()}
         dec = {str(c): _p50(rounds) for c, rounds in decode[i].items()}
         pre_speed = {str(p): speedup(prefill[baseline][p], prefill[i][p]) for p in options.prompts}
@@ -268,10 +267,10 @@ def compare_decoders(
             DecoderVariant(
                 label=labels[i] if labels else _label(models, i),
                 model=str(models[i]),
-                params=int(sizes.params),
-                weight_bytes=int(sizes.weight_bytes),
-                kv_bytes_per_token=sizes.kv_bytes_per_token,
-                kv_heads=sizes.kv_heads,
+                params=int(graph.params),
+                weight_bytes=int(graph.weight_bytes),
+                kv_bytes_per_token=graph.kv_bytes_per_token,
+                kv_heads=graph.kv_heads,
                 prefill_ms=pre,
                 decode_ms=dec,
                 prefill_speedup=pre_speed if i != baseline else {},
@@ -395,22 +394,10 @@ def decode_layer_times(path: Path, context: int, steps: int = 8, threads: int | 
     import statistics
     import tempfile
 
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory(prefix="sparsecut-decode-profile-") as tmp:
-        session = DecoderSession.__new__(DecoderSession)
-        session._read(path)
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "decode")
-        session.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        session._ort = ort
-        session.outputs = [o.name for o in session.session.get_outputs()]
+        session = DecoderSession(path, threads, profile_prefix=str(Path(tmp) / "decode"))
         ids = np.random.default_rng(0).integers(0, session.interface.vocab, (1, context))
-        _time_decode(session, ids, steps + 1, time.perf_counter_ns)
+        session.time_decode(ids, steps + 1, time.perf_counter_ns)
         trace = json.loads(Path(session.session.end_profiling()).read_text())
     runs = sorted(
         (e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"
