@@ -41,6 +41,7 @@ import onnx
 from rich.console import Console
 from rich.table import Table
 
+from sparsecut.checking import checking_session
 from sparsecut.decoder import DecoderInterface, generate
 from sparsecut.modelfile import load_model
 
@@ -87,14 +88,11 @@ def _cache_heads(path: Path) -> list[int]:
 def _against_transformers(lean: Path, reference: Path) -> tuple[bool, float]:
     """The lean graph's greedy generation from transformers' prompt: tokens identical, max rel error of the
     logits (each step's last position, against the largest reference logit of that step)."""
-    import onnxruntime as ort
-
     ref = np.load(reference)
     interface = DecoderInterface.of(load_model(lean), lean)
     assert interface is not None
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    done = generate(ort.InferenceSession(str(lean), options), interface, ref["prompt"], ref["tokens"].shape[1])
+    with checking_session(lean) as session:
+        done = generate(session, interface, ref["prompt"], ref["tokens"].shape[1])
     logits = np.stack([step[:, -1] for step in done.logits], axis=1)
     rel = float(np.max(np.abs(logits - ref["logits"]).max(axis=-1) / np.abs(ref["logits"]).max(axis=-1)))
     return bool(np.array_equal(done.tokens, ref["tokens"])), rel

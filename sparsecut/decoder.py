@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
 from sparsecut.errors import InputError
 
-__all__ = ["DecoderInterface", "Generation", "generate", "step_inputs"]
+__all__ = ["DecoderInterface", "Generation", "generate", "is_kv_decoder", "step_inputs"]
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _KNOWN = ("input_ids", "attention_mask", "position_ids")
@@ -77,6 +78,13 @@ class DecoderInterface:
             shapes.append((heads, dim))
         vocab = logits.shape[2]
         return cls("attention_mask" in inputs, "position_ids" in inputs, tuple(caches), tuple(shapes), vocab)
+
+
+def is_kv_decoder(path: Path) -> bool:
+    """Whether the ONNX file `path` is a KV-cache decoder: it takes past_key_values.N.* (read without the weights)."""
+    from sparsecut.feeds import input_specs
+
+    return any(spec.name.startswith("past_key_values.") for spec in input_specs(path))
 
 
 def _head_dim_of_reader(past: ir.Value) -> int | None:

@@ -99,13 +99,13 @@ def compare(
 def _decoders(models: list[Path]) -> bool:
     """Whether every model is a KV-cache decoder (checked on its inputs, without reading the weights): an ONNX
     file, or an onnxruntime-genai folder."""
-    from sparsecut.feeds import input_specs
+    from sparsecut.decoder import is_kv_decoder
 
     def graph(m: Path) -> Path | None:
         return m / "model.onnx" if (m / "genai_config.json").is_file() else m if m.suffix == ".onnx" else None
 
     files = [graph(m) for m in models]
-    return all(f is not None and any(s.name.startswith("past_key_values.") for s in input_specs(f)) for f in files)
+    return all(f is not None and is_kv_decoder(f) for f in files)
 
 
 def _compare_decoders(

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from sparsecut.checking import compare_outputs
+from sparsecut.checking import checking_session, compare_outputs
 from sparsecut.decoder import DecoderInterface, generate
 from sparsecut.errors import CheckpointError, ExportError, VerificationError
 from sparsecut.modelfile import load_model
@@ -164,16 +164,12 @@ def _run(command: list[str], failure: str) -> str:
 
 
 def _verify(model_path: Path, reference: Path, options: DecoderExportOptions) -> OutputCheck:
-    import onnxruntime as ort
-
     ref = np.load(reference)
     interface = DecoderInterface.of(load_model(model_path), model_path)
     if interface is None:
         raise ExportError(f"{model_path}: the exporter wrote no KV-cache decoder (no past_key_values inputs)")
-    session_options = ort.SessionOptions()
-    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(model_path), session_options, providers=["CPUExecutionProvider"])
-    done = generate(session, interface, ref["prompt"], ref["tokens"].shape[1])
+    with checking_session(model_path) as session:
+        done = generate(session, interface, ref["prompt"], ref["tokens"].shape[1])
     got = [step[:, -1] for step in done.logits]
     want = [ref["logits"][:, i] for i in range(ref["logits"].shape[1])]
     check = compare_outputs(want, got, options.rtol, options.atol, batch=1)

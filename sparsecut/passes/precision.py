@@ -30,7 +30,7 @@ import onnx
 from sparsecut.calibration import Calibration, CalibrationSet, calibration_set
 from sparsecut.errors import AccuracyError, GraphError, InputError
 from sparsecut.logs import quieted
-from sparsecut.passes.drift import DriftBound, measure_drift
+from sparsecut.passes.drift import DriftBound, decoder_drift, measure_drift
 from sparsecut.precision import FP32, Precision
 from sparsecut.quantization import Int8Format, int8_format
 from sparsecut.report import LayerDrift, OutputDrift, PrecisionReport
@@ -198,10 +198,12 @@ def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionReque
         MatMulNBitsQuantizer,
     )
 
-    from sparsecut.modelfile import atomic_write_bytes, initializer_bytes, load_model
+    from sparsecut.decoder import is_kv_decoder
+    from sparsecut.modelfile import atomic_write_bytes
 
     check_int4(source)
     model = onnx.load(str(source))
+    large = sum(t.ByteSize() for t in model.graph.initializer) > (1 << 30)  # (the weights, as loaded)
     block = wanted.block_size or INT4_BLOCK
     if wanted.method == "hqq":  # half-quadratic: scales and zero points optimized per block, asymmetric, no data
         config = HQQWeightOnlyQuantConfig(block_size=block, bits=4)
@@ -212,14 +214,13 @@ def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionReque
     with quieted("onnxruntime.quantization.matmul_nbits_quantizer"):  # (a log line per node otherwise)
         quantizer = MatMulNBitsQuantizer(model, algo_config=config)
         quantizer.process()
-    large = initializer_bytes(load_model(source)) > (1 << 30)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged = Path(tmp) / output.name
         quantizer.model.save_model_to_file(str(staged), use_external_data_format=large)
         del quantizer, model
         samples = (
             None
-            if is_decoder(source)
+            if is_kv_decoder(source)
             else calibration_set(
                 request.calibration, onnx.load(str(source), load_external_data=False), source, seed
             ).held_out
@@ -250,62 +251,12 @@ def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionReque
     )
 
 
-def is_decoder(path: Path) -> bool:
-    """Whether `path` is a KV-cache decoder (its inputs, read without the weights)."""
-    from sparsecut.feeds import input_specs
-
-    return any(spec.name.startswith("past_key_values.") for spec in input_specs(path))
-
-
-def check_int4(source: Path, name: Path | None = None) -> None:
-    """int4 has something to quantize: a MatMul with a constant 2-D weight (read without loading the weights).
-    `name`: the file the message names (the user's, where `source` is a staged copy)."""
+def check_int4(source: Path) -> None:
+    """int4 has something to quantize: a MatMul with a constant 2-D weight (read without loading the weights)."""
     model = onnx.load(str(source), load_external_data=False)
     weights = {t.name for t in model.graph.initializer if len(t.dims) == 2}
     if not any(n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in weights for n in model.graph.node):
-        raise GraphError(f"{name or source}: --precision int4 quantizes MatMul weights, and this graph has none")
-
-
-def decoder_drift(reference: Path, candidate: Path, seed: int, count: int = 32) -> tuple[list[OutputDrift], list[str]]:
-    """A converted KV-cache decoder against its source: both fed the source's greedy tokens (a 16-token seeded
-    prompt, `count` tokens), each step's logits compared (SQNR, cosine, top-1 agreement per step); and the
-    converted graph's own greedy continuation, how long it stays the source's."""
-    import onnxruntime as ort
-
-    from sparsecut.decoder import DecoderInterface, generate
-    from sparsecut.modelfile import load_model
-
-    interface = DecoderInterface.of(load_model(reference), reference)
-    assert interface is not None
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sessions = [
-        ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (reference, candidate)
-    ]
-    prompt = np.random.default_rng(seed).integers(0, interface.vocab, (1, 16))
-    source = generate(sessions[0], interface, prompt, count)
-    forced = generate(sessions[1], interface, prompt, count, forced=source.tokens)
-    free = generate(sessions[1], interface, prompt, count)
-    a = np.concatenate([step[:, -1] for step in source.logits]).astype(np.float64)
-    b = np.concatenate([step[:, -1] for step in forced.logits]).astype(np.float64)
-    noise = float(((a - b) ** 2).sum())
-    agree = float((a.argmax(-1) == b.argmax(-1)).mean())
-    cosine = float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-30))
-    drift = OutputDrift(
-        name="logits",
-        max_abs_error=float(np.abs(a - b).max()),
-        mean_abs_error=float(np.abs(a - b).mean()),
-        cosine=cosine,
-        sqnr_db=None if noise == 0 else float(10 * np.log10((a * a).sum() / noise)),
-        top1_agreement=agree,
-    )
-    differ = np.flatnonzero(free.tokens[0] != source.tokens[0])
-    same = int(differ[0]) if len(differ) else count
-    return [drift], [
-        f"drift on generation: prompt 16 tokens (seed {seed}), {count} tokens; top-1 agreement per step with the "
-        f"source's tokens fed to both: {100 * agree:.1f} %; its own greedy continuation: {same} of {count} tokens "
-        "identical before the first difference"
-    ]
+        raise GraphError(f"{source}: --precision int4 quantizes MatMul weights, and this graph has none")
 
 
 def _quantize_within(
