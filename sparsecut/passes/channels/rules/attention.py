@@ -157,20 +157,12 @@ def block_backward(block: AttentionBlock, walk: ChannelWalk, needed: dict[ir.Val
     is needed and its V varies between tokens (else the attention weights do not matter). A q/k dim pair (h, d)
     matters where the scores do, k_d varies between tokens (a constant k_d adds q_d·c to a whole row of scores,
     which the Softmax ignores) and q_d is not zero."""
-    exit_needed = needed[block.exit].reshape(block.heads, block.head_dim)
-    v = block.v_entry.value
-    v_live = walk.live[v][block.v_features()].reshape(block.heads, block.head_dim)
-    scores_matter = exit_needed.any(axis=1) & v_live.any(axis=1)
     if block.separate:
-        assert block.q_entry is not None and block.k_entry is not None
-        q, k, d = block.q_entry.value, block.k_entry.value, block.head_dim
-        index = np.arange(block.heads * d)
-        k_index = block.kv_of(index // d) * d + index % d
-        pair = np.repeat(scores_matter, d) & walk.live[k][k_index] & (walk.live[q][index] | (walk.const[q][index] != 0))
-        needed[q] |= pair
-        np.logical_or.at(needed[k], k_index, pair)
-        np.logical_or.at(needed[v], block.v_features(), exit_needed.reshape(-1))
+        _backward_parts(block, _parts(block), walk, needed)
         return
+    exit_needed = needed[block.exit].reshape(block.heads, block.head_dim)
+    v_live = walk.live[block.v_entry.value][block.v_features()].reshape(block.heads, block.head_dim)
+    scores_matter = exit_needed.any(axis=1) & v_live.any(axis=1)
     for entry in block.entries:
         target = needed[entry.value]
         pairs_entry, pairs_exit = _entry_features(block, entry), _exit_features(block, entry)
@@ -289,18 +281,7 @@ class GroupQueryAttentionRule(AttentionRule):
         self, node: ir.Node, plan: AttentionPlan, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]
     ) -> None:
         """As the attention block's (`block_backward`), on the q, k and v features (packed or apart)."""
-        block = plan.block
-        parts, d = _parts(block), block.head_dim
-        index = np.arange(block.heads * d)
-        v_of_exit = _v_of_exit(block, parts)
-        k_of_q = parts.k_index[block.kv_of(index // d) * d + index % d]
-        exit_needed = needed[block.exit].reshape(block.heads, d)
-        scores_matter = exit_needed.any(axis=1) & walk.live[parts.v][v_of_exit].reshape(block.heads, d).any(axis=1)
-        q_live, q_const = walk.live[parts.q][parts.q_index], walk.const[parts.q][parts.q_index]
-        pair = np.repeat(scores_matter, d) & walk.live[parts.k][k_of_q] & (q_live | (q_const != 0))
-        np.logical_or.at(needed[parts.q], parts.q_index, pair)
-        np.logical_or.at(needed[parts.k], k_of_q, pair)
-        np.logical_or.at(needed[parts.v], v_of_exit, exit_needed.reshape(-1))
+        _backward_parts(plan.block, _parts(plan.block), walk, needed)
 
     def rewrite(self, node: ir.Node, plan: AttentionPlan, rw: ChannelRewrite) -> None:
         block = plan.block
@@ -312,6 +293,25 @@ class GroupQueryAttentionRule(AttentionRule):
         for value in block.cache:
             if value.shape is not None:
                 value.shape = ir.Shape([kv_heads if axis == 1 else dim for axis, dim in enumerate(value.shape)])
+
+
+def _backward_parts(
+    block: AttentionBlock, parts: _Parts, walk: ChannelWalk, needed: dict[ir.Value, np.ndarray]
+) -> None:
+    """`block_backward`'s rule where q, k and v features are told apart (separate projections, or the packed input
+    of GroupQueryAttention): v (kv(h), i) is needed where exit (h, i) is; a q/k dim pair (h, d) where the head's
+    scores matter, k_d varies between tokens and q_d is not zero."""
+    d = block.head_dim
+    index = np.arange(block.heads * d)
+    v_of_exit = _v_of_exit(block, parts)
+    k_of_q = parts.k_index[block.kv_of(index // d) * d + index % d]
+    exit_needed = needed[block.exit].reshape(block.heads, d)
+    scores_matter = exit_needed.any(axis=1) & walk.live[parts.v][v_of_exit].reshape(block.heads, d).any(axis=1)
+    q_live, q_const = walk.live[parts.q][parts.q_index], walk.const[parts.q][parts.q_index]
+    pair = np.repeat(scores_matter, d) & walk.live[parts.k][k_of_q] & (q_live | (q_const != 0))
+    np.logical_or.at(needed[parts.q], parts.q_index, pair)
+    np.logical_or.at(needed[parts.k], k_of_q, pair)
+    np.logical_or.at(needed[parts.v], v_of_exit, exit_needed.reshape(-1))
 
 
 def _v_of_exit(block: AttentionBlock, parts: _Parts) -> np.ndarray:
