@@ -178,9 +178,9 @@ class GenaiSession:
         return self.graph.interface
 
     def generator(self, length: int) -> Any:
-        params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=length, min_length=length, do_sample=False)  # (no early end-of-text)
-        return self.og.Generator(self.model, params)
+        from sparsecut.targets.onnxruntime_genai import greedy_generator
+
+        return greedy_generator(self.og, self.model, length)
 
     def time_prefill(self, ids: np.ndarray, clock: Callable[[], int]) -> float:
         generator = self.generator(ids.shape[1] + 1)

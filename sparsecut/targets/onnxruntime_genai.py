@@ -38,7 +38,7 @@ from sparsecut.targets.base import (
 )
 from sparsecut.targets.environment import cpu_name
 
-__all__ = ["GenaiOptions", "OnnxRuntimeGenaiTarget", "genai_module"]
+__all__ = ["GenaiOptions", "OnnxRuntimeGenaiTarget", "genai_config", "genai_module", "greedy_generator"]
 
 CONFIG = "genai_config.json"
 _CARRIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
@@ -60,6 +60,13 @@ def genai_module() -> Any:
             "'onnxruntime-genai>=0.18')"
         ) from None
     return og
+
+
+def greedy_generator(og: Any, model: Any, length: int) -> Any:
+    """An onnxruntime-genai generator that runs exactly to `length` tokens, greedily (no early end of text)."""
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=length, min_length=length, do_sample=False)
+    return og.Generator(model, params)
 
 
 class OnnxRuntimeGenaiTarget(Target[GenaiOptions]):
@@ -121,9 +128,7 @@ class OnnxRuntimeGenaiTarget(Target[GenaiOptions]):
         state: dict[str, Any] = {}
 
         def restart() -> None:
-            params = og.GeneratorParams(model)
-            params.set_search_options(max_length=length, min_length=length, do_sample=False)
-            state["generator"] = generator = og.Generator(model, params)
+            state["generator"] = generator = greedy_generator(og, model, length)
             generator.append_tokens(prompt)
 
         def run_once() -> None:
