@@ -61,6 +61,7 @@ class DeadChannelAnalysis:
         self.decision: Decision = decide(
             self.coupling, max(1, align), dict(counts or {}), enabled_groups, self.space_key
         )
+        self._heads: list[HeadReport] | None = None
 
     # ------------------------------------------------------------------------------------------ results
     def weight(self, value: ir.Value) -> np.ndarray | None:
@@ -122,7 +123,10 @@ class DeadChannelAnalysis:
         return _group_reports(self)
 
     def head_reports(self) -> list[HeadReport]:
-        return _head_reports(self)
+        """Per attention block (made once: the pass's contract and its report both read them)."""
+        if self._heads is None:
+            self._heads = _head_reports(self)
+        return self._heads
 
     def location(self, members: list[int]) -> str:
         return _location(self, members)
