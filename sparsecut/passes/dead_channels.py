@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -26,10 +26,16 @@ from sparsecut.passes.contract import Composed, OptimizePass, interface_shapes
 from sparsecut.passes.nodes import source_name
 from sparsecut.passes.permutation import restore_order
 from sparsecut.passes.two_four import is_two_four, reduction_axis, two_four_violations
-from sparsecut.report import PassReport, TwoFourRestore
+from sparsecut.report import HeadReport, PassReport, TwoFourRestore
 from sparsecut.shapes import infer_shapes
 
-__all__ = ["RemoveDeadChannelsPass", "plan_two_four_restores", "prepare_for_analysis", "reduction_matrix"]
+__all__ = [
+    "RemoveDeadChannelsPass",
+    "kept_cache_heads",
+    "plan_two_four_restores",
+    "prepare_for_analysis",
+    "reduction_matrix",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,7 @@ class RemoveDeadChannelsPass(OptimizePass):
         interface changes there: a caller feeds the lean model its own presents as its pasts."""
         if self.analysis is None or self.analysis.total_removed == 0:
             return {}
-        return {name: kept for block in self.analysis.head_reports() for name, kept in block.cache.items()}
+        return kept_cache_heads(self.analysis.head_reports())
 
     def report(self, modified: bool, seconds: float) -> PassReport:
         analysis = self.analysis
@@ -125,6 +131,11 @@ class RemoveDeadChannelsPass(OptimizePass):
             rule_errors=list(analysis.walk.rule_errors),
             heads=analysis.head_reports(),
         )
+
+
+def kept_cache_heads(heads: Sequence[HeadReport]) -> dict[str, list[int]]:
+    """KV cache input/output → the K/V heads it keeps, over the attention blocks that lost any."""
+    return {name: kept for block in heads for name, kept in block.cache.items()}
 
 
 def _fixed(dims: tuple[int | str | None, ...]) -> tuple[int | None, ...]:

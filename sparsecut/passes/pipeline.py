@@ -28,7 +28,7 @@ from sparsecut.modelfile import (
 )
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.cleanup import unread_initializers
-from sparsecut.passes.dead_channels import prepare_for_analysis
+from sparsecut.passes.dead_channels import kept_cache_heads, prepare_for_analysis
 from sparsecut.passes.enforce_two_four import EnforceTwoFourPass
 from sparsecut.passes.gate import (
     BackgroundRuns,
@@ -132,7 +132,7 @@ def optimize_model(source: Path, output: Path, options: OptimizeOptions = Optimi
         checks: list[OutputCheck] = []
         if options.verify:
             reference_run, candidate_run = done.gate or (None, None)
-            cache_heads = {name: kept for step in done.reports for h in step.heads for name, kept in h.cache.items()}
+            cache_heads = kept_cache_heads([h for step in done.reports for h in step.heads])
             checks = compare_files(
                 source,
                 lossless,
