@@ -47,17 +47,20 @@ def test_run_on_a_decoder_folder_writes_the_lean_model_and_the_timing_report(exp
                  "8", "--steps", "2", "--rounds", "3"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["exported", "lean", "report.json", "report.md"]
+    assert names == ["baseline", "exported", "lean", "report.json", "report.md"]
     lean = sorted(p.name for p in (out / "lean").iterdir())
     assert lean == (["genai_config.json", "model.onnx", "tokenizer.json", "tokenizer_config.json"]
                     if target == "onnxruntime-genai" else ["model.onnx"])  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["kind"] == "DecoderRunReport" and report["compare"]["target"] == target
-    assert [v["kv_heads"] for v in report["compare"]["variants"]] == [[2] * LAYERS, [1] * LAYERS]
+    assert [v["kv_heads"] for v in report["compare"]["variants"]] == [[2] * LAYERS, [2] * LAYERS, [1] * LAYERS]
+    assert [v["label"] for v in report["compare"]["variants"]] == ["exported", "dense baseline", "lean"]
+    assert report["compare"]["baseline"] == 1  # lean's speedup is against the same graph without channel removal
     assert report["optimize"]["checks"][0]["label"].endswith("greedy tokens identical")
     assert str(tmp_path / "run") in report["optimize"]["output"] and ".sparsecut-staging" not in json.dumps(report)
     text = (out / "report.md").read_text()
     assert "K/V heads per layer: 2/2 → 1/1" in text and "| decode at context 8 |" in text
+    assert "| | dense baseline | lean | pruning speedup (95 % interval) |" in text
 
 
 def test_run_on_a_decoder_folder_refuses_other_targets(exported_by_builder, tmp_path, capsys):
@@ -70,22 +73,23 @@ def test_run_on_a_decoder_folder_refuses_other_targets(exported_by_builder, tmp_
 
 
 def test_run_with_int4_times_the_two_by_two(exported_by_builder, tmp_path, capsys):
-    """--precision int4: exported and lean in weight-only int4 too, the four in the same rounds; the pruning
+    """--precision int4: the dense baseline and lean in weight-only int4 too, all in the same rounds; the pruning
     speedup at int4, the int4 speedup and the total stated as ratios of their own."""
     out = tmp_path / "run"
     code = main(["run", str(exported_by_builder), "-o", str(out), "--precision", "int4", "--prompt", "8",
                  "--context", "8", "--steps", "2", "--rounds", "3"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["exported", "exported-int4", "lean", "lean-int4", "report.json",
-                                                     "report.md"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["baseline", "baseline-int4", "exported", "lean", "lean-int4",
+                                                     "report.json", "report.md"]  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     labels = [v["label"] for v in report["compare"]["variants"]]
-    assert labels == ["exported", "lean", "exported int4", "lean int4"]
+    assert labels == ["exported", "dense baseline", "lean", "dense baseline int4", "lean int4"]
     ratios = [(r["name"], r["reference"], r["candidate"]) for r in report["compare"]["ratios"]]
-    assert ratios == [("pruning at int4", "exported int4", "lean int4"), ("int4 (lean)", "lean", "lean int4"),
+    assert ratios == [("graph cleanup", "exported", "dense baseline"), ("total", "exported", "lean"),
+                      ("pruning at int4", "dense baseline int4", "lean int4"), ("int4 (lean)", "lean", "lean int4"),
                       ("total: exported fp32 → lean int4", "exported", "lean int4")]  # fmt: skip
     assert [d["precision"] for d in report["int4"]] == ["int4", "int4"]
-    assert "## The 2×2 (same rounds)" in (out / "report.md").read_text()
+    assert "## More ratios (same rounds)" in (out / "report.md").read_text()
 
 
 def test_int4_for_a_vision_checkpoint_run_is_refused(tmp_path, capsys):
