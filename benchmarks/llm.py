@@ -19,14 +19,16 @@ transformers 5 and onnx-ir), each with torch==2.13.0 in the same pip call:
         "transformers>=5" onnx-ir
     .venv/bin/python benchmarks/llm.py --sizes tiny 100m [--exporters optimum genai] [--time 10] [--json out.json]
 
-With `--time ROUNDS`: masked vs lean on onnxruntime as a generator runs them (`sparsecut compare` of decoders):
-prefill at 128 and 512 tokens, decode tokens/s at contexts 128 and 1024, interleaved, with 95 % intervals —
-beside the weight-bytes and MACs ratios that bound them.
+With `--time ROUNDS`: the dense baseline (the masked export through every pass but channel removal) vs lean on
+onnxruntime as a generator runs them (`sparsecut compare` of decoders): prefill at 128 and 512 tokens, decode
+tokens/s at contexts 128 and 1024, interleaved, with 95 % intervals — beside the weight-bytes and MACs ratios that
+bound them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -109,10 +111,23 @@ def _export(exporter: str, masked: Path, out: Path, python: dict[str, str]) -> P
     return out / "model.onnx"
 
 
+def _dense(exported: Path) -> Path:
+    """The export through every pass but channel removal (align 1, gated): the dense baseline lean is timed
+    against, so that nothing but channel removal is credited to pruning."""
+    from sparsecut.passes import OptimizeOptions, optimize_model
+    from sparsecut.passes.registry import baseline_passes
+
+    dense = exported.with_name("model.dense.onnx")
+    options = OptimizeOptions(align=1)
+    optimize_model(exported, dense, dataclasses.replace(options, passes=baseline_passes(options.passes)))
+    return dense
+
+
 def _timing(masked: Path, lean: Path, rounds: int, int4: bool, uniform: Path | None = None) -> dict:
-    """Masked vs lean on onnxruntime as a generator runs them (targets/decoding.py): prefill at 128 and 512
-    tokens, decode at contexts 128 and 1024, interleaved; tokens/s and speedups with their intervals. With
-    `int4`, both also in weight-only int4 (MatMulNBits), all four in the same rounds: the 2×2."""
+    """The dense baseline (`masked`: the masked export through every pass but channel removal) vs lean on
+    onnxruntime as a generator runs them (targets/decoding.py): prefill at 128 and 512 tokens, decode at contexts
+    128 and 1024, interleaved; tokens/s and speedups with their intervals. With `int4`, both also in weight-only
+    int4 (MatMulNBits), all four in the same rounds: the 2×2."""
     from sparsecut.passes.precision import PrecisionRequest, convert_precision
     from sparsecut.precision import Precision
     from sparsecut.targets.decoding import DecodeOptions, compare_decoders
@@ -131,7 +146,7 @@ def _timing(masked: Path, lean: Path, rounds: int, int4: bool, uniform: Path | N
         grid["uniform"] = {c: [same.tokens_per_s(int(c)), same.decode_speedup[c].to_dict()] for c in same.decode_ms}
         grid["uniform"]["weight_bytes"] = same.weight_bytes
     if int4:
-        for variant, name in zip(report.variants[-2:], ("masked int4", "lean int4"), strict=True):
+        for variant, name in zip(report.variants[-2:], ("dense int4", "lean int4"), strict=True):
             grid[name] = {
                 c: [variant.tokens_per_s(int(c)), variant.decode_speedup[c].to_dict()] for c in variant.decode_ms
             }
@@ -191,7 +206,9 @@ def run(
                      "making the uniform model")  # fmt: skip
             exported = work / f"{size}-uniform-{exporter}" / "model.onnx"
             uniform = exported if reuse and exported.exists() else _export(exporter, made, exported.parent, python)
-        timing = _timing(source, lean, timed, int4, uniform) if timed else {}
+        # timed against the like-for-like reference: the same export through every pass but channel removal (and
+        # the uniform model through the same passes)
+        timing = _timing(_dense(source), lean, timed, int4, _dense(uniform) if uniform else None) if timed else {}
         rows.append({
             "size": size, "exporter": exporter, "params_before": report["before"]["params"],
             "params_after": report["after"]["params"], "zero_weights_masked": masks["zero_weights"],
@@ -213,7 +230,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep the models here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="take the masked folders and exports --work holds")
     parser.add_argument("--time", type=int, default=0, metavar="ROUNDS",
-                        help="also time masked vs lean prefill and decode, interleaved, in this many rounds")  # fmt: skip
+                        help="also time the dense baseline vs lean, prefill and decode, interleaved, this many rounds")  # fmt: skip
     parser.add_argument("--int4", action="store_true", help="with --time: masked and lean in int4 too (the 2×2)")
     parser.add_argument("--uniform", action="store_true",
                         help="with --time: also a uniform physically smaller model of about the lean bytes")  # fmt: skip
@@ -242,7 +259,7 @@ def main() -> None:
     console.print(table)
     timed = [r for r in rows if "tokens_per_s" in r]
     if timed:
-        speed = Table(title=f"masked → lean on onnxruntime ({timed[0]['device']}); [95 % interval]",
+        speed = Table(title=f"dense baseline → lean on onnxruntime ({timed[0]['device']}); [95 % interval]",
                       title_justify="left")  # fmt: skip
         for column in ("size", "exporter", "weight bytes ratio", "MACs ratio", "decode @128 tok/s", "decode @1024 tok/s",
                        "prefill 128", "prefill 512"):  # fmt: skip
@@ -261,7 +278,7 @@ def main() -> None:
         for r in timed:
             for name, contexts in r.get("int4", {}).items():
                 shown = {c: v for c, v in contexts.items() if c != "weight_bytes"}
-                cells = ", ".join(f"@{c}: {tps:.1f} tok/s ({ratio(s)} vs masked fp32)" for c, (tps, s) in shown.items())
+                cells = ", ".join(f"@{c}: {tps:.1f} tok/s ({ratio(s)} vs dense fp32)" for c, (tps, s) in shown.items())
                 extra = f" ({contexts['weight_bytes'] / 1e6:.1f} MB)" if "weight_bytes" in contexts else ""
                 console.print(f"{r['size']} {r['exporter']} {name}{extra}: {cells}")
     for r in rows:
