@@ -8,6 +8,7 @@ producer of its input. A graph with subgraphs or functions gets every pass."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import onnx_ir as ir
 from onnx_ir.passes.common import (
@@ -17,6 +18,7 @@ from onnx_ir.passes.common import (
     TopologicalSortPass,
 )
 
+from sparsecut.logs import quieted
 from sparsecut.passes.contract import OptimizePass
 
 __all__ = ["CleanupPass", "unread_initializers"]
@@ -37,7 +39,9 @@ class CleanupPass(OptimizePass):
             modified |= IdentityEliminationPass()(model).modified
             work = _look(model)
         if work.unused:
-            modified |= RemoveUnusedNodesPass()(model).modified
+            # (onnx-ir logs, with a stack, every node whose schema it cannot find: each of onnxruntime's own ops)
+            with quieted("onnx_ir.passes.common.unused_removal", logging.WARNING):
+                modified |= RemoveUnusedNodesPass()(model).modified
         if work.unused or work.opsets:
             modified |= RemoveUnusedOpsetsPass()(model).modified
         if work.out_of_order:
