@@ -5,10 +5,14 @@ NetAdapt / HALP style. For every space with removable channels, the candidate co
 4, 8, 16, 32 and 64 up to `SPAN` channels above it, and the original. The predicted time of a count is the sum,
 over the layers that read or write the space (Conv with its real kernel, stride, dilation, groups and input size;
 Gemm/MatMul with their rows), of the layer's time at that count — the other side of each layer held at its
-space's current choice — from the latency table (`latency_table.py`), measured on the target where unknown. Two
-sweeps of coordinate descent (the first from `--align 8`'s counts) pick, per space, the count with the least
-predicted time; ties go to fewer channels. A space whose best count is its original is kept whole: "slower when
-removed (measured)". Grouped convs keep counts that are multiples of their groups (equal per group).
+space's current choice — from the latency table (`latency_table.py`), measured on the target where unknown, each
+time with its noise. Two sweeps of coordinate descent (the first from `--align 8`'s counts) pick, per space, the
+fewest channels unless a larger count is faster beyond the noise of the two (`choose_count`): a difference inside
+one layer's timing noise never keeps dead channels. A space whose choice is its original is kept whole: "slower
+when removed (measured)". Grouped convs keep counts that are multiples of their groups (equal per group).
+
+The table proposes; the context decides (in_context.py): the proposal is one of the variants timed where the
+layers live.
 
 This only decides how many dead channels stay; what is removed is still checked by the equivalence gate.
 """
@@ -24,12 +28,12 @@ from collections.abc import Callable
 import onnx_ir as ir
 
 from sparsecut.passes.channels import DeadChannelAnalysis, Kind
-from sparsecut.passes.latency_table import LatencyTable, LayerSignature, LayerTimer
+from sparsecut.passes.latency_table import LatencyTable, LayerSignature, LayerTimer, Timed
 from sparsecut.passes.nodes import attr_int, attr_ints
 from sparsecut.precision import FP32, Precision
 from sparsecut.report import CountDecision
 
-__all__ = ["SPAN", "CountPlan", "candidate_counts", "plan_counts"]
+__all__ = ["SPAN", "CountPlan", "candidate_counts", "choose_count", "plan_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ class CountPlan:
     counts: dict[str, int]  # space key → channels to keep
     decisions: list[CountDecision]
     budget_exhausted: bool
+    seconds: float = 0.0  # spent choosing (layer measurements included)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +65,19 @@ def candidate_counts(live: int, original: int, multiple: int = 1) -> list[int]:
     for step in STEPS:
         found.update(range(-(-live // step) * step, top + 1, step))
     return sorted(c for c in found if live <= c <= original and c % multiple == 0) or [original]
+
+
+def choose_count(times: dict[int, Timed]) -> int | None:
+    """The fewest channels, unless a larger count beats the current choice beyond the noise of the two; counts
+    the target could not run (infinite) are never chosen. None: none could run."""
+    finite = sorted(c for c, t in times.items() if math.isfinite(t.ms))
+    if not finite:
+        return None
+    best = finite[0]
+    for count in finite[1:]:
+        if times[count].beats(times[best]):
+            best = count
+    return best
 
 
 def plan_counts(
@@ -90,25 +108,26 @@ def plan_counts(
     for s in open_spaces:  # start from --align 8's counts (kept at a multiple the space's grouped convs allow)
         aligned = min(original[s], max(-(-live[s] // 8) * 8, 8))
         count[s] = next((c for c in candidates[s] if c >= aligned), original[s])
-    predicted: dict[int, dict[int, float]] = {}
+    predicted: dict[int, dict[int, Timed]] = {}
     total = 2 * sum(len(c) for c in candidates.values())
     done = 0
-    deadline = time.monotonic() + budget
+    started = time.monotonic()
+    deadline = started + budget
     exhausted = False
     decided: set[int] = set()
     for _sweep in range(2):
         for s in open_spaces:
-            times: dict[int, float] = {}
+            times: dict[int, Timed] = {}
             for c in candidates[s]:
                 if time.monotonic() > deadline and not _all_known(touching[s], s, c, count, table):
                     exhausted = True
                     break
-                times[c] = sum(_time(layer, s, c, count, table, timer) for layer in touching[s])
+                times[c] = sum((_time(layer, s, c, count, table, timer) for layer in touching[s]), Timed(0.0))
                 done += 1
                 if progress is not None:
                     progress(done, total)
-            if len(times) == len(candidates[s]) and any(math.isfinite(t) for t in times.values()):
-                best = min(times, key=lambda c: (times[c], c))
+            best = choose_count(times) if len(times) == len(candidates[s]) else None
+            if best is not None:
                 count[s] = best
                 predicted[s] = times
                 decided.add(s)
@@ -124,7 +143,8 @@ def plan_counts(
                 original=original[s],
                 live=live[s],
                 chosen=count[s],
-                predicted_ms={str(c): round(ms, 5) for c, ms in sorted(predicted[s].items())},
+                predicted_ms={str(c): round(t.ms, 5) for c, t in sorted(predicted[s].items())},
+                noise_ms={str(c): round(t.noise, 5) for c, t in sorted(predicted[s].items())},
             )
         )
     if exhausted:
@@ -133,7 +153,7 @@ def plan_counts(
             len(decided),
             len(open_spaces),
         )
-    return CountPlan(counts, decisions, exhausted)
+    return CountPlan(counts, decisions, exhausted, time.monotonic() - started)
 
 
 def _all_known(layers: list[_Layer], s: int, c: int, count: dict[int, int], table: LatencyTable) -> bool:
@@ -146,14 +166,14 @@ def _signature(layer: _Layer, s: int, c: int, count: dict[int, int]) -> LayerSig
     return layer.signature.with_channels(c_in, c_out)
 
 
-def _time(layer: _Layer, s: int, c: int, count: dict[int, int], table: LatencyTable, timer: LayerTimer) -> float:
+def _time(layer: _Layer, s: int, c: int, count: dict[int, int], table: LatencyTable, timer: LayerTimer) -> Timed:
     """The layer's time at count `c` of space `s`; infinite where the target cannot run that shape."""
     signature = _signature(layer, s, c, count)
     try:
         return table.lookup(signature, timer)
     except Exception as exc:  # a shape the backend refuses is a candidate not to choose, not a failed optimize
         log.warning("could not time %s at %s: %s", layer.node, signature, str(exc).splitlines()[0][:200])
-        return math.inf
+        return Timed(math.inf)
 
 
 def _layers(model: ir.Model, analysis: DeadChannelAnalysis, batch: int, precision: str) -> list[_Layer]:

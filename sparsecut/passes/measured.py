@@ -1,17 +1,22 @@
 """`optimize --target`: channel counts chosen by latency on the target, then verified end to end.
 
-1. The graph is folded as the pipeline folds it, and `plan_counts` chooses per channel space how many channels
+1. The graph is folded as the pipeline folds it, and `plan_counts` proposes per channel space how many channels
    to keep, from a latency table of the layers involved, measured on the target where unknown (channel_counts.py).
-2. Lean candidates are written, each through the whole pipeline and its equivalence gate: with the measured
-   counts, and with the fixed alignments 1, 8 and 16 (and `--align`) — the per-layer table cannot see everything
-   the whole model does (onnxruntime's NCHWc layout changes between layers), so the decision is checked against
-   them end to end.
-3. The input and the candidates are timed interleaved on the target (the same runner and interval as
+2. Lean candidates are written, each through the whole pipeline and its equivalence gate: with the fixed
+   alignments 1, 8 and 16 (and `--align`) and with the table's proposal ("table").
+3. In context (in_context.py, when the target profiles): those candidates are profiled on the target, interleaved,
+   and each space keeps the count whose layers ran fastest in the whole model beyond noise (fewest channels on
+   a tie) — the "measured" candidate, written through the pipeline and its gate like the others. A layer alone
+   misses what it costs in place (onnxruntime's NCHWc reorders between layers, fused activations, its
+   neighbours' counts). The table gets TABLE_SHARE of `--tune-budget`, the probes the rest; a budget spent
+   before any space was decided measures nothing more: the fixed alignments alone are timed and the report says
+   so.
+4. The input and the candidates are timed interleaved on the target (the same runner and interval as
    `compare`); the fastest candidate is written. Unless it beats the input beyond noise, the report says plainly
    that pruning does not pay on this target — the file is still written, flagged so in the report and JSON. When
    the candidates are in another precision (int8, fp16), the reference is the input through the same pipeline
    and precision without channel removal: a speedup credited to pruning is never the precision's.
-4. The precision round. With `--precision int8` (and no `--int8-format`), the chosen lean graph is also quantized
+5. The precision round. With `--precision int8` (and no `--int8-format`), the chosen lean graph is also quantized
    in every other int8 format the target offers (its types and Q/DQ placement: sparsecut/quantization.py) and
    kept in fp32; each format is checked against `--max-drift` on the held-out samples (layers put back in fp32
    until it holds, or the format is refused and not timed), the rest timed interleaved and the fastest int8
@@ -26,26 +31,42 @@ target for timings through `Tuning` (built by `targets/tuning.py`) and imports n
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import onnx_ir as ir
+
 from sparsecut.errors import AccuracyError, GraphError
-from sparsecut.modelfile import check_output_path, load_model, publish
+from sparsecut.logs import quieted
+from sparsecut.modelfile import check_output_path, publish
 from sparsecut.passes.channel_counts import CountPlan, plan_counts
-from sparsecut.passes.dead_channels import prepare_for_analysis
+from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.drift import DriftBound
+from sparsecut.passes.in_context import (
+    Profile,
+    before_removal,
+    colors,
+    kept_counts,
+    plan_in_context,
+    probes,
+    touching_nodes,
+)
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
 from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
-from sparsecut.passes.registry import baseline_passes, compose, parse_passes, run_steps
+from sparsecut.passes.registry import baseline_passes, parse_passes
 from sparsecut.precision import FP32, Precision
 from sparsecut.quantization import int8_format
-from sparsecut.report import MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport
+from sparsecut.report import CountDecision, MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport
 
 __all__ = ["BEST_BOUND", "FIXED", "Tuning", "optimize_measured"]
 
+log = logging.getLogger(__name__)
+
+TABLE_SHARE = 0.4  # of --tune-budget, for the one-layer table when the context decides (the rest: probes)
 FIXED = (1, 8, 16)  # fixed alignments timed beside the measured counts (and the one asked for by --align)
 BEST_BOUND = DriftBound(min_sqnr_db=25.0)  # --precision best without --max-drift
 
@@ -62,6 +83,7 @@ class Tuning:
     table: Path | None = None  # the latency table file; None keeps it in memory only
     budget: float = 30.0  # seconds of layer measurements
     progress: Callable[[str, int, int], None] | None = None
+    profile: Profile | None = None  # whole-model profiles on the target (None: the table's proposal is the choice)
 
 
 def optimize_measured(
@@ -92,17 +114,35 @@ def optimize_measured(
         channel_options = _asking(channel_options, max_drift=None)
     channel_precision = channel_options.precision.precision
     table = LatencyTable(tuning.table, tuning.timer.context())
-    plan = _plan(source, names, channel_options, table, tuning)
+    model, plan = _plan(source, names, channel_options, table, tuning)
     table.save()
-    candidates = {f"align {a}": dataclasses.replace(channel_options, align=a) for a in sorted({options.align, *FIXED})}
-    candidates["measured"] = dataclasses.replace(channel_options, counts=tuple(sorted(plan.counts.items())))
+    alignments = sorted({options.align, *FIXED})
+    candidates = {f"align {a}": dataclasses.replace(channel_options, align=a) for a in alignments}
+    measuring = bool(plan.decisions) or not plan.budget_exhausted  # a spent budget that decided nothing: no more
+    in_context = measuring and tuning.profile is not None
+    proposal = dataclasses.replace(channel_options, counts=tuple(sorted(plan.counts.items())))
+    if measuring:
+        candidates["table" if in_context else "measured"] = proposal
+    groups, measured_counts = plan.decisions, plan.counts
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
-        staged = {}
-        reports = {}
-        for i, (name, variant_options) in enumerate(candidates.items()):
-            (Path(tmp) / str(i)).mkdir()
-            staged[name] = Path(tmp) / str(i) / output.name
+        staged: dict[str, Path] = {}
+        reports: dict[str, OptimizeReport] = {}
+
+        def stage(name: str, variant_options: OptimizeOptions) -> None:
+            (Path(tmp) / str(len(staged))).mkdir()
+            staged[name] = Path(tmp) / str(len(staged)) / output.name
             reports[name] = optimize_model(source, staged[name], variant_options)
+
+        for name, variant_options in candidates.items():
+            stage(name, variant_options)
+        if in_context:
+            assert tuning.profile is not None
+            context = _in_context(source, model, Path(tmp), channel_options, alignments, plan, staged, tuning)
+            groups, measured_counts = _merged(plan.decisions, context.decisions), context.counts
+            candidates["measured"] = dataclasses.replace(
+                channel_options, align=context.align, counts=tuple(sorted(measured_counts.items()))
+            )
+            stage("measured", candidates["measured"])
         # the reference: the input — or, when the candidates are in another precision, the input through the same
         # pipeline and precision without channel removal, so that a speedup is pruning's alone, never precision's
         reference, reference_name = source, "input"
@@ -150,10 +190,15 @@ def optimize_measured(
         f"{best.speedup.describe()} vs {against}; written anyway, flagged"
     )
     verdict += _precision_verdict(formats, refused, chosen_precision, int8_pays, best_asked, options)
+    if not measuring:
+        verdict = (
+            f"--tune-budget {tuning.budget:g} s: too small to measure even one channel group; the best fixed "
+            f"alignment is written ({best.name}); " + verdict
+        )
     decision = MeasuredDecision(
         target=tuning.target,
         context=table.context,
-        groups=plan.decisions,
+        groups=groups,
         variants=variants,
         written=best.name,
         pays=pays,
@@ -167,6 +212,8 @@ def optimize_measured(
         int8_pays=int8_pays,
         precision_written=chosen_precision,
         refused=refused,
+        counts=measured_counts if measuring else {},
+        proposed_counts=plan.counts if in_context else {},
     )
     return dataclasses.replace(
         reports[best.name], output=str(output), decision=decision, seconds=time.perf_counter() - start
@@ -295,14 +342,77 @@ def _precision_verdict(
     return text
 
 
-def _plan(source: Path, names: list[str], options: OptimizeOptions, table: LatencyTable, tuning: Tuning) -> CountPlan:
-    """The graph as remove-dead-channels will see it (the passes before it applied), and the counts for it."""
-    if "remove-dead-channels" not in names:
-        raise GraphError("--target decides channel counts: the pipeline needs remove-dead-channels")
-    model = load_model(source, infer_shapes=True)
-    before = names[: names.index("remove-dead-channels")]
-    run_steps(model, compose(before, options))
-    prepare_for_analysis(model, fold="fold-constants" not in before)
+@dataclasses.dataclass
+class _Context:
+    counts: dict[str, int]
+    decisions: list[CountDecision]
+    align: int  # the base's alignment: spaces without a decision keep it
+
+
+def _in_context(
+    source: Path,
+    model: ir.Model,
+    folder: Path,
+    options: OptimizeOptions,
+    alignments: list[int],
+    plan: CountPlan,
+    staged: dict[str, Path],
+    tuning: Tuning,
+) -> _Context:
+    """Coordinate descent in the whole model (in_context.py): the base is the fixed alignment whose profile is
+    fastest; each space's candidate counts (the fixed alignments', the table's) are profiled with everything
+    else at the base — the spaces of one color at once — and interleaved with the base; each space keeps the
+    fewest channels unless more run faster there beyond noise. Probe variants are built without the gate (they
+    are only timed, never written); probes not built within `--tune-budget` leave their spaces at the base."""
+    assert tuning.profile is not None
+    levels = {f"align {a}": kept_counts(model, a) for a in alignments}
+    levels["table"] = kept_counts(model, options.align, plan.counts)
+    fixed = [f"align {a}" for a in alignments]
+    first = dict(zip(fixed, tuning.profile([staged[name] for name in fixed]), strict=True))
+    base = min(fixed, key=lambda name: sum(t.ms for t in first[name].values()))
+    analysis = DeadChannelAnalysis(model, align=1)
+    varying = [s for s in levels[base] if len({counts[s] for counts in levels.values()}) > 1]
+    touching = touching_nodes(analysis)
+    found = probes(levels[base], levels, colors({s: touching.get(s, []) for s in varying}))
+    deadline = time.monotonic() + max(0.0, tuning.budget - plan.seconds)
+    built: dict[str, Path] = {}
+    for i, (name, (kept, _)) in enumerate(found.items()):
+        if time.monotonic() > deadline:
+            log.warning("--tune-budget spent: %d of %d in-context probes built", len(built), len(found))
+            break
+        path = folder / f"probe-{i}" / staged[base].name
+        path.parent.mkdir()
+        counts = tuple(sorted((analysis.space_key(s), c) for s, c in kept.items()))
+        with quieted("sparsecut.passes.pipeline"):  # (its warning is for users who turn the gate off)
+            optimize_model(source, path, dataclasses.replace(options, counts=counts, verify=False))
+        built[name] = path
+        if tuning.progress is not None:
+            tuning.progress("building in-context probes", i + 1, len(found))
+    timed = dict(zip([base, *built], tuning.profile([staged[base], *built.values()]), strict=True))
+    variants = {base: levels[base], **{name: found[name][0] for name in built}}
+    scope = {s: [base, *(name for name in built if s in found[name][1])] for s in levels[base]}
+    plan_here = plan_in_context(model, variants, timed, plan.counts, scope)
+    return _Context(plan_here.counts, plan_here.decisions, int(base.removeprefix("align ")))
+
+
+def _merged(table: list[CountDecision], context: list[CountDecision]) -> list[CountDecision]:
+    """The context's decisions, each with the table's predictions for the same space beside it."""
+    predicted = {d.location: d for d in table}
+    merged = []
+    for decision in context:
+        proposal = predicted.get(decision.location)
+        if proposal is not None:
+            decision = dataclasses.replace(decision, predicted_ms=proposal.predicted_ms, noise_ms=proposal.noise_ms)
+        merged.append(decision)
+    return merged
+
+
+def _plan(
+    source: Path, names: list[str], options: OptimizeOptions, table: LatencyTable, tuning: Tuning
+) -> tuple[ir.Model, CountPlan]:
+    """The graph as remove-dead-channels will see it (the passes before it applied), and the counts the latency
+    table proposes for it."""
+    model = before_removal(source, names, options, "--target")
     progress = None
     if tuning.progress is not None:
         report = tuning.progress
@@ -310,4 +420,5 @@ def _plan(source: Path, names: list[str], options: OptimizeOptions, table: Laten
     precision = options.precision.precision
     if precision.kind == "int8" and precision.format is None:  # written in convert_precision's default format
         precision = precision.in_format(int8_format().name)
-    return plan_counts(model, table, tuning.timer, tuning.batch, tuning.budget, progress, precision)
+    budget = tuning.budget * (TABLE_SHARE if tuning.profile is not None else 1.0)
+    return model, plan_counts(model, table, tuning.timer, tuning.batch, budget, progress, precision)

@@ -11,7 +11,6 @@ backend and its version, threads, provider and batch.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsecut.errors import TargetError
-from sparsecut.passes.latency_table import LayerSignature, default_table_path
+from sparsecut.passes.latency_table import LayerSignature, Timed, default_table_path, median_interval
 from sparsecut.passes.measured import Tuning
 from sparsecut.precision import Precision
 from sparsecut.quantization import Int8Format
@@ -58,8 +57,8 @@ def tuning_for(
             f"--target {target}: channel counts are not measured through it (it times whole decoders); optimize "
             "without --target, or measure on onnxruntime"
         )
-    profile = ProfileOptions(batch=batch, threads=threads, warmup=3, per_layer=False, backends=backends)
-    timer = TargetLayerTimer(backend, profile)
+    alone = ProfileOptions(batch=batch, threads=threads, warmup=3, per_layer=False, backends=backends)
+    timer = TargetLayerTimer(backend, alone)
     timer.context()  # a target that cannot run here (TensorRT missing) says so now, before anything is measured
 
     def compare(paths: list[Path]) -> list[MeasuredVariant]:
@@ -75,11 +74,57 @@ def tuning_for(
         )
         return [MeasuredVariant("", v.model, v.latency.p50_ms, v.speedup) for v in report.variants]
 
+    def profile(paths: list[Path]) -> list[dict[str, Timed]]:
+        options = ProfileOptions(batch=batch, threads=threads, iterations=PROFILE_RUNS, warmup=3, per_layer=True,
+                                 backends=backends)  # fmt: skip
+        return profile_in_context(backend, paths, options, build, progress)
+
     formats = backend.int8_formats(build or BuildOptions(backends=backends))
     return Tuning(target=target, timer=timer, compare=compare, batch=batch, table=table or default_table_path(),
                   int8_formats=formats,
                   budget=budget,
-                  progress=progress)  # fmt: skip
+                  progress=progress,
+                  profile=profile)  # fmt: skip
+
+
+PROFILE_RUNS = 20  # runs per profile: the backend's profiler takes each kernel's median over them
+PROFILE_ROUNDS = 3  # profiles per model, interleaved across the models
+
+
+def profile_in_context(
+    backend: Target[Any],
+    paths: list[Path],
+    options: ProfileOptions,
+    build: BuildOptions | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[dict[str, Timed]]:
+    """Per model, each graph node's kernel time in the whole model (the kernels the backend ran for it, fused
+    activations included; a fused kernel counts for the weighted node it names first): the median over
+    PROFILE_ROUNDS profiles taken round-robin across the models — a slow moment of the machine hits each alike —
+    and, as its noise, half the spread of those profiles."""
+    with tempfile.TemporaryDirectory(prefix="sparsecut-context-") as tmp:
+        artifacts = []
+        for i, path in enumerate(paths):
+            artifact = backend.load(path)
+            if backend.needs_build(path):
+                artifact, _ = backend.build(path, Path(tmp) / f"{i}{backend.artifact_suffix}", build or BuildOptions())
+            artifacts.append(artifact)
+        samples: list[dict[str, list[float]]] = [{} for _ in paths]
+        total = PROFILE_ROUNDS * len(paths)
+        for r in range(PROFILE_ROUNDS):
+            for i, artifact in enumerate(artifacts):
+                per_node: dict[str, float] = {}
+                for row in backend.layer_times(artifact, options):
+                    if row.nodes:
+                        per_node[row.nodes[0]] = per_node.get(row.nodes[0], 0.0) + row.ms
+                for node, ms in per_node.items():
+                    samples[i].setdefault(node, []).append(ms)
+                if progress is not None:
+                    progress("profiling in context", r * len(paths) + i + 1, total)
+    found = []
+    for per_model in samples:
+        found.append({node: Timed(sorted(ms)[len(ms) // 2], (max(ms) - min(ms)) / 2) for node, ms in per_model.items()})
+    return found
 
 
 class TargetLayerTimer:
@@ -102,7 +147,7 @@ class TargetLayerTimer:
             "batch": str(self.options.batch),
         }
 
-    def time_layer(self, layer: LayerSignature) -> float:
+    def time_layer(self, layer: LayerSignature) -> Timed:
         with tempfile.TemporaryDirectory(prefix="sparsecut-layer-") as tmp:
             path = Path(tmp) / "layer.onnx"
             onnx.save(one_layer_model(layer), path)
@@ -116,7 +161,7 @@ class TargetLayerTimer:
                 deadline = time.perf_counter() + self.seconds
                 while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 200):
                     samples += measure(run_once, warmup=0, iterations=1)
-        return statistics.median(samples) / 1e6
+        return median_interval([ns / 1e6 for ns in samples])
 
 
 def one_layer_model(layer: LayerSignature) -> onnx.ModelProto:

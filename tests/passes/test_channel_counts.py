@@ -11,9 +11,9 @@ import onnx
 import pytest
 
 from sparsecut.passes import OptimizeOptions
-from sparsecut.passes.channel_counts import candidate_counts
+from sparsecut.passes.channel_counts import candidate_counts, choose_count
 from sparsecut.passes.channels import SLOWER_WHEN_REMOVED
-from sparsecut.passes.latency_table import LatencyTable, LayerSignature
+from sparsecut.passes.latency_table import LatencyTable, LayerSignature, Timed, median_interval
 from sparsecut.passes.measured import Tuning, optimize_measured
 from sparsecut.report import MeasuredVariant, Speedup
 from tests.passes.graphs import GraphBuilder, removal, weights
@@ -127,10 +127,10 @@ def test_another_context_misses(tmp_path, changed):
     path = tmp_path / "lut.json"
     layer = LayerSignature("Conv", 16, 16, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, (8, 8), 1)
     table = LatencyTable(path, CONTEXT)
-    table.lookup(layer, FakeTimer(lambda _: 1.5))
+    table.lookup(layer, FakeTimer(lambda _: Timed(1.5, 0.1)))
     table.save()
     again = LatencyTable(path, CONTEXT)
-    assert again.known(layer) and again.lookup(layer, FakeTimer(lambda _: 99.0)) == 1.5
+    assert again.known(layer) and again.lookup(layer, FakeTimer(lambda _: 99.0)) == Timed(1.5, 0.1)  # noise kept
     other = LatencyTable(path, {**CONTEXT, changed: "something else"})
     assert not other.known(layer)
     other.lookup(layer, FakeTimer(lambda _: 2.0))
@@ -152,3 +152,123 @@ def _load(tmp_path):
     import onnx_ir as ir
 
     return ir.load(tmp_path / "out.onnx")
+
+
+def test_a_count_above_the_fewest_is_chosen_only_beyond_noise():
+    # 104 is 0.066 ms faster than 64 (ResNet-18's blocks.2.conv1 on one run), inside a noise of 0.05 each
+    assert choose_count({64: Timed(1.589, 0.05), 104: Timed(1.523, 0.05)}) == 64
+    assert choose_count({64: Timed(1.589, 0.01), 104: Timed(1.523, 0.01)}) == 104  # beyond noise: it pays
+    assert choose_count({11: Timed(2.0), 12: Timed(2.0), 16: Timed(2.0)}) == 11  # a tie: fewer channels
+    assert choose_count({11: Timed(float("inf")), 16: Timed(3.0)}) == 16  # what the target cannot run: never
+    assert choose_count({11: Timed(float("inf"))}) is None
+
+
+def test_the_median_interval_is_distribution_free():
+    timed = median_interval([1.0] * 10 + [1.2] * 9 + [9.0])  # one hiccup does not move the median
+    assert timed.ms == pytest.approx(1.1) and timed.noise == pytest.approx(0.1)
+
+
+def test_noise_ties_go_to_fewer_channels(tmp_path):
+    """12 channels are 3 % faster than the 11 live ones on a table whose entries are noisier than that: the 11 stay
+    alone; with a quiet table the same saving keeps a dead channel."""
+    cost = lambda noise: lambda layer: Timed(1.0 if layer.c_in % 4 == 0 and layer.c_out % 4 == 0 else 1.03, noise)  # noqa: E731
+    noisy, _ = run(tmp_path, cost(0.05), speedups(1.1, 1.1, 1.1, 1.2))
+    assert noisy.decision.groups[0].chosen == 11
+    assert set(noisy.decision.groups[0].noise_ms.values()) == {0.07071}  # two layers' noise, 0.05 each, combined
+    (tmp_path / "out.onnx").unlink()
+    quiet, _ = run(tmp_path, cost(0.001), speedups(1.1, 1.1, 1.1, 1.2))
+    assert quiet.decision.groups[0].chosen == 12
+
+
+def wide_dead_model(tmp_path: Path) -> Path:
+    """conv 4 → 32 with 13 dead filters (19 live), ReLU, conv 32 → 8: align 1 keeps 19, align 8 24, align 16 32."""
+    g = GraphBuilder()
+    hidden = g.op("Relu", [g.conv("x", g.weight(32, 4, 1, 1, dead_rows=tuple(range(0, 26, 2))))])
+    onnx.save(g.model(g.conv(hidden, g.weight(8, 32, 1, 1))), tmp_path / "in.onnx")
+    return tmp_path / "in.onnx"
+
+
+def fake_profile(in_place):
+    """Whole-model profiles whose node times follow `in_place(channels)` of the file's first conv, noise 0.01 ms."""
+
+    def profile(paths):
+        found = []
+        for path in paths:
+            model = onnx.load(str(path))
+            channels = next(t.dims[0] for t in model.graph.initializer if len(t.dims) == 4)
+            found.append({n.name: Timed(in_place(channels), 0.01) for n in model.graph.node if n.op_type == "Conv"})
+        return found
+
+    return profile
+
+
+def test_a_count_is_chosen_in_context_where_the_one_layer_table_chooses_otherwise(tmp_path):
+    """Alone, each layer is fastest at the 19 live channels (the table proposes 19); in the whole model the layers
+    run fastest at 24 (a layout the neighbours share): the context keeps 24, and the report shows both."""
+    timer = FakeTimer(lambda layer: float(layer.c_in + layer.c_out))
+    in_place = {19: 1.0, 24: 0.6, 32: 0.9}
+    tuning = Tuning(target="fake", timer=timer, compare=speedups(1.1, 1.2, 1.1, 1.1, 1.3), budget=30.0,
+                    profile=fake_profile(in_place.__getitem__))  # fmt: skip
+    report = optimize_measured(wide_dead_model(tmp_path), tmp_path / "out.onnx", OptimizeOptions(align=1), tuning)
+    (group,) = report.decision.groups
+    assert (group.live, group.proposed, group.chosen) == (19, 19, 24)
+    assert group.in_context_ms == {"19": 2.0, "24": 1.2, "32": 1.8}  # the two convs touching the space
+    assert group.predicted_ms["19"] < group.predicted_ms["24"]  # the table's view, kept beside it
+    assert [v.name for v in report.decision.variants] == [
+        "input",
+        "align 1",
+        "align 8",
+        "align 16",
+        "table",
+        "measured",
+    ]
+    assert report.decision.written == "measured"
+    assert [w.shape[0] for w in weights(_load(tmp_path), "Conv")] == [24, 8]
+
+
+def test_in_context_a_difference_within_noise_keeps_the_fewest(tmp_path):
+    timer = FakeTimer(lambda layer: float(layer.c_in + layer.c_out))
+    in_place = {19: 1.0, 24: 0.995, 32: 1.0}  # 0.01 ms apart over the two convs, noise 0.01 per conv
+    tuning = Tuning(target="fake", timer=timer, compare=speedups(1.1, 1.2, 1.1, 1.1, 1.3), budget=30.0,
+                    profile=fake_profile(in_place.__getitem__))  # fmt: skip
+    report = optimize_measured(wide_dead_model(tmp_path), tmp_path / "out.onnx", OptimizeOptions(align=1), tuning)
+    (group,) = report.decision.groups
+    assert group.chosen == 19 and group.proposed is None
+
+
+def test_a_budget_too_small_for_one_group_writes_the_best_fixed_alignment(tmp_path):
+    timer = FakeTimer(lambda layer: float(layer.c_in + layer.c_out))
+    tuning = Tuning(target="fake", timer=timer, compare=speedups(1.1, 1.3, 1.2), budget=1e-9,
+                    profile=fake_profile(lambda c: 1.0))  # fmt: skip
+    report = optimize_measured(wide_dead_model(tmp_path), tmp_path / "out.onnx", OptimizeOptions(align=1), tuning)
+    assert [v.name for v in report.decision.variants] == ["input", "align 1", "align 8", "align 16"]
+    assert report.decision.written == "align 8" and report.decision.groups == []
+    assert report.decision.verdict.startswith(
+        "--tune-budget 1e-09 s: too small to measure even one channel group; the best fixed alignment is written "
+        "(align 8); align 8 written: 1.30×"
+    )
+
+
+def test_spaces_that_share_a_layer_are_probed_apart():
+    """conv A → conv B → conv C, both hidden spaces with dead channels: B reads one and writes the other, so they
+    get two colors, and each probe varies one of them with the other held at the base."""
+    import onnx_ir as ir
+
+    from sparsecut.passes.channels import DeadChannelAnalysis
+    from sparsecut.passes.in_context import colors, probes, touching_nodes
+
+    g = GraphBuilder()
+    a = g.op("Relu", [g.conv("x", g.weight(16, 4, 1, 1, dead_rows=(1, 2, 3)))])
+    b = g.op("Relu", [g.conv(a, g.weight(16, 16, 1, 1, dead_rows=(4, 5)))])
+    model = ir.from_proto(g.model(g.conv(b, g.weight(8, 16, 1, 1))))
+    analysis = DeadChannelAnalysis(model, align=1)
+    spaces = [s for s, sp in enumerate(analysis.walk.spaces) if sp.count == 16]
+    touching = touching_nodes(analysis)
+    color = colors({s: touching[s] for s in spaces})
+    assert sorted(color.values()) == [0, 1]
+    base = {s: 16 for s in range(len(analysis.walk.spaces))}
+    low = {**base, spaces[0]: 13, spaces[1]: 14}
+    found = probes(base, {"align 1": low, "align 16": base}, color)
+    assert sorted(tuple(varied) for _, varied in found.values()) == sorted((s,) for s in spaces)
+    for kept, (s,) in found.values():
+        assert kept == {**base, s: low[s]}
