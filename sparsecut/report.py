@@ -353,6 +353,13 @@ class CountDecision(Report):
     live: int  # the fewest the analysis allows
     chosen: int
     predicted_ms: dict[str, float]  # candidate count → predicted time of the layers touching the space
+    noise_ms: dict[str, float] = dataclasses.field(
+        default_factory=dict
+    )  # candidate count → its noise (95 % half-width)
+    # the counts timed where the layers live (the whole model's profile): count → ms, and its noise
+    in_context_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    in_context_noise_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    proposed: int | None = None  # the one-layer table's choice, when the context chose otherwise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,6 +394,54 @@ class MeasuredDecision(Report):
     refused: dict[str, str] = dataclasses.field(
         default_factory=dict
     )  # precision → why --max-drift refused it (untimed)
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)  # the measured counts, by space key
+    proposed_counts: dict[str, int] = dataclasses.field(default_factory=dict)  # the one-layer table's, by space key
+
+
+@dataclasses.dataclass(frozen=True)
+class StaircaseStep(Report):
+    count: int  # channels kept
+    ms: float  # the layers touching the group, in the whole model on the target
+    noise_ms: float  # half-width of its 95 % interval
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupAdvice(Report):
+    """One coupled channel group's latency staircase in context."""
+
+    location: str
+    module: str  # the module a pruner knows it by (its writer's weight, less ".weight")
+    original: int
+    live: int  # channels not dead (the original count in a dense model)
+    staircase: list[StaircaseStep]  # largest count first; the first is the full width
+    round_to: int  # the channel step the target rewards here (Torch-Pruning's round_to)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyPlan(Report):
+    """The fewest channels removed to reach `ratio` × the full-width latency, by the staircases' sums."""
+
+    ratio: float
+    predicted_ms: float
+    dense_ms: float
+    counts: dict[str, int]  # module → channels to keep
+    removed: int
+    pruning_ratio_dict: dict[str, float]  # module → fraction of its channels to remove (Torch-Pruning's)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdviceReport(Report):
+    """`sparsecut advise`: per group, the counts the target rewards; a plan for a latency goal."""
+
+    model: str
+    target: str
+    context: dict[str, str]
+    dense_ms: float  # the full-width model's layers, summed from the same profiles
+    dense_noise_ms: float
+    groups: list[GroupAdvice]
+    skipped: dict[str, str]  # group → why it was not probed
+    plan: LatencyPlan | None
+    torch_pruning: dict[str, object]  # arguments for Torch-Pruning's pruner: round_to (and the plan's ratios)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -638,6 +638,13 @@ TARGET_CASES: dict[str, tuple[list[str], str]] = {
     "optimize target no inputs": (["optimize", "noinput.onnx", "-o", "o.onnx", "--target", "onnxruntime"], "noinput.onnx: the model has no inputs"),
     "optimize target huge": (["optimize", "huge.onnx", "-o", "o.onnx", "--target", "onnxruntime"], "more than sparsecut allocates"),
     "run tune budget -1": (["run", "ck.pt", "--arch", "resnet-tiny", "-o", "out", "--tune-budget", "-1"], "--tune-budget"),
+    "advise missing": (["advise", "nope.onnx"], "nope.onnx: no such file"),
+    "advise random bytes": (["advise", "random.onnx"], "random.onnx: not a readable ONNX model"),
+    "advise ratio 1.5": (["advise", "model.onnx", "--latency-ratio", "1.5"], "--latency-ratio 1.5: a fraction of the full-width latency, between 0 and 1"),
+    "advise no groups": (["advise", "small8.onnx"], "small8.onnx: no coupled channel group a pruner could shrink"),
+    "advise unreachable": (["advise", "model.onnx", "--latency-ratio", "0.001"], "--latency-ratio 0.001: below what removing every dead channel reaches on this target (best reachable: "),
+    "advise genai": (["advise", "model.onnx", "--target", "onnxruntime-genai"], "--target onnxruntime-genai: channel counts are not measured through it"),
+    "advise --json input": (["advise", "model.onnx", "--json", "model.onnx"], "model.onnx: is the input"),
 }  # fmt: skip
 
 

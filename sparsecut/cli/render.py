@@ -11,6 +11,7 @@ from rich.table import Table
 
 from sparsecut.cli.app import console
 from sparsecut.report import (
+    AdviceReport,
     BuildReport,
     CompareReport,
     DecoderCompareReport,
@@ -248,14 +249,19 @@ def render_decision(decision: MeasuredDecision) -> None:
     context = escape(", ".join(f"{k} {v}" for k, v in decision.context.items()))
     if decision.groups:
         table = Table(title=f"channel counts measured on {context}", title_justify="left")
-        for column in ("space", "live", "chosen", "original", "predicted ms of the candidates (count: ms)"):
-            table.add_column(
-                column, justify="left" if column in ("space", "predicted ms of the candidates (count: ms)") else "right"
-            )
+        in_context = any(g.in_context_ms for g in decision.groups)
+        timed = "in the whole model" if in_context else "predicted (one layer alone)"
+        columns = ("space", "live", "chosen", "original", f"{timed}: count ms ± noise")
+        for column in columns + (("one-layer table proposed",) if in_context else ()):
+            table.add_column(column, justify="left" if column in (columns[0], columns[4]) else "right")
         for g in decision.groups:
-            best = sorted(g.predicted_ms.items(), key=lambda item: item[1])[:4]
-            table.add_row(g.location, str(g.live), str(g.chosen), str(g.original),
-                          "  ".join(f"{c}: {ms:.3f}" for c, ms in best))  # fmt: skip
+            times, noise = (g.in_context_ms, g.in_context_noise_ms) if in_context else (g.predicted_ms, g.noise_ms)
+            best = sorted(times.items(), key=lambda item: item[1])[:4]
+            cells = [g.location, str(g.live), str(g.chosen), str(g.original),
+                     "  ".join(f"{c}: {ms:.3f} ± {noise.get(c, 0.0):.3f}" for c, ms in best)]  # fmt: skip
+            if in_context:
+                cells.append("-" if g.proposed is None else str(g.proposed))
+            table.add_row(*cells)
         console.print(table)
     reference = decision.variants[0].name
     end = Table(title=f"end to end, interleaved: {reference} and the lean candidates", title_justify="left")
@@ -439,3 +445,35 @@ def render_run(report: RunReport, out_dir: Path) -> None:
     console.print(
         f"report → {out_dir / 'report.json'}, {out_dir / 'report.md'}, plot → {out_dir / 'compare.png'}{grid}"
     )
+
+
+def render_advice(report: AdviceReport) -> None:
+    context = escape(", ".join(f"{k} {v}" for k, v in report.context.items()))
+    table = Table(title=f"channel counts on {context}: the layers of each group in the whole model",
+                  title_justify="left")  # fmt: skip
+    for column in ("group", "channels", "live", "round_to", "count: ms ± noise (largest first)"):
+        table.add_column(
+            column, justify="left" if column in ("group", "count: ms ± noise (largest first)") else "right"
+        )
+    for g in report.groups:
+        steps = "  ".join(f"{s.count}: {s.ms:.3f}±{s.noise_ms:.3f}" for s in g.staircase)
+        table.add_row(escape(g.location), str(g.original), str(g.live), str(g.round_to), steps)
+    console.print(table)
+    for location, why in report.skipped.items():
+        console.print(f"  [yellow]{escape(location)}: {escape(why)}[/yellow]")
+    console.print(
+        f"full width: {report.dense_ms:.3f} ± {report.dense_noise_ms:.3f} ms in the layers profiled; "
+        f"Torch-Pruning: round_to={report.torch_pruning['round_to']}"
+    )
+    if report.plan is not None:
+        p = report.plan
+        console.print(
+            f"[green]plan for {p.ratio:g} × the full-width latency: {p.removed} channel(s) removed, predicted "
+            f"{p.predicted_ms:.3f} of {p.dense_ms:.3f} ms[/green]"
+        )
+        for module, count in p.counts.items():
+            console.print(f"  {escape(module)}: keep {count}")
+        console.print(
+            "Torch-Pruning: MetaPruner(..., pruning_ratio=0.0, pruning_ratio_dict={module: ratio}) with the JSON's "
+            "plan.pruning_ratio_dict keeps exactly these counts"
+        )
