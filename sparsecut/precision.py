@@ -17,7 +17,8 @@ from sparsecut.quantization import FORMATS, Int8Format
 __all__ = ["FP32", "INT4_METHODS", "KINDS", "Precision"]
 
 KINDS = ("fp32", "fp16", "int8", "int4")
-INT4_METHODS = ("rtn", "hqq")  # round to nearest; half-quadratic quantization (onnxruntime's HQQ, no data needed)
+# round to nearest; half-quadratic quantization (onnxruntime's HQQ, no data needed); GPTQ (calibrates on --calibration)
+INT4_METHODS = ("rtn", "hqq", "gptq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Precision:
 
     @classmethod
     def parse(cls, text: str) -> Precision:
-        """`fp32`, `fp16`, `int8`, `int8 FORMAT` (`int8 s8s8`), `int4`, `int4 bN` (`int4 b32`), `int4 [bN] hqq`:
+        """`fp32`, `fp16`, `int8`, `int8 FORMAT` (`int8 s8s8`), `int4`, `int4 bN` (`int4 b32`), `int4 [bN] hqq|gptq`:
         what `str` writes."""
         kind, _, detail = text.strip().partition(" ")
         if kind == "int8" and detail:

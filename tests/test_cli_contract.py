@@ -280,6 +280,10 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["optimize", "model.onnx", "-o", "o.onnx", "--data", "nope.npz"],
         "nope.npz: no such file",
     ),
+    "optimize int4 calibration": (
+        ["optimize", "model.onnx", "-o", "o.onnx", "--precision", "int4", "--calibration", "data.npz"],
+        "--calibration: not used with --precision int4",
+    ),
     "optimize calibration NaN": (
         ["optimize", "model.onnx", "-o", "o.onnx", "--precision", "int8", "--calibration", "allnan.npz"],
         "allnan.npz: array 'input' holds NaN",

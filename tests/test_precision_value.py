@@ -10,7 +10,16 @@ from sparsecut.quantization import FORMATS
 
 
 @pytest.mark.parametrize(
-    "text", [*KINDS, *(f"int8 {name}" for name in FORMATS), "int4 b32", "int4 b128", "int4 hqq", "int4 b64 hqq"]
+    "text",
+    [
+        *KINDS,
+        *(f"int8 {name}" for name in FORMATS),
+        "int4 b32",
+        "int4 b128",
+        "int4 hqq",
+        "int4 b64 hqq",
+        "int4 b32 gptq",
+    ],
 )
 def test_text_round_trips(text):
     assert str(Precision.parse(text)) == text
@@ -31,7 +40,7 @@ def test_every_int8_format_is_a_precision_through_its_one_entry():
         (lambda: Precision.parse("int8 u4"), "--int8-format: unknown format 'u4'; known: u8s8"),
         (lambda: Precision.parse("fp16 fast"), "fp16 takes no detail"),
         (lambda: Precision.parse("int4 32"), "int4 takes a block size bN and a method"),
-        (lambda: Precision.parse("int4 gptq"), "int4 takes a block size bN and a method"),
+        (lambda: Precision.parse("int4 awq"), "int4 takes a block size bN and a method"),
         (lambda: Precision("int8", method="hqq"), "'hqq' is no int4 method"),
         (lambda: Precision("int4", block_size=24), "a multiple of 16"),
         (lambda: Precision("fp16").in_format("s8s8"), "--int8-format: only used with --precision int8"),

@@ -198,6 +198,9 @@ _INT8_PARAMETERS = [
 ]
 
 
+_GPTQ = ("calibration", "calibration_samples", "max_drift")  # what --precision "int4 gptq" reads
+
+
 def int8_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give a command the int8 calibration and accuracy options. They reach it checked, as one keyword argument
     `int8` (Int8Settings), and need the command's --precision int8 (or best): an option given off its default
@@ -210,7 +213,11 @@ def int8_options(command: Callable[..., None]) -> Callable[..., None]:
         values = {p.name: kwargs.pop(p.name) for p in _INT8_PARAMETERS}
         given = [p.name for p in _INT8_PARAMETERS if values[p.name] != p.default]
         precision = kwargs["precision"]
-        if given and isinstance(precision, Precision) and precision.kind != "int8":
+        if isinstance(precision, Precision) and precision.kind == "int4":  # GPTQ calibrates; every int4 is judged
+            given = [name for name in given if name not in (_GPTQ if precision.method == "gptq" else ("max_drift",))]
+            if given:
+                raise UsageError(f"--{given[0].replace('_', '-')}: not used with --precision {precision}")
+        elif given and isinstance(precision, Precision) and precision.kind != "int8":
             raise UsageError(f"--{given[0].replace('_', '-')}: only used with --precision int8 or best")
         kwargs["int8"] = _calibration(**values)  # type: ignore[arg-type]
         command(**kwargs)

@@ -23,6 +23,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -189,9 +190,10 @@ INT4_ACCURACY_LEVEL = 4  # MatMulNBits computes with int8 activations (onnxrunti
 
 def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionRequest, seed: int) -> PrecisionReport:
     """Weight-only int4: every MatMul with a constant 2-D weight becomes MatMulNBits (onnxruntime's
-    MatMulNBitsQuantizer, round to nearest, symmetric, blocks of `block_size` along the reduction axis). No
-    calibration: the drift is measured on a KV-cache decoder's own generation (`decoder_drift`), else on seeded
-    random inputs."""
+    MatMulNBitsQuantizer, blocks of `block_size` along the reduction axis): round to nearest (symmetric), HQQ
+    (asymmetric, optimized per block; no data) or GPTQ (symmetric, each layer's rounding error compensated on the
+    inputs it sees in `--calibration` samples: passes/gptq.py). The drift is measured on a KV-cache decoder's own generation
+    (`decoder_drift`), else on held-out samples."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         HQQWeightOnlyQuantConfig,
@@ -200,27 +202,45 @@ def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionReque
 
     from sparsecut.decoder import is_kv_decoder
     from sparsecut.modelfile import atomic_write_bytes
+    from sparsecut.passes.gptq import COLUMNS, DAMPING, quantize_gptq
 
     check_int4(source)
+    decoder = is_kv_decoder(source)
+    calibration = _gptq_samples(source, request, decoder, seed) if wanted.method == "gptq" else []
     model = onnx.load(str(source))
     large = sum(t.ByteSize() for t in model.graph.initializer) > (1 << 30)  # (the weights, as loaded)
     block = wanted.block_size or INT4_BLOCK
-    if wanted.method == "hqq":  # half-quadratic: scales and zero points optimized per block, asymmetric, no data
-        config = HQQWeightOnlyQuantConfig(block_size=block, bits=4)
-        describe = f"b{block}, asymmetric, HQQ (onnxruntime's HQQWeightOnlyQuantConfig)"
-    else:
-        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL)
-        describe = f"b{block}, symmetric, round to nearest (MatMulNBitsQuantizer), accuracy level {INT4_ACCURACY_LEVEL}"
-    with quieted("onnxruntime.quantization.matmul_nbits_quantizer"):  # (a log line per node otherwise)
-        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-        quantizer.process()
+    symmetric = dict(block_size=block, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged = Path(tmp) / output.name
-        quantizer.model.save_model_to_file(str(staged), use_external_data_format=large)
-        del quantizer, model
+        if wanted.method == "gptq":  # error compensation on the layers' real inputs (passes/gptq.py: why our own)
+            quantized, stats = quantize_gptq(model, calibration, block, INT4_ACCURACY_LEVEL)
+            del model
+            onnx.save(quantized, str(staged), save_as_external_data=large, location=f"{output.name}.data")
+            del quantized
+            describe = (
+                f"b{block}, symmetric, GPTQ on {len(calibration)} sample(s) of {request.calibration.source} "
+                f"({stats.rows} rows; damping {DAMPING}, {COLUMNS} columns a step), accuracy level "
+                f"{INT4_ACCURACY_LEVEL}"
+            )
+        else:
+            if wanted.method == "hqq":  # half-quadratic: scales and zero points optimized per block, asymmetric
+                config: Any = HQQWeightOnlyQuantConfig(block_size=block, bits=4)
+                describe = f"b{block}, asymmetric, HQQ (onnxruntime's HQQWeightOnlyQuantConfig)"
+            else:
+                config = DefaultWeightOnlyQuantConfig(**symmetric)
+                describe = (
+                    f"b{block}, symmetric, round to nearest (MatMulNBitsQuantizer), accuracy level "
+                    f"{INT4_ACCURACY_LEVEL}"
+                )
+            quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+            with quieted("onnxruntime.quantization.matmul_nbits_quantizer"):  # (a log line per node otherwise)
+                quantizer.process()
+            quantizer.model.save_model_to_file(str(staged), use_external_data_format=large)
+            del quantizer, model
         samples = (
             None
-            if is_kv_decoder(source)
+            if decoder
             else calibration_set(
                 request.calibration, onnx.load(str(source), load_external_data=False), source, seed
             ).held_out
@@ -240,8 +260,10 @@ def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionReque
         atomic_write_bytes(output, staged.read_bytes())
     return PrecisionReport(
         precision="int4",
-        calibration="none (weight-only)",
-        samples=0,
+        calibration=f"{request.calibration.source} ({len(calibration)} samples)"
+        if calibration
+        else "none (weight-only)",
+        samples=len(calibration),
         max_abs_error=max((o.max_abs_error for o in drift), default=0.0),
         mean_abs_error=float(np.mean([o.mean_abs_error for o in drift])) if drift else 0.0,
         top1_agreement=drift[0].top1_agreement if drift else None,
@@ -249,6 +271,39 @@ def _int4(source: Path, output: Path, wanted: Precision, request: PrecisionReque
         format=f"b{block}" + (f" {wanted.method}" if wanted.method else ""),
         outputs=drift,
     )
+
+
+def _gptq_samples(source: Path, request: PrecisionRequest, decoder: bool, seed: int) -> list[dict[str, np.ndarray]]:
+    """What GPTQ calibrates on: the user's `--calibration` samples — for a KV-cache decoder, token ids
+    (`input_ids` [samples, length]), each run as a prefill with an empty past; else arrays by input name."""
+    from sparsecut.decoder import DecoderInterface, step_inputs
+    from sparsecut.feeds import input_specs, read_arrays
+    from sparsecut.modelfile import load_model
+
+    path = request.calibration.source
+    if path is None:
+        raise InputError(
+            "--precision int4 gptq: GPTQ calibrates on data and none was given; pass --calibration FILE.npz"
+            + (" (input_ids [samples, length], int64)" if decoder else "")
+            + " — or use int4 rtn / int4 hqq, which need none"
+        )
+    if not decoder:
+        return calibration_set(
+            request.calibration, onnx.load(str(source), load_external_data=False), source, seed
+        ).calibrate
+    interface = DecoderInterface.of(load_model(source), source)
+    assert interface is not None
+    spec = next(s for s in input_specs(source) if s.name == "input_ids")
+    ids = read_arrays(Path(path), [spec], "--calibration")["input_ids"]
+    if ids.min() < 0 or ids.max() >= interface.vocab:
+        raise InputError(f"{path}: array 'input_ids' holds token ids outside the vocabulary [0, {interface.vocab})")
+    samples = []
+    for row in ids[: request.calibration.samples or len(ids)]:
+        feed = step_inputs(interface, row[None].astype(np.int64), 0)
+        for (past, _), (heads, dim) in zip(interface.caches, interface.cache_shapes, strict=True):
+            feed[past] = np.zeros((1, heads, 0, dim), np.float32)
+        samples.append(feed)
+    return samples
 
 
 def check_int4(source: Path) -> None:
