@@ -601,8 +601,8 @@ class DecoderVariant(Report):
     decode_speedup: dict[str, Speedup] = dataclasses.field(default_factory=dict)
     decode_layers: list[LayerTime] = dataclasses.field(default_factory=list)  # a decode step, per node, largest first
     decode_by_op: dict[str, float] = dataclasses.field(default_factory=dict)  # a decode step, ms per op type (all)
-    # resident memory its session added, warmed at the longest prompt and context (approximate: the process's RSS
-    # before and after, garbage collected; memory another part of the process returns meanwhile is subtracted)
+    # peak memory its session added while loading and warming at the longest prompt and context: the process's peak
+    # RSS (reset before it loads) over its RSS before; where the peak cannot be reset, the RSS after warm-up instead
     memory_mb: float | None = None
 
     def tokens_per_s(self, context: int) -> float:

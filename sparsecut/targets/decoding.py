@@ -10,8 +10,10 @@ A lean decoder with fewer K/V heads runs the same loop on its own smaller caches
 
 Per round and variant: each prefill length timed once; for each context length, a cache of that length is built
 by an untimed prefill, then `steps` decode steps are timed, one sample each. Before the rounds each variant is
-loaded and warmed at the longest prompt and context, one after another: the resident memory that added is its
-memory (weights, onnxruntime's arena, the caches). Sessions never spin
+loaded and warmed at the longest prompt and context, one after another: its memory is the peak resident memory of
+the process while it loads and warms, over the resident memory before (weights, onnxruntime's arena, the caches,
+and what loading holds for a moment; Linux's peak counter, reset per variant through /proc/self/clear_refs — where
+that cannot be reset, the resident memory after warm-up instead). Sessions never spin
 (`session.intra_op.allow_spinning` 0): variants timed in turn would otherwise slow each other.
 """
 
@@ -233,12 +235,13 @@ def compare_decoders(
     memory: list[float | None] = []
     for m in models:  # one at a time, each warmed at the longest prompt and context: the memory it added
         gc.collect()  # (garbage freed while the session loads would hide part of it)
+        peak = _reset_peak()
         before = _resident_mb()
         session = GenaiSession(Path(m)) if target == "onnxruntime-genai" else DecoderSession(Path(m), options.threads)
         session.graph.check_lengths(options)
         time_round(session, [max(options.prompts)], [max(options.contexts)], 2, rng)
         gc.collect()  # (the graph read for its sizes is dropped: the session's memory is what stays)
-        after = _resident_mb()
+        after = _resident_mb("VmHWM:" if peak else "VmRSS:")
         sessions.append(session)
         memory.append(after - before if before is not None and after is not None else None)
     vocabs = {s.interface.vocab for s in sessions}
@@ -331,15 +334,25 @@ def _positions(model: Any) -> int | None:
     return None
 
 
-def _resident_mb() -> float | None:
-    """This process's resident memory (Linux's /proc), MB; None where it cannot be read."""
+def _resident_mb(field: str = "VmRSS:") -> float | None:
+    """This process's resident memory (`VmRSS:`) or its peak since the last reset (`VmHWM:`), from Linux's
+    /proc, MB; None where it cannot be read."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak resident memory to its current one (Linux ≥ 4.0); False where it cannot be."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def _label(models: Sequence[Path], i: int) -> str:

@@ -55,8 +55,9 @@ def test_variants_are_compared_with_their_caches_and_intervals(decoders):
         2 * LAYERS * HEAD_DIM * 4,
     )
     assert after.weight_bytes < before.weight_bytes and after.params < before.params
-    if sys.platform == "linux":  # resident memory from /proc: reported (an RSS difference, so approximate)
+    if sys.platform == "linux":  # the peak over the RSS before, from /proc: a session's weights and arena at least
         assert isinstance(before.memory_mb, float) and isinstance(after.memory_mb, float)
+        assert before.memory_mb > 0 and after.memory_mb > 0
     assert not before.decode_speedup and set(after.decode_speedup) == {"8"} and set(after.prefill_speedup) == {"8"}
     speed = after.decode_speedup["8"]
     assert speed.low <= speed.value <= speed.high
