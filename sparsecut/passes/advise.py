@@ -8,8 +8,8 @@ full width (remove-dead-channels, `--align 1`, the other groups' counts pinned t
 graphs are only timed, never written, so no equivalence gate runs on them). The groups a layer joins (it reads
 one, writes another) are probed apart; groups no layer joins are probed in the same variant (`in_context.colors`).
 Every probe and the full-width base are profiled on the target, round-robin: a group's time at a count is the time
-of the layers that read or write it, in the whole model, as the backend ran them (layout reorders and fused
-activations included), with its noise.
+of what depends on it (`in_context.attributed`: the layers that read or write it, unfused elementwise ops writing
+it, the backend's layout reorders on its tensors), in the whole model, as the backend ran them, with its noise.
 
 The staircase's counts per group of C channels: C, C − 1, and for each fraction 7/8 … 1/4 of C the multiples of 16
 and of 8 below it, the multiple of 16 less 8 and less one (aligned, half-aligned, misaligned); for a pruned model
@@ -39,7 +39,7 @@ from sparsecut.errors import GraphError, InputError
 from sparsecut.logs import quieted
 from sparsecut.modelfile import save_model
 from sparsecut.passes.channels import DeadChannelAnalysis, Kind
-from sparsecut.passes.in_context import Profile, before_removal, colors, touching_nodes
+from sparsecut.passes.in_context import Profile, attributed, before_removal, colors, touching_nodes
 from sparsecut.passes.latency_table import Timed
 from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
 from sparsecut.passes.registry import baseline_passes
@@ -62,7 +62,7 @@ class _Group:
     live: int
     writers: list[tuple[str, int, str | None]]  # (weight initializer, its output-channel axis, bias initializer)
     order: np.ndarray  # channel indices, the first to go first (least weight magnitude; dead ones lead)
-    touching: list[str]
+    touching: list[str]  # profile keys whose time depends on its count (in_context.attributed)
 
     @property
     def module(self) -> str:
@@ -249,6 +249,7 @@ def _cost(times: dict[str, Timed], group: _Group) -> Timed:
 def _groups(analysis: DeadChannelAnalysis) -> tuple[list[_Group], dict[str, str]]:
     """The groups a pruner could shrink, and those it could not, with why."""
     touching = touching_nodes(analysis)
+    keys = attributed(analysis)
     coupling = analysis.coupling
     interface = set(analysis.graph.outputs) | set(analysis.graph.inputs)
     removed = coupling.per_space(analysis.decision.removable)
@@ -277,9 +278,9 @@ def _groups(analysis: DeadChannelAnalysis) -> tuple[list[_Group], dict[str, str]
                 magnitude += np.abs(np.moveaxis(array, axis, 0)).reshape(array.shape[axis], -1).sum(axis=1)
                 bias = node.inputs[2] if len(node.inputs) > 2 else None
                 writers.append((str(weight.name), axis % array.ndim, str(bias.name) if bias is not None else None))
-        nodes = sorted({n for s in spaces for n in touching.get(s, [])})
-        if not writers or not nodes:
+        if not writers or not any(touching.get(s) for s in spaces):
             continue
+        nodes = sorted(set().union(*(keys.get(s, set()) for s in spaces)))
         count = next(iter(counts))
         live = count - int(removed[spaces[0]])
         order = np.argsort(magnitude, kind="stable")

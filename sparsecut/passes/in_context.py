@@ -6,9 +6,10 @@ on both sides). So the counts are decided on whole-model variants — the lean g
 the one-layer table's proposal (channel_counts.py) — profiled on the target, interleaved, in the precision the
 graph will be written in (`Profile`: per variant, each node's kernel time, the median over rounds with its noise).
 
-Per channel space, the time of a count is the time of the layers that read or write the space (Conv, Gemm,
-MatMul), in a variant that keeps that count there — their kernels as the backend ran them in the whole model,
-fused activations and all. The space keeps the fewest channels unless a larger count is faster beyond the noise
+Per channel space, the time of a count is the time of what depends on it (`attributed`): the layers that read or
+write the space (Conv, Gemm, MatMul), the elementwise ops writing it that the backend did not fuse, and the
+backend's own kernels on its tensors (the layout reorders onnxruntime inserts where a count leaves its blocked
+layout) — in a variant that keeps that count there, as the backend ran them in the whole model. The space keeps the fewest channels unless a larger count is faster beyond the noise
 of the two (`choose_count`): a space whose fewest channels run slower in place keeps the count that runs faster,
 wherever the variants showed it. The chosen counts are one more candidate of the end-to-end guard
 (measured.py), which still writes whichever candidate is fastest as a whole.
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ContextPlan",
     "Profile",
+    "attributed",
     "before_removal",
     "colors",
     "kept_counts",
@@ -124,6 +126,22 @@ def probes(
     return found
 
 
+def attributed(analysis: DeadChannelAnalysis) -> dict[int, set[str]]:
+    """Per channel space, the profile keys whose time depends on its count: the layers that read or write it (by
+    node name), the other nodes that write it (elementwise ops a backend did not fuse), and the backend's own
+    kernels on its tensors (`value:NAME`: a layout reorder)."""
+    found: dict[int, set[str]] = {s: set(nodes) for s, nodes in touching_nodes(analysis).items()}
+    for node in analysis.graph:
+        value = node.outputs[0] if node.outputs else None
+        s = analysis.walk.space_of.get(value) if value is not None else None
+        if s is not None and node.name:
+            found.setdefault(s, set()).add(str(node.name))
+    for value, s in analysis.walk.space_of.items():
+        if value.name:
+            found.setdefault(s, set()).add(f"value:{value.name}")
+    return found
+
+
 def plan_in_context(
     model: ir.Model,
     variants: Mapping[str, dict[int, int]],
@@ -139,6 +157,7 @@ def plan_in_context(
     analysis = DeadChannelAnalysis(model, align=1)
     removed = analysis.coupling.per_space(analysis.decision.removable)
     touching = touching_nodes(analysis)
+    keys = attributed(analysis)
     counts, decisions = {}, []
     for s, space in enumerate(analysis.walk.spaces):
         live = space.count - int(removed[s])
@@ -148,7 +167,7 @@ def plan_in_context(
         for name, kept in variants.items():
             if scope is not None and name not in scope.get(s, ()):
                 continue
-            cost = sum((profiles[name].get(node, Timed(0.0)) for node in touching[s]), Timed(0.0))
+            cost = sum((profiles[name].get(key, Timed(0.0)) for key in sorted(keys[s])), Timed(0.0))
             seen.setdefault(kept[s], []).append(cost)
         if not seen:
             continue

@@ -240,6 +240,11 @@ class Target(abc.ABC, Generic[OptionsT]):
     def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
         """Time per layer (the backend's profiler), beside each layer's MACs where the ONNX source is known."""
 
+    def kernel_tensors(self, artifact: Artifact, options: ProfileOptions) -> dict[str, list[str]]:
+        """Per kernel the profiler names, the tensors of the ONNX source it reads or writes (outputs first): where
+        a kernel of the backend's own (a layout reorder) sits in the graph. Empty where the backend cannot say."""
+        return {}
+
     @abc.abstractmethod
     def run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 

@@ -162,6 +162,21 @@ class OnnxRuntimeTarget(Target[OnnxRuntimeOptions]):
             binding.bind_output(out.name, "cpu")
         yield functools.partial(session.run_with_iobinding, binding)
 
+    def kernel_tensors(self, artifact: Artifact, options: ProfileOptions) -> dict[str, list[str]]:
+        """From the graph onnxruntime runs (its layout transform and fusions applied, saved once): each kernel's
+        tensors that the source graph has too."""
+        import onnx
+
+        source = {str(v) for n in onnx.load(str(artifact.path), load_external_data=False).graph.node
+                  for v in (*n.input, *n.output) if v}  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="sparsecut-optimized-") as tmp:
+            own = self.own(options)
+            saved = Path(tmp) / "optimized.onnx"
+            _session(artifact.path, own.provider, options.threads, own.optimization,
+                     optimized_model_filepath=str(saved))  # fmt: skip
+            graph = onnx.load(str(saved), load_external_data=False).graph
+        return {node.name: [v for v in (*node.output, *node.input) if v in source] for node in graph.node if node.name}
+
     def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
         """onnxruntime's profiler (each kernel's median over the runs), joined by node name with the graph's MACs. A node fused into another kernel
         reports no time of its own; its MACs are listed so that they still add up to the model's total."""

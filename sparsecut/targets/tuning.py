@@ -101,14 +101,17 @@ def profile_in_context(
     """Per model, each graph node's kernel time in the whole model (the kernels the backend ran for it, fused
     activations included; a fused kernel counts for the weighted node it names first): the median over
     PROFILE_ROUNDS profiles taken round-robin across the models — a slow moment of the machine hits each alike —
-    and, as its noise, half the spread of those profiles."""
+    and, as its noise, half the spread of those profiles. A kernel of the backend's own (a layout reorder) is
+    keyed `value:TENSOR`, by the source tensor it writes or reads where the backend says (`kernel_tensors`), else
+    `kernel:NAME`: every kernel is in the profile, so its sum is the model's."""
     with tempfile.TemporaryDirectory(prefix="sparsecut-context-") as tmp:
-        artifacts = []
+        artifacts, tensors = [], []
         for i, path in enumerate(paths):
             artifact = backend.load(path)
             if backend.needs_build(path):
                 artifact, _ = backend.build(path, Path(tmp) / f"{i}{backend.artifact_suffix}", build or BuildOptions())
             artifacts.append(artifact)
+            tensors.append(backend.kernel_tensors(artifact, options))
         samples: list[dict[str, list[float]]] = [{} for _ in paths]
         total = PROFILE_ROUNDS * len(paths)
         for r in range(PROFILE_ROUNDS):
@@ -116,7 +119,11 @@ def profile_in_context(
                 per_node: dict[str, float] = {}
                 for row in backend.layer_times(artifact, options):
                     if row.nodes:
-                        per_node[row.nodes[0]] = per_node.get(row.nodes[0], 0.0) + row.ms
+                        key = row.nodes[0]
+                    else:
+                        touched = tensors[i].get(row.name, [])
+                        key = f"value:{touched[0]}" if touched else f"kernel:{row.name}"
+                    per_node[key] = per_node.get(key, 0.0) + row.ms
                 for node, ms in per_node.items():
                     samples[i].setdefault(node, []).append(ms)
                 if progress is not None:
