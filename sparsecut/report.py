@@ -671,3 +671,46 @@ class SparsityLayer(Report):
     violating_share: float  # groups of 4 with fewer than 2 zeros
     padded: bool  # reduction length not a multiple of 4: the last group is padded with zeros conceptually
     too_small: bool  # TensorRT mostly picks sparse kernels from ~256 channels on
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRow(Report):
+    """One variant of one input, timed in one cell: against the dense baseline on that device."""
+
+    mode: str  # "dense", "align N", "measured"
+    p50_ms: float
+    speedup: Speedup  # dense p50 / this p50, interleaved on the cell's device
+    params: int
+    macs: int
+    drift: str = ""  # quantized: accuracy against fp32 in words (SQNR, top-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepCell(Report):
+    """One input × precision timed on one device: its dense baseline and each channel mode, interleaved."""
+
+    input: str
+    precision: str
+    device: str  # TARGET@CLASS
+    status: str  # "ok" or "failed"
+    reason: str = ""  # failed: why
+    node: str = ""  # the machine that timed it
+    started: float = 0.0  # wall clock (time.time) when its timing began and ended
+    ended: float = 0.0
+    attempts: int = 1
+    rows: list[SweepRow] = dataclasses.field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.input} | {self.precision} | {self.device}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepReport(Report):
+    """`sparsecut sweep`: every cell, as it finished."""
+
+    grid: str  # the grid's digest
+    devices: list[str]
+    executor: str  # "local", or "ray ADDRESS" with its nodes
+    cells: list[SweepCell]
+    seconds: float

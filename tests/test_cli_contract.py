@@ -78,6 +78,8 @@ def template(tmp_path_factory, checkpoint_factory) -> Path:
     np.savez(folder / "nan.npz", input=nan)
     np.savez(folder / "allnan.npz", input=np.full_like(good, np.nan))
     np.savez(folder / "empty.npz", input=good[:0])
+    (folder / "unknown.toml").write_text('inputs = ["model.onnx"]\nspeed = 1\n')
+    (folder / "nodevice.toml").write_text('inputs = ["model.onnx"]\ndevices = ["onnxruntime@epyc"]\n')
     np.savez(folder / "shape.npz", input=good[:, :, :8, :8])
     np.savez(folder / "dtype.npz", input=good.astype(np.float64))
     np.savez(folder / "named.npz", image=good, other=good)
@@ -642,6 +644,12 @@ TARGET_CASES: dict[str, tuple[list[str], str]] = {
     "optimize target no inputs": (["optimize", "noinput.onnx", "-o", "o.onnx", "--target", "onnxruntime"], "noinput.onnx: the model has no inputs"),
     "optimize target huge": (["optimize", "huge.onnx", "-o", "o.onnx", "--target", "onnxruntime"], "more than sparsecut allocates"),
     "run tune budget -1": (["run", "ck.pt", "--arch", "resnet-tiny", "-o", "out", "--tune-budget", "-1"], "--tune-budget"),
+    "sweep unknown key": (["sweep", "unknown.toml", "-o", "out"], "unknown.toml: unknown key 'speed' (known: inputs, precisions, modes, devices, rounds, iterations, batch, calibration)"),
+    "sweep no such device": (["sweep", "nodevice.toml", "-o", "out"], "sweep: no node has device class 'epyc' (there are: local (this machine))"),
+    "sweep no output": (["sweep", "nodevice.toml"], "--output: missing"),
+    "sweep output exists": (["sweep", "--input", "model.onnx", "-o", "subdir"], "subdir: exists; a sweep writes a new folder"),
+    "sweep resume nothing": (["sweep", "--input", "model.onnx", "-o", "nodir", "--resume"], "nodir/results.jsonl: no such file; --resume continues a sweep in its own folder"),
+    "sweep bad mode": (["sweep", "--input", "model.onnx", "-o", "o", "--modes", "align x"], "sweep: mode 'align x'"),
     "advise missing": (["advise", "nope.onnx"], "nope.onnx: no such file"),
     "advise random bytes": (["advise", "random.onnx"], "random.onnx: not a readable ONNX model"),
     "advise ratio 1.5": (["advise", "model.onnx", "--latency-ratio", "1.5"], "--latency-ratio 1.5: a fraction of the full-width latency, between 0 and 1"),

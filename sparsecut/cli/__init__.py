@@ -6,7 +6,7 @@ traceback only with `--verbose`).
 """
 
 # imported for their commands, in the order `sparsecut --help` lists them: the user's loop
-from sparsecut.cli import export, optimize, advise, build, profile, compare, run, view  # noqa: F401, I001
+from sparsecut.cli import export, optimize, advise, build, profile, compare, run, sweep, view  # noqa: F401, I001
 from sparsecut.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -61,7 +61,7 @@ def tuning_for(
     timer = TargetLayerTimer(backend, alone)
     timer.context()  # a target that cannot run here (TensorRT missing) says so now, before anything is measured
 
-    def compare(paths: list[Path]) -> list[MeasuredVariant]:
+    def compare(paths: list[Path], rounds: int = rounds, iterations: int = iterations) -> list[MeasuredVariant]:
         options = ProfileOptions(batch=batch, threads=threads, iterations=iterations, warmup=5, per_layer=False,
                                  backends=backends)  # fmt: skip
         report = compare_models(
@@ -74,6 +74,9 @@ def tuning_for(
         )
         return [MeasuredVariant("", v.model, v.latency.p50_ms, v.speedup) for v in report.variants]
 
+    def quick(paths: list[Path]) -> list[MeasuredVariant]:
+        return compare(paths, QUICK_ROUNDS, QUICK_ITERATIONS)
+
     def profile(paths: list[Path]) -> list[dict[str, Timed]]:
         options = ProfileOptions(batch=batch, threads=threads, iterations=PROFILE_RUNS, warmup=3, per_layer=True,
                                  backends=backends)  # fmt: skip
@@ -84,9 +87,11 @@ def tuning_for(
                   int8_formats=formats,
                   budget=budget,
                   progress=progress,
-                  profile=profile)  # fmt: skip
+                  profile=profile,
+                  quick=quick)  # fmt: skip
 
 
+QUICK_ROUNDS, QUICK_ITERATIONS = 6, 30  # the in-context probes end to end: an interval, in a few seconds
 PROFILE_RUNS = 20  # runs per profile: the backend's profiler takes each kernel's median over them
 PROFILE_ROUNDS = 3  # profiles per model, interleaved across the models
 

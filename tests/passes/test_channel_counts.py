@@ -272,3 +272,30 @@ def test_spaces_that_share_a_layer_are_probed_apart():
     assert sorted(tuple(varied) for _, varied in found.values()) == sorted((s,) for s in spaces)
     for kept, (s,) in found.values():
         assert kept == {**base, s: low[s]}
+
+
+def fake_quick(whole):
+    """End-to-end timings whose p50 follows `whole(channels)` of each file's first conv (±1 %)."""
+
+    def quick(paths):
+        found = []
+        for path in paths:
+            model = onnx.load(str(path))
+            channels = next(t.dims[0] for t in model.graph.initializer if len(t.dims) == 4)
+            found.append(whole(channels))
+        return [MeasuredVariant("", str(p), ms, Speedup(found[0] / ms, found[0] / ms * 0.99, found[0] / ms * 1.01))
+                for p, ms in zip(paths, found, strict=True)]  # fmt: skip
+
+    return quick
+
+
+def test_a_probe_slower_end_to_end_offers_none_of_its_counts(tmp_path):
+    """The kernels say 19 channels run fastest; end to end, 19 is 20 % slower than the base (24, the fastest fixed
+    alignment): the probe's count is not offered, the space keeps 24."""
+    timer = FakeTimer(lambda layer: float(layer.c_in + layer.c_out))
+    tuning = Tuning(target="fake", timer=timer, compare=speedups(1.1, 1.2, 1.1, 1.1, 1.2), budget=30.0,
+                    profile=fake_profile({19: 0.5, 24: 1.0, 32: 1.2}.__getitem__),
+                    quick=fake_quick({19: 1.2, 24: 1.0, 32: 1.1}.__getitem__))  # fmt: skip
+    report = optimize_measured(wide_dead_model(tmp_path), tmp_path / "out.onnx", OptimizeOptions(align=1), tuning)
+    (group,) = report.decision.groups
+    assert group.chosen == 24 and group.in_context_ms == {"24": 2.0}  # 19 and 32 run slower as a whole: not offered
