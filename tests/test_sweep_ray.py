@@ -126,7 +126,21 @@ def _running_node(c) -> str:
         totals = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
         for node, available in state.available_resources_per_node().items():
             devices = [r for r in totals.get(node, {}) if r.startswith("sparsecut_device_")]
-            if devices and available.get(devices[0], 1.0) < 1.0:
+            if devices and available.get(devices[0], 0.0) < 1.0:  # (a resource all in use is left out)
                 return str(node)
         time.sleep(0.1)
     raise AssertionError("no timing cell started")
+
+
+def test_ray_local_gives_the_cells_the_local_sweep_gives(tmp_path):
+    """`--ray local`: a throwaway one-machine Ray with this machine's class and `local`, stopped after."""
+    sweep = grid(tmp_path, ("onnxruntime@local",))
+    here = run_sweep(sweep, tmp_path / "here")
+    with RayExecutor("local") as executor:
+        assert "local" in executor.classes()
+        there = run_sweep(sweep, tmp_path / "there", executor)
+    assert not ray.is_initialized()
+    assert [(c.key, c.status, [r.mode for r in c.rows]) for c in here.cells] == [
+        (c.key, c.status, [r.mode for r in c.rows]) for c in there.cells
+    ]
+    assert [[r.params for r in c.rows] for c in here.cells] == [[r.params for r in c.rows] for c in there.cells]

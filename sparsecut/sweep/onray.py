@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sparsecut.errors import InputError
+from sparsecut.errors import InputError, SparsecutError
 from sparsecut.report import SweepCell
 from sparsecut.sweep.grid import LOCAL
 
@@ -31,7 +31,7 @@ __all__ = ["PREFIX", "DeviceLost", "RayExecutor", "device_class", "device_resour
 PREFIX = "sparsecut_device_"
 
 
-class DeviceLost(RuntimeError):
+class DeviceLost(SparsecutError):
     """No node of a cell's device class is alive any more."""
 
 
@@ -63,6 +63,19 @@ def device_class() -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "cpu"
 
 
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT that accepts no connection is refused now (Ray's own connect retries for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"--ray {address}: no Ray cluster reachable there ({exc.strerror or exc})") from None
+
+
 class RayExecutor:
     """The runner's executor (runner.Executor) on Ray."""
 
@@ -84,6 +97,7 @@ class RayExecutor:
                      log_to_driver=False, configure_logging=False)  # fmt: skip
             self.started = True
         else:
+            _reachable(address)
             try:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
