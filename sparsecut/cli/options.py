@@ -374,5 +374,5 @@ AtolOption = Annotated[
 ]  # fmt: skip
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")]
 OutputOption = Annotated[
-    Path, typer.Option("--output", "-o", help="File to write (run: the folder for every file and the report).")
+    Path, typer.Option("--output", "-o", help="File to write (run, sweep: the folder for every file and the report).")
 ]

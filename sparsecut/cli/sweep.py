@@ -14,28 +14,27 @@ from rich.table import Table
 from typer._click.exceptions import UsageError  # typer ships click inside
 
 from sparsecut.cli.app import app, console, progress_bar
+from sparsecut.cli.options import ArchOption, IterationsOption, OutputOption, RoundsOption
 from sparsecut.errors import InputError
 
 
 @app.command()
 def sweep(
+    output: OutputOption,
     grid_file: Annotated[
         Path | None, typer.Argument(help="A sweep file (TOML: inputs, precisions, modes, devices).")
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="The sweep's folder (new, or --resume).")
     ] = None,
     input_files: Annotated[
         list[Path] | None, typer.Option("--input", help="An ONNX file or a checkpoint (with --arch).")
     ] = None,
-    arch: Annotated[str | None, typer.Option(help="The architecture of the --input checkpoints.")] = None,
+    arch: ArchOption = None,
     precisions: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8.")] = "fp32",
     modes: Annotated[str, typer.Option(help="Comma-separated channel modes: 'align N', 'measured'.")] = "align 8",
     devices: Annotated[
         str, typer.Option(help="Comma-separated TARGET@CLASS (CLASS: local, or a Ray node's).")
     ] = "onnxruntime@local",
-    rounds: Annotated[int, typer.Option(help="Interleaved rounds per cell.")] = 10,
-    iterations: Annotated[int, typer.Option(help="Runs per variant per round.")] = 50,
+    rounds: RoundsOption = 10,
+    iterations: IterationsOption = 50,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the sweep in --output: only the cells not there.")
     ] = False,
@@ -49,8 +48,6 @@ def sweep(
     from sparsecut.sweep import Device, Grid, SweepInput, load_grid, run_sweep
     from sparsecut.sweep.output import table, write_outputs
 
-    if output is None:
-        raise UsageError("--output: missing (the sweep's folder)")
     if grid_file is not None and input_files:
         raise UsageError("--input: give inputs in the sweep file or on the command line, not both")
     if grid_file is not None:
