@@ -1,18 +1,19 @@
-"""Channel counts decided where the layers live: the whole model's profile on the target, not one layer alone.
+"""Channel counts decided where the layers live: the whole model on the target, not one layer alone.
 
 A layer timed alone misses what it costs in its place: the layout reorders a backend inserts between blocked and
 plain layouts, the activations it fuses, the channel counts of its neighbours (the kernel a count selects depends
-on both sides). So the counts are decided on whole-model variants — the lean graph at each fixed alignment and at
-the one-layer table's proposal (channel_counts.py) — profiled on the target, interleaved, in the precision the
-graph will be written in (`Profile`: per variant, each node's kernel time, the median over rounds with its noise).
+on both sides). So the counts are decided on whole-model variants in the precision the graph will be written in:
+a base (the lean graph at a fixed alignment) and probes — the base with some spaces at another candidate count
+(`probes`; the spaces of one `colors` class share no layer, so one probe varies them all without one's change
+reaching another's layers) — profiled on the target, interleaved (`Profile`: per variant, each node's kernel
+time, the median over rounds with its noise).
 
 Per channel space, the time of a count is the time of what depends on it (`attributed`): the layers that read or
 write the space (Conv, Gemm, MatMul), the elementwise ops writing it that the backend did not fuse, and the
 backend's own kernels on its tensors (the layout reorders onnxruntime inserts where a count leaves its blocked
-layout) — in a variant that keeps that count there, as the backend ran them in the whole model. The space keeps the fewest channels unless a larger count is faster beyond the noise
-of the two (`choose_count`): a space whose fewest channels run slower in place keeps the count that runs faster,
-wherever the variants showed it. The chosen counts are one more candidate of the end-to-end guard
-(measured.py), which still writes whichever candidate is fastest as a whole.
+layout) — in the base, or in a probe that varies the space (`scope`). The space keeps the fewest channels unless
+a larger count is faster beyond the noise of the two (`choose_count`). The chosen counts are one more candidate
+of the end-to-end guard (measured.py), which writes whichever candidate is fastest as a whole.
 """
 
 from __future__ import annotations

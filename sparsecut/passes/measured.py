@@ -4,13 +4,16 @@
    to keep, from a latency table of the layers involved, measured on the target where unknown (channel_counts.py).
 2. Lean candidates are written, each through the whole pipeline and its equivalence gate: with the fixed
    alignments 1, 8 and 16 (and `--align`) and with the table's proposal ("table").
-3. In context (in_context.py, when the target profiles): those candidates are profiled on the target, interleaved,
-   and each space keeps the count whose layers ran fastest in the whole model beyond noise (fewest channels on
-   a tie) — the "measured" candidate, written through the pipeline and its gate like the others. A layer alone
-   misses what it costs in place (onnxruntime's NCHWc reorders between layers, fused activations, its
-   neighbours' counts). The table gets TABLE_SHARE of `--tune-budget`, the probes the rest; a budget spent
-   before any space was decided measures nothing more: the fixed alignments alone are timed and the report says
-   so.
+3. In context (in_context.py, when the target profiles): the base is the fixed alignment fastest end to end;
+   each space's candidate counts (the alignments', the table's) are built into probe graphs with every other
+   space at the base (spaces no layer joins in one probe), profiled on the target and timed end to end beside
+   the base, interleaved; a space keeps the fewest channels unless a larger count ran faster where its layers
+   live beyond noise, among the probes not slower than the base as a whole — the "measured" candidate, written
+   through the pipeline and its gate like the others. A layer alone misses what it costs in place (onnxruntime's
+   NCHWc reorders between layers, fused activations, its neighbours' counts), and a kernel profile misses part
+   of what a layout change costs between kernels. The table gets TABLE_SHARE of `--tune-budget`, the probes the
+   rest; a budget spent before any space was decided measures nothing more: the fixed alignments alone are timed
+   and the report says so.
 4. The input and the candidates are timed interleaved on the target (the same runner and interval as
    `compare`); the fastest candidate is written. Unless it beats the input beyond noise, the report says plainly
    that pruning does not pay on this target — the file is still written, flagged so in the report and JSON. When
