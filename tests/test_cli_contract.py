@@ -650,6 +650,8 @@ TARGET_CASES: dict[str, tuple[list[str], str]] = {
     "sweep output exists": (["sweep", "--input", "model.onnx", "-o", "subdir"], "subdir: exists; a sweep writes a new folder"),
     "sweep resume nothing": (["sweep", "--input", "model.onnx", "-o", "nodir", "--resume"], "nodir/results.jsonl: no such file; --resume continues a sweep in its own folder"),
     "sweep bad mode": (["sweep", "--input", "model.onnx", "-o", "o", "--modes", "align x"], "sweep: mode 'align x'"),
+    "optimize ray without device": (["optimize", "model.onnx", "-o", "o.onnx", "--target", "onnxruntime", "--ray", "auto"], "--ray: give --target, --ray ADDRESS and --ray-device CLASS together"),
+    "optimize ray unreachable": (["optimize", "model.onnx", "-o", "o.onnx", "--target", "onnxruntime", "--ray", "127.0.0.1:1", "--ray-device", "x"], "--ray 127.0.0.1:1: no Ray cluster reachable there"),
     "advise missing": (["advise", "nope.onnx"], "nope.onnx: no such file"),
     "advise random bytes": (["advise", "random.onnx"], "random.onnx: not a readable ONNX model"),
     "advise ratio 1.5": (["advise", "model.onnx", "--latency-ratio", "1.5"], "--latency-ratio 1.5: a fraction of the full-width latency, between 0 and 1"),

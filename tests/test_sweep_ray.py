@@ -144,3 +144,25 @@ def test_ray_local_gives_the_cells_the_local_sweep_gives(tmp_path):
         (c.key, c.status, [r.mode for r in c.rows]) for c in there.cells
     ]
     assert [[r.params for r in c.rows] for c in here.cells] == [[r.params for r in c.rows] for c in there.cells]
+
+
+def test_optimize_measures_on_a_device_node(cluster, tmp_path, capsys):
+    """`optimize --target onnxruntime --ray ADDRESS --ray-device CLASS`: the counts measured on that node, the
+    lean graph written here, gated as always; a class no node has is one line, nothing written."""
+    from sparsecut.cli import main
+
+    c, _ = cluster
+    source = model(tmp_path / "m.onnx", 16)
+    argv = ["optimize", str(source), "-o", str(tmp_path / "lean.onnx"), "--target", "onnxruntime", "--ray",
+            c.address, "--ray-device", "dev-b", "--lut", str(tmp_path / "lut.json"), "--tune-budget", "5"]  # fmt: skip
+    assert main(argv) == 0
+    assert (tmp_path / "lean.onnx").exists() and (tmp_path / "lut.json").exists()  # (the node is this machine)
+    assert not ray.is_initialized()
+    capsys.readouterr()
+    argv[argv.index("dev-b")] = "dev-z"
+    argv[argv.index(str(tmp_path / "lean.onnx"))] = str(tmp_path / "other.onnx")
+    assert main(argv) == 2
+    assert (
+        capsys.readouterr().err.strip() == "error: --ray-device dev-z: no node of that class (there are: dev-a, dev-b)"
+    )
+    assert not (tmp_path / "other.onnx").exists()

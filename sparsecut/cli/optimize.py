@@ -4,8 +4,9 @@ chosen by latency measured there. `inspect` reports the same analysis and writes
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer._click.exceptions import UsageError  # typer ships click inside
@@ -36,6 +37,10 @@ from sparsecut.cli.options import (
 from sparsecut.cli.render import render_optimize
 from sparsecut.outputs import OutputPlan
 from sparsecut.passes.registry import DEFAULT_PASSES, PASSES
+
+if TYPE_CHECKING:
+    from sparsecut.passes import OptimizeOptions
+    from sparsecut.report import OptimizeReport
 
 
 @app.command()
@@ -70,6 +75,12 @@ def optimize(
     int8_format: Int8FormatOption = "",
     keep_stack_traces: KeepStackTracesOption = False,
     json_path: JsonOption = None,
+    ray: Annotated[
+        str | None, typer.Option("--ray", help="--target: measure on a Ray cluster's device node (ADDRESS or auto).")
+    ] = None,
+    ray_device: Annotated[
+        str | None, typer.Option(help="--ray: the device class of the node to measure on (sparsecut ray-node).")
+    ] = None,
     int8: Int8Settings | None = None,
 ) -> None:
     """Fold BatchNorm and remove dead channels; written only if verified equal to the input graph. With
@@ -95,6 +106,8 @@ def optimize(
         permutation_budget=permutation_budget,
         keep_stack_traces=keep_stack_traces,
     )
+    if (ray is None) != (ray_device is None) or (ray is not None and target is None):
+        raise UsageError("--ray: give --target, --ray ADDRESS and --ray-device CLASS together")
     require_inputs(model, data, calibration, data_config)
     if no_verify:
         error_console.print(
@@ -116,10 +129,16 @@ def optimize(
                 def progress(what: str, done: int, total: int) -> None:
                     bar.update(task, description=what, completed=done, total=total)
 
-                tuning = tuning_for(target, batch=batch.opt, threads=threads or None,
-                                    backends=backend_options(provider=provider, device=device), table=lut,
-                                    budget=tune_budget, progress=progress)  # fmt: skip
-                report = optimize_measured(model, staged, options, tuning)
+                if ray is not None:  # on a device node of the cluster: its own latency table, its own timings
+                    report = _on_ray(ray, ray_device, model, staged, options, target,
+                                     dict(batch=batch.opt, threads=threads or None,
+                                          backends=backend_options(provider=provider, device=device),
+                                          table=lut, budget=tune_budget))  # fmt: skip
+                else:
+                    tuning = tuning_for(target, batch=batch.opt, threads=threads or None,
+                                        backends=backend_options(provider=provider, device=device), table=lut,
+                                        budget=tune_budget, progress=progress)  # fmt: skip
+                    report = optimize_measured(model, staged, options, tuning)
         report = finish(plan, report, staged_json)
     render_optimize(report)
     announce_json(json_path)
@@ -142,3 +161,24 @@ def inspect(
         report = finish(plan, report, staged_json)
     render_optimize(report, inspecting=True)
     announce_json(json_path)
+
+
+def _on_ray(address: str, device: str | None, model: Path, staged: Path, options: OptimizeOptions, target: str,
+            tuning: dict[str, object]) -> OptimizeReport:  # fmt: skip
+    """optimize --target on a node of device class `device`: the graph goes there, the lean one comes back."""
+    from sparsecut.errors import InputError
+    from sparsecut.sweep.onray import RayExecutor
+    from sparsecut.sweep.work import measured_job
+
+    with RayExecutor(address) as executor:
+        if device not in executor.classes():
+            where = ", ".join(sorted(executor.classes())) or "none"
+            raise InputError(f"--ray-device {device}: no node of that class (there are: {where})")
+        handle = executor.submit_timing(str(device), measured_job, model.read_bytes(), staged.name, options,
+                                        target, tuning)  # fmt: skip
+        ((_, result),) = list(executor.done([handle]))
+    if isinstance(result, BaseException):
+        raise getattr(result, "cause", None) or result
+    data, report = typing.cast("tuple[bytes, OptimizeReport]", result)
+    staged.write_bytes(data)
+    return report

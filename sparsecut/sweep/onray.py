@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from sparsecut.errors import InputError, SparsecutError
-from sparsecut.report import SweepCell
 from sparsecut.sweep.grid import LOCAL
 
 __all__ = ["PREFIX", "DeviceLost", "RayExecutor", "device_class", "device_resource"]
@@ -130,7 +129,7 @@ class RayExecutor:
         task = self.ray.remote(fn).options(num_cpus=1, num_returns=returns, max_retries=self.retries)
         return task.remote(*args)
 
-    def submit_timing(self, device: str, fn: Callable[..., SweepCell], *args: Any) -> Any:
+    def submit_timing(self, device: str, fn: Callable[..., Any], *args: Any) -> Any:
         task = self.ray.remote(fn).options(num_cpus=1, resources={device_resource(device): 1.0},
                                            max_retries=self.retries, retry_exceptions=False)  # fmt: skip
         handle = task.remote(*args)
@@ -146,7 +145,7 @@ class RayExecutor:
                 results.append(exc)
         return results
 
-    def done(self, handles: list[Any]) -> Iterator[tuple[Any, SweepCell | BaseException]]:
+    def done(self, handles: list[Any]) -> Iterator[tuple[Any, Any | BaseException]]:
         pending = list(handles)
         orphaned: dict[Any, float] = {}  # handle → since when no node of its class is alive
         while pending:

@@ -24,7 +24,7 @@ from sparsecut.precision import Precision
 from sparsecut.report import OptimizeReport, SweepCell, SweepRow
 from sparsecut.sweep.grid import SweepInput
 
-__all__ = ["GraphInfo", "graph_job", "resolved_precision", "source_job", "timing_job"]
+__all__ = ["GraphInfo", "graph_job", "measured_job", "resolved_precision", "source_job", "timing_job"]
 
 TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}  # the gate's, for graphs exported from real models (as the benchmarks)
 
@@ -163,3 +163,18 @@ def _info(path: Path, report: OptimizeReport) -> GraphInfo:
         if report.precision.top1_agreement is not None:
             drift += f", top-1 {100 * report.precision.top1_agreement:.1f} %"
     return GraphInfo(cost.params, cost.macs, drift)
+
+
+def measured_job(
+    source: bytes, name: str, options: OptimizeOptions, target: str, tuning: dict[str, object]
+) -> tuple[bytes, OptimizeReport]:
+    """`optimize --target` where this runs (a device node: its latency table is the node's own): the written
+    graph's bytes and the report. `tuning`: `tuning_for`'s keyword arguments."""
+    from sparsecut.passes.measured import optimize_measured
+    from sparsecut.targets.tuning import tuning_for
+
+    with tempfile.TemporaryDirectory(prefix="sparsecut-measured-") as tmp:
+        src, out = Path(tmp) / "source.onnx", Path(tmp) / name
+        src.write_bytes(source)
+        report = optimize_measured(src, out, options, tuning_for(target, **tuning))  # type: ignore[arg-type]
+        return onnx.load(str(out)).SerializeToString(), report
