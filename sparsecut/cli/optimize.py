@@ -27,6 +27,7 @@ from sparsecut.cli.options import (
     OutputOption,
     PrecisionOption,
     ProviderOption,
+    RayOption,
     RtolOption,
     TargetOption,
     ThreadsOption,
@@ -75,9 +76,7 @@ def optimize(
     int8_format: Int8FormatOption = "",
     keep_stack_traces: KeepStackTracesOption = False,
     json_path: JsonOption = None,
-    ray: Annotated[
-        str | None, typer.Option("--ray", help="--target: measure on a Ray cluster's device node (ADDRESS or auto).")
-    ] = None,
+    ray: RayOption = None,
     ray_device: Annotated[
         str | None, typer.Option(help="--ray: the device class of the node to measure on (sparsecut ray-node).")
     ] = None,

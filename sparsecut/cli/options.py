@@ -52,6 +52,7 @@ __all__ = [
     "PrecisionOption",
     "PromptOption",
     "ProviderOption",
+    "RayOption",
     "RecipeOption",
     "RoundsOption",
     "RtolOption",
@@ -372,6 +373,14 @@ AtolOption = Annotated[
     typer.Option(callback=tolerance, help="Absolute tolerance of the check (export: against PyTorch; optimize: "
                  "the equivalence gate against the input graph)."),
 ]  # fmt: skip
+RayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="A Ray cluster's ADDRESS, or auto (sweep: also local, a throwaway one-machine Ray; optimize --target: "
+        "measured on its --ray-device node).",
+    ),
+]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")]
 OutputOption = Annotated[
     Path, typer.Option("--output", "-o", help="File to write (run, sweep: the folder for every file and the report).")

@@ -14,7 +14,7 @@ from rich.table import Table
 from typer._click.exceptions import UsageError  # typer ships click inside
 
 from sparsecut.cli.app import app, console, progress_bar
-from sparsecut.cli.options import ArchOption, IterationsOption, OutputOption, RoundsOption
+from sparsecut.cli.options import ArchOption, IterationsOption, OutputOption, RayOption, RoundsOption
 from sparsecut.errors import InputError
 
 
@@ -38,9 +38,7 @@ def sweep(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the sweep in --output: only the cells not there.")
     ] = False,
-    ray: Annotated[
-        str | None, typer.Option("--ray", help="local (a throwaway one-machine Ray), auto, or a cluster ADDRESS.")
-    ] = None,
+    ray: RayOption = None,
 ) -> None:
     """Every input × precision × channel mode timed on every device named, each cell interleaved with its dense
     baseline on its own machine; one table (Markdown, JSON, plot), cells streamed to results.jsonl."""
