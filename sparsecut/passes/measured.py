@@ -9,7 +9,8 @@
    space at the base (spaces no layer joins in one probe), profiled on the target and timed end to end beside
    the base, interleaved; a space keeps the fewest channels unless a larger count ran faster where its layers
    live beyond noise, among the probes not slower than the base as a whole — the "measured" candidate, written
-   through the pipeline and its gate like the others. A layer alone misses what it costs in place (onnxruntime's
+   through the pipeline and its gate like the others; should those choices together run slower than the base
+   beyond noise (each probe's loss within noise, their sum not), the measured counts are the base's. A layer alone misses what it costs in place (onnxruntime's
    NCHWc reorders between layers, fused activations, its neighbours' counts), and a kernel profile misses part
    of what a layout change costs between kernels. The table gets TABLE_SHARE of `--tune-budget`, the probes the
    rest; a budget spent before any space was decided measures nothing more: the fixed alignments alone are timed
@@ -88,7 +89,9 @@ class Tuning:
     budget: float = 30.0  # seconds of layer measurements
     progress: Callable[[str, int, int], None] | None = None
     profile: Profile | None = None  # whole-model profiles on the target (None: the table's proposal is the choice)
-    quick: Compare | None = None  # end to end, interleaved, in fewer rounds than `compare`: the in-context probes
+    # end to end, interleaved, in fewer rounds than `compare` (the in-context probes); `thorough=True`: more rounds
+    # (the base the probes are measured against)
+    quick: Callable[..., list[MeasuredVariant]] | None = None
 
 
 def optimize_measured(
@@ -135,8 +138,7 @@ def optimize_measured(
 
         def stage(name: str, variant_options: OptimizeOptions) -> None:
             """A candidate, built for timing: the gate runs on the one written (below), not on every candidate."""
-            (Path(tmp) / str(len(staged))).mkdir()
-            staged[name] = Path(tmp) / str(len(staged)) / output.name
+            staged[name] = Path(tempfile.mkdtemp(dir=tmp)) / output.name
             with quieted("sparsecut.passes.pipeline"):  # (its warning is for users who turn the gate off)
                 reports[name] = optimize_model(source, staged[name], dataclasses.replace(variant_options, verify=False))
 
@@ -150,6 +152,18 @@ def optimize_measured(
                 channel_options, align=context.align, counts=tuple(sorted(measured_counts.items()))
             )
             stage("measured", candidates["measured"])
+            base = f"align {context.align}"
+            if tuning.quick is not None and measured_counts:  # probes each within noise can add up to a loss
+                whole = tuning.quick([staged[base], staged["measured"]])[1]
+                if whole.speedup.high < 1.0:
+                    log.info("in context: the chosen counts run slower than %s as a whole; measured = %s", base, base)
+                    measured_counts = {}
+                    groups = [
+                        dataclasses.replace(g, chosen=context.base_counts.get(g.location, g.chosen)) for g in groups
+                    ]
+                    del staged["measured"]
+                    candidates["measured"] = candidates[base]
+                    stage("measured", candidates["measured"])
         # the reference: the input — or, when the candidates are in another precision, the input through the same
         # pipeline and precision without channel removal, so that a speedup is pruning's alone, never precision's
         reference, reference_name = source, "input"
@@ -357,6 +371,7 @@ class _Context:
     counts: dict[str, int]
     decisions: list[CountDecision]
     align: int  # the base's alignment: spaces without a decision keep it
+    base_counts: dict[str, int]  # per decided space (by location), the base's count
 
 
 def _in_context(
@@ -382,7 +397,7 @@ def _in_context(
     levels["table"] = kept_counts(model, options.align, plan.counts)
     fixed = [f"align {a}" for a in alignments]
     if tuning.quick is not None:
-        whole = tuning.quick([staged[name] for name in fixed])
+        whole = tuning.quick([staged[name] for name in fixed], thorough=True)
         base = fixed[min(range(len(fixed)), key=lambda i: whole[i].p50_ms)]
     else:  # (no end-to-end timer: the whole profile, every kernel counted)
         first = dict(zip(fixed, tuning.profile([staged[name] for name in fixed]), strict=True))
@@ -415,7 +430,8 @@ def _in_context(
     variants = {base: levels[base], **{name: found[name][0] for name in built}}
     scope = {s: [base, *(name for name in built if s in found[name][1])] for s in levels[base]}
     plan_here = plan_in_context(model, variants, timed, plan.counts, scope)
-    return _Context(plan_here.counts, plan_here.decisions, int(base.removeprefix("align ")))
+    base_counts = {analysis.location([s]): c for s, c in levels[base].items()}
+    return _Context(plan_here.counts, plan_here.decisions, int(base.removeprefix("align ")), base_counts)
 
 
 def _merged(table: list[CountDecision], context: list[CountDecision]) -> list[CountDecision]:

@@ -74,8 +74,8 @@ def tuning_for(
         )
         return [MeasuredVariant("", v.model, v.latency.p50_ms, v.speedup) for v in report.variants]
 
-    def quick(paths: list[Path]) -> list[MeasuredVariant]:
-        return compare(paths, QUICK_ROUNDS, QUICK_ITERATIONS)
+    def quick(paths: list[Path], thorough: bool = False) -> list[MeasuredVariant]:
+        return compare(paths, *((BASE_ROUNDS, BASE_ITERATIONS) if thorough else (QUICK_ROUNDS, QUICK_ITERATIONS)))
 
     def profile(paths: list[Path]) -> list[dict[str, Timed]]:
         options = ProfileOptions(batch=batch, threads=threads, iterations=PROFILE_RUNS, warmup=3, per_layer=True,
@@ -92,6 +92,7 @@ def tuning_for(
 
 
 QUICK_ROUNDS, QUICK_ITERATIONS = 6, 30  # the in-context probes end to end: an interval, in a few seconds
+BASE_ROUNDS, BASE_ITERATIONS = 12, 80  # the fixed alignments, for the base: the probes' reference deserves more
 PROFILE_RUNS = 20  # runs per profile: the backend's profiler takes each kernel's median over them
 PROFILE_ROUNDS = 3  # profiles per model, interleaved across the models
 
