@@ -144,18 +144,17 @@ def attributed(analysis: DeadChannelAnalysis) -> dict[int, set[str]]:
 
 
 def plan_in_context(
-    model: ir.Model,
+    analysis: DeadChannelAnalysis,
     variants: Mapping[str, dict[int, int]],
     profiles: Mapping[str, dict[str, Timed]],
     proposal: Mapping[str, int] | None = None,
     scope: Mapping[int, list[str]] | None = None,
 ) -> ContextPlan:
-    """Counts for `model` (folded, shapes inferred: as remove-dead-channels sees it) from `variants` (name → kept
-    count per space, `kept_counts`) and their `profiles` (name → node → time in the whole model). `scope`: per
+    """Counts for the model `analysis` read at `--align 1` (folded, shapes inferred: as remove-dead-channels sees
+    it) from `variants` (name → kept count per space, `kept_counts`) and their `profiles` (name → node → time in the whole model). `scope`: per
     space, the variants that compare its counts with everything else held (the base and its probes); without it,
     every variant. `proposal`: the one-layer table's counts by space key, reported beside the choice where the
     context chose otherwise."""
-    analysis = DeadChannelAnalysis(model, align=1)
     removed = analysis.coupling.per_space(analysis.decision.removable)
     touching = touching_nodes(analysis)
     keys = attributed(analysis)

@@ -67,7 +67,7 @@ from sparsecut.precision import FP32, Precision
 from sparsecut.quantization import int8_format
 from sparsecut.report import CountDecision, MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport
 
-__all__ = ["BEST_BOUND", "FIXED", "Tuning", "optimize_measured"]
+__all__ = ["BEST_BOUND", "FIXED", "Tuning", "drift_in_words", "optimize_measured"]
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +161,8 @@ def optimize_measured(
                     groups = [
                         dataclasses.replace(g, chosen=context.base_counts.get(g.location, g.chosen)) for g in groups
                     ]
-                    del staged["measured"]
-                    candidates["measured"] = candidates[base]
-                    stage("measured", candidates["measured"])
+                    candidates["measured"] = candidates[base]  # the base's graph itself: already built
+                    staged["measured"], reports["measured"] = staged[base], reports[base]
         # the reference: the input — or, when the candidates are in another precision, the input through the same
         # pipeline and precision without channel removal, so that a speedup is pruning's alone, never precision's
         reference, reference_name = source, "input"
@@ -320,7 +319,7 @@ def _choose_precision(
     variants = []
     for name in staged:
         precision = reports[name].precision
-        drift = _drift_in_words(precision) if precision is not None else "reference"
+        drift = drift_in_words(precision) if precision is not None else "reference"
         variants.append(dataclasses.replace(timed[name], name=name, model=name, drift=drift))
     eligible = [v for v in variants if v.name != "fp32" or "fp16" in rounds]
     fastest = min(eligible, key=lambda v: v.p50_ms)
@@ -329,7 +328,8 @@ def _choose_precision(
     )
 
 
-def _drift_in_words(precision: PrecisionReport) -> str:
+def drift_in_words(precision: PrecisionReport) -> str:
+    """A quantized graph's accuracy against fp32 in words: worst SQNR, top-1 agreement, layers put back."""
     worst = min((o.sqnr_db for o in precision.outputs if o.sqnr_db is not None), default=None)
     text = "exact" if worst is None else f"SQNR {worst:.1f} dB"
     if precision.top1_agreement is not None:
@@ -429,7 +429,7 @@ def _in_context(
             del built[name]
     variants = {base: levels[base], **{name: found[name][0] for name in built}}
     scope = {s: [base, *(name for name in built if s in found[name][1])] for s in levels[base]}
-    plan_here = plan_in_context(model, variants, timed, plan.counts, scope)
+    plan_here = plan_in_context(analysis, variants, timed, plan.counts, scope)
     base_counts = {analysis.location([s]): c for s, c in levels[base].items()}
     return _Context(plan_here.counts, plan_here.decisions, int(base.removeprefix("align ")), base_counts)
 

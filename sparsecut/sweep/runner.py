@@ -114,12 +114,13 @@ def run_sweep(
         where = ", ".join(f"{c} ({w})" for c, w in sorted(available.items())) or "none"
         raise InputError(f"sweep: no node has device class {missing[0]!r} (there are: {where})")
     results = out / RESULTS
-    earlier = _resumed(results, grid) if resume else {}
+    digest = grid.digest()
+    earlier = _resumed(results, digest) if resume else {}
     if not resume and out.exists():
         raise InputError(f"{out}: exists; a sweep writes a new folder (or continues its own with --resume)")
     out.mkdir(parents=True, exist_ok=True)
     if not results.exists():
-        _append(results, {"kind": HEADER, "grid": grid.digest(), "devices": [str(d) for d in grid.devices]})
+        _append(results, {"kind": HEADER, "grid": digest, "devices": [str(d) for d in grid.devices]})
     cells = [
         _Cell(item, str(resolved_precision(p, d.target)), str(d), d.target, d.device)
         for item in grid.inputs
@@ -131,12 +132,18 @@ def run_sweep(
     aligns = [m for m in grid.modes if m != "measured"]
     calibration = grid.calibration.read_bytes() if grid.calibration is not None else None
     # graph work, each distinct graph once: the source per input, then per precision and mode
+    contents = {item: sha256_of(item.path)[:16] for item in {c.input for c in todo}}  # (read once per input)
+
+    def address(item: SweepInput, precision: str, mode: str) -> str:
+        """A graph's content address: its input's bytes and architecture, its precision and channel mode."""
+        return f"{contents[item]}/{item.arch or ''}/{precision}/{mode}"
+
     sources, graphs = {}, {}
     for item in {c.input for c in todo}:
         sources[item] = executor.submit(source_job, item, item.path.read_bytes())
     wanted = {(c.input, c.precision, mode) for c in todo for mode in ("dense", *aligns)}
     for item, precision, mode in sorted(wanted, key=lambda k: (k[0].label, k[1], k[2])):
-        key = _address(item, precision, mode)
+        key = address(item, precision, mode)
         if key not in graphs:  # (bytes, info): the bytes stay where they are built until a cell needs them
             graphs[key] = executor.submit(graph_job, sources[item], precision, mode, calibration, returns=2)
     if progress is not None:
@@ -146,7 +153,7 @@ def run_sweep(
         progress("building graphs", len(graphs), len(graphs))
     handles = {}
     for cell in todo:
-        keys = {mode: _address(cell.input, cell.precision, mode) for mode in ("dense", *aligns)}
+        keys = {mode: address(cell.input, cell.precision, mode) for mode in ("dense", *aligns)}
         failure = next((infos[k] for k in keys.values() if isinstance(infos[k], BaseException)), None)
         if failure is not None:
             finished.append(_failed(cell, failure))
@@ -167,13 +174,8 @@ def run_sweep(
             progress(f"timing cells ({outcome.key}: {outcome.status})", i + 1, len(handles))
     order = {c.key: i for i, c in enumerate(cells)}
     finished.sort(key=lambda c: order.get(c.key, len(order)))
-    return SweepReport(grid.digest(), [str(d) for d in grid.devices], executor.name, finished,
+    return SweepReport(digest, [str(d) for d in grid.devices], executor.name, finished,
                        time.perf_counter() - start)  # fmt: skip
-
-
-def _address(item: SweepInput, precision: str, mode: str) -> str:
-    """A graph's content address: its input's bytes, its precision and channel mode."""
-    return f"{sha256_of(item.path)[:16]}/{item.arch or ''}/{precision}/{mode}"
 
 
 def _failed(cell: _Cell, error: BaseException) -> SweepCell:
@@ -195,7 +197,7 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         f.flush()
 
 
-def _resumed(results: Path, grid: Grid) -> dict[str, SweepCell]:
+def _resumed(results: Path, digest: str) -> dict[str, SweepCell]:
     """The cells a sweep of the same grid finished before (failed ones run again)."""
     if not results.is_file():
         raise InputError(f"{results}: no such file; --resume continues a sweep in its own folder")
@@ -206,7 +208,7 @@ def _resumed(results: Path, grid: Grid) -> dict[str, SweepCell]:
         header = {}
     if header.get("kind") != HEADER:
         raise InputError(f"{results}: not a sparsecut sweep's results")
-    if header.get("grid") != grid.digest():
+    if header.get("grid") != digest:
         raise InputError(f"{results}: written by another grid (or its inputs changed); --resume continues the same")
     found = {}
     for line in lines[1:]:

@@ -155,13 +155,11 @@ def _calibration_file(folder: Path, data: bytes | None) -> Path | None:
 
 
 def _info(path: Path, report: OptimizeReport) -> GraphInfo:
+    from sparsecut.passes.measured import drift_in_words
+
     cost = count_costs(load_model(path))
-    drift = ""
-    if report.precision is not None and report.precision.precision != "fp32":
-        worst = min((o.sqnr_db for o in report.precision.outputs if o.sqnr_db is not None), default=None)
-        drift = "exact" if worst is None else f"SQNR {worst:.1f} dB"
-        if report.precision.top1_agreement is not None:
-            drift += f", top-1 {100 * report.precision.top1_agreement:.1f} %"
+    precision = report.precision
+    drift = drift_in_words(precision) if precision is not None and precision.precision != "fp32" else ""
     return GraphInfo(cost.params, cost.macs, drift)
 
 
