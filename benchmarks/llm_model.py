@@ -39,41 +39,12 @@ MLP_SHARES = (0.1, 0.3, 0.5, 0.2)  # of the MLP neurons dead, by layer (cycled)
 HIDDEN_SHARE = 24 / 256
 
 
-def make_uniform(out: Path, size: str, seed: int) -> dict:
-    """A physically smaller decoder of about the lean one's bytes, uniform across layers: one K/V group fewer (with
-    its query heads), the hidden size less the masked channels, the MLP at the mean width the masking leaves — the
-    model a width-pruning method that keeps layers equal would ship. Random init: only its speed is compared."""
+def random_llama(
+    vocab: int, hidden: int, mlp: int, layers: int, heads: int, kv_heads: int, head_dim: int, seed: int
+) -> torch.nn.Module:
+    """A seeded random-init Llama of these sizes (untied embeddings, context 2048), in eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hidden, layers, heads, kv_heads, head_dim, mlp, vocab = SIZES[size]
-    group = heads // kv_heads
-    kept = [mlp - round(MLP_SHARES[i % len(MLP_SHARES)] * mlp) for i in range(layers)]
-    heads_left = heads - group
-    live = hidden - round(HIDDEN_SHARE * hidden)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=-(-live // heads_left) * heads_left,  # (transformers 5 wants it a multiple of the heads)
-        intermediate_size=round(sum(kept) / layers),
-        num_hidden_layers=layers,
-        num_attention_heads=heads_left,
-        num_key_value_heads=kv_heads - 1,
-        head_dim=head_dim,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        rms_norm_eps=1e-5,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    _save_tokenizer(out, vocab)
-    return {"size": size, "uniform": True, "params": sum(p.numel() for p in model.parameters())}
-
-
-def make_masked(out: Path, size: str, seed: int) -> dict:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hidden, layers, heads, kv_heads, head_dim, mlp, vocab = SIZES[size]
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -87,7 +58,31 @@ def make_masked(out: Path, size: str, seed: int) -> dict:
         rms_norm_eps=1e-5,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).eval()
+
+
+def make_uniform(out: Path, size: str, seed: int) -> dict:
+    """A physically smaller decoder of about the lean one's bytes, uniform across layers: one K/V group fewer (with
+    its query heads), the hidden size less the masked channels, the MLP at the mean width the masking leaves — the
+    model a width-pruning method that keeps layers equal would ship. Random init: only its speed is compared."""
+    hidden, layers, heads, kv_heads, head_dim, mlp, vocab = SIZES[size]
+    group = heads // kv_heads
+    kept = [mlp - round(MLP_SHARES[i % len(MLP_SHARES)] * mlp) for i in range(layers)]
+    heads_left = heads - group
+    live = hidden - round(HIDDEN_SHARE * hidden)
+    hidden_left = -(-live // heads_left) * heads_left  # (transformers 5 wants it a multiple of the heads)
+    model = random_llama(
+        vocab, hidden_left, round(sum(kept) / layers), layers, heads_left, kv_heads - 1, head_dim, seed
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    _save_tokenizer(out, vocab)
+    return {"size": size, "uniform": True, "params": sum(p.numel() for p in model.parameters())}
+
+
+def make_masked(out: Path, size: str, seed: int) -> dict:
+    hidden, layers, heads, kv_heads, head_dim, mlp, vocab = SIZES[size]
+    model = random_llama(vocab, hidden, mlp, layers, heads, kv_heads, head_dim, seed)
     rng = np.random.default_rng(seed)
     group = heads // kv_heads
     hidden_dead = np.sort(rng.choice(hidden, round(HIDDEN_SHARE * hidden), replace=False))
