@@ -369,6 +369,7 @@ class MeasuredVariant(Report):
     p50_ms: float
     speedup: Speedup  # p50 of the input / p50 of this one
     drift: str = ""  # the precision round: accuracy on the held-out samples, in words
+    same_as: str = ""  # the earlier candidate whose graph this one is (the two timed once, sharing the timing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,6 +396,7 @@ class MeasuredDecision(Report):
         default_factory=dict
     )  # precision → why --max-drift refused it (untimed)
     counts: dict[str, int] = dataclasses.field(default_factory=dict)  # the measured counts, by space key
+    counts_align: int = 0  # the alignment of every space `counts` does not name (optimize's --align: the same graph)
     proposed_counts: dict[str, int] = dataclasses.field(default_factory=dict)  # the one-layer table's, by space key
 
 

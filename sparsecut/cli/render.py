@@ -268,8 +268,9 @@ def render_decision(decision: MeasuredDecision) -> None:
     for column in ("variant", "p50 ms", f"speedup vs {reference.split(' (')[0]} (95 % interval)"):
         end.add_column(column, justify="left" if column == "variant" else "right")
     for v in decision.variants:
+        name = v.name + (f" (= {v.same_as}'s graph)" if v.same_as else "")
         end.add_row(
-            v.name + (" (written)" if v.name == decision.written else ""), f"{v.p50_ms:.3f}", v.speedup.describe()
+            name + (" (written)" if v.name == decision.written else ""), f"{v.p50_ms:.3f}", v.speedup.describe()
         )
     console.print(end)
     if decision.formats:

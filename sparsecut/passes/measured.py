@@ -16,7 +16,9 @@
    rest; a budget spent before any space was decided measures nothing more: the fixed alignments alone are timed
    and the report says so.
 4. The input and the candidates are timed interleaved on the target (the same runner and interval as
-   `compare`); the fastest candidate is built again with the equivalence gate and written. Unless it beats the
+   `compare`), each distinct graph once (the table's or the context's counts may give a fixed alignment's graph:
+   timed twice, equals would differ by noise alone); the fastest candidate is built again with the equivalence
+   gate and written. Unless it beats the
    input beyond noise, the report says plainly
    that pruning does not pay on this target — the file is still written, flagged so in the report and JSON. When
    the candidates are in another precision (int8, fp16), the reference is the input through the same pipeline
@@ -36,6 +38,7 @@ target for timings through `Tuning` (built by `targets/tuning.py`) and imports n
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import tempfile
 import time
@@ -131,7 +134,7 @@ def optimize_measured(
     proposal = dataclasses.replace(channel_options, counts=tuple(sorted(plan.counts.items())))
     if measuring:
         candidates["table" if in_context else "measured"] = proposal
-    groups, measured_counts = plan.decisions, plan.counts
+    groups, measured_counts, counts_align = plan.decisions, plan.counts, channel_options.align
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged: dict[str, Path] = {}
         reports: dict[str, OptimizeReport] = {}
@@ -148,6 +151,7 @@ def optimize_measured(
             assert tuning.profile is not None
             context = _in_context(source, model, Path(tmp), channel_options, alignments, plan, staged, tuning)
             groups, measured_counts = _merged(plan.decisions, context.decisions), context.counts
+            counts_align = context.align
             candidates["measured"] = dataclasses.replace(
                 channel_options, align=context.align, counts=tuple(sorted(measured_counts.items()))
             )
@@ -172,12 +176,21 @@ def optimize_measured(
             dense = dataclasses.replace(channel_options, passes=baseline_passes(channel_options.passes))
             optimize_model(source, reference, dense)
             reference_name = f"dense {channel_precision.kind} (no channel removal)"
-        timed = tuning.compare([reference, *staged.values()])
-        variants = [
-            dataclasses.replace(v, name=name, model=str(source if name == reference_name else output))
-            for v, name in zip(timed, (reference_name, *staged), strict=True)
-        ]
-        best = min(variants[1:], key=lambda v: v.p50_ms)
+        # each distinct graph timed once (the table's counts may be a fixed alignment's, the context may fall back
+        # to its base): the same graph timed twice differs only by noise, which would pick between equals
+        digests = {name: _digest(path) for name, path in staged.items()}
+        distinct: dict[str, str] = {}  # digest → the first candidate with that graph
+        for name, digest in digests.items():
+            distinct.setdefault(digest, name)
+        timings = tuning.compare([reference, *(staged[name] for name in distinct.values())])
+        timed = dict(zip(["", *distinct], timings, strict=True))
+        variants = [dataclasses.replace(timed[""], name=reference_name, model=str(source))]
+        for name in staged:
+            first = distinct[digests[name]]
+            variants.append(dataclasses.replace(timed[digests[name]], name=name, model=str(output),
+                                                same_as="" if first == name else first))  # fmt: skip
+        # (candidates with one graph share a time: the measured one is named where it is among them)
+        best = min(variants[1:], key=lambda v: (v.p50_ms, v.name != "measured"))
         # the candidate to write, through the pipeline again with the gate as asked (the same graph: the passes are
         # deterministic); a graph that fails it is refused here, as any optimize refuses it
         reports[best.name] = optimize_model(source, staged[best.name], candidates[best.name])
@@ -236,6 +249,7 @@ def optimize_measured(
         precision_written=chosen_precision,
         refused=refused,
         counts=measured_counts if measuring else {},
+        counts_align=counts_align,
         proposed_counts=plan.counts if in_context else {},
     )
     return dataclasses.replace(
@@ -432,6 +446,16 @@ def _in_context(
     plan_here = plan_in_context(analysis, variants, timed, plan.counts, scope)
     base_counts = {analysis.location([s]): c for s, c in levels[base].items()}
     return _Context(plan_here.counts, plan_here.decisions, int(base.removeprefix("align ")), base_counts)
+
+
+def _digest(path: Path) -> str:
+    """A staged graph's content, its weights included and its metadata (the options that built it) left out: equal
+    digests, the same computation."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _merged(table: list[CountDecision], context: list[CountDecision]) -> list[CountDecision]:
