@@ -3,15 +3,15 @@ table's proposal and the counts decided in context (whole-model profiles) — on
 Torch-Pruning (families.py; masked: the channels zeroed, not removed).
 
 Per model, in one run, interleaved on onnxruntime CPU: the masked export, `optimize --align 1/8/16`, the table's
-proposal, the counts decided in context, and what `optimize --target onnxruntime` wrote (cold latency table; it
-writes the fastest of its candidates — the fixed alignments, the table's, the context's). Each distinct graph is
-timed once: a label whose graph equals another's (the context fell back to its base; optimize wrote a fixed
-alignment) shares its timing and says so. Prints each speedup vs the masked model with its 95 % interval, the
-written and the in-context p50 over the best fixed alignment's with a paired interval over the same rounds (goal
-≥ 0.97), whether the written one's speedup lies beyond the best fixed alignment's interval, and the tuning time of
-a cold run (goal for ResNet-50: ≤ 60 s on 2 cores). `--int8 FAMILY` adds the same with `--precision int8` for one
-family, each against its own dense baseline (the masked model through the same passes and precision, no channel
-removal): the int8 pruning speedup over the fp32 one (goal ≥ 0.95).
+proposal, the counts decided in context, and what `optimize --target onnxruntime` wrote (cold latency table,
+default `--tune-budget`; it writes the fastest of its candidates — the fixed alignments, the table's, the
+context's). Each distinct graph is timed once: a label whose graph equals another's (the context fell back to its
+base; optimize wrote a fixed alignment) shares its timing and says so. Prints each speedup vs the masked model with
+its 95 % interval, the written and the in-context p50 over the best fixed alignment's with a paired interval over
+the same rounds (goal ≥ 0.97), whether the written one's speedup lies beyond the best fixed alignment's interval,
+and the tuning time of a cold run (goal for ResNet-50: ≤ 60 s on 2 cores). `--int8 FAMILY` adds the same with
+`--precision int8` for one family, each against its own dense baseline (the masked model through the same passes
+and precision, no channel removal): the int8 pruning speedup over the fp32 one (goal ≥ 0.95).
 
 timm, Torch-Pruning and ultralytics are benchmark-only dependencies: `pip install timm torch-pruning ultralytics`
 into the venv (with `torch==2.13.0` in the same call). timm needs torchvision, which does not load beside the CPU
@@ -79,7 +79,9 @@ def graph_digest(path: Path) -> str:
     return hashlib.sha256(onnx.load(path).SerializeToString(deterministic=True)).hexdigest()
 
 
-def bench(name: str, folder: Path, ratio: float, rounds: int, iterations: int, precision: str) -> dict[str, object]:
+def bench(
+    name: str, folder: Path, ratio: float, rounds: int, iterations: int, precision: str, budget: float
+) -> dict[str, object]:
     masked = masked_export(name, folder, ratio)
     wanted = PrecisionRequest(Precision.parse(precision))
     options = OptimizeOptions(precision=wanted, **TOLERANCE)  # type: ignore[arg-type]
@@ -90,7 +92,7 @@ def bench(name: str, folder: Path, ratio: float, rounds: int, iterations: int, p
     table = folder / f"{name}.{precision}.lut.json"  # cold: a table of its own
     written = folder / f"{name}.written.onnx"
     start = time.perf_counter()
-    report = optimize_measured(masked, written, options, tuning_for("onnxruntime", table=table, budget=60.0))
+    report = optimize_measured(masked, written, options, tuning_for("onnxruntime", table=table, budget=budget))
     tuning_s = time.perf_counter() - start
     decision = report.decision
     assert decision is not None
@@ -153,6 +155,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.4)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=400, help="per variant, over all rounds")
+    parser.add_argument("--tune-budget", type=float, default=30.0, help="optimize --target's (its default: 30 s)")
     parser.add_argument("--tvshim", type=Path, default=TVSHIM)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -164,7 +167,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sparsecut-alignment-") as tmp:
         for name, precision in runs:
             console.print(f"{name} ({precision}) …")
-            results.append(bench(name, Path(tmp), args.ratio, args.rounds, args.iterations, precision))
+            results.append(
+                bench(name, Path(tmp), args.ratio, args.rounds, args.iterations, precision, args.tune_budget)
+            )
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2) + "\n")
     table = Table(title="speedup vs the masked model (int8: vs its dense int8 baseline), 95 % interval, onnxruntime")

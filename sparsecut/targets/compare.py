@@ -53,6 +53,7 @@ def compare_models(
     allow_different_inputs: bool = False,
     plot: Path | None = None,
     progress: Progress | None = None,
+    max_rounds: int | None = None,
 ) -> CompareReport:
     """Time ONNX files (or built artifacts) against `baseline` (default: the first), on one target or several
     (`target`: a name, "a,b" or a list). A target that runs something other than ONNX (TensorRT) builds each ONNX
@@ -84,6 +85,7 @@ def compare_models(
             allow_different_inputs=allow_different_inputs,
             plot=plot,
             progress=progress,
+            max_rounds=max_rounds,
         )
 
 
@@ -119,9 +121,13 @@ def compare_runs(
     allow_different_inputs: bool = False,
     plot: Path | None = None,
     progress: Progress | None = None,
+    max_rounds: int | None = None,
 ) -> CompareReport:
     """Time artifacts interleaved, each on its backend: `rounds` rounds of `options.iterations // rounds` runs
-    each, or — with a `budget` in seconds — as many rounds as fit (never fewer than `rounds`).
+    each, or — with a `budget` in seconds — as many rounds as fit (never fewer than `rounds`, never more than
+    `max_rounds` where given). Each round starts
+    one variant later than the one before, so that none always runs first (after another's cache traffic, or the
+    round's pause).
 
     `runs` holds the same variants on every backend, backend after backend (`[a@ort, b@ort, a@ov, b@ov]`);
     `baseline` and `labels` index the variants of one backend. Ratios are taken on the same backend."""
@@ -135,7 +141,7 @@ def compare_runs(
             chunk = runs[b * per_backend : (b + 1) * per_backend]
             check_comparable([artifact for artifact, _ in chunk], chunk[0][1])
     costs = [_cost(artifact) for artifact, _ in runs]
-    samples = _interleaved(runs, options, rounds, budget, progress)
+    samples = _interleaved(runs, options, rounds, budget, progress, max_rounds)
     variants = []
     for i, ((artifact, backend), cost, rounds_ns) in enumerate(zip(runs, costs, samples, strict=True)):
         first = i // per_backend * per_backend  # this backend's first variant
@@ -212,6 +218,7 @@ def _interleaved(
     rounds: int,
     budget: float | None,
     progress: Progress | None,
+    max_rounds: int | None = None,
 ) -> list[list[list[int]]]:
     """samples[run][round] in nanoseconds."""
     per_round = max(1, options.iterations // rounds)
@@ -222,9 +229,11 @@ def _interleaved(
             measure(run_once, warmup=options.warmup, iterations=0)
         deadline = None if budget is None else time.monotonic() + budget
         done = 0
-        while done < rounds or (deadline is not None and time.monotonic() < deadline):
-            for i, run_once in enumerate(runners):
-                samples[i].append(measure(run_once, warmup=0, iterations=per_round))
+        cap = max(rounds, max_rounds) if max_rounds is not None else None
+        while done < rounds or (deadline is not None and time.monotonic() < deadline and (cap is None or done < cap)):
+            for k in range(len(runners)):  # each round starts one variant later: no variant always runs first
+                i = (done + k) % len(runners)
+                samples[i].append(measure(runners[i], warmup=0, iterations=per_round))
             done += 1
             if progress is not None:
                 progress(done, rounds if deadline is None else max(rounds, done + 1))

@@ -44,13 +44,16 @@ def tuning_for(
     table: Path | None = None,
     budget: float = 30.0,
     rounds: int = 20,
-    iterations: int = 200,
+    iterations: int = 60,
+    seconds: float = 5.0,
     build: BuildOptions | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Tuning:
     """`backends`: the targets' own settings (its provider, device …); `table`: the latency table file (default: in
     the user cache folder); `build`: the user's build options, for the candidates timed end to end (where the
-    target builds)."""
+    target builds). The candidates are timed in at least `rounds` rounds of `iterations // rounds` runs each, and
+    in more rounds until `seconds` have passed (at most MAX_ROUNDS): a fast model gets many short rounds (a burst
+    of machine noise then hits a few of many), a slow one no more than the rounds asked."""
     backend = get_target(target)
     if not backend.measures_layers:
         raise TargetError(
@@ -61,7 +64,9 @@ def tuning_for(
     timer = TargetLayerTimer(backend, alone)
     timer.context()  # a target that cannot run here (TensorRT missing) says so now, before anything is measured
 
-    def compare(paths: list[Path], rounds: int = rounds, iterations: int = iterations) -> list[MeasuredVariant]:
+    def compare(
+        paths: list[Path], rounds: int = rounds, iterations: int = iterations, seconds: float = seconds
+    ) -> list[MeasuredVariant]:
         options = ProfileOptions(batch=batch, threads=threads, iterations=iterations, warmup=5, per_layer=False,
                                  backends=backends)  # fmt: skip
         report = compare_models(
@@ -70,12 +75,16 @@ def tuning_for(
             options=options,
             build=build,
             rounds=rounds,
+            budget=seconds,
+            max_rounds=MAX_ROUNDS,
             progress=None if progress is None else lambda done, total: progress("timing end to end", done, total),
         )
         return [MeasuredVariant("", v.model, v.latency.p50_ms, v.speedup) for v in report.variants]
 
     def quick(paths: list[Path], thorough: bool = False) -> list[MeasuredVariant]:
-        return compare(paths, *((BASE_ROUNDS, BASE_ITERATIONS) if thorough else (QUICK_ROUNDS, QUICK_ITERATIONS)))
+        if thorough:
+            return compare(paths, BASE_ROUNDS, BASE_ITERATIONS, BASE_SECONDS)
+        return compare(paths, QUICK_ROUNDS, QUICK_ITERATIONS, QUICK_SECONDS)
 
     def profile(paths: list[Path]) -> list[dict[str, Timed]]:
         options = ProfileOptions(batch=batch, threads=threads, iterations=PROFILE_RUNS, warmup=3, per_layer=True,
@@ -91,9 +100,13 @@ def tuning_for(
                   quick=quick)  # fmt: skip
 
 
-QUICK_ROUNDS, QUICK_ITERATIONS = 6, 30  # the in-context probes end to end: an interval, in a few seconds
-BASE_ROUNDS, BASE_ITERATIONS = 12, 80  # the fixed alignments, for the base: the probes' reference deserves more
-PROFILE_RUNS = 20  # runs per profile: the backend's profiler takes each kernel's median over them
+# (rounds, runs per variant over them, seconds at least): each comparison goes on in rounds until its seconds
+# have passed — a fast model's comparison of 0.6 s could be turned by one burst of machine noise (timm ResNeXt-26ts:
+# align 1 timed 10 % slower than align 8 in the base's comparison, 4 % faster in the final one)
+MAX_ROUNDS = 60  # a tiny model's seconds would run thousands of rounds: the interval gains little past this
+QUICK_ROUNDS, QUICK_ITERATIONS, QUICK_SECONDS = 6, 30, 1.5  # the in-context probes end to end: an interval, quickly
+BASE_ROUNDS, BASE_ITERATIONS, BASE_SECONDS = 12, 80, 3.0  # the fixed alignments, for the base: the probes' reference
+PROFILE_RUNS = 15  # runs per profile: the backend's profiler takes each kernel's median over them
 PROFILE_ROUNDS = 3  # profiles per model, interleaved across the models
 
 

@@ -91,3 +91,25 @@ def test_tensorrt_build_and_profile(tmp_path, dense_and_lean):
     artifact, report = target.build(dense_and_lean[1], tmp_path / "lean.plan", BuildOptions(precision=FP32))
     latency = target.profile(artifact, ProfileOptions(iterations=20))
     assert latency.p50_ms > 0 and report.artifact.endswith("lean.plan")
+
+
+def test_rounds_rotate_the_order_and_a_budget_stops_at_max_rounds():
+    """Round r starts with variant r mod n (none always runs first); a budget's extra rounds stop at max_rounds."""
+    import contextlib
+
+    from sparsecut.targets.compare import _interleaved
+
+    calls: list[str] = []
+
+    class Recording:
+        name = "fake"
+
+        def runner(self, artifact, options):
+            return contextlib.nullcontext(lambda: calls.append(artifact))
+
+    runs = [(name, Recording()) for name in "abc"]
+    samples = _interleaved(runs, ProfileOptions(iterations=3, warmup=0), 3, None, None)  # type: ignore[arg-type]
+    assert "".join(calls) == "abc" + "abcbcacab" and [len(s) for s in samples] == [3, 3, 3]  # (a warm-up run each)
+    calls.clear()
+    capped = _interleaved(runs, ProfileOptions(iterations=3, warmup=0), 3, 60.0, None, max_rounds=5)  # type: ignore[arg-type]
+    assert [len(s) for s in capped] == [5, 5, 5] and len(calls) == 3 + 15  # a 60 s budget, stopped after 5 rounds

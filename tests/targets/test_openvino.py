@@ -123,6 +123,42 @@ def test_per_layer_names_map_to_onnx_nodes_and_add_up(tmp_path):
     assert "brgconv" in convs[0].op_type or "jit" in convs[0].op_type or "gemm" in convs[0].op_type
 
 
+def test_counters_that_miss_the_p50_are_taken_again_then_said_unreliable(tmp_path, monkeypatch, caplog):
+    """A busy machine: the counters of a profile add up to 30 % more than its p50 — profiled again; three such
+    profiles in a row and the report says its per-layer times are unreliable."""
+    from sparsecut.targets import openvino
+    from sparsecut.targets.timing import summarize
+
+    _chain(tmp_path / "chain.onnx", 8)
+    target = get_target("openvino")
+    artifact = target.load(tmp_path / "chain.onnx")
+    real = openvino.OpenVinoTarget._counted
+    sums = []
+
+    def counted(self, artifact, options, busy):
+        stats, counters = real(self, artifact, options)
+        if busy.pop(0):  # the counters of every run, as a busy machine leaves them
+            counters.runs = [{node: 1.3 * ms for node, ms in run.items()} for run in counters.runs]
+            stats = summarize([int(1e6 * sum(run.values()) / 1.3) for run in counters.runs], options.batch)
+        else:
+            stats = summarize([int(1e6 * sum(run.values())) for run in counters.runs], options.batch)
+        sums.append(sum(counters.typical().values()) / stats.p50_ms)
+        return stats, counters
+
+    options = ProfileOptions(iterations=10, warmup=2)
+    busy_once = [True, False]
+    monkeypatch.setattr(openvino.OpenVinoTarget, "_counted", lambda self, a, o: counted(self, a, o, busy_once))
+    report = target.profile(artifact, options)
+    assert len(sums) == 2 and report.environment["perf_counters"] == "on"
+    busy = [True, True, True]
+    monkeypatch.setattr(openvino.OpenVinoTarget, "_counted", lambda self, a, o: counted(self, a, o, busy))
+    with caplog.at_level("WARNING", logger="sparsecut.targets.openvino"):
+        report = target.profile(artifact, options)
+    assert len(sums) == 5 and not busy
+    assert report.environment["perf_counters"].endswith("the machine was busy, the per-layer times are unreliable")
+    assert "per-layer counters: they add up to" in caplog.text
+
+
 def test_layers_are_named_as_the_user_knows_them(dense_and_lean):
     dense, _ = dense_and_lean
     for name in ("openvino", "onnxruntime"):
