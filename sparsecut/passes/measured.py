@@ -9,8 +9,9 @@
    space at the base (spaces no layer joins in one probe), profiled on the target and timed end to end beside
    the base, interleaved; a space keeps the fewest channels unless a larger count ran faster where its layers
    live beyond noise, among the probes not slower than the base as a whole — the "measured" candidate, written
-   through the pipeline and its gate like the others; should those choices together run slower than the base
-   beyond noise (each probe's loss within noise, their sum not), the measured counts are the base's. A layer alone misses what it costs in place (onnxruntime's
+   through the pipeline and its gate like the others; unless those choices together run faster than the base
+   (timed end to end as long as the base was chosen: each probe's loss may be within noise and their sum not), the
+   measured counts are the base's. A layer alone misses what it costs in place (onnxruntime's
    NCHWc reorders between layers, fused activations, its neighbours' counts), and a kernel profile misses part
    of what a layout change costs between kernels. The table gets TABLE_SHARE of `--tune-budget`, the probes the
    rest; a budget spent before any space was decided measures nothing more: the fixed alignments alone are timed
@@ -158,9 +159,10 @@ def optimize_measured(
             stage("measured", candidates["measured"])
             base = f"align {context.align}"
             if tuning.quick is not None and measured_counts:  # probes each within noise can add up to a loss
-                whole = tuning.quick([staged[base], staged["measured"]])[1]
-                if whole.speedup.high < 1.0:
-                    log.info("in context: the chosen counts run slower than %s as a whole; measured = %s", base, base)
+                whole = tuning.quick([staged[base], staged["measured"]], thorough=True)[1]
+                if whole.speedup.value <= 1.0:  # no faster than the base as a whole: the base's counts, the simpler
+                    log.info("in context: the chosen counts run no faster than %s as a whole (%s); measured = %s",
+                             base, whole.speedup.describe(), base)  # fmt: skip
                     measured_counts = {}
                     groups = [
                         dataclasses.replace(g, chosen=context.base_counts.get(g.location, g.chosen)) for g in groups

@@ -314,22 +314,38 @@ def test_a_probe_slower_end_to_end_offers_none_of_its_counts(tmp_path):
     assert group.chosen == 24 and group.in_context_ms == {"24": 2.0}  # 19 and 32 run slower as a whole: not offered
 
 
-def test_choices_that_add_up_to_a_loss_fall_back_to_the_base(tmp_path):
-    """Each probe is within noise of the base end to end, so the kernels choose 19; measured against the base as a
-    whole, 19 runs slower beyond noise: the measured counts are the base's (24)."""
+@pytest.mark.parametrize(
+    ("whole", "kept"),
+    [
+        (Speedup(0.83, 0.82, 0.84), False),  # slower beyond noise: each probe's loss within noise, their sum not
+        (Speedup(0.99, 0.97, 1.01), False),  # no faster than the base: the base's counts, the simpler
+        (Speedup(1.01, 0.99, 1.03), True),  # faster, if within noise: the context's counts stay
+    ],
+)
+def test_choices_no_faster_than_the_base_as_a_whole_fall_back_to_it(tmp_path, whole, kept):
+    """Each probe is within noise of the base end to end, so the kernels choose 19; the chosen counts are then
+    timed against the base as a whole (as long as the base was chosen): unless faster, the measured counts are the
+    base's (24)."""
     timer = FakeTimer(lambda layer: float(layer.c_in + layer.c_out))
     neutral = fake_quick({19: 0.995, 24: 0.99, 32: 1.1}.__getitem__)  # 24 the fastest fixed; 19 within noise
+    thorough = []
 
-    def quick(paths, thorough=False):
+    def quick(paths, thorough_=False):
         found = neutral(paths)
         if len(paths) == 2:  # the chosen counts against the base
-            found[1] = MeasuredVariant("", str(paths[1]), 1.2, Speedup(0.83, 0.82, 0.84))
+            thorough.append(thorough_)
+            found[1] = MeasuredVariant("", str(paths[1]), 0.99 / whole.value, whole)
         return found
 
-    tuning = Tuning(target="fake", timer=timer, compare=speedups(1.1, 1.2, 1.1), budget=30.0,
-                    profile=fake_profile({19: 0.5, 24: 1.0, 32: 1.2}.__getitem__), quick=quick)  # fmt: skip
+    tuning = Tuning(target="fake", timer=timer, compare=speedups(1.1, 1.2, 1.1),
+                    budget=30.0, profile=fake_profile({19: 0.5, 24: 1.0, 32: 1.2}.__getitem__),
+                    quick=lambda paths, thorough=False: quick(paths, thorough))  # fmt: skip
     report = optimize_measured(wide_dead_model(tmp_path), tmp_path / "out.onnx", OptimizeOptions(align=1), tuning)
     (group,) = report.decision.groups
-    assert group.chosen == 24 and group.in_context_ms["19"] < group.in_context_ms["24"]
-    assert report.decision.counts == {}
+    assert thorough == [True]
+    assert group.in_context_ms["19"] < group.in_context_ms["24"]
+    if kept:
+        assert group.chosen == 19 and list(report.decision.counts.values()) == [19]
+        return
+    assert group.chosen == 24 and report.decision.counts == {}
     assert [w.shape[0] for w in weights(_load(tmp_path), "Conv")] == [24, 8]  # (measured written: the base)
