@@ -71,12 +71,15 @@ def masked_export(name: str, folder: Path, ratio: float) -> Path:
 
 
 def graph_digest(path: Path) -> str:
-    """The graph's content, weights included (external data read in): equal digests, the same graph."""
+    """The graph's content, weights included (external data read in) and metadata (the options that built it) left
+    out: equal digests, the same graph."""
     import hashlib
 
     import onnx
 
-    return hashlib.sha256(onnx.load(path).SerializeToString(deterministic=True)).hexdigest()
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
 def bench(

@@ -11,17 +11,16 @@
    live beyond noise, among the probes not slower than the base as a whole — the "measured" candidate, written
    through the pipeline and its gate like the others; unless those choices together run faster than the base
    (timed end to end as long as the base was chosen: each probe's loss may be within noise and their sum not), the
-   measured counts are the base's. A layer alone misses what it costs in place (onnxruntime's
-   NCHWc reorders between layers, fused activations, its neighbours' counts), and a kernel profile misses part
-   of what a layout change costs between kernels. The table gets TABLE_SHARE of `--tune-budget`, the probes the
+   measured counts are the base's. A layer alone misses what it costs in place (onnxruntime's NCHWc reorders
+   between layers, fused activations, its neighbours' counts), and a kernel profile misses part of what a layout
+   change costs between kernels. The table gets TABLE_SHARE of `--tune-budget`, the probes the
    rest; a budget spent before any space was decided measures nothing more: the fixed alignments alone are timed
    and the report says so.
 4. The input and the candidates are timed interleaved on the target (the same runner and interval as
    `compare`), each distinct graph once (the table's or the context's counts may give a fixed alignment's graph:
    timed twice, equals would differ by noise alone); the fastest candidate is built again with the equivalence
-   gate and written. Unless it beats the
-   input beyond noise, the report says plainly
-   that pruning does not pay on this target — the file is still written, flagged so in the report and JSON. When
+   gate and written. Unless it beats the input beyond noise, the report says plainly that pruning does not pay on
+   this target — the file is still written, flagged so in the report and JSON. When
    the candidates are in another precision (int8, fp16), the reference is the input through the same pipeline
    and precision without channel removal: a speedup credited to pruning is never the precision's.
 5. The precision round. With `--precision int8` (and no `--int8-format`), the chosen lean graph is also quantized

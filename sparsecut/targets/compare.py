@@ -125,9 +125,8 @@ def compare_runs(
 ) -> CompareReport:
     """Time artifacts interleaved, each on its backend: `rounds` rounds of `options.iterations // rounds` runs
     each, or — with a `budget` in seconds — as many rounds as fit (never fewer than `rounds`, never more than
-    `max_rounds` where given). Each round starts
-    one variant later than the one before, so that none always runs first (after another's cache traffic, or the
-    round's pause).
+    `max_rounds` where given). Each round starts one variant later than the one before, so that none always runs
+    first (after another's cache traffic, or the round's pause).
 
     `runs` holds the same variants on every backend, backend after backend (`[a@ort, b@ort, a@ov, b@ov]`);
     `baseline` and `labels` index the variants of one backend. Ratios are taken on the same backend."""

@@ -178,8 +178,8 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
         return summarize(samples, options.batch), counters
 
     def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
-        """OpenVINO's performance counters per executed node, their mean over the typical runs (`_Counters.typical`), joined with the MACs of the
-        ONNX nodes it computes (a fused node: all of them). A layout reorder the plugin added names no ONNX node
+        """OpenVINO's performance counters per executed node, their mean over the typical runs
+        (`_Counters.typical`), joined with the MACs of the ONNX nodes it computes (a fused node: all of them). A layout reorder the plugin added names no ONNX node
         (`x_abcd_acdb_…`: NCHW → blocked); the MACs of ONNX nodes no executed node claims are listed so that they
         still add up to the model's total."""
         counters = _Counters(self, artifact, options)
@@ -330,8 +330,7 @@ class _Counters:
     def typical(self) -> dict[str, float]:
         """Per executed node, its mean over the typical runs — those whose counters add up to within the middle
         half of all runs' sums: a hiccup is no layer's cost, and the layers shown come from the same runs, so they
-        add up to a typical run (per-node medians taken over different runs need not: under load they summed 25 %
-        above the p50 beside them)."""
+        add up to a typical run's counters (per-node medians, each over other runs, need not)."""
         sums = sorted(sum(run.values()) for run in self.runs)
         low, high = sums[(len(sums) - 1) // 4], sums[(3 * (len(sums) - 1) + 3) // 4]
         middle = [run for run in self.runs if low <= sum(run.values()) <= high] or self.runs
