@@ -103,7 +103,7 @@ def tuning_for(
 # (rounds, runs per variant over them, seconds at least): each comparison goes on in rounds until its seconds
 # have passed — a fast model's comparison of 0.6 s could be turned by one burst of machine noise (timm ResNeXt-26ts:
 # align 1 timed 10 % slower than align 8 in the base's comparison, 4 % faster in the final one)
-MAX_ROUNDS = 60  # a tiny model's seconds would run thousands of rounds: the interval gains little past this
+MAX_ROUNDS = 200  # a tiny model's seconds would run thousands of rounds, each resampled by the bootstrap
 QUICK_ROUNDS, QUICK_ITERATIONS, QUICK_SECONDS = 6, 30, 1.5  # the in-context probes end to end: an interval, quickly
 BASE_ROUNDS, BASE_ITERATIONS, BASE_SECONDS = 12, 80, 3.0  # the fixed alignments, for the base: the probes' reference
 PROFILE_RUNS = 15  # runs per profile: the backend's profiler takes each kernel's median over them
