@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sparsecut.exporter import ExportOptions, export_module
+from sparsecut.modelfile import graph_digest
 from sparsecut.passes import OptimizeOptions, optimize_model
 from sparsecut.passes.measured import optimize_measured
 from sparsecut.passes.precision import PrecisionRequest
@@ -68,18 +69,6 @@ def masked_export(name: str, folder: Path, ratio: float) -> Path:
     path = folder / f"{name}.onnx"
     export_module(family.prepare(masked, "dynamo"), path, ExportOptions(input_shape=shape, rtol=1e-3, atol=1e-4))
     return path
-
-
-def graph_digest(path: Path) -> str:
-    """The graph's content, weights included (external data read in) and metadata (the options that built it) left
-    out: equal digests, the same graph."""
-    import hashlib
-
-    import onnx
-
-    proto = onnx.load(path)
-    del proto.metadata_props[:]
-    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
 def bench(

@@ -32,6 +32,7 @@ __all__ = [
     "check_output_path",
     "edit_model_file",
     "elements_of_type",
+    "graph_digest",
     "graph_precision",
     "initializer_bytes",
     "input_sidecars",
@@ -62,6 +63,14 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def graph_digest(path: Path) -> str:
+    """The SHA-256 of an ONNX file's computation: its graph and weights (external data read in), its metadata (the
+    options that built it) left out. Equal digests, the same graph."""
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
 def check_output_path(output: Path, *inputs: Path) -> None:

@@ -38,7 +38,6 @@ target for timings through `Tuning` (built by `targets/tuning.py`) and imports n
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import tempfile
 import time
@@ -50,7 +49,7 @@ import onnx_ir as ir
 
 from sparsecut.errors import AccuracyError, GraphError
 from sparsecut.logs import quieted
-from sparsecut.modelfile import check_output_path, publish
+from sparsecut.modelfile import check_output_path, graph_digest, publish
 from sparsecut.passes.channel_counts import CountPlan, plan_counts
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.drift import DriftBound
@@ -179,7 +178,8 @@ def optimize_measured(
             reference_name = f"dense {channel_precision.kind} (no channel removal)"
         # each distinct graph timed once (the table's counts may be a fixed alignment's, the context may fall back
         # to its base): the same graph timed twice differs only by noise, which would pick between equals
-        digests = {name: _digest(path) for name, path in staged.items()}
+        by_path = {path: graph_digest(path) for path in set(staged.values())}  # (a fall-back shares the base's file)
+        digests = {name: by_path[path] for name, path in staged.items()}
         distinct: dict[str, str] = {}  # digest → the first candidate with that graph
         for name, digest in digests.items():
             distinct.setdefault(digest, name)
@@ -447,16 +447,6 @@ def _in_context(
     plan_here = plan_in_context(analysis, variants, timed, plan.counts, scope)
     base_counts = {analysis.location([s]): c for s, c in levels[base].items()}
     return _Context(plan_here.counts, plan_here.decisions, int(base.removeprefix("align ")), base_counts)
-
-
-def _digest(path: Path) -> str:
-    """A staged graph's content, its weights included and its metadata (the options that built it) left out: equal
-    digests, the same computation."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _merged(table: list[CountDecision], context: list[CountDecision]) -> list[CountDecision]:
