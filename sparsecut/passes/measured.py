@@ -18,8 +18,9 @@
    and the report says so.
 4. The input and the candidates are timed interleaved on the target (the same runner and interval as
    `compare`), each distinct graph once (the table's or the context's counts may give a fixed alignment's graph:
-   timed twice, equals would differ by noise alone); the fastest candidate is built again with the equivalence
-   gate and written. Unless it beats the input beyond noise, the report says plainly that pruning does not pay on
+   timed twice, equals would differ by noise alone). The two fastest distinct graphs are then timed against each
+   other again (`Tuning.confirm`): the one faster in two windows of three is the fastest — a slow spell of a shared
+   machine can turn one comparison. It is built again with the equivalence gate and written. Unless it beats the input beyond noise, the report says plainly that pruning does not pay on
    this target — the file is still written, flagged so in the report and JSON. When
    the candidates are in another precision (int8, fp16), the reference is the input through the same pipeline
    and precision without channel removal: a speedup credited to pruning is never the precision's.
@@ -67,7 +68,14 @@ from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
 from sparsecut.passes.registry import baseline_passes, parse_passes
 from sparsecut.precision import FP32, Precision
 from sparsecut.quantization import int8_format
-from sparsecut.report import CountDecision, MeasuredDecision, MeasuredVariant, OptimizeReport, PrecisionReport
+from sparsecut.report import (
+    CountDecision,
+    MeasuredDecision,
+    MeasuredVariant,
+    OptimizeReport,
+    PrecisionReport,
+    RunOff,
+)
 
 __all__ = ["BEST_BOUND", "FIXED", "Tuning", "drift_in_words", "optimize_measured"]
 
@@ -94,6 +102,9 @@ class Tuning:
     # end to end, interleaved, in fewer rounds than `compare` (the in-context probes); `thorough=True`: more rounds
     # (the base the probes are measured against)
     quick: Callable[..., list[MeasuredVariant]] | None = None
+    # the two fastest lean candidates timed against each other again (`RunOff`); None: the comparison of all
+    # decides (a target that would build every engine again)
+    confirm: Compare | None = None
 
 
 def optimize_measured(
@@ -192,6 +203,12 @@ def optimize_measured(
                                                 same_as="" if first == name else first))  # fmt: skip
         # (candidates with one graph share a time: the measured one is named where it is among them)
         best = min(variants[1:], key=lambda v: (v.p50_ms, v.name != "measured"))
+        run_off = None
+        if tuning.confirm is not None:
+            run_off = _run_off(variants[1:], digests, staged, tuning.confirm)
+            if run_off is not None and run_off.winner != best.name:
+                log.info("run-off: %s", run_off.describe())
+                best = next(v for v in variants if v.name == run_off.winner)
         # the candidate to write, through the pipeline again with the gate as asked (the same graph: the passes are
         # deterministic); a graph that fails it is refused here, as any optimize refuses it
         reports[best.name] = optimize_model(source, staged[best.name], candidates[best.name])
@@ -226,6 +243,8 @@ def optimize_measured(
         else f"pruning does not pay on this target: the fastest lean variant ({best.name}) is "
         f"{best.speedup.describe()} vs {against}; written anyway, flagged"
     )
+    if run_off is not None:
+        verdict += f"; {run_off.describe()}"
     verdict += _precision_verdict(formats, refused, chosen_precision, int8_pays, best_asked, options)
     if not measuring:
         verdict = (
@@ -252,10 +271,32 @@ def optimize_measured(
         counts=measured_counts if measuring else {},
         counts_align=counts_align,
         proposed_counts=plan.counts if in_context else {},
+        run_off=run_off,
     )
     return dataclasses.replace(
         reports[best.name], output=str(output), decision=decision, seconds=time.perf_counter() - start
     )
+
+
+def _run_off(
+    lean: list[MeasuredVariant], digests: dict[str, str], staged: dict[str, Path], confirm: Compare
+) -> RunOff | None:
+    """The fastest two distinct graphs of `lean` (timed in the comparison of all: the first window) timed against
+    each other in a second window; where it finds the second faster beyond noise, a third decides (the one faster
+    in two of three). None when the candidates are one graph."""
+    ranked = sorted(lean, key=lambda v: (v.p50_ms, v.name != "measured"))
+    first = ranked[0]
+    second = next((v for v in ranked if digests[v.name] != digests[first.name]), None)
+    if second is None:
+        return None
+    ratios = [second.p50_ms / first.p50_ms]
+    for _ in range(2):
+        again = confirm([staged[first.name], staged[second.name]])
+        ratios.append(again[1].p50_ms / again[0].p50_ms)
+        if len(ratios) == 2 and again[1].speedup.low <= 1.0:  # not faster beyond noise: the first window stands
+            break
+    winner = second if len(ratios) == 3 and ratios[2] < 1.0 else first
+    return RunOff(finalists=[first.name, second.name], ratios=[round(r, 4) for r in ratios], winner=winner.name)
 
 
 def _precision_round(options: OptimizeOptions, tuning: Tuning) -> dict[str, OptimizeOptions]:

@@ -91,13 +91,18 @@ def tuning_for(
                                  backends=backends)  # fmt: skip
         return profile_in_context(backend, paths, options, build, progress)
 
+    def confirm(paths: list[Path]) -> list[MeasuredVariant]:
+        return compare(paths, BASE_ROUNDS, BASE_ITERATIONS, CONFIRM_SECONDS)
+
     formats = backend.int8_formats(build or BuildOptions(backends=backends))
     return Tuning(target=target, timer=timer, compare=compare, batch=batch, table=table or default_table_path(),
                   int8_formats=formats,
                   budget=budget,
                   progress=progress,
                   profile=profile,
-                  quick=quick)  # fmt: skip
+                  quick=quick,
+                  # a target that builds (TensorRT) would build both engines again for each window
+                  confirm=None if backend.needs_build(Path("model.onnx")) else confirm)  # fmt: skip
 
 
 # (rounds, runs per variant over them, seconds at least): each comparison goes on in rounds until its seconds
@@ -106,6 +111,7 @@ def tuning_for(
 MAX_ROUNDS = 200  # a tiny model's seconds would run thousands of rounds, each resampled by the bootstrap
 QUICK_ROUNDS, QUICK_ITERATIONS, QUICK_SECONDS = 6, 30, 1.5  # the in-context probes end to end: an interval, quickly
 BASE_ROUNDS, BASE_ITERATIONS, BASE_SECONDS = 12, 80, 3.0  # the fixed alignments, for the base: the probes' reference
+CONFIRM_SECONDS = 3.0  # each further window of the run-off between the two fastest candidates (measured.py)
 PROFILE_RUNS = 15  # runs per profile: the backend's profiler takes each kernel's median over them
 PROFILE_ROUNDS = 3  # profiles per model, interleaved across the models
 

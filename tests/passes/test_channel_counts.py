@@ -122,6 +122,65 @@ def test_the_fastest_candidate_is_written_and_a_graph_is_timed_once(tmp_path):
     }
 
 
+def windows(*p50s: dict[int, float]):
+    """A fake run-off: call k times each file at `p50s[k][channels of its first conv]` ms (±2 %). Records its
+    calls."""
+
+    def confirm(paths: list[Path]) -> list[MeasuredVariant]:
+        ms = p50s[len(confirm.calls)]
+        confirm.calls.append([onnx.load(str(p)).graph.initializer[0].dims[0] for p in paths])
+        times = [ms[c] for c in confirm.calls[-1]]
+        return [MeasuredVariant("", str(p), t, Speedup(times[0] / t, times[0] / t * 0.98, times[0] / t * 1.02))
+                for p, t in zip(paths, times, strict=True)]  # fmt: skip
+
+    confirm.calls = []
+    return confirm
+
+
+@pytest.mark.parametrize(
+    ("later", "written", "ratios", "outcome"),
+    [
+        ([{16: 6.0, 11: 7.0}], "align 8", [1.1538, 1.1667], "align 8 faster in both"),
+        ([{16: 6.1, 11: 6.0}], "align 8", [1.1538, 0.9836], "align 8 kept (the second window within noise)"),
+        ([{16: 7.0, 11: 6.0}, {16: 6.0, 11: 6.6}], "align 8", [1.1538, 0.8571, 1.1], "align 8 faster in two of three"),
+        ([{16: 7.0, 11: 6.0}, {16: 7.2, 11: 6.0}], "measured", [1.1538, 0.8571, 0.8333],
+         "measured faster in two of three"),
+    ],
+)  # fmt: skip
+def test_the_two_fastest_are_timed_again_and_a_first_window_is_turned_only_by_two(
+    tmp_path, later, written, ratios, outcome
+):
+    """The comparison of all says align 8 (16 kept) 1.5×, align 1 = measured (11 kept) 1.3×; a second window
+    times the two alone: agreeing, or the other faster within noise, the first stands; the other faster beyond
+    noise, a third decides."""
+    confirm = windows(*later)
+    tuning = Tuning(target="fake", timer=FakeTimer(lambda layer: float(layer.c_in + layer.c_out)),
+                    compare=speedups(1.3, 1.5), budget=30.0, confirm=confirm)  # fmt: skip
+    report = optimize_measured(dead_model(tmp_path), tmp_path / "out.onnx", OptimizeOptions(align=1), tuning)
+    run_off = report.decision.run_off
+    assert confirm.calls == [[16, 11]] * len(later)  # the first window's fastest first
+    assert run_off.finalists == ["align 8", "measured"] and run_off.ratios == ratios
+    assert report.decision.written == run_off.winner == written
+    kept = 16 if written == "align 8" else 11
+    assert [w.shape[0] for w in weights(_load(tmp_path), "Conv")] == [kept, 8]
+    shown = ", ".join(f"{r:.2f}×" for r in ratios)
+    assert report.decision.verdict.endswith(f"; align 8 vs measured per window: {shown}: {outcome}")
+    assert type(report).from_dict(report.to_dict()).decision.run_off == run_off
+
+
+def test_one_lean_graph_needs_no_run_off(tmp_path):
+    # 16 of 32 filters dead: every alignment keeps 16 and so does the table (multiples of 8 fast): one graph
+    g = GraphBuilder()
+    hidden = g.op("Relu", [g.conv("x", g.weight(32, 4, 1, 1, dead_rows=tuple(range(0, 32, 2))))])
+    onnx.save(g.model(g.conv(hidden, g.weight(8, 32, 1, 1))), tmp_path / "in.onnx")
+    confirm = windows()
+    tuning = Tuning(target="fake", timer=FakeTimer(multiple_of_8_is_fast), compare=speedups(1.2), budget=30.0,
+                    confirm=confirm)  # fmt: skip
+    report = optimize_measured(tmp_path / "in.onnx", tmp_path / "out.onnx", OptimizeOptions(align=1), tuning)
+    assert report.decision.run_off is None and confirm.calls == []
+    assert [w.shape[0] for w in weights(_load(tmp_path), "Conv")] == [16, 8]
+
+
 def test_table_round_trips_and_a_second_run_measures_nothing(tmp_path):
     table = tmp_path / "lut.json"
     _, first = run(tmp_path, multiple_of_8_is_fast, speedups(1.1, 1.2), table=table)
