@@ -111,7 +111,7 @@ def tuning_for(
 MAX_ROUNDS = 200  # a tiny model's seconds would run thousands of rounds, each resampled by the bootstrap
 QUICK_ROUNDS, QUICK_ITERATIONS, QUICK_SECONDS = 6, 30, 1.5  # the in-context probes end to end: an interval, quickly
 BASE_ROUNDS, BASE_ITERATIONS, BASE_SECONDS = 12, 80, 3.0  # the fixed alignments, for the base: the probes' reference
-CONFIRM_SECONDS = 3.0  # each further window of the run-off between the two fastest candidates (measured.py)
+CONFIRM_SECONDS = 2.0  # each further window of the run-off between the two fastest candidates (measured.py)
 PROFILE_RUNS = 15  # runs per profile: the backend's profiler takes each kernel's median over them
 PROFILE_ROUNDS = 3  # profiles per model, interleaved across the models
 
