@@ -6,15 +6,22 @@ and its pruned (lean) variant, in one run:
 - stability: the p50 spread (max/min) over 5 repeats of each;
 - the demo's pruning speedup (ResNet-18, l1-filter 0.5: dense baseline / lean, `sparsecut run`'s defaults) with
   its 95 % interval, measured 5 times: the interval should be about ±5 % or tighter, and the 5 values should
-  fall inside each other's intervals.
+  fall inside each other's intervals;
+- threads spinning (`--spinning`): three identical copies of the demo's lean model (fp32 and int8) timed in turn,
+  with worker threads that never spin, that spin during a run only (sparsecut's sessions) and that spin as
+  onnxruntime's default leaves them (on after a run), each against the model alone in a process of its own with
+  onnxruntime's defaults — what one deployed session runs at. Copies should agree, and sit near "alone".
 
-    .venv/bin/python benchmarks/latency.py [--arch resnet50] [--iterations 40] [--threads 2] [--skip-harness]
+    .venv/bin/python benchmarks/latency.py [--arch resnet50] [--iterations 40] [--threads 2] [--skip-harness] \\
+        [--spinning]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,6 +90,77 @@ def demo_pruning_speedups(console: Console, repeats: int) -> None:
     )
 
 
+ALONE = """
+import sys, time, numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+inp = session.get_inputs()[0]
+feed = {inp.name: np.random.default_rng(0).standard_normal([1, *inp.shape[1:]]).astype(np.float32)}
+for _ in range(20):
+    session.run(None, feed)
+samples = []
+for _ in range(int(sys.argv[2])):
+    start = time.perf_counter_ns()
+    session.run(None, feed)
+    samples.append(time.perf_counter_ns() - start)
+print(np.median(samples) / 1e6)
+"""
+MODES = {"never": {"session.intra_op.allow_spinning": "0"}, "during runs": {"session.force_spinning_stop": "1"},
+         "on after a run": {}}  # fmt: skip
+
+
+def spinning(console: Console, rounds: int = 20, runs: int = 20, copies: int = 3) -> None:
+    """The demo's lean model (fp32, int8) in `copies` identical sessions timed in turn, per spinning mode, against
+    the model alone in a process of its own with onnxruntime's defaults (median of three such processes)."""
+    import onnxruntime as ort
+
+    from sparsecut.passes.precision import PrecisionRequest
+    from sparsecut.precision import Precision
+
+    table = Table(title=f"threads spinning: {copies} identical copies timed in turn ({rounds} rounds × {runs} runs) "
+                  "vs the model alone in its own process")  # fmt: skip
+    for column in ("model", "workers spin", "p50 ms of each copy", "copies max / min", "p50 / alone"):
+        table.add_column(column, justify="left" if column in ("model", "workers spin") else "right")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        save_state_dict(make_pruned_model("resnet18", "l1-filter", 0.5), folder / "ckpt.pt")
+        export_checkpoint(folder / "ckpt.pt", folder / "exported.onnx", arch="resnet18")
+        for precision in ("fp32", "int8"):
+            path = folder / f"lean-{precision}.onnx"
+            optimize_model(folder / "exported.onnx", path,
+                           OptimizeOptions(precision=PrecisionRequest(Precision.parse(precision))))  # fmt: skip
+            command = [sys.executable, "-c", ALONE, str(path), str(rounds * runs)]
+            alone = statistics.median(
+                float(subprocess.run(command, check=True, capture_output=True, text=True).stdout) for _ in range(3)
+            )
+            for mode, entries in MODES.items():
+                sessions = []
+                for _ in range(copies):
+                    options = ort.SessionOptions()
+                    for key, value in entries.items():
+                        options.add_session_config_entry(key, value)
+                    sessions.append(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+                inp = sessions[0].get_inputs()[0]
+                feed = {inp.name: np.random.default_rng(0).standard_normal([1, *inp.shape[1:]]).astype(np.float32)}
+                for session in sessions:
+                    for _ in range(20):
+                        session.run(None, feed)
+                medians: list[list[float]] = [[] for _ in sessions]
+                for r in range(rounds):
+                    for k in range(copies):  # each round starts one copy later
+                        i = (r + k) % copies
+                        samples = []
+                        for _ in range(runs):
+                            start = time.perf_counter_ns()
+                            sessions[i].run(None, feed)
+                            samples.append((time.perf_counter_ns() - start) / 1e6)
+                        medians[i].append(statistics.median(samples))
+                p50s = [statistics.median(m) for m in medians]
+                table.add_row(f"ResNet-18 lean {precision}", mode, ", ".join(f"{p:.3f}" for p in p50s),
+                              f"{max(p50s) / min(p50s):.3f}", f"{statistics.median(p50s) / alone:.3f}")  # fmt: skip
+            table.add_row(f"ResNet-18 lean {precision}", "alone (own process)", f"{alone:.3f}", "", "1.000")
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet50")
@@ -90,8 +168,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-harness", action="store_true", help="only the demo's pruning speedup")
+    parser.add_argument("--spinning", action="store_true", help="only the threads-spinning comparison")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=160)
+    if args.spinning:
+        spinning(console)
+        return
     demo_pruning_speedups(console, args.repeats)
     if args.skip_harness:
         return

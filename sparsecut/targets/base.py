@@ -267,6 +267,11 @@ class Target(abc.ABC, Generic[OptionsT]):
     def environment(self, options: ProfileOptions) -> dict[str, str]:
         """The backend's entries in a latency report's environment (its version, provider, hint …)."""
 
+    def timing_settings(self, options: ProfileOptions) -> dict[str, str]:
+        """How this target runs what it times, where that changes the numbers (onnxruntime: when its threads
+        spin): a latency table measured otherwise is not reused."""
+        return {}
+
     @abc.abstractmethod
     def precision(self, artifact: Artifact) -> str:
         """What the artifact computes in: fp32, fp16, int8 (or what the engine reports)."""

@@ -13,8 +13,9 @@ by an untimed prefill, then `steps` decode steps are timed, one sample each. Bef
 loaded and warmed at the longest prompt and context, one after another: its memory is the peak resident memory of
 the process while it loads and warms, over the resident memory before (weights, onnxruntime's arena, the caches,
 and what loading holds for a moment; Linux's peak counter, reset per variant through /proc/self/clear_refs — where
-that cannot be reset, the resident memory after warm-up instead). Sessions never spin
-(`session.intra_op.allow_spinning` 0): variants timed in turn would otherwise slow each other.
+that cannot be reset, the resident memory after warm-up instead). Worker threads spin during a run and stop when it
+returns (`session.force_spinning_stop`, as onnxruntime.py times): left spinning, variants timed in turn would slow
+each other; never spinning, every operator would wait for a worker to wake.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class DecoderSession:
 
         self.graph = DecoderGraph(path)
         options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         if threads:
             options.intra_op_num_threads = threads
         if profile_prefix is not None:
