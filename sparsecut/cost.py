@@ -17,7 +17,7 @@ from sparsecut.modelfile import elements_of_type
 from sparsecut.report import LayerCost, ModelCost
 from sparsecut.shapes import infer_shapes
 
-__all__ = ["LAYER_OPS", "count_costs", "count_params", "dims_at_batch_one"]
+__all__ = ["LAYER_OPS", "count_costs", "count_params", "dims_at_batch_one", "weight_elements"]
 
 LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # the ops whose MACs are counted: "layers"
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
@@ -44,7 +44,12 @@ def count_params(model: ir.Model) -> int:
     bound, is no weight), in initializers and Constant nodes."""
     tensors: list[ir.TensorProtocol | None] = [v.const_value for v in model.graph.initializers.values()]
     tensors += [_constant_tensor(node) for node in model.graph if node.op_type == "Constant"]
-    return sum(elements_of_type(t, _WEIGHT_TYPES, min_rank=1) for t in tensors if t is not None)
+    return sum(weight_elements(t) for t in tensors if t is not None)
+
+
+def weight_elements(tensor: ir.TensorProtocol) -> int:
+    """The numbers of `tensor` that `count_params` counts (0: not a weight)."""
+    return elements_of_type(tensor, _WEIGHT_TYPES, min_rank=1)
 
 
 def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:

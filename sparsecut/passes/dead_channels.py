@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from sparsecut.cost import count_params
-from sparsecut.passes.channels import DeadChannelAnalysis, rewrite_channels
+from sparsecut.cost import count_params, weight_elements
+from sparsecut.passes.channels import SHARED_WEIGHT, DeadChannelAnalysis, rewrite_channels
 from sparsecut.passes.channels.canonical import canonicalize
 from sparsecut.passes.constants import FoldConstantsPass
 from sparsecut.passes.contract import Composed, OptimizePass, interface_shapes
@@ -93,6 +93,14 @@ class RemoveDeadChannelsPass(OptimizePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         prepared = prepare_for_analysis(model, self.fold)
         analysis = DeadChannelAnalysis(model, self.align, self.enabled_groups, self.counts)
+        shared = _spaces_slicing_shared_weights(analysis) if analysis.total_removed else set()
+        if shared and self._grows(model):
+            # an exporter shares equal tensors (TorchScript: two all-zero q weights become one initializer); a
+            # layer sliced apart from the others reading it gets a copy, which can outweigh what it saves
+            log.info("%d channel space(s) kept whole: their layers read weights shared with other nodes, and the "
+                     "copies slicing them needs would leave the model larger", len(shared))  # fmt: skip
+            kept = dict.fromkeys(shared, SHARED_WEIGHT)
+            analysis = DeadChannelAnalysis(model, self.align, self.enabled_groups, self.counts, kept)
         self.analysis = analysis
         if analysis.total_removed == 0:
             return ir.passes.PassResult(model, modified=prepared)
@@ -100,6 +108,12 @@ class RemoveDeadChannelsPass(OptimizePass):
         rewrite_channels(model, analysis, orders)
         log.info("removed %d channels", analysis.total_removed)
         return ir.passes.PassResult(model, modified=True)
+
+    def _grows(self, model: ir.Model) -> bool:
+        """Whether removing the channels leaves more parameters than before (tried on a copy)."""
+        trial = model.clone()
+        rewrite_channels(trial, DeadChannelAnalysis(trial, self.align, self.enabled_groups, self.counts))
+        return count_params(trial) > (self._before[1] if self._before is not None else count_params(model))
 
     def cache_heads(self) -> dict[str, list[int]]:
         """The KV cache inputs and outputs whose K/V heads (axis 1) were removed: name → the heads kept. The model's
@@ -131,6 +145,28 @@ class RemoveDeadChannelsPass(OptimizePass):
             rule_errors=list(analysis.walk.rule_errors),
             heads=analysis.head_reports(),
         )
+
+
+def _spaces_slicing_shared_weights(analysis: DeadChannelAnalysis) -> set[str]:
+    """The spaces (by `space_key`) that lose channels at a node reading a weight (a float initializer, directly or
+    through a Transpose, Cast or reshape) that other nodes read too: slicing it for one reader copies it."""
+    found: set[str] = set()
+    for value in analysis.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or len(value.uses()) < 2 or not weight_elements(tensor):
+            continue
+        readers = [use.node for use in value.uses()]
+        readers += [use.node for node in readers if node.op_type in PASSTHROUGH
+                    for out in node.outputs for use in out.uses()]  # fmt: skip
+        for node in readers:
+            for v in (*node.inputs, *node.outputs):
+                s = analysis.walk.space_of.get(v) if v is not None else None
+                if s is not None and analysis.decision.loses[s]:
+                    found.add(analysis.space_key(s))
+    return found
+
+
+PASSTHROUGH = frozenset({"Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze"})  # a weight on its way to a layer
 
 
 def kept_cache_heads(heads: Sequence[HeadReport]) -> dict[str, list[int]]:

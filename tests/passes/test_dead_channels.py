@@ -189,6 +189,25 @@ def test_transformer_mlp_hidden_neurons(tmp_path, bias_value):
     assert [w.shape for w in weights(lean, "MatMul")] == [(8, 14), (14, 8)]
 
 
+@pytest.mark.parametrize(("width", "shapes"), [(1, [(8, 16), (16, 1), (8, 16)]), (64, [(8, 4), (4, 64), (8, 16)])])
+def test_a_weight_other_nodes_read_too_is_sliced_only_where_the_copy_pays(tmp_path, width, shapes):
+    """One weight, 12 of its 16 columns zero, read by two MatMuls (as the TorchScript exporter shares equal
+    tensors): the one feeding a graph output keeps its 16 channels, so the other's 4 live ones need a copy (32
+    numbers). Into a 16 × 1 layer the removal saves 12: the model would grow, so the space is kept whole and the
+    report says why; into a 16 × 64 layer it saves 768 and goes."""
+    g = GraphBuilder(shape=(5, 8))
+    w = g.weight(8, 16)
+    w[:, :12] = 0.0
+    shared = g.const(w)
+    hidden = g.op("Relu", [g.op("MatMul", ["x", shared])])
+    y = g.op("MatMul", [hidden, g.const(g.weight(16, width))])
+    report, lean = optimize(tmp_path, g.model(y, g.op("MatMul", ["x", shared])))
+    assert [m.shape for m in weights(lean, "MatMul")] == shapes
+    assert report.after.params <= report.before.params
+    (group,) = [grp for grp in removal(report) if "graph output" not in grp.kept_dead]
+    assert group.kept_dead == ({constraints.SHARED_WEIGHT: 12} if width == 1 else {})
+
+
 def test_gate_refuses_a_broken_rewrite_and_names_pass_and_group(tmp_path, monkeypatch):
     g = GraphBuilder()
     live = g.op("Relu", [g.conv("x", g.weight(8, 4, 1, 1), np.zeros(8))])

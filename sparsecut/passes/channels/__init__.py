@@ -3,7 +3,7 @@
 graph rewrite that removes them (`rewrite.py`)."""
 
 from sparsecut.passes.channels.analysis import DeadChannelAnalysis
-from sparsecut.passes.channels.constraints import ALIGNED, MEASURED, SLOWER_WHEN_REMOVED
+from sparsecut.passes.channels.constraints import ALIGNED, MEASURED, SHARED_WEIGHT, SLOWER_WHEN_REMOVED
 from sparsecut.passes.channels.rewrite import ChannelRewrite, rewrite_channels
 from sparsecut.passes.channels.rules import RULES, ChannelRule, Decline, Kind, Plan, register
 
@@ -11,6 +11,7 @@ __all__ = [
     "ALIGNED",
     "MEASURED",
     "RULES",
+    "SHARED_WEIGHT",
     "SLOWER_WHEN_REMOVED",
     "ChannelRewrite",
     "ChannelRule",

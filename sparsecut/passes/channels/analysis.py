@@ -51,15 +51,17 @@ class DeadChannelAnalysis:
         align: int = 8,
         enabled_groups: set[int] | None = None,
         counts: Mapping[str, int] | None = None,
+        kept_whole: Mapping[str, str] | None = None,
     ) -> None:
         """`align`: each space keeps a multiple of it. `counts`: for the space named by `space_key`, the channels
         to keep at least (a measured decision, see channel_counts.py); it replaces `align` there.
-        `enabled_groups`: only these coupled groups lose channels (the gate's bisection)."""
+        `enabled_groups`: only these coupled groups lose channels (the gate's bisection). `kept_whole`: spaces (by
+        `space_key`) that keep every channel, with why."""
         self.graph = model.graph
         self.walk: ChannelWalk = walk_graph(model.graph)
         self.coupling: Coupling = couple(self.walk, model.graph)
         self.decision: Decision = decide(
-            self.coupling, max(1, align), dict(counts or {}), enabled_groups, self.space_key
+            self.coupling, max(1, align), dict(counts or {}), enabled_groups, self.space_key, kept_whole
         )
         self._heads: list[HeadReport] | None = None
 

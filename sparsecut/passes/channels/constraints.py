@@ -28,6 +28,7 @@ from sparsecut.passes.channels.spaces import ChannelWalk, add_reason
 __all__ = [
     "ALIGNED",
     "MEASURED",
+    "SHARED_WEIGHT",
     "SLOWER_WHEN_REMOVED",
     "Coupling",
     "Decision",
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 ALIGNED = "kept for alignment"
 MEASURED = "kept: the chosen count runs faster on the target (measured)"
 SLOWER_WHEN_REMOVED = "slower when removed (measured)"
+SHARED_WEIGHT = (
+    "kept: a layer here reads a weight other nodes read too, and slicing a copy for it would leave the model larger"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,11 +201,17 @@ def decide(
     counts: Mapping[str, int],
     enabled_groups: set[int] | None,
     space_key: Callable[[int], str],
+    kept_whole: Mapping[str, str] | None = None,
 ) -> Decision:
     """Veto channels until grouped convs lose equal counts per group and every space keeps a multiple of `align`
-    channels (or its measured count, `counts` by `space_key`). Vetoes only grow, so this ends."""
+    channels (or its measured count, `counts` by `space_key`). `kept_whole`: spaces (by `space_key`) that keep every
+    channel, with why. Vetoes only grow, so this ends."""
     walk = c.walk
     reasons = [dict(r) for r in c.reasons]
+    if kept_whole:
+        for s, sp in enumerate(walk.spaces):
+            if space_key(s) in kept_whole:
+                add_reason(reasons[s], sp.count, None, kept_whole[space_key(s)])
     order = np.argsort(c.label, kind="stable")
     starts = np.searchsorted(c.label[order], np.arange(c.n_components + 1))
     kept_for_count: dict[int, int] = {}
