@@ -20,6 +20,8 @@ each other; never spinning, every operator would wait for a worker to wake.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import gc
 import time
@@ -236,6 +238,7 @@ def compare_decoders(
     memory: list[float | None] = []
     for m in models:  # one at a time, each warmed at the longest prompt and context: the memory it added
         gc.collect()  # (garbage freed while the session loads would hide part of it)
+        _trim_heap()  # (nor may it fill pages freed earlier but still resident)
         peak = _reset_peak()
         before = _resident_mb()
         session = GenaiSession(Path(m)) if target == "onnxruntime-genai" else DecoderSession(Path(m), options.threads)
@@ -345,6 +348,13 @@ def _resident_mb(field: str = "VmRSS:") -> float | None:
     except OSError:
         pass
     return None
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc's `malloc_trim`; elsewhere nothing): memory freed
+    earlier in this process stays resident, and a session allocating into it would not raise the resident size."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _reset_peak() -> bool:
