@@ -84,6 +84,7 @@ log = logging.getLogger(__name__)
 TABLE_SHARE = 0.25  # of --tune-budget, for the one-layer table when the context decides (the rest: probes)
 FIXED = (1, 8, 16)  # fixed alignments timed beside the measured counts (and the one asked for by --align)
 BEST_BOUND = DriftBound(min_sqnr_db=25.0)  # --precision best without --max-drift
+RUN_OFF_MARGIN = 0.02  # a second window turns the first's choice only where the other runs this much faster
 
 Compare = Callable[[list[Path]], list[MeasuredVariant]]  # p50 and speedup vs the first, for each file
 
@@ -282,8 +283,8 @@ def _run_off(
     lean: list[MeasuredVariant], digests: dict[str, str], staged: dict[str, Path], confirm: Compare
 ) -> RunOff | None:
     """The fastest two distinct graphs of `lean` (timed in the comparison of all: the first window) timed against
-    each other in a second window; where it finds the second faster beyond noise, a third decides (the one faster
-    in two of three). None when the candidates are one graph."""
+    each other in a second window; where it finds the second faster beyond noise and by RUN_OFF_MARGIN at least,
+    a third decides (the one faster in two of three). None when the candidates are one graph."""
     ranked = sorted(lean, key=lambda v: (v.p50_ms, v.name != "measured"))
     first = ranked[0]
     second = next((v for v in ranked if digests[v.name] != digests[first.name]), None)
@@ -293,8 +294,8 @@ def _run_off(
     for _ in range(2):
         again = confirm([staged[first.name], staged[second.name]])
         ratios.append(again[1].p50_ms / again[0].p50_ms)
-        if len(ratios) == 2 and again[1].speedup.low <= 1.0:  # not faster beyond noise: the first window stands
-            break
+        if len(ratios) == 2 and (again[1].speedup.low <= 1.0 or again[1].speedup.value < 1.0 + RUN_OFF_MARGIN):
+            break  # the second not faster beyond noise, or by less than the margin: the first window stands
     winner = second if len(ratios) == 3 and ratios[2] < 1.0 else first
     return RunOff(finalists=[first.name, second.name], ratios=[round(r, 4) for r in ratios], winner=winner.name)
 

@@ -123,14 +123,14 @@ def test_the_fastest_candidate_is_written_and_a_graph_is_timed_once(tmp_path):
 
 
 def windows(*p50s: dict[int, float]):
-    """A fake run-off: call k times each file at `p50s[k][channels of its first conv]` ms (±2 %). Records its
+    """A fake run-off: call k times each file at `p50s[k][channels of its first conv]` ms (±0.5 %). Records its
     calls."""
 
     def confirm(paths: list[Path]) -> list[MeasuredVariant]:
         ms = p50s[len(confirm.calls)]
         confirm.calls.append([onnx.load(str(p)).graph.initializer[0].dims[0] for p in paths])
         times = [ms[c] for c in confirm.calls[-1]]
-        return [MeasuredVariant("", str(p), t, Speedup(times[0] / t, times[0] / t * 0.98, times[0] / t * 1.02))
+        return [MeasuredVariant("", str(p), t, Speedup(times[0] / t, times[0] / t * 0.995, times[0] / t * 1.005))
                 for p, t in zip(paths, times, strict=True)]  # fmt: skip
 
     confirm.calls = []
@@ -141,7 +141,8 @@ def windows(*p50s: dict[int, float]):
     ("later", "written", "ratios", "outcome"),
     [
         ([{16: 6.0, 11: 7.0}], "align 8", [1.1538, 1.1667], "align 8 faster in both"),
-        ([{16: 6.1, 11: 6.0}], "align 8", [1.1538, 0.9836], "align 8 kept (the second window within noise)"),
+        ([{16: 6.02, 11: 6.0}], "align 8", [1.1538, 0.9967], "align 8 kept (the second window within noise or 2 %)"),
+        ([{16: 6.1, 11: 6.0}], "align 8", [1.1538, 0.9836], "align 8 kept (the second window within noise or 2 %)"),
         ([{16: 7.0, 11: 6.0}, {16: 6.0, 11: 6.6}], "align 8", [1.1538, 0.8571, 1.1], "align 8 faster in two of three"),
         ([{16: 7.0, 11: 6.0}, {16: 7.2, 11: 6.0}], "measured", [1.1538, 0.8571, 0.8333],
          "measured faster in two of three"),
@@ -151,8 +152,8 @@ def test_the_two_fastest_are_timed_again_and_a_first_window_is_turned_only_by_tw
     tmp_path, later, written, ratios, outcome
 ):
     """The comparison of all says align 8 (16 kept) 1.5×, align 1 = measured (11 kept) 1.3×; a second window
-    times the two alone: agreeing, or the other faster within noise, the first stands; the other faster beyond
-    noise, a third decides."""
+    times the two alone: agreeing, or the other faster within noise or by less than 2 % (1.7 %, beyond ±0.5 %
+    noise), the first stands; the other faster beyond both, a third decides."""
     confirm = windows(*later)
     tuning = Tuning(target="fake", timer=FakeTimer(lambda layer: float(layer.c_in + layer.c_out)),
                     compare=speedups(1.3, 1.5), budget=30.0, confirm=confirm)  # fmt: skip
