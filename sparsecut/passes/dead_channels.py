@@ -39,6 +39,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+PASSTHROUGH = frozenset({"Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze"})  # a weight on its way to a layer
+
 
 class RemoveDeadChannelsPass(OptimizePass):
     """Remove dead channels (zero, or constant where every consumer absorbs the constant exactly).
@@ -98,7 +100,7 @@ class RemoveDeadChannelsPass(OptimizePass):
             # an exporter shares equal tensors (TorchScript: two all-zero q weights become one initializer); a
             # layer sliced apart from the others reading it gets a copy, which can outweigh what it saves
             log.info("%d channel space(s) kept whole: their layers read weights shared with other nodes, and the "
-                     "copies slicing them needs would leave the model larger", len(shared))  # fmt: skip
+                     "copies that slicing them needs would leave the model larger", len(shared))  # fmt: skip
             kept = dict.fromkeys(shared, SHARED_WEIGHT)
             analysis = DeadChannelAnalysis(model, self.align, self.enabled_groups, self.counts, kept)
         self.analysis = analysis
@@ -164,9 +166,6 @@ def _spaces_slicing_shared_weights(analysis: DeadChannelAnalysis) -> set[str]:
                 if s is not None and analysis.decision.loses[s]:
                     found.add(analysis.space_key(s))
     return found
-
-
-PASSTHROUGH = frozenset({"Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze"})  # a weight on its way to a layer
 
 
 def kept_cache_heads(heads: Sequence[HeadReport]) -> dict[str, list[int]]:

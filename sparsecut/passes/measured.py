@@ -19,11 +19,13 @@
 4. The input and the candidates are timed interleaved on the target (the same runner and interval as
    `compare`), each distinct graph once (the table's or the context's counts may give a fixed alignment's graph:
    timed twice, equals would differ by noise alone). The two fastest distinct graphs are then timed against each
-   other again (`Tuning.confirm`): the one faster in two windows of three is the fastest — a slow spell of a shared
-   machine can turn one comparison. It is built again with the equivalence gate and written. Unless it beats the input beyond noise, the report says plainly that pruning does not pay on
-   this target — the file is still written, flagged so in the report and JSON. When
-   the candidates are in another precision (int8, fp16), the reference is the input through the same pipeline
-   and precision without channel removal: a speedup credited to pruning is never the precision's.
+   other again (`Tuning.confirm`, a run-off): a second window confirms the first (or finds the other faster only
+   within noise or by less than RUN_OFF_MARGIN), else a third decides — a slow spell of a shared machine can turn
+   one comparison. The fastest is built again with the equivalence gate and written. Unless it beats the input
+   beyond noise, the report says plainly that pruning does not pay on this target — the file is still written,
+   flagged so in the report and JSON. When the candidates are in another precision (int8, fp16), the reference is
+   the input through the same pipeline and precision without channel removal: a speedup credited to pruning is
+   never the precision's.
 5. The precision round. With `--precision int8` (and no `--int8-format`), the chosen lean graph is also quantized
    in every other int8 format the target offers (its types and Q/DQ placement: sparsecut/quantization.py) and
    kept in fp32; each format is checked against `--max-drift` on the held-out samples (layers put back in fp32
