@@ -182,6 +182,13 @@ def summary(b: Bench) -> dict[str, Any]:
         "device": b.windows[0].device,
         "windows": len(b.windows),
         "speedups": {k: {"value": v.value, "low": v.low, "high": v.high} for k, v in speedups.items()},
+        "speedups_by_window": {
+            label: [speedup(rounds["masked"][w], rounds[label][w]).value for w in range(len(b.windows))]
+            for label in b.paths
+        },
+        "p50_ms_by_window": {
+            label: [w.variants[distinct.index(b.digests[label])].latency.p50_ms for w in b.windows] for label in b.paths
+        },
         "same_graph_as": {k: v for k, v in same_as.items() if v != k},
         "best_fixed": best_fixed,
         "written_over_best_fixed": against_best("written"),
