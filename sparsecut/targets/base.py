@@ -204,6 +204,7 @@ class Target(abc.ABC, Generic[OptionsT]):
             environment={
                 **_host_environment(),
                 **self.environment(options),
+                **self.timing_settings(options),
                 "threads": str(options.threads or "default"),
             },
             **extra,

@@ -14,7 +14,7 @@ loaded and warmed at the longest prompt and context, one after another: its memo
 the process while it loads and warms, over the resident memory before (weights, onnxruntime's arena, the caches,
 and what loading holds for a moment; Linux's peak counter, reset per variant through /proc/self/clear_refs — where
 that cannot be reset, the resident memory after warm-up instead). Worker threads spin during a run and stop when it
-returns (`session.force_spinning_stop`, as onnxruntime.py times): left spinning, variants timed in turn would slow
+returns (onnxruntime.py's sessions, `session.force_spinning_stop`): left spinning, variants timed in turn would slow
 each other; never spinning, every operator would wait for a worker to wake.
 """
 
@@ -113,15 +113,11 @@ class DecoderSession:
     def __init__(self, path: Path, threads: int | None = None, profile_prefix: str | None = None) -> None:
         import onnxruntime as ort
 
+        from sparsecut.targets.onnxruntime import _session
+
         self.graph = DecoderGraph(path)
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-        if threads:
-            options.intra_op_num_threads = threads
-        if profile_prefix is not None:
-            options.enable_profiling = True
-            options.profile_file_prefix = profile_prefix
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        profiling = {} if profile_prefix is None else {"enable_profiling": True, "profile_file_prefix": profile_prefix}
+        self.session = _session(path, "cpu", threads or None, "all", **profiling)
         self._ort = ort
         self.outputs = [o.name for o in self.session.get_outputs()]
 

@@ -270,7 +270,7 @@ SPINNING = "during runs"  # worker threads spin while a run lasts and stop when 
 
 
 def _environment(provider: str, optimization: str) -> dict[str, str]:
-    return {"onnxruntime": _ort_version(), "provider": provider, "optimization": optimization, "spinning": SPINNING}
+    return {"onnxruntime": _ort_version(), "provider": provider, "optimization": optimization}
 
 
 def _ort_version() -> str:
