@@ -205,10 +205,10 @@ def optimize_measured(
             variants.append(dataclasses.replace(timed[digests[name]], name=name, model=str(output),
                                                 same_as="" if first == name else first))  # fmt: skip
         # (candidates with one graph share a time: the measured one is named where it is among them)
-        best = min(variants[1:], key=lambda v: (v.p50_ms, v.name != "measured"))
-        run_off = None
+        ranked = sorted(variants[1:], key=lambda v: (v.p50_ms, v.name != "measured"))
+        best, run_off = ranked[0], None
         if tuning.confirm is not None:
-            run_off = _run_off(variants[1:], digests, staged, tuning.confirm)
+            run_off = _run_off(ranked, digests, staged, tuning.confirm)
             if run_off is not None and run_off.winner != best.name:
                 log.info("run-off: %s", run_off.describe())
                 best = next(v for v in variants if v.name == run_off.winner)
@@ -282,22 +282,27 @@ def optimize_measured(
 
 
 def _run_off(
-    lean: list[MeasuredVariant], digests: dict[str, str], staged: dict[str, Path], confirm: Compare
+    ranked: list[MeasuredVariant], digests: dict[str, str], staged: dict[str, Path], confirm: Compare
 ) -> RunOff | None:
-    """The fastest two distinct graphs of `lean` (timed in the comparison of all: the first window) timed against
-    each other in a second window; where it finds the second faster beyond noise and by RUN_OFF_MARGIN at least,
-    a third decides (the one faster in two of three). None when the candidates are one graph."""
-    ranked = sorted(lean, key=lambda v: (v.p50_ms, v.name != "measured"))
+    """The fastest two distinct graphs of `ranked` (the lean candidates, fastest first in the comparison of all:
+    the first window) timed against each other in a second window; where it finds the second faster beyond noise
+    and by RUN_OFF_MARGIN at least, a third decides (the one faster in two of three). None when the candidates are
+    one graph."""
     first = ranked[0]
     second = next((v for v in ranked if digests[v.name] != digests[first.name]), None)
     if second is None:
         return None
-    ratios = [second.p50_ms / first.p50_ms]
-    for _ in range(2):
+
+    def window() -> MeasuredVariant:
+        """The second finalist, timed again against the first (its speedup over it)."""
         again = confirm([staged[first.name], staged[second.name]])
         ratios.append(again[1].p50_ms / again[0].p50_ms)
-        if len(ratios) == 2 and (again[1].speedup.low <= 1.0 or again[1].speedup.value < 1.0 + RUN_OFF_MARGIN):
-            break  # the second not faster beyond noise, or by less than the margin: the first window stands
+        return again[1]
+
+    ratios = [second.p50_ms / first.p50_ms]
+    turned = window().speedup
+    if turned.low > 1.0 and turned.value >= 1.0 + RUN_OFF_MARGIN:  # else the first window stands
+        window()
     winner = second if len(ratios) == 3 and ratios[2] < 1.0 else first
     return RunOff(finalists=[first.name, second.name], ratios=[round(r, 4) for r in ratios], winner=winner.name)
 

@@ -179,9 +179,9 @@ class OpenVinoTarget(Target[OpenVinoOptions]):
 
     def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
         """OpenVINO's performance counters per executed node, their mean over the typical runs
-        (`_Counters.typical`), joined with the MACs of the ONNX nodes it computes (a fused node: all of them). A layout reorder the plugin added names no ONNX node
-        (`x_abcd_acdb_…`: NCHW → blocked); the MACs of ONNX nodes no executed node claims are listed so that they
-        still add up to the model's total."""
+        (`_Counters.typical`), joined with the MACs of the ONNX nodes it computes (a fused node: all of them). A
+        layout reorder the plugin added names no ONNX node (`x_abcd_acdb_…`: NCHW → blocked); the MACs of ONNX nodes
+        no executed node claims are listed so that they still add up to the model's total."""
         counters = _Counters(self, artifact, options)
         for _ in range(max(5, min(options.iterations, 50))):
             counters.request.infer()

@@ -4,9 +4,10 @@ interleaved — the same build, runner and interval as `compare`, so a decision 
 A layer becomes a one-node ONNX model (seeded weights, its real kernel, stride, dilation, pads, groups and input
 size), built by the target where it builds (TensorRT: an engine of that one layer) and run with the options the
 whole model will run with (onnxruntime: graph optimizations on, so the NCHWc layout transform decides for the
-layer as it will in the model; threads spinning as the target times whole models). Its time is the median of repeated runs. A latency table's context
-names the device — a CPU with its vector extensions (NCHWc's block is 8 on AVX2 and 16 on AVX-512) —, the
-backend and its version, threads, provider and batch.
+layer as it will in the model; threads spinning as the target times whole models). Its time is the median of
+repeated runs. A latency table's context names the device — a CPU with its vector extensions (NCHWc's block is 8
+on AVX2 and 16 on AVX-512) —, the backend and its version, threads, provider, batch and how the target times
+(`Target.timing_settings`).
 """
 
 from __future__ import annotations
