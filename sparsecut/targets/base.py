@@ -241,6 +241,23 @@ class Target(abc.ABC, Generic[OptionsT]):
     def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
         """Time per layer (the backend's profiler), beside each layer's MACs where the ONNX source is known."""
 
+    def layer_time_rounds(
+        self,
+        artifacts: list[Artifact],
+        options: ProfileOptions,
+        rounds: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[list[list[LayerTime]]]:
+        """`layer_times` of each artifact `rounds` times, taken round-robin across the artifacts (a slow moment of
+        the machine hits each alike): per artifact, its rows per round. `progress(done, total)` after each."""
+        found: list[list[list[LayerTime]]] = [[] for _ in artifacts]
+        for r in range(rounds):
+            for i, artifact in enumerate(artifacts):
+                found[i].append(self.layer_times(artifact, options))
+                if progress is not None:
+                    progress(r * len(artifacts) + i + 1, rounds * len(artifacts))
+        return found
+
     def kernel_tensors(self, artifact: Artifact, options: ProfileOptions) -> dict[str, list[str]]:
         """Per kernel the profiler names, the tensors of the ONNX source it reads or writes (outputs first): where
         a kernel of the backend's own (a layout reorder) sits in the graph. Empty where the backend cannot say."""

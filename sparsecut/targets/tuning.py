@@ -138,22 +138,21 @@ def profile_in_context(
                 artifact, _ = backend.build(path, Path(tmp) / f"{i}{backend.artifact_suffix}", build or BuildOptions())
             artifacts.append(artifact)
             tensors.append(backend.kernel_tensors(artifact, options))
-        samples: list[dict[str, list[float]]] = [{} for _ in paths]
-        total = PROFILE_ROUNDS * len(paths)
-        for r in range(PROFILE_ROUNDS):
-            for i, artifact in enumerate(artifacts):
-                per_node: dict[str, float] = {}
-                for row in backend.layer_times(artifact, options):
-                    if row.nodes:
-                        key = row.nodes[0]
-                    else:
-                        touched = tensors[i].get(row.name, [])
-                        key = f"value:{touched[0]}" if touched else f"kernel:{row.name}"
-                    per_node[key] = per_node.get(key, 0.0) + row.ms
-                for node, ms in per_node.items():
-                    samples[i].setdefault(node, []).append(ms)
-                if progress is not None:
-                    progress("profiling in context", r * len(paths) + i + 1, total)
+        report = None if progress is None else lambda done, total: progress("profiling in context", done, total)
+        profiles = backend.layer_time_rounds(artifacts, options, PROFILE_ROUNDS, report)
+    samples: list[dict[str, list[float]]] = [{} for _ in paths]
+    for i, per_round in enumerate(profiles):
+        for rows in per_round:
+            per_node: dict[str, float] = {}
+            for row in rows:
+                if row.nodes:
+                    key = row.nodes[0]
+                else:
+                    touched = tensors[i].get(row.name, [])
+                    key = f"value:{touched[0]}" if touched else f"kernel:{row.name}"
+                per_node[key] = per_node.get(key, 0.0) + row.ms
+            for node, ms in per_node.items():
+                samples[i].setdefault(node, []).append(ms)
     found = []
     for per_model in samples:
         found.append({node: Timed(sorted(ms)[len(ms) // 2], (max(ms) - min(ms)) / 2) for node, ms in per_model.items()})

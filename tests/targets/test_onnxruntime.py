@@ -54,6 +54,47 @@ def test_fused_kernels_still_account_for_all_macs(small_model):
     assert sum(layer.macs for layer in report.layers) == count_costs(ir.load(small_model)).macs
 
 
+def test_a_trace_is_split_by_run_and_a_kernel_run_twice_counts_twice():
+    from sparsecut.targets.onnxruntime import _kernel_times_per_run
+
+    def kernel(name, ts, dur, op="Conv"):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    trace = [
+        {"cat": "Session", "name": "model_run", "ts": 100, "dur": 50},
+        {"cat": "Session", "name": "model_run", "ts": 200, "dur": 50},
+        kernel("a", 110, 10), kernel("b", 125, 20, "Relu"), kernel("a", 140, 5),  # a loop body: a twice in a run
+        {"cat": "Node", "name": "a_fence_before", "ts": 205, "dur": 1},
+        kernel("a", 205, 12), kernel("b", 220, 18, "Relu"),
+        kernel("c", 300, 99),  # after every run: no run's
+    ]  # fmt: skip
+    per_run, ops = _kernel_times_per_run(trace)
+    assert per_run == [{"a": 0.015, "b": 0.02}, {"a": 0.012, "b": 0.018}]
+    assert ops == {"a": "Conv", "b": "Relu"}
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_profiles_in_rounds_name_what_one_profile_names(small_model, tmp_path, monkeypatch, together):
+    import sparsecut.targets.onnxruntime as ort_target
+
+    if not together:  # files beyond the size held open together: each round opens sessions of its own
+        monkeypatch.setattr(ort_target, "TOGETHER_BYTES", 0)
+    other = tmp_path / "other.onnx"
+    other.write_bytes(small_model.read_bytes())
+    target = get_target("onnxruntime")
+    artifacts = [target.load(small_model), target.load(other)]
+    options = ProfileOptions(iterations=5, warmup=1)
+    calls = []
+    rounds = target.layer_time_rounds(artifacts, options, 3, lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 6) for i in range(1, 7)]
+    one = sorted(row.name for row in target.layer_times(artifacts[0], options))
+    assert len(rounds) == 2 and all(len(per_artifact) == 3 for per_artifact in rounds)
+    macs = count_costs(ir.load(small_model)).macs
+    for rows in (r for per_artifact in rounds for r in per_artifact):
+        assert sorted(row.name for row in rows) == one
+        assert sum(row.macs for row in rows) == macs and sum(row.ms for row in rows) > 0
+
+
 def test_timed_sessions_spin_during_a_run_and_stop_when_it_returns(small_model):
     """Workers that never spin wake for every operator (27 % above one session alone on an int8 ResNet-18);
     workers left spinning after a run take a core from the session timed next: they spin during a run only.
