@@ -66,7 +66,7 @@ from sparsecut.passes.in_context import (
     touching_nodes,
 )
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
-from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
+from sparsecut.passes.pipeline import OptimizeOptions, PreparedInput, optimize_model
 from sparsecut.passes.registry import baseline_passes, parse_passes
 from sparsecut.precision import FP32, Precision
 from sparsecut.quantization import int8_format
@@ -148,6 +148,7 @@ def optimize_measured(
     if measuring:
         candidates["table" if in_context else "measured"] = proposal
     groups, measured_counts, counts_align = plan.decisions, plan.counts, channel_options.align
+    prepared = PreparedInput(source, names, channel_options)  # loaded and folded once for every candidate
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged: dict[str, Path] = {}
         reports: dict[str, OptimizeReport] = {}
@@ -156,13 +157,15 @@ def optimize_measured(
             """A candidate, built for timing: the gate runs on the one written (below), not on every candidate."""
             staged[name] = Path(tempfile.mkdtemp(dir=tmp)) / output.name
             with quieted("sparsecut.passes.pipeline"):  # (its warning is for users who turn the gate off)
-                reports[name] = optimize_model(source, staged[name], dataclasses.replace(variant_options, verify=False))
+                reports[name] = optimize_model(
+                    source, staged[name], dataclasses.replace(variant_options, verify=False), prepared
+                )
 
         for name, variant_options in candidates.items():
             stage(name, variant_options)
         if in_context:
             assert tuning.profile is not None
-            context = _in_context(source, model, Path(tmp), channel_options, alignments, plan, staged, tuning)
+            context = _in_context(source, prepared, model, Path(tmp), channel_options, alignments, plan, staged, tuning)
             groups, measured_counts = _merged(plan.decisions, context.decisions), context.counts
             counts_align = context.align
             candidates["measured"] = dataclasses.replace(
@@ -440,6 +443,7 @@ class _Context:
 
 def _in_context(
     source: Path,
+    prepared: PreparedInput,
     model: ir.Model,
     folder: Path,
     options: OptimizeOptions,
@@ -480,7 +484,7 @@ def _in_context(
         path.parent.mkdir()
         counts = tuple(sorted((analysis.space_key(s), c) for s, c in kept.items()))
         with quieted("sparsecut.passes.pipeline"):  # (its warning is for users who turn the gate off)
-            optimize_model(source, path, dataclasses.replace(options, counts=counts, verify=False))
+            optimize_model(source, path, dataclasses.replace(options, counts=counts, verify=False), prepared)
         built[name] = path
         if tuning.progress is not None:
             tuning.progress("building in-context probes", i + 1, len(found))
