@@ -3,7 +3,8 @@
 1. The graph is folded as the pipeline folds it, and `plan_counts` proposes per channel space how many channels
    to keep, from a latency table of the layers involved, measured on the target where unknown (channel_counts.py).
 2. Lean candidates are built through the whole pipeline: with the fixed alignments 1, 8 and 16 (and `--align`)
-   and with the table's proposal ("table"); the one written passes the equivalence gate (step 4).
+   and with the table's proposal ("table"); the one written passes the equivalence gate (step 4). Candidates and
+   probes start from the input loaded and folded once (`PreparedInput`: the same bytes as a build from the file).
 3. In context (in_context.py, when the target profiles): the base is the fixed alignment fastest end to end;
    each space's candidate counts (the alignments', the table's) are built into probe graphs with every other
    space at the base (spaces no layer joins in one probe), profiled on the target and timed end to end beside
