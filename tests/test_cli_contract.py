@@ -643,6 +643,7 @@ TARGET_CASES: dict[str, tuple[list[str], str]] = {
     "optimize target batch 0": (["optimize", "model.onnx", "-o", "o.onnx", "--target", "onnxruntime", "--batch", "0"], "--batch"),
     "optimize target no inputs": (["optimize", "noinput.onnx", "-o", "o.onnx", "--target", "onnxruntime"], "noinput.onnx: the model has no inputs"),
     "optimize target huge": (["optimize", "huge.onnx", "-o", "o.onnx", "--target", "onnxruntime"], "more than sparsecut allocates"),
+    "optimize target without removal": (["optimize", "model.onnx", "-o", "o.onnx", "--target", "onnxruntime", "--passes", "fold-constants,cleanup"], "--target decides channel counts: the pipeline needs remove-dead-channels"),
     "run tune budget -1": (["run", "ck.pt", "--arch", "resnet-tiny", "-o", "out", "--tune-budget", "-1"], "--tune-budget"),
     "sweep unknown key": (["sweep", "unknown.toml", "-o", "out"], "unknown.toml: unknown key 'speed' (known: inputs, precisions, modes, devices, rounds, iterations, batch, calibration)"),
     "sweep no such device": (["sweep", "nodevice.toml", "-o", "out"], "sweep: no node has device class 'epyc' (there are: local (this machine))"),
