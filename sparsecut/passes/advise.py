@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from sparsecut.errors import GraphError, InputError
 from sparsecut.logs import quieted
@@ -41,7 +40,7 @@ from sparsecut.modelfile import save_model
 from sparsecut.passes.channels import DeadChannelAnalysis, Kind
 from sparsecut.passes.in_context import Profile, attributed, before_removal, colors, touching_nodes
 from sparsecut.passes.latency_table import Timed
-from sparsecut.passes.pipeline import OptimizeOptions, optimize_model
+from sparsecut.passes.pipeline import OptimizeOptions, PreparedInput, optimize_model
 from sparsecut.passes.registry import baseline_passes
 from sparsecut.report import AdviceReport, GroupAdvice, LatencyPlan, StaircaseStep
 
@@ -109,9 +108,9 @@ def advise_model(
         folder = Path(tmp)
         prepared = folder / "prepared.onnx"
         save_model(model, prepared)
-        proto = onnx.load(str(prepared))
         base = folder / "base.onnx"
         quiet = dataclasses.replace(options, verify=False)
+        loaded = PreparedInput(prepared, options.passes, quiet)  # loaded once; each probe changes its weights
         with quieted("sparsecut.passes.pipeline"):
             optimize_model(prepared, base, dataclasses.replace(quiet, passes=baseline_passes(options.passes)))
         pinned = {analysis.space_key(s): space.count for s, space in enumerate(analysis.walk.spaces)}
@@ -129,7 +128,7 @@ def advise_model(
                     continue
                 path = folder / f"probe-{len(variants)}.onnx"
                 members = [g for g in groups if g.index in shrunk]
-                _probe(proto, members, shrunk, analysis, pinned, path, quiet)
+                _probe(prepared, loaded, members, shrunk, analysis, pinned, path, quiet)
                 reached = _reached(path, members)  # a channel zeroed but still needed stays: time what was built
                 variants.append((path, {i: reached.get(i, c) for i, c in shrunk.items()}))
                 if progress is not None:
@@ -289,7 +288,8 @@ def _groups(analysis: DeadChannelAnalysis) -> tuple[list[_Group], dict[str, str]
 
 
 def _probe(
-    proto: onnx.ModelProto,
+    prepared: Path,
+    loaded: PreparedInput,
     groups: list[_Group],
     counts: dict[int, int],
     analysis: DeadChannelAnalysis,
@@ -299,27 +299,24 @@ def _probe(
 ) -> None:
     """The prepared model with each group in `groups` shrunk to `counts[group]` channels (those of least magnitude
     zeroed where written, then removed), every other space pinned to its full width."""
-    masked = onnx.ModelProto()
-    masked.CopyFrom(proto)
-    inits = {t.name: t for t in masked.graph.initializer}
+    weights = analysis.graph.initializers
+    zeroed: dict[str, np.ndarray] = {}
     keep = dict(pinned)
     for g in groups:
         gone = g.order[: g.count - counts[g.index]]
         for weight, axis, bias in g.writers:
-            array = numpy_helper.to_array(inits[weight]).copy()
+            array = weights[weight].const_value.numpy().copy()  # type: ignore[union-attr]
             np.moveaxis(array, axis, 0)[gone] = 0  # (a view: zeroes the array's output channels)
-            inits[weight].CopyFrom(numpy_helper.from_array(array, weight))
-            if bias is not None and bias in inits:
-                b = numpy_helper.to_array(inits[bias]).copy()
+            zeroed[weight] = array
+            if bias is not None and bias in weights:
+                b = weights[bias].const_value.numpy().copy()  # type: ignore[union-attr]
                 b[gone] = 0
-                inits[bias].CopyFrom(numpy_helper.from_array(b, bias))
+                zeroed[bias] = b
         for s in g.spaces:
             keep[analysis.space_key(s)] = counts[g.index]
-    masked_path = path.with_suffix(".masked.onnx")
-    onnx.save(masked, str(masked_path))
+    variant = dataclasses.replace(options, align=1, counts=tuple(sorted(keep.items())))
     with quieted("sparsecut.passes.pipeline"):
-        optimize_model(masked_path, path, dataclasses.replace(options, align=1, counts=tuple(sorted(keep.items()))))
-    masked_path.unlink()
+        optimize_model(prepared, path, variant, loaded.with_weights(zeroed))
 
 
 def _reached(path: Path, groups: list[_Group]) -> dict[int, int]:

@@ -4,13 +4,15 @@ place, so a failure leaves nothing behind."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
@@ -322,6 +324,20 @@ class PreparedInput:
         model = head.model.clone()
         model.meta.update(head.model.meta)  # (what load_model noted of the file: onnx-ir's clone leaves it out)
         return dataclasses.replace(head, model=model, reports=list(head.reports), notes=list(head.notes))
+
+    def with_weights(self, arrays: Mapping[str, np.ndarray]) -> PreparedInput:
+        """This prepared input with the named initializers holding `arrays` instead (the advisor's probes: a group's
+        channels zeroed as a magnitude pruner would zero them). What was noted of the input as loaded (its cost, its
+        2:4 weights) stays the input's."""
+        head = self.take(self.source, self.names)
+        for name, array in arrays.items():
+            value = head.model.graph.initializers.get(name)
+            if value is None:
+                raise ValueError(f"{self.source}: no initializer {name!r} after the passes before remove-dead-channels")
+            value.const_value = ir.Tensor(array, name=name)
+        changed = copy.copy(self)
+        changed._head = head
+        return changed
 
 
 def _enforce_two_four(

@@ -6,15 +6,20 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from sparsecut.errors import GraphError
 from sparsecut.exporter import ExportOptions, export_module
 from sparsecut.exporter.masks import remove_prune_reparametrizations
 from sparsecut.logs import quieted
+from sparsecut.modelfile import save_model
 from sparsecut.models import ARCHITECTURES, make_pruned_model
 from sparsecut.passes import OptimizeOptions, optimize_model
+from sparsecut.passes.advise import _groups
 from sparsecut.passes.channels import DeadChannelAnalysis
 from sparsecut.passes.in_context import before_removal
 from sparsecut.passes.pipeline import PreparedInput
@@ -88,3 +93,36 @@ def test_a_prepared_quantized_input_is_not_quantized_twice(tmp_path):
     with pytest.raises(GraphError, match="already quantized"):
         optimize_model(tmp_path / "int8.onnx", tmp_path / "twice.onnx", int8, prepared)
     assert not (tmp_path / "twice.onnx").exists()
+
+
+def test_a_prepared_input_with_other_weights_is_the_build_of_a_file_holding_them(tmp_path):
+    """The advisor's probes: weights zeroed on a copy of the prepared graph build what a file with those weights
+    builds; the prepared input itself keeps its own. (The weights replace those after the passes before removal:
+    the advisor's input is a graph already folded, as here.)"""
+    options = OptimizeOptions(verify=False, align=1)
+    model = before_removal(_exported(tmp_path, "resnet-tiny", "dynamo"), DEFAULT_PASSES, options, "test")
+    group = next(g for g in _groups(DeadChannelAnalysis(model, align=1))[0] if len(g.writers) == 1)
+    weight, axis, bias = group.writers[0]
+    source = tmp_path / "folded.onnx"
+    save_model(model, source)
+    prepared = PreparedInput(source, DEFAULT_PASSES, options)
+    proto = onnx.load(str(source))
+    zeroed = {}
+    for tensor in proto.graph.initializer:
+        if tensor.name in (weight, bias):
+            array = numpy_helper.to_array(tensor).copy()
+            np.moveaxis(array, axis if tensor.name == weight else 0, 0)[: group.count // 2] = 0
+            zeroed[tensor.name] = array
+            tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+    masked = tmp_path / "masked.onnx"
+    onnx.save(proto, str(masked))
+    with quieted("sparsecut.passes.pipeline"):
+        optimize_model(source, tmp_path / "probe.onnx", options, prepared.with_weights(zeroed))
+        optimize_model(masked, tmp_path / "from-file.onnx", options)
+        optimize_model(source, tmp_path / "again.onnx", options, prepared)
+        optimize_model(source, tmp_path / "plain.onnx", options)
+    assert (tmp_path / "probe.onnx").read_bytes() == (tmp_path / "from-file.onnx").read_bytes()
+    assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
+    assert (tmp_path / "probe.onnx").stat().st_size < (tmp_path / "plain.onnx").stat().st_size  # channels gone
+    with pytest.raises(ValueError, match="no initializer 'nope'"):
+        prepared.with_weights({"nope": zeroed[weight]})
