@@ -506,6 +506,9 @@ class LayerTime(Report):
     gmacs_per_s: float  # achieved: macs / time
     nodes: list[str] = dataclasses.field(default_factory=list)  # the graph nodes whose work it did (fused: all)
     module: str = ""  # the module path the user knows it by (exporter metadata or its weight's name), if known
+    # a kernel of the backend's own (a layout reorder): the source graph's tensors it writes or reads, outputs first,
+    # where the backend says (onnxruntime: from the graph the profiled session ran)
+    tensors: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -258,11 +258,6 @@ class Target(abc.ABC, Generic[OptionsT]):
                     progress(r * len(artifacts) + i + 1, rounds * len(artifacts))
         return found
 
-    def kernel_tensors(self, artifact: Artifact, options: ProfileOptions) -> dict[str, list[str]]:
-        """Per kernel the profiler names, the tensors of the ONNX source it reads or writes (outputs first): where
-        a kernel of the backend's own (a layout reorder) sits in the graph. Empty where the backend cannot say."""
-        return {}
-
     @abc.abstractmethod
     def run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 

@@ -116,7 +116,9 @@ class DecoderSession:
         from sparsecut.targets.onnxruntime import _session
 
         self.graph = DecoderGraph(path)
-        profiling = {} if profile_prefix is None else {"enable_profiling": True, "profile_file_prefix": profile_prefix}
+        profiling: dict[str, Any] = (
+            {} if profile_prefix is None else {"enable_profiling": True, "profile_file_prefix": profile_prefix}
+        )
         self.session = _session(path, "cpu", threads or None, "all", **profiling)
         self._ort = ort
         self.outputs = [o.name for o in self.session.get_outputs()]

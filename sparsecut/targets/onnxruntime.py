@@ -65,7 +65,14 @@ _LEVELS = {
 }
 
 
-def _session(path: Path, provider: str, threads: int | None, optimization: str, **extra: Any) -> Any:
+def _session(
+    path: Path,
+    provider: str,
+    threads: int | None,
+    optimization: str,
+    config: dict[str, str] | None = None,
+    **extra: Any,
+) -> Any:
     import onnxruntime as ort
 
     if provider not in _PROVIDERS:
@@ -84,6 +91,8 @@ def _session(path: Path, provider: str, threads: int | None, optimization: str, 
     options.add_session_config_entry("session.force_spinning_stop", "1")  # spin during a run, not after it
     if threads is not None:
         options.intra_op_num_threads = threads
+    for key, text in (config or {}).items():
+        options.add_session_config_entry(key, text)
     for key, value in extra.items():
         setattr(options, key, value)
     try:
@@ -170,21 +179,6 @@ class OnnxRuntimeTarget(Target[OnnxRuntimeOptions]):
             binding.bind_output(out.name, "cpu")
         yield functools.partial(session.run_with_iobinding, binding)
 
-    def kernel_tensors(self, artifact: Artifact, options: ProfileOptions) -> dict[str, list[str]]:
-        """From the graph onnxruntime runs (its layout transform and fusions applied, saved once): each kernel's
-        tensors that the source graph has too."""
-        import onnx
-
-        source = {str(v) for n in onnx.load(str(artifact.path), load_external_data=False).graph.node
-                  for v in (*n.input, *n.output) if v}  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="sparsecut-optimized-") as tmp:
-            own = self.own(options)
-            saved = Path(tmp) / "optimized.onnx"
-            _session(artifact.path, own.provider, options.threads, own.optimization,
-                     optimized_model_filepath=str(saved))  # fmt: skip
-            graph = onnx.load(str(saved), load_external_data=False).graph
-        return {node.name: [v for v in (*node.output, *node.input) if v in source] for node in graph.node if node.name}
-
     def layer_times(self, artifact: Artifact, options: ProfileOptions) -> list[LayerTime]:
         """onnxruntime's profiler (each kernel's median over the runs), joined by node name with the graph's MACs. A node fused into another kernel
         reports no time of its own; its MACs are listed so that they still add up to the model's total."""
@@ -207,11 +201,14 @@ class OnnxRuntimeTarget(Target[OnnxRuntimeOptions]):
         runs = max(5, min(options.iterations, 100))
         own = self.own(options)
         with tempfile.TemporaryDirectory(prefix="sparsecut-profile-") as tmp:
-            sessions, feeds = [], []
+            sessions, feeds, tensors = [], [], []
             for i, artifact in enumerate(artifacts):
                 feeds.append(random_inputs(artifact.path, options.batch, options.seed))
+                ran = Path(tmp) / f"ran{i}.onnx"  # the graph this session runs: its kernels' names are its own
                 sessions.append(_session(artifact.path, own.provider, options.threads, own.optimization,
+                                         config=_GRAPH_ONLY, optimized_model_filepath=str(ran),
                                          enable_profiling=True, profile_file_prefix=str(Path(tmp) / f"ort{i}")))  # fmt: skip
+                tensors.append(_kernel_tensors(ran, artifact.path))
                 for _ in range(ALLOCATING_RUNS):
                     sessions[-1].run(None, feeds[-1])
             for r in range(rounds):
@@ -222,21 +219,39 @@ class OnnxRuntimeTarget(Target[OnnxRuntimeOptions]):
                         progress(r * len(sessions) + i + 1, rounds * len(sessions))
             traces = [json.loads(Path(session.end_profiling()).read_text()) for session in sessions]
         found = []
-        for artifact, trace in zip(artifacts, traces, strict=True):
+        for artifact, trace, touched in zip(artifacts, traces, tensors, strict=True):
             per_run, ops = _kernel_times_per_run(trace)
             per_run = per_run[ALLOCATING_RUNS:]
             rows = _layer_rows(artifact)
-            found.append([rows(per_run[r * runs : (r + 1) * runs], ops) for r in range(rounds)])
+            found.append([rows(per_run[r * runs : (r + 1) * runs], ops, touched) for r in range(rounds)])
         return found
 
 
 ALLOCATING_RUNS = 2  # a session's first runs allocate: they are not what steady state costs
+# the graph a session runs, saved with its weights apart (only the graph is read back)
+_GRAPH_ONLY = {
+    "session.optimized_model_external_initializers_file_name": "weights.bin",
+    "session.optimized_model_external_initializers_min_size_in_bytes": "0",
+}
 TOGETHER_BYTES = 2 << 30  # graphs profiled round-robin with their sessions held open together, up to this size
 
 
 def _file_bytes(path: Path) -> int:
     """The file and the external data it reads."""
     return sum(p.stat().st_size for p in [path, *input_sidecars(path)] if p.is_file())
+
+
+def _kernel_tensors(ran: Path, source: Path) -> dict[str, list[str]]:
+    """Per kernel of the graph a session ran (`ran`: its layout transform and fusions applied, as it saved it), the
+    tensors it reads or writes that the source graph has too, outputs first: where a kernel of onnxruntime's own (a
+    layout reorder) sits. Read from the session that is profiled: onnxruntime names its reorders anew in each
+    session (`ReorderOutput` and `ReorderOutput_token_131` of timm ResNet-50 swapped tensors in 3 of 8 sessions)."""
+    import onnx
+
+    known = {str(v) for n in onnx.load(str(source), load_external_data=False).graph.node
+             for v in (*n.input, *n.output) if v}  # fmt: skip
+    graph = onnx.load(str(ran), load_external_data=False).graph
+    return {node.name: [v for v in (*node.output, *node.input) if v in known] for node in graph.node if node.name}
 
 
 def _kernel_times_per_run(trace: list[dict[str, Any]]) -> tuple[list[dict[str, float]], dict[str, str]]:
@@ -259,7 +274,9 @@ def _kernel_times_per_run(trace: list[dict[str, Any]]) -> tuple[list[dict[str, f
     return per_run, ops
 
 
-def _layer_rows(artifact: Artifact) -> Callable[[list[dict[str, float]], dict[str, str]], list[LayerTime]]:
+def _layer_rows(
+    artifact: Artifact,
+) -> Callable[[list[dict[str, float]], dict[str, str], dict[str, list[str]]], list[LayerTime]]:
     """The rows of one profile of `artifact` from its runs' kernel times: each kernel's median over the runs, joined
     by node name with the graph's MACs (the graph read once for all its profiles)."""
     import onnx_ir as ir
@@ -274,7 +291,7 @@ def _layer_rows(artifact: Artifact) -> Callable[[list[dict[str, float]], dict[st
     macs = {layer.node: layer.macs for layer in cost.layers}
     total_macs = cost.macs or 1
 
-    def rows_of(runs: list[dict[str, float]], ops: dict[str, str]) -> list[LayerTime]:
+    def rows_of(runs: list[dict[str, float]], ops: dict[str, str], tensors: dict[str, list[str]]) -> list[LayerTime]:
         # the median of its runs: a hiccup of the machine is no layer's cost
         per_run = {kernel: statistics.median(run.get(kernel, 0.0) for run in runs) for kernel in ops}
         total_ms = sum(per_run.values()) or 1.0
@@ -288,7 +305,8 @@ def _layer_rows(artifact: Artifact) -> Callable[[list[dict[str, float]], dict[st
             achieved = m / (ms * 1e6) if ms > 0 else 0.0
             nodes = [node] if node is not None else []
             rows.append(LayerTime(name, ops[kernel], ms, 100 * ms / total_ms, m, 100 * m / total_macs, achieved,
-                                  nodes, modules.get(node or "", "")))  # fmt: skip
+                                  nodes, modules.get(node or "", ""),
+                                  [] if node is not None else tensors.get(kernel, [])))  # fmt: skip
         for node, m in macs.items():
             if node not in claimed and m:
                 rows.append(LayerTime(node, "(no kernel of its own)", 0.0, 0.0, m, 100 * m / total_macs, 0.0,

@@ -27,7 +27,7 @@ from sparsecut.passes.latency_table import LayerSignature, Timed, default_table_
 from sparsecut.passes.measured import Tuning
 from sparsecut.precision import Precision
 from sparsecut.quantization import Int8Format
-from sparsecut.report import MeasuredVariant
+from sparsecut.report import LayerTime, MeasuredVariant
 from sparsecut.targets.base import BackendOptions, BuildOptions, ProfileOptions, Target, get_target
 from sparsecut.targets.compare import compare_models
 from sparsecut.targets.onnxruntime import OnnxRuntimeOptions
@@ -128,16 +128,15 @@ def profile_in_context(
     activations included; a fused kernel counts for the weighted node it names first): the median over
     PROFILE_ROUNDS profiles taken round-robin across the models — a slow moment of the machine hits each alike —
     and, as its noise, half the spread of those profiles. A kernel of the backend's own (a layout reorder) is
-    keyed `value:TENSOR`, by the source tensor it writes or reads where the backend says (`kernel_tensors`), else
-    `kernel:NAME`: every kernel is in the profile, so its sum is the model's."""
+    keyed `value:TENSOR`, by the source tensor it writes or reads where the backend says (`LayerTime.tensors`),
+    else `kernel:NAME`: every kernel is in the profile, so its sum is the model's."""
     with tempfile.TemporaryDirectory(prefix="sparsecut-context-") as tmp:
-        artifacts, tensors = [], []
+        artifacts = []
         for i, path in enumerate(paths):
             artifact = backend.load(path)
             if backend.needs_build(path):
                 artifact, _ = backend.build(path, Path(tmp) / f"{i}{backend.artifact_suffix}", build or BuildOptions())
             artifacts.append(artifact)
-            tensors.append(backend.kernel_tensors(artifact, options))
         report = None if progress is None else lambda done, total: progress("profiling in context", done, total)
         profiles = backend.layer_time_rounds(artifacts, options, PROFILE_ROUNDS, report)
     samples: list[dict[str, list[float]]] = [{} for _ in paths]
@@ -145,11 +144,7 @@ def profile_in_context(
         for rows in per_round:
             per_node: dict[str, float] = {}
             for row in rows:
-                if row.nodes:
-                    key = row.nodes[0]
-                else:
-                    touched = tensors[i].get(row.name, [])
-                    key = f"value:{touched[0]}" if touched else f"kernel:{row.name}"
+                key = _profile_key(row)
                 per_node[key] = per_node.get(key, 0.0) + row.ms
             for node, ms in per_node.items():
                 samples[i].setdefault(node, []).append(ms)
@@ -157,6 +152,14 @@ def profile_in_context(
     for per_model in samples:
         found.append({node: Timed(sorted(ms)[len(ms) // 2], (max(ms) - min(ms)) / 2) for node, ms in per_model.items()})
     return found
+
+
+def _profile_key(row: LayerTime) -> str:
+    """Where a kernel's time counts: the graph node it ran for, else the source tensor a reorder of the backend's
+    own sits on, else the kernel itself."""
+    if row.nodes:
+        return row.nodes[0]
+    return f"value:{row.tensors[0]}" if row.tensors else f"kernel:{row.name}"
 
 
 class TargetLayerTimer:

@@ -95,6 +95,27 @@ def test_profiles_in_rounds_name_what_one_profile_names(small_model, tmp_path, m
         assert sum(row.macs for row in rows) == macs and sum(row.ms for row in rows) > 0
 
 
+@pytest.mark.parametrize("together", [True, False])
+def test_a_layout_reorder_names_the_source_tensor_it_sits_on(small_model, monkeypatch, together):
+    """From the graph the profiled session ran: onnxruntime names its reorders anew in each session."""
+    import sparsecut.targets.onnxruntime as ort_target
+    from sparsecut.cpu import cpu_vector_extensions
+
+    if "avx2" not in cpu_vector_extensions().split(","):
+        pytest.skip("onnxruntime's NCHWc layout (and its reorders) is for x86 with AVX2 or AVX-512")
+    if not together:
+        monkeypatch.setattr(ort_target, "TOGETHER_BYTES", 0)
+    target = get_target("onnxruntime")
+    artifacts = [target.load(small_model)] * 2
+    rows = [
+        row for per in target.layer_time_rounds(artifacts, ProfileOptions(iterations=5), 2) for r in per for row in r
+    ]
+    source = {v for n in onnx.load(str(small_model)).graph.node for v in (*n.input, *n.output)}
+    reorders = [row for row in rows if row.op_type.startswith("Reorder")]
+    assert reorders and all(row.tensors and set(row.tensors) <= source for row in reorders)
+    assert all(row.tensors == [] for row in rows if row.nodes)  # a node's kernel is keyed by its node
+
+
 def test_timed_sessions_spin_during_a_run_and_stop_when_it_returns(small_model):
     """Workers that never spin wake for every operator (27 % above one session alone on an int8 ResNet-18);
     workers left spinning after a run take a core from the session timed next: they spin during a run only.
