@@ -20,6 +20,7 @@ from sparsecut.report import (
     LatencyReport,
     LayerDiffReport,
     LayerDrift,
+    LayerTime,
     MeasuredDecision,
     OptimizeReport,
     OutputDrift,
@@ -340,9 +341,17 @@ def render_latency(report: LatencyReport, top: int) -> None:
         for column in ("layer", "op", "ms", "time %", "MACs %", "GMAC/s"):
             layers.add_column(column, justify="left" if column in ("layer", "op") else "right")
         for layer in report.layers[:top]:
-            layers.add_row(f"{layer.module} ({layer.name})" if layer.module else layer.name, layer.op_type, f"{layer.ms:.3f}", f"{layer.time_pct:.1f}",
+            layers.add_row(_layer_label(layer), layer.op_type, f"{layer.ms:.3f}", f"{layer.time_pct:.1f}",
                            f"{layer.macs_pct:.1f}", f"{layer.gmacs_per_s:.1f}" if layer.macs else "-")  # fmt: skip
         console.print(layers)
+
+
+def _layer_label(layer: LayerTime) -> str:
+    """A profiled kernel as the user knows it: by its module where known, a reorder of the backend's own by the
+    tensor it sits on."""
+    if layer.module:
+        return f"{layer.module} ({layer.name})"
+    return f"{layer.name} (on {layer.tensors[0]})" if layer.tensors else layer.name
 
 
 def render_compare(report: CompareReport) -> None:
