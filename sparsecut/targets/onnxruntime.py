@@ -204,11 +204,15 @@ class OnnxRuntimeTarget(Target[OnnxRuntimeOptions]):
             sessions, feeds, tensors = [], [], []
             for i, artifact in enumerate(artifacts):
                 feeds.append(random_inputs(artifact.path, options.batch, options.seed))
-                ran = Path(tmp) / f"ran{i}.onnx"  # the graph this session runs: its kernels' names are its own
-                sessions.append(_session(artifact.path, own.provider, options.threads, own.optimization,
-                                         config=_GRAPH_ONLY, optimized_model_filepath=str(ran),
+                # the graph this session runs, for its reorders (on CPU: an execution provider that compiles
+                # subgraphs, TensorRT's, cannot save them)
+                ran = Path(tmp) / f"ran{i}.onnx" if own.provider == "cpu" else None
+                saving: dict[str, Any] = (
+                    {} if ran is None else {"config": _GRAPH_ONLY, "optimized_model_filepath": str(ran)}
+                )
+                sessions.append(_session(artifact.path, own.provider, options.threads, own.optimization, **saving,
                                          enable_profiling=True, profile_file_prefix=str(Path(tmp) / f"ort{i}")))  # fmt: skip
-                tensors.append(_kernel_tensors(ran, artifact.path))
+                tensors.append(_kernel_tensors(ran, artifact.path) if ran is not None else {})
                 for _ in range(ALLOCATING_RUNS):
                     sessions[-1].run(None, feeds[-1])
             for r in range(rounds):
