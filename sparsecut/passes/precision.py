@@ -341,11 +341,13 @@ def _quantize_within(
             held = f"{bound.describe()}: holds ({bound.shortfall(outputs)}"
             held += f"; {len(fallback)} layer(s) put back in fp32)" if fallback else ")"
             return outputs, layers, kept, fallback, held
-        losing = [layer for layer in layers if layer.loss_db > 0 and layer.node not in kept]
+        # worst loss first; a layer whose own loss reads ≤ 0 still costs the bound (its ReLU, folded into its
+        # output range, hides the error on what it zeroes): it goes back too, once the ones that lose are back
+        losing = [layer for layer in layers if layer.node not in kept]
         if not losing:
             raise AccuracyError(
                 f"--max-drift: {bound.describe()} not reached: {bound.shortfall(outputs)} with {len(kept)} layer(s) "
-                "in fp32 and no quantized layer left that loses accuracy (nothing written)"
+                "in fp32 and no quantized layer left to put back (nothing written)"
             )
         log.info("--max-drift: %s; %s goes back to fp32", bound.shortfall(outputs), losing[0].node)
         kept.append(losing[0].node)
