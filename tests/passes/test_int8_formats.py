@@ -85,6 +85,20 @@ def test_tensorrt_placement_keeps_outputs_int8(tmp_path):
         assert readers == (["QuantizeLinear"] if expected else ["Relu"]), (fmt, readers)
 
 
+def test_with_a_zero_point_a_relu_after_a_layer_is_its_output_range(tmp_path):
+    """u8s8: the ReLU after the first conv is gone — the conv's uint8 output starts at zero point 0, which is the
+    ReLU — so onnxruntime runs no requantization between the convs; the ReLU after the residual Add (fp32 in this
+    placement) stays. Symmetric formats cannot fold it (zero point 0 is mid-range): both stay."""
+    models = {fmt: quantized(tmp_path, fmt) for fmt in ("u8s8", "s8s8", "trt-s8")}
+    relus = {fmt: sum(n.op_type == "Relu" for n in m.graph.node) for fmt, m in models.items()}
+    assert relus == {"u8s8": 1, "s8s8": 2, "trt-s8": 2}
+    u8 = models["u8s8"]
+    inits = {t.name: numpy_helper.to_array(t) for t in u8.graph.initializer}
+    first = next(n for n in u8.graph.node if n.op_type == "Conv")
+    q = next(n for n in u8.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == first.output[0])
+    assert int(inits[q.input[2]]) == 0
+
+
 def test_two_four_survives_quantization(tmp_path):
     model = quantized(tmp_path, "trt-s8")
     labelled = [t for t in model.graph.initializer if t.doc_string == "SPARSE_2_4"]
