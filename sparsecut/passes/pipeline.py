@@ -326,9 +326,10 @@ class PreparedInput:
         return dataclasses.replace(head, model=model, reports=list(head.reports), notes=list(head.notes))
 
     def with_weights(self, arrays: Mapping[str, np.ndarray]) -> PreparedInput:
-        """This prepared input with the named initializers holding `arrays` instead (the advisor's probes: a group's
-        channels zeroed as a magnitude pruner would zero them). What was noted of the input as loaded (its cost, its
-        2:4 weights) stays the input's."""
+        """This prepared input with the named initializers — of the graph after the passes before removal: the
+        advisor's input is folded already — holding `arrays` instead (its probes: a group's channels zeroed as a
+        magnitude pruner would zero them). What was noted of the input as loaded (its cost, its 2:4 weights) stays
+        the input's."""
         head = self.take(self.source, self.names)
         for name, array in arrays.items():
             value = head.model.graph.initializers.get(name)
