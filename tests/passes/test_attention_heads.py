@@ -6,6 +6,7 @@ biases are checked exactly."""
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 from pathlib import Path
 
@@ -493,10 +494,12 @@ def test_timm_deit_torchscript_fused_attention_loses_its_dead_heads(tmp_path):
     shim = Path(__file__).resolve().parents[2].parent / "shared" / "tvshim.py"
     if not shim.exists():
         pytest.skip(f"timm needs {shim} on these machines")
-    spec = importlib.util.spec_from_file_location("tvshim", shim)
-    assert spec is not None and spec.loader is not None
-    tvshim = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tvshim)
+    if "tvshim" not in sys.modules:  # once per process (its torch.library definitions may not be made twice)
+        spec = importlib.util.spec_from_file_location("tvshim", shim)
+        assert spec is not None and spec.loader is not None
+        tvshim = importlib.util.module_from_spec(spec)
+        sys.modules["tvshim"] = tvshim  # kept alive: its definitions go with it
+        spec.loader.exec_module(tvshim)
     timm = pytest.importorskip("timm", reason="timm is a benchmark-only dependency (pip install timm)")
     torch.manual_seed(0)
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64).eval()
