@@ -43,6 +43,43 @@ def test_group_norm_loses_whole_dead_groups_and_keeps_partly_dead_ones_saying_wh
     assert group.kept_dead[reason] == 1 and reason.startswith(f"normalized by GroupNorm {norm.name!r} with live")
 
 
+def test_a_dead_group_of_one_nonzero_constant_stays(tmp_path):
+    """4 channels in 4 groups: channels 1 and 2 are dead, with biases 0.9 and 0. Channel 2 goes (0 − μ is exactly
+    0 in float32); channel 1 stays: there the input computes 0.9's float32 rounding divided by √ε, not the exact
+    β a fold would write (found by the property test: 3.5e-5 apart)."""
+    g = GraphBuilder()
+    h = g.conv("x", g.weight(4, 4, 3, 3, dead_rows=(1, 2)), np.array([0.1, 0.9, 0.0, -0.3]), pad=1)
+    gamma, beta = np.linspace(0.5, 1.5, 4).astype(np.float32), np.linspace(-0.2, 0.2, 4).astype(np.float32)
+    y = g.conv(g.op("Relu", [_group_norm(g, h, 4, 4, gamma, beta)]), g.weight(3, 4, 1, 1))
+    report, lean = optimize(tmp_path, g.model(y))
+    assert [w.shape[:2] for w in weights(lean, "Conv")] == [(3, 4), (3, 3)]
+    (group,) = removal(report)
+    (reason,) = group.kept_dead
+    assert group.kept_dead[reason] == 1 and reason.startswith("one nonzero constant per group normalized by GroupNorm")
+
+
+def test_every_group_dead_with_nonzero_constants_passes_the_gate(tmp_path):
+    """The property test's case: a conv whose four filters are all dead but biased, one channel per group — a fold
+    to the exact β differed from what onnxruntime computes by 3.5e-5 and the gate refused the whole graph."""
+    g = GraphBuilder()
+    h = g.conv(
+        "x",
+        g.weight(4, 4, 3, 3, dead_rows=(0, 1, 2, 3)),
+        np.array([-0.9087803, 0.43838856, 0.19929852, -0.6749326]),
+        pad=1,
+    )
+    gamma = np.array([1.4644613, 1.1457213, 1.4469067, 0.84938437], np.float32)
+    beta = np.array([0.01440854, 0.07820845, 0.01346219, 0.02629011], np.float32)
+    w = np.array([[-0.78299892, 0.66804743, 1.7846982, -0.30968755], [-0.59277451, -0.15783671, -0.4812803, -0.70147932],
+                  [0.13819364, -0.29091755, 1.4388736, 0.00020164295]], np.float32).reshape(3, 4, 1, 1)  # fmt: skip
+    y = g.conv(g.op("Relu", [_group_norm(g, h, 4, 4, gamma, beta)]), w)
+    report, lean = optimize(tmp_path, g.model(y))  # the gate passed
+    assert [w.shape[:2] for w in weights(lean, "Conv")] == [(4, 4), (3, 4)]
+    group = next(group for group in removal(report) if group.location == "w1")  # (x's channels: read by no one)
+    (reason,) = group.kept_dead
+    assert group.kept_dead[reason] == 4 and reason.startswith("one nonzero constant per group normalized by GroupNorm")
+
+
 class FeatureBatchNorm(nn.Module):
     """A hybrid net's token MLP: Linear then BatchNorm1d over the flattened tokens (LeViT's LinearNorm), then a
     Linear, BatchNorm1d through Transposes ([B, N, C] → [B, C, N]), GELU."""

@@ -149,12 +149,25 @@ def group_norm(node: ir.Node, spaces: ChannelSpaces, x: ir.Value, y: ir.Value) -
     var = ((const - mean) ** 2).mean(axis=1, keepdims=True)
     eps = attr_float(norm, "epsilon", 1e-5)
     normalized = (const - mean) / np.sqrt(var + eps) * scale.reshape(-1, 1) + bias.reshape(-1, 1)
+    # A dead group of one nonzero constant c (its variance nothing but c's rounding) is exactly its bias b_g, but
+    # the input graph computes b_g + s_g·(c − μ)/√ε with μ summed in float32: rounding amplified by 1/√ε (c = 0.9,
+    # ε = 1e-5: ±3e-5). Folding it would differ from what the input computes by that: its channels stay.
+    largest = np.abs(const).max(axis=1)
+    noisy = ~live_group & (largest > 0) & (var[:, 0] <= (8 * np.finfo(np.float32).eps * largest) ** 2)
+    if noisy.any():
+        spaces.veto(
+            x,
+            f"one nonzero constant per group normalized by GroupNorm {norm.name!r} (the input computes its float32 "
+            "rounding divided by √ε there, not the exact value a fold would write)",
+            np.repeat(noisy, per),
+        )
+    partly = np.repeat(live_group, per) & ~spaces.live[x]
+    live_group = live_group | noisy
     spaces.register(z, 1, count)
     channels = np.arange(count)
     spaces.add_map(node, x, channels, z, channels)
     spaces.tie(z, channels, z, channels // per * per)  # a group's channels go together
     spaces.set_state(z, np.repeat(live_group, per), np.where(live_group[:, None], 0.0, normalized).reshape(-1))
-    partly = np.repeat(live_group, per) & ~spaces.live[x]
     if partly.any():
         spaces.veto(
             x,
