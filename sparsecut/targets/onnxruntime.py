@@ -212,7 +212,7 @@ class OnnxRuntimeTarget(Target[OnnxRuntimeOptions]):
                 )
                 sessions.append(_session(artifact.path, own.provider, options.threads, own.optimization, **saving,
                                          enable_profiling=True, profile_file_prefix=str(Path(tmp) / f"ort{i}")))  # fmt: skip
-                tensors.append(_kernel_tensors(ran, artifact.path) if ran is not None else {})
+                tensors.append(_kernel_tensors(ran) if ran is not None else {})
                 for _ in range(ALLOCATING_RUNS):
                     sessions[-1].run(None, feeds[-1])
             for r in range(rounds):
@@ -247,17 +247,16 @@ def _file_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in [path, *input_sidecars(path)] if p.is_file())
 
 
-def _kernel_tensors(ran: Path, source: Path) -> dict[str, list[str]]:
+def _kernel_tensors(ran: Path) -> dict[str, list[str]]:
     """Per kernel of the graph a session ran (`ran`: its layout transform and fusions applied, as it saved it), the
-    tensors it reads or writes that the source graph has too, outputs first: where a kernel of onnxruntime's own (a
-    layout reorder) sits. Read from the session that is profiled: onnxruntime names its reorders anew in each
-    session (`ReorderOutput` and `ReorderOutput_token_131` of timm ResNet-50 swapped tensors in 3 of 8 sessions)."""
+    tensors it reads or writes, outputs first (`_layer_rows` keeps those the source graph has too): where a kernel
+    of onnxruntime's own (a layout reorder) sits. Read from the session that is profiled: onnxruntime names its
+    reorders anew in each session (`ReorderOutput` and `ReorderOutput_token_131` of timm ResNet-50 swapped tensors
+    in 3 of 8 sessions)."""
     import onnx
 
-    known = {str(v) for n in onnx.load(str(source), load_external_data=False).graph.node
-             for v in (*n.input, *n.output) if v}  # fmt: skip
     graph = onnx.load(str(ran), load_external_data=False).graph
-    return {node.name: [v for v in (*node.output, *node.input) if v in known] for node in graph.node if node.name}
+    return {node.name: [v for v in (*node.output, *node.input) if v] for node in graph.node if node.name}
 
 
 def _kernel_times_per_run(trace: list[dict[str, Any]]) -> tuple[list[dict[str, float]], dict[str, str]]:
@@ -296,6 +295,7 @@ def _layer_rows(
     modules = module_names(graph)
     macs = {layer.node: layer.macs for layer in cost.layers}
     total_macs = cost.macs or 1
+    known = {v.name for node in graph.graph for v in (*node.inputs, *node.outputs) if v is not None and v.name}
 
     def rows_of(runs: list[dict[str, float]], ops: dict[str, str], tensors: dict[str, list[str]]) -> list[LayerTime]:
         # the median of its runs: a hiccup of the machine is no layer's cost
@@ -312,7 +312,7 @@ def _layer_rows(
             nodes = [node] if node is not None else []
             rows.append(LayerTime(name, ops[kernel], ms, 100 * ms / total_ms, m, 100 * m / total_macs, achieved,
                                   nodes, modules.get(node or "", ""),
-                                  [] if node is not None else tensors.get(kernel, [])))  # fmt: skip
+                                  [] if node is not None else [v for v in tensors.get(kernel, []) if v in known]))  # fmt: skip
         for node, m in macs.items():
             if node not in claimed and m:
                 rows.append(LayerTime(node, "(no kernel of its own)", 0.0, 0.0, m, 100 * m / total_macs, 0.0,
