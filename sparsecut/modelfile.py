@@ -7,6 +7,7 @@ and renamed into place, so a failure never leaves a partial file and never touch
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -116,10 +117,20 @@ def input_sidecars(path: Path) -> list[Path]:
     """The files an ONNX input reads besides itself (external data), as its own header names them."""
     if path.suffix != ".onnx" or not path.is_file():
         return []
+    version = path.stat()
+    names = _sidecar_names(str(path.resolve()), version.st_ino, version.st_size, version.st_mtime_ns)
+    return [path.parent / location for location in names]
+
+
+@functools.lru_cache(maxsize=16)
+def _sidecar_names(path: str, inode: int, size: int, mtime_ns: int) -> tuple[str, ...]:
+    """The external data locations the file names, read once per version of the file (its inode, size and time
+    of change in the key): every output path checked against one input — `advise`'s 60 probes of ResNet-18 —
+    parsed its 46 MB anew (3 s)."""
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load(path, load_external_data=False)
     except Exception:  # not readable: the command reading it will say so
-        return []
+        return ()
     locations = {
         entry.value
         for tensor in proto.graph.initializer
@@ -127,7 +138,7 @@ def input_sidecars(path: Path) -> list[Path]:
         for entry in tensor.external_data
         if entry.key == "location"
     }
-    return [path.parent / location for location in sorted(locations)]
+    return tuple(sorted(locations))
 
 
 @contextlib.contextmanager

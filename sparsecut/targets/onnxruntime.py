@@ -18,8 +18,10 @@ import bisect
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import logging
+import shutil
 import statistics
 import tempfile
 from collections import defaultdict
@@ -191,44 +193,83 @@ class OnnxRuntimeTarget(Target[OnnxRuntimeOptions]):
         rounds: int,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[list[list[LayerTime]]]:
-        """One profiling session per artifact for all its rounds, the rounds taken round-robin across the artifacts,
-        each round's kernel times the median of its runs (the first ALLOCATING_RUNS of a session left out: they
-        allocate). One session and one reading of the graph's costs per artifact, not per round (timm ResNet-50,
-        10 graphs × 3 rounds: 7.0 s instead of 7.8 s). Sessions are held open together only while the files fit in
-        TOGETHER_BYTES; beyond, each round opens its own (the base's way)."""
-        if len(artifacts) > 1 and sum(_file_bytes(a.path) for a in artifacts) > TOGETHER_BYTES:
-            return super().layer_time_rounds(artifacts, options, rounds, progress)
+        """The rounds taken round-robin across the artifacts, each round's kernel times the median of its runs (the
+        first ALLOCATING_RUNS of a session left out: they allocate); each graph's costs and inputs read once for all
+        its rounds. One profiling session per artifact for all its rounds while the files fit in TOGETHER_BYTES
+        (timm ResNet-50, 10 graphs × 3 rounds: 7.0 s instead of 7.8 s); beyond, a session per round, each closed
+        before the next opens."""
         runs = max(5, min(options.iterations, 100))
         own = self.own(options)
+        feeds = [random_inputs(artifact.path, options.batch, options.seed) for artifact in artifacts]
+        rows = [_layer_rows(artifact) for artifact in artifacts]
+        found: list[list[list[LayerTime]]] = [[] for _ in artifacts]
+        step = itertools.count(1)
+
+        def tick() -> None:
+            if progress is not None:
+                progress(next(step), rounds * len(artifacts))
+
         with tempfile.TemporaryDirectory(prefix="sparsecut-profile-") as tmp:
-            sessions, feeds, tensors = [], [], []
-            for i, artifact in enumerate(artifacts):
-                feeds.append(random_inputs(artifact.path, options.batch, options.seed))
-                # the graph this session runs, for its reorders (on CPU: an execution provider that compiles
-                # subgraphs, TensorRT's, cannot save them)
-                ran = Path(tmp) / f"ran{i}.onnx" if own.provider == "cpu" else None
-                saving: dict[str, Any] = (
-                    {} if ran is None else {"config": _GRAPH_ONLY, "optimized_model_filepath": str(ran)}
-                )
-                sessions.append(_session(artifact.path, own.provider, options.threads, own.optimization, **saving,
-                                         enable_profiling=True, profile_file_prefix=str(Path(tmp) / f"ort{i}")))  # fmt: skip
-                tensors.append(_kernel_tensors(ran) if ran is not None else {})
-                for _ in range(ALLOCATING_RUNS):
-                    sessions[-1].run(None, feeds[-1])
+            if len(artifacts) == 1 or sum(_file_bytes(a.path) for a in artifacts) <= TOGETHER_BYTES:
+                held = [_Profiling(a, feeds[i], own, options, Path(tmp) / str(i)) for i, a in enumerate(artifacts)]
+                for _ in range(rounds):
+                    for profiling in held:
+                        profiling.run(runs)
+                        tick()
+                for i, profiling in enumerate(held):
+                    per_run, ops = profiling.finish()
+                    per_round = [per_run[r * runs : (r + 1) * runs] for r in range(rounds)]
+                    found[i] = [rows[i](chosen, ops, profiling.tensors) for chosen in per_round]
+                return found
             for r in range(rounds):
-                for i, session in enumerate(sessions):
-                    for _ in range(runs):
-                        session.run(None, feeds[i])
-                    if progress is not None:
-                        progress(r * len(sessions) + i + 1, rounds * len(sessions))
-            traces = [json.loads(Path(session.end_profiling()).read_text()) for session in sessions]
-        found = []
-        for artifact, trace, touched in zip(artifacts, traces, tensors, strict=True):
-            per_run, ops = _kernel_times_per_run(trace)
-            per_run = per_run[ALLOCATING_RUNS:]
-            rows = _layer_rows(artifact)
-            found.append([rows(per_run[r * runs : (r + 1) * runs], ops, touched) for r in range(rounds)])
+                for i, artifact in enumerate(artifacts):
+                    profiling = _Profiling(artifact, feeds[i], own, options, Path(tmp) / f"{i}-{r}")
+                    profiling.run(runs)
+                    per_run, ops = profiling.finish()
+                    found[i].append(rows[i](per_run, ops, profiling.tensors))
+                    tick()
         return found
+
+
+class _Profiling:
+    """A profiling session of one graph, its first runs taken (they allocate), and the tensors of the graph it ran
+    (on CPU; an execution provider that compiles subgraphs, TensorRT's, cannot save them): onnxruntime names its
+    layout reorders anew in each session, so they are read from the session that is profiled. Its files go to
+    `folder`, each removed once read."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        feeds: dict[str, np.ndarray],
+        own: OnnxRuntimeOptions,
+        options: ProfileOptions,
+        folder: Path,
+    ) -> None:
+        folder.mkdir()
+        self.folder, self.feeds = folder, feeds
+        ran = folder / "ran.onnx" if own.provider == "cpu" else None
+        saving: dict[str, Any] = {} if ran is None else {"config": _GRAPH_ONLY, "optimized_model_filepath": str(ran)}
+        self.session = _session(artifact.path, own.provider, options.threads, own.optimization, **saving,
+                                enable_profiling=True, profile_file_prefix=str(folder / "ort"))  # fmt: skip
+        self.tensors = _kernel_tensors(ran) if ran is not None else {}
+        for saved in (
+            folder / "ran.onnx",
+            folder / _GRAPH_ONLY["session.optimized_model_external_initializers_file_name"],
+        ):
+            saved.unlink(missing_ok=True)
+        self.run(ALLOCATING_RUNS)
+
+    def run(self, times: int) -> None:
+        for _ in range(times):
+            self.session.run(None, self.feeds)
+
+    def finish(self) -> tuple[list[dict[str, float]], dict[str, str]]:
+        """Ends the profile: per run after the allocating ones, each kernel's ms; and each kernel's op."""
+        trace = json.loads(Path(self.session.end_profiling()).read_text())
+        del self.session
+        shutil.rmtree(self.folder)
+        per_run, ops = _kernel_times_per_run(trace)
+        return per_run[ALLOCATING_RUNS:], ops
 
 
 ALLOCATING_RUNS = 2  # a session's first runs allocate: they are not what steady state costs
