@@ -25,8 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alignment import masked_model
-from common import TVSHIM, load_tvshim
+from common import TVSHIM, load_tvshim, masked_model
 from rich.console import Console
 from rich.table import Table
 

@@ -102,3 +102,23 @@ def _mask_per_layer(model: nn.Module, ratio: float, ignored: set[str]) -> None:
             module.weight[weakest] = 0.0
             if module.bias is not None:
                 module.bias[weakest] = 0.0
+
+
+def masked_model(name: str, ratio: float) -> tuple[nn.Module, tuple[int, ...]]:
+    """A timm model by its timm name (seeded random init, trained-like BatchNorm, its default input size) whose
+    channels Torch-Pruning would remove at `ratio` are zeroed; ViT and ConvNeXt: only the MLP hidden neurons
+    (their block channels pass a LayerNorm)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    trained_like_batchnorm(model)
+    shape = (1, *model.default_cfg["input_size"])
+    if name.startswith(("vit", "convnext")):
+        layers = (nn.Linear, nn.Conv2d)
+        ignored = [m for n, m in model.named_modules() if isinstance(m, layers) and not n.endswith("mlp.fc1")]
+    else:
+        ignored = [model.get_classifier()]
+    masked, _, failure = prune_both_ways(model, shape, ignored, ratio)
+    assert not failure, failure
+    return masked, shape

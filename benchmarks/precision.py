@@ -22,8 +22,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from alignment import masked_model
-from common import TVSHIM, load_tvshim
+from common import TVSHIM, load_tvshim, masked_model
 from rich.console import Console
 from rich.table import Table
 
