@@ -2,8 +2,9 @@
 table's proposal and the counts decided in context (whole-model profiles) — on real topologies pruned by
 Torch-Pruning (families.py; masked: the channels zeroed, not removed).
 
-Per model, in one run, interleaved on onnxruntime CPU: the masked export, `optimize --align 1/8/16`, the table's
-proposal, the counts decided in context, and what `optimize --target onnxruntime` wrote (cold latency table,
+Per model, in one run, interleaved on the CPU target (`--target`, onnxruntime by default; openvino): the masked
+export, `optimize --align 1/8/16`, the table's proposal, the counts decided in context, and what `optimize --target
+T` wrote (cold latency table,
 default `--tune-budget`; it writes the fastest of its candidates — the fixed alignments, the table's, the
 context's). Each distinct graph is timed once: a label whose graph equals another's (the context fell back to its
 base; optimize wrote a fixed alignment) shares its timing and says so. Every model is timed in `--windows` windows
@@ -14,7 +15,9 @@ in-context p50 over the best fixed alignment's the same way (goal ≥ 0.97) and 
 the tuning's own run-off, whether the written one's speedup lies beyond the best fixed alignment's interval,
 and the tuning time of a cold run (goal for ResNet-50: ≤ 60 s on 2 cores). `--int8 FAMILY` adds the same with
 `--precision int8` for one family, each against its own dense baseline (the masked model through the same passes
-and precision, no channel removal): the int8 pruning speedup over the fp32 one (goal ≥ 0.95).
+and precision, no channel removal): the int8 pruning speedup over the fp32 one (goal ≥ 0.95). Every int8 graph is
+in one format (`--int8-format`; by default the one the target names first), so that the counts, the baseline and
+the fixed alignments are timed in the format written.
 
 timm, Torch-Pruning and ultralytics are benchmark-only dependencies: `pip install timm torch-pruning ultralytics`
 into the venv (with `torch==2.13.0` in the same call). timm needs torchvision, which does not load beside the CPU
@@ -46,8 +49,9 @@ from sparsecut.passes.measured import optimize_measured
 from sparsecut.passes.precision import PrecisionRequest
 from sparsecut.passes.registry import DEFAULT_PASSES, baseline_passes
 from sparsecut.precision import Precision
+from sparsecut.quantization import FORMATS
 from sparsecut.report import CompareReport, MeasuredDecision, Speedup
-from sparsecut.targets import ProfileOptions, compare_models
+from sparsecut.targets import BuildOptions, ProfileOptions, compare_models, get_target
 from sparsecut.targets.environment import cpu_name, cpu_vector_extensions
 from sparsecut.targets.noise import speedup
 from sparsecut.targets.tuning import tuning_for
@@ -83,6 +87,7 @@ class Bench:
 
     name: str
     precision: str
+    target: str
     paths: dict[str, Path]  # label → graph
     digests: dict[str, str]  # label → graph digest (metadata left out)
     decision: MeasuredDecision
@@ -97,12 +102,12 @@ class Bench:
 
     def window(self, rounds: int, iterations: int) -> None:
         options = ProfileOptions(iterations=iterations, warmup=5, per_layer=False)
-        self.windows.append(compare_models(self.timed, options=options, rounds=rounds))
+        self.windows.append(compare_models(self.timed, target=self.target, options=options, rounds=rounds))
 
 
-def bench(name: str, folder: Path, ratio: float, precision: str, budget: float) -> Bench:
-    """Tune `name` with `optimize --target onnxruntime` (cold table) and build its fixed alignments, the table's
-    and the in-context counts beside what it wrote, in `folder`."""
+def bench(name: str, folder: Path, ratio: float, precision: str, budget: float, target: str) -> Bench:
+    """Tune `name` with `optimize --target TARGET` (cold table) and build its fixed alignments, the table's and
+    the in-context counts beside what it wrote, in `folder`."""
     folder.mkdir()
     masked = masked_export(name, folder, ratio)
     wanted = PrecisionRequest(Precision.parse(precision))
@@ -111,10 +116,10 @@ def bench(name: str, folder: Path, ratio: float, precision: str, budget: float) 
     if precision != "fp32":  # the dense baseline: every pass but channel removal, in the same precision
         reference = folder / f"{name}.dense.onnx"
         optimize_model(masked, reference, dataclasses.replace(options, passes=baseline_passes(DEFAULT_PASSES)))
-    table = folder / f"{name}.{precision}.lut.json"  # cold: a table of its own
+    table = folder / f"{name}.lut.json"  # cold: a table of its own
     written = folder / f"{name}.written.onnx"
     start = time.perf_counter()
-    report = optimize_measured(masked, written, options, tuning_for("onnxruntime", table=table, budget=budget))
+    report = optimize_measured(masked, written, options, tuning_for(target, table=table, budget=budget))
     tuning_s = time.perf_counter() - start
     decision = report.decision
     assert decision is not None
@@ -133,7 +138,7 @@ def bench(name: str, folder: Path, ratio: float, precision: str, budget: float) 
     # each distinct graph is timed once: a label whose graph another label has (the context fell back to its base,
     # optimize wrote a fixed alignment) shares that timing — the same graph timed twice differs only by noise
     digests = {label: graph_digest(path) for label, path in paths.items()}
-    return Bench(name, precision, paths, digests, decision, tuning_s)
+    return Bench(name, precision, target, paths, digests, decision, tuning_s)
 
 
 def across_windows(reference: list[list[list[float]]], candidate: list[list[list[float]]], seed: int = 0) -> Speedup:
@@ -179,6 +184,7 @@ def summary(b: Bench) -> dict[str, Any]:
     return {
         "model": b.name,
         "precision": b.precision,
+        "target": b.target,
         "device": b.windows[0].device,
         "windows": len(b.windows),
         "speedups": {k: {"value": v.value, "low": v.low, "high": v.high} for k, v in speedups.items()},
@@ -212,6 +218,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--int8", nargs="*", default=[], help="families also measured with --precision int8")
+    parser.add_argument("--target", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    parser.add_argument("--int8-format", choices=list(FORMATS), help="the int8 graphs' (default: the target's first)")
     parser.add_argument("--ratio", type=float, default=0.4)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=400, help="per variant, over all rounds")
@@ -226,11 +234,13 @@ def main() -> None:
     console = Console(width=220)
     console.print(f"CPU: {cpu_name()} ({cpu_vector_extensions()})", markup=False)
     benches: list[Bench] = []
-    runs = [(m, "fp32") for m in args.models] + [(m, "int8") for m in args.int8]
+    int8 = f"int8 {args.int8_format or get_target(args.target).int8_formats(BuildOptions())[0]}"
+    runs = [(m, "fp32") for m in args.models] + [(m, int8) for m in args.int8]
     with tempfile.TemporaryDirectory(prefix="sparsecut-alignment-") as tmp:
         for name, precision in runs:
             console.print(f"{name} ({precision}) …")
-            benches.append(bench(name, Path(tmp) / f"{name}-{precision}", args.ratio, precision, args.tune_budget))
+            folder = Path(tmp) / f"{name}-{precision.replace(' ', '-')}"
+            benches.append(bench(name, folder, args.ratio, precision, args.tune_budget, args.target))
             benches[-1].window(args.rounds, args.iterations)
             if args.json:
                 args.json.write_text(json.dumps([summary(b) for b in benches], indent=2) + "\n")
@@ -241,7 +251,7 @@ def main() -> None:
         results = [summary(b) for b in benches]
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
-    table = Table(title="speedup vs the masked model (int8: vs its dense int8 baseline), 95 % interval, onnxruntime")
+    table = Table(title=f"speedup vs the masked model (int8: vs its dense int8 baseline), 95 % interval, {args.target}")
     labels = [*(f"align {a}" for a in ALIGNMENTS), "table", "in context", "written"]
     columns = ("model", *labels, "written / best fixed", "by window", "in context / best fixed", "beyond?",
                "tuning s", "overrode")  # fmt: skip
