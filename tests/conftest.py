@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +18,10 @@ from hypothesis import settings
 
 from sparsecut.models import make_pruned_model, save_state_dict
 
-# measured decisions keep their latency table in the user cache folder: the tests keep theirs to themselves
+# measured decisions keep their latency table in the user cache folder: the tests keep theirs to themselves, and
+# remove it when the run ends
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sparsecut-test-cache-")
+atexit.register(functools.partial(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True))
 
 # CI (CI=true) runs every property test derandomized: the same examples on every run, no flaky reds
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)

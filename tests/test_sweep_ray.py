@@ -6,6 +6,8 @@ against the cluster before anything runs. Every cluster is shut down by its fixt
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,8 +34,12 @@ def model(path: Path, size: int) -> Path:
 
 
 @pytest.fixture
-def cluster():
-    """A head without devices and one node each of device classes dev-a and dev-b."""
+def cluster(monkeypatch):
+    """A head without devices and one node each of device classes dev-a and dev-b. Its processes get a temporary
+    folder of their own (TMPDIR), removed with the cluster: a node the test removes mid-cell is killed and leaves
+    the cell's folder behind, as a lost machine would."""
+    own_tmp = tempfile.mkdtemp(prefix="sc-ray-")  # short: Ray's socket paths under it must stay < 108 characters
+    monkeypatch.setenv("TMPDIR", own_tmp)
     c = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     nodes = {name: c.add_node(num_cpus=1, resources={device_resource(name): 1}) for name in ("dev-a", "dev-b")}
     c.wait_for_nodes()
@@ -41,6 +47,7 @@ def cluster():
     if ray.is_initialized():
         ray.shutdown()
     c.shutdown()
+    shutil.rmtree(own_tmp, ignore_errors=True)
 
 
 def grid(tmp_path: Path, devices: tuple[str, ...], iterations: int = 5, sizes=(16, 24)) -> Grid:
