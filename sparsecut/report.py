@@ -566,6 +566,14 @@ class LayerDiffReport(Report):
     layers_after_ms: float
     paired: int
     layers: list[LayerDiff]
+    # the paired layers whose MACs pruning cut, their time summed; the rest of the per-layer time is what pruning
+    # left (layers it did not cut, pooling, elementwise, layout and precision conversions)
+    shrunk: int = 0
+    shrunk_before_ms: float = 0.0
+    shrunk_after_ms: float = 0.0
+    # Amdahl's bound from the measured rest: the per-layer speedup over the baseline were the shrunk layers free
+    # (None: nothing else took time)
+    ceiling: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

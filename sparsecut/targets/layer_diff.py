@@ -11,6 +11,12 @@ The reasons, each checked on the graphs and the profiles, never guessed:
 
 A layer's time is the time of the kernels that computed it (a fused kernel counts once, for the node whose MACs
 it carries); the sums are shown beside the end-to-end p50s so that what the per-layer view covers is plain.
+
+Beside the layers, the split that bounds what pruning can give (Amdahl's law, measured): the layers pruning
+shrank, before → after, and the rest — layers it left, pooling, elementwise, layout and precision conversions —
+whose time stays whatever the counts. At int8 the rest weighs more: the demo's ResNet-18 on onnxruntime, its
+shrunk convolutions 1.94× faster in fp32 and 1.90× in int8, and the rest about 0.83 ms in both precisions, 18 %
+of the lean fp32 model and 42 % of the lean int8 one.
 """
 
 from __future__ import annotations
@@ -75,6 +81,10 @@ def diff_layers(
             )
         )
     diffs.sort(key=lambda d: d.ms_before, reverse=True)
+    layers_before_ms = sum(layer.ms for layer in before.layers)
+    layers_after_ms = sum(layer.ms for layer in after.layers)
+    shrunk = [d for d in diffs if d.macs_after < d.macs_before]
+    rest_after_ms = layers_after_ms - sum(d.ms_after for d in shrunk)
     return LayerDiffReport(
         before=str(before_model),
         after=str(after_model),
@@ -83,10 +93,14 @@ def diff_layers(
         block=block,
         p50_before_ms=before.p50_ms,
         p50_after_ms=after.p50_ms,
-        layers_before_ms=sum(layer.ms for layer in before.layers),
-        layers_after_ms=sum(layer.ms for layer in after.layers),
+        layers_before_ms=layers_before_ms,
+        layers_after_ms=layers_after_ms,
         paired=len(diffs),
         layers=diffs,
+        shrunk=len(shrunk),
+        shrunk_before_ms=sum(d.ms_before for d in shrunk),
+        shrunk_after_ms=sum(d.ms_after for d in shrunk),
+        ceiling=layers_before_ms / rest_after_ms if rest_after_ms > 0 else None,
     )
 
 

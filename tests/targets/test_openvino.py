@@ -284,6 +284,29 @@ def test_before_after_reasons_on_known_profiles(tmp_path):
     assert report.layers_after_ms == pytest.approx(4.3)
 
 
+def test_the_rest_bounds_what_pruning_can_give(tmp_path, capsys):
+    """The layers pruning shrank (their MACs fell) and the rest, before → after; the bound is the baseline's
+    per-layer sum over the rest's time after (Amdahl's law on the measured times)."""
+    _chain(tmp_path / "dense.onnx", 32)
+    _chain(tmp_path / "lean.onnx", 32, cut=8)
+    convs = [n.name for n in ir.load(tmp_path / "dense.onnx").graph if n.op_type == "Conv"]
+    pool = LayerTime("pool", "MaxPool", 0.5, 0, 0, 0, 0, [])
+    before = _latency([*(_layer(c, 1.0, 100) for c in convs), pool], 4.5)
+    after = _latency([_layer(convs[0], 1.0, 100), _layer(convs[1], 1.0, 100), _layer(convs[2], 0.7, 75),
+                      _layer(convs[3], 0.8, 75), LayerTime("pool", "MaxPool", 0.4, 0, 0, 0, 0, [])], 3.9)  # fmt: skip
+    report = diff_layers(before, after, tmp_path / "dense.onnx", tmp_path / "lean.onnx", block=8)
+    assert (report.shrunk, report.shrunk_before_ms, report.shrunk_after_ms) == (2, 2.0, pytest.approx(1.5))
+    assert report.ceiling == pytest.approx(4.5 / 2.4)  # the rest after: two untouched convs and the pool
+    assert LayerDiffReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+
+    from sparsecut.cli.render import render_layer_diff
+
+    render_layer_diff(report, top=4)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the 2 layers pruning shrank: 2.000 → 1.500 ms (1.33×)" in out
+    assert "2.500 → 2.400 ms, 62 % of the lean model's — were the shrunk layers free, at most 1.88× over the" in out
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def test_without_openvino_the_target_says_how_to_install(tmp_path, dense_and_lean, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino → ImportError
