@@ -3,6 +3,7 @@ and `optimize --target --precision int8` timing each format of the target agains
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,41 @@ def test_the_fastest_int8_format_is_written(tmp_path):
     assert report.precision.format == "s8s8" and report.decision.int8_pays is True
 
 
+@pytest.mark.parametrize(
+    ("p50s", "decided_in"),
+    [
+        ({"fp32": 10.0, "u8s8": 9.0, "s8s8": 5.0}, "s8s8"),  # the second beyond noise: its format
+        ({"fp32": 10.0, "u8s8": 9.0, "s8s8": 8.9}, "u8s8"),  # within noise: the target's first
+        ({"fp32": 10.0, "u8s8": 6.0, "s8s8": 9.0}, "u8s8"),
+    ],
+)
+def test_the_counts_are_decided_in_the_format_that_runs_fastest(tmp_path, p50s, decided_in):
+    """The target names u8s8 first; the formats are timed at --align first, and the channel round — its dense
+    baseline and every candidate — runs in the one that was faster beyond noise."""
+    seen: list[list[str]] = []
+    compare = by_format(p50s)
+
+    def recording(paths: list[Path]) -> list[MeasuredVariant]:
+        seen.append([_format_of(path) for path in paths])
+        return compare(paths)
+
+    tuning = Tuning(target="fake", timer=FakeTimer(lambda layer: 1.0), compare=recording,
+                    int8_formats=("u8s8", "s8s8"), budget=30.0)  # fmt: skip
+    options = OptimizeOptions(precision=PrecisionRequest(Precision("int8")))
+    report = optimize_measured(residual(tmp_path / "in.onnx"), tmp_path / "out.onnx", options, tuning)
+    assert seen[0] == ["u8s8", "s8s8"]
+    assert len(seen[1]) >= 2 and set(seen[1]) == {decided_in}
+    assert seen[2] == ["fp32", "u8s8", "s8s8"]  # the precision round, on the counts chosen
+    assert report.precision.format == min(("u8s8", "s8s8"), key=lambda f: p50s[f])
+
+
+def _format_of(path: Path) -> str:
+    zero_points = _activation_zero_points(onnx.load(str(path)))
+    if not zero_points:
+        return "fp32"
+    return "u8s8" if zero_points[0].dtype == np.uint8 else "s8s8"
+
+
 def test_int8_that_does_not_pay_is_said(tmp_path):
     report = _optimize(tmp_path, {"fp32": 10.0, "u8s8": 10.1, "s8s8": 12.0})
     decision = report.decision
@@ -298,9 +334,10 @@ def test_pruning_at_int8_is_measured_against_the_dense_graph_at_int8(tmp_path):
     the speedup credited to pruning is never the precision's."""
     seen: list[tuple[bool, list[list[int]]]] = []
     timing = by_format({"u8s8": 6.0, "s8s8": 9.0})
+    calls = itertools.count()
 
     def compare(paths: list[Path]) -> list[MeasuredVariant]:
-        if not seen:  # the channel round: what its reference holds
+        if next(calls) == 1:  # the channel round (after the formats at --align): what its reference holds
             reference = onnx.load(str(paths[0]))
             quantized = "QuantizeLinear" in {n.op_type for n in reference.graph.node}
             seen.append((quantized, sorted(list(t.dims) for t in reference.graph.initializer if len(t.dims) == 4)))
