@@ -695,6 +695,9 @@ class RunReport(Report):
     total: Speedup
     quantization: Speedup | None = None
     pruning_fp32: Speedup | None = None
+    # with a precision other than fp32: per precision (it and fp32), baseline → lean profiled layer by layer on the
+    # first backend — the layers pruning shrank and the rest, which bounds what pruning can give at that precision
+    layers: dict[str, LayerDiffReport] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,6 +130,16 @@ def test_run_at_int8_times_pruning_by_precision(tmp_path, checkpoint_factory):
         and f"| {worst.node} | {worst.module} | {worst.op} |" in markdown
     )
     assert (out / "precision.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # where pruning's time went, per precision: the layers it shrank (their MACs fell) and the rest
+    assert list(report.layers) == ["int8", "fp32"]
+    shrunk_macs = {n for n, v in _mac_ratios(out / "baseline-fp32.onnx", out / "lean-fp32.onnx").items() if v < 1}
+    for kind, layers in report.layers.items():
+        assert {d.node for d in layers.layers if d.macs_after < d.macs_before} == shrunk_macs
+        assert layers.shrunk == len(shrunk_macs) > 0  # (their times: a benchmark's to judge, not a test's)
+        assert layers.shrunk_after_ms == pytest.approx(sum(d.ms_after for d in layers.layers if d.node in shrunk_macs))
+        rest = layers.layers_after_ms - layers.shrunk_after_ms
+        assert layers.ceiling == pytest.approx(layers.layers_before_ms / rest)
+        assert f"- where pruning's time went at {kind} (per-layer profile, dense baseline → lean): the " in markdown
     assert {p.name for p in out.iterdir()} <= set(run_files([get_target("onnxruntime")], Precision("int8")))
     assert_standard_files_pass_the_checker(out)
 
@@ -146,3 +156,12 @@ def assert_standard_files_pass_the_checker(folder):
             onnx.checker.check_model(model, full_check=True)
             checked += 1
     assert checked >= 3, f"only {checked} files checked in {folder}"
+
+
+def _mac_ratios(before, after) -> dict[str, float]:
+    """Per weighted node of both graphs: its MACs after / before."""
+    from sparsecut.cost import count_costs
+    from sparsecut.modelfile import load_model
+
+    macs = [{layer.node: layer.macs for layer in count_costs(load_model(path)).layers} for path in (before, after)]
+    return {node: macs[1][node] / m for node, m in macs[0].items() if m and node in macs[1]}
