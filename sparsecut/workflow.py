@@ -10,7 +10,7 @@ from pathlib import Path
 from sparsecut.exporter import ExportOptions, export_checkpoint
 from sparsecut.modelfile import atomic_write_text, graph_precision
 from sparsecut.passes import OptimizeOptions, optimize_model
-from sparsecut.passes.measured import Tuning, optimize_measured
+from sparsecut.passes.measured import Tuning, fastest_int8_format, optimize_measured
 from sparsecut.passes.precision import PrecisionRequest
 from sparsecut.passes.registry import baseline_passes
 from sparsecut.precision import FP32, Precision
@@ -113,15 +113,7 @@ def run_workflow(
     )
     step("baseline")
     backends = [get_target(name) for name in options.target.split(",")]
-    precision = options.precision
-    if precision.kind == "int8" and precision.format is None:  # the format the first target runs best
-        precision = precision.in_format(backends[0].int8_formats(BuildOptions(backends=options.profile.backends))[0])
-    lean_options = _at(options.optimize, precision)
-    baseline_options = dataclasses.replace(lean_options, passes=baseline_passes(lean_options.passes))
-    baseline = optimize_model(exported_path, baseline_path, baseline_options)
-    if twins:
-        optimize_model(exported_path, paths[3], _at(baseline_options, FP32))
-    step("optimize")
+    tuning = None
     if options.measured:
         tuning = tuning_for(
             backends[0].name,
@@ -134,6 +126,20 @@ def run_workflow(
                 sparsity=options.sparsity, threads=options.profile.threads, backends=options.profile.backends
             ),
         )
+    precision = options.precision
+    if precision.kind == "int8" and precision.format is None:  # one format for baseline and lean alike
+        if tuning is not None:  # the one whose lean graph runs fastest on the first target
+            chosen = fastest_int8_format(exported_path, lean_path, _at(options.optimize, precision), tuning)
+        else:  # the one the first target names first
+            chosen = backends[0].int8_formats(BuildOptions(backends=options.profile.backends))[0]
+        precision = precision.in_format(chosen)
+    lean_options = _at(options.optimize, precision)
+    baseline_options = dataclasses.replace(lean_options, passes=baseline_passes(lean_options.passes))
+    baseline = optimize_model(exported_path, baseline_path, baseline_options)
+    if twins:
+        optimize_model(exported_path, paths[3], _at(baseline_options, FP32))
+    step("optimize")
+    if tuning is not None:
         optimized = optimize_measured(exported_path, lean_path, lean_options, tuning, paths[4] if twins else None)
     else:
         optimized = optimize_model(exported_path, lean_path, lean_options)

@@ -144,6 +144,42 @@ def test_run_at_int8_times_pruning_by_precision(tmp_path, checkpoint_factory):
     assert_standard_files_pass_the_checker(out)
 
 
+def test_a_measured_run_at_int8_uses_the_format_measured_fastest_for_baseline_and_lean(
+    tmp_path, checkpoint_factory, monkeypatch
+):
+    """With measured counts, `run --precision int8` asks the target which of its formats runs the lean graph
+    fastest (passes/measured.py) and builds the dense baseline and lean in it: the pruning speedup is one
+    format's."""
+    import numpy as np
+    import onnx
+
+    import sparsecut.workflow as workflow
+
+    asked = []
+
+    def fastest(source, output, options, tuning):
+        asked.append((options.precision.wanted, tuning.int8_formats))
+        return "s8s8"  # not the target's first on this CPU
+
+    monkeypatch.setattr(workflow, "fastest_int8_format", fastest)
+    out = tmp_path / "run"
+    argv = ["run", str(checkpoint_factory("resnet-tiny")), "--arch", "resnet-tiny", "-o", str(out), "--iterations",
+            "10", "--rounds", "3", "--precision", "int8", "--tune-budget", "2"]  # fmt: skip
+    assert main(argv) == 0
+    assert (
+        len(asked) == 1
+        and str(asked[0][0]) == "int8"
+        and asked[0][1] == get_target("onnxruntime").int8_formats(workflow.BuildOptions())
+    )
+    for name in ("baseline", "lean"):  # activations quantized to int8 (u8s8 would have them uint8)
+        model = onnx.load(str(out / f"{name}.onnx"))
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        activations = [inits[n.input[2]].dtype for n in model.graph.node
+                       if n.op_type == "QuantizeLinear" and n.input[0] not in inits]  # fmt: skip
+        assert activations and set(activations) == {np.dtype(np.int8)}
+    assert RunReport.from_dict(json.loads((out / "report.json").read_text())).optimize.precision.format == "s8s8"
+
+
 def assert_standard_files_pass_the_checker(folder):
     """Every ONNX file written whose ops are all standard passes the ONNX checker (onnxruntime's optimized
     `.ort.onnx` may hold its own fused ops, which the checker does not know)."""

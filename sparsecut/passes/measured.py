@@ -83,7 +83,7 @@ from sparsecut.report import (
     RunOff,
 )
 
-__all__ = ["BEST_BOUND", "FIXED", "Tuning", "drift_in_words", "optimize_measured"]
+__all__ = ["BEST_BOUND", "FIXED", "Tuning", "drift_in_words", "fastest_int8_format", "optimize_measured"]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def optimize_measured(
     rounds = _precision_round(options, tuning)
     wanted = options.precision.wanted
     if wanted is not None and wanted.kind == "int8" and wanted.format is None and tuning.int8_formats:
-        options = _asking(options, wanted=wanted.in_format(_channel_format(source, output, options, tuning)))
+        options = _asking(options, wanted=wanted.in_format(fastest_int8_format(source, output, options, tuning)))
     # the channel round: at the precision written (int8 in the format that ran fastest at --align, its bound
     # checked in the precision round), or fp32 when the precision is still to be chosen
     channel_options = _asking(options, wanted=FP32) if best_asked else options
@@ -332,7 +332,7 @@ def _precision_round(options: OptimizeOptions, tuning: Tuning) -> dict[str, Opti
     return rounds
 
 
-def _channel_format(source: Path, output: Path, options: OptimizeOptions, tuning: Tuning) -> str:
+def fastest_int8_format(source: Path, output: Path, options: OptimizeOptions, tuning: Tuning) -> str:
     """The int8 format the channel counts are decided in: of the target's formats, the one whose lean graph at
     `--align` runs fastest, interleaved — the target's first unless another beats it beyond noise. The precision
     round times the formats again on the counts chosen; deciding them in the target's first format alone had
