@@ -536,6 +536,14 @@ CASES: dict[str, tuple[list[str], str]] = {
     ),
     "run -o input": (["run", "ck.pt", "--arch", "resnet-tiny", "-o", "ck.pt"], "ck.pt: --output must be a folder"),
     "run rounds 2": (["run", "ck.pt", "--arch", "resnet-tiny", "-o", "out", "--rounds", "2"], "--rounds"),
+    "run int8 format without int8": (
+        ["run", "ck.pt", "--arch", "resnet-tiny", "-o", "out", "--int8-format", "s8s8"],
+        "--int8-format: only used with --precision int8",
+    ),
+    "run unknown int8 format": (
+        ["run", "ck.pt", "--arch", "resnet-tiny", "-o", "out", "--precision", "int8", "--int8-format", "u4"],
+        "--int8-format: unknown format 'u4'",
+    ),
     "run budget -1": (["run", "ck.pt", "--arch", "resnet-tiny", "-o", "out", "--budget", "-1"], "--budget"),
     "run align 0": (["run", "ck.pt", "--arch", "resnet-tiny", "-o", "out", "--align", "0"], "--align"),
     "run unknown target": (["run", "ck.pt", "--arch", "resnet-tiny", "-o", "out", "--target", "tpu"], "--target"),

@@ -151,7 +151,6 @@ def test_a_measured_run_at_int8_uses_the_format_measured_fastest_for_baseline_an
     fastest (passes/measured.py) and builds the dense baseline and lean in it: the pruning speedup is one
     format's."""
     import numpy as np
-    import onnx
 
     import sparsecut.workflow as workflow
 
@@ -172,12 +171,29 @@ def test_a_measured_run_at_int8_uses_the_format_measured_fastest_for_baseline_an
         and asked[0][1] == get_target("onnxruntime").int8_formats(workflow.BuildOptions())
     )
     for name in ("baseline", "lean"):  # activations quantized to int8 (u8s8 would have them uint8)
-        model = onnx.load(str(out / f"{name}.onnx"))
-        inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-        activations = [inits[n.input[2]].dtype for n in model.graph.node
-                       if n.op_type == "QuantizeLinear" and n.input[0] not in inits]  # fmt: skip
-        assert activations and set(activations) == {np.dtype(np.int8)}
+        assert _activation_types(out / f"{name}.onnx") == {np.dtype(np.int8)}
     assert RunReport.from_dict(json.loads((out / "report.json").read_text())).optimize.precision.format == "s8s8"
+
+
+def test_run_takes_an_int8_format(tmp_path, checkpoint_factory):
+    import numpy as np
+
+    out = tmp_path / "run"
+    argv = ["run", str(checkpoint_factory("resnet-tiny")), "--arch", "resnet-tiny", "-o", str(out), "--iterations",
+            "10", "--rounds", "3", "--precision", "int8", "--int8-format", "s8s8", "--no-measure"]  # fmt: skip
+    assert main(argv) == 0
+    assert _activation_types(out / "baseline.onnx") == _activation_types(out / "lean.onnx") == {np.dtype(np.int8)}
+
+
+def _activation_types(path):
+    """The types activations are quantized to (QuantizeLinear of a value that is not a weight)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {
+        inits[n.input[2]].dtype for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits
+    }
 
 
 def assert_standard_files_pass_the_checker(folder):

@@ -278,7 +278,8 @@ Int8FormatOption = Annotated[
     typer.Option(
         callback=_int8_format,
         help="int8 format: u8s8, u8s8-reduce-range, s8s8, trt-s8 (default: the target's best on this machine; with "
-        "optimize --target, each of the target's formats is timed and the fastest written).",
+        "optimize --target, each of the target's formats is timed and the fastest written; run with measured counts: "
+        "the fastest there).",
     ),
 ]
 

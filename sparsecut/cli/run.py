@@ -25,6 +25,7 @@ from sparsecut.cli.options import (
     ExporterPythonOption,
     HintOption,
     InputShapeOption,
+    Int8FormatOption,
     IterationsOption,
     LutOption,
     MeasureOption,
@@ -61,6 +62,7 @@ def run(
     input_shape: InputShapeOption = None,
     target: TargetOption = "onnxruntime",
     precision: PrecisionOption = FP32,
+    int8_format: Int8FormatOption = "",
     sparsity: SparsityOption = False,
     align: AlignOption = 8,
     iterations: IterationsOption = 300,
@@ -99,6 +101,10 @@ def run(
         return
     if int4 is not None:
         raise UsageError("--precision int4: weight-only int4 is for decoders (a Hugging Face folder)")
+    if int8_format and (precision is None or precision.kind != "int8"):
+        raise UsageError("--int8-format: only used with --precision int8")
+    if int8_format and precision is not None:
+        precision = precision.in_format(int8_format)
     options = RunOptions(
         target=target,
         sparsity=sparsity,
