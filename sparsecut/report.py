@@ -575,6 +575,20 @@ class LayerDiffReport(Report):
     # (None: nothing else took time)
     ceiling: float | None = None
 
+    def split(self) -> str:
+        """The shrunk layers against the rest, before → after, and the bound, in words."""
+        rest_before = self.layers_before_ms - self.shrunk_before_ms
+        rest_after = self.layers_after_ms - self.shrunk_after_ms
+        share = 100 * rest_after / self.layers_after_ms if self.layers_after_ms else 0.0
+        ratio = self.shrunk_before_ms / self.shrunk_after_ms if self.shrunk_after_ms else 0.0
+        bound = f"at most {self.ceiling:.2f}×" if self.ceiling is not None else "no bound"
+        return (
+            f"the {self.shrunk} layers pruning shrank: {self.shrunk_before_ms:.3f} → {self.shrunk_after_ms:.3f} ms "
+            f"({ratio:.2f}×); the rest (layers it left, pooling, elementwise, layout and precision conversions): "
+            f"{rest_before:.3f} → {rest_after:.3f} ms, {share:.0f} % of the lean model's — were the shrunk layers "
+            f"free, {bound} over the baseline (per-layer sums)"
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class BuildReport(Report):

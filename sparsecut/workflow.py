@@ -405,16 +405,8 @@ def speedup_lines(report: RunReport) -> list[str]:
             f"- pruning speedup at fp32{on} (dense baseline fp32 / lean fp32): {report.pruning_fp32.describe()}",
         ]
     for kind, layers in report.layers.items():
-        rest_before = layers.layers_before_ms - layers.shrunk_before_ms
-        rest_after = layers.layers_after_ms - layers.shrunk_after_ms
-        share = 100 * rest_after / layers.layers_after_ms if layers.layers_after_ms else 0.0
-        shrunk = layers.shrunk_before_ms / layers.shrunk_after_ms if layers.shrunk_after_ms else 0.0
-        bound = f": were those layers free, pruning would give at most {layers.ceiling:.2f}×" if layers.ceiling else ""
         lines.append(
-            f"- where pruning's time went at {kind}{on} (per-layer profile, dense baseline → lean): the "
-            f"{layers.shrunk} layers it shrank {layers.shrunk_before_ms:.3f} → {layers.shrunk_after_ms:.3f} ms "
-            f"({shrunk:.2f}×); the rest (layers it left, pooling, elementwise, conversions) {rest_before:.3f} → "
-            f"{rest_after:.3f} ms, {share:.0f} % of lean{bound}"
+            f"- where pruning's time went at {kind}{on} (per-layer profile, dense baseline → lean): {layers.split()}"
         )
     for target in targets[1:]:
         lean = report.compare.variant("lean", target)

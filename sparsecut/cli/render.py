@@ -326,18 +326,7 @@ def render_layer_diff(report: LayerDiffReport, top: int) -> None:
         f"→ {report.p50_after_ms:.3f} ms (timed one after the other: `compare` gives the interval)"
     )
     if report.shrunk:
-        rest_before = report.layers_before_ms - report.shrunk_before_ms
-        rest_after = report.layers_after_ms - report.shrunk_after_ms
-        share = 100 * rest_after / report.layers_after_ms if report.layers_after_ms else 0.0
-        ratio = report.shrunk_before_ms / report.shrunk_after_ms if report.shrunk_after_ms else 0.0
-        bound = f"at most {report.ceiling:.2f}×" if report.ceiling is not None else "no bound"
-        console.print(
-            f"the {report.shrunk} layers pruning shrank: {report.shrunk_before_ms:.3f} → {report.shrunk_after_ms:.3f} "
-            f"ms ({ratio:.2f}×); the rest (layers it left, pooling, elementwise, layout and precision conversions): "
-            f"{rest_before:.3f} → {rest_after:.3f} ms, {share:.0f} % of the lean model's — were the shrunk layers "
-            f"free, {bound} over the baseline (per-layer sums)",
-            markup=False,
-        )
+        console.print(report.split(), markup=False)
 
 
 def render_latency(report: LatencyReport, top: int) -> None:
