@@ -291,7 +291,7 @@ def build_for_target(
       artifact (`side_file(output, "fp16" / "int8")`).
 
     `converting`: how (calibration, --keep-fp32, --max-drift); the precision is the build's (int8 without a format:
-    the target's best).
+    with `tuning`, the target's format that runs the graph fastest there; else the one it names first).
     `sides`: where those go, by kind, when the caller planned them (the CLI stages them with the artifact)."""
     from sparsecut.passes.precision import convert_precision
 
@@ -317,9 +317,14 @@ def build_for_target(
         and target.precision_in_graph(wanted)
     ):
         prepared = sides.get(wanted.kind) or side_file(output, wanted.kind, [model, calibration])
+        request = converting or PrecisionRequest()
         if wanted.kind == "int8" and wanted.format is None:
-            wanted = wanted.in_format(target.int8_formats(options)[0])
-        converted = convert_precision(model, prepared, (converting or PrecisionRequest()).at(wanted))
+            if tuning is not None:  # measured: the format whose graph runs fastest there
+                fmt = fastest_int8_format(model, prepared, OptimizeOptions(precision=request.at(wanted)), tuning)
+            else:
+                fmt = target.int8_formats(options)[0]
+            wanted = wanted.in_format(fmt)
+        converted = convert_precision(model, prepared, request.at(wanted))
         model = prepared
     _, report = target.build(model, output, options)
     return dataclasses.replace(report, notes=[*notes, *report.notes]), converted

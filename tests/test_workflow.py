@@ -175,6 +175,28 @@ def test_a_measured_run_at_int8_uses_the_format_measured_fastest_for_baseline_an
     assert RunReport.from_dict(json.loads((out / "report.json").read_text())).optimize.precision.format == "s8s8"
 
 
+@pytest.mark.parametrize(("argv", "measured"), [([], True), (["--no-measure"], False)])
+def test_a_build_at_int8_converts_in_the_format_measured_fastest(tmp_path, monkeypatch, argv, measured):
+    """`build --precision int8` without a format: measured (the default), the graph is quantized in the target's
+    format that runs it fastest there; `--no-measure`, in the one it names first."""
+    import numpy as np
+
+    import sparsecut.workflow as workflow
+    from sparsecut.passes import optimize_model
+    from tests.passes.test_int8_formats import residual
+
+    asked = []
+    monkeypatch.setattr(workflow, "fastest_int8_format", lambda *args: asked.append(args) or "s8s8")
+    lean = tmp_path / "lean.onnx"
+    optimize_model(residual(tmp_path / "in.onnx"), lean)
+    out = tmp_path / "lean.ort.onnx"
+    assert main(["build", str(lean), "-o", str(out), "--precision", "int8", *argv]) == 0
+    assert len(asked) == int(measured)
+    first = get_target("onnxruntime").int8_formats(workflow.BuildOptions())[0]
+    activations = {"s8s8": np.dtype(np.int8), "u8s8": np.dtype(np.uint8)}
+    assert _activation_types(tmp_path / "lean.ort.int8.onnx") == {activations["s8s8" if measured else first]}
+
+
 def test_run_takes_an_int8_format(tmp_path, checkpoint_factory):
     import numpy as np
 
