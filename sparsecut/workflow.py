@@ -300,7 +300,11 @@ def build_for_target(
     sides = dict(sides or {})
     target = get_target(target_name)
     notes = []
-    if tuning is not None and _removable_channels(model):
+    kept = _channels_kept_by_optimize(model) if tuning is not None else None
+    if kept is not None and _removable_channels(model):
+        notes.append(f"the dead channels left are the ones `optimize` kept for the kernels ({kept}): built as given "
+                     "(`optimize --target` from the masked model decides them on a target)")  # fmt: skip
+    elif tuning is not None and _removable_channels(model):
         lean = sides.get("lean") or side_file(output, "lean", [model, calibration])
         decision = optimize_measured(model, lean, OptimizeOptions(), tuning).decision
         assert decision is not None
@@ -328,6 +332,25 @@ def build_for_target(
         model = prepared
     _, report = target.build(model, output, options)
     return dataclasses.replace(report, notes=[*notes, *report.notes]), converted
+
+
+def _channels_kept_by_optimize(model: Path) -> str | None:
+    """How `optimize` chose the channel counts of a graph whose dead channels it already removed (the alignment it
+    wrote down); None for any other graph. The dead channels such a graph still has were kept on purpose: measured
+    again at build, they had `build` re-tune a graph `optimize --target` had just tuned (25 s for timm ResNet-18)."""
+    import onnx
+
+    from sparsecut.passes.pipeline import METADATA_PREFIX
+
+    try:
+        props = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    except Exception:  # not an ONNX file sparsecut can read: the build says why
+        return None
+    if "remove-dead-channels" not in props.get(METADATA_PREFIX + "optimize.passes", "").split(","):
+        return None
+    align = f"--align {props.get(METADATA_PREFIX + 'optimize.align', '?')}"
+    measured = props.get(METADATA_PREFIX + "optimize.measured_spaces")
+    return f"counts measured on a target for {measured} channel space(s), {align} elsewhere" if measured else align
 
 
 def _removable_channels(model: Path) -> int:

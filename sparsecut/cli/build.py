@@ -61,7 +61,8 @@ def build(
     int8: Int8Settings | None = None,
 ) -> None:
     """Build an engine for a target (onnxruntime on CPU by default, TensorRT on NVIDIA GPUs). Dead channels still
-    in the graph are removed first, with channel counts measured on the target (`--no-measure`: built as given)."""
+    in the graph are removed first, with channel counts measured on the target (`--no-measure`: built as given; a
+    graph `optimize` wrote keeps the dead channels it kept for the kernels)."""
     from sparsecut.targets import BuildOptions, get_target
     from sparsecut.workflow import build_for_target, build_outputs
 

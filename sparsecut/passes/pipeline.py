@@ -241,6 +241,8 @@ def _transform(
         drop_stack_traces(model)
     model.metadata_props[METADATA_PREFIX + "optimize.passes"] = ",".join(names)
     model.metadata_props[METADATA_PREFIX + "optimize.align"] = str(options.align)
+    if options.counts:  # measured decisions: how many channel spaces they set (the rest: align)
+        model.metadata_props[METADATA_PREFIX + "optimize.measured_spaces"] = str(len(options.counts))
     verified = f"rtol={options.rtol:g},atol={options.atol:g}" if options.verify else "no (--no-verify)"
     model.metadata_props[METADATA_PREFIX + "optimize.verified"] = verified
     with without_added_shapes(model):

@@ -246,3 +246,28 @@ def test_build_removes_dead_channels_left_in_the_graph_with_measured_counts(tmp_
     plain = tmp_path / "plain.ort.onnx"
     assert main(["build", str(tmp_path / "masked.onnx"), "-o", str(plain), "--no-measure"]) == 0
     assert not (tmp_path / "plain.ort.lean.onnx").exists()
+
+
+def test_build_keeps_the_dead_channels_optimize_kept(tmp_path):
+    """A graph `optimize` wrote still has the dead channels it kept for the kernels (its alignment or measured
+    counts): build builds it as given and says so, rather than tune the counts again."""
+    import onnx
+
+    from sparsecut.passes import OptimizeOptions, optimize_model
+    from tests.passes.graphs import GraphBuilder
+
+    g = GraphBuilder()
+    hidden = g.op("Relu", [g.conv("x", g.weight(16, 4, 1, 1, dead_rows=tuple(range(8))))])
+    onnx.save(g.model(g.conv(hidden, g.weight(2, 16, 1, 1))), tmp_path / "masked.onnx")
+    lean = tmp_path / "lean.onnx"
+    optimize_model(tmp_path / "masked.onnx", lean, OptimizeOptions(align=16))  # 8 live: 16 kept, 8 of them dead
+    before = lean.read_bytes()
+    out = tmp_path / "lean.ort.onnx"
+    assert main(["build", str(lean), "-o", str(out), "--json", str(tmp_path / "b.json")]) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["source"] == str(lean) and lean.read_bytes() == before
+    assert report["notes"][0] == (
+        "the dead channels left are the ones `optimize` kept for the kernels (--align 16): built as given "
+        "(`optimize --target` from the masked model decides them on a target)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "lean.onnx", "lean.ort.onnx", "masked.onnx"]
