@@ -300,11 +300,13 @@ def build_for_target(
     sides = dict(sides or {})
     target = get_target(target_name)
     notes = []
-    kept = _channels_kept_by_optimize(model) if tuning is not None else None
-    if kept is not None and _removable_channels(model):
+    removable = tuning is not None and _removable_channels(model) > 0
+    kept = _channels_kept_by_optimize(model) if removable else None
+    if kept is not None:
         notes.append(f"the dead channels left are the ones `optimize` kept for the kernels ({kept}): built as given "
                      "(`optimize --target` from the masked model decides them on a target)")  # fmt: skip
-    elif tuning is not None and _removable_channels(model):
+    elif removable:
+        assert tuning is not None
         lean = sides.get("lean") or side_file(output, "lean", [model, calibration])
         decision = optimize_measured(model, lean, OptimizeOptions(), tuning).decision
         assert decision is not None

@@ -46,6 +46,7 @@ __all__ = [
     "kept_counts",
     "plan_in_context",
     "probes",
+    "require_removal",
     "touching_nodes",
 ]
 
@@ -62,11 +63,16 @@ class ContextPlan:
     decisions: list[CountDecision]
 
 
+def require_removal(passes: Sequence[str], who: str) -> None:
+    """Channel counts are decided only for a pipeline that removes dead channels. `who`: for the error."""
+    if "remove-dead-channels" not in passes:
+        raise GraphError(f"{who} decides channel counts: the pipeline needs remove-dead-channels")
+
+
 def before_removal(source: Path, passes: Sequence[str], options: OptimizeOptions, who: str) -> ir.Model:
     """`source` as remove-dead-channels sees it in the pipeline `passes`: the passes before it applied, folded,
     shapes inferred. `who`: the option or command that needs the pass, for the error."""
-    if "remove-dead-channels" not in passes:
-        raise GraphError(f"{who} decides channel counts: the pipeline needs remove-dead-channels")
+    require_removal(passes, who)
     model = load_model(source, infer_shapes=True)
     before = list(passes[: list(passes).index("remove-dead-channels")])
     run_steps(model, compose(before, options))

@@ -67,6 +67,7 @@ from sparsecut.passes.in_context import (
     kept_counts,
     plan_in_context,
     probes,
+    require_removal,
     touching_nodes,
 )
 from sparsecut.passes.latency_table import LatencyTable, LayerTimer
@@ -133,8 +134,11 @@ def optimize_measured(
         options = _asking(options, max_drift=BEST_BOUND)
     rounds = _precision_round(options, tuning)
     wanted = options.precision.wanted
+    require_removal(names, "--target")
+    prepared = PreparedInput(source, names, options)  # loaded and folded once for every build below
     if wanted is not None and wanted.kind == "int8" and wanted.format is None and tuning.int8_formats:
-        options = _asking(options, wanted=wanted.in_format(fastest_int8_format(source, output, options, tuning)))
+        fastest = fastest_int8_format(source, output, options, tuning, prepared)
+        options = _asking(options, wanted=wanted.in_format(fastest))
     # the channel round: at the precision written (int8 in the format that ran fastest at --align, its bound
     # checked in the precision round), or fp32 when the precision is still to be chosen
     channel_options = _asking(options, wanted=FP32) if best_asked else options
@@ -152,7 +156,6 @@ def optimize_measured(
     if measuring:
         candidates["table" if in_context else "measured"] = proposal
     groups, measured_counts, counts_align = plan.decisions, plan.counts, channel_options.align
-    prepared = PreparedInput(source, names, channel_options)  # loaded and folded once for every candidate
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staged: dict[str, Path] = {}
         reports: dict[str, OptimizeReport] = {}
@@ -332,11 +335,14 @@ def _precision_round(options: OptimizeOptions, tuning: Tuning) -> dict[str, Opti
     return rounds
 
 
-def fastest_int8_format(source: Path, output: Path, options: OptimizeOptions, tuning: Tuning) -> str:
+def fastest_int8_format(
+    source: Path, output: Path, options: OptimizeOptions, tuning: Tuning, prepared: PreparedInput | None = None
+) -> str:
     """The int8 format the channel counts are decided in: of the target's formats, the one whose lean graph at
     `--align` runs fastest, interleaved — the target's first unless another beats it beyond noise. The precision
     round times the formats again on the counts chosen; deciding them in the target's first format alone had
-    OpenVINO's counts for timm ResNet-18 chosen in s8s8 and written in u8s8, which ran 1.25× faster there."""
+    OpenVINO's counts for timm ResNet-18 chosen in s8s8 and written in u8s8, which ran 1.25× faster there.
+    `prepared`: `source` already loaded and folded (the passes before channel removal read no precision)."""
     formats = tuning.int8_formats
     if len(formats) == 1:
         return formats[0]
@@ -348,7 +354,7 @@ def fastest_int8_format(source: Path, output: Path, options: OptimizeOptions, tu
             files.append(Path(tmp) / f"{name}.onnx")
             lean = _asking(options, wanted=wanted.in_format(name), max_drift=None)  # (its bound: the precision round's)
             with quieted("sparsecut.passes.pipeline"), quieted("sparsecut.passes.precision"):
-                optimize_model(source, files[-1], dataclasses.replace(lean, verify=False))
+                optimize_model(source, files[-1], dataclasses.replace(lean, verify=False), prepared)
         timed = (tuning.quick or tuning.compare)(files)  # (formats differ by 10–25 %: the probes' rounds do)
     faster = [(v.speedup.value, name) for name, v in zip(formats[1:], timed[1:], strict=True) if v.speedup.low > 1.0]
     chosen = max(faster)[1] if faster else formats[0]

@@ -251,12 +251,11 @@ class _Profiling:
         saving: dict[str, Any] = {} if ran is None else {"config": _GRAPH_ONLY, "optimized_model_filepath": str(ran)}
         self.session = _session(artifact.path, own.provider, options.threads, own.optimization, **saving,
                                 enable_profiling=True, profile_file_prefix=str(folder / "ort"))  # fmt: skip
-        self.tensors = _kernel_tensors(ran) if ran is not None else {}
-        for saved in (
-            folder / "ran.onnx",
-            folder / _GRAPH_ONLY["session.optimized_model_external_initializers_file_name"],
-        ):
-            saved.unlink(missing_ok=True)
+        self.tensors = {}
+        if ran is not None:  # read, then removed with its weights
+            self.tensors = _kernel_tensors(ran)
+            ran.unlink()
+            (folder / _GRAPH_ONLY["session.optimized_model_external_initializers_file_name"]).unlink(missing_ok=True)
         self.run(ALLOCATING_RUNS)
 
     def run(self, times: int) -> None:
