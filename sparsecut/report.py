@@ -586,7 +586,7 @@ class LayerDiffReport(Report):
             f"the {self.shrunk} layers pruning shrank: {self.shrunk_before_ms:.3f} → {self.shrunk_after_ms:.3f} ms "
             f"({ratio:.2f}×); the rest (layers it left, pooling, elementwise, layout and precision conversions): "
             f"{rest_before:.3f} → {rest_after:.3f} ms, {share:.0f} % of the lean model's — were the shrunk layers "
-            f"free, {bound} over the baseline (per-layer sums)"
+            f"free, {bound} over the baseline (per-layer sums of one profile each: no interval)"
         )
 
 
